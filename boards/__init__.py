@@ -1,0 +1,1 @@
+"""boards: board descriptions (YAML resources) and their Amaranth platforms."""

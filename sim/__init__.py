@@ -1,0 +1,1 @@
+"""sim: numpy golden models, stream test helpers, waveforms and the training harness."""
