@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 
 ROUNDING_MODES = ("half_up", "truncate")
+FORMAT_KINDS = ("activation", "weight", "error", "gradient", "master", "partial")
 
 
 @dataclass(frozen=True)
@@ -94,30 +95,45 @@ class NumericsConfig:
     weight       Q4.12       weights of trained CNNs are small; 12 fractional bits keep detail
     error        Q4.12       errors are small; saturation counted if they are not
     gradient     Q4.12       batch-averaged gradient handed to the update
-    master       Q8.24 (32b) weight master copy: updates of lr*grad far below the Q4.12 LSB
-                             accumulate here instead of being rounded away
+    master       Q4.20 (24b) weight master copy: updates of lr*grad below the Q4.12 LSB (down
+                             to 2**-20) accumulate here instead of being rounded away; the
+                             engines read it rounded to the weight format
+    partial      Q16.16 (32b) ICP partial sums passed along the chain (final rounding to the
+                             activation format happens once, on the last node of the layer)
+    grad_acc     24 bits     gradient-buffer accumulators: sum of B per-image gradients
+                             (B up to 2**(24-16)=256 in the default gradient format)
     ============ =========== ===================================================================
+
+    Per parameter kept on chip: ``master.width + grad_acc_width`` bits (48 by default) -- the
+    mapper's BRAM model reads these widths.
     """
 
     activation: FixedFormat = FixedFormat(16, 8)
     weight: FixedFormat = FixedFormat(16, 12)
     error: FixedFormat = FixedFormat(16, 12)
     gradient: FixedFormat = FixedFormat(16, 12)
-    master: FixedFormat = FixedFormat(32, 24)
+    master: FixedFormat = FixedFormat(24, 20)
+    partial: FixedFormat = FixedFormat(32, 16)
     acc_width: int = 48
+    grad_acc_width: int = 24
 
     def __post_init__(self):
         if not isinstance(self.acc_width, int) or not 16 <= self.acc_width <= 96:
             raise ValueError(f"accumulator width must be an integer in 16..96, not {self.acc_width!r}")
+        if not isinstance(self.grad_acc_width, int) or not self.gradient.width <= self.grad_acc_width <= 64:
+            raise ValueError(f"gradient accumulator width must be an integer in "
+                             f"{self.gradient.width}..64, not {self.grad_acc_width!r}")
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k).to_dict() for k in ("activation", "weight", "error", "gradient", "master")}
+        d = {k: getattr(self, k).to_dict() for k in FORMAT_KINDS}
         d["acc_width"] = self.acc_width
+        d["grad_acc_width"] = self.grad_acc_width
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NumericsConfig":
-        kw = {k: FixedFormat.from_dict(v) for k, v in d.items() if k != "acc_width"}
-        if "acc_width" in d:
-            kw["acc_width"] = d["acc_width"]
+        kw = {k: FixedFormat.from_dict(v) for k, v in d.items() if k in FORMAT_KINDS}
+        for k in ("acc_width", "grad_acc_width"):
+            if k in d:
+                kw[k] = d[k]
         return cls(**kw)
