@@ -1,0 +1,278 @@
+"""LPRAM and BPRAM: multi-bank parameter RAMs (paper section 5.2.2, items 2 and 3).
+
+The LPRAM caches the parameters the local convolution engines use; it delivers one whole
+``S x K x K`` weight set per cycle from ``S*K*K`` banks (the paper's ``SF x K x K``-bank line
+buffer, each bank holding one parameter of every weight set). The BPRAM has the same storage and
+also lends its contents to a neighbour: on request it streams a range of weight sets out.
+Both are written by the weight update.
+
+Golden model: :mod:`sim.golden.param_ram`. Test: ``tests/hw/test_param_ram.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from fpdeep_map.numerics import FixedFormat
+
+__all__ = ["weight_set_layout", "LPRAM", "BPRAM"]
+
+
+def weight_set_layout(fmt, kernel, lanes):
+    """``ArrayLayout`` of one weight set: ``set[s][ky][kx]``, ``lanes`` x ``kernel`` x ``kernel``
+    signed elements of ``fmt.width`` bits."""
+    return data.ArrayLayout(
+        data.ArrayLayout(data.ArrayLayout(signed(fmt.width), kernel), kernel), lanes)
+
+
+class _ParamRAM(wiring.Component):
+    _lend = False
+
+    def __init__(self, *, fmt, kernel, lanes, depth, init=None):
+        name = type(self).__name__
+        if not isinstance(fmt, FixedFormat):
+            raise TypeError(f"{name} format must be a FixedFormat, not {fmt!r}")
+        for arg, value in (("kernel size", kernel), ("lanes", lanes), ("depth", depth)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} {arg} must be a positive integer, not {value!r}")
+        shape = (depth, lanes, kernel, kernel)
+        if init is None:
+            init = np.zeros(shape, dtype=np.int64)
+        else:
+            init = np.asarray(init)
+            if init.shape != shape:
+                raise ValueError(f"{name} init must have shape (depth, lanes, kernel, kernel) = "
+                                 f"{shape}, not {init.shape}")
+            if init.size and init.dtype.kind not in "iu":
+                raise TypeError(f"{name} init must hold integers, not {init.dtype}")
+            if init.size and (init.min() < fmt.min_int or init.max() > fmt.max_int):
+                raise ValueError(f"{name} init values must fit in {fmt.width} signed bits")
+            init = init.astype(np.int64)
+        self._fmt = fmt
+        self._kernel = kernel
+        self._lanes = lanes
+        self._depth = depth
+        self._init = init
+        self._set_layout = weight_set_layout(fmt, kernel, lanes)
+        self._write_layout = data.StructLayout({"addr": range(depth), "data": self._set_layout})
+        members = {
+            "rd_addr": In(stream.Signature(range(depth))),
+            "rd_data": Out(stream.Signature(self._set_layout)),
+            "wr": In(stream.Signature(self._write_layout)),
+        }
+        if self._lend:
+            self._lend_req_layout = data.StructLayout({
+                "first": range(depth), "count": range(depth + 1)})
+            self._lend_layout = data.StructLayout({
+                "addr": range(depth), "data": self._set_layout, "last": 1})
+            members["lend_req"] = In(stream.Signature(self._lend_req_layout))
+            members["lend"] = Out(stream.Signature(self._lend_layout))
+        super().__init__(members)
+
+    LATENCY = 1
+
+    @property
+    def fmt(self):
+        return self._fmt
+
+    @property
+    def kernel(self):
+        return self._kernel
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def depth(self):
+        return self._depth
+
+    @property
+    def banks(self):
+        """Number of memories: one per element of a weight set (``lanes * kernel**2``)."""
+        return self._lanes * self._kernel * self._kernel
+
+    @property
+    def init(self):
+        """Initial contents, a read-only ``(depth, lanes, kernel, kernel)`` int64 array."""
+        view = self._init.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def set_layout(self):
+        return self._set_layout
+
+    @property
+    def write_layout(self):
+        return self._write_layout
+
+    @property
+    def latency(self):
+        return self.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self._depth
+
+        # Output stage shared by every read: the read ports' data registers plus these.
+        o_valid = Signal()
+        advance = Signal()        # the output stage takes a new word (or stays empty) this cycle
+        issue = Signal()          # a read is issued this cycle
+        rd_addr = Signal(range(depth))
+
+        if self._lend:
+            o_lend = Signal()     # the word in the output stage belongs to `lend`
+            o_addr = Signal(range(depth))
+            o_last = Signal()
+            active = Signal()     # a lend request is being served
+            l_addr = Signal(range(depth))
+            l_left = Signal(range(depth + 1))
+            m.d.comb += [
+                advance.eq(~o_valid | Mux(o_lend, self.lend.ready, self.rd_data.ready)),
+                self.lend_req.ready.eq(~active),
+                self.rd_addr.ready.eq(advance & ~active),
+                issue.eq(advance & (active | self.rd_addr.valid)),
+                rd_addr.eq(Mux(active, l_addr, self.rd_addr.payload)),
+                self.rd_data.valid.eq(o_valid & ~o_lend),
+                self.lend.valid.eq(o_valid & o_lend),
+                self.lend.payload.addr.eq(o_addr),
+                self.lend.payload.last.eq(o_last),
+            ]
+            with m.If(self.lend_req.valid & self.lend_req.ready):
+                m.d.sync += [
+                    active.eq(self.lend_req.payload.count != 0),
+                    l_addr.eq(self.lend_req.payload.first),
+                    l_left.eq(self.lend_req.payload.count),
+                ]
+            with m.Elif(active & advance):
+                m.d.sync += [
+                    active.eq(l_left != 1),
+                    l_addr.eq(Mux(l_addr == depth - 1, 0, l_addr + 1)),
+                    l_left.eq(l_left - 1),
+                ]
+            with m.If(advance):
+                m.d.sync += [
+                    o_lend.eq(active),
+                    o_addr.eq(l_addr),
+                    o_last.eq(l_left == 1),
+                ]
+        else:
+            m.d.comb += [
+                advance.eq(~o_valid | self.rd_data.ready),
+                self.rd_addr.ready.eq(advance),
+                issue.eq(advance & self.rd_addr.valid),
+                rd_addr.eq(self.rd_addr.payload),
+                self.rd_data.valid.eq(o_valid),
+            ]
+        with m.If(advance):
+            m.d.sync += o_valid.eq(issue)
+
+        m.d.comb += self.wr.ready.eq(1)
+        do_write = self.wr.valid & self.wr.ready
+        for s in range(self._lanes):
+            for ky in range(self._kernel):
+                for kx in range(self._kernel):
+                    bank = Memory(shape=signed(self._fmt.width), depth=depth,
+                                  init=[int(v) for v in self._init[:, s, ky, kx]])
+                    m.submodules[f"bank_{s}_{ky}_{kx}"] = bank
+                    w_port = bank.write_port()
+                    r_port = bank.read_port()      # synchronous, non-transparent
+                    m.d.comb += [
+                        w_port.addr.eq(self.wr.payload.addr),
+                        w_port.data.eq(self.wr.payload.data[s][ky][kx]),
+                        w_port.en.eq(do_write),
+                        r_port.addr.eq(rd_addr),
+                        r_port.en.eq(advance),
+                        self.rd_data.payload[s][ky][kx].eq(r_port.data),
+                    ]
+                    if self._lend:
+                        m.d.comb += self.lend.payload.data[s][ky][kx].eq(r_port.data)
+        return m
+
+
+class LPRAM(_ParamRAM):
+    """Local parameter RAM: ``lanes * kernel**2`` banks of ``depth`` weights, one weight set per
+    cycle.
+
+    Weight set ``a`` (``0 <= a < depth``) is ``set[s][ky][kx]`` for channel lane ``s`` and kernel
+    position ``(ky, kx)``; bank ``(s, ky, kx)`` is one :class:`~amaranth.lib.memory.Memory` of
+    ``depth`` signed ``fmt.width``-bit words with one write port and one synchronous,
+    non-transparent read port (block RAM). For the plan's LPRAM of a node computing ``P`` output
+    channels per cycle over ``S`` input-channel lanes, a CE's LPRAM has ``lanes = S`` and
+    ``depth`` = (output channels it computes) x (input-channel groups of ``S``), the address
+    being ``oc_local * groups + group`` (the order is the caller's; the RAM does not interpret it).
+
+    Reads: an address transferred on ``rd_addr`` in cycle ``t`` gives its weight set on
+    ``rd_data`` from cycle ``t + LATENCY`` (``LATENCY = 1``); one set per cycle when ``rd_data``
+    is not stalled (``rd_addr.ready`` follows ``rd_data.ready``).
+
+    Writes: a whole weight set at a time (``wr``: ``addr`` and ``data``), always accepted
+    (``wr.ready`` is 1). The weight update produces whole sets in address order.
+
+    Read/write ordering: a read accepted in cycle ``t`` returns the contents after every write
+    accepted in a cycle before ``t``; a write accepted in the same cycle ``t`` to the same address
+    is not seen (the read port is not transparent). Equivalently, a word that first becomes valid
+    on ``rd_data`` in cycle ``v`` reflects the writes accepted before cycle ``v - 1``.
+
+    Parameters
+    ----------
+    fmt : FixedFormat
+        Weight format (only the width is used).
+    kernel : int
+        ``K`` (a set is ``lanes x K x K``).
+    lanes : int
+        ``S``, input-channel lanes.
+    depth : int
+        Number of weight sets.
+    init : array of shape ``(depth, lanes, kernel, kernel)``, optional
+        Initial weights as integers of ``fmt`` (default all zero).
+
+    Members
+    -------
+    rd_addr : ``In(stream.Signature(range(depth)))``
+        Addresses of the weight sets to read.
+    rd_data : ``Out(stream.Signature(weight_set_layout(fmt, kernel, lanes)))``
+        The weight sets, in request order.
+    wr : ``In(stream.Signature(StructLayout({"addr": range(depth), "data": set layout})))``
+        Weight-set writes (updates).
+    """
+
+
+class BPRAM(_ParamRAM):
+    """Balanced parameter RAM: the storage and ports of :class:`LPRAM`, plus a lending port that
+    streams weight sets to a neighbour.
+
+    A request on ``lend_req`` (``first``, ``count``) makes the BPRAM send ``count`` weight sets on
+    ``lend``, addresses ``first, first + 1, ...`` modulo ``depth``, each with its ``addr`` and with
+    ``last`` set on the final one (``count = 0`` sends nothing; a whole pass is ``first = 0,
+    count = depth``). A new request is accepted once the previous one has issued all its reads.
+    ``lend`` and ``rd_data`` share the memories' read ports and one output register: while a
+    request is being served ``rd_addr`` is not accepted (lending has priority), and a stalled
+    output (either stream) holds the other back. The first word of a request is valid on ``lend``
+    ``LATENCY + 1`` cycles after the request is accepted, then one per cycle without stalls.
+    The read/write ordering rule of :class:`LPRAM` applies to ``lend`` words as well: a word that
+    first becomes valid in cycle ``v`` reflects the writes accepted before cycle ``v - 1``.
+
+    The updated parameters come back through the weight update into ``wr`` (their gradients
+    arrive in this node's BGB).
+
+    Parameters
+    ----------
+    As :class:`LPRAM`.
+
+    Members
+    -------
+    rd_addr, rd_data, wr
+        As :class:`LPRAM`.
+    lend_req : ``In(stream.Signature(StructLayout({"first": range(depth), "count": range(depth + 1)})))``
+        Lending requests.
+    lend : ``Out(stream.Signature(StructLayout({"addr": range(depth), "data": set layout, "last": 1})))``
+        Lent weight sets.
+    """
+
+    _lend = True

@@ -1,0 +1,254 @@
+"""Tests of the parameter RAMs (:mod:`fpdeep_hw.memory.param_ram`) against
+:mod:`sim.golden.param_ram`."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+
+from fpdeep_hw.memory.param_ram import BPRAM, LPRAM
+from fpdeep_map.numerics import FixedFormat
+from sim.golden.param_ram import ParamRAMModel, lend_sequence
+from sim.streams import payload_to_python, stream_source
+
+W = FixedFormat(16, 12)
+
+
+def random_sets(rng, n, lanes, kernel, width=16):
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return np.array([rng.randint(lo, hi) for _ in range(n * lanes * kernel * kernel)],
+                    dtype=np.int64).reshape(n, lanes, kernel, kernel)
+
+
+def timed_sink(port, out, *, count, rng, p_stall):
+    """Collect ``count`` words as ``(first_valid_cycle, payload)``: the cycle a word first showed
+    valid (the ordering rule is stated in terms of it)."""
+    async def tb(ctx):
+        cycle, first = 0, None
+        while len(out) < count:
+            ready = rng.random() >= p_stall
+            ctx.set(port.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload)
+            if valid and first is None:
+                first = cycle
+            if valid and ready:
+                out.append((first, payload_to_python(payload)))
+                first = None
+            cycle += 1
+            assert cycle < 100_000, "sink timed out"
+        ctx.set(port.ready, 0)
+    return tb
+
+
+def write_monitor(port, log):
+    """Record every accepted write as ``(cycle, addr, data)``."""
+    async def tb(ctx):
+        cycle = 0
+        while True:
+            _, _, valid, ready, payload = await ctx.tick().sample(port.valid, port.ready,
+                                                                   port.payload)
+            if valid and ready:
+                p = payload_to_python(payload)
+                log.append((cycle, p["addr"], p["data"]))
+            cycle += 1
+    return tb
+
+
+def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3):
+    """Run reads, writes and lend requests concurrently with random stalls on every stream.
+    Returns (read outputs, lend outputs, write log)."""
+    rng = random.Random(seed)
+    rd_out, lend_out, wlog = [], [], []
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(dut.rd_addr, reads, rng=random.Random(rng.random()),
+                                    p_stall=p_stall), background=True)
+    sim.add_testbench(stream_source(dut.wr, [{"addr": a, "data": d.tolist()} for a, d in writes],
+                                    rng=random.Random(rng.random()), p_stall=p_stall),
+                      background=True)
+    sim.add_testbench(write_monitor(dut.wr, wlog), background=True)
+    sim.add_testbench(timed_sink(dut.rd_data, rd_out, count=len(reads),
+                                 rng=random.Random(rng.random()), p_stall=p_stall))
+    if isinstance(dut, BPRAM):
+        sim.add_testbench(stream_source(dut.lend_req,
+                                        [{"first": f, "count": c} for f, c in lend_reqs],
+                                        rng=random.Random(rng.random()), p_stall=p_stall),
+                          background=True)
+        sim.add_testbench(timed_sink(dut.lend, lend_out,
+                                     count=len(lend_sequence(lend_reqs, dut.depth)),
+                                     rng=random.Random(rng.random()), p_stall=p_stall))
+    sim.run()
+    return rd_out, lend_out, wlog
+
+
+# -- constructor ---------------------------------------------------------------------------------
+
+def test_rejects_bad_arguments():
+    with pytest.raises(TypeError, match=r"^LPRAM format must be a FixedFormat, not None$"):
+        LPRAM(fmt=None, kernel=3, lanes=1, depth=4)
+    with pytest.raises(ValueError, match=r"^LPRAM kernel size must be a positive integer, not 0$"):
+        LPRAM(fmt=W, kernel=0, lanes=1, depth=4)
+    with pytest.raises(ValueError, match=r"^BPRAM lanes must be a positive integer, not 2.0$"):
+        BPRAM(fmt=W, kernel=3, lanes=2.0, depth=4)
+    with pytest.raises(ValueError, match=r"^LPRAM depth must be a positive integer, not -1$"):
+        LPRAM(fmt=W, kernel=3, lanes=1, depth=-1)
+    with pytest.raises(ValueError, match=r"^LPRAM init must have shape \(depth, lanes, kernel, "
+                                         r"kernel\) = \(4, 2, 3, 3\), not \(4, 3, 3\)$"):
+        LPRAM(fmt=W, kernel=3, lanes=2, depth=4, init=np.zeros((4, 3, 3), dtype=int))
+    with pytest.raises(TypeError, match=r"^LPRAM init must hold integers, not float64$"):
+        LPRAM(fmt=W, kernel=1, lanes=1, depth=2, init=np.zeros((2, 1, 1, 1)))
+    with pytest.raises(ValueError, match=r"^BPRAM init values must fit in 16 signed bits$"):
+        BPRAM(fmt=W, kernel=1, lanes=1, depth=2, init=np.full((2, 1, 1, 1), 1 << 15))
+
+
+def test_parameters():
+    init = random_sets(random.Random(0), 6, 2, 3)
+    dut = LPRAM(fmt=W, kernel=3, lanes=2, depth=6, init=init)
+    assert (dut.kernel, dut.lanes, dut.depth, dut.banks, dut.latency) == (3, 2, 6, 18, 1)
+    assert dut.set_layout.size == 2 * 3 * 3 * 16
+    assert np.array_equal(dut.init, init)
+    with pytest.raises(ValueError):
+        dut.init[0, 0, 0, 0] = 1
+    Fragment.get(dut, None)
+
+
+# -- reads, writes, ordering ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel,lanes,depth", [
+    (1, 1, 1), (1, 3, 7), (3, 1, 8), (3, 3, 5), (5, 1, 6), (5, 3, 4), (11, 1, 3), (11, 3, 4),
+])
+def test_lpram_random_stalls(kernel, lanes, depth):
+    rng = random.Random(kernel * 100 + lanes * 10 + depth)
+    init = random_sets(rng, depth, lanes, kernel)
+    n_reads, n_writes = 60, 25
+    reads = [rng.randrange(depth) for _ in range(n_reads)]
+    writes = list(zip([rng.randrange(depth) for _ in range(n_writes)],
+                      random_sets(rng, n_writes, lanes, kernel)))
+    dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    rd_out, _, wlog = simulate(dut, reads=reads, writes=writes, seed=depth)
+    assert [(a, d.tolist()) for a, d in writes] == [(a, d) for _, a, d in wlog]
+    model = ParamRAMModel(init, wlog)
+    assert len(rd_out) == n_reads
+    for (first, got), addr in zip(rd_out, reads):
+        assert got == model.output(addr, first)
+    # the test is not vacuous: some reads saw a written value, some the initial one
+    changed = sum(model.output(a, f) != init[a].tolist() for (f, _), a in zip(rd_out, reads))
+    assert 0 < changed < n_reads or depth == 1
+
+
+def test_read_during_write_same_address():
+    """Directed: a read accepted in the same cycle as a write to the same address returns the old
+    contents; a read one cycle later returns the new ones."""
+    kernel, lanes, depth = 3, 1, 4
+    init = random_sets(random.Random(5), depth, lanes, kernel)
+    new = random_sets(random.Random(6), 1, lanes, kernel)[0]
+    dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    got = []
+
+    async def tb(ctx):
+        ctx.set(dut.rd_data.ready, 1)
+        ctx.set(dut.rd_addr.valid, 1)
+        ctx.set(dut.rd_addr.payload, 2)
+        ctx.set(dut.wr.valid, 1)
+        ctx.set(dut.wr.payload, {"addr": 2, "data": new.tolist()})
+        assert ctx.get(dut.rd_addr.ready) and ctx.get(dut.wr.ready)
+        await ctx.tick()                       # cycle 0: read 2 and write 2
+        ctx.set(dut.wr.valid, 0)
+        assert ctx.get(dut.rd_data.valid)
+        got.append(payload_to_python(ctx.get(dut.rd_data.payload)))
+        await ctx.tick()                       # cycle 1: read 2 again
+        ctx.set(dut.rd_addr.valid, 0)
+        got.append(payload_to_python(ctx.get(dut.rd_data.payload)))
+        await ctx.tick()
+        assert not ctx.get(dut.rd_data.valid)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [init[2].tolist(), new.tolist()]
+    model = ParamRAMModel(init, [(0, 2, new)])
+    assert got == [model.output(2, 1), model.output(2, 2)]
+
+
+def test_latency_and_full_rate():
+    kernel, lanes, depth = 3, 2, 16
+    init = random_sets(random.Random(9), depth, lanes, kernel)
+    dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    reads = [5, 0, 15, 7, 7, 1]
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.rd_data.ready, 1)
+        for cycle in range(len(reads) + 3):
+            ctx.set(dut.rd_addr.valid, cycle < len(reads))
+            ctx.set(dut.rd_addr.payload, reads[cycle] if cycle < len(reads) else 0)
+            if cycle < len(reads):
+                assert ctx.get(dut.rd_addr.ready)
+            if ctx.get(dut.rd_data.valid):
+                seen.append((cycle, payload_to_python(ctx.get(dut.rd_data.payload))))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert [c for c, _ in seen] == [LPRAM.LATENCY + i for i in range(len(reads))]
+    assert LPRAM.LATENCY == 1
+    assert [d for _, d in seen] == [init[a].tolist() for a in reads]
+
+
+# -- BPRAM lending -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel,lanes,depth", [(1, 1, 1), (3, 1, 6), (5, 3, 5), (3, 3, 9)])
+def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth):
+    rng = random.Random(kernel + lanes + depth)
+    init = random_sets(rng, depth, lanes, kernel)
+    # whole passes, partial ranges wrapping past the end, an empty request
+    lend_reqs = [(0, depth), (rng.randrange(depth), rng.randint(1, depth)), (0, 0),
+                 (depth - 1, min(2, depth)), (rng.randrange(depth), depth)]
+    reads = [rng.randrange(depth) for _ in range(40)]
+    writes = list(zip([rng.randrange(depth) for _ in range(20)],
+                      random_sets(rng, 20, lanes, kernel)))
+    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    rd_out, lend_out, wlog = simulate(dut, reads=reads, writes=writes, lend_reqs=lend_reqs,
+                                      seed=depth + 1)
+    model = ParamRAMModel(init, wlog)
+    for (first, got), addr in zip(rd_out, reads):
+        assert got == model.output(addr, first)
+    seq = lend_sequence(lend_reqs, depth)
+    assert [(p["addr"], p["last"]) for _, p in lend_out] == seq
+    for first, p in lend_out:
+        assert p["data"] == model.output(p["addr"], first)
+
+
+def test_bpram_whole_pass_timing():
+    """A whole-contents lend without stalls: first word LATENCY + 1 cycles after the request,
+    then one word per cycle, addresses 0..depth-1, `last` on the final one."""
+    kernel, lanes, depth = 3, 1, 8
+    init = random_sets(random.Random(2), depth, lanes, kernel)
+    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.lend.ready, 1)
+        ctx.set(dut.lend_req.valid, 1)
+        ctx.set(dut.lend_req.payload, {"first": 0, "count": depth})
+        assert ctx.get(dut.lend_req.ready)
+        await ctx.tick()
+        ctx.set(dut.lend_req.valid, 0)
+        for cycle in range(1, depth + 4):
+            if ctx.get(dut.lend.valid):
+                seen.append((cycle, payload_to_python(ctx.get(dut.lend.payload))))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert [c for c, _ in seen] == [BPRAM.LATENCY + 1 + i for i in range(depth)]
+    assert [p["addr"] for _, p in seen] == list(range(depth))
+    assert [p["last"] for _, p in seen] == [0] * (depth - 1) + [1]
+    assert [p["data"] for _, p in seen] == init.tolist()
