@@ -113,12 +113,15 @@ class ActRAM(wiring.Component):
         m = Module()
         depth = self._depth
 
-        m.submodules.storage = storage = Memory(shape=self._layout, depth=depth, init=[])
+        # A depth-1 Act-RAM gets a 2-word memory (slot 1 unused) so that no address is 0 bits
+        # wide: Verilog has no zero-width nets.
+        mem_depth = max(depth, 2)
+        m.submodules.storage = storage = Memory(shape=self._layout, depth=mem_depth, init=[])
         w_port = storage.write_port()
         r_port = storage.read_port()          # synchronous, non-transparent
 
-        wr_addr = Signal(range(depth))        # next slot to write
-        rd_addr = Signal(range(depth))        # next slot to fetch into the output register
+        wr_addr = Signal(range(mem_depth))    # next slot to write
+        rd_addr = Signal(range(mem_depth))    # next slot to fetch into the output register
         level = Signal(range(depth + 1))      # words stored, incl. the one presented on `o`
         o_valid = Signal()                    # the read port's data register holds a word
 
@@ -163,7 +166,7 @@ class ActRAM(wiring.Component):
 
 
 def _wrap_incr(addr, depth):
-    """``addr + 1`` modulo ``depth`` (``addr`` is a ``range(depth)`` signal)."""
+    """``addr + 1`` modulo ``depth``."""
     if depth == 1:
-        return addr
+        return 0
     return Mux(addr == depth - 1, 0, addr + 1)

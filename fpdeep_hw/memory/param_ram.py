@@ -58,17 +58,21 @@ class _ParamRAM(wiring.Component):
         self._depth = depth
         self._init = init
         self._set_layout = weight_set_layout(fmt, kernel, lanes)
-        self._write_layout = data.StructLayout({"addr": range(depth), "data": self._set_layout})
+        # Addresses are at least 1 bit wide (Verilog has no zero-width nets); a depth-1 RAM gets
+        # a 2-word memory whose second word is never addressed by a valid address.
+        self._mem_depth = max(depth, 2)
+        addr = range(self._mem_depth)
+        self._write_layout = data.StructLayout({"addr": addr, "data": self._set_layout})
         members = {
-            "rd_addr": In(stream.Signature(range(depth))),
+            "rd_addr": In(stream.Signature(addr)),
             "rd_data": Out(stream.Signature(self._set_layout)),
             "wr": In(stream.Signature(self._write_layout)),
         }
         if self._lend:
             self._lend_req_layout = data.StructLayout({
-                "first": range(depth), "count": range(depth + 1)})
+                "first": addr, "count": range(depth + 1)})
             self._lend_layout = data.StructLayout({
-                "addr": range(depth), "data": self._set_layout, "last": 1})
+                "addr": addr, "data": self._set_layout, "last": 1})
             members["lend_req"] = In(stream.Signature(self._lend_req_layout))
             members["lend"] = Out(stream.Signature(self._lend_layout))
         super().__init__(members)
@@ -118,19 +122,20 @@ class _ParamRAM(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = self._depth
+        mem_depth = self._mem_depth
 
         # Output stage shared by every read: the read ports' data registers plus these.
         o_valid = Signal()
         advance = Signal()        # the output stage takes a new word (or stays empty) this cycle
         issue = Signal()          # a read is issued this cycle
-        rd_addr = Signal(range(depth))
+        rd_addr = Signal(range(mem_depth))
 
         if self._lend:
             o_lend = Signal()     # the word in the output stage belongs to `lend`
-            o_addr = Signal(range(depth))
+            o_addr = Signal(range(mem_depth))
             o_last = Signal()
             active = Signal()     # a lend request is being served
-            l_addr = Signal(range(depth))
+            l_addr = Signal(range(mem_depth))
             l_left = Signal(range(depth + 1))
             m.d.comb += [
                 advance.eq(~o_valid | Mux(o_lend, self.lend.ready, self.rd_data.ready)),
@@ -152,7 +157,7 @@ class _ParamRAM(wiring.Component):
             with m.Elif(active & advance):
                 m.d.sync += [
                     active.eq(l_left != 1),
-                    l_addr.eq(Mux(l_addr == depth - 1, 0, l_addr + 1)),
+                    l_addr.eq(0 if depth == 1 else Mux(l_addr == depth - 1, 0, l_addr + 1)),
                     l_left.eq(l_left - 1),
                 ]
             with m.If(advance):
@@ -177,7 +182,7 @@ class _ParamRAM(wiring.Component):
         for s in range(self._lanes):
             for ky in range(self._kernel):
                 for kx in range(self._kernel):
-                    bank = Memory(shape=signed(self._fmt.width), depth=depth,
+                    bank = Memory(shape=signed(self._fmt.width), depth=mem_depth,
                                   init=[int(v) for v in self._init[:, s, ky, kx]])
                     m.submodules[f"bank_{s}_{ky}_{kx}"] = bank
                     w_port = bank.write_port()
@@ -228,17 +233,18 @@ class LPRAM(_ParamRAM):
     lanes : int
         ``S``, input-channel lanes.
     depth : int
-        Number of weight sets.
+        Number of weight sets. Addresses must be below ``depth``; address fields are
+        ``range(max(depth, 2))`` (at least 1 bit: Verilog has no zero-width nets).
     init : array of shape ``(depth, lanes, kernel, kernel)``, optional
         Initial weights as integers of ``fmt`` (default all zero).
 
     Members
     -------
-    rd_addr : ``In(stream.Signature(range(depth)))``
+    rd_addr : ``In(stream.Signature(range(max(depth, 2))))``
         Addresses of the weight sets to read.
     rd_data : ``Out(stream.Signature(weight_set_layout(fmt, kernel, lanes)))``
         The weight sets, in request order.
-    wr : ``In(stream.Signature(StructLayout({"addr": range(depth), "data": set layout})))``
+    wr : ``In(stream.Signature(StructLayout({"addr": range(max(depth, 2)), "data": set layout})))``
         Weight-set writes (updates).
     """
 
@@ -269,9 +275,9 @@ class BPRAM(_ParamRAM):
     -------
     rd_addr, rd_data, wr
         As :class:`LPRAM`.
-    lend_req : ``In(stream.Signature(StructLayout({"first": range(depth), "count": range(depth + 1)})))``
+    lend_req : ``In(stream.Signature(StructLayout({"first": range(max(depth, 2)), "count": range(depth + 1)})))``
         Lending requests.
-    lend : ``Out(stream.Signature(StructLayout({"addr": range(depth), "data": set layout, "last": 1})))``
+    lend : ``Out(stream.Signature(StructLayout({"addr": range(max(depth, 2)), "data": set layout, "last": 1})))``
         Lent weight sets.
     """
 

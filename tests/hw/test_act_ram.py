@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Tests of the Act-RAM (:mod:`fpdeep_hw.memory.act_ram`) against :mod:`sim.golden.act_ram`."""
 
 import random
@@ -9,7 +10,9 @@ from amaranth.sim import Simulator
 from fpdeep_hw.memory.act_ram import ActRAM
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.act_ram import ActRAMModel, act_ram_order
+from sim.lint import verilator_lint
 from sim.streams import payload_to_python, stream_sink, stream_source
+from sim.waves import run_simulation
 
 ACT = FixedFormat(16, 8)
 
@@ -19,14 +22,14 @@ def random_words(rng, n, lanes, width=16):
     return [[rng.randint(lo, hi) for _ in range(lanes)] for _ in range(n)]
 
 
-def run(dut, testbenches, background=()):
+def run(dut, testbenches, background=(), waves="act_ram"):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     for tb in background:
         sim.add_testbench(tb, background=True)
     for tb in testbenches:
         sim.add_testbench(tb)
-    sim.run()
+    run_simulation(sim, waves, traces=[dut])
 
 
 # -- constructor ---------------------------------------------------------------------------------
@@ -66,18 +69,19 @@ def test_parameters_and_signature():
     (4, 16, 80, 0.1, 0.6),     # consumer slow: the Act-RAM fills up and refuses writes
     (5, 7, 60, 0.6, 0.1),      # producer slow: the Act-RAM keeps running empty
 ])
-def test_stream_random_stalls(lanes, depth, n, p_in, p_out):
+def test_stream_random_stalls(lanes, depth, n, p_in, p_out, waves):
     rng = random.Random(lanes * 1000 + depth)
     words = random_words(rng, n, lanes)
     dut = ActRAM(fmt=ACT, lanes=lanes, depth=depth)
     out = []
     run(dut, [stream_sink(dut.o, out, count=n, rng=random.Random(7), p_stall=p_out,
                           max_cycles=50 * n)],
-        background=[stream_source(dut.i, words, rng=random.Random(8), p_stall=p_in)])
+        background=[stream_source(dut.i, words, rng=random.Random(8), p_stall=p_in)],
+        waves=waves)
     assert out == act_ram_order(words)
 
 
-def lockstep(dut, schedule, words, trace):
+def lockstep(dut, schedule, words, trace, waves):
     """Drive both streams from one testbench following ``schedule`` (a list of
     ``(want_valid, ready)`` per cycle), compare every port with the golden model every cycle.
     ``valid`` is held once raised until the word is taken (stream rules)."""
@@ -111,11 +115,11 @@ def lockstep(dut, schedule, words, trace):
                 offering = False
             await ctx.tick()
 
-    run(dut, [tb])
+    run(dut, [tb], waves=waves)
 
 
 @pytest.mark.parametrize("lanes,depth", [(1, 1), (2, 2), (2, 3), (3, 9)])
-def test_level_exact_every_cycle(lanes, depth):
+def test_level_exact_every_cycle(lanes, depth, waves):
     rng = random.Random(depth)
     words = random_words(rng, 400, lanes)
     schedule = []
@@ -128,7 +132,7 @@ def test_level_exact_every_cycle(lanes, depth):
         schedule += [(rng.random() >= p_in, rng.random() >= p_out) for _ in range(60)]
     dut = ActRAM(fmt=ACT, lanes=lanes, depth=depth)
     trace = []
-    lockstep(dut, schedule, words, trace)
+    lockstep(dut, schedule, words, trace, waves)
     levels = [t["level"] for t in trace]
     # the model (hence the RTL) reached full, refused writes there, and reached empty again
     fill = trace[:depth + 4]
@@ -143,7 +147,7 @@ def test_level_exact_every_cycle(lanes, depth):
     assert 60 * min(depth, 3) // 3 - 3 <= reads <= 60 * min(depth, 3) // 3
 
 
-def test_full_throughput_and_latency():
+def test_full_throughput_and_latency(waves):
     """With no stalls the first word appears exactly LATENCY cycles after it is written, and from
     then on one word leaves per cycle."""
     lanes, depth, n = 2, 8, 30
@@ -167,8 +171,15 @@ def test_full_throughput_and_latency():
 
     out = []
     sink = stream_sink(dut.o, out, count=n, on_word=lambda c, w: out_cycles.append(c))
-    run(dut, [sink], background=[source])
+    run(dut, [sink], background=[source], waves=waves)
     assert out == words
     assert in_cycles == list(range(n))
     assert out_cycles[0] - in_cycles[0] == ActRAM.LATENCY == 2
     assert out_cycles == list(range(2, n + 2))
+
+
+# -- Verilog ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lanes,depth", [(1, 1), (3, 5), (4, 1024)])
+def test_verilator_lint(lanes, depth, tmp_path):
+    verilator_lint(ActRAM(fmt=ACT, lanes=lanes, depth=depth), "act_ram", tmp_path)

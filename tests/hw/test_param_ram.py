@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Tests of the parameter RAMs (:mod:`fpdeep_hw.memory.param_ram`) against
 :mod:`sim.golden.param_ram`."""
 
@@ -11,7 +12,9 @@ from amaranth.sim import Simulator
 from fpdeep_hw.memory.param_ram import BPRAM, LPRAM
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.param_ram import ParamRAMModel, lend_sequence
+from sim.lint import verilator_lint
 from sim.streams import payload_to_python, stream_source
+from sim.waves import run_simulation
 
 W = FixedFormat(16, 12)
 
@@ -56,7 +59,7 @@ def write_monitor(port, log):
     return tb
 
 
-def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3):
+def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3, waves="param_ram"):
     """Run reads, writes and lend requests concurrently with random stalls on every stream.
     Returns (read outputs, lend outputs, write log)."""
     rng = random.Random(seed)
@@ -79,7 +82,7 @@ def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3):
         sim.add_testbench(timed_sink(dut.lend, lend_out,
                                      count=len(lend_sequence(lend_reqs, dut.depth)),
                                      rng=random.Random(rng.random()), p_stall=p_stall))
-    sim.run()
+    run_simulation(sim, waves, traces=[dut])
     return rd_out, lend_out, wlog
 
 
@@ -119,7 +122,7 @@ def test_parameters():
 @pytest.mark.parametrize("kernel,lanes,depth", [
     (1, 1, 1), (1, 3, 7), (3, 1, 8), (3, 3, 5), (5, 1, 6), (5, 3, 4), (11, 1, 3), (11, 3, 4),
 ])
-def test_lpram_random_stalls(kernel, lanes, depth):
+def test_lpram_random_stalls(kernel, lanes, depth, waves):
     rng = random.Random(kernel * 100 + lanes * 10 + depth)
     init = random_sets(rng, depth, lanes, kernel)
     n_reads, n_writes = 60, 25
@@ -127,7 +130,7 @@ def test_lpram_random_stalls(kernel, lanes, depth):
     writes = list(zip([rng.randrange(depth) for _ in range(n_writes)],
                       random_sets(rng, n_writes, lanes, kernel)))
     dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
-    rd_out, _, wlog = simulate(dut, reads=reads, writes=writes, seed=depth)
+    rd_out, _, wlog = simulate(dut, reads=reads, writes=writes, seed=depth, waves=waves)
     assert [(a, d.tolist()) for a, d in writes] == [(a, d) for _, a, d in wlog]
     model = ParamRAMModel(init, wlog)
     assert len(rd_out) == n_reads
@@ -138,7 +141,7 @@ def test_lpram_random_stalls(kernel, lanes, depth):
     assert 0 < changed < n_reads or depth == 1
 
 
-def test_read_during_write_same_address():
+def test_read_during_write_same_address(waves):
     """Directed: a read accepted in the same cycle as a write to the same address returns the old
     contents; a read one cycle later returns the new ones."""
     kernel, lanes, depth = 3, 1, 4
@@ -167,13 +170,13 @@ def test_read_during_write_same_address():
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
-    sim.run()
+    run_simulation(sim, waves, traces=[dut])
     assert got == [init[2].tolist(), new.tolist()]
     model = ParamRAMModel(init, [(0, 2, new)])
     assert got == [model.output(2, 1), model.output(2, 2)]
 
 
-def test_latency_and_full_rate():
+def test_latency_and_full_rate(waves):
     kernel, lanes, depth = 3, 2, 16
     init = random_sets(random.Random(9), depth, lanes, kernel)
     dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
@@ -194,7 +197,7 @@ def test_latency_and_full_rate():
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
-    sim.run()
+    run_simulation(sim, waves, traces=[dut])
     assert [c for c, _ in seen] == [LPRAM.LATENCY + i for i in range(len(reads))]
     assert LPRAM.LATENCY == 1
     assert [d for _, d in seen] == [init[a].tolist() for a in reads]
@@ -203,7 +206,7 @@ def test_latency_and_full_rate():
 # -- BPRAM lending -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kernel,lanes,depth", [(1, 1, 1), (3, 1, 6), (5, 3, 5), (3, 3, 9)])
-def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth):
+def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth, waves):
     rng = random.Random(kernel + lanes + depth)
     init = random_sets(rng, depth, lanes, kernel)
     # whole passes, partial ranges wrapping past the end, an empty request
@@ -214,7 +217,7 @@ def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth):
                       random_sets(rng, 20, lanes, kernel)))
     dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
     rd_out, lend_out, wlog = simulate(dut, reads=reads, writes=writes, lend_reqs=lend_reqs,
-                                      seed=depth + 1)
+                                      seed=depth + 1, waves=waves)
     model = ParamRAMModel(init, wlog)
     for (first, got), addr in zip(rd_out, reads):
         assert got == model.output(addr, first)
@@ -224,7 +227,7 @@ def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth):
         assert p["data"] == model.output(p["addr"], first)
 
 
-def test_bpram_whole_pass_timing():
+def test_bpram_whole_pass_timing(waves):
     """A whole-contents lend without stalls: first word LATENCY + 1 cycles after the request,
     then one word per cycle, addresses 0..depth-1, `last` on the final one."""
     kernel, lanes, depth = 3, 1, 8
@@ -247,8 +250,19 @@ def test_bpram_whole_pass_timing():
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
-    sim.run()
+    run_simulation(sim, waves, traces=[dut])
     assert [c for c, _ in seen] == [BPRAM.LATENCY + 1 + i for i in range(depth)]
     assert [p["addr"] for _, p in seen] == list(range(depth))
     assert [p["last"] for _, p in seen] == [0] * (depth - 1) + [1]
     assert [p["data"] for _, p in seen] == init.tolist()
+
+
+# -- Verilog ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls,kernel,lanes,depth", [
+    (LPRAM, 1, 1, 1), (LPRAM, 3, 3, 40), (BPRAM, 1, 1, 1), (BPRAM, 3, 2, 17),
+])
+def test_verilator_lint(cls, kernel, lanes, depth, tmp_path):
+    init = random_sets(random.Random(depth), depth, lanes, kernel)
+    verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init),
+                   cls.__name__.lower(), tmp_path)
