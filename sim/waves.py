@@ -203,7 +203,7 @@ def _rewrite_gtkw(gtkw_path: Path, end_time: int, formats: dict):
         f"*{gtkw_zoom(end_time):.6f} -1 " + " ".join(["-1"] * 26),
         f"[signals_width] {SIGNALS_WIDTH}",
         "[sst_expanded] 0",
-        f"[comment] simulated end time {end_time} fs",
+        f"[*] simulated end time {end_time} fs; zoom fits it in {WAVE_PANE_WIDTH} pixels",
     ]
     current = None
     for line in body:
