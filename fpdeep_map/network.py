@@ -430,11 +430,17 @@ def _int(file, fld, value, *, minimum, what="integer"):
 
 
 def _pool_out(size, kernel, stride, padding, ceil_mode):
-    """Caffe pooling output size (ceil mode clips a window starting in the padding)."""
+    """Pooling output size.
+
+    ``ceil_mode`` (Caffe's rule): ``ceil((size + 2p - k) / s) + 1`` windows, less a last window
+    that would start in the right padding or beyond the input (``(out-1)*s >= size + p``).  Caffe
+    drops that window only when ``p > 0``; we drop it always (as PyTorch does), which changes
+    nothing for the usual ``k >= s`` and avoids windows that see no input.  Otherwise floor.
+    """
     span = size + 2 * padding - kernel
     if ceil_mode:
         out = -(-span // stride) + 1
-        if padding > 0 and (out - 1) * stride >= size + padding:
+        if (out - 1) * stride >= size + padding:
             out -= 1
     else:
         out = span // stride + 1
