@@ -74,7 +74,7 @@ class LineBuffer(wiring.Component):
     latency = 2
 
     def __init__(self, *, height, width, channels, k, stride=1, pad=0, dilation=1, flip=False,
-                 shape=signed(16)):
+                 shape=signed(16), src_loc_at=0):
         _check_int("height", height, 1)
         _check_int("width", width, 1)
         _check_int("channel count", channels, 1)
@@ -102,7 +102,7 @@ class LineBuffer(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(self._pixel)),
             "o": Out(stream.Signature(self._window)),
-        })
+        }, src_loc_at=1 + src_loc_at)
 
     @classmethod
     def transposed(cls, *, height, width, channels, k, stride=1, pad=0, shape=signed(16)):
@@ -113,7 +113,7 @@ class LineBuffer(wiring.Component):
         remainder rows/columns bottom/right) and flipped; ``height * width`` windows per map.
         """
         g = eb_geometry(height, width, k, stride, pad)
-        return cls(channels=channels, flip=True, shape=shape, **g.as_kwargs())
+        return cls(channels=channels, flip=True, shape=shape, src_loc_at=1, **g.as_kwargs())
 
     # read-only parameters
     geometry = property(lambda self: self._geom)
