@@ -16,9 +16,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 
-import yaml
 
-from .errors import FpdeepError
+from .errors import FpdeepError, load_yaml
 
 __all__ = ["Board", "load_board", "parse_board", "board_names", "board_path", "BRAM36_BITS"]
 
@@ -235,17 +234,7 @@ def _build(data, *, source, file, default_name):
 def parse_board(text: str, file: str = "<string>", source: str | None = None,
                 default_name: str | None = None) -> Board:
     """Parse the YAML text of a board; *file* names it in error messages."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        if mark is not None:
-            lines = text.splitlines()
-            line = lines[mark.line].strip() if mark.line < len(lines) else ""
-            raise FpdeepError(file, f"line {mark.line + 1}", line,
-                              f"malformed YAML: {problem}") from None
-        raise FpdeepError(file, "(document)", None, f"malformed YAML: {problem}") from None
+    data = load_yaml(text, file)
     return _build(data, source=source if source is not None else file, file=file,
                   default_name=default_name)
 

@@ -10,7 +10,9 @@ so the command line can print it as it is, exit with status 2 and show no traceb
 
 from __future__ import annotations
 
-__all__ = ["FpdeepError"]
+import yaml
+
+__all__ = ["FpdeepError", "yaml_error", "load_yaml"]
 
 
 def _one_line(text: str) -> str:
@@ -53,3 +55,60 @@ class FpdeepError(Exception):
         if len(value) > 120:
             value = value[:117] + "..."
         return _one_line(f"{self.file}: {self.field}: {value}: {self.problem}")
+
+
+def yaml_error(exc, text: str, file) -> FpdeepError:
+    """Turn a PyYAML parse error into a one-line :class:`FpdeepError`.
+
+    The field is ``line N`` (1-based) and the value is the text of that line; when the parser
+    stopped at the end of the input or on a blank line, the last non-blank line before it is
+    named instead.
+    """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context:
+        problem = f"{problem} ({context})"
+    if mark is None:
+        return FpdeepError(file, "(document)", None, f"malformed YAML: {problem}")
+    lines = text.splitlines()
+    n = min(mark.line, len(lines) - 1)
+    while n > 0 and not lines[n].strip():
+        n -= 1
+    line = lines[n].strip() if 0 <= n < len(lines) else ""
+    return FpdeepError(file, f"line {max(n, 0) + 1}", line, f"malformed YAML: {problem}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+        except TypeError:
+            continue  # unhashable key: let the default constructor report it
+        if dup:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str, file):
+    """Parse YAML *text* (safe types only; a key given twice is an error).
+
+    Every parse problem is a one-line :class:`FpdeepError` naming *file* and the line.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise yaml_error(e, text, file) from None

@@ -111,6 +111,7 @@ def test_good_board_parses():
 
 ERRORS = [
     ("yaml", "lut: [1, 2\ndsp: 3\n", "line 2", "dsp: 3", "malformed YAML"),
+    ("duplicate-key", "lut: 1\ndsp: 2\nlut: 3\n", "line 3", "lut: 3", "duplicate key"),
     ("empty", "", "(document)", None, "empty"),
     ("list", "- vc709\n", "(document)", ["vc709"], "mapping"),
     ("unknown", text_with(luts=5), "luts", 5, "unknown field"),

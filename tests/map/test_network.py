@@ -196,6 +196,17 @@ def test_fc_flattens_and_checks_in_features():
     assert net.eb_macs("f1") == 0 and net.eb_macs("f2") == 28
 
 
+def test_layers_are_frozen_values():
+    net = load_network("tiny")
+    l = net.layers[0]
+    assert isinstance(l, Layer) and hash(l) == hash(Layer(**{f: getattr(l, f) for f in (
+        "name", "kind", "in_shape", "out_shape", "in_channels", "out_channels", "kernel",
+        "stride", "padding", "groups", "loss", "supported", "ceil_mode", "needs_error",
+        "options")}))
+    with pytest.raises(AttributeError):
+        l.kernel = 5
+
+
 def test_layer_queries():
     net = load_network("tiny")
     assert [l.name for l in net.compute_layers()] == ["conv1", "conv2", "conv3", "fc4"]
@@ -214,6 +225,12 @@ ERRORS = [
     ("yaml", "input: {channels: 3, height: 8\nlayers: [\n", "line 2", "layers: [",
      "malformed YAML"),
     ("yaml-tab", "input:\n\tchannels: 3\n", "line 2", "channels: 3", "malformed YAML"),
+    ("yaml-end", "input: {channels: 3, height: 8, width: 8}\nlayers: [\n  {name: a,\n\n",
+     "line 3", "{name: a,", "malformed YAML"),
+    ("duplicate-key", "input: {channels: 1, channels: 2, height: 2, width: 2}\nlayers: []\n",
+     "line 1", "input: {channels: 1, channels: 2, height: 2, width: 2}", "duplicate key"),
+    ("python-tag", "input: !!python/object:os.system {}\n", "line 1",
+     "input: !!python/object:os.system {}", "malformed YAML"),
     ("empty", "", "(document)", None, "empty"),
     ("not-mapping", "- 1\n- 2\n", "(document)", [1, 2], "mapping"),
     ("top-unknown", net_text([GOOD_CONV] + TAIL) + "frobs: 3\n", "frobs", 3, "unknown field"),
