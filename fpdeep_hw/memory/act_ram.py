@@ -23,8 +23,9 @@ class ActRAM(wiring.Component):
 
     One word holds ``lanes`` activations (one per channel lane ``S`` of the line buffer), each a
     signed integer of ``fmt.width`` bits. The storage is one :class:`amaranth.lib.memory.Memory`
-    of exactly ``depth`` words with one write port and one synchronous, non-transparent read port,
-    so synthesis maps it to block RAM.
+    per lane, each of ``depth`` activations with one write port and one synchronous,
+    non-transparent read port (all lanes share addresses and enables), so synthesis maps it to
+    block RAM. A depth-1 Act-RAM uses 2-word memories (no zero-width address in Verilog).
 
     The read port's data register is the output register: a word is *fetched* from the memory one
     cycle before it is presented on ``o``, and it is fetched again ahead of time whenever ``o`` is
@@ -116,9 +117,20 @@ class ActRAM(wiring.Component):
         # A depth-1 Act-RAM gets a 2-word memory (slot 1 unused) so that no address is 0 bits
         # wide: Verilog has no zero-width nets.
         mem_depth = max(depth, 2)
-        m.submodules.storage = storage = Memory(shape=self._layout, depth=mem_depth, init=[])
-        w_port = storage.write_port()
-        r_port = storage.read_port()          # synchronous, non-transparent
+        # One memory per lane (``fmt.width`` bits wide), all with the same address and enables:
+        # block RAM use is the same as for one wide memory, and the write-enable masks stay small
+        # (the Python simulator cannot compile a write mask of a few thousand bits).
+        w_addr, w_en = Signal(range(mem_depth)), Signal()
+        r_addr, r_en = Signal(range(mem_depth)), Signal()
+        for lane in range(self._lanes):
+            bank = Memory(shape=signed(self._fmt.width), depth=mem_depth, init=[])
+            m.submodules[f"lane_{lane}"] = bank
+            bw = bank.write_port()
+            br = bank.read_port()             # synchronous, non-transparent
+            m.d.comb += [
+                bw.addr.eq(w_addr), bw.data.eq(self.i.payload[lane]), bw.en.eq(w_en),
+                br.addr.eq(r_addr), br.en.eq(r_en), self.o.payload[lane].eq(br.data),
+            ]
 
         wr_addr = Signal(range(mem_depth))    # next slot to write
         rd_addr = Signal(range(mem_depth))    # next slot to fetch into the output register
@@ -135,15 +147,11 @@ class ActRAM(wiring.Component):
             # a stored word is not yet in the output register, and the register is free or freed
             fetch.eq((level != o_valid) & (~o_valid | self.o.ready)),
 
-            w_port.addr.eq(wr_addr),
-            w_port.data.eq(self.i.payload),
-            w_port.en.eq(do_write),
-
-            r_port.addr.eq(rd_addr),
-            r_port.en.eq(fetch),
-
+            w_addr.eq(wr_addr),
+            w_en.eq(do_write),
+            r_addr.eq(rd_addr),
+            r_en.eq(fetch),
             self.o.valid.eq(o_valid),
-            self.o.payload.eq(r_port.data),
 
             self.level.eq(level),
             self.full.eq(level == depth),

@@ -68,6 +68,7 @@ def test_parameters_and_signature():
     (3, 5, 60, 0.3, 0.3),
     (4, 16, 80, 0.1, 0.6),     # consumer slow: the Act-RAM fills up and refuses writes
     (5, 7, 60, 0.6, 0.1),      # producer slow: the Act-RAM keeps running empty
+    (192, 4, 12, 0.3, 0.3),    # a wide word (3072 bits)
 ])
 def test_stream_random_stalls(lanes, depth, n, p_in, p_out, waves):
     rng = random.Random(lanes * 1000 + depth)
