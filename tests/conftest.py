@@ -1,8 +1,20 @@
 """Shared pytest fixtures."""
 
 import re
+import warnings
 
 import pytest
+
+# Hypothesis imports libcst lazily to print a patch when a property test fails; with this
+# environment's mypy_extensions that import emits a DeprecationWarning, which filterwarnings=error
+# turns into a pytest INTERNALERROR that hides the failure and stops the run. Import it once here,
+# with that warning silenced, so a failing property test is reported normally.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import libcst  # noqa: F401
+    except ImportError:
+        pass
 
 
 @pytest.fixture
