@@ -276,6 +276,14 @@ class Network:
     classes: int
     description: str = ""
 
+    def __post_init__(self):
+        # Layer.eb_macs must agree with Network.eb_macs however the network was built:
+        # the first compute layer needs no error, every other one does.
+        self.input_shape = tuple(self.input_shape)
+        first = next((i for i, l in enumerate(self.layers) if l.is_compute), None)
+        self.layers = [l if l.needs_error == (i != first) else replace(l, needs_error=(i != first))
+                       for i, l in enumerate(self.layers)]
+
     # ---- queries -------------------------------------------------------------------------
     def compute_layers(self) -> list:
         """The ``conv`` and ``fc`` layers in order."""
@@ -641,8 +649,6 @@ def _build(data, *, source, file, default_name):
         raise _err(file, f"layers[{i}]", layers[i].name,
                    f"the loss input must be a vector of class scores, got "
                    f"{'x'.join(map(str, layers[i].in_shape))}")
-    first = compute[0]
-    layers = [replace(l, needs_error=False) if l is first else l for l in layers]
 
     return Network(name=name, source=source, input_shape=input_shape, layers=layers,
                    classes=compute[-1].out_channels, description=description)

@@ -207,6 +207,15 @@ def test_layers_are_frozen_values():
         l.kernel = 5
 
 
+def test_network_built_directly_marks_the_first_compute_layer():
+    from dataclasses import replace
+    net = load_network("digits")
+    again = Network(name="digits", source="here", input_shape=[1, 8, 8],
+                    layers=[replace(l, needs_error=True) for l in net.layers], classes=10)
+    assert again == net and again.input_shape == (1, 8, 8)
+    assert again.layers[0].eb_macs == 0 and again.total_eb_macs == net.total_eb_macs
+
+
 def test_layer_queries():
     net = load_network("tiny")
     assert [l.name for l in net.compute_layers()] == ["conv1", "conv2", "conv3", "fc4"]
