@@ -1,0 +1,49 @@
+"""Resource cost model of the generated hardware, in one place.
+
+The mapper predicts DSP, BRAM, LUT and FF use of every node from these figures. DSP and BRAM
+counts follow from the architecture exactly (one DSP slice per multiply-accumulate lane, memories
+sized from their depth and width); LUT and FF figures are estimates of the glue around them and
+are meant to be calibrated against Yosys ``synth_xilinx`` counts of the generated nodes (see
+``bench/``). Every constant says what it stands for.
+"""
+
+# --- BRAM geometry (Xilinx 7-series / UltraScale) -------------------------------------------------
+BRAM18_BITS = 18 * 1024            # one RAMB18: 1K x 18 or 512 x 36 (parity bits usable)
+BRAM36_BITS = 36 * 1024
+#: Words of an 18-bit-or-narrower FIFO packed two per 36-bit row: 16-bit data use 32 of every 36 bits.
+FIFO_BITS_PER_BRAM36 = 32 * 1024
+
+# --- fractions of a device the mapper may fill ----------------------------------------------------
+#: DSP slices given to convolution engines (the rest: timing closure, FC helpers, address arithmetic).
+DSP_BUDGET = 0.90
+#: BRAM given to parameters, gradients, line buffers and on-chip Act-RAM.
+BRAM_BUDGET = 0.85
+#: LUT and FF ceilings the plan must stay under.
+LUT_BUDGET = 0.85
+FF_BUDGET = 0.85
+#: Share of the off-chip memory bandwidth the plan may use (refresh, bank conflicts, turnaround).
+OFFCHIP_EFFICIENCY = 0.70
+
+# --- per-node fixed logic ------------------------------------------------------------------------
+#: Link framers (two interconnection pairs), CRC, credit logic, control and host interface.
+NODE_BASE_LUT = 24_000
+NODE_BASE_FF = 36_000
+#: Link receive/transmit buffers: BRAM36 per interconnection pair.
+LINK_FIFO_BRAM36 = 4
+#: Off-chip memory controller (MIG-class) when a node uses off-chip memory.
+MEMCTRL_LUT = 12_000
+MEMCTRL_FF = 15_000
+
+# --- per-engine logic ----------------------------------------------------------------------------
+#: Per DSP lane: operand pipeline registers and accumulate/adder-cascade glue.
+LUT_PER_DSP = 18
+FF_PER_DSP = 52
+#: Per K x K tile: result requantisation, overflow counter, control.
+LUT_PER_TILE = 40
+FF_PER_TILE = 60
+#: Per segment (one layer slice on a node): address generators, line-buffer control, SFU.
+LUT_PER_SEGMENT = 3_000
+FF_PER_SEGMENT = 4_000
+#: SFU lanes (ReLU with mask, max-pool with argmax): per output channel lane.
+LUT_PER_SFU_LANE = 60
+FF_PER_SFU_LANE = 80

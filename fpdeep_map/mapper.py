@@ -1,0 +1,601 @@
+"""From a network and a cluster to a plan: partition, allocation, storage, balancing, traffic.
+
+``map_network(net, board, nodes, ...)`` runs the whole flow and returns a :class:`Plan`:
+
+1. **Work line** (:func:`build_works`): every conv/fc layer with its FP, EB and PG MACs, cut by
+   input channels (ICP) or, where a layer has fewer than ``ocp_threshold`` input channels per
+   group, by output channels (OCP).
+2. **Partition and engines** (:mod:`fpdeep_map.partition`): coarse equal-work cut, fine cut at
+   channel granularity, engines as P x S x X arrays of K x K tiles.
+3. **Storage** per node: LPRAM (master weights) and LGB (gradient accumulators), line buffers,
+   link FIFOs, Act-RAM sized from the pipeline timing model (:func:`residency`), FC weights in
+   off-chip memory with an FC micro-batch that keeps that traffic within the memory's bandwidth.
+4. **Parameter balancing**: parameters of a node whose BRAM cannot hold them are kept in the
+   nearest nodes with room (their BPRAM/BGB); the weights then stream to the user once per use
+   (FP and EB) per image, and gradients stream back once per image.
+5. **Traffic** on every link and direction, per data path.
+6. **Performance**: the pipeline period is the slowest engine; links and off-chip memory may
+   lower the rate; GOPS, DSP use, idle share and epoch time follow.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import costs
+from .board import Board
+from .errors import FpdeepError
+from .network import Network
+from .numerics import NumericsConfig
+from .partition import PHASES, PartitionError, Work, partition
+from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan,
+                   StreamPlan)
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+TOPOLOGIES = ("chain", "ring", "mesh")
+
+
+# ---- 1. the work line ---------------------------------------------------------------------------
+
+def build_works(net: Network, ocp_threshold: int = 16):
+    works = []
+    for i, layer in enumerate(net.compute_layers()):
+        if layer.kind == "conv":
+            cin, h, w = layer.in_shape
+            cout, ho, wo = layer.out_shape
+            k, stride, groups = layer.kernel, layer.stride, layer.groups
+        else:
+            cin, cout = layer.in_channels, layer.out_channels
+            h = w = ho = wo = 1
+            k, stride, groups = 1, 1, 1
+        split = "ocp" if layer.kind == "conv" and cin // groups < ocp_threshold else "icp"
+        macs = {"fp": layer.fp_macs, "eb": net.eb_macs(layer), "pg": layer.pg_macs}
+        works.append(Work(index=i, name=layer.name, kind=layer.kind, split=split, cin=cin,
+                          cout=cout, groups=groups, k=k, stride=stride, in_hw=(h, w),
+                          out_hw=(ho, wo), macs=macs))
+    return works
+
+
+def post_layers(net: Network):
+    """Compute layer name -> the relu/maxpool layers that follow it."""
+    post, current = {}, None
+    for layer in net.layers:
+        if layer.is_compute:
+            current = layer.name
+            post[current] = []
+        elif layer.kind in ("relu", "maxpool") and current is not None:
+            post[current].append(layer)
+    return post
+
+
+# ---- 3. timing model of the fine-grained pipeline -------------------------------------------------
+
+def residency(net: Network, works, fc_microbatch: int):
+    """How long (in pipeline periods, i.e. images) each layer's input stays in Act-RAM.
+
+    A layer streams one image per period T, row by row. Layer l+1 starts on an image once layer l
+    has produced the rows its first output row needs: a fraction ``f_l`` of layer l's input
+    (conv: ``(K - P)`` rows, plus ``(kp - 1) * stride`` more when a pool of kernel kp follows,
+    over ``H_in``; fc: the whole input, for a micro-batch of ``fc_microbatch`` images). Backward,
+    layer l starts once layer l+1 has produced the first rows of its input errors (a fraction
+    ``g_{l+1}`` of a period, K rows over H_out; fc: a micro-batch). Row r of layer l's input is
+    written in FP at ``s_l + r/H*T`` and read by PG at ``b_l + r/H*T``, so the Act-RAM of layer l
+    holds ``(b_l - s_l) / T = sum_{j>=l} f_j + sum_{j>l} g_j`` images' worth (plus K rows).
+    """
+    post = post_layers(net)
+    layers = {l.name: l for l in net.compute_layers()}
+    f, g = [], []
+    for w in works:
+        if w.kind == "fc":
+            f.append(float(fc_microbatch))
+            g.append(float(fc_microbatch))
+            continue
+        layer = layers[w.name]
+        rows = max(1, w.k - layer.padding)
+        for p in post[w.name]:
+            if p.kind == "maxpool":
+                rows += (p.kernel - 1) * w.stride
+        f.append(min(1.0, rows / w.in_hw[0]))
+        g.append(min(1.0, w.k / w.out_hw[0]))
+    res = []
+    for i in range(len(works)):
+        res.append(sum(f[i:]) + sum(g[i + 1:]))
+    return res
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+def _bram18_for(words, width, banks):
+    """RAMB18 count of a memory of ``banks`` lanes of ``width`` bits read at one address.
+
+    ``words`` words in all, so ``depth = ceil(words / banks)``. The lanes side by side form one
+    row of ``banks * width`` bits, built from RAMB18 columns of 1K x 18 or 512 x 36, whichever
+    needs fewer. Returns (bram18, depth).
+    """
+    if words <= 0:
+        return 0, 0
+    banks = max(1, min(banks, words))
+    depth = -(-words // banks)
+    row = banks * width
+    return min(-(-row // 18) * -(-depth // 1024), -(-row // 36) * -(-depth // 512)), depth
+
+
+def _segment_weights(w: Work, lo, hi):
+    if w.kind == "fc":
+        return (hi - lo) * w.cout
+    if w.split == "icp":
+        return (hi - lo) * (w.cout // w.groups) * w.kk
+    return (hi - lo) * (w.cin // w.groups) * w.kk
+
+
+def _in_out_ranges(w: Work, lo, hi):
+    """(input channels read, output channels produced) of units [lo, hi)."""
+    if w.split == "icp":
+        per_in, per_out = w.cin // w.groups, w.cout // w.groups
+        g0, g1 = lo // per_in, (hi - 1) // per_in
+        return [lo, hi], [g0 * per_out, (g1 + 1) * per_out]
+    per_in, per_out = w.cin // w.groups, w.cout // w.groups
+    g0, g1 = lo // per_out, (hi - 1) // per_out
+    return [g0 * per_in, (g1 + 1) * per_in], [lo, hi]
+
+
+# ---- the whole flow -------------------------------------------------------------------------------
+
+def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chain",
+                batch: int = 64, numerics: NumericsConfig | None = None, ocp_threshold: int = 16,
+                dsp_budget: float = costs.DSP_BUDGET, bram_budget: float = costs.BRAM_BUDGET,
+                lut_budget: float = costs.LUT_BUDGET, ff_budget: float = costs.FF_BUDGET,
+                fc_microbatch: int | None = None) -> Plan:
+    """Map the training of ``net`` onto ``nodes`` boards of kind ``board``.
+
+    Raises :class:`FpdeepError` for bad arguments and for a network that does not fit.
+    """
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise FpdeepError("--nodes", "nodes", nodes, "must be an integer >= 1")
+    if topology not in TOPOLOGIES:
+        raise FpdeepError("--topology", "topology", topology, f"must be one of {TOPOLOGIES}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise FpdeepError("--batch", "batch", batch, "must be an integer >= 1")
+    if net.unsupported():
+        bad = net.unsupported()[0]
+        raise FpdeepError(net.source, f"layers[{net.index(bad.name)}].kind", bad.kind,
+                          f"layer {bad.name!r} is of a kind fpdeep cannot map yet "
+                          f"(run 'check' for the full list)")
+    numerics = numerics or NumericsConfig()
+    works = build_works(net, ocp_threshold)
+    if not works:
+        raise FpdeepError(net.source, "layers", len(net.layers), "the network has no conv or fc layer")
+
+    dsp_per_node = int(board.dsp * dsp_budget)
+    try:
+        by_node, _ = partition(works, nodes, dsp_per_node)
+    except PartitionError as e:
+        raise FpdeepError(board.source, "dsp", board.dsp, f"network does not fit: {e}") from None
+
+    period = max(seg.cycles for segs in by_node for seg in segs)
+    clock_hz = board.clock_mhz * 1e6
+    compute_ips = clock_hz / period
+
+    ctx = _Context(net, board, nodes, works, by_node, numerics, batch, topology,
+                   dict(dsp=dsp_budget, bram=bram_budget, lut=lut_budget, ff=ff_budget))
+    ctx.choose_fc_microbatch(compute_ips, fc_microbatch)
+    ctx.size_memories()
+    ctx.balance_parameters()
+    ctx.place_act_ram()
+    ctx.traffic()
+    return ctx.finish(period)
+
+
+class _Context:
+    """State of one mapping run (kept out of the public API)."""
+
+    def __init__(self, net, board, nodes, works, by_node, numerics, batch, topology, budgets):
+        self.net, self.board, self.nodes, self.works = net, board, nodes, works
+        self.by_node, self.num, self.batch, self.topology = by_node, numerics, batch, topology
+        self.budgets = budgets
+        self.bram18_budget = int(board.bram36 * budgets["bram"] * 2)
+        # on chip per parameter: the working weight (LPRAM) and its gradient accumulator (LGB);
+        # the master copy lives in off-chip memory and is touched once per mini-batch
+        self.param_bits = numerics.weight.width + numerics.grad_acc_width
+        self.segplans = [[] for _ in range(nodes)]
+        self.lends = []                     # LendPlan
+        self.offchip_bits = [0.0] * nodes   # per image
+        self.offchip_bytes = [0.0] * nodes  # capacity used
+        self.post = post_layers(net)
+
+    # -- FC micro-batch --------------------------------------------------------------------------
+    def _fc_bits_per_image(self, weights, b):
+        m, ga = self.num.master.width, self.num.grad_acc_width
+        return weights * ((2 * m + 2 * ga) / b + (2 * m + ga) / self.batch)
+
+    def choose_fc_microbatch(self, compute_ips, forced):
+        """Smallest power of two (<= batch) keeping every FC node's off-chip traffic within
+        the memory's usable bandwidth at the compute-bound rate."""
+        fc_weights = [0] * self.nodes
+        for k, segs in enumerate(self.by_node):
+            for seg in segs:
+                if seg.work.kind == "fc":
+                    fc_weights[k] += _segment_weights(seg.work, seg.lo, seg.hi)
+        if forced is not None:
+            if isinstance(forced, bool) or not isinstance(forced, int) or forced < 1:
+                raise FpdeepError("--fc-microbatch", "fc_microbatch", forced, "must be an integer >= 1")
+            self.fc_microbatch = forced
+            return
+        usable = self.board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
+        b = 1
+        while b < self.batch and any(
+                self._fc_bits_per_image(w, b) * compute_ips > usable for w in fc_weights if w):
+            b *= 2
+        self.fc_microbatch = min(b, self.batch)
+
+    # -- storage ---------------------------------------------------------------------------------
+    def size_memories(self):
+        num = self.num
+        self.res = residency(self.net, self.works, self.fc_microbatch)
+        for k, segs in enumerate(self.by_node):
+            for seg in segs:
+                w = seg.work
+                weights = _segment_weights(w, seg.lo, seg.hi)
+                ins, outs = _in_out_ranges(w, seg.lo, seg.hi)
+                h, wd = w.in_hw
+                nin = (ins[1] - ins[0]) if w.split == "icp" else w.cin
+                act_words_img = nin * h * wd
+                images = self.res[w.index]
+                act_words = math.ceil(act_words_img * images) + nin * w.k * wd
+                fp = seg.engines["fp"]
+                pg = seg.engines["pg"]
+                if w.kind == "fc":
+                    lp = MemoryPlan(words=weights, width=num.master.width, offchip_words=weights)
+                    lg = MemoryPlan(words=weights, width=num.grad_acc_width, offchip_words=weights)
+                    lb = MemoryPlan(words=0, width=num.activation.width)
+                    self.offchip_bits[k] += self._fc_bits_per_image(weights, self.fc_microbatch)
+                    self.offchip_bytes[k] += weights * self.param_bits / 8
+                else:
+                    b18, depth = _bram18_for(weights, num.weight.width, fp.s * w.kk)
+                    lp = MemoryPlan(words=weights, width=num.weight.width, banks=fp.s * w.kk,
+                                    depth=depth, bram18=b18)
+                    # master copies: read, updated and written back once per mini-batch
+                    self.offchip_bits[k] += weights * 2 * num.master.width / self.batch
+                    self.offchip_bytes[k] += weights * num.master.width / 8
+                    b18, depth = _bram18_for(weights, num.grad_acc_width, pg.s * w.kk)
+                    lg = MemoryPlan(words=weights, width=num.grad_acc_width, banks=pg.s * w.kk,
+                                    depth=depth, bram18=b18)
+                    # FP and PG read K+X-1 activation rows of the segment's input channels; EB
+                    # keeps K+X-1 rows of the output errors of its output channels
+                    rows = w.k + fp.x - 1
+                    nout = outs[1] - outs[0]
+                    lb_words = 2 * rows * wd * nin + rows * w.out_hw[1] * nout
+                    lb_b18 = -(-lb_words * num.activation.width // costs.BRAM18_BITS)
+                    lb = MemoryPlan(words=lb_words, width=num.activation.width, banks=3,
+                                    depth=-(-lb_words // 3), bram18=lb_b18)
+                completes = _completed_outputs(w, seg.lo, seg.hi)
+                engines = {p: EnginePlan(phase=p, kernel=e.k, p=e.p, s=e.s, x=e.x, dsp=e.dsp,
+                                         cycles_per_image=e.cycles, macs_per_image=e.macs)
+                           for p, e in seg.engines.items()}
+                sp = SegmentPlan(
+                    layer=w.name, index=w.index, kind=w.kind, split=seg.split,
+                    channels=[0, w.cin] if seg.whole and w.split == "ocp" else [seg.lo, seg.hi],
+                    in_channels=ins, out_channels=outs, completes=completes,
+                    post=[p.name for p in self.post[w.name]] if completes else [],
+                    weights=weights, weights_borrowed=0, engines=engines,
+                    act_ram=MemoryPlan(words=act_words, width=num.activation.width),
+                    act_ram_images=round(images, 4), lpram=lp, lgb=lg, line_buffers=lb)
+                self.segplans[k].append(sp)
+
+    def _mandatory_bram18(self, k):
+        segs = self.segplans[k]
+        own = sum(s.lpram.bram18 + s.lgb.bram18 + s.line_buffers.bram18 for s in segs)
+        lent = sum(l.bram18 for l in self.lends if l.lender == k)
+        return own + lent + 2 * 2 * costs.LINK_FIFO_BRAM36
+
+    def _distance(self, a, b):
+        d = abs(a - b)
+        if self.topology == "ring":
+            d = min(d, self.nodes - d)
+        return d
+
+    def balance_parameters(self):
+        """Move parameters of nodes whose BRAM is short to the nearest nodes with room."""
+        budget = self.bram18_budget
+        bits = self.param_bits
+        for k in sorted(range(self.nodes), key=lambda j: -self._mandatory_bram18(j)):
+            order = sorted((j for j in range(self.nodes) if j != k),
+                           key=lambda j: (self._distance(j, k), -self._spare(j)))
+            progress = True
+            while self._mandatory_bram18(k) > budget and progress:
+                progress = False
+                for lender in order:
+                    deficit = self._mandatory_bram18(k) - budget
+                    if deficit <= 0:
+                        break
+                    spare = self._spare(lender)
+                    if spare <= 0:
+                        continue
+                    # the conv segment with the most parameters still on chip here
+                    segs = [s for s in self.segplans[k]
+                            if s.kind == "conv" and s.weights > s.weights_borrowed]
+                    if not segs:
+                        break
+                    seg = max(segs, key=lambda s: s.weights - s.weights_borrowed)
+                    want = min(seg.weights - seg.weights_borrowed,
+                               -(-(deficit + 1) * costs.BRAM18_BITS // bits),
+                               spare * costs.BRAM18_BITS // bits)
+                    if want <= 0:
+                        continue
+                    self._shrink(seg, seg.weights_borrowed + want)
+                    self._lend(seg.layer, lender, k, want)
+                    progress = True
+            if self._mandatory_bram18(k) > budget:
+                need = self._mandatory_bram18(k)
+                raise FpdeepError(
+                    self.board.source, "bram36", self.board.bram36,
+                    f"network does not fit: node {k} needs {need / 2:.1f} BRAM36 for parameters, "
+                    f"gradients and buffers but may use {budget / 2:.1f} "
+                    f"({self.budgets['bram']:.0%} of {self.board.bram36}) and no node has room "
+                    f"left for the {(need - budget) / 2:.1f} BRAM36 more it needs (try more nodes)")
+
+    def _lend(self, layer, lender, borrower, weights):
+        for l in self.lends:
+            if (l.layer, l.lender, l.borrower) == (layer, lender, borrower):
+                l.weights += weights
+                l.bram18 = -(-l.weights * self.param_bits // costs.BRAM18_BITS)
+                return
+        self.lends.append(LendPlan(layer=layer, lender=lender, borrower=borrower, weights=weights,
+                                   bram18=-(-weights * self.param_bits // costs.BRAM18_BITS)))
+
+    def _spare(self, j):
+        return self.bram18_budget - self._mandatory_bram18(j)
+
+    def _shrink(self, seg, borrowed):
+        seg.weights_borrowed = borrowed
+        local = seg.weights - borrowed
+        w = self.works[seg.index]
+        b18, depth = _bram18_for(local, self.num.weight.width, seg.lpram.banks)
+        seg.lpram = MemoryPlan(words=local, width=seg.lpram.width, banks=seg.lpram.banks,
+                               depth=depth, bram18=b18)
+        b18, depth = _bram18_for(local, self.num.grad_acc_width, seg.lgb.banks)
+        seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
+                             depth=depth, bram18=b18)
+        # borrowed weights arrive as a stream: a double buffer of one weight set per lane
+        _ = w
+
+    def place_act_ram(self):
+        """Act-RAM on chip where BRAM is left, the rest in off-chip memory."""
+        for k in range(self.nodes):
+            room = max(0, self.bram18_budget - self._mandatory_bram18(k))
+            # smaller FIFOs first: they fit whole
+            for seg in sorted(self.segplans[k], key=lambda s: s.act_ram.words):
+                a = seg.act_ram
+                need = -(-a.words * a.width // (costs.FIFO_BITS_PER_BRAM36 // 2))
+                w = self.works[seg.index]
+                img_words = a.words / max(seg.act_ram_images, 1e-9)
+                if need <= room:
+                    seg.act_ram = MemoryPlan(words=a.words, width=a.width, banks=1,
+                                             depth=a.words, bram18=need)
+                    room -= need
+                else:
+                    seg.act_ram = MemoryPlan(words=a.words, width=a.width, banks=1,
+                                             depth=a.words, bram18=0, offchip_words=a.words)
+                    nin = seg.in_channels[1] - seg.in_channels[0] if w.split == "icp" else w.cin
+                    per_image = nin * w.in_hw[0] * w.in_hw[1]
+                    self.offchip_bits[k] += 2 * per_image * a.width
+                    self.offchip_bytes[k] += a.words * a.width / 8
+                _ = img_words
+
+    # -- traffic ---------------------------------------------------------------------------------
+    def traffic(self):
+        """Words per image on every link direction, per data path."""
+        num = self.num
+        flows = {}          # (src, dst) -> {(path, layer, width): words}
+
+        def add(a, b, path, layer, width, words):
+            """`words` per image from node a to node b along the chain, hop by hop."""
+            if a == b or words <= 0:
+                return
+            step = 1 if b > a else -1
+            for j in range(a, b, step):
+                key = (path, layer, width)
+                d = flows.setdefault((j, j + step), {})
+                d[key] = d.get(key, 0) + words
+
+        segs_of = {w.index: [] for w in self.works}
+        for k, segs in enumerate(self.segplans):
+            for s in segs:
+                segs_of[s.index].append((k, s))
+
+        # producers of each compute layer's input tensor: list of (flat_lo, flat_hi, node)
+        producers = [(0, self._tensor_size(0), 0)]
+        producers = [producers]
+        for w in self.works[:-1]:
+            producers.append(self._producers_of_output(w, segs_of[w.index]))
+
+        for w in self.works:
+            segs = segs_of[w.index]
+            size = self._tensor_size(w.index)
+            per_ch = size // w.cin
+            prod = producers[w.index]
+            first, last = segs[0][0], segs[-1][0]
+            name = w.name
+            if w.split == "icp":
+                consumers = [(s.channels[0] * per_ch, s.channels[1] * per_ch, k) for k, s in segs]
+                for a, b, p in prod:
+                    for c0, c1, k in consumers:
+                        n = min(b, c1) - max(a, c0)
+                        if n > 0:
+                            add(p, k, "activations", name, num.activation.width, n)
+                            if w.macs["eb"]:
+                                add(k, p, "errors", name, num.error.width, n)
+                # partial sums forward and output errors backward, per group
+                per_in, per_out = w.cin // w.groups, w.cout // w.groups
+                hw_out = w.out_hw[0] * w.out_hw[1]
+                for g in range(w.groups):
+                    holders = [k for k, s in segs
+                               if s.channels[0] < (g + 1) * per_in and s.channels[1] > g * per_in]
+                    lo_k, hi_k = min(holders), max(holders)
+                    add(lo_k, hi_k, "partial_sums", name, num.partial.width, per_out * hw_out)
+                    add(hi_k, lo_k, "errors", name, num.error.width, per_out * hw_out)
+            else:
+                # every node of the span needs the whole input: it streams on to the last one
+                for a, b, p in prod:
+                    add(p, last, "activations", name, num.activation.width, b - a)
+                if w.macs["eb"]:
+                    add(last, first, "partial_errors", name, num.partial.width, size)
+                    for a, b, p in prod:
+                        add(first, p, "errors", name, num.error.width, b - a)
+
+        # balanced parameters: weights to the user for FP and for EB, gradients back
+        for l in self.lends:
+            a, b = self._route(l.lender, l.borrower)
+            add(a, b, "parameters", l.layer, num.weight.width, 2 * l.weights)
+            add(b, a, "gradients", l.layer, num.gradient.width, l.weights)
+        self.flows = flows
+
+    def _route(self, a, b):
+        """Endpoints as walked on the chain (a ring's wrap-around link joins N-1 and 0)."""
+        return a, b
+
+    def _tensor_size(self, index):
+        w = self.works[index]
+        return w.cin * w.in_hw[0] * w.in_hw[1]
+
+    def _producers_of_output(self, w, segs):
+        """Where each part of the next layer's input tensor is finished: (flat_lo, flat_hi, node)."""
+        nxt = self.works[w.index + 1]
+        size = self._tensor_size(nxt.index)
+        per_ch = size // w.cout
+        out = []
+        for k, s in segs:
+            if s.completes:
+                out.append((s.completes[0] * per_ch, s.completes[1] * per_ch, k))
+        return sorted(out)
+
+    # -- results ---------------------------------------------------------------------------------
+    def finish(self, period):
+        board, num = self.board, self.num
+        clock_hz = board.clock_mhz * 1e6
+        compute_ips = clock_hz / period
+        cap = self.link_capacity_gbps()
+        link_bits = {key: sum(words * width for (_, _, width), words in d.items())
+                     for key, d in self.flows.items()}
+        link_ips = min((cap * 1e9 / bits for bits in link_bits.values() if bits), default=math.inf)
+        usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
+        mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
+        ips = min(compute_ips, link_ips, mem_ips)
+        if ips == compute_ips:
+            bottleneck = "compute"
+        elif ips == link_ips:
+            bottleneck = "link"
+        else:
+            bottleneck = "memory"
+
+        total_macs = sum(w.total_macs for w in self.works)
+        links = []
+        for (a, b), d in sorted(self.flows.items()):
+            streams = [StreamPlan(path=p, layer=l, words_per_image=float(words), width=width)
+                       for (p, l, width), words in d.items()]
+            bits = link_bits[(a, b)]
+            links.append(LinkPlan(src=a, dst=b, streams=streams, bits_per_image=float(bits),
+                                  gbps=round(bits * ips / 1e9, 4)))
+        node_plans = []
+        dsp_total = 0
+        for k in range(self.nodes):
+            segs = self.segplans[k]
+            dsp = sum(e.dsp for s in segs for e in s.engines.values())
+            dsp_total += dsp
+            bram18 = self._mandatory_bram18(k) + sum(s.act_ram.bram18 for s in segs)
+            lut, ff = self._logic(k, segs)
+            macs = sum(e.macs_per_image for s in segs for e in s.engines.values())
+            gin = sum(l.gbps for l in links if l.dst == k)
+            gout = sum(l.gbps for l in links if l.src == k)
+            node_plans.append(NodePlan(
+                node=k, segments=segs, dsp=dsp, bram36=bram18 / 2, lut=lut, ff=ff,
+                cycles_per_image=max((e.cycles_per_image for s in segs
+                                      for e in s.engines.values()), default=0),
+                macs_per_image=macs, gops=round(2 * macs * ips / 1e9, 3),
+                link_gbps_in=round(gin, 4), link_gbps_out=round(gout, 4),
+                offchip_gbps=round(self.offchip_bits[k] * ips / 1e9, 4),
+                offchip_mbytes=round(self.offchip_bytes[k] / 1e6, 3),
+                bpram=[l for l in self.lends if l.lender == k]))
+            self._check_logic(k, lut, ff)
+        idle = 1 - total_macs / (dsp_total * period) if dsp_total else 0.0
+        gops_fpga = 2 * total_macs * ips / self.nodes / 1e9
+        summary = {
+            "images_per_second": round(ips, 4),
+            "compute_images_per_second": round(compute_ips, 4),
+            "link_images_per_second": round(link_ips, 4) if link_ips != math.inf else None,
+            "memory_images_per_second": round(mem_ips, 4) if mem_ips != math.inf else None,
+            "cycles_per_image": int(period),
+            "throughput_gops_per_fpga": round(gops_fpga, 3),
+            "epoch_hours": round(IMAGENET_TRAIN_IMAGES / ips / 3600, 4),
+            "dsp_utilization": round(dsp_total / (self.nodes * board.dsp), 4),
+            "idle_fraction": round(idle, 5),
+            "max_link_gbps": round(max((l.gbps for l in links), default=0.0), 4),
+            "link_capacity_gbps": round(cap, 4),
+            "bottleneck": bottleneck,
+            "train_macs_per_image": total_macs,
+            "lent_weights": sum(l.weights for l in self.lends),
+        }
+        return Plan(network=self.net.name, network_source=self.net.source, board=board.name,
+                    board_source=board.source, nodes=self.nodes, clock_mhz=board.clock_mhz,
+                    link_gbps=board.link_gbps, topology=self.topology, batch=self.batch,
+                    fc_microbatch=self.fc_microbatch, numerics=num,
+                    budgets=dict(self.budgets),
+                    available=dict(dsp=board.dsp, bram36=board.bram36, lut=board.lut, ff=board.ff),
+                    node_plans=node_plans, links=links, summary=summary)
+
+    def link_capacity_gbps(self):
+        """Usable bandwidth of one link direction. Every FPGA has the same transceivers; a 2-D
+        mesh shares them among up to four neighbours instead of two."""
+        if self.topology == "mesh":
+            rows, cols = mesh_shape(self.nodes)
+            degree = min(4, (2 if rows > 1 else 1) + (2 if cols > 1 else 1)) if self.nodes > 1 else 2
+            degree = max(2, degree)
+            return self.board.link_gbps * 2 / degree
+        return self.board.link_gbps
+
+    def _logic(self, k, segs):
+        lut = costs.NODE_BASE_LUT
+        ff = costs.NODE_BASE_FF
+        for s in segs:
+            lut += costs.LUT_PER_SEGMENT
+            ff += costs.FF_PER_SEGMENT
+            for e in s.engines.values():
+                tiles = e.p * e.s * e.x
+                lut += e.dsp * costs.LUT_PER_DSP + tiles * costs.LUT_PER_TILE
+                ff += e.dsp * costs.FF_PER_DSP + tiles * costs.FF_PER_TILE
+            if s.completes:
+                lanes = s.engines["fp"].p * s.engines["fp"].x
+                lut += lanes * costs.LUT_PER_SFU_LANE
+                ff += lanes * costs.FF_PER_SFU_LANE
+        if self.offchip_bits[k]:
+            lut += costs.MEMCTRL_LUT
+            ff += costs.MEMCTRL_FF
+        return int(lut), int(ff)
+
+    def _check_logic(self, k, lut, ff):
+        for what, used, avail, frac in (("lut", lut, self.board.lut, self.budgets["lut"]),
+                                        ("ff", ff, self.board.ff, self.budgets["ff"])):
+            if used > avail * frac:
+                raise FpdeepError(self.board.source, what, avail,
+                                  f"network does not fit: node {k} needs {used} {what.upper()}, "
+                                  f"{frac:.0%} of the device is {int(avail * frac)}")
+
+
+def _completed_outputs(w: Work, lo, hi):
+    """Output channels finished by the segment ending at unit ``hi`` (ICP) or held (OCP)."""
+    if w.split == "ocp":
+        return [lo, hi]
+    per_in, per_out = w.cin // w.groups, w.cout // w.groups
+    # the groups whose last input channel lies in [lo, hi)
+    done = [g for g in range(w.groups) if lo < (g + 1) * per_in <= hi]
+    if not done:
+        return []
+    return [done[0] * per_out, (done[-1] + 1) * per_out]
+
+
+def mesh_shape(n):
+    """The most square rows x cols grid with rows * cols == n (a snake path is the chain)."""
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
