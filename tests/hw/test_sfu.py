@@ -160,6 +160,8 @@ POOL_SHAPES = [
     (2, 2, 3, 1, 2),    # one column
     (3, 3, 5, 4, 1),    # stride = k
     (1, 1, 2, 3, 1),    # K = 1
+    (5, 3, 11, 12, 1),  # wider window, three windows open at once
+    (4, 2, 9, 8, 2),    # even window, overlapping by two
 ]
 
 
@@ -276,3 +278,24 @@ def test_arguments():
         "maxpool_backward_2s2"])
 def test_verilator_lint(make, tmp_path):
     verilator_lint(make(), "sfu", tmp_path)
+
+
+# --- AlexNet/VGG-sized rows ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,stride,size", [(3, 2, 27), (2, 2, 28)])
+def test_maxpool_forward_backward_large(k, stride, size, waves):
+    rng = _rng("large", k, size)
+    lanes = 4
+    x = _maps(rng, 1, size, size, lanes, ACT.min_int, ACT.max_int)[0]
+    pooled, arg = golden.maxpool_forward(x, k, stride)
+    dut = sfu.MaxPool(fmt=ACT, lanes=lanes, k=k, stride=stride, height=size, width=size)
+    out, _, _, _ = _simulate(dut, [(dut.i, _words(x))], dut.o, pooled.shape[0] * pooled.shape[1],
+                             waves=f"{waves}_fwd", rng=rng, p_stall=0.2)
+    assert out == [{"max": p, "arg": a} for p, a in zip(_words(pooled), _words(arg))]
+    err = pooled // 4
+    want, ovf = golden.maxpool_backward(err, arg, k, stride, size, size, ERR.width)
+    dut = sfu.MaxPoolBackward(fmt=ERR, lanes=lanes, k=k, stride=stride, height=size, width=size)
+    out, _, _, got_ovf = _simulate(dut, [(dut.i, _words(err)), (dut.arg, _words(arg))], dut.o,
+                                   size * size, waves=f"{waves}_bwd", rng=rng, p_stall=0.2,
+                                   after=dut.overflows)
+    assert out == _words(want) and got_ovf == ovf
