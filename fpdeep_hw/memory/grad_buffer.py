@@ -47,11 +47,12 @@ class _State(enum.Enum, shape=2):
 class GradBuffer(wiring.Component):
     """Mini-batch gradient accumulator and averager.
 
-    Storage: one :class:`~amaranth.lib.memory.Memory` of ``depth`` words, each the accumulators of
-    one gradient set (``lanes x kernel x kernel`` signed ``acc_width``-bit integers with
-    ``in_fmt.frac`` fractional bits), with one write port and one synchronous non-transparent read
-    port (block RAM). Address ``a`` is the gradient of weight set ``a`` of the matching parameter
-    RAM (same ``depth``, ``kernel``, ``lanes``).
+    Storage: the accumulators of ``depth`` gradient sets (``lanes x kernel x kernel`` signed
+    ``acc_width``-bit integers with ``in_fmt.frac`` fractional bits), one
+    :class:`~amaranth.lib.memory.Memory` (bank) of ``depth`` accumulators per element of a set,
+    all banks sharing addresses and enables, each with one write port and one synchronous
+    non-transparent read port (block RAM). Address ``a`` is the gradient of weight set ``a`` of
+    the matching parameter RAM (same ``depth``, ``kernel``, ``lanes``).
 
     Accumulation: each word on ``i`` (``addr``, ``data``: a gradient set in ``in_fmt``) is added
     to the accumulators at ``addr``: read in the cycle it is accepted, added (saturating at
@@ -100,8 +101,10 @@ class GradBuffer(wiring.Component):
     batch : int
         Mini-batch size ``B`` (1 .. 2**16).
     recip_bits : int
-        Width of the reciprocal ``R`` for a ``batch`` that is not a power of two (8 .. 32,
-        default 18: one DSP48 multiplier operand).
+        Width of the unsigned reciprocal ``R`` for a ``batch`` that is not a power of two
+        (8 .. 32). The default 17 makes ``R`` an 18-bit signed operand, so with
+        ``acc_width <= 25`` each element's multiply is one DSP48E1 (25 x 18); the relative error
+        of the average is then at most ``2**-17`` (a quarter LSB at the end of a 16-bit range).
 
     Members
     -------
@@ -119,7 +122,7 @@ class GradBuffer(wiring.Component):
     LATENCY = 4
 
     def __init__(self, *, in_fmt, out_fmt, acc_width, kernel, lanes, depth, batch,
-                 recip_bits=18):
+                 recip_bits=17):
         name = type(self).__name__
         for arg, fmt in (("input format", in_fmt), ("output format", out_fmt)):
             if not isinstance(fmt, FixedFormat):

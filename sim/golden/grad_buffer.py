@@ -49,7 +49,7 @@ class GradBufferModel:
         Mini-batch size and reciprocal width (see :func:`reciprocal`).
     """
 
-    def __init__(self, *, depth, lanes, kernel, in_fmt, out_fmt, acc_width, batch, recip_bits=18):
+    def __init__(self, *, depth, lanes, kernel, in_fmt, out_fmt, acc_width, batch, recip_bits=17):
         self.shape = (depth, lanes, kernel, kernel)
         self.in_fmt, self.out_fmt = in_fmt, out_fmt
         self.acc_width, self.batch, self.recip_bits = acc_width, batch, recip_bits

@@ -20,7 +20,7 @@ G = FixedFormat(16, 12)
 
 
 def make(cls=LGB, *, kernel=3, lanes=1, depth=4, batch=4, in_fmt=G, out_fmt=G, acc_width=24,
-         recip_bits=18):
+         recip_bits=17):
     kw = dict(in_fmt=in_fmt, out_fmt=out_fmt, acc_width=acc_width, kernel=kernel, lanes=lanes,
               depth=depth, batch=batch, recip_bits=recip_bits)
     dut = cls(**kw)
