@@ -18,7 +18,7 @@ Golden model: :mod:`sim.golden.sfu`. Test: ``tests/hw/test_sfu.py``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -582,7 +582,7 @@ class MaxPoolBackward(wiring.Component):
         # ---- stage B: slide the column windows, sum the matching errors ------------------------
         win = [[Signal(entry, name=f"win{i}_{j}") for j in range(ncol)] for i in range(n)]
         win_ok = [Signal(ncol, name=f"win_ok{i}") for i in range(n)]
-        sums_ovf = []
+        windows = []  # per pooled row: the column window this pixel sees, and its valid bits
         out_word = Signal(vec)
         for i in range(n):
             slot = Signal(_range(nslots), name=f"slot{i}")
@@ -611,18 +611,19 @@ class MaxPoolBackward(wiring.Component):
             with m.If(adv & b_valid):
                 m.d.sync += [win[i][j].eq(cur[j]) for j in range(ncol)]
                 m.d.sync += win_ok[i].eq(cur_ok)
-            win_cur = (cur, cur_ok)
-            sums_ovf.append(win_cur)
+            windows.append((cur, cur_ok))
 
         ovf_flags = []
         for lane in range(lanes):
             terms = []
             for i in range(n):
-                cur, cur_ok = sums_ovf[i]
+                cur, cur_ok = windows[i]
                 row_ok = (b_band >= i) if i else Const(1, 1)
                 ky = b_yoff + i * S
                 for j in range(ncol):
                     kx = b_xoff + j * S
+                    # ky < K is implied by the index comparison (kept for clarity); kx < K is
+                    # needed: ky * K + kx with kx >= K would alias a pixel of the next window row
                     hit = (row_ok & cur_ok[j] & (ky < K) & (kx < K)
                            & (cur[j].arg[lane] == ky * K + kx))
                     terms.append(Mux(hit, cur[j].err[lane], 0))
