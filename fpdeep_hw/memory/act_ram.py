@@ -43,7 +43,9 @@ class ActRAM(wiring.Component):
       (it includes a word being presented on ``o``); it changes on the clock edge ending a
       transfer cycle;
     - ``i.ready`` is ``level != depth``: a write is refused exactly when the Act-RAM is full;
-    - ``full`` is ``level == depth``, ``empty`` is ``level == 0``.
+    - ``full`` is ``level == depth``, ``empty`` is ``level == 0``;
+    - one word per cycle in and out needs ``depth >= 3`` (a word counts in ``level`` from the cycle
+      after its write to the cycle it is read); depth 1 moves one word every 3 cycles, depth 2 two.
 
     Parameters
     ----------
