@@ -250,7 +250,11 @@ def run_simulation(sim, name, traces=(), *, deadline=None):
     vcd_path = directory / f"{stem}.vcd"
     gtkw_path = directory / f"{stem}.gtkw"
     grouped = group_traces(traces)
-    with sim.write_vcd(str(vcd_path), str(gtkw_path), traces=grouped):
-        run()
-    _rewrite_gtkw(gtkw_path, _last_timestamp(vcd_path), _signal_formats(traces))
+    try:
+        with sim.write_vcd(str(vcd_path), str(gtkw_path), traces=grouped):
+            run()
+    finally:
+        # also when a testbench failed: that is when the waves are wanted most
+        if gtkw_path.exists() and vcd_path.exists():
+            _rewrite_gtkw(gtkw_path, _last_timestamp(vcd_path), _signal_formats(traces))
     return vcd_path, gtkw_path

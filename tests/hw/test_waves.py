@@ -116,3 +116,25 @@ def test_group_traces_of_plain_values_and_dicts():
     assert list(spec) == ["g"]
     assert spec["g"][0] is a
     assert spec["g"][1] is v.as_value()
+
+
+def test_waves_written_when_a_testbench_fails(monkeypatch, tmp_path):
+    monkeypatch.setenv(W.ENV_VAR, str(tmp_path))
+    dut = _Pass()
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def failing(ctx):
+        await ctx.tick().repeat(7)
+        raise AssertionError("boom")
+
+    sim.add_testbench(failing)
+    try:
+        W.run_simulation(sim, "failing", traces=[dut])
+    except AssertionError as exc:
+        assert str(exc) == "boom"
+    else:
+        raise AssertionError("the testbench failure was swallowed")
+    gtkw = (tmp_path / "failing.gtkw").read_text()
+    assert (tmp_path / "failing.vcd").exists()
+    assert "-i" in gtkw.splitlines() and any(line.startswith("*") for line in gtkw.splitlines())
