@@ -5,9 +5,12 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from fpdeep_hw.compute.conv_engine import CEArray, ConvEngine, ConvTile
+from fpdeep_hw.memory.line_buffer import LineBuffer
 from fpdeep_map.numerics import FixedFormat, NumericsConfig
 from sim.golden import conv_engine as golden
 from sim.golden import line_buffer as lb
@@ -285,3 +288,68 @@ def test_fp_eb_shapes():
 ], ids=["tile", "engine", "array_fp", "array_raw"])
 def test_lint(make, tmp_path):
     verilator_lint(make(), "conv_engine", tmp_path)
+
+
+# --- line buffer -> CE array, in hardware ----------------------------------------------------
+
+class _Pipe(Elaboratable):
+    """A line buffer feeding a CE array's window stream (the node composes them like this)."""
+
+    def __init__(self, lbuf, array):
+        self.lbuf, self.array = lbuf, array
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lbuf = self.lbuf
+        m.submodules.array = self.array
+        wiring.connect(m, self.lbuf.o, self.array.win)
+        return m
+
+
+def _run_pipe(lbuf, array, pixels, wt_words, n_out, name, seed):
+    top = _Pipe(lbuf, array)
+    out = []
+    rng = random.Random(seed)
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(lbuf.i, pixels, rng=random.Random(rng.random()), p_stall=0.3))
+    sim.add_testbench(stream_source(array.wt, wt_words, rng=random.Random(rng.random()),
+                                    p_stall=0.3))
+    sim.add_testbench(stream_sink(array.o, out, count=n_out, rng=random.Random(rng.random()),
+                                  p_stall=0.3, max_cycles=50 * len(wt_words) + 500))
+    run_simulation(sim, name, traces={"line_buffer": lbuf, "ce_array": array})
+    return out
+
+
+def test_fp_line_buffer_into_array(waves):
+    """FP: activations (C = S = 3) through the line buffer into P = 2 engines (all output
+    channels at once: one weight word per window, ``last`` on each)."""
+    rng = np.random.default_rng(21)
+    h, w, c, oc, k, p = 5, 7, 3, 2, 3, 1
+    act = _rand(rng, h, w, c, lo=-2000, hi=2000)
+    wts = _rand(rng, oc, c, k, k, lo=-2000, hi=2000)
+    lbuf = LineBuffer(height=h, width=w, channels=c, k=k, pad=p)
+    array = CEArray.fp(k=k, s=c, p=oc, out_fmt=None)
+    g = lbuf.geometry
+    n = g.out_height * g.out_width
+    out = _run_pipe(lbuf, array, lb.stream_words(act), [{"weights": wts.tolist(), "last": 1}] * n,
+                    n, waves, seed=1)
+    assert (np.array(out, dtype=object).reshape(g.out_height, g.out_width, oc)
+            == lb.fp_conv(act, wts, g)).all()
+
+
+def test_eb_line_buffer_into_array(waves):
+    """EB: the layer's output errors (OC = P = 2) through the transposed line buffer (flipped,
+    zero-inserted, stride 2) into S = 3 engines: the input errors of the forward layer."""
+    rng = np.random.default_rng(22)
+    h, w, c, oc, k, st, p = 7, 6, 3, 2, 3, 2, 1
+    g = lb.fp_geometry(h, w, k, st, p)
+    err = _rand(rng, g.out_height, g.out_width, oc, lo=-2000, hi=2000)
+    wts = _rand(rng, oc, c, k, k, lo=-2000, hi=2000)
+    lbuf = LineBuffer.transposed(height=h, width=w, channels=oc, k=k, stride=st, pad=p)
+    array = CEArray.eb(k=k, s=c, p=oc, out_fmt=None)
+    per_engine = wts.transpose(1, 0, 2, 3)            # engine (input channel) s gets W[:, s]
+    out = _run_pipe(lbuf, array, lb.stream_words(err),
+                    [{"weights": per_engine.tolist(), "last": 1}] * (h * w), h * w, waves, seed=2)
+    assert (np.array(out, dtype=object).reshape(h, w, c)
+            == lb.eb_input_error(err, wts, h, w, k, st, p)).all()
