@@ -34,6 +34,10 @@ def simulate(k, s, p, cycles, seed=0):
             for _ in range(16)]
     wts = [{"weights": [[[[rng.randint(lo, hi) for _ in range(k)] for _ in range(k)]
                          for _ in range(s)] for _ in range(p)], "last": 1} for _ in range(16)]
+    # convert the payloads to constants once: converting nested lists in ``ctx.set`` every cycle
+    # would cost more than simulating the design
+    wins = [dut.win.payload.shape().const(w) for w in wins]
+    wts = [dut.wt.payload.shape().const(w) for w in wts]
     received = []
 
     async def drive(ctx):
