@@ -353,3 +353,29 @@ def test_eb_line_buffer_into_array(waves):
                     [{"weights": per_engine.tolist(), "last": 1}] * (h * w), h * w, waves, seed=2)
     assert (np.array(out, dtype=object).reshape(h, w, c)
             == lb.eb_input_error(err, wts, h, w, k, st, p)).all()
+
+
+@pytest.mark.slow
+def test_array_larger_random_stalls(waves):
+    rng = np.random.default_rng(31)
+    dut = CEArray(k=11, tiles=3, engines=4, out_fmt=NumericsConfig().partial)
+    wins, wts, lasts = _random_words(rng, 60, 11, 3, 4, p_last=0.3)
+    exp, exp_acc, exp_out = golden.ce_array(wins, wts, lasts, frac_in=dut.acc_frac,
+                                            out_fmt=dut.out_fmt)
+    got, counts = _run_array(dut, wins, wts, lasts, waves, seed=31)
+    assert got == exp
+    assert counts == {"acc": exp_acc, "out": exp_out}
+
+
+@pytest.mark.slow
+def test_fp_layer_larger(waves):
+    """K = 5, stride 2: 7 input channels on 4 tiles, 5 output channels on 3 engines."""
+    rng = np.random.default_rng(32)
+    h, w, c, oc, k, st, p = 9, 11, 7, 5, 5, 2, 2
+    act = _rand(rng, h, w, c, lo=-3000, hi=3000)
+    wts = _rand(rng, oc, c, k, k, lo=-3000, hi=3000)
+    g = lb.fp_geometry(h, w, k, st, p)
+    seq = golden.fp_sequence(act, wts, g, tiles=4, engines=3, filler=rng)
+    dut = CEArray.fp(k=k, s=4, p=3, out_fmt=None)
+    got, _ = _run_array(dut, *seq, waves, seed=7)
+    assert (golden.assemble_fp(got, g, oc, 3) == lb.fp_conv(act, wts, g)).all()

@@ -225,3 +225,21 @@ def test_shape_and_ports():
 ])
 def test_lint(kw, tmp_path):
     verilator_lint(LineBuffer(**kw), "line_buffer", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transposed,h,w,s,k,st,p", [
+    (False, 27, 31, 3, 11, 4, 2),    # AlexNet conv1 geometry on a small map, 3 channels
+    (True, 27, 31, 2, 11, 4, 2),     # its EB arrangement
+    (False, 21, 19, 4, 5, 2, 2),
+    (True, 15, 17, 3, 5, 2, 1),
+])
+def test_larger_maps_random_stalls(transposed, h, w, s, k, st, p, waves):
+    rng = np.random.default_rng(h * w + s)
+    if transposed:
+        dut = LineBuffer.transposed(height=h, width=w, channels=s, k=k, stride=st, pad=p)
+    else:
+        dut = LineBuffer(height=h, width=w, channels=s, k=k, stride=st, pad=p)
+    g = dut.geometry
+    out, expected = _run(dut, _maps(rng, 2, g.height, g.width, s), waves, p_in=0.3, p_out=0.3)
+    assert out == expected
