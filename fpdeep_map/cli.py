@@ -137,10 +137,21 @@ def sweep(net, board, node_counts, **kw):
     """Map ``net`` for every N in ``node_counts``; returns the ``sweep --json`` object."""
     points = []
     for n in node_counts:
-        plan = map_network(net, board, n, **kw)
+        try:
+            plan = map_network(net, board, n, **kw)
+        except FpdeepError as e:
+            if "does not fit" not in e.problem:
+                raise
+            points.append({"nodes": n, "fits": False, "reason": e.problem,
+                           "images_per_second": 0.0, "compute_images_per_second": 0.0,
+                           "throughput_gops_per_fpga": 0.0, "compute_gops_per_fpga": 0.0,
+                           "max_link_gbps": 0.0, "dsp_utilization": 0.0, "idle_fraction": 0.0,
+                           "epoch_hours": None, "bottleneck": "none"})
+            continue
         s = plan.summary
         points.append({
             "nodes": n,
+            "fits": True,
             "images_per_second": s["images_per_second"],
             "compute_images_per_second": s["compute_images_per_second"],
             "throughput_gops_per_fpga": s["throughput_gops_per_fpga"],
@@ -154,6 +165,10 @@ def sweep(net, board, node_counts, **kw):
         })
     limit = None
     for p in points:
+        if not p["fits"]:
+            if limit is None:
+                continue            # too few nodes to hold the network: scaling starts later
+            break
         if p["images_per_second"] >= 0.95 * p["compute_images_per_second"]:
             limit = p["nodes"]
         else:

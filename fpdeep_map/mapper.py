@@ -167,8 +167,13 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
         raise FpdeepError(net.source, "layers", len(net.layers), "the network has no conv or fc layer")
 
     dsp_per_node = int(board.dsp * dsp_budget)
+    # FC weights stream from off-chip memory: at most a mini-batch of images share one read
+    m, ga = numerics.master.width, numerics.grad_acc_width
+    fc_bits = (2 * m + 2 * ga) / batch + (2 * m + ga) / batch
+    mem_rate = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY / (board.clock_mhz * 1e6)
+    offchip = (lambda w: fc_bits * w.cout if w.kind == "fc" else 0, mem_rate)
     try:
-        by_node, _ = partition(works, nodes, dsp_per_node)
+        by_node, _ = partition(works, nodes, dsp_per_node, offchip)
     except PartitionError as e:
         raise FpdeepError(board.source, "dsp", board.dsp, f"network does not fit: {e}") from None
 
@@ -295,36 +300,26 @@ class _Context:
         return d
 
     def balance_parameters(self):
-        """Move parameters of nodes whose BRAM is short to the nearest nodes with room."""
+        """Fit every node's parameters, gradients and buffers into its BRAM budget.
+
+        In this order, each step only for what the previous ones left short:
+
+        1. lend parameters to nodes at most ``NEAR`` hops away with BRAM to spare (the paper's
+           parameter balancing: the weights stream to the user for FP and EB of every image,
+           the gradients stream back into the lender's BGB);
+        2. move this node's gradient accumulators (LGB) to its off-chip memory: PG accumulates
+           each image in its DSPs and updates each accumulator once per image;
+        3. lend to nodes further away;
+        4. otherwise the network does not fit: an error names the node and the shortfall.
+        """
         budget = self.bram18_budget
-        bits = self.param_bits
-        for k in sorted(range(self.nodes), key=lambda j: -self._mandatory_bram18(j)):
-            order = sorted((j for j in range(self.nodes) if j != k),
-                           key=lambda j: (self._distance(j, k), -self._spare(j)))
-            progress = True
-            while self._mandatory_bram18(k) > budget and progress:
-                progress = False
-                for lender in order:
-                    deficit = self._mandatory_bram18(k) - budget
-                    if deficit <= 0:
-                        break
-                    spare = self._spare(lender)
-                    if spare <= 0:
-                        continue
-                    # the conv segment with the most parameters still on chip here
-                    segs = [s for s in self.segplans[k]
-                            if s.kind == "conv" and s.weights > s.weights_borrowed]
-                    if not segs:
-                        break
-                    seg = max(segs, key=lambda s: s.weights - s.weights_borrowed)
-                    want = min(seg.weights - seg.weights_borrowed,
-                               -(-(deficit + 1) * costs.BRAM18_BITS // bits),
-                               spare * costs.BRAM18_BITS // bits)
-                    if want <= 0:
-                        continue
-                    self._shrink(seg, seg.weights_borrowed + want)
-                    self._lend(seg.layer, lender, k, want)
-                    progress = True
+        order = sorted(range(self.nodes), key=lambda j: -self._mandatory_bram18(j))
+        for k in order:
+            self._lend_from(k, max_distance=self.NEAR)
+        for k in order:
+            self._spill_lgb(k)
+        for k in order:
+            self._lend_from(k, max_distance=self.nodes)
             if self._mandatory_bram18(k) > budget:
                 need = self._mandatory_bram18(k)
                 raise FpdeepError(
@@ -333,6 +328,52 @@ class _Context:
                     f"gradients and buffers but may use {budget / 2:.1f} "
                     f"({self.budgets['bram']:.0%} of {self.board.bram36}) and no node has room "
                     f"left for the {(need - budget) / 2:.1f} BRAM36 more it needs (try more nodes)")
+
+    NEAR = 2
+
+    def _lend_from(self, k, max_distance):
+        budget = self.bram18_budget
+        bits = self.param_bits
+        order = sorted((j for j in range(self.nodes)
+                        if j != k and self._distance(j, k) <= max_distance),
+                       key=lambda j: (self._distance(j, k), -self._spare(j)))
+        progress = True
+        while self._mandatory_bram18(k) > budget and progress:
+            progress = False
+            for lender in order:
+                deficit = self._mandatory_bram18(k) - budget
+                if deficit <= 0:
+                    break
+                spare = self._spare(lender)
+                if spare <= 0:
+                    continue
+                # the conv segment with the most parameters still on chip here
+                segs = [s for s in self.segplans[k]
+                        if s.kind == "conv" and s.weights > s.weights_borrowed]
+                if not segs:
+                    return
+                seg = max(segs, key=lambda s: s.weights - s.weights_borrowed)
+                want = min(seg.weights - seg.weights_borrowed,
+                           -(-(deficit + 1) * costs.BRAM18_BITS // bits),
+                           spare * costs.BRAM18_BITS // bits)
+                if want <= 0:
+                    continue
+                self._shrink(seg, seg.weights_borrowed + want)
+                self._lend(seg.layer, lender, k, want)
+                progress = True
+
+    def _spill_lgb(self, k):
+        for seg in sorted((s for s in self.segplans[k] if s.kind == "conv"),
+                          key=lambda s: -s.lgb.bram18):
+            if self._mandatory_bram18(k) <= self.bram18_budget:
+                return
+            local = seg.weights - seg.weights_borrowed
+            if local <= 0 or seg.lgb.bram18 == 0:
+                continue
+            seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
+                                 depth=seg.lgb.depth, bram18=0, offchip_words=local)
+            self.offchip_bits[k] += 2 * local * seg.lgb.width
+            self.offchip_bytes[k] += local * seg.lgb.width / 8
 
     def _lend(self, layer, lender, borrower, weights):
         for l in self.lends:
@@ -354,8 +395,10 @@ class _Context:
         seg.lpram = MemoryPlan(words=local, width=seg.lpram.width, banks=seg.lpram.banks,
                                depth=depth, bram18=b18)
         b18, depth = _bram18_for(local, self.num.grad_acc_width, seg.lgb.banks)
+        if seg.lgb.offchip_words:
+            b18 = 0
         seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
-                             depth=depth, bram18=b18)
+                             depth=depth, bram18=b18, offchip_words=local if b18 == 0 else 0)
         # borrowed weights arrive as a stream: a double buffer of one weight set per lane
         _ = w
 
@@ -389,13 +432,12 @@ class _Context:
         flows = {}          # (src, dst) -> {(path, layer, width): words}
 
         def add(a, b, path, layer, width, words):
-            """`words` per image from node a to node b along the chain, hop by hop."""
+            """`words` per image from node a to node b, hop by hop."""
             if a == b or words <= 0:
                 return
-            step = 1 if b > a else -1
-            for j in range(a, b, step):
-                key = (path, layer, width)
-                d = flows.setdefault((j, j + step), {})
+            key = (path, layer, width)
+            for hop in self._hops(a, b):
+                d = flows.setdefault(hop, {})
                 d[key] = d.get(key, 0) + words
 
         segs_of = {w.index: [] for w in self.works}
@@ -416,6 +458,8 @@ class _Context:
             prod = producers[w.index]
             first, last = segs[0][0], segs[-1][0]
             name = w.name
+            # errors this layer's EB computes are the errors of the previous layer's output
+            below = self.works[w.index - 1].name if w.index else None
             if w.split == "icp":
                 consumers = [(s.channels[0] * per_ch, s.channels[1] * per_ch, k) for k, s in segs]
                 for a, b, p in prod:
@@ -424,7 +468,7 @@ class _Context:
                         if n > 0:
                             add(p, k, "activations", name, num.activation.width, n)
                             if w.macs["eb"]:
-                                add(k, p, "errors", name, num.error.width, n)
+                                add(k, p, "errors", below, num.error.width, n)
                 # partial sums forward and output errors backward, per group
                 per_in, per_out = w.cin // w.groups, w.cout // w.groups
                 hw_out = w.out_hw[0] * w.out_hw[1]
@@ -439,20 +483,32 @@ class _Context:
                 for a, b, p in prod:
                     add(p, last, "activations", name, num.activation.width, b - a)
                 if w.macs["eb"]:
-                    add(last, first, "partial_errors", name, num.partial.width, size)
+                    add(last, first, "partial_errors", below, num.partial.width, size)
                     for a, b, p in prod:
-                        add(first, p, "errors", name, num.error.width, b - a)
+                        add(first, p, "errors", below, num.error.width, b - a)
 
         # balanced parameters: weights to the user for FP and for EB, gradients back
         for l in self.lends:
-            a, b = self._route(l.lender, l.borrower)
-            add(a, b, "parameters", l.layer, num.weight.width, 2 * l.weights)
-            add(b, a, "gradients", l.layer, num.gradient.width, l.weights)
+            add(l.lender, l.borrower, "parameters", l.layer, num.weight.width, 2 * l.weights)
+            add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width, l.weights)
         self.flows = flows
 
-    def _route(self, a, b):
-        """Endpoints as walked on the chain (a ring's wrap-around link joins N-1 and 0)."""
-        return a, b
+    def _hops(self, a, b):
+        """Links walked from node a to node b. The training data path is the chain 0..N-1 (in a
+        mesh, a snake through the grid); a ring adds the link N-1 <-> 0, taken when shorter."""
+        n = self.nodes
+        if self.topology == "ring" and n > 2:
+            fwd = (b - a) % n
+            step = 1 if fwd <= n - fwd else -1
+        else:
+            step = 1 if b > a else -1
+            return [(j, j + step) for j in range(a, b, step)]
+        hops, j = [], a
+        while j != b:
+            nxt = (j + step) % n
+            hops.append((j, nxt))
+            j = nxt
+        return hops
 
     def _tensor_size(self, index):
         w = self.works[index]

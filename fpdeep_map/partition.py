@@ -265,25 +265,36 @@ def _max_units(work, start, remaining, budget, period, exact):
     return lo
 
 
-def pack(works, nodes, dsp_budget, period, exact=False):
+def pack(works, nodes, dsp_budget, period, exact=False, offchip=None):
     """Greedy fill along the work line at pipeline period ``period``.
 
     With ``exact`` the demand of a segment is its exact array shape (``exact_shape``); otherwise
-    the relaxed ``ceil(MACs / (K*K*T))`` tiles per phase. Returns a list of (node, work, lo, hi)
-    or None if it does not fit in ``nodes`` nodes.
+    the relaxed ``ceil(MACs / (K*K*T))`` tiles per phase. ``offchip = (bits_per_unit, rate)``
+    adds a second resource per node: off-chip memory traffic, ``bits_per_unit(work)`` bits per
+    image for each unit (FC weights streamed from DRAM) against ``rate`` usable bits per cycle.
+    Returns a list of (node, work, lo, hi) or None if it does not fit in ``nodes`` nodes.
     """
+    mem_budget = offchip[1] * period if offchip else 0.0
     placed = []
-    node, left = 0, dsp_budget
+    node, left, mem_left = 0, dsp_budget, mem_budget
+
+    def next_node():
+        nonlocal node, left, mem_left
+        node, left, mem_left = node + 1, dsp_budget, mem_budget
+        return node < nodes
+
     for work in works:
+        bpu = offchip[0](work) if offchip else 0
         done = 0
         while done < work.units:
-            c = _max_units(work, done, work.units - done, left, period, exact)
+            remaining = work.units - done
+            if bpu:
+                remaining = min(remaining, int(mem_left // bpu))
+            fresh = left == dsp_budget and mem_left == mem_budget
+            c = _max_units(work, done, remaining, left, period, exact) if remaining else 0
             if c == 0:
-                if left == dsp_budget:
+                if fresh or not next_node():
                     return None               # one unit alone exceeds a whole node
-                node, left = node + 1, dsp_budget
-                if node >= nodes:
-                    return None
                 continue
             demand = (_exact_dsp(work, done, done + c, period) if exact
                       else work.kk * _demand_tiles(work, c, period))
@@ -298,14 +309,15 @@ def pack(works, nodes, dsp_budget, period, exact=False):
                 if merged is not None and merged <= old + demand:
                     placed[-1] = (node, work, prev[2], done + c)
                     left += old - merged
+                    mem_left -= bpu * c
                     done += c
                     continue
-                node, left = node + 1, dsp_budget    # one segment per layer and node
-                if node >= nodes:
+                if not next_node():                # one segment per layer and node
                     return None
                 continue
             placed.append((node, work, done, done + c))
             left -= demand
+            mem_left -= bpu * c
             done += c
     return placed
 
@@ -385,10 +397,10 @@ def _fill_spare(segs, dsp_budget):
         engines[i] = (seg, new)
 
 
-def partition(works, nodes, dsp_budget):
+def partition(works, nodes, dsp_budget, offchip=None):
     """Find the smallest pipeline period that places all ``works`` on ``nodes`` nodes.
 
-    Returns (segments_by_node, relaxed_period).
+    ``offchip``: see :func:`pack`. Returns (segments_by_node, relaxed_period).
     """
     if nodes < 1:
         raise PartitionError(f"the number of nodes must be at least 1, not {nodes}")
@@ -396,7 +408,7 @@ def partition(works, nodes, dsp_budget):
     lo = total / (nodes * dsp_budget)          # every DSP busy every cycle: cannot do better
     hi = lo
     for _ in range(64):
-        if pack(works, nodes, dsp_budget, hi) is not None:
+        if pack(works, nodes, dsp_budget, hi, offchip=offchip) is not None:
             break
         hi *= 2
     else:
@@ -408,7 +420,7 @@ def partition(works, nodes, dsp_budget):
         if hi - lo <= max(1e-4 * hi, 0.5):
             break
         mid = (lo + hi) / 2
-        if pack(works, nodes, dsp_budget, mid) is not None:
+        if pack(works, nodes, dsp_budget, mid, offchip=offchip) is not None:
             hi = mid
         else:
             lo = mid
@@ -416,15 +428,31 @@ def partition(works, nodes, dsp_budget):
     # fine phase: the same search with exact array shapes, from the relaxed optimum upwards
     lo = relaxed
     hi = relaxed * 1.05
-    while pack(works, nodes, dsp_budget, hi, exact=True) is None:
+    while pack(works, nodes, dsp_budget, hi, exact=True, offchip=offchip) is None:
         lo, hi = hi, hi * 1.25
         if hi > relaxed * 1e6:
             raise PartitionError("no exact engine shapes fit the nodes")
     for _ in range(10):
         mid = (lo + hi) / 2
-        if pack(works, nodes, dsp_budget, mid, exact=True) is not None:
+        if pack(works, nodes, dsp_budget, mid, exact=True, offchip=offchip) is not None:
             hi = mid
         else:
             lo = mid
-    placed = pack(works, nodes, dsp_budget, hi, exact=True)
-    return allocate(placed, nodes, dsp_budget, hi), relaxed
+    placed = pack(works, nodes, dsp_budget, hi, exact=True, offchip=offchip)
+    by_node = allocate(placed, nodes, dsp_budget, hi)
+    _trim(by_node)
+    return by_node, relaxed
+
+
+def _trim(by_node):
+    """Give back DSPs no engine needs: the slowest engine anywhere sets the pipeline period;
+    every other engine keeps the smallest array that still meets it."""
+    period = max(e.cycles for segs in by_node for seg in segs for e in seg.engines.values())
+    for segs in by_node:
+        for seg in segs:
+            for phase, eng in list(seg.engines.items()):
+                shape = exact_shape(seg.work, seg.lo, seg.hi, period)
+                if shape is not None and shape[0] < eng.tiles:
+                    tiles, p, s_, x = shape
+                    seg.engines[phase] = _engine(seg.work, seg.lo, seg.hi, phase, tiles,
+                                                 (p, s_, x))

@@ -87,6 +87,10 @@ class LendPlan:
 
 @dataclass
 class StreamPlan:
+    """One typed stream on a link. ``layer`` names the layer the data belong to: activations
+    and partial sums of the layer that consumes / produces them; errors of the layer whose
+    *output* they are the errors of (so the errors a layer's EB computes carry the name of the
+    layer below it); parameters and gradients of the layer they are the weights of."""
     path: str                   # 'activations' | 'partial_sums' | 'errors' | 'partial_errors'
                                 # | 'parameters' | 'gradients'
     layer: str

@@ -98,6 +98,9 @@ def sweep_table(result: dict) -> str:
             f"{result['link_gbps']:g} Gb/s ({result['topology']})", "",
             f"{'nodes':>5} {'images/s':>10} {'GOPS/FPGA':>10} {'max link':>9} {'bottleneck':>10}"]
     for p in result["points"]:
+        if not p["fits"]:
+            rows.append(f"{p['nodes']:>5} {'does not fit':>10}")
+            continue
         rows.append(f"{p['nodes']:>5} {p['images_per_second']:>10.1f} "
                     f"{p['throughput_gops_per_fpga']:>10.1f} {p['max_link_gbps']:>9.2f} "
                     f"{p['bottleneck']:>10}")

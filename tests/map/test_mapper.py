@@ -1,0 +1,220 @@
+"""The mapping solver: invariants over random networks and clusters, and the paper's figures."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fpdeep_map.board import Board, load_board
+from fpdeep_map.graph import coarse_graph, operator_graph, total_macs
+from fpdeep_map.mapper import build_works, map_network, residency
+from fpdeep_map.network import Network, load_network
+from fpdeep_map.plan import Plan
+
+import networkx as nx
+
+
+def roomy_board(**over):
+    """A board with plenty of memory and logic: compute is the only constraint."""
+    d = dict(name="roomy", device="synthetic", part="synthetic", lut=2_000_000, ff=4_000_000,
+             bram36=4000, dsp=400, uram=0, clock_mhz=100.0, transceivers=200,
+             transceiver_gbps=100.0, link_gbps=1e4, link_lanes=100, offchip_gbytes=64.0,
+             offchip_gbps=1e6)
+    d.update(over)
+    return Board.from_dict(d)
+
+
+@st.composite
+def networks(draw):
+    c = draw(st.integers(1, 6))
+    h = draw(st.integers(6, 20))
+    layers = []
+    n_conv = draw(st.integers(1, 4))
+    size = h
+    for i in range(n_conv):
+        k = draw(st.sampled_from([1, 3, 5]))
+        if k > size + 2:
+            k = 1
+        pad = k // 2
+        oc = draw(st.integers(1, 24))
+        layers.append({"name": f"conv{i}", "kind": "conv", "out_channels": oc, "kernel": k,
+                       "padding": pad})
+        layers.append({"name": f"relu{i}", "kind": "relu"})
+        if size >= 4 and draw(st.booleans()):
+            layers.append({"name": f"pool{i}", "kind": "maxpool", "kernel": 2, "stride": 2})
+            size = -(-(size - 2) // 2) + 1
+    n_fc = draw(st.integers(1, 2))
+    for j in range(n_fc):
+        layers.append({"name": f"fc{j}", "kind": "fc",
+                       "out_features": draw(st.integers(2, 40))})
+        if j < n_fc - 1:
+            layers.append({"name": f"frelu{j}", "kind": "relu"})
+    layers.append({"name": "loss", "kind": "loss"})
+    return Network.from_dict({"name": "random", "input": {"channels": c, "height": h, "width": h},
+                              "layers": layers}, source="<hypothesis>")
+
+
+def check_invariants(net, board, plan):
+    works = build_works(net)
+    # every unit (channel) of every layer is placed exactly once, with FP, EB and PG engines
+    for w in works:
+        ranges = sorted(tuple(s.channels) for n in plan.node_plans for s in n.segments
+                        if s.layer == w.name)
+        units = w.units
+        if len(ranges) == 1 and ranges[0] == (0, w.cin) and w.split == "ocp":
+            ranges = [(0, units)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == units, (w.name, ranges)
+        for (a, b), (c, d) in zip(ranges, ranges[1:]):
+            assert b == c, (w.name, ranges)
+        for n in plan.node_plans:
+            for s in n.segments:
+                if s.layer == w.name:
+                    want = {"fp", "pg"} | ({"eb"} if w.macs["eb"] else set())
+                    assert set(s.engines) == want
+    # no FPGA exceeds its resources (or the plan's budgets of them)
+    b = plan.budgets
+    for n in plan.node_plans:
+        assert n.dsp <= board.dsp * b["dsp"]
+        assert n.bram36 <= board.bram36 * b["bram"] + 1e-9
+        assert n.lut <= board.lut * b["lut"]
+        assert n.ff <= board.ff * b["ff"]
+    # the work sums to the network's, phase by phase
+    for phase in ("fp", "eb", "pg"):
+        got = sum(e.macs_per_image for n in plan.node_plans for s in n.segments
+                  for p, e in s.engines.items() if p == phase)
+        want = {"fp": net.total_fp_macs, "eb": net.total_eb_macs, "pg": net.total_pg_macs}[phase]
+        assert got == want, phase
+    # each engine finishes an image within the pipeline period
+    period = plan.summary["cycles_per_image"]
+    for n in plan.node_plans:
+        for s in n.segments:
+            for e in s.engines.values():
+                assert e.macs_per_image <= e.dsp * e.cycles_per_image <= e.dsp * period
+    # the plan round-trips through YAML
+    assert Plan.from_yaml(plan.to_yaml()) == plan
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=networks(), nodes=st.integers(1, 5))
+def test_random_networks_invariants(net, nodes):
+    board = roomy_board()
+    plan = map_network(net, board, nodes)
+    check_invariants(net, board, plan)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=networks(), nodes=st.integers(1, 6))
+def test_more_fpgas_never_lower_throughput(net, nodes):
+    board = roomy_board()
+    a = map_network(net, board, nodes).summary
+    b = map_network(net, board, nodes + 1).summary
+    assert b["bottleneck"] == a["bottleneck"] == "compute"
+    assert b["images_per_second"] >= a["images_per_second"] * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name,nodes", [("vgg16", 15), ("vgg19", 15), ("alexnet", 15),
+                                        ("tiny", 2), ("digits", 3)])
+def test_zoo_invariants(name, nodes):
+    net = load_network(name)
+    board = load_board("vc709" if nodes == 15 else "tiny-test")
+    plan = map_network(net, board, nodes)
+    check_invariants(net, board, plan)
+
+
+def test_vgg16_on_15_vc709_beats_the_paper_on_compute():
+    plan = map_network(load_network("vgg16"), load_board("vc709").with_overrides(link_gbps=150), 15)
+    s = plan.summary
+    assert s["dsp_utilization"] > 0.80             # the paper: about 80%
+    assert s["idle_fraction"] < 0.05               # the paper: under 5% for 5-85 FPGAs
+    assert s["throughput_gops_per_fpga"] > 1197    # the paper's VGG-16 figure
+    assert s["bottleneck"] == "compute"
+    # the JSON figures agree with each other
+    gops = 2 * s["train_macs_per_image"] * s["images_per_second"] / 15 / 1e9
+    assert math.isclose(gops, s["throughput_gops_per_fpga"], rel_tol=1e-3)
+    assert math.isclose(s["epoch_hours"], 1_281_167 / s["images_per_second"] / 3600, rel_tol=1e-3)
+
+
+def test_alexnet_conv1_uses_output_channel_partition():
+    works = {w.name: w for w in build_works(load_network("alexnet"))}
+    assert works["conv1"].split == "ocp"           # 3 input channels: too few for ICP
+    assert works["conv2"].split == "icp"
+
+
+def test_parameter_balancing_on_the_small_board():
+    net, board = load_network("digits"), load_board("tiny-test")
+    plan = map_network(net, board, 2)
+    lends = [l for n in plan.node_plans for l in n.bpram]
+    assert lends, "the small board must need parameter balancing"
+    for l in lends:
+        assert l.lender != l.borrower
+        seg = [s for s in plan.node(l.borrower).segments if s.layer == l.layer][0]
+        assert seg.weights_borrowed >= l.weights
+    # the lent weights and their gradients travel on the links between lender and borrower
+    l = lends[0]
+    step = 1 if l.borrower > l.lender else -1
+    for j in range(l.lender, l.borrower, step):
+        fwd = plan.link(j, j + step)
+        assert any(s.path == "parameters" and s.layer == l.layer for s in fwd.streams)
+        back = plan.link(j + step, j)
+        assert any(s.path == "gradients" and s.layer == l.layer for s in back.streams)
+
+
+def test_a_network_that_cannot_fit_names_the_node_and_shortfall():
+    from fpdeep_map.errors import FpdeepError
+    with pytest.raises(FpdeepError) as e:
+        map_network(load_network("vgg16"), load_board("vc709"), 4)
+    msg = str(e.value)
+    assert "does not fit" in msg and "node" in msg and "BRAM36" in msg
+    assert "\n" not in msg
+
+
+def test_link_traffic_of_a_split_layer():
+    """Across a cut inside an ICP layer: the partial sums of all output channels go forward and
+    the errors of all output channels come back."""
+    net = load_network("vgg16")
+    plan = map_network(net, load_board("vc709").with_overrides(link_gbps=150), 15)
+    n0 = plan.node(0)
+    seg = [s for s in n0.segments if s.layer == "conv1_2"][0]
+    assert seg.split == "icp" and seg.channels[1] < 64
+    fwd = {(s.path, s.layer): s.words_per_image for s in plan.link(0, 1).streams}
+    assert fwd[("partial_sums", "conv1_2")] == 64 * 224 * 224
+    back = {(s.path, s.layer): s.words_per_image for s in plan.link(1, 0).streams}
+    assert back[("errors", "conv1_2")] == 64 * 224 * 224
+    # the input channels node 1 holds (conv1_1's outputs) are passed on by node 0
+    n1seg = [s for s in plan.node(1).segments if s.layer == "conv1_2"][0]
+    lo, hi = n1seg.channels
+    assert fwd[("activations", "conv1_2")] == (hi - lo) * 224 * 224
+
+
+def test_act_ram_residency_grows_towards_the_input():
+    net = load_network("vgg16")
+    works = build_works(net)
+    res = residency(net, works, fc_microbatch=1)
+    assert all(a > b for a, b in zip(res, res[1:]))
+    assert res[-1] == 1.0          # the last fc: its own micro-batch only
+
+
+def test_operator_graph_has_the_training_operators():
+    net = load_network("vgg16")
+    g = operator_graph(net)
+    assert total_macs(g) == net.total_macs
+    assert ("conv1_1", "eb") not in g              # the first layer propagates no error
+    for layer in net.compute_layers():
+        for phase in ("fp", "pg", "update"):
+            assert (layer.name, phase) in g
+    # cycles only through the weight edges of the update (the next mini-batch)
+    acyclic = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d["tensor"] != "weights")
+    assert nx.is_directed_acyclic_graph(acyclic)
+    cg = coarse_graph(net)
+    assert list(cg.nodes) == [l.name for l in net.compute_layers()]
+    assert sum(d["macs"] for _, d in cg.nodes(data=True)) == net.total_macs
+
+
+@pytest.mark.parametrize("topology", ["chain", "ring", "mesh"])
+def test_topologies(topology):
+    plan = map_network(load_network("vgg16"), load_board("vc709").with_overrides(link_gbps=150),
+                       15, topology=topology)
+    cap = plan.summary["link_capacity_gbps"]
+    assert cap == (75.0 if topology == "mesh" else 150.0)   # 3x5 mesh: four neighbours share
+    if topology == "ring":
+        assert any({l.src, l.dst} == {0, 14} for l in plan.links)
