@@ -83,8 +83,8 @@ def build_parser():
                         help="design clock (default: the board's)")
         sp.add_argument("--topology", choices=TOPOLOGIES, default="chain",
                         help="interconnect (default chain, the paper's 1-D array)")
-        sp.add_argument("--batch", type=_int_at_least("--batch", 1), default=64,
-                        help="SGD mini-batch size (default 64)")
+        sp.add_argument("--batch", type=_int_at_least("--batch", 1), default=128,
+                        help="SGD mini-batch size (default 128, the paper's)")
         sp.add_argument("--ocp-threshold", type=_int_at_least("--ocp-threshold", 1), default=16,
                         help="layers with fewer input channels per group use output-channel partition")
         sp.add_argument("--json", action="store_true", help="print one JSON object")

@@ -142,7 +142,7 @@ def _in_out_ranges(w: Work, lo, hi):
 # ---- the whole flow -------------------------------------------------------------------------------
 
 def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chain",
-                batch: int = 64, numerics: NumericsConfig | None = None, ocp_threshold: int = 16,
+                batch: int = 128, numerics: NumericsConfig | None = None, ocp_threshold: int = 16,
                 dsp_budget: float = costs.DSP_BUDGET, bram_budget: float = costs.BRAM_BUDGET,
                 lut_budget: float = costs.LUT_BUDGET, ff_budget: float = costs.FF_BUDGET,
                 fc_microbatch: int | None = None) -> Plan:
@@ -184,9 +184,18 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     ctx = _Context(net, board, nodes, works, by_node, numerics, batch, topology,
                    dict(dsp=dsp_budget, bram=bram_budget, lut=lut_budget, ff=ff_budget))
     ctx.choose_fc_microbatch(compute_ips, fc_microbatch)
-    ctx.size_memories()
-    ctx.balance_parameters()
-    ctx.place_act_ram()
+    usable = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
+    while True:
+        ctx.size_memories()
+        ctx.balance_parameters()
+        ctx.place_act_ram()
+        # a larger FC micro-batch when a node's off-chip traffic (FC weights, spilled Act-RAM
+        # and gradient accumulators, master weights) would hold back the compute-bound rate
+        if fc_microbatch is not None or ctx.fc_microbatch >= batch:
+            break
+        if all(bits * compute_ips <= usable for bits in ctx.offchip_bits):
+            break
+        ctx.fc_microbatch = min(batch, ctx.fc_microbatch * 2)
     ctx.traffic()
     return ctx.finish(period)
 
@@ -236,6 +245,10 @@ class _Context:
     # -- storage ---------------------------------------------------------------------------------
     def size_memories(self):
         num = self.num
+        self.segplans = [[] for _ in range(self.nodes)]
+        self.lends = []
+        self.offchip_bits = [0.0] * self.nodes
+        self.offchip_bytes = [0.0] * self.nodes
         self.res = residency(self.net, self.works, self.fc_microbatch)
         for k, segs in enumerate(self.by_node):
             for seg in segs:

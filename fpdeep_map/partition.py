@@ -23,6 +23,7 @@ The search is a bisection on T: for a given T every segment needs
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -160,8 +161,11 @@ def _demand_tiles(work, count, period):
 MAX_ROW_LANES = 8
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _shape_for_passes(dims, m):
-    """Fewest tiles P*S with sum_j ceil(o_j/P)*ceil(c_j/S) <= m: (tiles, p, s) or None."""
+    """Fewest tiles P*S with sum_j ceil(o_j/P)*ceil(c_j/S) <= m: (tiles, p, s) or None.
+
+    ``dims`` is a tuple of (c_j, o_j) per group."""
     if m < len(dims):
         return None
     cs = np.array([c for c, _ in dims], dtype=np.int64)
@@ -194,6 +198,12 @@ def _shape_for_passes(dims, m):
 _SHAPE_CACHE = {}
 
 
+def clear_caches():
+    """Forget remembered array shapes (for benchmarks that time a cold start)."""
+    _SHAPE_CACHE.clear()
+    _shape_for_passes.cache_clear()
+
+
 def exact_shape(work, lo, hi, period):
     """Smallest P x S x X array for units [lo, hi) that finishes one image within ``period``.
 
@@ -202,11 +212,11 @@ def exact_shape(work, lo, hi, period):
     """
     ho, wo = work.out_hw
     m_rows = int(period // wo)                  # row-passes that fit in the period
-    key = (id(work), work.index, lo, hi, m_rows)
+    key = (work.split, work.cin, work.cout, work.groups, work.out_hw, lo, hi, m_rows)
     hit = _SHAPE_CACHE.get(key)
     if hit is not None or key in _SHAPE_CACHE:
         return hit
-    dims = work.group_dims(lo, hi)
+    dims = tuple(work.group_dims(lo, hi))
     best = None
     for x in range(1, min(MAX_ROW_LANES, ho) + 1):
         rows = -(-ho // x)
