@@ -38,18 +38,31 @@ class LineBuffer(wiring.Component):
     in front. The read port is synchronous and non-transparent (block RAM). Only the ``K x K x S``
     window itself is in flip-flops.
 
+    Channel groups (``groups = G``): a pixel of ``G * S`` channels arrives as ``G`` consecutive
+    words of ``S`` channels (group 0 first) and every window position yields ``G`` windows, one
+    per group, in group order -- the order in which a CE array of ``S`` tiles accumulates over
+    input-channel groups (EB: ``G = OC / P`` groups of ``P`` error channels). The scan then takes
+    ``G`` steps per virtual position; the rows hold all ``G`` groups (``width * G`` memory words)
+    and the window is a chain of ``(K - 1) * G + 1`` columns with a tap every ``G`` columns.
+
+    Repeat (``repeat = R``): each window is offered ``R`` times in a row on ``o`` (FP and PG with
+    ``OC = R * P`` output channels: the same window meets ``R`` weight sets). Groups and repeat
+    cannot be combined (a single accumulator per engine needs all groups of one output group
+    before the next output group, i.e. the whole group sequence replayed, not each window).
+
     Timing: ``o.valid`` rises :attr:`latency` (= 2) cycles after the scan step of a window's
     last position (for a window ending on an input pixel: after the cycle that pixel's word was
-    transferred). Without stalls the scan takes one cycle per virtual position, so an image takes
-    ``vheight * vwidth`` cycles and windows leave one per cycle along an output row at stride 1
-    (``K - 1`` start-up columns per row and the strided positions in between emit nothing).
+    transferred). Without stalls the scan takes one cycle per virtual position (and group), so an
+    image takes ``vheight * vwidth * groups`` cycles and windows leave one per cycle along an
+    output row at stride 1 (``K - 1`` start-up columns per row and the strided positions in
+    between emit nothing); with ``repeat = R`` each window occupies ``o`` for ``R`` cycles.
 
     Parameters
     ----------
     height, width : int
         Size of the streamed map.
     channels : int
-        ``S``: channel values per pixel word.
+        ``S``: channel values per input word and per window.
     k : int
         Window size ``K``.
     stride : int
@@ -60,13 +73,17 @@ class LineBuffer(wiring.Component):
         Zero insertion factor (``stride`` of the forward layer for EB), 1 for none.
     flip : bool
         Emit windows rotated by 180 degrees (EB: convolve with the unflipped kernels).
+    groups : int
+        ``G``: words (channel groups of ``S``) per pixel; ``G`` windows per position.
+    repeat : int
+        ``R``: transfers of each window on ``o``.
     shape : shape-like
         Shape of one channel value (default ``signed(16)``).
 
     Members
     -------
     i : ``In(stream.Signature(ArrayLayout(shape, channels)))``
-        Pixels in raster order.
+        Pixels in raster order (``groups`` words per pixel).
     o : ``Out(stream.Signature(ArrayLayout(ArrayLayout(ArrayLayout(shape, k), k), channels)))``
         Windows ``o.payload[s][ky][kx]`` in raster order of the output map.
     """
@@ -74,13 +91,18 @@ class LineBuffer(wiring.Component):
     latency = 2
 
     def __init__(self, *, height, width, channels, k, stride=1, pad=0, dilation=1, flip=False,
-                 shape=signed(16), src_loc_at=0):
+                 groups=1, repeat=1, shape=signed(16), src_loc_at=0):
         _check_int("height", height, 1)
         _check_int("width", width, 1)
         _check_int("channel count", channels, 1)
         _check_int("kernel size", k, 1)
         _check_int("stride", stride, 1)
         _check_int("dilation", dilation, 1)
+        _check_int("group count", groups, 1)
+        _check_int("repeat count", repeat, 1)
+        if groups > 1 and repeat > 1:
+            raise ValueError(f"Line buffer cannot both group channels and repeat windows "
+                             f"(groups={groups}, repeat={repeat})")
         if isinstance(pad, int) and not isinstance(pad, bool):
             pad = normalize_pad(pad)
         elif isinstance(pad, list):
@@ -95,6 +117,7 @@ class LineBuffer(wiring.Component):
             raise ValueError(f"Line buffer window {k}x{k} does not fit the padded map "
                              f"{g.vheight}x{g.vwidth}")
         self._channels = channels
+        self._groups, self._repeat = groups, repeat
         self._flip = bool(flip)
         self._shape = shape
         self._pixel = data.ArrayLayout(shape, channels)
@@ -105,15 +128,18 @@ class LineBuffer(wiring.Component):
         }, src_loc_at=1 + src_loc_at)
 
     @classmethod
-    def transposed(cls, *, height, width, channels, k, stride=1, pad=0, shape=signed(16)):
+    def transposed(cls, *, height, width, channels, k, stride=1, pad=0, groups=1,
+                   shape=signed(16)):
         """EB's arrangement for a forward layer on a ``height x width`` map (see module docs).
 
         The stream is the layer's *output error* map (``out_height x out_width`` of the forward
         layer); the windows are zero-inserted by ``stride``, padded by ``k - 1 - pad`` (plus the
-        remainder rows/columns bottom/right) and flipped; ``height * width`` windows per map.
+        remainder rows/columns bottom/right) and flipped; ``height * width`` window positions per
+        map. ``channels`` error channels per word (``P``), ``groups`` words per pixel (``OC / P``).
         """
         g = eb_geometry(height, width, k, stride, pad)
-        return cls(channels=channels, flip=True, shape=shape, src_loc_at=1, **g.as_kwargs())
+        return cls(channels=channels, flip=True, groups=groups, shape=shape, src_loc_at=1,
+                   **g.as_kwargs())
 
     # read-only parameters
     geometry = property(lambda self: self._geom)
@@ -124,6 +150,8 @@ class LineBuffer(wiring.Component):
     pad = property(lambda self: self._geom.pad)
     dilation = property(lambda self: self._geom.dilation)
     channels = property(lambda self: self._channels)
+    groups = property(lambda self: self._groups)
+    repeat = property(lambda self: self._repeat)
     flip = property(lambda self: self._flip)
     out_height = property(lambda self: self._geom.out_height)
     out_width = property(lambda self: self._geom.out_width)
@@ -132,22 +160,13 @@ class LineBuffer(wiring.Component):
         m = Module()
         g = self._geom
         K, H, W, S, d, st = g.k, g.height, g.width, self._channels, g.dilation, g.stride
+        G, R = self._groups, self._repeat
         pt, pl, pb, pr = g.pad
         Hv, Wv = g.vheight, g.vwidth
 
-        # --- stage S0: scan position (vy, vx) of the virtual map ---
         def counter(n, name):
             # a residue counter modulo n; constant 0 (no register) when n == 1
             return Signal(range(n), name=name) if n > 1 else Const(0, 1)
-
-        vx = Signal(range(Wv))
-        xd = counter(d, "xd")          # (vx - pl) mod dilation, 0 left of the map
-        cx = Signal(range(W + 1))      # input columns passed in this row (= memory address)
-        xs = counter(st, "xs")         # (vx - K + 1) mod stride, 0 before K - 1
-        vy = Signal(range(Hv))
-        yd = counter(d, "yd")
-        ry = Signal(range(H + 1))
-        ys = counter(st, "ys")
 
         def step(m, ctr, n):
             if n > 1:
@@ -160,6 +179,19 @@ class LineBuffer(wiring.Component):
             # ``sig >= c`` without a constant-true comparison in the Verilog (lint)
             return sig >= c if c > 0 else Const(1, 1)
 
+        # --- stage S0: scan step (vy, vx, group) of the virtual map ---
+        grp = counter(G, "grp")        # channel group of this step
+        vx = Signal(range(Wv))
+        xd = counter(d, "xd")          # (vx - pl) mod dilation, 0 left of the map
+        cx = Signal(range(W + 1))      # input columns passed in this row
+        xs = counter(st, "xs")         # (vx - K + 1) mod stride, 0 before K - 1
+        vy = Signal(range(Hv))
+        yd = counter(d, "yd")
+        ry = Signal(range(H + 1))
+        ys = counter(st, "ys")
+        depth = max(W * G, 2)          # memory words: one per input column and group
+        addr = Signal(range(depth)) if G > 1 else cx   # = cx * G + grp
+
         real_x = ge(vx, pl) & (xd == 0) & (cx < W)
         real_y = ge(vy, pt) & (yd == 0) & (ry < H)
         real = real_x & real_y
@@ -169,37 +201,53 @@ class LineBuffer(wiring.Component):
         s1_valid = Signal()
         s1_real_x = Signal()
         s1_emit = Signal()
-        s1_addr = Signal(range(max(W, 2)))
+        s1_addr = Signal(range(depth))
         s1_pixel = Signal(self._pixel)
 
-        # --- stage W: the window registers (= o.payload) ---
-        win = [[Signal(self._pixel, name=f"win_{ky}_{kx}") for kx in range(K)] for ky in range(K)]
+        # --- stage W: a chain of (K-1)*G + 1 columns, [0] newest; the window taps every G ---
+        chain = [[Signal(self._pixel, name=f"col{c}_{ky}", reset_less=True) for ky in range(K)]
+                 for c in range((K - 1) * G + 1)]
 
-        advance = ~self.o.valid | self.o.ready
+        rep = counter(R, "rep")        # transfers of the current window so far
+        if R > 1:
+            advance = ~self.o.valid | (self.o.ready & (rep == R - 1))
+            with m.If(self.o.valid & self.o.ready):
+                pass
+        else:
+            advance = ~self.o.valid | self.o.ready
         fire = advance & (~real | self.i.valid)
         m.d.comb += self.i.ready.eq(advance & real)
 
         with m.If(fire):
-            with m.If(vx == Wv - 1):
-                clear(m, vx, xd, cx, xs)
-                with m.If(vy == Hv - 1):
-                    clear(m, vy, yd, ry, ys)
-                with m.Else():
-                    m.d.sync += vy.eq(vy + 1)
-                    with m.If(ge(vy, pt)):
-                        step(m, yd, d)
-                    with m.If(real_y):
-                        m.d.sync += ry.eq(ry + 1)
-                    with m.If(ge(vy, K - 1)):
-                        step(m, ys, st)
-            with m.Else():
-                m.d.sync += vx.eq(vx + 1)
-                with m.If(ge(vx, pl)):
-                    step(m, xd, d)
+            if G > 1:
                 with m.If(real_x):
-                    m.d.sync += cx.eq(cx + 1)
-                with m.If(ge(vx, K - 1)):
-                    step(m, xs, st)
+                    m.d.sync += addr.eq(addr + 1)
+            with m.If(grp == G - 1):
+                clear(m, grp)
+                with m.If(vx == Wv - 1):
+                    clear(m, vx, xd, cx, xs)
+                    if G > 1:
+                        m.d.sync += addr.eq(0)
+                    with m.If(vy == Hv - 1):
+                        clear(m, vy, yd, ry, ys)
+                    with m.Else():
+                        m.d.sync += vy.eq(vy + 1)
+                        with m.If(ge(vy, pt)):
+                            step(m, yd, d)
+                        with m.If(real_y):
+                            m.d.sync += ry.eq(ry + 1)
+                        with m.If(ge(vy, K - 1)):
+                            step(m, ys, st)
+                with m.Else():
+                    m.d.sync += vx.eq(vx + 1)
+                    with m.If(ge(vx, pl)):
+                        step(m, xd, d)
+                    with m.If(real_x):
+                        m.d.sync += cx.eq(cx + 1)
+                    with m.If(ge(vx, K - 1)):
+                        step(m, xs, st)
+            with m.Else():
+                step(m, grp, G)
 
         with m.If(advance):
             m.d.sync += s1_valid.eq(fire)
@@ -207,46 +255,48 @@ class LineBuffer(wiring.Component):
             m.d.sync += [
                 s1_real_x.eq(real_x),
                 s1_emit.eq(emit),
-                s1_addr.eq(cx),
+                s1_addr.eq(addr),
                 s1_pixel.eq(Mux(real, self.i.payload, 0)),
             ]
 
-        # column entering the window, top (oldest row) to bottom (row being scanned)
+        # column entering the chain, top (oldest row) to bottom (row being scanned)
         column = [Signal(self._pixel, name=f"col_{r}") for r in range(K)]
         m.d.comb += column[K - 1].eq(Mux(s1_real_x, s1_pixel, 0))
         if K > 1:
             rows_layout = data.ArrayLayout(self._pixel, K - 1)   # [0] = newest row
-            m.submodules.rows = rows = Memory(shape=rows_layout, depth=max(W, 2), init=[])
+            m.submodules.rows = rows = Memory(shape=rows_layout, depth=depth, init=[])
             rd = rows.read_port()               # synchronous, non-transparent
             wr = rows.write_port()
+            # No read/write collision: a word is written one step after its read, and two
+            # consecutive scan steps never read the same word (the map is at least K wide, so a
+            # 1-column map has K - 1 >= 1 padding columns between its rows).
             m.d.comb += [
-                rd.addr.eq(cx),
+                rd.addr.eq(addr),
                 rd.en.eq(fire & real_x),
                 wr.addr.eq(s1_addr),
                 wr.en.eq(advance & s1_valid & s1_real_x),
                 wr.data[0].eq(s1_pixel),
             ]
-            rd_data = Signal(rows_layout)
-            # No read/write collision: the write of column x happens one step after its read, and
-            # two consecutive scan steps never read the same column (the map is at least K wide,
-            # so a 1-column map has K - 1 >= 1 padding columns between its rows).
-            m.d.comb += rd_data.eq(rd.data)
             for j in range(1, K - 1):
-                m.d.comb += wr.data[j].eq(rd_data[j - 1])
+                m.d.comb += wr.data[j].eq(rd.data[j - 1])
             for r in range(K - 1):
-                m.d.comb += column[r].eq(Mux(s1_real_x, rd_data[K - 2 - r], 0))
+                m.d.comb += column[r].eq(Mux(s1_real_x, rd.data[K - 2 - r], 0))
 
         with m.If(advance):
             m.d.sync += self.o.valid.eq(s1_valid & s1_emit)
             with m.If(s1_valid):
+                for c in range(len(chain) - 1, 0, -1):
+                    for ky in range(K):
+                        m.d.sync += chain[c][ky].eq(chain[c - 1][ky])
                 for ky in range(K):
-                    for kx in range(K - 1):
-                        m.d.sync += win[ky][kx].eq(win[ky][kx + 1])
-                    m.d.sync += win[ky][K - 1].eq(column[ky])
+                    m.d.sync += chain[0][ky].eq(column[ky])
 
-        for s in range(S):
+        def window(ky, kx):             # natural orientation, kx = K - 1 newest
+            return chain[(K - 1 - kx) * G][ky]
+
+        for s_ in range(S):
             for ky in range(K):
                 for kx in range(K):
-                    src = win[K - 1 - ky][K - 1 - kx] if self._flip else win[ky][kx]
-                    m.d.comb += self.o.payload[s][ky][kx].eq(src[s])
+                    src = window(K - 1 - ky, K - 1 - kx) if self._flip else window(ky, kx)
+                    m.d.comb += self.o.payload[s_][ky][kx].eq(src[s_])
         return m

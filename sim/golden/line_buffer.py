@@ -21,6 +21,10 @@ The three arrangements the node needs (paper sections 5.3-5.5):
   paired one to one, in the same raster order, with the error value ``E[oc][oy][ox]`` of the
   output position the window produced; ``dW[oc] += window * E[oc][oy][ox]``.
 
+Channel groups (``groups``: a pixel arrives as several words, each position yields one window
+per group -- EB with more output channels than tiles) and window repetition (``repeat``: FP/PG
+with more output channels than engines) are covered by :func:`windows` and :func:`stream_words`.
+
 All arithmetic here is exact integer arithmetic (``int64`` / Python ints); the line buffer itself
 only moves values, so its model is exact by construction.
 """
@@ -114,23 +118,37 @@ def window_positions(geom):
     return [(oy, ox) for oy in range(geom.out_height) for ox in range(geom.out_width)]
 
 
-def windows(x, geom, flip=False):
-    """All windows of one map ``x`` ``(H, W, S)`` as a list of ``S x K x K`` int64 arrays."""
+def windows(x, geom, flip=False, groups=1, repeat=1):
+    """All windows of one map ``x`` ``(H, W, C)`` as a list of ``S x K x K`` int64 arrays.
+
+    With ``groups = G`` the ``C = G * S`` channels are cut into ``G`` groups of ``S`` and each
+    position yields ``G`` windows (group order); with ``repeat = R`` every window appears ``R``
+    times in a row.
+    """
     v = virtual_map(np.asarray(x, dtype=np.int64), geom)
     k, st = geom.k, geom.stride
+    c = v.shape[2]
+    if c % groups:
+        raise ValueError(f"{c} channels do not split into {groups} groups")
+    s = c // groups
     out = []
     for oy, ox in window_positions(geom):
-        win = v[oy * st:oy * st + k, ox * st:ox * st + k, :].transpose(2, 0, 1)
+        full = v[oy * st:oy * st + k, ox * st:ox * st + k, :].transpose(2, 0, 1)
         if flip:
-            win = win[:, ::-1, ::-1]
-        out.append(np.ascontiguousarray(win))
+            full = full[:, ::-1, ::-1]
+        for g in range(groups):
+            win = np.ascontiguousarray(full[g * s:(g + 1) * s])
+            out += [win] * repeat
     return out
 
 
-def stream_words(x):
-    """Input stream words of a map ``x`` ``(H, W, S)``: one list of ``S`` ints per pixel, raster order."""
+def stream_words(x, groups=1):
+    """Input stream words of a map ``x`` ``(H, W, C)``: raster order, ``groups`` words per pixel
+    (channel group 0 first), each a list of ``C / groups`` ints."""
     x = np.asarray(x)
-    return [[int(c) for c in x[y, xx]] for y in range(x.shape[0]) for xx in range(x.shape[1])]
+    s = x.shape[2] // groups
+    return [[int(v) for v in x[y, xx, g * s:(g + 1) * s]]
+            for y in range(x.shape[0]) for xx in range(x.shape[1]) for g in range(groups)]
 
 
 # --- the convolutions the three arrangements serve (reference formulas and window dataflows) ---

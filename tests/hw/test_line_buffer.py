@@ -23,12 +23,13 @@ def _maps(rng, n, h, w, s, bits=16):
 def _expected(dut, maps):
     exp = []
     for x in maps:
-        exp += [win.tolist() for win in golden.windows(x, dut.geometry, flip=dut.flip)]
+        exp += [win.tolist() for win in golden.windows(x, dut.geometry, flip=dut.flip,
+                                                        groups=dut.groups, repeat=dut.repeat)]
     return exp
 
 
 def _run(dut, maps, name, *, p_in=0.0, p_out=0.0, seed=0, timing=None):
-    words = [w for x in maps for w in golden.stream_words(x)]
+    words = [w for x in maps for w in golden.stream_words(x, groups=dut.groups)]
     expected = _expected(dut, maps)
     out = []
     sim = Simulator(dut)
@@ -88,6 +89,38 @@ def test_eb_transposed_windows_random_stalls(h, w, s, k, st, p, waves):
     assert out == expected
 
 
+# (height, width, channels, groups, repeat, k, stride, pad)
+GROUP_CASES = [
+    (5, 7, 2, 3, 1, 3, 1, 1),     # 6 channels as 3 words of 2
+    (7, 9, 1, 2, 1, 5, 2, 2),
+    (4, 5, 3, 2, 1, 1, 1, 0),     # K = 1
+    (5, 7, 2, 1, 3, 3, 1, 1),     # each window 3 times
+    (15, 15, 1, 1, 2, 11, 4, 0),
+    (3, 1, 1, 4, 1, 3, 1, 1),     # width 1, 4 groups
+]
+
+
+@pytest.mark.parametrize("h,w,s,g,r,k,st,p", GROUP_CASES)
+def test_groups_and_repeat_random_stalls(h, w, s, g, r, k, st, p, waves):
+    rng = np.random.default_rng(h + w + g * 10 + r * 100)
+    dut = LineBuffer(height=h, width=w, channels=s, k=k, stride=st, pad=p, groups=g, repeat=r)
+    out, expected = _run(dut, _maps(rng, 2, h, w, s * g), waves, p_in=0.3, p_out=0.3, seed=g + r)
+    assert len(expected) == 2 * dut.out_height * dut.out_width * g * r
+    assert out == expected
+
+
+def test_eb_transposed_groups(waves):
+    """EB with OC = 6 output-channel errors as 3 groups of P = 2 (one word per group)."""
+    h, w, k, st, p = 7, 6, 3, 2, 1
+    dut = LineBuffer.transposed(height=h, width=w, channels=2, k=k, stride=st, pad=p, groups=3)
+    g = golden.fp_geometry(h, w, k, st, p)
+    rng = np.random.default_rng(4)
+    out, expected = _run(dut, _maps(rng, 2, g.out_height, g.out_width, 6), waves, p_in=0.3,
+                         p_out=0.3)
+    assert len(expected) == 2 * h * w * 3
+    assert out == expected
+
+
 def test_width_one(waves):
     for kw in (dict(k=3, pad=(0, 1, 0, 1)), dict(k=3, pad=(1, 2, 0, 0)), dict(k=1)):
         dut = LineBuffer(height=6, width=1, channels=2, **kw)
@@ -101,6 +134,8 @@ def test_width_one(waves):
     dict(height=9, width=9, channels=1, k=3, stride=2, pad=0),
     dict(height=15, width=15, channels=1, k=11, stride=4, pad=0),
     dict(height=4, width=5, channels=1, k=3, stride=1, pad=(2, 2, 2, 2), dilation=2, flip=True),
+    dict(height=5, width=6, channels=2, k=3, stride=1, pad=1, groups=3),
+    dict(height=4, width=3, channels=1, k=1, groups=2),
 ])
 def test_latency_and_throughput(kw, waves):
     """No stalls: one virtual position per cycle, each window exactly ``latency`` cycles after
@@ -110,18 +145,32 @@ def test_latency_and_throughput(kw, waves):
     g = dut.geometry
     rng = np.random.default_rng(1)
     timing = []
-    out, expected = _run(dut, _maps(rng, 2, g.height, g.width, dut.channels), waves, timing=timing)
+    G = dut.groups
+    out, expected = _run(dut, _maps(rng, 2, g.height, g.width, dut.channels * G), waves,
+                         timing=timing)
     assert out == expected
     want = []
     for n in range(2):
         for oy, ox in golden.window_positions(g):
             pos = (oy * g.stride + g.k - 1) * g.vwidth + ox * g.stride + g.k - 1
-            want.append(n * g.vheight * g.vwidth + pos + dut.latency)
+            for grp in range(G):
+                want.append((n * g.vheight * g.vwidth + pos) * G + grp + dut.latency)
     assert timing == want
     if g.stride == 1:
         # along an output row the windows leave on consecutive cycles
-        row = timing[:g.out_width]
-        assert row == list(range(row[0], row[0] + g.out_width))
+        row = timing[:g.out_width * G]
+        assert row == list(range(row[0], row[0] + g.out_width * G))
+
+
+def test_repeat_timing(waves):
+    """``repeat = 3``: the first window 2 cycles after its last pixel, then twice more at once."""
+    dut = LineBuffer(height=5, width=6, channels=1, k=3, pad=1, repeat=3)
+    g = dut.geometry
+    timing = []
+    out, expected = _run(dut, _maps(np.random.default_rng(8), 1, 5, 6, 1), waves, timing=timing)
+    assert out == expected
+    first = (g.k - 1) * g.vwidth + g.k - 1 + dut.latency
+    assert timing[:3] == [first, first + 1, first + 2]
 
 
 def test_first_window_follows_completing_pixel():
@@ -206,6 +255,11 @@ def test_parameters_validated():
         LineBuffer(height=4, width=4, channels=1, k=3, pad=(1, 2))
     with pytest.raises(ValueError, match=r"^Line buffer window 5x5 does not fit the padded map 4x6$"):
         LineBuffer(height=4, width=4, channels=1, k=5, pad=(0, 1, 0, 1))
+    with pytest.raises(TypeError, match=r"^Line buffer group count must be an integer >= 1, not 0$"):
+        LineBuffer(height=4, width=4, channels=1, k=3, groups=0)
+    with pytest.raises(ValueError, match=r"^Line buffer cannot both group channels and repeat "
+                                         r"windows \(groups=2, repeat=3\)$"):
+        LineBuffer(height=4, width=4, channels=1, k=3, groups=2, repeat=3)
     with pytest.raises(ValueError, match=r"^transposed arrangement needs pad <= k - 1, not pad=3 with k=3$"):
         LineBuffer.transposed(height=8, width=8, channels=1, k=3, pad=3)
 
@@ -222,6 +276,8 @@ def test_shape_and_ports():
     dict(height=5, width=1, channels=1, k=3, stride=1, pad=(0, 1, 0, 1)),
     dict(height=4, width=4, channels=1, k=1),
     dict(height=15, width=15, channels=1, k=11, stride=4, pad=(2, 2, 3, 3), dilation=2, flip=True),
+    dict(height=6, width=7, channels=2, k=3, pad=1, groups=3),
+    dict(height=6, width=7, channels=2, k=3, pad=1, repeat=4),
 ])
 def test_lint(kw, tmp_path):
     verilator_lint(LineBuffer(**kw), "line_buffer", tmp_path)
