@@ -22,7 +22,7 @@ from amaranth.build import Attrs, Clock, DiffPairs, PinsN, Resource
 from amaranth_boards.kcu105 import KCU105Platform
 from amaranth_boards.resources import UARTResource
 
-from ._common import LaneResource, RefClkResource, lane_pins
+from ._common import RefClkResource, lane_pins
 
 __all__ = ["KCU105ChainPlatform"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from amaranth.build import Attrs, DiffPairs, Pins, Resource, Clock
+from amaranth.build import Attrs, Clock, DiffPairs, Pins, Resource
 from amaranth.vendor import XilinxPlatform
 from amaranth_boards.resources import LEDResources, UARTResource
 

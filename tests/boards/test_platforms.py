@@ -12,7 +12,8 @@ import sys
 
 import pytest
 from amaranth.build import ResourceError
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import (ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal,
+                          Signal)
 from amaranth.lib import io
 from amaranth.sim import Simulator
 from amaranth.vendor import XilinxPlatform
