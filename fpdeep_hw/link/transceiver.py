@@ -268,7 +268,9 @@ class SerialLinkPHY(wiring.Component):
             m.d.comb += self.channel_up.eq(startup == self._model_startup)
 
         # Words in flight (delay line) plus buffered (FIFO): TX is refused at `depth`.
-        fifo = SyncFIFO(width=64, depth=depth)
+        # The credit count keeps at most `depth` words in the FIFO; a FIFO of depth 1 would have
+        # zero-width address wires in Verilog, so it is given 2 entries.
+        fifo = SyncFIFO(width=64, depth=max(depth, 2))
         m.submodules.fifo = DomainRenamer(self._domain)(fifo)
         occupancy = Signal(range(depth + 1))
         tx_take = Signal()

@@ -24,6 +24,7 @@ from boards.platforms.kcu105 import KCU105ChainPlatform
 from boards.platforms.vc709 import VC709Platform
 from fpdeep_hw.link.transceiver import SerialLinkPHY
 from fpdeep_map.board import load_board
+from sim.lint import verilator_lint
 from sim.streams import stream_sink, stream_source
 
 BOARDS = ["vc709", "kcu105", "alveo-u280"]
@@ -380,6 +381,12 @@ def test_phy_startup_and_backpressure(startup):
     assert all(soft == hard == 0 for _, _, soft, hard in status)
     assert got == list(range(startup, startup + depth))
     assert ready_after == 1
+
+
+@pytest.mark.parametrize("latency, depth, startup", [(4, 16, 8), (1, 1, 0)])
+def test_phy_model_lint_clean(tmp_path, latency, depth, startup):
+    phy = SerialLinkPHY(model_latency=latency, model_depth=depth, model_startup=startup)
+    verilator_lint(phy, "serial_link_phy", tmp_path)
 
 
 def test_phy_model_in_another_domain():
