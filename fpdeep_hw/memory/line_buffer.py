@@ -212,7 +212,7 @@ class LineBuffer(wiring.Component):
         if R > 1:
             advance = ~self.o.valid | (self.o.ready & (rep == R - 1))
             with m.If(self.o.valid & self.o.ready):
-                pass
+                step(m, rep, R)
         else:
             advance = ~self.o.valid | self.o.ready
         fire = advance & (~real | self.i.valid)
