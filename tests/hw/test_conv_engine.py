@@ -322,35 +322,37 @@ def _run_pipe(lbuf, array, pixels, wt_words, n_out, name, seed):
 
 
 def test_fp_line_buffer_into_array(waves):
-    """FP: activations (C = S = 3) through the line buffer into P = 2 engines (all output
-    channels at once: one weight word per window, ``last`` on each)."""
+    """FP: activations (C = S = 3) through the line buffer into P = 2 engines; OC = 4 output
+    channels, so each window is repeated twice (``repeat=2``) and meets the two weight groups."""
     rng = np.random.default_rng(21)
-    h, w, c, oc, k, p = 5, 7, 3, 2, 3, 1
+    h, w, c, oc, k, p = 5, 7, 3, 4, 3, 1
     act = _rand(rng, h, w, c, lo=-2000, hi=2000)
     wts = _rand(rng, oc, c, k, k, lo=-2000, hi=2000)
-    lbuf = LineBuffer(height=h, width=w, channels=c, k=k, pad=p)
-    array = CEArray.fp(k=k, s=c, p=oc, out_fmt=None)
+    lbuf = LineBuffer(height=h, width=w, channels=c, k=k, pad=p, repeat=2)
+    array = CEArray.fp(k=k, s=c, p=2, out_fmt=None)
     g = lbuf.geometry
     n = g.out_height * g.out_width
-    out = _run_pipe(lbuf, array, lb.stream_words(act), [{"weights": wts.tolist(), "last": 1}] * n,
-                    n, waves, seed=1)
+    wt_words = [{"weights": wts[q * 2:(q + 1) * 2].tolist(), "last": 1} for q in (0, 1)] * n
+    out = _run_pipe(lbuf, array, lb.stream_words(act), wt_words, 2 * n, waves, seed=1)
     assert (np.array(out, dtype=object).reshape(g.out_height, g.out_width, oc)
             == lb.fp_conv(act, wts, g)).all()
 
 
 def test_eb_line_buffer_into_array(waves):
-    """EB: the layer's output errors (OC = P = 2) through the transposed line buffer (flipped,
-    zero-inserted, stride 2) into S = 3 engines: the input errors of the forward layer."""
+    """EB: the layer's output errors (OC = 4, as 2 groups of P = 2: ``groups=2``) through the
+    transposed line buffer (flipped, zero-inserted, stride 2) into S = 3 engines of 2 tiles,
+    accumulating over the two groups: the input errors of the forward layer."""
     rng = np.random.default_rng(22)
-    h, w, c, oc, k, st, p = 7, 6, 3, 2, 3, 2, 1
+    h, w, c, oc, k, st, p = 7, 6, 3, 4, 3, 2, 1
     g = lb.fp_geometry(h, w, k, st, p)
     err = _rand(rng, g.out_height, g.out_width, oc, lo=-2000, hi=2000)
     wts = _rand(rng, oc, c, k, k, lo=-2000, hi=2000)
-    lbuf = LineBuffer.transposed(height=h, width=w, channels=oc, k=k, stride=st, pad=p)
-    array = CEArray.eb(k=k, s=c, p=oc, out_fmt=None)
+    lbuf = LineBuffer.transposed(height=h, width=w, channels=2, k=k, stride=st, pad=p, groups=2)
+    array = CEArray.eb(k=k, s=c, p=2, out_fmt=None)
     per_engine = wts.transpose(1, 0, 2, 3)            # engine (input channel) s gets W[:, s]
-    out = _run_pipe(lbuf, array, lb.stream_words(err),
-                    [{"weights": per_engine.tolist(), "last": 1}] * (h * w), h * w, waves, seed=2)
+    wt_words = [{"weights": per_engine[:, grp * 2:(grp + 1) * 2].tolist(), "last": grp}
+                for grp in (0, 1)] * (h * w)
+    out = _run_pipe(lbuf, array, lb.stream_words(err, groups=2), wt_words, h * w, waves, seed=2)
     assert (np.array(out, dtype=object).reshape(h, w, c)
             == lb.eb_input_error(err, wts, h, w, k, st, p)).all()
 
