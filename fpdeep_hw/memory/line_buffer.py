@@ -35,8 +35,8 @@ class LineBuffer(wiring.Component):
     of ``width`` rows (one per *input* column; padding and inserted zero columns take no storage),
     each row holding ``K - 1`` pixels of ``S`` values -- a cascade: reading column ``x`` gives rows
     ``y-1 .. y-K+1`` and the same column is written back shifted by one row with the new pixel
-    in front. The read port is synchronous and non-transparent (block RAM). Only the ``K x K x S``
-    window itself is in flip-flops.
+    in front. The read port is synchronous and non-transparent (block RAM). Only the window is in
+    flip-flops (``K x K x S``; with channel groups a reset-less column chain, see below).
 
     Channel groups (``groups = G``): a pixel of ``G * S`` channels arrives as ``G`` consecutive
     words of ``S`` channels (group 0 first) and every window position yields ``G`` windows, one
