@@ -87,6 +87,8 @@ def build_parser():
                         help="SGD mini-batch size (default 128, the paper's)")
         sp.add_argument("--ocp-threshold", type=_int_at_least("--ocp-threshold", 1), default=16,
                         help="layers with fewer input channels per group use output-channel partition")
+        sp.add_argument("--max-row-lanes", type=_int_at_least("--max-row-lanes", 1), default=8,
+                        help="most output rows an engine computes side by side (default 8)")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib)")
 
@@ -188,7 +190,8 @@ def main(argv=None):
     if args.plot:
         _plot_check(args.plot)
     net, board = _load(args)
-    kw = dict(topology=args.topology, batch=args.batch, ocp_threshold=args.ocp_threshold)
+    kw = dict(topology=args.topology, batch=args.batch, ocp_threshold=args.ocp_threshold,
+              max_row_lanes=args.max_row_lanes)
     if args.command == "plan":
         plan = map_network(net, board, args.nodes, **kw)
         # everything is computed before anything is written
@@ -222,4 +225,7 @@ def run(argv=None):
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:                 # e.g. piped into `head`
+        sys.stderr.close()
+        code = 0
     sys.exit(code)

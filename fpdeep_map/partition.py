@@ -48,6 +48,7 @@ class Work:
     in_hw: tuple         # (H, W) of the input map (fc: (1, 1))
     out_hw: tuple        # (H, W) of the conv output, before pooling (fc: (1, 1))
     macs: dict           # phase -> MACs per image
+    max_x: int = 8       # most output rows an engine may compute side by side
 
     @property
     def units(self) -> int:
@@ -157,7 +158,8 @@ def _demand_tiles(work, count, period):
     return sum(max(1, math.ceil(count * work.unit_macs(p) / kk_t)) for p in _phases(work))
 
 
-#: Most output rows an engine computes side by side (line buffer of K + X - 1 rows).
+#: Default for the most output rows an engine computes side by side (line buffer of K + X - 1
+#: rows); each Work carries its own limit (``Work.max_x``).
 MAX_ROW_LANES = 8
 
 
@@ -207,18 +209,18 @@ def clear_caches():
 def exact_shape(work, lo, hi, period):
     """Smallest P x S x X array for units [lo, hi) that finishes one image within ``period``.
 
-    X output rows are computed side by side (X <= MAX_ROW_LANES). Returns (tiles, p, s, x) or
+    X output rows are computed side by side (X <= work.max_x). Returns (tiles, p, s, x) or
     None if no array can. Exact: cycles = ceil(Ho/X)*Wo * sum_groups ceil(o_j/P)*ceil(c_j/S).
     """
     ho, wo = work.out_hw
     m_rows = int(period // wo)                  # row-passes that fit in the period
-    key = (work.split, work.cin, work.cout, work.groups, work.out_hw, lo, hi, m_rows)
+    key = (work.split, work.cin, work.cout, work.groups, work.out_hw, work.max_x, lo, hi, m_rows)
     hit = _SHAPE_CACHE.get(key)
     if hit is not None or key in _SHAPE_CACHE:
         return hit
     dims = tuple(work.group_dims(lo, hi))
     best = None
-    for x in range(1, min(MAX_ROW_LANES, ho) + 1):
+    for x in range(1, min(work.max_x, ho) + 1):
         rows = -(-ho // x)
         if x > 1 and rows == -(-ho // (x - 1)):
             continue                            # no fewer row steps than with x - 1 lanes
@@ -345,7 +347,7 @@ def best_shape(work, lo, hi, tiles):
     omax = max(o for _, o in dims)
     best = None
     ho = work.out_hw[0]
-    for x in range(1, min(MAX_ROW_LANES, ho, tiles) + 1):
+    for x in range(1, min(work.max_x, ho, tiles) + 1):
         for s in sorted({-(-cmax // r) for r in range(1, cmax + 1)}):
             if s * x > tiles:
                 break
