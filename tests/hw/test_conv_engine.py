@@ -98,6 +98,36 @@ def test_engine_random_enable(k, tiles, waves):
     assert sum(ovf) == exp_ovf
 
 
+@pytest.mark.parametrize("k,tiles", [(3, 4), (1, 1), (5, 3)])
+def test_engine_latency(k, tiles):
+    """A single step with ``last``: ``done`` and its result appear after exactly ``latency``
+    enabled cycles."""
+    dut = ConvEngine(k=k, tiles=tiles)
+    assert dut.latency == 3 + (k * k - 1).bit_length() + (tiles - 1).bit_length()
+    rng = np.random.default_rng(3)
+    win, wt = _rand(rng, tiles, k, k), _rand(rng, tiles, k, k)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.en, 1)
+        ctx.set(dut.valid, 1)
+        ctx.set(dut.last, 1)
+        ctx.set(dut.window, win.tolist())
+        ctx.set(dut.weights, wt.tolist())
+        await ctx.tick()
+        ctx.set(dut.valid, 0)
+        for ticks in range(1, dut.latency + 3):
+            if ctx.get(dut.done):
+                seen.append((ticks, ctx.get(dut.acc)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [(dut.latency, golden.engine_partial(win, wt))]
+
+
 # --- CEArray: streams with random stalls ------------------------------------------------------
 
 def _run_array(dut, wins, wts, lasts, name, *, p_win=0.3, p_wt=0.3, p_out=0.3, seed=0, timing=None,
