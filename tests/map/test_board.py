@@ -10,7 +10,7 @@ from fpdeep_map.network import load_network
 
 
 def test_board_names():
-    assert board_names() == ["alveo-u280", "kcu105", "tiny-test", "vc709"]
+    assert board_names() == ["alveo-u280", "kcu105", "sim-node", "tiny-test", "vc709"]
 
 
 @pytest.mark.parametrize("name, device, lut, ff, bram36, dsp, uram", [
