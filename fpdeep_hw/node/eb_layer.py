@@ -1,0 +1,241 @@
+"""EB module of one layer of a node and the backward front of its ReLU / max-pool (paper 4.4, 5.4).
+
+* :class:`BPFront` -- the errors of a layer's *output* as they arrive from above (the pooled map
+  when the layer pools) and the stored argmax and mask streams -> :class:`MaxPoolBackward` ->
+  :class:`ReLUBackward` -> ``E_out`` of the convolution, twice: ``o`` for the EB module and
+  ``pg`` for the PG module.
+* :class:`EBLayer` -- ``E_out`` (raster order, ``OC`` lanes) -> transposed line buffer (all
+  ``OC`` channels) -> window replay (input-channel group ``g`` outer, output-channel group ``r``
+  of ``P`` lanes inner) -> :class:`CEArray` ``.eb`` (``S`` engines of ``P`` tiles, the FP weight
+  sets read from the EB module's own copy of the LPRAM, written by the same update stream) ->
+  requantise to the error format -> gather (``G`` words of ``S`` lanes -> one pixel of ``C``
+  lanes) -> input errors out (raster order). FC: the one error word of ``OC`` lanes per image is
+  held and replayed for every pixel and lane group of the layer below, which receives its
+  errors as pixels of ``C`` lanes in raster order.
+
+Golden model: :mod:`sim.golden.layers` (``conv_eb``, ``fc_eb``, ``maxpool_backward``,
+``relu_backward``). Test: ``tests/hw/test_eb_layer.py``. Ports and timing: ``docs/hw-node.md``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from fpdeep_hw.compute.conv_engine import CEArray
+from fpdeep_hw.compute.sfu import MaxPoolBackward, ReLUBackward, arg_bits
+from fpdeep_hw.memory.line_buffer import LineBuffer
+from fpdeep_hw.memory.param_ram import LPRAM
+from fpdeep_map.numerics import NumericsConfig
+from sim.golden.line_buffer import eb_geometry
+
+from .fp_layer import (_ImageGate, _WeightSequencer, _check_args, _fork, _gather, _pack_init,
+                       _replay, _vec, _win)
+
+__all__ = ["BPFront", "EBLayer"]
+
+
+class BPFront(wiring.Component):
+    """Max-pool and ReLU backward of a layer segment: output errors in, ``E_out`` out (twice).
+
+    Parameters
+    ----------
+    segment, network, numerics
+        As :class:`~fpdeep_hw.node.fp_layer.FPLayer`.
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+        Errors of the layer's output (the pooled map with a pool), raster order.
+    arg : ``In(stream.Signature(ArrayLayout(arg_bits(pool_k), OC)))``
+        The FP's argmax stream of the same image (only with a max-pool).
+    mask : ``In(stream.Signature(ArrayLayout(1, OC)))``
+        The FP's ReLU masks of the same image (only with a ReLU).
+    o, pg : ``Out(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+        ``E_out`` of the convolution (``conv_height x conv_width`` pixels per image), for EB
+        and for PG; a word leaves on both together.
+    overflows : ``Out(32)``
+        Max-pool backward's saturation count (overlapping windows only).
+    """
+
+    def __init__(self, segment, network, numerics=NumericsConfig()):
+        self._geom = geom = _check_args("BPFront", segment, network, numerics)
+        self._numerics = numerics
+        ew = numerics.error.width
+        members = {
+            "i": In(stream.Signature(_vec(ew, geom.out_channels))),
+            "o": Out(stream.Signature(_vec(ew, geom.out_channels))),
+            "pg": Out(stream.Signature(_vec(ew, geom.out_channels))),
+            "overflows": Out(32),
+        }
+        if geom.pool is not None:
+            members["arg"] = In(stream.Signature(
+                data.ArrayLayout(arg_bits(geom.pool[0]), geom.out_channels)))
+        if geom.relu:
+            members["mask"] = In(stream.Signature(data.ArrayLayout(1, geom.out_channels)))
+        super().__init__(members)
+
+    geometry = property(lambda self: self._geom)
+
+    @property
+    def latency(self):
+        """Cycles to the first ``E_out`` word, counted from the transfer of the last input word
+        of pooled row 0 (with a pool) or of the first input word (without), masks waiting."""
+        g = self._geom
+        return ((MaxPoolBackward.LATENCY if g.pool is not None else 0)
+                + (ReLUBackward.LATENCY if g.relu else 0) + 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        fmt = self._numerics.error
+        OC = g.out_channels
+        cur = wiring.flipped(self.i)
+        if g.pool is not None:
+            pk, ps = g.pool
+            m.submodules.unpool = unpool = MaxPoolBackward(
+                fmt=fmt, lanes=OC, k=pk, stride=ps, height=g.conv_height, width=g.conv_width)
+            wiring.connect(m, cur, unpool.i)
+            wiring.connect(m, wiring.flipped(self.arg), unpool.arg)
+            m.d.comb += self.overflows.eq(unpool.overflows)
+            cur = unpool.o
+        else:
+            m.d.comb += self.overflows.eq(0)
+        if g.relu:
+            m.submodules.unrelu = unrelu = ReLUBackward(fmt=fmt, lanes=OC)
+            wiring.connect(m, cur, unrelu.i)
+            wiring.connect(m, wiring.flipped(self.mask), unrelu.mask)
+            cur = unrelu.o
+        _fork(m, src_valid=cur.valid, src_ready=cur.ready,
+              branches=[(self.o, cur.payload), (self.pg, cur.payload)])
+        return m
+
+
+class EBLayer(wiring.Component):
+    """Error back-propagation of one layer segment (conv or FC): ``E_out`` in, ``E_in`` out.
+
+    Parameters
+    ----------
+    segment, network, numerics
+        As :class:`~fpdeep_hw.node.fp_layer.FPLayer`; the segment must have EB engines (not the
+        first compute layer) equal in shape to its FP engines.
+    weights : array, optional
+        Initial working weights, as for ``FPLayer`` (same address map).
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+        ``E_out``: conv: ``conv_height x conv_width`` pixels per image, raster order; FC: one
+        word per image.
+    o : ``Out(stream.Signature(ArrayLayout(signed(error.width), C)))``
+        ``E_in``: ``H x W`` pixels of ``C`` lanes per image, raster order (FC: the pixels of the
+        layer below, features C-major as the FC weights index them).
+    wr : ``In(stream.Signature(StructLayout({"addr", "data"})))``
+        Write port of this module's LPRAM copy; feed it the same writes as the FP module's.
+    go, start, done, busy, acc_overflows, out_overflows, clear_overflows
+        As :class:`~fpdeep_hw.node.fp_layer.FPLayer` (the gate counts ``E_out`` images;
+        ``out_overflows`` counts error-format clamps).
+    """
+
+    def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None):
+        self._geom = geom = _check_args("EBLayer", segment, network, numerics)
+        if not geom.has_eb:
+            raise ValueError(f"EBLayer: layer {geom.name!r} has no EB engines")
+        self._numerics = numerics
+        self._init = _pack_init(geom, weights, numerics.weight, "EBLayer")
+        ew = numerics.error.width
+        self._ce = CEArray.eb(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics)
+        self._lp = LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
+                         depth=geom.weight_sets, init=self._init)
+        super().__init__({
+            "i": In(stream.Signature(_vec(ew, geom.out_channels))),
+            "o": Out(stream.Signature(_vec(ew, geom.in_channels))),
+            "wr": In(stream.Signature(self._lp.write_layout)),
+            "go": In(1),
+            "start": Out(1),
+            "done": Out(1),
+            "busy": Out(1),
+            "acc_overflows": Out(32),
+            "out_overflows": Out(32),
+            "clear_overflows": In(1),
+        })
+
+    geometry = property(lambda self: self._geom)
+    numerics = property(lambda self: self._numerics)
+
+    @property
+    def latency(self):
+        """Cycles from the transfer of an image's first ``E_out`` word to its first ``E_in``
+        word (no stalls, ``go`` high, idle before; conv layers with ``G * R >= 4``)."""
+        g = self._geom
+        gr = g.groups * g.out_groups
+        if g.kind == "fc":
+            return gr + self._ce.latency + 1
+        eg = eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
+        pt, pl = eg.pad[0], eg.pad[1]
+        d = (g.kernel - 1) * eg.vwidth + (g.kernel - 1) - (pt * eg.vwidth + pl)
+        return d + LineBuffer.latency + gr + self._ce.latency + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        ew = self._numerics.error.width
+        K, C, OC, P, S = g.kernel, g.in_channels, g.out_channels, g.p, g.s
+        R, G = g.out_groups, g.groups
+        m.submodules.ce = ce = self._ce
+        m.submodules.lpram = lp = self._lp
+        wiring.connect(m, wiring.flipped(self.wr), lp.wr)
+        m.d.comb += [
+            self.acc_overflows.eq(ce.acc_overflows),
+            self.out_overflows.eq(ce.out_overflows),
+            ce.clear_overflows.eq(self.clear_overflows),
+            self.busy.eq(ce.win.valid & ce.win.ready),
+        ]
+        words = g.conv_height * g.conv_width if g.kind == "conv" else 1
+        gate = _ImageGate(m, go=self.go, start=self.start, words=words, name="gate")
+        inner_ready = Signal()
+        m.d.comb += [
+            self.i.ready.eq(gate.ok & inner_ready),
+            gate.transfer.eq(self.i.valid & self.i.ready),
+        ]
+        if g.kind == "conv":
+            m.submodules.lb = lb = LineBuffer.transposed(
+                height=g.height, width=g.width, channels=OC, k=K, stride=g.stride, pad=g.pad,
+                shape=signed(ew))
+            m.d.comb += [
+                lb.i.valid.eq(self.i.valid & gate.ok),
+                lb.i.payload.eq(self.i.payload),
+                inner_ready.eq(lb.i.ready),
+            ]
+            _replay(m, src_valid=lb.o.valid, src_ready=lb.o.ready, src_payload=lb.o.payload,
+                    dst=ce.win, k=K, lanes_in=OC, group_lanes=P, counts=[G, R], sel=1,
+                    name="replay")
+            counts, strides, acc_from = [g.height * g.width, G, R], [0, 1, G], 2
+        else:
+            HW = g.pixels
+            win = Signal(_win(ew, 1, OC))
+            for c in range(OC):
+                m.d.comb += win[c][0][0].eq(self.i.payload[c])
+            _replay(m, src_valid=self.i.valid & gate.ok, src_ready=inner_ready, src_payload=win,
+                    dst=ce.win, k=1, lanes_in=OC, group_lanes=P, counts=[HW, G, R], sel=2,
+                    name="replay")
+            counts, strides, acc_from = [HW, G, R], [G, 1, HW * G], 2
+
+        seq = _WeightSequencer(m, lp=lp, gate=gate, counts=counts, strides=strides,
+                               acc_from=acc_from, name="wseq")
+        m.d.comb += [
+            ce.wt.valid.eq(lp.rd_data.valid),
+            lp.rd_data.ready.eq(ce.wt.ready),
+            ce.wt.payload.last.eq(seq.last),
+            self.done.eq(ce.wt.valid & ce.wt.ready & seq.img_last),
+        ]
+        # EB engine s, tile e <- set lane e*S + s (the FP set, transposed)
+        for s in range(S):
+            for e in range(P):
+                m.d.comb += ce.wt.payload.weights[s][e].eq(lp.rd_data.payload[e * S + s])
+
+        gathered = stream.Signature(_vec(ew, C)).create(path=("gathered",))
+        _gather(m, src=ce.o, dst=gathered, words=G, lanes_in=S, lanes_out=C, name="gather")
+        wiring.connect(m, gathered, wiring.flipped(self.o))
+        return m
