@@ -59,7 +59,9 @@ def plan_figure(plan, net=None, board=None, **_):
                 for n in plan.node_plans]
         ax2.bar(nodes, vals, 0.7, bottom=bottom, label=layer, color=cmap(li % 20))
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax2.axhline(a["dsp"], color="black", lw=0.8)
+    ax2.axhline(a["dsp"], color="black", lw=0.8, ls="--")
+    ax2.set_ylim(0, a["dsp"] * 1.08)
+    ax2.text(nodes[0] - 0.4, a["dsp"] * 1.01, "device DSPs", fontsize=7)
     ax2.set_ylabel("DSP slices per layer")
     ax2.set_xlabel("FPGA")
     ax2.set_xticks(nodes)
