@@ -171,7 +171,9 @@ class EBLayer(wiring.Component):
         g = self._geom
         gr = g.groups * g.out_groups
         if g.kind == "fc":
-            return gr + self._ce.latency + 1
+            # the weight sequencer claims the image the cycle after ``start``: its first set is
+            # valid 2 cycles after the error word's transfer, one after the replayed window
+            return 2 + gr + self._ce.latency
         eg = eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
         pt, pl = eg.pad[0], eg.pad[1]
         d = (g.kernel - 1) * eg.vwidth + (g.kernel - 1) - (pt * eg.vwidth + pl)
