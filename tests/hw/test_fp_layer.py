@@ -196,6 +196,20 @@ def test_random_stalls(net, layer, waves):
     _check(dut, images, w, got, trace)
 
 
+@pytest.mark.parametrize("layer", ["conv3", "fc4"])
+def test_saturation_counted(layer):
+    """Full-range activations and weights: activation clamps counted as the golden counts them."""
+    seg, network, numerics = _segment("tiny", layer)
+    geom = layer_geometry(seg, network)
+    rng = np.random.default_rng(21)
+    w = _weights(geom, rng, scale=1 << 15)
+    images = _images(geom, rng, 1, scale=1 << 15)
+    dut = FPLayer(seg, network, numerics, weights=w)
+    got, trace = run_fp(dut, images, seed=8, p_stall=0.2)
+    _check(dut, images, w, got, trace)
+    assert trace["out"] > 0
+
+
 def _latency_and_utilisation(net, layer, n_images):
     seg, network, numerics = _segment(net, layer)
     geom = layer_geometry(seg, network)
