@@ -322,8 +322,75 @@ def test_bp_front_latency(net, layer):
     assert times["o"][0] - times["in"][ref] == dut.latency
 
 
-@pytest.mark.parametrize("net,layer", [("tiny", "conv2"), ("tiny", "fc4")])
+@pytest.mark.parametrize("net,layer", [("tiny", "conv1"), ("tiny", "conv2"), ("tiny", "fc4")])
 def test_lint(net, layer, tmp_path):
     seg, network, numerics = _segment(net, layer)
-    verilator_lint(EBLayer(seg, network, numerics), f"eb_{layer}", tmp_path)
+    if layer_geometry(seg, network).has_eb:
+        verilator_lint(EBLayer(seg, network, numerics), f"eb_{layer}", tmp_path)
     verilator_lint(BPFront(seg, network, numerics), f"bp_{layer}", tmp_path)
+
+
+def test_fp_bp_eb_chain():
+    """FP's mask and argmax streams feed BPFront (through one-image stores), BPFront's ``o``
+    feeds EB: the three
+    modules of a layer compose (payload layouts, counts) and EB's errors equal the golden chain
+    ``conv_eb(relu_backward(maxpool_backward(e, arg), mask))`` with FP's own masks and argmax."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.fifo import SyncFIFOBuffered
+
+    from fpdeep_hw.node.fp_layer import FPLayer
+    seg, network, numerics = _segment("tiny", "conv2")
+    geom = layer_geometry(seg, network)
+    rng = np.random.default_rng(77)
+    w = _weights(geom, rng)
+    image = rng.integers(-(1 << 9), 1 << 9, size=(geom.in_channels, geom.height, geom.width))
+    err = rng.integers(-(1 << 12), 1 << 12, size=(geom.out_channels, geom.out_height,
+                                                  geom.out_width))
+    fp = FPLayer(seg, network, numerics, weights=w)
+    bp = BPFront(seg, network, numerics)
+    eb = EBLayer(seg, network, numerics, weights=w)
+    top = Module()
+    top.submodules.fp, top.submodules.bp, top.submodules.eb = fp, bp, eb
+    # the mask and argmax stores (one image each: BP of an image follows its FP)
+    for name, words in (("mask", geom.conv_height * geom.conv_width),
+                        ("arg", geom.out_height * geom.out_width)):
+        src, dst = getattr(fp, name), getattr(bp, name)
+        store = SyncFIFOBuffered(width=len(src.payload.as_value()), depth=words)
+        top.submodules[f"{name}_store"] = store
+        top.d.comb += [
+            store.w_stream.valid.eq(src.valid), store.w_stream.payload.eq(src.payload),
+            src.ready.eq(store.w_stream.ready),
+            dst.valid.eq(store.r_stream.valid), dst.payload.eq(store.r_stream.payload),
+            store.r_stream.ready.eq(dst.ready),
+        ]
+    wiring.connect(top, bp.o, eb.i)
+    top.d.comb += [fp.go.eq(1), eb.go.eq(1)]
+
+    acc, _ = golden.conv_fp(image, w, geom.stride, geom.pad, 1, numerics)
+    y, _ = golden.fp_output(acc, numerics)
+    r, mask = golden.relu(y)
+    pooled, arg = golden.maxpool(r, *geom.pool)
+    e_conv, _ = golden.maxpool_backward(err, arg, *geom.pool, r.shape, numerics)
+    e_out = golden.relu_backward(e_conv, mask)
+    e_in, _ = golden.conv_eb(e_out, w, geom.stride, geom.pad, 1,
+                             (geom.in_channels, geom.height, geom.width), numerics)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(fp.i, _pixels(image), rng=random.Random(1), p_stall=0.2),
+                      background=True)
+    sim.add_testbench(stream_source(bp.i, _pixels(err), rng=random.Random(2), p_stall=0.2),
+                      background=True)
+    got = {"o": [], "act": [], "pg": [], "eb": []}
+    for k, (port, name, n) in enumerate([(fp.o, "o", geom.out_height * geom.out_width),
+                                         (fp.act, "act", geom.pixels),
+                                         (bp.pg, "pg", geom.conv_height * geom.conv_width),
+                                         (eb.o, "eb", geom.pixels)]):
+        sim.add_testbench(stream_sink(port, got[name], count=n, rng=random.Random(10 + k),
+                                      p_stall=0.2, max_cycles=50_000))
+    sim.run()
+    assert got["o"] == _pixels(pooled)
+    assert got["act"] == _pixels(image)
+    assert got["pg"] == _pixels(e_out)
+    assert got["eb"] == _pixels(e_in)

@@ -103,13 +103,18 @@ def run_fp(dut, images, *, seed=0, p_stall=0.0, gate="open", waves=None, writes=
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    writes_done = [not writes]
 
     async def feeder(ctx):
-        for wr in writes:                           # LPRAM writes before any image
+        for wr in writes:                           # LPRAM writes (random gaps) before any image
+            while rng.random() < p_stall:
+                ctx.set(dut.wr.valid, 0)
+                await ctx.tick()
             ctx.set(dut.wr.valid, 1)
             ctx.set(dut.wr.payload, wr)
             await ctx.tick()
         ctx.set(dut.wr.valid, 0)
+        writes_done[0] = True
         await stream_source(dut.i, words, rng=random.Random(seed + 1), p_stall=p_stall)(ctx)
 
     sim.add_testbench(feeder, background=True)
@@ -129,8 +134,8 @@ def run_fp(dut, images, *, seed=0, p_stall=0.0, gate="open", waves=None, writes=
         allowed, starts, taken, cycle = 0, 0, 0, 0
         delay = 0
         while True:
-            if cycle < len(writes):
-                pass                                # closed while the weights are written
+            if not writes_done[0]:
+                trace["writes_end"] = cycle + 1     # closed while the weights are written
             elif gate == "open":
                 allowed = n
             elif allowed == starts and allowed < n:
@@ -256,7 +261,7 @@ def test_weight_writes_and_gate():
     dut = FPLayer(seg, network, numerics)      # LPRAM starts at zero
     got, trace = run_fp(dut, images, seed=5, p_stall=0.2, gate="random", writes=writes)
     _check(dut, images, w, got, trace)
-    assert trace["start"][0] >= len(writes)
+    assert trace["start"][0] >= trace["writes_end"] >= len(writes)
 
 
 def test_pack_weights_conv():
@@ -299,7 +304,7 @@ def test_constructor_errors():
     assert geom.out_groups == 4 and geom.groups == 4
 
 
-@pytest.mark.parametrize("net,layer", [("tiny", "conv2"), ("tiny", "fc4")])
+@pytest.mark.parametrize("net,layer", [("tiny", "conv2"), ("tiny", "fc4"), ("digits", "conv1")])
 def test_lint(net, layer, tmp_path):
     seg, network, numerics = _segment(net, layer)
     verilator_lint(FPLayer(seg, network, numerics), f"fp_{layer}", tmp_path)
