@@ -146,8 +146,8 @@ def _check(dut, errors, w, got, trace):
     assert len(trace["busy"]) == len(errors) * geom.eb_words_per_image
 
 
-CASES = [("tiny", "conv2"), ("tiny", "fc4")]
-SLOW_CASES = [("tiny", "conv3"), ("digits", "conv2"), ("digits", "fc3")]
+CASES = [("tiny", "conv2"), ("tiny", "conv3"), ("tiny", "fc4")]
+SLOW_CASES = [("digits", "conv2"), ("digits", "fc3")]
 
 
 @pytest.mark.parametrize("net,layer", CASES + [pytest.param(*c, marks=pytest.mark.slow)

@@ -183,9 +183,8 @@ def _check(dut, images, w, got, trace):
     assert len(trace["busy"]) == len(images) * geom.fp_words_per_image
 
 
-CASES = [("tiny", "conv2"), ("tiny", "fc4")]
-SLOW_CASES = [("tiny", "conv1"), ("tiny", "conv3"), ("digits", "conv1"), ("digits", "conv2"),
-              ("digits", "fc3")]
+CASES = [("tiny", "conv1"), ("tiny", "conv2"), ("tiny", "conv3"), ("tiny", "fc4")]
+SLOW_CASES = [("digits", "conv1"), ("digits", "conv2"), ("digits", "fc3")]
 
 
 @pytest.mark.parametrize("net,layer", CASES + [pytest.param(*c, marks=pytest.mark.slow)
