@@ -28,159 +28,130 @@ from sim.golden.line_buffer import Geometry
 from ..memory.grad_buffer import LGB, _count_flags
 from ..memory.line_buffer import LineBuffer
 from ..numerics import requantize, saturating_add
+from .fp_layer import layer_geometry
 
 __all__ = ["PGLayer"]
 
 
-def _pos_int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"PGLayer {name} must be a {kind} integer, not {value!r}")
+def _pos_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"PGLayer {name} must be a positive integer, not {value!r}")
 
 
 class PGLayer(wiring.Component):
     """Parameter-gradient module of one layer segment.
 
-    Built from one plan segment (``engines.pg``: ``P`` output-channel lanes, ``S`` input-channel
-    lanes, kernel ``K``; ``in_channels``/``out_channels``), the shape of the activations it
-    streams and the plan's numerics. ``IC`` input channels make ``Gc = ceil(IC / S)`` channel
-    groups, ``OC`` output channels ``Go = ceil(OC / P)`` error groups.
+    Built like the FP/EB modules (``docs/hw-node.md``): from one plan segment, the network and the
+    plan's numerics; shapes from :func:`~fpdeep_hw.node.fp_layer.layer_geometry`. The PG engines
+    (``engines.pg``: ``P`` output lanes x ``S`` input lanes of ``K x K`` multipliers) must have
+    the FP engines' shape, because one accumulator word is one weight set of the shared LPRAM
+    address map: ``G = ceil(C / S)`` input groups, ``R = ceil(OC / P)`` output groups.
 
-    Dataflow per image (conv):
+    Dataflow per image, conv (``docs/hw-compute.md``, "PG"):
 
-    - ``a``: activations ``H x W``, raster order, ``Gc`` words of ``S`` lanes per pixel (group 0
-      first; lanes past ``IC`` are ignored);
-    - ``e``: errors ``E_out`` of the layer's output (after pool/ReLU backward), ``Ho x Wo`` raster
-      order, ``Go`` words of ``P`` lanes per position (lanes past ``OC`` ignored);
-    - a :class:`LineBuffer` (FP geometry, ``groups=Gc``) makes ``Gc`` windows per position; a
-      window FIFO after it lets the scan run ahead over padding while a window is used;
-    - per position, for each channel group ``gc`` (window) and each error group ``go``: one
-      cycle of the ``P x S x K x K`` multipliers: ``acc[go, gc][p][s][ky][kx] += window[s][ky][kx]
-      * E[go*P + p]``; the first position of an image writes the product instead of adding (no
-      clearing pass). The accumulator memory has ``2 * Go * Gc`` words of ``P x S x K x K``
-      signed ``acc_width`` accumulators (one bank per element), two halves used by alternate
-      images, so one image's accumulation overlaps the previous image's drain;
-    - drain of a finished image: each word gives ``P`` gradient sets, requantised
-      (``error.frac + activation.frac`` -> ``gradient``), sent to the LGB one per cycle at address
-      ``oc * Gc + gc`` (``oc = go * P + p < OC``: the LPRAM's weight-set address), with
-      ``batch_done`` on the last word of the last image of each mini-batch of ``batch``.
+    - ``a``: the layer's input activations replayed from the Act-RAM, ``H x W`` pixels in raster
+      order, one word of ``C`` lanes per pixel (the FP module's ``act`` tap framing);
+    - ``e``: ``E_out`` (after pool/ReLU backward: ``BPFront.pg``), ``Hc x Wc`` positions in raster
+      order, one word of ``OC`` lanes per position;
+    - a :class:`LineBuffer` with the FP geometry makes one ``C x K x K`` window per position,
+      followed by a window FIFO (the scan runs ahead over padding and image boundaries while a
+      window is in use);
+    - each window is used for ``R * G`` steps (output group ``r`` outer, input group ``g``
+      inner), each step one cycle of the ``P x S x K x K`` multipliers:
+      ``acc[r*G + g][e*S + s][ky][kx] += window[g*S + s][ky][kx] * E[r*P + e]`` (lanes past ``C``
+      or ``OC`` multiply by 0, so padding lanes get gradient 0); the error word is held for the
+      position's ``R * G`` steps and taken with the last one;
+    - the accumulator memory (one bank per element, ``P*S*K*K`` banks of signed ``acc_width``)
+      has two halves of ``N = R * G`` words used by alternate images: each image accumulates in
+      one half while the previous image's half drains; the first position of an image writes
+      the product instead of adding (no clearing pass). Read-modify-write in three stages with
+      forwarding of the two writes in flight (so ``N`` of 1 or 2 works);
+    - drain: every word of a finished image is requantised (``error.frac + activation.frac`` ->
+      ``gradient``) and added into the :class:`LGB` at its address (the LPRAM weight-set address
+      ``r*G + g``, lanes ``e*S + s``), one word per cycle; ``batch_done`` on the last word of the
+      last image of each mini-batch of ``batch``.
 
-    FC segments (``kind: fc``, kernel 1): the activations are the ``Gc`` words of one image in
-    arrival order (pixel by pixel of the ``C x H x W`` input, ``ceil(C / S)`` words per pixel),
-    the errors ``Go`` words; there is no line buffer: every word is its own ``1 x 1`` window,
-    ``g[o][word j][s] = E[o] * a_j[s]`` at LGB address ``o * Gc + j`` (so the LPRAM holds
-    the FC weights in arrival order: set ``o * Gc + j``, lane ``s`` is feature
-    ``c * H * W + y * W + x`` of pixel ``(y, x)``, channel ``c = (j mod ceil(C/S)) * S + s``).
+    FC (``kind: fc``, kernel 1): ``a`` brings the pixels of the layer below (``C`` lanes), ``e``
+    one word of ``OC`` errors per image (held for the whole image); each pixel ``pix`` is a
+    ``1 x 1`` window used for ``R * G`` steps at address ``(r*H*W + pix)*G + g``
+    (``N = R*H*W*G``); every weight gets exactly one product per image (no adds).
 
-    Rounding and saturation follow ``docs/training-spec.md``: per-image sums exact (saturating at
-    ``acc_width``, counted in ``acc_overflow``), one requantisation to the gradient format
-    (``out_overflow``), the LGB's saturating accumulation and averaging (``lgb_acc_overflow``,
-    ``lgb_out_overflow``).
+    Rounding and saturation: ``docs/training-spec.md`` (PG, gradient buffer): exact per-image
+    sums saturating at ``acc_width`` (``acc_overflow``, zero in a bit-exact run), one
+    requantisation (``out_overflow``), the LGB's accumulation and averaging
+    (``lgb_acc_overflow``, ``lgb_out_overflow``).
 
-    Timing: :attr:`latency` = ``Go * Gc + 7`` cycles from the image's last ``e`` word to its
-    first gradient word offered to the LGB when that word is the last input the image waits for.
-    Throughput: one multiply step per cycle while windows and errors are available; the drain of
-    an image (``OC * Gc`` LGB words, one per cycle) overlaps the next image's accumulation (two
-    accumulator halves), so it costs nothing when ``P <= positions``; ``busy_cycles`` counts the
-    multiply steps (CE utilisation = steps / cycles).
+    Timing: :attr:`latency` = 6 cycles from the transfer of an image's last ``e`` word (it is
+    taken with the image's last multiply step) to its first gradient word valid at the LGB input
+    (the other half drained). One multiply step per cycle whenever a window and its errors are
+    there; the drain (``N`` words, one per cycle) overlaps the next image. ``busy_cycles`` counts
+    multiply steps (CE utilisation = steps / cycles, ``docs/hw-node.md``).
 
     Parameters
     ----------
     segment : fpdeep_map.plan.SegmentPlan
-        The layer's plan segment (``kind``, ``in_channels``, ``out_channels``, ``engines['pg']``).
-    in_shape : (C, H, W)
-        Shape of the activations as they stream (for FC: the previous layer's output map).
-    stride, pad : int
-        Convolution stride and padding (conv only; FC: 1 and 0).
+        The layer's plan segment (``split: whole``, with ``engines.pg``).
+    network : fpdeep_map.network.Network
     numerics : NumericsConfig
     batch : int
-        Mini-batch size ``B``.
+        Mini-batch size ``B`` (the plan's ``batch``).
     fifo_depth : int, optional
-        Window FIFO depth (conv); default: enough for the longest run of scan steps without a
-        window (image boundary, padding rows) at full multiply rate.
+        Window FIFO depth (conv); default: the longest run of line-buffer scan steps without a
+        window (image boundary, padding) divided by ``R * G``, plus 2.
 
     Members
     -------
-    a : ``In(stream.Signature(ArrayLayout(signed(activation.width), S)))``
-    e : ``In(stream.Signature(ArrayLayout(signed(error.width), P)))``
-    grad : ``Out(stream.Signature(LGB.out_layout))``
-        Averaged gradients of each mini-batch, ``{addr, data, last}`` (``data``: ``S x K x K``).
+    a : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
+    e : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+    grad : ``Out(stream.Signature(StructLayout({"addr", "data", "last"})))``
+        The LGB's averaged gradients per mini-batch, address order: ``data`` one weight set
+        ``P*S x K x K`` in the gradient format (the LPRAM set layout).
     pg_done : ``Out(1)``
         One-cycle strobe: an image's gradients have all entered the LGB (the version gate's PG).
     busy_cycles : ``Out(32)``
-        Cycles in which the multipliers worked (one ``P x S x K x K`` product step).
+        Multiply steps so far (saturating).
     acc_overflow, out_overflow, lgb_acc_overflow, lgb_out_overflow : ``Out(32)``
         Saturating counts of clamped elements.
     """
 
-    def __init__(self, *, segment, in_shape, stride=1, pad=0, numerics, batch, fifo_depth=None,
-                 src_loc_at=0):
+    def __init__(self, segment, network, numerics, *, batch, fifo_depth=None, src_loc_at=0):
         if not isinstance(numerics, NumericsConfig):
             raise TypeError(f"PGLayer numerics must be a NumericsConfig, not {numerics!r}")
-        if getattr(segment, "kind", None) not in ("conv", "fc"):
-            raise ValueError(f"PGLayer segment must be a conv or fc plan segment, not {segment!r}")
-        if "pg" not in segment.engines:
-            raise ValueError(f"PGLayer segment {segment.layer} has no PG engines")
-        pg = segment.engines["pg"]
-        if (not isinstance(in_shape, (tuple, list)) or len(in_shape) != 3
-                or not all(isinstance(v, int) and v >= 1 for v in in_shape)):
-            raise ValueError(f"PGLayer input shape must be (C, H, W) of positive integers, "
-                             f"not {in_shape!r}")
-        _pos_int("stride", stride)
-        _pos_int("padding", pad, 0)
+        geom = layer_geometry(segment, network)
+        pg = segment.engines.get("pg")
+        if pg is None:
+            raise ValueError(f"PGLayer: segment {segment.layer!r} has no PG engines")
+        if (pg.p, pg.s) != (geom.p, geom.s):
+            raise ValueError(f"PGLayer: segment {segment.layer!r} PG engines {pg.p}x{pg.s} differ "
+                             f"from FP engines {geom.p}x{geom.s} (the weight address map is "
+                             f"shared)")
         _pos_int("batch", batch)
-        self._kind = segment.kind
-        self._k = pg.kernel
-        self._p, self._s = pg.p, pg.s
-        ic = segment.in_channels[1] - segment.in_channels[0]
-        oc = segment.out_channels[1] - segment.out_channels[0]
-        c, h, w = in_shape
-        if self._kind == "conv":
-            if c != ic:
-                raise ValueError(f"PGLayer input shape has {c} channels, the segment reads {ic}")
-            self._gpix = -(-ic // self._s)
-            self._gc = self._gpix
-        else:
-            if self._k != 1 or stride != 1 or pad != 0:
-                raise ValueError("PGLayer FC segment must have kernel 1, stride 1 and padding 0")
-            if c * h * w != ic:
-                raise ValueError(f"PGLayer input shape {tuple(in_shape)} has {c * h * w} "
-                                 f"features, the FC segment reads {ic}")
-            self._gpix = -(-c // self._s)
-            self._gc = self._gpix * h * w
-        self._in_shape = tuple(in_shape)
-        self._ic, self._oc, self._c = ic, oc, c
-        self._go = -(-oc // self._p)
-        self._stride, self._pad = stride, pad
+        self._geom = geom
         self._numerics = numerics
         self._batch = batch
-        self._name = segment.layer
-        n = numerics
-        act, err = n.activation, n.error
-        if self._kind == "conv":
-            self._geom = Geometry(h, w, self._k, stride=stride, pad=pad)
-            if self._geom.vheight < self._k or self._geom.vwidth < self._k:
-                raise ValueError(f"PGLayer window {self._k}x{self._k} does not fit the padded "
-                                 f"map {self._geom.vheight}x{self._geom.vwidth}")
-            self._positions = self._geom.out_height * self._geom.out_width
+        if geom.kind == "conv":
+            self._lbgeom = Geometry(geom.height, geom.width, geom.kernel, stride=geom.stride,
+                                    pad=geom.pad)
+            self._positions = geom.conv_height * geom.conv_width
             if fifo_depth is None:
                 fifo_depth = self._default_fifo_depth()
             _pos_int("FIFO depth", fifo_depth)
         else:
-            self._geom = None
-            self._positions = 1
+            self._lbgeom = None
+            self._positions = geom.pixels
             fifo_depth = 0
         self._fifo_depth = fifo_depth
-        self._lgb_depth = oc * self._gc
-        self._lgb = None                      # the LGB and line buffer of the last elaboration
-        self._lb = None
+        self._lgb = None                      # the LGB of the last elaboration
+        K, P, S = geom.kernel, geom.p, geom.s
         grad_set = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(
-            signed(n.gradient.width), self._k), self._k), self._s)
-        grad_layout = data.StructLayout({"addr": range(max(self._lgb_depth, 2)),
+            signed(numerics.gradient.width), K), K), P * S)
+        grad_layout = data.StructLayout({"addr": range(max(geom.weight_sets, 2)),
                                          "data": grad_set, "last": 1})
         super().__init__({
-            "a": In(stream.Signature(data.ArrayLayout(signed(act.width), self._s))),
-            "e": In(stream.Signature(data.ArrayLayout(signed(err.width), self._p))),
+            "a": In(stream.Signature(data.ArrayLayout(signed(numerics.activation.width),
+                                                      geom.in_channels))),
+            "e": In(stream.Signature(data.ArrayLayout(signed(numerics.error.width),
+                                                      geom.out_channels))),
             "grad": Out(stream.Signature(grad_layout)),
             "pg_done": Out(1),
             "busy_cycles": Out(32),
@@ -188,82 +159,61 @@ class PGLayer(wiring.Component):
             "lgb_acc_overflow": Out(32), "lgb_out_overflow": Out(32),
         }, src_loc_at=1 + src_loc_at)
 
-    @classmethod
-    def from_plan(cls, plan, network, layer, *, node=0, **kwargs):
-        """Build the PG module of ``layer`` from the plan segment on ``node`` and the network's
-        shapes (the FC input map is the output of the layer before it)."""
-        seg = next(s for s in plan.node_plans[node].segments if s.layer == layer)
-        layers = network.layers
-        idx = next(i for i, lay in enumerate(layers) if lay.name == layer)
-        lay = layers[idx]
-        if seg.kind == "fc":
-            in_shape = tuple(layers[idx - 1].out_shape) if idx else tuple(network.input_shape)
-            return cls(segment=seg, in_shape=in_shape, numerics=plan.numerics,
-                       batch=plan.batch, src_loc_at=1, **kwargs)
-        return cls(segment=seg, in_shape=tuple(lay.in_shape), stride=lay.stride,
-                   pad=lay.padding, numerics=plan.numerics, batch=plan.batch, src_loc_at=1,
-                   **kwargs)
-
     # read-only parameters
-    kind = property(lambda self: self._kind)
-    kernel = property(lambda self: self._k)
-    p = property(lambda self: self._p)
-    s = property(lambda self: self._s)
-    in_channels = property(lambda self: self._ic)
-    out_channels = property(lambda self: self._oc)
-    channel_groups = property(lambda self: self._gc)
-    error_groups = property(lambda self: self._go)
-    positions = property(lambda self: self._positions)
+    geometry = property(lambda self: self._geom)
+    kind = property(lambda self: self._geom.kind)
     batch = property(lambda self: self._batch)
     fifo_depth = property(lambda self: self._fifo_depth)
-    lgb_depth = property(lambda self: self._lgb_depth)
-    out_height = property(lambda self: self._geom.out_height if self._geom else 1)
-    out_width = property(lambda self: self._geom.out_width if self._geom else 1)
+    positions = property(lambda self: self._positions)
+
+    @property
+    def weight_sets(self):
+        """``N``: LGB depth and accumulator words per image (the LPRAM's ``weight_sets``)."""
+        return self._geom.weight_sets
+
+    @property
+    def steps_per_image(self):
+        """Multiply steps per image: ``positions * R * G`` (the ideal cycles per image)."""
+        return self._positions * self._geom.out_groups * self._geom.groups
 
     @property
     def lgb(self):
         """The :class:`LGB` of the last elaboration (for monitoring in simulation)."""
         return self._lgb
 
-    @property
-    def steps_per_image(self):
-        """Multiply cycles per image: ``positions * Gc * Go`` (the ideal cycles per image)."""
-        return self._positions * self._gc * self._go
+    LATENCY = 6
 
     @property
     def latency(self):
-        """Cycles from the transfer of an image's last ``e`` word to its first gradient word
-        valid at the LGB input, when that word is the last input the image waits for (its
-        windows in the FIFO, the previous position finished, the other half drained):
-        ``Go * Gc + 7`` (the error registers swap, ``Go * Gc`` multiply steps, two pipeline
-        stages to the write-back, the drain start, the read and the output register)."""
-        return self._go * self._gc + 7
+        """Cycles from the transfer of an image's last ``e`` word (with its last multiply step)
+        to its first gradient word valid at the LGB input, the other accumulator half being
+        drained already: two stages to the write-back, the drain start, the read and the output
+        register (``LATENCY = 6``)."""
+        return self.LATENCY
 
     def _default_fifo_depth(self):
-        g = self._geom
+        g = self._lbgeom
         k, st = g.k, g.stride
-        ends = set()
-        for oy in range(g.out_height):
-            for ox in range(g.out_width):
-                ends.add((oy * st + k - 1) * g.vwidth + ox * st + k - 1)
-        total = g.vheight * g.vwidth
-        ordered = sorted(ends)
-        gaps = [b - a - 1 for a, b in zip(ordered, ordered[1:])]
-        gaps.append(total - ordered[-1] - 1 + ordered[0])       # across the image boundary
-        gap = max(gaps) * self._gc                              # scan steps without a window
-        return max(2, math.ceil(gap / (self._gc * self._go)) + 2) * self._gc
+        ends = sorted((oy * st + k - 1) * g.vwidth + ox * st + k - 1
+                      for oy in range(g.out_height) for ox in range(g.out_width))
+        gaps = [b - a - 1 for a, b in zip(ends, ends[1:])]
+        gaps.append(g.vheight * g.vwidth - ends[-1] - 1 + ends[0])     # across images
+        steps = self._geom.out_groups * self._geom.groups
+        return max(2, math.ceil(max(gaps) / steps) + 2)
 
     def elaborate(self, platform):
         m = Module()
-        n = self._numerics
-        P, S, K = self._p, self._s, self._k
-        Gc, Go, Gpix = self._gc, self._go, self._gpix
-        N = Gc * Go
+        n, geo = self._numerics, self._geom
+        P, S, K = geo.p, geo.s, geo.kernel
+        C, OC = geo.in_channels, geo.out_channels
+        G, R = geo.groups, geo.out_groups
+        N = geo.weight_sets
+        fc = geo.kind == "fc"
         aw, ew, accw = n.activation.width, n.error.width, n.acc_width
-        win_layout = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), S)
-        self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
-                              acc_width=n.grad_acc_width, kernel=K, lanes=S,
-                              depth=self._lgb_depth, batch=self._batch)
+        win_layout = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), C)
+
+        self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient, acc_width=n.grad_acc_width,
+                              kernel=K, lanes=P * S, depth=N, batch=self._batch)
         m.submodules.lgb = lgb
         wiring.connect(m, lgb.o, wiring.flipped(self.grad))
         m.d.comb += [self.lgb_acc_overflow.eq(lgb.acc_overflow),
@@ -273,10 +223,9 @@ class PGLayer(wiring.Component):
         src_valid = Signal()
         src_ready = Signal()
         src_win = Signal(win_layout)
-        if self._kind == "conv":
-            c, h, w = self._in_shape
-            self._lb = lb = LineBuffer(height=h, width=w, channels=S, k=K, stride=self._stride,
-                                       pad=self._pad, groups=Gc, shape=signed(aw))
+        if not fc:
+            lb = LineBuffer(height=geo.height, width=geo.width, channels=C, k=K,
+                            stride=geo.stride, pad=geo.pad, shape=signed(aw))
             m.submodules.lb = lb
             wiring.connect(m, wiring.flipped(self.a), lb.i)
             m.submodules.fifo = fifo = SyncFIFOBuffered(width=win_layout.size,
@@ -290,85 +239,54 @@ class PGLayer(wiring.Component):
                 fifo.r_en.eq(src_ready),
             ]
         else:
-            m.d.comb += [
-                src_valid.eq(self.a.valid),
-                self.a.ready.eq(src_ready),
-            ]
-            for s in range(S):
-                m.d.comb += src_win[s][0][0].eq(self.a.payload[s])
+            m.d.comb += [src_valid.eq(self.a.valid), self.a.ready.eq(src_ready)]
+            for c in range(C):
+                m.d.comb += src_win[c][0][0].eq(self.a.payload[c])
 
-        # -- error registers: the next position's words are collected while one is used --------
-        e_next = Signal(data.ArrayLayout(data.ArrayLayout(signed(ew), P), Go))
-        e_cur = Signal(data.ArrayLayout(data.ArrayLayout(signed(ew), P), Go))
-        e_cnt = Signal(range(max(Go, 2)))
-        e_full = Signal()
-        cur_valid = Signal()
-        swap = Signal()
-        release = Signal()                    # the current position's last step issues
-        m.d.comb += [
-            swap.eq(e_full & (~cur_valid | release)),
-            self.e.ready.eq(~e_full | swap),
-        ]
-        with m.If(swap):
-            m.d.sync += [e_cur.eq(e_next), cur_valid.eq(1), e_full.eq(0)]
-        with m.Elif(release):
-            m.d.sync += cur_valid.eq(0)
-        with m.If(self.e.valid & self.e.ready):
-            with m.Switch(e_cnt):
-                for g in range(Go):
-                    with (m.Case(g) if g < Go - 1 else m.Default()):
-                        m.d.sync += e_next[g].eq(self.e.payload)
-            m.d.sync += [
-                e_cnt.eq(Mux(e_cnt == Go - 1, 0, e_cnt + 1)),
-                e_full.eq(e_cnt == Go - 1),
-            ]
-
-        # -- issue (stage 0) ----------------------------------------------------------------------
-        go = Signal(range(max(Go, 2)))
-        gc = Signal(range(max(Gc, 2)))
-        gp = Signal(range(max(Gpix, 2)))      # channel group within the pixel (lane mask)
+        # -- issue (stage 0): window x error group x input group ---------------------------------
+        g = Signal(range(max(G, 2)))
+        r = Signal(range(max(R, 2)))
         pos = Signal(range(max(self._positions, 2)))
         half = Signal()
-        busy = Signal(2)                      # half in use (first issue .. end of its drain)
+        busy = Signal(2)                      # half in use (first step .. end of its drain)
         done = Signal(2)                      # half's image complete
-        first_pos = pos == 0
-        last_step = (go == Go - 1) & (gc == Gc - 1)
-        last_img = last_step & (pos == self._positions - 1)
-        half_free = Signal()
-        m.d.comb += half_free.eq(~first_pos | (go != 0) | (gc != 0) | ~busy.bit_select(half, 1))
+        image_start = (pos == 0) & (r == 0) & (g == 0)
+        window_last = (r == R - 1) & (g == G - 1)
+        image_last = window_last & (pos == self._positions - 1)
         issue = Signal()
         m.d.comb += [
-            issue.eq(src_valid & cur_valid & half_free),
-            src_ready.eq(issue & (go == Go - 1)),
-            release.eq(issue & last_step),
+            issue.eq(src_valid & self.e.valid & (~image_start | ~busy.bit_select(half, 1))),
+            src_ready.eq(issue & window_last),
+            self.e.ready.eq(issue & (image_last if fc else window_last)),
         ]
         with m.If(issue):
             m.d.sync += [
-                go.eq(Mux(go == Go - 1, 0, go + 1)),
+                g.eq(Mux(g == G - 1, 0, g + 1)),
                 self.busy_cycles.eq(Mux(self.busy_cycles == 2**32 - 1, self.busy_cycles,
                                         self.busy_cycles + 1)),
             ]
-            with m.If(go == Go - 1):
-                m.d.sync += [gc.eq(Mux(gc == Gc - 1, 0, gc + 1)),
-                             gp.eq(Mux(gp == Gpix - 1, 0, gp + 1))]
-                with m.If(gc == Gc - 1):
+            with m.If(g == G - 1):
+                m.d.sync += r.eq(Mux(r == R - 1, 0, r + 1))
+                with m.If(r == R - 1):
                     m.d.sync += pos.eq(Mux(pos == self._positions - 1, 0, pos + 1))
                     with m.If(pos == self._positions - 1):
                         m.d.sync += half.eq(~half)
 
-        banks = [(p, s, ky, kx) for p in range(P) for s in range(S)
+        banks = [(e, s, ky, kx) for e in range(P) for s in range(S)
                  for ky in range(K) for kx in range(K)]
         nb = len(banks)
         depth = 2 * N
         acc_layout = data.ArrayLayout(signed(accw), nb)
         addr0 = Signal(range(depth))
-        m.d.comb += addr0.eq(Mux(half, N, 0) + gc * Go + go)
+        if fc:
+            m.d.comb += addr0.eq(Mux(half, N, 0) + (r * geo.pixels + pos) * G + g)
+        else:
+            m.d.comb += addr0.eq(Mux(half, N, 0) + r * G + g)
 
-        # drain-side read port signals (declared here, driven below)
         d_addr = Signal(range(depth))
         d_en = Signal()
-        rd_acc = Signal(acc_layout)           # stage-1 read data (accumulate port)
-        rd_drain = Signal(acc_layout)         # drain read data
+        rd_acc = Signal(acc_layout)
+        rd_drain = Signal(acc_layout)
         w_addr = Signal(range(depth))
         w_en = Signal()
         w_data = Signal(acc_layout)
@@ -376,38 +294,44 @@ class PGLayer(wiring.Component):
             bank = Memory(shape=signed(accw), depth=depth, init=[])
             m.submodules[f"acc_{k}"] = bank
             wp = bank.write_port()
-            rp = bank.read_port()
-            dp = bank.read_port()
+            rp = bank.read_port()             # accumulate: synchronous, non-transparent
+            dp = bank.read_port()             # drain
             m.d.comb += [
                 wp.addr.eq(w_addr), wp.data.eq(w_data[k]), wp.en.eq(w_en),
                 rp.addr.eq(addr0), rp.en.eq(1), rd_acc[k].eq(rp.data),
                 dp.addr.eq(d_addr), dp.en.eq(d_en), rd_drain[k].eq(dp.data),
             ]
 
-        # -- stage 1: operands registered; stage 2: products and old values ----------------------
+        # -- stage 1: operand lanes selected (padding lanes 0) ------------------------------------
         s1_valid = Signal()
         s1_addr = Signal(range(depth))
         s1_first = Signal()
         s1_last = Signal()
         s1_half = Signal()
-        s1_win = Signal(win_layout)
+        s1_win = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), S))
         s1_err = Signal(data.ArrayLayout(signed(ew), P))
         m.d.sync += [
-            s1_valid.eq(issue), s1_addr.eq(addr0), s1_first.eq(first_pos),
-            s1_last.eq(last_img), s1_half.eq(half),
+            s1_valid.eq(issue), s1_addr.eq(addr0),
+            s1_first.eq(1 if fc else pos == 0),
+            s1_last.eq(image_last), s1_half.eq(half),
         ]
-        with m.Switch(go):
-            for g in range(Go):
-                with (m.Case(g) if g < Go - 1 else m.Default()):
-                    m.d.sync += s1_err.eq(e_cur[g])
-        # lanes past the input channels (last channel group of a pixel) multiply by zero
-        valid_last = self._c - (Gpix - 1) * S
-        for s in range(S):
-            lane_ok = (gp != Gpix - 1) | (s < valid_last) if valid_last < S else 1
-            for ky in range(K):
-                for kx in range(K):
-                    m.d.sync += s1_win[s][ky][kx].eq(Mux(lane_ok, src_win[s][ky][kx], 0))
+        with m.Switch(g):
+            for gi in range(G):
+                with (m.Case(gi) if gi < G - 1 else m.Default()):
+                    for s in range(S):
+                        c = gi * S + s
+                        for ky in range(K):
+                            for kx in range(K):
+                                m.d.sync += s1_win[s][ky][kx].eq(
+                                    src_win[c][ky][kx] if c < C else 0)
+        with m.Switch(r):
+            for ri in range(R):
+                with (m.Case(ri) if ri < R - 1 else m.Default()):
+                    for e in range(P):
+                        o = ri * P + e
+                        m.d.sync += s1_err[e].eq(self.e.payload[o] if o < OC else 0)
 
+        # -- stage 2: products and old values (forwarded); write-back ----------------------------
         s2_valid = Signal()
         s2_addr = Signal(range(depth))
         s2_first = Signal()
@@ -415,19 +339,18 @@ class PGLayer(wiring.Component):
         s2_half = Signal()
         s2_prod = Signal(data.ArrayLayout(signed(aw + ew), nb))
         s2_old = Signal(acc_layout)
-        # forwarding: the write happening now (stage 2) and the one of the previous cycle
-        wb_valid = Signal()
+        wb_valid = Signal()                   # the write of the previous cycle
         wb_addr = Signal(range(depth))
         wb_data = Signal(acc_layout)
+        sums = Signal(acc_layout)
         hit2 = s2_valid & (s2_addr == s1_addr)
         hitb = wb_valid & (wb_addr == s1_addr)
         m.d.sync += [s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_first.eq(s1_first),
                      s2_last.eq(s1_last), s2_half.eq(s1_half)]
-        sums = Signal(acc_layout)
         acc_flags = Signal(nb)
-        for k, (p, s, ky, kx) in enumerate(banks):
+        for k, (e, s, ky, kx) in enumerate(banks):
             m.d.sync += [
-                s2_prod[k].eq(s1_win[s][ky][kx] * s1_err[p]),
+                s2_prod[k].eq(s1_win[s][ky][kx] * s1_err[e]),
                 s2_old[k].eq(Mux(hit2, sums[k], Mux(hitb, wb_data[k], rd_acc[k]))),
             ]
             total, ovf = saturating_add(s2_old[k], s2_prod[k], accw)
@@ -438,25 +361,15 @@ class PGLayer(wiring.Component):
         _count_flags(m, acc_flags, self.acc_overflow)
         m.d.comb += [w_addr.eq(s2_addr), w_en.eq(s2_valid), w_data.eq(sums)]
         m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr), wb_data.eq(sums)]
-        set_done = Signal(2)
-        m.d.comb += set_done.eq(Mux(s2_valid & s2_last, Mux(s2_half, 0b10, 0b01), 0))
 
-        # -- drain: one accumulator word gives P gradient sets, one per cycle to the LGB ---------
+        # -- drain: read the finished half in address order, requantise, into the LGB -----------
         dr_half = Signal()
-        dr_go = Signal(range(max(Go, 2)))
-        dr_gc = Signal(range(max(Gc, 2)))
-        dr_left = Signal()                    # addresses of the draining image left to read
+        dr_addr = Signal(range(max(N, 2)))
+        dr_left = Signal()
         dr_active = Signal()
-        h_valid = Signal()                    # rd_drain holds word (h_go, h_gc)
-        h_go = Signal(range(max(Go, 2)))
-        h_gc = Signal(range(max(Gc, 2)))
-        h_lastaddr = Signal()
-        h_p = Signal(range(max(P, 2)))
+        h_valid = Signal()                    # rd_drain holds address h_addr
+        h_addr = Signal(range(max(N, 2)))
         img = Signal(range(max(self._batch, 2)))
-        p_last_lane = self._oc - (Go - 1) * P - 1     # last lane of the last error group
-        h_plast = Signal()
-        m.d.comb += h_plast.eq(Mux(h_go == Go - 1, h_p == p_last_lane, h_p == P - 1))
-
         q = lgb.i
         q_img_last = Signal()
         adv = Signal()
@@ -466,64 +379,49 @@ class PGLayer(wiring.Component):
         m.d.comb += [
             adv.eq(~q.valid | q.ready),
             consume.eq(h_valid & adv),
-            load.eq(dr_active & dr_left & (~h_valid | (consume & h_plast))),
-            d_addr.eq(Mux(dr_half, N, 0) + dr_gc * Go + dr_go),
+            load.eq(dr_active & dr_left & (~h_valid | consume)),
+            d_addr.eq(Mux(dr_half, N, 0) + dr_addr),
             d_en.eq(load),
-            end_drain.eq(consume & h_plast & h_lastaddr),
+            end_drain.eq(consume & (h_addr == N - 1)),
             self.pg_done.eq(q.valid & q.ready & q_img_last),
         ]
         with m.If(load):
-            m.d.sync += [
-                h_valid.eq(1), h_go.eq(dr_go), h_gc.eq(dr_gc), h_p.eq(0),
-                h_lastaddr.eq((dr_go == Go - 1) & (dr_gc == Gc - 1)),
-                dr_go.eq(Mux(dr_go == Go - 1, 0, dr_go + 1)),
-            ]
-            with m.If(dr_go == Go - 1):
-                m.d.sync += dr_gc.eq(Mux(dr_gc == Gc - 1, 0, dr_gc + 1))
-                with m.If(dr_gc == Gc - 1):
-                    m.d.sync += dr_left.eq(0)
+            m.d.sync += [h_valid.eq(1), h_addr.eq(dr_addr),
+                         dr_addr.eq(Mux(dr_addr == N - 1, 0, dr_addr + 1)),
+                         dr_left.eq(dr_addr != N - 1)]
         with m.Elif(consume):
-            m.d.sync += h_p.eq(h_p + 1)
-            with m.If(h_plast):
-                m.d.sync += h_valid.eq(0)
-
-        clear_busy = Signal(2)
-        m.d.comb += clear_busy.eq(Mux(end_drain, Mux(dr_half, 0b10, 0b01), 0))
+            m.d.sync += h_valid.eq(0)
         with m.If(~dr_active & done.bit_select(dr_half, 1)):
             m.d.sync += [dr_active.eq(1), dr_left.eq(1)]
         with m.If(end_drain):
             m.d.sync += [dr_active.eq(0), dr_half.eq(~dr_half),
                          img.eq(Mux(img == self._batch - 1, 0, img + 1))]
         set_busy = Signal(2)
-        m.d.comb += set_busy.eq(Mux(issue & first_pos & (go == 0) & (gc == 0),
-                                    Mux(half, 0b10, 0b01), 0))
+        set_done = Signal(2)
+        clear = Signal(2)
+        m.d.comb += [
+            set_busy.eq(Mux(issue & image_start, Mux(half, 0b10, 0b01), 0)),
+            set_done.eq(Mux(s2_valid & s2_last, Mux(s2_half, 0b10, 0b01), 0)),
+            clear.eq(Mux(end_drain, Mux(dr_half, 0b10, 0b01), 0)),
+        ]
         m.d.sync += [
-            busy.eq((busy | set_busy) & ~clear_busy),
-            done.eq((done | set_done) & ~clear_busy),
+            busy.eq((busy | set_busy) & ~clear),
+            done.eq((done | set_done) & ~clear),
         ]
 
-        # output register (the LGB's input word)
         frac_in = n.error.frac + n.activation.frac
-        out_flags = Signal(S * K * K)
-        lane = Signal(data.ArrayLayout(signed(accw), S * K * K))
-        with m.Switch(h_p):
-            for p in range(P):
-                with (m.Case(p) if p < P - 1 else m.Default()):
-                    for j in range(S * K * K):
-                        m.d.comb += lane[j].eq(rd_drain[p * S * K * K + j])
+        out_flags = Signal(nb)
         with m.If(adv):
             m.d.sync += [
                 q.valid.eq(h_valid),
-                q.payload.addr.eq((h_go * P + h_p) * Gc + h_gc),
-                q.payload.batch_done.eq(h_plast & h_lastaddr & (img == self._batch - 1)),
-                q_img_last.eq(h_plast & h_lastaddr),
+                q.payload.addr.eq(h_addr),
+                q.payload.batch_done.eq((h_addr == N - 1) & (img == self._batch - 1)),
+                q_img_last.eq(h_addr == N - 1),
             ]
-        for j in range(S * K * K):
-            s, r = divmod(j, K * K)
-            ky, kx = divmod(r, K)
-            value, ovf = requantize(lane[j], frac_in, n.gradient)
-            m.d.comb += out_flags[j].eq(consume & ovf)
+        for k, (e, s, ky, kx) in enumerate(banks):
+            value, ovf = requantize(rd_drain[k], frac_in, n.gradient)
+            m.d.comb += out_flags[k].eq(consume & ovf)
             with m.If(adv):
-                m.d.sync += q.payload.data[s][ky][kx].eq(value)
+                m.d.sync += q.payload.data[e * S + s][ky][kx].eq(value)
         _count_flags(m, out_flags, self.out_overflow)
         return m
