@@ -206,6 +206,11 @@ def layer_geometry(segment, network):
         raise ValueError(f"Layer {segment.layer!r}: engine kernel {fp.kernel} differs from the "
                          f"layer's {k}")
     oc = layer.out_channels
+    features = c if layer.kind == "conv" else c * h * w
+    if list(segment.in_channels) != [0, features] or list(segment.out_channels) != [0, oc]:
+        raise ValueError(f"Layer {segment.layer!r}: segment channels {segment.in_channels} -> "
+                         f"{segment.out_channels} are not the whole layer ([0, {features}] -> "
+                         f"[0, {oc}])")
     if layer.kind == "conv":
         g = Geometry(h, w, k, stride=st, pad=pad)
         ch, cw = g.out_height, g.out_width

@@ -8,6 +8,7 @@ ReLU masks, argmax, overflow counters) with the golden model. Latency to the fir
 checked to the cycle; steady-state CE utilisation is measured without stalls.
 """
 
+import dataclasses
 import functools
 import zlib
 import random
@@ -288,11 +289,14 @@ def test_constructor_errors():
         FPLayer(seg, None, numerics)
     with pytest.raises(TypeError, match=r"^FPLayer numerics must be a NumericsConfig, not 'x'$"):
         FPLayer(seg, network, "x")
-    import dataclasses
     icp = dataclasses.replace(seg, split="icp")
     with pytest.raises(ValueError, match=r"^Layer 'conv2': only whole segments are built, "
                                          r"not 'icp'$"):
         FPLayer(icp, network, numerics)
+    part = dataclasses.replace(seg, in_channels=[0, 2])
+    with pytest.raises(ValueError, match=r"^Layer 'conv2': segment channels \[0, 2\] -> \[0, 8\] "
+                                         r"are not the whole layer \(\[0, 4\] -> \[0, 8\]\)$"):
+        FPLayer(part, network, numerics)
     geom = layer_geometry(seg, network)
     with pytest.raises(ValueError, match=r"^conv weights must have shape \(8, 4, 3, 3\), "
                                          r"not \(8, 4, 3\)$"):
