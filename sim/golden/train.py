@@ -119,6 +119,9 @@ class GoldenTrainer:
     overflow : collections.Counter
         ``{(layer, what): count}``; ``what`` in ``input``, ``fp_acc``, ``fp_out``, ``loss``,
         ``maxpool_eb``, ``eb``, ``pg``, ``grad_acc``, ``grad_avg``, ``update``.
+    avg_lost, avg_count : collections.Counter
+        ``{layer: n}``: averaged gradients rounded to 0 although the sum was not 0, and all
+        averaged gradients (a measure of the gradient resolution lost to the format).
     losses, correct : list
         Per image: float cross-entropy (or squared error) of the dequantized scores, and whether
         the arg-max of the scores was the label.
@@ -151,6 +154,7 @@ class GoldenTrainer:
             w, _ = L.working_weight(m, self.numerics)
             self.versions[l.name] = [(m.copy(), w)]
         self.overflow = Counter()
+        self.avg_lost, self.avg_count = Counter(), Counter()
         self._gacc = {l.name: np.zeros(weight_shape(l), dtype=np.int64) for l in self.compute}
         self.avg_grads = {l.name: [] for l in self.compute}
         self.images, self.losses, self.correct = [], [], []
@@ -302,6 +306,8 @@ class GoldenTrainer:
             m, _ = self.versions[l.name][-1]
             new, w, o2 = L.update(m, avg, self.lr_q, n)
             self.overflow[(l.name, "grad_avg")] += o1
+            self.avg_lost[l.name] += int(np.count_nonzero((avg == 0) & (self._gacc[l.name] != 0)))
+            self.avg_count[l.name] += avg.size
             self.overflow[(l.name, "update")] += o2
             self._gacc[l.name] = np.zeros_like(self._gacc[l.name])
             self.versions[l.name].append((new, w))

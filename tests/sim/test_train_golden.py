@@ -198,3 +198,39 @@ def test_digits_data():
     assert tx.min() == 0.0 and tx.max() == 1.0 and set(ty.tolist()) == set(range(10))
     tx2, *_ = digits(seed=0)
     assert np.array_equal(tx, tx2)
+
+
+def _batch_gradients(net, numerics, images, labels, seed):
+    """Mini-batch gradient sums of the golden model and of float64 backprop on the same
+    (exactly representable) inputs and working weights."""
+    from sim.reference import FloatTrainer
+    m = init_weights(net, seed, numerics)
+    t = GoldenTrainer(net, numerics, len(labels) + 1, 0.125, None, m)  # no update inside
+    f = FloatTrainer(net, {k: t.working(k) / 2.0 ** numerics.weight.frac for k in m},
+                     len(labels) + 1, 0.125)
+    gq = {k: 0.0 for k in m}
+    for x, y in zip(images, labels):
+        x = np.floor(x * 2**numerics.activation.frac + 0.5) / 2**numerics.activation.frac
+        r = t.step(x, y)
+        f.step(x, y)
+        for k in m:
+            gq[k] = gq[k] + r["grad"][k] / 2.0 ** numerics.gradient.frac
+    return {k: np.linalg.norm(gq[k] - f._grad[k]) / np.linalg.norm(f._grad[k]) for k in m}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_network_gradients_against_float(digits_net, seed):
+    """Whole-network gradients (digits, a mini-batch of 16 at He init) against float64: the
+    measured relative L2 error is at most 13% (conv1), 6% (conv2), 0.4% (fc3) over seeds 0-2;
+    the bound asserted is twice that. The error comes from the Q8.8 activations (ReLU masks and
+    pool winners that flip, rounded small activations): with 16 fractional activation bits it
+    drops below 2% (docs/golden-model.md)."""
+    pytest.importorskip("sklearn")
+    from fpdeep_map.numerics import FixedFormat
+    from sim.data import digits
+    tx, ty, _, _ = digits()
+    rel = _batch_gradients(digits_net, N, tx[:16], ty[:16], seed)
+    assert rel["conv1"] < 0.26 and rel["conv2"] < 0.12 and rel["fc3"] < 0.008
+    wide = NumericsConfig(activation=FixedFormat(24, 16))
+    rel = _batch_gradients(digits_net, wide, tx[:16], ty[:16], seed)
+    assert all(v < 0.04 for v in rel.values())
