@@ -1,0 +1,208 @@
+# amaranth: UnusedElaboratable=no
+"""Tests of the weight update (:mod:`fpdeep_hw.node.update`) against
+:func:`sim.golden.layers.update` (master copy, working weights, overflow count).
+
+Several mini-batches of averaged gradients arrive with random stalls; the gate's ``start`` pulse
+comes at a random time (before, during or after the gradients); ``wr`` is drained with random
+stalls. Checked: every working-weight set written (in order, per update), no write before its
+``start``, one ``done`` per update on the last write, the master memory after the run, the
+overflow count, the latency to the cycle.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from fpdeep_hw.node.fp_layer import layer_geometry
+from fpdeep_hw.node.update import WeightUpdate
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from fpdeep_map.numerics import NumericsConfig
+from sim.golden.layers import lr_to_q, update, working_weight
+from sim.lint import verilator_lint
+from sim.streams import payload_to_python, stream_source
+from sim.waves import run_simulation
+
+NUM = NumericsConfig()
+
+
+def shape_of(net, layer):
+    network = load_network(net)
+    plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    seg = next(s for s in plan.node_plans[0].segments if s.layer == layer)
+    geo = layer_geometry(seg, network)
+    return geo.kernel, geo.p * geo.s, geo.weight_sets
+
+
+def random_case(rng, kernel, lanes, depth, batches, *, big=False):
+    shape = (depth, lanes, kernel, kernel)
+    m = NUM.master
+    if big:     # masters near the ends, large gradients: every saturation path is hit
+        init = np.array([rng.choice([m.max_int - rng.randrange(1 << 12),
+                                     m.min_int + rng.randrange(1 << 12), rng.randint(-9, 9)])
+                         for _ in range(int(np.prod(shape)))], dtype=np.int64).reshape(shape)
+        grads = [np.array([rng.choice([-(1 << 15), (1 << 15) - 1, rng.randint(-99, 99)])
+                           for _ in range(int(np.prod(shape)))],
+                          dtype=np.int64).reshape(shape) for _ in range(batches)]
+    else:
+        init = np.array([rng.randint(-(1 << 21), 1 << 21) for _ in range(int(np.prod(shape)))],
+                        dtype=np.int64).reshape(shape)
+        grads = [np.array([rng.randint(-(1 << 13), 1 << 13) for _ in range(int(np.prod(shape)))],
+                          dtype=np.int64).reshape(shape) for _ in range(batches)]
+    return init, grads
+
+
+def expected(init, grads, lr_q):
+    master, writes, overflow = init, [], 0
+    for g in grads:
+        master, w, ovf = update(master, g, lr_q, NUM)
+        overflow += ovf
+        writes.append([{"addr": a, "data": w[a].tolist()} for a in range(len(w))])
+    return master, writes, overflow
+
+
+def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="update"):
+    """Simulate; returns (writes per update, cycles of start/done/first write, final master,
+    overflow count)."""
+    depth = dut.depth
+    words = [{"addr": a, "data": g[a].tolist(), "last": int(a == depth - 1)}
+             for g in grads for a in range(depth)]
+    rec = {"writes": [], "start": [], "done": [], "first_wr": []}
+    if start_delays is None:
+        start_delays = [rng.randrange(0, 3 * depth) for _ in grads]
+
+    async def gate(ctx):
+        # update M may start after the previous update's done: a pulse after a random delay
+        cycle = 0
+        for m_, delay in enumerate(start_delays):
+            while len(rec["done"]) < m_:
+                await ctx.tick()
+                cycle += 1
+            for _ in range(delay):
+                await ctx.tick()
+                cycle += 1
+            ctx.set(dut.start, 1)
+            rec["start"].append(cycle)
+            await ctx.tick()
+            cycle += 1
+            ctx.set(dut.start, 0)
+
+    async def sink(ctx):
+        cycle = 0
+        cur = []
+        while len(rec["writes"]) < len(grads):
+            ready = rng.random() >= p_out
+            ctx.set(dut.wr.ready, int(ready))
+            _, _, valid, payload, done = await ctx.tick().sample(
+                dut.wr.valid, dut.wr.payload, dut.done)
+            if valid and not cur and (not rec["first_wr"] or len(rec["first_wr"]) ==
+                                      len(rec["writes"])):
+                rec["first_wr"].append(cycle)
+            if valid and ready:
+                assert len(rec["start"]) > len(rec["writes"]), "write before start"
+                cur.append(payload_to_python(payload))
+            if done:
+                rec["done"].append(cycle)
+                assert cur and cur[-1]["addr"] == depth - 1
+                rec["writes"].append(cur)
+                cur = []
+            cycle += 1
+        for _ in range(4):
+            await ctx.tick()
+        rec["overflow"] = ctx.get(dut.overflow)
+        master = np.zeros((depth, dut.lanes, dut.kernel, dut.kernel), dtype=np.int64)
+        index = [(s, ky, kx) for s in range(dut.lanes) for ky in range(dut.kernel)
+                 for kx in range(dut.kernel)]
+        for k, (s, ky, kx) in enumerate(index):
+            for a in range(depth):
+                master[a, s, ky, kx] = ctx.get(dut.banks[k].data[a])
+        rec["master"] = master
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(dut.grad, words, rng=random.Random(rng.random()),
+                                    p_stall=p_in), background=True)
+    sim.add_testbench(gate, background=True)
+    sim.add_testbench(sink)
+    run_simulation(sim, waves, traces=[dut])
+    return rec
+
+
+def check(kernel, lanes, depth, batches, seed, waves, *, big=False, lr=0.05):
+    rng = random.Random(seed)
+    init, grads = random_case(rng, kernel, lanes, depth, batches, big=big)
+    lr_q = lr_to_q(lr)
+    dut = WeightUpdate(numerics=NUM, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
+                       init=init)
+    master, writes, overflow = expected(init, grads, lr_q)
+    rec = run(dut, grads, rng, waves=waves)
+    assert rec["writes"] == writes
+    assert np.array_equal(rec["master"], master)
+    assert rec["overflow"] == overflow
+    return overflow
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(TypeError, match=r"^WeightUpdate numerics must be a NumericsConfig, "
+                                        r"not None$"):
+        WeightUpdate(numerics=None, kernel=3, lanes=1, depth=4, lr_q=100)
+    with pytest.raises(ValueError, match=r"^WeightUpdate depth must be a positive integer, "
+                                         r"not 0$"):
+        WeightUpdate(numerics=NUM, kernel=3, lanes=1, depth=0, lr_q=100)
+    with pytest.raises(ValueError, match=r"^WeightUpdate learning rate must be an integer in "
+                                         r"1\.\.65535 \(16 fractional bits\), not 65536$"):
+        WeightUpdate(numerics=NUM, kernel=3, lanes=1, depth=4, lr_q=65536)
+    with pytest.raises(ValueError, match=r"^WeightUpdate init must have shape \(depth, lanes, "
+                                         r"kernel, kernel\) = \(4, 1, 3, 3\), not \(4, 3, 3\)$"):
+        WeightUpdate(numerics=NUM, kernel=3, lanes=1, depth=4, lr_q=1,
+                     init=np.zeros((4, 3, 3), dtype=int))
+    with pytest.raises(ValueError, match=r"^WeightUpdate init values must fit in 24 signed "
+                                         r"bits$"):
+        WeightUpdate(numerics=NUM, kernel=3, lanes=1, depth=4, lr_q=1,
+                     init=np.full((4, 1, 3, 3), 1 << 23))
+
+
+@pytest.mark.parametrize("net,layer", [("tiny", "conv2"), ("digits", "conv1")])
+def test_plan_shapes(net, layer, waves):
+    kernel, lanes, depth = shape_of(net, layer)
+    check(kernel, lanes, depth, 3, 11, waves)
+
+
+def test_fc_shape(waves):
+    kernel, lanes, depth = shape_of("tiny", "fc4")
+    assert (kernel, lanes, depth) == (1, 2, 640)
+    check(kernel, lanes, depth, 2, 12, waves)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_saturation_and_tiny_depth(depth, waves):
+    """Masters at the ends of the range, extreme gradients, lr near 1: every clamp counted."""
+    assert check(3, 3, depth, 4, 13 + depth, waves, big=True, lr=0.99) > 0
+
+
+def test_latency(waves):
+    """Gradients done long before ``start``: the first write is valid LATENCY cycles after the
+    pulse; without stalls one set per cycle, ``done`` on the last."""
+    rng = random.Random(3)
+    init, grads = random_case(rng, 3, 2, 8, 1)
+    dut = WeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=8, lr_q=lr_to_q(0.1), init=init)
+    rec = run(dut, grads, rng, p_in=0, p_out=0, start_delays=[40], waves=waves)
+    assert rec["first_wr"][0] - rec["start"][0] == dut.latency == 3
+    assert rec["done"][0] - rec["first_wr"][0] == 8 - 1
+    assert rec["writes"] == expected(init, grads, lr_to_q(0.1))[1]
+
+
+def test_initial_working_weights():
+    """The golden working weight of the initial masters (what the LPRAMs are loaded with) is the
+    same rounding the write-back applies."""
+    init = np.array([[[[(1 << 7) + 1, -(1 << 7)]]]])
+    w, _ = working_weight(init, NUM)
+    assert w.tolist() == [[[[1, 0]]]]     # half up: 0.5 + 2**-20 LSB -> 1, -0.5 LSB -> 0
+
+
+def test_lint(tmp_path):
+    verilator_lint(WeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=16, lr_q=3277),
+                   "weight_update", tmp_path)
