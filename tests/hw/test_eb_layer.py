@@ -394,3 +394,48 @@ def test_fp_bp_eb_chain():
     assert got["act"] == _pixels(image)
     assert got["pg"] == _pixels(e_out)
     assert got["eb"] == _pixels(e_in)
+
+
+@pytest.mark.parametrize("layer", ["conv1", "fc2"])
+def test_edge_shapes(layer, waves):
+    """EB of the stride-2 conv (zero insertion) and the FC of the ``edge`` network with 2 x 2
+    engines over 5 channels / 5 and 3 outputs (padding lanes)."""
+    from test_fp_layer import edge_segment
+    seg, network, numerics = edge_segment(layer)
+    geom = layer_geometry(seg, network)
+    rng = np.random.default_rng(_seed("edge", layer))
+    w = _weights(geom, rng)
+    errors = _errors(geom, rng, 2)
+    dut = EBLayer(seg, network, numerics, weights=w)
+    got, trace = run_eb(dut, errors, seed=14, p_stall=0.3, gate="random", waves=waves)
+    _check(dut, errors, w, got, trace)
+
+
+def test_edge_bp_front(waves):
+    """Overlapping 3x3 stride-2 pool backward (sums saturated once) and ReLU backward."""
+    from test_fp_layer import edge_segment
+    seg, network, numerics = edge_segment("conv1")
+    geom = layer_geometry(seg, network)
+    items = _bp_data(geom, np.random.default_rng(15), 2)
+    exp, ovf = expected_bp(geom, numerics, items)
+    dut = BPFront(seg, network, numerics)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for k, (port, idx) in enumerate(((dut.i, 0), (dut.mask, 1), (dut.arg, 2))):
+        sim.add_testbench(stream_source(port, [p for it in items for p in _pixels(it[idx])],
+                                        rng=random.Random(k), p_stall=0.3), background=True)
+    got_o, got_pg = [], []
+    for k, (port, got) in enumerate(((dut.o, got_o), (dut.pg, got_pg))):
+        sim.add_testbench(stream_sink(port, got, count=len(exp), rng=random.Random(5 + k),
+                                      p_stall=0.3, max_cycles=50_000))
+    count = []
+
+    async def overflow(ctx):
+        while True:
+            _, _, v = await ctx.tick().sample(dut.overflows)
+            count[:] = [v]
+
+    sim.add_testbench(overflow, background=True)
+    run_simulation(sim, waves, traces=[dut])
+    assert got_o == exp and got_pg == exp
+    assert count == [ovf] and ovf > 0

@@ -311,3 +311,43 @@ def test_constructor_errors():
 def test_lint(net, layer, tmp_path):
     seg, network, numerics = _segment(net, layer)
     verilator_lint(FPLayer(seg, network, numerics), f"fp_{layer}", tmp_path)
+
+
+# ---- edge shapes: a synthetic network and engine shapes that leave padding lanes --------------
+
+EDGE_NET = """
+name: edge
+input: {channels: 5, height: 7, width: 7}
+layers:
+  - {name: conv0, kind: conv, out_channels: 5, kernel: 1}
+  - {name: relu0, kind: relu}
+  - {name: conv1, kind: conv, out_channels: 5, kernel: 3, stride: 2, padding: 1}
+  - {name: relu1, kind: relu}
+  - {name: pool1, kind: maxpool, kernel: 3, stride: 2}
+  - {name: fc2, kind: fc, out_features: 3}
+  - {name: loss, kind: loss}
+"""
+
+
+def edge_segment(layer, p=2, s=2):
+    """A segment of the ``edge`` network with ``P x S`` engines forced to ``p x s`` (5 channels
+    on 2 lanes and 5 / 3 outputs on 2 engines: padding lanes everywhere), K = 1 and a stride-2
+    conv with an overlapping 3x3 stride-2 pool."""
+    from fpdeep_map.network import parse_network
+    network = parse_network(EDGE_NET)
+    plan = map_network(network, load_board("sim-node"), 1, max_row_lanes=1)
+    seg = next(x for x in plan.node_plans[0].segments if x.layer == layer)
+    engines = {k: dataclasses.replace(v, p=p, s=s) for k, v in seg.engines.items()}
+    return dataclasses.replace(seg, engines=engines), network, plan.numerics
+
+
+@pytest.mark.parametrize("layer", ["conv0", "conv1", "fc2"])
+def test_edge_shapes(layer, waves):
+    seg, network, numerics = edge_segment(layer)
+    geom = layer_geometry(seg, network)
+    rng = np.random.default_rng(zlib.crc32(layer.encode()))
+    w = _weights(geom, rng)
+    images = _images(geom, rng, 2)
+    dut = FPLayer(seg, network, numerics, weights=w)
+    got, trace = run_fp(dut, images, seed=13, p_stall=0.3, gate="random", waves=waves)
+    _check(dut, images, w, got, trace)
