@@ -206,3 +206,98 @@ def test_initial_working_weights():
 def test_lint(tmp_path):
     verilator_lint(WeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=16, lr_q=3277),
                    "weight_update", tmp_path)
+
+
+def test_pg_gate_update_chain(waves):
+    """tiny conv1 on one node: PGLayer -> (LGB) -> WeightUpdate, with the VersionGate between
+    them (FP strobes from a testbench that obeys ``fp_go``): two mini-batches of 2 images; the
+    working weights written equal the golden model's update of the averaged PG gradients, and
+    no write happens before FP of image (M+1)B + D - 1 is done."""
+    from amaranth.hdl import Elaboratable, Module
+
+    from fpdeep_hw.node.pg_layer import PGLayer
+    from fpdeep_hw.node.version_gate import VersionGate
+    from sim.golden.grad_buffer import GradBufferModel
+    from tests.hw.test_pg_layer import golden as pg_golden
+    from tests.hw.test_pg_layer import make_data
+
+    network = load_network("tiny")
+    plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    seg = plan.node_plans[0].segments[0]
+    lag = int(seg.act_ram_images)
+    B, images = plan.batch, 4
+    pg = PGLayer(seg, network, plan.numerics, batch=B)
+    geo = pg.geometry
+    rng = random.Random(21)
+    init = np.array([rng.randint(-(1 << 20), 1 << 20)
+                     for _ in range(pg.weight_sets * geo.p * geo.s * 9)]).reshape(
+        pg.weight_sets, geo.p * geo.s, 3, 3)
+    lr_q = lr_to_q(0.125)
+    upd = WeightUpdate(numerics=plan.numerics, kernel=3, lanes=geo.p * geo.s,
+                       depth=pg.weight_sets, lr_q=lr_q, init=init)
+    gate = VersionGate(batch=B, lag=lag, eb=False)
+
+    class Top(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.pg, m.submodules.upd, m.submodules.gate = pg, upd, gate
+            from amaranth.lib import wiring
+            wiring.connect(m, pg.grad, upd.grad)
+            m.d.comb += [upd.start.eq(gate.update_start), gate.update_done.eq(upd.done),
+                         gate.pg_done.eq(pg.pg_done)]
+            return m
+
+    acts, errs, a_words, e_words = make_data(pg, images, rng)
+    _, avgs, _, _ = pg_golden(pg, acts, errs, plan.numerics)
+    master, writes = init, []
+    for b in range(images // B):
+        avg = np.array([w["data"] for w in avgs[b * pg.weight_sets:(b + 1) * pg.weight_sets]])
+        master, w, _ = update(master, avg, lr_q, plan.numerics)
+        writes.append([{"addr": a, "data": w[a].tolist()} for a in range(len(w))])
+
+    rec = {"writes": [], "fp_done": [], "done": []}
+    sim = Simulator(Top())
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(pg.a, a_words, rng=random.Random(1), p_stall=0.2),
+                      background=True)
+    sim.add_testbench(stream_source(pg.e, e_words, rng=random.Random(2), p_stall=0.2),
+                      background=True)
+
+    async def fp(ctx):
+        # FP of this layer: one image every 50..150 cycles while fp_go allows; flush at the end
+        cycle, started = 0, 0
+        while True:
+            if started == images + lag:
+                ctx.set(gate.flush, 1)
+            if started < images + lag and ctx.get(gate.fp_go) and rng.random() < 0.02:
+                ctx.set(gate.fp_start, 1)
+                ctx.set(gate.fp_done, 1)     # (start and done in one cycle: the gate counts both)
+                rec["fp_done"].append(cycle)
+                started += 1
+            await ctx.tick()
+            ctx.set(gate.fp_start, 0)
+            ctx.set(gate.fp_done, 0)
+            cycle += 1
+
+    async def sink(ctx):
+        cycle, cur = 0, []
+        while len(rec["writes"]) < images // B:
+            ctx.set(upd.wr.ready, 1)
+            _, _, valid, payload, done = await ctx.tick().sample(upd.wr.valid, upd.wr.payload,
+                                                                 upd.done)
+            if valid:
+                M = len(rec["writes"])
+                need = (M + 1) * B + lag - 1
+                assert len(rec["fp_done"]) > need or len(rec["fp_done"]) == images + lag, \
+                    f"update {M} written before FP of image {need}"
+                cur.append(payload_to_python(payload))
+            if done:
+                rec["writes"].append(cur)
+                rec["done"].append(cycle)
+                cur = []
+            cycle += 1
+
+    sim.add_testbench(fp, background=True)
+    sim.add_testbench(sink)
+    run_simulation(sim, waves, traces=[pg, upd, gate])
+    assert rec["writes"] == writes
