@@ -217,7 +217,6 @@ def test_pg_gate_update_chain(waves):
 
     from fpdeep_hw.node.pg_layer import PGLayer
     from fpdeep_hw.node.version_gate import VersionGate
-    from sim.golden.grad_buffer import GradBufferModel
     from tests.hw.test_pg_layer import golden as pg_golden
     from tests.hw.test_pg_layer import make_data
 
