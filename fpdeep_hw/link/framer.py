@@ -233,17 +233,26 @@ class LinkTx(wiring.Component):
 
     LATENCY = 2
 
-    def __init__(self, streams, *, max_payload=32):
+    def __init__(self, streams, *, max_payload=32, reverse=None, credit_interval=0):
         self._streams = _check_streams("LinkTx", streams)
         _check_max_payload("LinkTx", max_payload)
+        self._reverse = None if reverse is None else _check_streams("LinkTx reverse", reverse)
+        if not _is_int(credit_interval) or credit_interval < 0:
+            raise ValueError(f"LinkTx credit_interval must be a non-negative integer, "
+                             f"not {credit_interval!r}")
         self._max_payload = max_payload
+        self._credit_interval = credit_interval
         members = {f"i{k}": In(stream.Signature(s.shape)) for k, s in enumerate(self._streams)}
         members["o"] = Out(stream.Signature(64))
         members["credit_i"] = In(stream.Signature(credit_layout(self._streams)))
+        if self._reverse is not None:
+            members["credit_send"] = In(stream.Signature(credit_layout(self._reverse)))
         super().__init__(members)
 
     streams = property(lambda self: self._streams)
     max_payload = property(lambda self: self._max_payload)
+    reverse = property(lambda self: self._reverse)
+    credit_interval = property(lambda self: self._credit_interval)
 
     @property
     def inputs(self):
@@ -357,33 +366,84 @@ class LinkTx(wiring.Component):
         m.d.comb += header.eq(Cat(crc16_header(top), top))
         sent = self.o.valid & self.o.ready
         base = Mux(s_bank, P, 0)
+        bank_full = Mux(s_bank, full[1], full[0])
         m.d.comb += rd.en.eq(1)
+
+        # Credit frames for the opposite direction (cumulative totals, see the class docstring).
+        is_credit = Signal()            # the frame being sent is a credit frame
+        sel_credit = Signal()           # HEADER: the frame offered is a credit frame
+        credit_turn = Signal(init=1)    # the last frame sent was a data frame
+        frame_len = Signal(range(max(P, 64) + 1))
+        if self._reverse is not None:
+            nr = len(self._reverse)
+            lc = -(-nr // 4)
+            m.d.comb += self.credit_send.ready.eq(1)
+            got = self.credit_send.valid
+            totals = [Signal(16, name=f"total{k}") for k in range(nr)]
+            snap = [Signal(16, name=f"snap{k}") for k in range(nr)]
+            for k in range(nr):
+                with m.If(got):
+                    m.d.sync += totals[k].eq(totals[k] + self.credit_send.payload[k])
+            dirty = Signal()
+            interval = self._credit_interval
+            since = Signal(range(interval + 1), init=interval)
+            with m.If(since != interval):
+                m.d.sync += since.eq(since + 1)
+            held = Signal()             # a header offered but not taken: keep the choice
+            held_credit = Signal()
+            want = dirty & (since == interval) & (credit_turn | ~bank_full)
+            m.d.comb += sel_credit.eq(Mux(held, held_credit, want))
+            top_c = (SYNC << 40) | (lc << 24) | (1 << 16)
+            credit_header = Const((top_c << 16) | _crc16_serial(top_c), 64)
+            credit_word = _pick(s_idx, [Cat(*snap[4 * j:4 * j + 4]) for j in range(lc)])
+            take_credit = Signal()
+            m.d.comb += take_credit.eq((state == HEADER) & sent & sel_credit)
+            m.d.sync += dirty.eq((dirty & ~take_credit) | got)
+            with m.If(take_credit):
+                m.d.sync += [s.eq(t) for s, t in zip(snap, totals)]
+                m.d.sync += since.eq(0)
+            with m.If(state == HEADER):
+                with m.If(self.o.valid & ~self.o.ready):
+                    m.d.sync += [held.eq(1), held_credit.eq(sel_credit)]
+                with m.Else():
+                    m.d.sync += held.eq(0)
+            m.d.comb += frame_len.eq(Mux(is_credit, lc, s_len))
+        else:
+            credit_header = header
+            credit_word = rd.data
+            m.d.comb += frame_len.eq(s_len)
+
         with m.If(state == HEADER):
-            m.d.comb += [self.o.valid.eq(Mux(s_bank, full[1], full[0])),
-                         self.o.payload.eq(header),
+            m.d.comb += [self.o.valid.eq(bank_full | sel_credit),
+                         self.o.payload.eq(Mux(sel_credit, credit_header, header)),
                          rd.addr.eq(base)]
             with m.If(sent):
-                m.d.sync += [crc.eq(crc32c_next(Const(0xFFFFFFFF, 32), header)),
-                             s_idx.eq(0), state.eq(PAYLOAD)]
+                m.d.sync += [crc.eq(crc32c_next(Const(0xFFFFFFFF, 32), self.o.payload)),
+                             s_idx.eq(0), state.eq(PAYLOAD), is_credit.eq(sel_credit)]
         with m.Elif(state == PAYLOAD):
             m.d.comb += [self.o.valid.eq(1),
-                         self.o.payload.eq(rd.data),
+                         self.o.payload.eq(Mux(is_credit, credit_word, rd.data)),
                          rd.addr.eq(base + s_idx + sent)]
             with m.If(sent):
-                m.d.sync += [crc.eq(crc32c_next(crc, rd.data)), s_idx.eq(s_idx + 1)]
-                with m.If(s_idx + 1 == s_len):
+                m.d.sync += [crc.eq(crc32c_next(crc, self.o.payload)), s_idx.eq(s_idx + 1)]
+                with m.If(s_idx + 1 == frame_len):
                     m.d.sync += state.eq(TRAILER)
         with m.Else():
             m.d.comb += [self.o.valid.eq(1),
                          self.o.payload.eq(Cat(~crc, Const(TRAILER_MARK, 32)))]
             with m.If(sent):
-                for b in range(2):
-                    with m.If(s_bank == b):
-                        m.d.sync += full[b].eq(0)
-                for k in range(n):
-                    with m.If(s_sid == k):
-                        m.d.sync += seq[k].eq(seq[k] + s_len)
-                m.d.sync += [s_bank.eq(~s_bank), state.eq(HEADER)]
+                with m.If(is_credit):
+                    m.d.sync += credit_turn.eq(0)
+                with m.Else():
+                    m.d.sync += credit_turn.eq(1)
+                    for b in range(2):
+                        with m.If(s_bank == b):
+                            m.d.sync += full[b].eq(0)
+                    for k in range(n):
+                        with m.If(s_sid == k):
+                            m.d.sync += seq[k].eq(seq[k] + s_len)
+                    m.d.sync += s_bank.eq(~s_bank)
+                m.d.sync += state.eq(HEADER)
         # The gatherer closing bank g_bank and the sender freeing s_bank in the same cycle
         # touch different banks (a bank is closed only while free, freed only while full).
         return m
@@ -538,14 +598,17 @@ class LinkRx(wiring.Component):
 
     LATENCY = 2
 
-    def __init__(self, streams, *, max_payload=32):
+    def __init__(self, streams, *, max_payload=32, reverse=None):
         self._streams = _check_streams("LinkRx", streams)
         _check_max_payload("LinkRx", max_payload)
+        self._reverse = None if reverse is None else _check_streams("LinkRx reverse", reverse)
         self._max_payload = max_payload
         members = {"i": In(stream.Signature(64))}
         members.update({f"o{k}": Out(stream.Signature(s.shape))
                         for k, s in enumerate(self._streams)})
         members["credit_o"] = Out(stream.Signature(credit_layout(self._streams)))
+        if self._reverse is not None:
+            members["credit_recv"] = Out(stream.Signature(credit_layout(self._reverse)))
         members["crc_errors"] = Out(32)
         members["seq_errors"] = Out(32)
         members["frames"] = Out(32)
@@ -554,6 +617,7 @@ class LinkRx(wiring.Component):
 
     streams = property(lambda self: self._streams)
     max_payload = property(lambda self: self._max_payload)
+    reverse = property(lambda self: self._reverse)
 
     @property
     def outputs(self):
@@ -592,8 +656,15 @@ class LinkRx(wiring.Component):
             with m.If(hits[k]):
                 m.d.comb += h_idx.eq(k)
         h_good = Signal()
-        m.d.comb += h_good.eq((h_sync == SYNC) & (h_kind == 0) & hits.any() & (h_len != 0) &
-                              (h_len <= P) & (crc16_header(word[16:64]) == h_crc))
+        h_credit = Signal()
+        rev = self._reverse
+        lc = -(-len(rev) // 4) if rev is not None else 0
+        h_crc_ok = (h_sync == SYNC) & (crc16_header(word[16:64]) == h_crc)
+        if rev is not None:
+            m.d.comb += h_credit.eq(h_crc_ok & (h_kind == 1) & (h_sid == 0) & (h_seq == 0) &
+                                    (h_len == lc))
+        m.d.comb += h_good.eq(h_credit | (h_crc_ok & (h_kind == 0) & hits.any() & (h_len != 0) &
+                                          (h_len <= P)))
         free = [Const(s.depth, 16) - bufs[k].level for k, s in enumerate(streams)]
 
         sid = Signal(range(max(n, 2)))
@@ -610,11 +681,14 @@ class LinkRx(wiring.Component):
         rollback = Signal()
         release = Signal(16)          # credits released for the current stream (seq gap)
         writing = Signal()
+        is_credit = Signal()
+        credit_ok = Signal()          # a good credit frame ends this cycle
         for k in range(n):
             m.d.comb += [bufs[k].w_en.eq(writing & (sid == k)),
                          bufs[k].w_data.eq(word),
                          bufs[k].commit.eq(commit & (sid == k)),
                          bufs[k].rollback.eq(rollback & (sid == k))]
+        cap = [Signal(64, name=f"credit_word{j}") for j in range(lc)]
 
         HEADER, PAYLOAD, TRAILER = 0, 1, 2
         state = Signal(2)
@@ -629,8 +703,8 @@ class LinkRx(wiring.Component):
             with m.If(take):
                 with m.If(h_good):
                     m.d.sync += [sid.eq(h_idx), length.eq(h_len), seq.eq(h_seq),
-                                 count.eq(0), hunting.eq(0),
-                                 bad.eq(_pick(h_idx, free) < h_len),
+                                 count.eq(0), hunting.eq(0), is_credit.eq(h_credit),
+                                 bad.eq(~h_credit & (_pick(h_idx, free) < h_len)),
                                  crc.eq(crc32c_next(Const(0xFFFFFFFF, 32), word)),
                                  state.eq(PAYLOAD)]
                 with m.Else():
@@ -638,9 +712,12 @@ class LinkRx(wiring.Component):
                     with m.If(~hunting):
                         m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
         with m.Elif(state == PAYLOAD):
-            m.d.comb += writing.eq(take & ~bad)
+            m.d.comb += writing.eq(take & ~bad & ~is_credit)
             with m.If(take):
                 m.d.sync += [crc.eq(crc32c_next(crc, word)), count.eq(count + 1)]
+                for j in range(lc):
+                    with m.If(count == j):
+                        m.d.sync += cap[j].eq(word)
                 with m.If(count + 1 == length):
                     m.d.sync += state.eq(TRAILER)
         with m.Else():
@@ -648,8 +725,10 @@ class LinkRx(wiring.Component):
                 m.d.sync += state.eq(HEADER)
                 ok = (word == Cat(~crc, Const(TRAILER_MARK, 32))) & ~bad
                 with m.If(~ok):
-                    m.d.comb += rollback.eq(1)
+                    m.d.comb += rollback.eq(~is_credit)
                     m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
+                with m.Elif(is_credit):
+                    m.d.comb += credit_ok.eq(1)
                 with m.Elif(gap != 0):
                     m.d.comb += [rollback.eq(1), resync.eq(1)]
                     m.d.sync += self.seq_errors.eq(self.seq_errors + 1)
@@ -658,6 +737,29 @@ class LinkRx(wiring.Component):
                 with m.Else():
                     m.d.comb += [commit.eq(1), resync.eq(1)]
                     m.d.sync += self.frames.eq(self.frames + 1)
+
+        # Credits received in credit frames: differences of the cumulative totals.
+        if rev is not None:
+            nr = len(rev)
+            rw = unsigned(credit_layout(rev).elem_shape).width
+            last = [Signal(16, name=f"last_total{k}") for k in range(nr)]
+            rpend = [Signal(rw, name=f"rpend{k}") for k in range(nr)]
+            deltas = []
+            for k in range(nr):
+                total = cap[k // 4][16 * (k % 4):16 * (k % 4) + 16]
+                delta = Signal(16, name=f"delta{k}")
+                m.d.comb += delta.eq(Mux(credit_ok & (total - last[k] <= rev[k].depth),
+                                         total - last[k], 0))
+                deltas.append(delta)
+                with m.If(credit_ok):
+                    m.d.sync += last[k].eq(total)
+            m.d.comb += self.credit_recv.valid.eq(Cat(*(p != 0 for p in rpend)).any())
+            for k in range(nr):
+                m.d.comb += self.credit_recv.payload[k].eq(rpend[k])
+                with m.If(self.credit_recv.valid & self.credit_recv.ready):
+                    m.d.sync += rpend[k].eq(deltas[k])
+                with m.Else():
+                    m.d.sync += rpend[k].eq(rpend[k] + deltas[k])
 
         # Credit return.
         cw = unsigned(credit_layout(streams).elem_shape).width

@@ -477,3 +477,167 @@ def test_pass_through_node():
                                       max_cycles=20_000))
     sim.run()
     assert out == data
+
+
+# --- credits in frames of the opposite direction ------------------------------------------------
+
+def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, flips_ab=(),
+                    flips_ba=(), p_src=0.2, p_sink=0.2, seed=0, credit_interval=0,
+                    max_cycles=30_000):
+    """A <-> B over two link models; the credits of each direction ride in credit frames of the
+    other (no separate credit path). Returns per direction: wires, outputs, counters."""
+    P = max_payload
+    tx_a = LinkTx(ab, max_payload=P, reverse=ba, credit_interval=credit_interval)
+    rx_b = LinkRx(ab, max_payload=P, reverse=ba)
+    tx_b = LinkTx(ba, max_payload=P, reverse=ab, credit_interval=credit_interval)
+    rx_a = LinkRx(ba, max_payload=P, reverse=ab)
+    l_ab = LinkModel(latency=latency, flips=flips_ab)
+    l_ba = LinkModel(latency=latency, flips=flips_ba)
+    m = Module()
+    for name, sub in [("tx_a", tx_a), ("rx_b", rx_b), ("tx_b", tx_b), ("rx_a", rx_a),
+                      ("l_ab", l_ab), ("l_ba", l_ba)]:
+        m.submodules[name] = sub
+    from amaranth.lib import wiring
+    for tx, link, rx in [(tx_a, l_ab, rx_b), (tx_b, l_ba, rx_a)]:
+        wiring.connect(m, tx.o, link.i)
+        wiring.connect(m, link.o, rx.i)
+    wiring.connect(m, rx_a.credit_o, tx_a.credit_send)
+    wiring.connect(m, rx_b.credit_recv, tx_b.credit_i)
+    wiring.connect(m, rx_b.credit_o, tx_b.credit_send)
+    wiring.connect(m, rx_a.credit_recv, tx_a.credit_i)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    rng = random.Random(seed)
+    res = {"ab": Run(), "ba": Run()}
+    sources = 0
+    done = []
+    for key, tx, rx, streams, items in [("ab", tx_a, rx_b, ab, items_ab),
+                                        ("ba", tx_b, rx_a, ba, items_ba)]:
+        run = res[key]
+        run.out = [[] for _ in streams]
+        run.tx_wire, run.rx_wire, run.max_level = [], [], [0] * len(streams)
+        for k in range(len(streams)):
+            source = stream_source(tx.inputs[k], items[k], rng=random.Random(rng.random()),
+                                   p_stall=p_src)
+            sources += 1
+
+            async def src(ctx, source=source):
+                await source(ctx)
+                done.append(1)
+            sim.add_testbench(src, background=True)
+            sim.add_testbench(stream_sink(rx.outputs[k], run.out[k], count=10**9,
+                                          rng=random.Random(rng.random()), p_stall=p_sink),
+                              background=True)
+    settle = 2 * latency + 6 * (P + 2) + 20
+
+    async def monitor(ctx):
+        quiet = cycle = 0
+        sigs = []
+        for link, rx in [(l_ab, rx_b), (l_ba, rx_a)]:
+            sigs += [link.i.valid, link.i.ready, link.i.payload, link.o.valid, link.o.payload,
+                     rx.levels]
+        while True:
+            vals = (await ctx.tick().sample(*sigs))[2:]
+            busy = len(done) < sources
+            for j, key in enumerate(("ab", "ba")):
+                iv, ir, ip, ov, op, levels = vals[6 * j:6 * j + 6]
+                run = res[key]
+                if iv and ir:
+                    run.tx_wire.append(int(ip))
+                if ov:
+                    run.rx_wire.append(int(op))
+                levels = payload_to_python(levels)
+                run.max_level = [max(a, b) for a, b in zip(run.max_level, levels)]
+                busy = busy or (iv and ir) or ov or any(levels)
+            quiet = 0 if busy else quiet + 1
+            cycle += 1
+            if quiet >= settle:
+                break
+            assert cycle < max_cycles, "simulation did not settle"
+        for key, rx, link in [("ab", rx_b, l_ab), ("ba", rx_a, l_ba)]:
+            res[key].crc_errors = ctx.get(rx.crc_errors)
+            res[key].seq_errors = ctx.get(rx.seq_errors)
+            res[key].frames = ctx.get(rx.frames)
+            res[key].corrupted = ctx.get(link.corrupted)
+            res[key].cycles = cycle
+
+    sim.add_testbench(monitor)
+    sim.run()
+    return res
+
+
+DUPLEX_AB = [LinkStream(1, "activations", width=16, depth=10),
+             LinkStream(2, "partial_sums", width=32, depth=12),
+             LinkStream(5, "parameters", width=64, words=2, depth=14)]
+DUPLEX_BA = [LinkStream(1, "errors", width=16, depth=9), LinkStream(3, "gradients", depth=13),
+             LinkStream(4, "partial_errors", width=32, depth=11),
+             LinkStream(6, "errors", width=8, depth=10), LinkStream(8, "gradients", depth=16)]
+
+
+def test_duplex_credit_frames():
+    rng = random.Random(31)
+    items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (50, 40, 15))]
+    items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (30, 30, 30, 30, 30))]
+    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.6, seed=5)
+    for key, streams, rev, items in [("ab", DUPLEX_AB, DUPLEX_BA, items_ab),
+                                     ("ba", DUPLEX_BA, DUPLEX_AB, items_ba)]:
+        run = res[key]
+        assert run.out == items
+        assert all(lv <= s.depth for lv, s in zip(run.max_level, streams))
+        assert (run.crc_errors, run.seq_errors) == (0, 0)
+        sids = [s.sid for s in streams]
+        schedule = golden.split_frames(run.tx_wire, sids, 6, len(rev))
+        words = {s.sid: _words(s, it) for s, it in zip(streams, items)}
+        assert run.tx_wire == golden.encode(words, schedule)          # bit-exact, both kinds
+        assert run.rx_wire == run.tx_wire
+        assert run.frames == sum(1 for sid, _ in schedule if sid is not None)
+        # Credit totals only grow, and the last frame reports every word freed on the far side.
+        totals = [t for sid, t in schedule if sid is None]
+        assert totals and all(all(b >= a for a, b in zip(x, y))
+                              for x, y in zip(totals, totals[1:]))
+        other = items_ba if key == "ab" else items_ab
+        assert totals[-1] == tuple(len(it) * s.words for it, s in zip(other, rev))
+
+
+def test_duplex_credit_frames_survive_bit_errors():
+    # Random bit errors on both wires hit data and credit frames; credit totals are cumulative,
+    # so a lost credit frame costs nothing once the next one arrives: the run completes.
+    rng = random.Random(32)
+    items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (60, 60, 20))]
+    items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (30, 30, 30, 30, 30))]
+    flips_ab = LinkModel(flip_rate=3e-4, seed=1, horizon=600).flip_list
+    flips_ba = LinkModel(flip_rate=3e-4, seed=2, horizon=600).flip_list
+    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.3, seed=6,
+                          flips_ab=flips_ab, flips_ba=flips_ba)
+    hit_credit = 0
+    for key, streams, rev, flips in [("ab", DUPLEX_AB, DUPLEX_BA, flips_ab),
+                                     ("ba", DUPLEX_BA, DUPLEX_AB, flips_ba)]:
+        run = res[key]
+        sids = [s.sid for s in streams]
+        spans = []
+        k = 0
+        for sid, x in golden.split_frames(run.tx_wire, sids, 6, len(rev)):
+            length = golden.credit_words(len(rev)) if sid is None else x
+            spans.append((k, k + length + 2, sid))
+            k += length + 2
+        bad = {w for w, _ in flips if w < len(run.tx_wire)}
+        assert run.corrupted == len(bad) > 0
+        hit_credit += sum(1 for a, b, sid in spans if sid is None and any(a <= w < b for w in bad))
+        got = golden.receive(run.rx_wire, sids, 6, len(rev))
+        for j, s in enumerate(streams):
+            assert run.out[j] == golden.words_to_items(got.delivered[s.sid], s.words)
+        assert (run.crc_errors, run.seq_errors) == (got.crc_errors, got.seq_errors)
+        assert run.crc_errors > 0
+        for start, sid, length, outcome in got.frames:
+            if outcome == "ok":
+                assert run.rx_wire[start:start + length + 2] == \
+                    run.tx_wire[start:start + length + 2]
+    assert hit_credit > 0
+
+
+def test_lint_duplex(tmp_path):
+    verilator_lint(LinkTx(DUPLEX_AB, max_payload=6, reverse=DUPLEX_BA, credit_interval=5),
+                   "link_tx_credit", tmp_path)
+    verilator_lint(LinkRx(DUPLEX_AB, max_payload=6, reverse=DUPLEX_BA), "link_rx_credit",
+                   tmp_path)
