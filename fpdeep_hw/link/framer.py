@@ -19,8 +19,19 @@ Frame format (64-bit words, bit 63 first on the wire)::
     payload  length words, 1 <= length <= max_payload
     trailer  [63:32] 0x7E7E7E7E  [31:0] CRC-32C (Castagnoli) of header and payload
 
+    credit frame (kind 1, optional): header with sid 0, seq 0, length ceil(n/4); payload:
+             cumulative words freed (mod 2**16) per stream of the opposite direction,
+             16 bits each, 4 per word (stream 4j+i in bits [16i+15:16i] of word j); trailer
+
 Both CRCs are computed one 64-bit word per cycle by XOR matrices derived at elaboration from
 their bit-serial definitions (the golden model uses byte-wise tables: they check each other).
+
+Credits can come back on a separate stream (``LinkRx.credit_o`` -> ``LinkTx.credit_i``, e.g.
+through a second link model in simulation), or, on hardware, in credit frames of the opposite
+direction: give both framers of a direction ``reverse=`` (the streams of the opposite
+direction) and connect, in each node, ``LinkRx.credit_o`` (credits for the far transmitter) to
+the local ``LinkTx.credit_send`` and ``LinkRx.credit_recv`` (credits from the far receiver) to
+the local ``LinkTx.credit_i``.
 """
 
 from __future__ import annotations
@@ -63,7 +74,8 @@ class LinkStream:
         64-bit words per item (at least 1); items of more than one word need ``width == 64``
         and are ``data.ArrayLayout(64, words)`` (element 0 sent first).
     depth : int
-        Receive buffer depth in words (at least 1): the transmitter's initial credit.
+        Receive buffer depth in words, 1..65535 (credit totals travel modulo 2**16): the
+        transmitter's initial credit.
     """
 
     sid: int
@@ -86,8 +98,9 @@ class LinkStream:
         if self.words > 1 and self.width != 64:
             raise ValueError("Link stream items of several words must have width 64, "
                              f"not {self.width!r}")
-        if not _is_int(self.depth) or self.depth < 1:
-            raise ValueError(f"Link stream depth must be a positive integer, not {self.depth!r}")
+        if not _is_int(self.depth) or not 1 <= self.depth <= 65535:
+            raise ValueError(f"Link stream depth must be an integer in 1..65535, "
+                             f"not {self.depth!r}")
 
     @property
     def shape(self):
@@ -209,6 +222,12 @@ class LinkTx(wiring.Component):
       sent before the frame.
     - **Credits.** Each stream starts with ``depth`` credits (its receive buffer), loses one per
       word taken and regains what ``credit_i`` returns. ``credit_i`` is always ready.
+    - **Credit frames** (with ``reverse``): words freed by the local receiver of the opposite
+      direction arrive on ``credit_send`` (always ready) and are added to cumulative totals.
+      When the totals changed since the last credit frame, at least ``credit_interval`` cycles
+      have passed since it, and either no data frame is ready or the last frame sent was a data
+      frame, a credit frame with the totals is sent next (data and credit frames alternate under
+      load; a header offered and not yet taken is never changed).
 
     Timing: a lone word taken from an idle transmitter at cycle ``t`` gives the header on ``o``
     at ``t + LATENCY`` (2), its payload at ``t + 3`` and the trailer at ``t + 4``. With all
@@ -220,6 +239,11 @@ class LinkTx(wiring.Component):
         The streams carried, in input order.
     max_payload : int
         Maximum payload words per frame, 1..255.
+    reverse : list of LinkStream, optional
+        Streams of the opposite direction, whose credits this transmitter sends in credit
+        frames (adds ``credit_send``).
+    credit_interval : int
+        Minimum cycles between the starts of two credit frames (0: no minimum).
 
     Members
     -------
@@ -229,6 +253,8 @@ class LinkTx(wiring.Component):
         Frame words to the PHY (or link model).
     credit_i : ``In(stream.Signature(credit_layout(streams)))``
         Credits returned by the receiver: words freed per stream.
+    credit_send : ``In(stream.Signature(credit_layout(reverse)))``
+        Only with ``reverse``: credits of the local receiver of the opposite direction, to send.
     """
 
     LATENCY = 2
@@ -581,6 +607,10 @@ class LinkRx(wiring.Component):
         The streams carried, in output order (same list as the transmitter's).
     max_payload : int
         Maximum payload words per frame, 1..255 (same as the transmitter's).
+    reverse : list of LinkStream, optional
+        Streams of the opposite direction: credit frames for them are accepted (kind 1, checked
+        like data frames, no sequence check) and their credits offered on ``credit_recv``, as
+        the differences of the cumulative totals (a lost credit frame is made good by the next).
 
     Members
     -------
@@ -594,6 +624,9 @@ class LinkRx(wiring.Component):
         Frames dropped as corrupt, frames dropped for a sequence gap, frames delivered.
     levels : ``Out(data.ArrayLayout(16, n))``
         Receive buffer level of each stream (committed plus speculative words).
+    credit_recv : ``Out(stream.Signature(credit_layout(reverse)))``
+        Only with ``reverse``: credits received in credit frames, for the local transmitter of
+        the opposite direction.
     """
 
     LATENCY = 2

@@ -164,7 +164,7 @@ def test_stream_validation():
     with pytest.raises(ValueError, match=r"^Link stream items of several words must have width "
                                          r"64, not 16$"):
         LinkStream(1, width=16, words=2)
-    with pytest.raises(ValueError, match=r"^Link stream depth must be a positive integer, "
+    with pytest.raises(ValueError, match=r"^Link stream depth must be an integer in 1\.\.65535, "
                                          r"not 0$"):
         LinkStream(1, depth=0)
     with pytest.raises(ValueError, match=r"^Link stream words per item must be a positive "
@@ -181,6 +181,12 @@ def test_framer_validation():
     with pytest.raises(ValueError, match=r"^LinkTx max_payload must be an integer in 1\.\.255, "
                                          r"not 256$"):
         LinkTx([LinkStream(3)], max_payload=256)
+    with pytest.raises(ValueError, match=r"^LinkTx credit_interval must be a non-negative "
+                                         r"integer, not -1$"):
+        LinkTx([LinkStream(3)], reverse=[LinkStream(3)], credit_interval=-1)
+    with pytest.raises(TypeError, match=r"^LinkRx reverse streams must be a non-empty list of "
+                                        r"LinkStream, not \[\]$"):
+        LinkRx([LinkStream(3)], reverse=[])
 
 
 # --- CRC and format -----------------------------------------------------------------------------
@@ -316,6 +322,19 @@ def test_throughput_follows_link_bandwidth(rate):
     measured = (len(items[0]) + len(items[1])) / (last - first + 1)
     expected = float(run.link.rate) * P / (P + 2)
     assert abs(measured - expected) <= 0.03 * expected, (measured, expected)
+
+
+@pytest.mark.parametrize("width,depth,max_payload", [(1, 1, 1), (64, 2, 255), (7, 5, 3)])
+def test_edge_shapes(width, depth, max_payload):
+    # One stream: one-bit words through a one-word buffer with one-word frames; a two-word
+    # buffer with the largest frames allowed; frames longer than the buffer never sent.
+    streams = [LinkStream(200, "errors", width=width, depth=depth)]
+    rng = random.Random(depth)
+    items = [_items(streams[0], 40, rng)]
+    run = simulate(streams, items, max_payload=max_payload, latency=3, p_src=0.3, p_sink=0.5,
+                   seed=depth)
+    schedule = check_clean(streams, items, run, max_payload)
+    assert max(length for _, length in schedule) == min(depth, max_payload)
 
 
 @pytest.mark.parametrize("latency", [1, 6, 54])
@@ -516,6 +535,7 @@ def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, fli
                                         ("ba", tx_b, rx_a, ba, items_ba)]:
         run = res[key]
         run.out = [[] for _ in streams]
+        run.out_cycles = [[] for _ in streams]
         run.tx_wire, run.rx_wire, run.max_level = [], [], [0] * len(streams)
         for k in range(len(streams)):
             source = stream_source(tx.inputs[k], items[k], rng=random.Random(rng.random()),
@@ -527,7 +547,8 @@ def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, fli
                 done.append(1)
             sim.add_testbench(src, background=True)
             sim.add_testbench(stream_sink(rx.outputs[k], run.out[k], count=10**9,
-                                          rng=random.Random(rng.random()), p_stall=p_sink),
+                                          rng=random.Random(rng.random()), p_stall=p_sink,
+                                          on_word=lambda c, w, o=run.out_cycles[k]: o.append(c)),
                               background=True)
     settle = 2 * latency + 6 * (P + 2) + 20
 
@@ -579,12 +600,14 @@ def test_duplex_credit_frames():
     rng = random.Random(31)
     items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (50, 40, 15))]
     items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (30, 30, 30, 30, 30))]
-    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.6, seed=5)
+    # Slow consumers (ready 10% of the time): the buffers fill and only credits hold them.
+    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.9, seed=5)
     for key, streams, rev, items in [("ab", DUPLEX_AB, DUPLEX_BA, items_ab),
                                      ("ba", DUPLEX_BA, DUPLEX_AB, items_ba)]:
         run = res[key]
         assert run.out == items
         assert all(lv <= s.depth for lv, s in zip(run.max_level, streams))
+        assert any(lv == s.depth for lv, s in zip(run.max_level, streams))
         assert (run.crc_errors, run.seq_errors) == (0, 0)
         sids = [s.sid for s in streams]
         schedule = golden.split_frames(run.tx_wire, sids, 6, len(rev))
