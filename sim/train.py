@@ -1,0 +1,561 @@
+"""Train a network on a simulated node and compare it bit for bit with the golden model.
+
+::
+
+    python -m sim.train --net tiny --board sim-node --nodes 1 --images 4 --batch 2 --seed 0 \\
+        --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2]
+
+Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
+max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
+``init_weights(net, seed)``, make the data (the 8x8 digits for ``digits`` when scikit-learn is
+installed, else :func:`sim.data.synthetic`), train the golden model
+(:class:`sim.golden.train.GoldenTrainer`, same init, lags, batch and learning rate) and simulate
+the node (Amaranth's simulator, async testbenches: a host feeding pixels and labels, optionally
+with random stalls, and a passive monitor recording every transfer of the internal streams with
+its cycle). Then every activation, mask, argmax, loss error, layer error, averaged gradient,
+weight version written to the LPRAMs, final master copy and overflow count of the RTL is
+compared with the golden model's.
+
+Writes ``DIR/result.npz`` (inputs, quantized inputs, labels, every layer's weights before and
+after as floats, the golden model's weights after) and, with ``--waves``, ``DIR/waves.vcd`` and
+``DIR/waves.gtkw`` grouped by module. ``--json`` prints the figures (see :func:`run`).
+
+Bad arguments: a one-line error on stderr, exit status 2, nothing written.
+
+Members
+-------
+run, main, TrainError
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run", "main", "TrainError"]
+
+
+class TrainError(ValueError):
+    """Bad arguments of a training simulation (reported as a one-line error)."""
+
+
+# ---- payload decoding ---------------------------------------------------------------------------
+
+def _lanes(raw, width, n, signed_=True):
+    """Split the integer ``raw`` into ``n`` lanes of ``width`` bits (lane 0 at the LSB)."""
+    mask = (1 << width) - 1
+    half = 1 << (width - 1)
+    out = []
+    for k in range(n):
+        v = (raw >> (k * width)) & mask
+        if signed_ and v >= half:
+            v -= 1 << width
+        out.append(v)
+    return out
+
+
+def _pixels(a):
+    a = np.asarray(a)
+    if a.ndim == 1:
+        return [[int(v) for v in a]]
+    c, h, w = a.shape
+    return [[int(v) for v in a[:, y, x]] for y in range(h) for x in range(w)]
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def _data(network, images, seed):
+    from sim import data
+    if network.name == "digits":
+        try:
+            tx, ty, _, _ = data.digits(seed=seed)
+        except ImportError:
+            tx = None
+        if tx is not None:
+            if images > len(ty):
+                raise TrainError(f"--images {images}: the digits training set has only "
+                                 f"{len(ty)} images")
+            return tx[:images], ty[:images], "digits"
+    x, y = data.synthetic(network, images, seed)
+    return x, y, "synthetic"
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def _check_args(net, board, nodes, images, batch, seed, lr, stall):
+    from fpdeep_map.board import load_board
+    from fpdeep_map.network import load_network
+    if nodes != 1:
+        raise TrainError(f"--nodes {nodes}: multi-node co-simulation is not implemented yet "
+                         f"(only --nodes 1)")
+    for name, v in (("--images", images), ("--batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TrainError(f"{name} must be a positive integer, not {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TrainError(f"--seed must be a non-negative integer, not {seed!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and
+            1 <= round(lr * 65536) < 65536):
+        raise TrainError(f"--lr must be in [2**-16, 1) (16 fractional bits), not {lr!r}")
+    if not (0 <= stall < 1):
+        raise TrainError(f"--stall must be in [0, 1), not {stall!r}")
+    try:
+        network = load_network(net)
+    except Exception as e:   # noqa: BLE001 - reported as one line
+        raise TrainError(f"--net {net}: {e}") from None
+    try:
+        brd = load_board(board)
+    except Exception as e:   # noqa: BLE001
+        raise TrainError(f"--board {board}: {e}") from None
+    return network, brd
+
+
+def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0):
+    """Map, build the node, make the data and train the golden model (no simulation yet).
+
+    Returns a dict with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``,
+    ``golden``.
+    """
+    from fpdeep_hw.node.top import NodeTop
+    from fpdeep_map.mapper import map_network
+    from sim.golden.train import GoldenTrainer, init_weights, lags_from_plan
+    network, brd = _check_args(net, board, nodes, images, batch, seed, lr, stall)
+    try:
+        plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1)
+    except Exception as e:   # noqa: BLE001
+        raise TrainError(f"mapping {net} on {board}: {e}") from None
+    x, y, source = _data(network, images, seed)
+    init = init_weights(network, seed, plan.numerics)
+    try:
+        top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init)
+    gold.run(x, y)
+    return {"network": network, "plan": plan, "top": top, "x": x, "y": y, "data": source,
+            "init": init, "golden": gold}
+
+
+def _probes(top):
+    """(key, xfer expression, payload value, decode) for every monitored stream and strobe."""
+    from amaranth.hdl import Cat, Const, Value
+    num = top.numerics
+    aw, ew, gw, ww = (num.activation.width, num.error.width, num.gradient.width,
+                      num.weight.width)
+    probes = []
+
+    def stream_probe(key, port, decode):
+        probes.append((key, port.valid & port.ready, Value.cast(port.payload), decode))
+
+    def vec(width, n, signed_=True):
+        return lambda raw: _lanes(raw, width, n, signed_)
+
+    top_img = top.images
+    stream_probe(("in", "images"), top_img, None)
+    for nl in top.layers:
+        g, n = nl.geometry, nl.name
+        stream_probe((n, "fp_i"), nl.fp.i, vec(aw, g.in_channels))
+        stream_probe((n, "fp_o"), nl.fp.o, vec(aw, g.out_channels))
+        stream_probe((n, "act"), nl.act_ram.o, vec(aw, g.in_channels))
+        if nl.mask_fifo is not None:
+            stream_probe((n, "mask"), nl.fp.mask, vec(1, g.out_channels, False))
+        if nl.arg_fifo is not None:
+            bits = len(nl.fp.arg.payload.as_value()) // g.out_channels
+            stream_probe((n, "arg"), nl.fp.arg, vec(bits, g.out_channels, False))
+        stream_probe((n, "e_out"), nl.bp.pg, vec(ew, g.out_channels))
+        if nl.eb is not None:
+            stream_probe((n, "e_in"), nl.eb.o, vec(ew, g.in_channels))
+        lanes, k = g.p * g.s, g.kernel
+        abits = len(nl.update.wr.payload.addr)
+
+        def set_decode(width, abits=abits, lanes=lanes, k=k):
+            def dec(raw):
+                return (raw & ((1 << abits) - 1),
+                        _lanes(raw >> abits, width, lanes * k * k))
+            return dec
+        stream_probe((n, "grad"), nl.pg.grad, set_decode(gw))
+        stream_probe((n, "wr"), nl.update.wr, set_decode(ww))
+        probes.append(((n, "fp_busy"), nl.fp.busy, Const(0, 1), None))
+        if nl.eb is not None:
+            probes.append(((n, "eb_busy"), nl.eb.busy, Const(0, 1), None))
+        probes.append(((n, "pg_done"), nl.pg.pg_done, Value.cast(nl.pg.busy_cycles), None))
+        probes.append(((n, "update_done"), nl.update.done, Const(0, 1), None))
+    stream_probe(("loss", "o"), top.loss.o, vec(ew, top.loss.classes))
+    probes.append((("loss", "pg_busy"), top.loss.o.valid & top.loss.o.ready,
+                   Cat(*[nl.pg.busy_cycles for nl in top.layers]), None))
+    return probes
+
+
+def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
+    """Run the node on ``prep``'s data; returns the monitor records and the final state."""
+    from amaranth.sim import Simulator
+
+    from sim.golden.layers import quantize_input
+    from sim.streams import stream_source
+    top, network, num = prep["top"], prep["network"], prep["plan"].numerics
+    x, y = prep["x"], prep["y"]
+    n_img = len(y)
+    words = []
+    for xi in x:
+        a, _ = quantize_input(np.asarray(xi, dtype=np.float64).reshape(network.input_shape), num)
+        words += _pixels(a)
+    probes = _probes(top)
+    keys = [p[0] for p in probes]
+    xfers = [p[1] for p in probes]
+    payloads = [p[2] for p in probes]
+    rec = {k: [] for k in keys}
+    final = {}
+    budget = max_cycles or (20_000 + 40 * n_img * prep["plan"].node_plans[0].cycles_per_image)
+    updates_expected = n_img // prep["top"].batch
+    rng = random.Random(stall_seed)
+    state = {"sent": False}
+
+    img_src = stream_source(top.images, words, rng=random.Random(rng.random()), p_stall=stall)
+    lbl_src = stream_source(top.labels, [int(v) for v in y], rng=random.Random(rng.random()),
+                            p_stall=stall)
+
+    async def host(ctx):
+        await img_src(ctx)
+        state["sent"] = True
+        ctx.set(top.flush, 1)
+
+    last_layer_e = {nl.name: (nl.geometry.pixels * n_img if nl.eb is not None else 0)
+                    for nl in top.layers}
+
+    def finished():
+        if not state["sent"] or len(rec[("loss", "o")]) < n_img:
+            return False
+        for nl in top.layers:
+            n = nl.name
+            if len(rec[(n, "pg_done")]) < n_img or len(rec[(n, "update_done")]) < updates_expected:
+                return False
+            if len(rec.get((n, "e_in"), ())) < last_layer_e[n]:
+                return False
+        return True
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, *vals in ctx.tick().sample(*xfers, *payloads):
+            n = len(keys)
+            for j in range(n):
+                if vals[j]:
+                    rec[keys[j]].append((cycle, vals[n + j]))
+            cycle += 1
+            if finished():
+                break
+            if cycle > budget:
+                final["timeout"] = cycle
+                break
+        for _ in range(8):
+            await ctx.tick()
+        final["cycles"] = cycle
+        ov = {}
+        for nl in top.layers:
+            n = nl.name
+            ov[(n, "fp_acc")] = ctx.get(nl.fp.acc_overflows)
+            ov[(n, "fp_out")] = ctx.get(nl.fp.out_overflows)
+            if nl.eb is not None:
+                ov[(n, "eb_acc")] = ctx.get(nl.eb.acc_overflows)
+                ov[(n, "eb")] = ctx.get(nl.eb.out_overflows)
+            ov[(n, "maxpool_eb")] = ctx.get(nl.bp.overflows)
+            ov[(n, "pg_acc")] = ctx.get(nl.pg.acc_overflow)
+            ov[(n, "pg")] = ctx.get(nl.pg.out_overflow)
+            ov[(n, "grad_acc")] = ctx.get(nl.pg.lgb_acc_overflow)
+            ov[(n, "grad_avg")] = ctx.get(nl.pg.lgb_out_overflow)
+            ov[(n, "update")] = ctx.get(nl.update.overflow)
+        ov[("loss", "loss")] = ctx.get(top.loss.overflow)
+        final["overflow"] = ov
+        masters = {}
+        for nl in top.layers:
+            g, upd = nl.geometry, nl.update
+            lanes, k = g.p * g.s, g.kernel
+            sets = np.zeros((g.weight_sets, lanes, k, k), dtype=np.int64)
+            index = [(s, ky, kx) for s in range(lanes) for ky in range(k) for kx in range(k)]
+            for b, (s, ky, kx) in enumerate(index):
+                mem = upd.banks[b]
+                for a in range(g.weight_sets):
+                    sets[a, s, ky, kx] = ctx.get(mem.data[a])
+            masters[nl.name] = g.unpack_weights(sets)
+        final["masters"] = masters
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host, background=True)
+    sim.add_testbench(lbl_src, background=True)
+    sim.add_testbench(monitor)
+    t0 = time.perf_counter()
+    if waves is not None:
+        _run_with_waves(sim, top, waves)
+    else:
+        sim.run()
+    final["wall"] = time.perf_counter() - t0
+    # decode payloads
+    dec = {p[0]: p[3] for p in probes}
+    out = {}
+    for k, lst in rec.items():
+        d = dec[k]
+        out[k] = [(c, d(v) if d is not None else v) for c, v in lst]
+    return out, final
+
+
+def _run_with_waves(sim, top, directory):
+    from sim import waves as W
+    traces = {"top": [top.images, top.labels, top.flush]}
+    for nl in top.layers:
+        group = {"fp": nl.fp, "act_ram": nl.act_ram, "bp": nl.bp, "pg": nl.pg,
+                 "update": nl.update, "gate": nl.gate}
+        if nl.eb is not None:
+            group["eb"] = nl.eb
+        traces[nl.name] = group
+    traces["loss"] = top.loss
+    old = os.environ.get(W.ENV_VAR)
+    os.environ[W.ENV_VAR] = str(directory)
+    try:
+        W.run_simulation(sim, "waves", traces=traces)
+    finally:
+        if old is None:
+            del os.environ[W.ENV_VAR]
+        else:
+            os.environ[W.ENV_VAR] = old
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+
+def expected_streams(prep):
+    """The words every monitored stream must carry, from the golden model's records."""
+    top, gold, network = prep["top"], prep["golden"], prep["network"]
+    exp = {}
+    for nl in top.layers:
+        n, g = nl.name, nl.geometry
+        post = list(nl.segment.post)
+        fi, fo, act, mask, arg, eout, ein = [], [], [], [], [], [], []
+        for r in gold.images:
+            fi += _pixels(r["act_in"][n])
+            act += _pixels(r["act_in"][n])
+            last = post[-1] if post else n
+            fo += _pixels(np.asarray(r["act"][last]).reshape(
+                (g.out_channels, g.out_height, g.out_width)))
+            for p in post:
+                kind = network.layer(p).kind
+                if kind == "relu":
+                    mask += _pixels(np.asarray(r["mask"][p]).astype(np.int64).reshape(
+                        (g.out_channels, g.conv_height, g.conv_width)))
+                else:
+                    arg += _pixels(r["argmax"][p])
+            eout += _pixels(np.asarray(r["err"][n]).reshape(
+                (g.out_channels, g.conv_height, g.conv_width)))
+            if nl.eb is not None:
+                ein += _pixels(np.asarray(r["err_in"][n]).reshape(
+                    (g.in_channels, g.height, g.width)))
+        exp[(n, "fp_i")], exp[(n, "fp_o")], exp[(n, "act")] = fi, fo, act
+        if nl.mask_fifo is not None:
+            exp[(n, "mask")] = mask
+        if nl.arg_fifo is not None:
+            exp[(n, "arg")] = arg
+        exp[(n, "e_out")] = eout
+        if nl.eb is not None:
+            exp[(n, "e_in")] = ein
+        grads, wrs = [], []
+        for avg in gold.avg_grads[n]:
+            sets = g.pack_weights(avg)
+            grads += [(a, [int(v) for v in sets[a].reshape(-1)]) for a in range(len(sets))]
+        for v in range(1, len(gold.versions[n])):
+            sets = g.pack_weights(gold.versions[n][v][1])
+            wrs += [(a, [int(v_) for v_ in sets[a].reshape(-1)]) for a in range(len(sets))]
+        exp[(n, "grad")], exp[(n, "wr")] = grads, wrs
+    exp[("loss", "o")] = [[int(v) for v in r["loss_error"]] for r in gold.images]
+    return exp
+
+
+def compare(prep, rec, final):
+    """List of mismatch descriptions (empty: bit-exact)."""
+    gold, top = prep["golden"], prep["top"]
+    bad = []
+    if "timeout" in final:
+        bad.append(f"simulation did not finish within {final['timeout']} cycles")
+    exp = expected_streams(prep)
+    for key, words in exp.items():
+        got = [w for _, w in rec[key]]
+        if got != words:
+            where = next((j for j, (a, b) in enumerate(zip(got, words)) if a != b),
+                         min(len(got), len(words)))
+            bad.append(f"{key[0]}.{key[1]}: {len(got)} words, expected {len(words)}; first "
+                       f"difference at word {where}")
+    for nl in top.layers:
+        n = nl.name
+        want = gold.versions[n][-1][0]
+        if not np.array_equal(final["masters"][n], want):
+            bad.append(f"{n}: master weights after the run differ from the golden model's")
+    ov = final["overflow"]
+    gov = gold.overflow
+    for nl in top.layers:
+        n = nl.name
+        for what in ("fp_out", "eb", "pg", "grad_acc", "grad_avg", "update"):
+            if (n, what) in ov and ov[(n, what)] != gov.get((n, what), 0):
+                bad.append(f"{n}: overflow count {what} {ov[(n, what)]} != golden "
+                           f"{gov.get((n, what), 0)}")
+        for what in ("fp_acc", "eb_acc", "pg_acc"):
+            if ov.get((n, what), 0) != 0 or gov.get((n, what), 0) != 0:
+                bad.append(f"{n}: accumulator saturated ({what})")
+        pools = [p for p in nl.segment.post if prep["network"].layer(p).kind == "maxpool"]
+        want = sum(gov.get((p, "maxpool_eb"), 0) for p in pools)
+        if ov[(n, "maxpool_eb")] != want:
+            bad.append(f"{n}: pool backward overflow count {ov[(n, 'maxpool_eb')]} != {want}")
+    if ov[("loss", "loss")] != gov.get(("loss", "loss"), 0):
+        bad.append(f"loss: overflow count {ov[('loss', 'loss')]} != golden "
+                   f"{gov.get(('loss', 'loss'), 0)}")
+    return bad
+
+
+# ---- figures ------------------------------------------------------------------------------------
+
+def figures(prep, rec, final):
+    top, plan = prep["top"], prep["plan"]
+    n_img = len(prep["y"])
+    node = plan.node_plans[0]
+    macs = sum(e.macs_per_image for s in node.segments for e in s.engines.values())
+    units = top.mac_units
+    ideal = macs / units
+    loss_t = [c for c, _ in rec[("loss", "o")]]
+    j1, j2 = n_img // 4, n_img - 1 - n_img // 4
+    if j2 <= j1:
+        j1, j2 = 0, n_img - 1
+    cpi = (loss_t[j2] - loss_t[j1]) / (j2 - j1) if j2 > j1 and len(loss_t) > j2 else None
+    first_out, last_in, util = {}, {}, {}
+    for nl in top.layers:
+        n, g = nl.name, nl.geometry
+        o = rec[(n, "fp_o")]
+        first_out[n] = o[0][0] if o else None
+        i = rec[(n, "fp_i")]
+        last_in[n] = i[g.pixels - 1][0] if len(i) >= g.pixels else None
+        if cpi is None:
+            continue
+        lo, hi = loss_t[j1], loss_t[j2]
+        span = hi - lo
+        u = {}
+        fp_busy = sum(1 for c, _ in rec[(n, "fp_busy")] if lo <= c < hi)
+        u["fp"] = fp_busy / span
+        if nl.eb is not None:
+            u["eb"] = sum(1 for c, _ in rec[(n, "eb_busy")] if lo <= c < hi) / span
+        pgb = [v for _, v in rec[("loss", "pg_busy")]]
+        k = top.layers.index(nl)
+        b1 = (pgb[j1] >> (32 * k)) & 0xFFFFFFFF
+        b2 = (pgb[j2] >> (32 * k)) & 0xFFFFFFFF
+        u["pg"] = (b2 - b1) / span
+        seg_cycles = nl.segment.engines["fp"].cycles_per_image
+        # the share of the period this layer's engines can be busy in the plan (its own
+        # cycles per image over the node's): utilisation relative to that bound
+        bound = seg_cycles / node.cycles_per_image
+        u["fp_of_plan_bound"] = u["fp"] / bound
+        util[n] = {k_: round(v, 4) for k_, v in u.items()}
+    cycles = final["cycles"]
+    return {
+        "cycles": cycles,
+        "cycles_per_image": round(cpi, 2) if cpi is not None else None,
+        "steady_state_images": [j1, j2],
+        "ideal_cycles_per_image": round(ideal, 2),
+        "ce_utilization": round(ideal / cpi, 4) if cpi else None,
+        "plan_cycles_per_image": node.cycles_per_image,
+        "mac_units": units,
+        "macs_per_image": macs,
+        "first_output_cycle": first_out,
+        "last_input_cycle": last_in,
+        "layer_utilization": util,
+        "loss_output_cycles": loss_t,
+        "wall_seconds": round(final["wall"], 2),
+        "cycles_per_second": round(cycles / final["wall"], 1) if final["wall"] else None,
+    }
+
+
+def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
+        stall=0.0, perturb=None):
+    """The whole flow; returns the result dict (the ``--json`` figures).
+
+    ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
+    (tests use it to show that the comparison can fail).
+    """
+    prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
+                   stall=stall)
+    if perturb is not None:
+        perturb(prep["golden"])
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    rec, final = simulate(prep, stall=stall, waves=out_dir if (waves and out_dir) else None)
+    bad = compare(prep, rec, final)
+    res = {"net": net, "board": board, "nodes": nodes, "images": images, "batch": batch,
+           "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
+           "mismatches": bad[:20], "lags": prep["top"].lags,
+           "updates": {nl.name: len(rec[(nl.name, "update_done")]) for nl in prep["top"].layers}}
+    res.update(figures(prep, rec, final))
+    if out_dir is not None:
+        _save(out_dir / "result.npz", prep, final)
+    res["_rec"], res["_final"], res["_prep"] = rec, final, prep
+    return res
+
+
+def _save(path, prep, final):
+    from sim.golden.layers import quantize_input
+    num = prep["plan"].numerics
+    scale = float(2 ** num.master.frac)
+    gold = prep["golden"]
+    arrays = {"inputs": np.asarray(prep["x"], dtype=np.float64),
+              "labels": np.asarray(prep["y"], dtype=np.int64),
+              "inputs_quantized": np.stack([
+                  quantize_input(np.asarray(x, dtype=np.float64).reshape(
+                      prep["network"].input_shape), num)[0] for x in prep["x"]])}
+    for nl in prep["top"].layers:
+        n = nl.name
+        arrays[f"weights_before/{n}"] = np.asarray(prep["init"][n], dtype=np.float64) / scale
+        arrays[f"weights_after/{n}"] = final["masters"][n].astype(np.float64) / scale
+        arrays[f"golden_weights_after/{n}"] = gold.versions[n][-1][0].astype(np.float64) / scale
+    np.savez(path, **arrays)
+
+
+def _public(res):
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sim.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--net", required=True)
+    ap.add_argument("--board", required=True)
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--images", type=int, required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=0.125)
+    ap.add_argument("--stall", type=float, default=0.0,
+                    help="probability of a host stall per word (images and labels)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--waves", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        res = run(args.net, args.board, nodes=args.nodes, images=args.images, batch=args.batch,
+                  seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    pub = _public(res)
+    if args.json:
+        print(json.dumps(pub, indent=1))
+    else:
+        print(f"{args.net} on {args.board}: {args.images} images, batch {args.batch}: "
+              f"bit_exact={pub['bit_exact']}, {pub['cycles']} cycles, "
+              f"{pub['cycles_per_image']} cycles/image (plan {pub['plan_cycles_per_image']}, "
+              f"ideal {pub['ideal_cycles_per_image']}), CE utilisation {pub['ce_utilization']}")
+        for b in pub["mismatches"]:
+            print("  mismatch:", b)
+    return 0 if pub["bit_exact"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
