@@ -412,12 +412,15 @@ class LinkTx(wiring.Component):
                     m.d.sync += totals[k].eq(totals[k] + self.credit_send.payload[k])
             dirty = Signal()
             interval = self._credit_interval
-            since = Signal(range(interval + 1), init=interval)
-            with m.If(since != interval):
-                m.d.sync += since.eq(since + 1)
+            ripe = Const(1)
+            if interval:
+                since = Signal(range(interval + 1), init=interval)
+                with m.If(since != interval):
+                    m.d.sync += since.eq(since + 1)
+                ripe = since == interval
             held = Signal()             # a header offered but not taken: keep the choice
             held_credit = Signal()
-            want = dirty & (since == interval) & (credit_turn | ~bank_full)
+            want = dirty & ripe & (credit_turn | ~bank_full)
             m.d.comb += sel_credit.eq(Mux(held, held_credit, want))
             top_c = (SYNC << 40) | (lc << 24) | (1 << 16)
             credit_header = Const((top_c << 16) | _crc16_serial(top_c), 64)
@@ -427,7 +430,8 @@ class LinkTx(wiring.Component):
             m.d.sync += dirty.eq((dirty & ~take_credit) | got)
             with m.If(take_credit):
                 m.d.sync += [s.eq(t) for s, t in zip(snap, totals)]
-                m.d.sync += since.eq(0)
+                if interval:
+                    m.d.sync += since.eq(0)
             with m.If(state == HEADER):
                 with m.If(self.o.valid & ~self.o.ready):
                     m.d.sync += [held.eq(1), held_credit.eq(sel_credit)]

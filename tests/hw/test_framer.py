@@ -537,6 +537,7 @@ def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, fli
         run.out = [[] for _ in streams]
         run.out_cycles = [[] for _ in streams]
         run.tx_wire, run.rx_wire, run.max_level = [], [], [0] * len(streams)
+        run.tx_cycles = []
         for k in range(len(streams)):
             source = stream_source(tx.inputs[k], items[k], rng=random.Random(rng.random()),
                                    p_stall=p_src)
@@ -566,6 +567,7 @@ def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, fli
                 run = res[key]
                 if iv and ir:
                     run.tx_wire.append(int(ip))
+                    run.tx_cycles.append(cycle)
                 if ov:
                     run.rx_wire.append(int(op))
                 levels = payload_to_python(levels)
@@ -596,12 +598,14 @@ DUPLEX_BA = [LinkStream(1, "errors", width=16, depth=9), LinkStream(3, "gradient
              LinkStream(6, "errors", width=8, depth=10), LinkStream(8, "gradients", depth=16)]
 
 
-def test_duplex_credit_frames():
+@pytest.mark.parametrize("credit_interval", [0, 12])
+def test_duplex_credit_frames(credit_interval):
     rng = random.Random(31)
     items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (50, 40, 15))]
     items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (30, 30, 30, 30, 30))]
     # Slow consumers (ready 10% of the time): the buffers fill and only credits hold them.
-    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.9, seed=5)
+    res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_sink=0.9, seed=5,
+                          credit_interval=credit_interval)
     full = 0
     for key, streams, rev, items in [("ab", DUPLEX_AB, DUPLEX_BA, items_ab),
                                      ("ba", DUPLEX_BA, DUPLEX_AB, items_ba)]:
@@ -618,6 +622,12 @@ def test_duplex_credit_frames():
         assert run.frames == sum(1 for sid, _ in schedule if sid is not None)
         # Credit totals only grow, and the last frame reports every word freed on the far side.
         totals = [t for sid, t in schedule if sid is None]
+        starts = [k for k, (sid, _) in enumerate(schedule) if sid is None]
+        if credit_interval:
+            pos = [run.tx_cycles[sum(2 + (golden.credit_words(len(rev)) if sid is None else x)
+                                     for sid, x in schedule[:k])] for k in starts]
+            assert all(b - a >= credit_interval for a, b in zip(pos, pos[1:]))
+            assert min(b - a for a, b in zip(pos, pos[1:])) < 2 * credit_interval
         assert totals and all(all(b >= a for a, b in zip(x, y))
                               for x, y in zip(totals, totals[1:]))
         other = items_ba if key == "ab" else items_ab
@@ -666,3 +676,9 @@ def test_lint_duplex(tmp_path):
                    "link_tx_credit", tmp_path)
     verilator_lint(LinkRx(DUPLEX_AB, max_payload=6, reverse=DUPLEX_BA), "link_rx_credit",
                    tmp_path)
+    # Five streams (round robin over a non-power-of-two count) and a single one-bit stream.
+    verilator_lint(LinkTx(DUPLEX_BA, max_payload=32, reverse=DUPLEX_AB), "link_tx5", tmp_path)
+    verilator_lint(LinkRx(DUPLEX_BA, max_payload=32), "link_rx5", tmp_path)
+    one = [LinkStream(9, width=1, depth=1)]
+    verilator_lint(LinkTx(one, max_payload=1, reverse=one), "link_tx1", tmp_path)
+    verilator_lint(LinkRx(one, max_payload=1, reverse=one), "link_rx1", tmp_path)
