@@ -682,3 +682,31 @@ def test_lint_duplex(tmp_path):
     one = [LinkStream(9, width=1, depth=1)]
     verilator_lint(LinkTx(one, max_payload=1, reverse=one), "link_tx1", tmp_path)
     verilator_lint(LinkRx(one, max_payload=1, reverse=one), "link_rx1", tmp_path)
+
+
+def test_on_serial_link_phy_model():
+    """The framer on the PHY black box's user interface (its simulation loopback model)."""
+    from amaranth.lib import wiring
+
+    from fpdeep_hw.link.transceiver import SerialLinkPHY
+
+    streams = [LinkStream(1, width=16, depth=12), LinkStream(2, width=64, depth=12)]
+    tx, rx = LinkTx(streams, max_payload=8), LinkRx(streams, max_payload=8)
+    phy = SerialLinkPHY(model_latency=6, model_depth=8, model_startup=10)
+    m = Module()
+    m.submodules.tx, m.submodules.rx, m.submodules.phy = tx, rx, phy
+    wiring.connect(m, tx.o, phy.tx)
+    wiring.connect(m, phy.rx, rx.i)
+    wiring.connect(m, rx.credit_o, tx.credit_i)
+    rng = random.Random(2)
+    items = [_items(s, 60, rng) for s in streams]
+    out = [[], []]
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    for k in range(2):
+        sim.add_testbench(stream_source(tx.inputs[k], items[k], rng=random.Random(k),
+                                        p_stall=0.3), background=True)
+        sim.add_testbench(stream_sink(rx.outputs[k], out[k], count=60, rng=random.Random(5 + k),
+                                      p_stall=0.5, max_cycles=10_000))
+    sim.run()
+    assert out == items
