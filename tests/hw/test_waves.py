@@ -1,7 +1,11 @@
 """Tests of :mod:`sim.waves`: waveform files on request, grouped by interface, zoomed to the run."""
 
 import math
+import shutil
+import subprocess
 import re
+
+import pytest
 
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
@@ -97,7 +101,7 @@ def test_waves_written_grouped_and_zoomed(monkeypatch, tmp_path, waves):
     zoom_lines = [line for line in gtkw if line.startswith("*")]
     assert len(zoom_lines) == 1
     zoom = float(zoom_lines[0][1:].split()[0])
-    visible = W.WAVE_PANE_WIDTH * 2.0 ** -zoom
+    visible = W.GTKWAVE_SPAN_UNITS * 2.0 ** -zoom
     assert end <= visible <= 1.1 * end
     assert f"[size] {W.WINDOW_SIZE[0]} {W.WINDOW_SIZE[1]}" in gtkw
     assert "[timestart] 0" in gtkw
@@ -106,7 +110,27 @@ def test_waves_written_grouped_and_zoomed(monkeypatch, tmp_path, waves):
 
 
 def test_zoom_formula():
-    assert math.isclose(W.WAVE_PANE_WIDTH * 2.0 ** -W.gtkw_zoom(10**9), 1.02e9)
+    assert math.isclose(W.GTKWAVE_SPAN_UNITS * 2.0 ** -W.gtkw_zoom(10**9), 1.02e9)
+
+
+@pytest.mark.skipif(not (shutil.which("gtkwave") and shutil.which("xvfb-run")),
+                    reason="needs GTKWave and Xvfb (apt-get install gtkwave xvfb)")
+def test_gtkwave_opens_on_the_whole_run(monkeypatch, tmp_path):
+    """Open the save file in a real GTKWave (headless) and ask it what time window it shows."""
+    monkeypatch.setenv(W.ENV_VAR, str(tmp_path))
+    _simulate("gtkwave_window", n=120)
+    stamps = [int(x) for x in re.findall(r"^#(\d+)$", (tmp_path / "gtkwave_window.vcd").read_text(),
+                                          flags=re.M)]
+    script = tmp_path / "q.tcl"
+    script.write_text("set e [gtkwave::getWindowEndTime]\nputs \"WINDOW_END $e\"\n"
+                      "gtkwave::/File/Quit\n")
+    r = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x900x24", "gtkwave", "-S",
+                        str(script), str(tmp_path / "gtkwave_window.gtkw")],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r"WINDOW_END (\d+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    shown = int(m.group(1))
+    assert stamps[-1] <= shown <= 1.15 * stamps[-1]
 
 
 def test_group_traces_of_plain_values_and_dicts():
