@@ -406,7 +406,6 @@ class _Context:
     def _shrink(self, seg, borrowed):
         seg.weights_borrowed = borrowed
         local = seg.weights - borrowed
-        w = self.works[seg.index]
         b18, depth = _bram18_for(local, self.num.weight.width, seg.lpram.banks)
         seg.lpram = MemoryPlan(words=local, width=seg.lpram.width, banks=seg.lpram.banks,
                                depth=depth, bram18=b18)
@@ -415,8 +414,6 @@ class _Context:
             b18 = 0
         seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
                              depth=depth, bram18=b18, offchip_words=local if b18 == 0 else 0)
-        # borrowed weights arrive as a stream: a double buffer of one weight set per lane
-        _ = w
 
     def place_act_ram(self):
         """Act-RAM on chip where BRAM is left, the rest in off-chip memory."""
@@ -427,7 +424,6 @@ class _Context:
                 a = seg.act_ram
                 need = -(-a.words * a.width // (costs.FIFO_BITS_PER_BRAM36 // 2))
                 w = self.works[seg.index]
-                img_words = a.words / max(seg.act_ram_images, 1e-9)
                 if need <= room:
                     seg.act_ram = MemoryPlan(words=a.words, width=a.width, banks=1,
                                              depth=a.words, bram18=need)
@@ -439,7 +435,6 @@ class _Context:
                     per_image = nin * w.in_hw[0] * w.in_hw[1]
                     self.offchip_bits[k] += 2 * per_image * a.width
                     self.offchip_bytes[k] += a.words * a.width / 8
-                _ = img_words
 
     # -- traffic ---------------------------------------------------------------------------------
     def traffic(self):
