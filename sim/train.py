@@ -117,7 +117,7 @@ def _check_args(net, board, nodes, images, batch, seed, lr, stall):
     return network, brd
 
 
-def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0):
+def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1):
     """Map, build the node, make the data and train the golden model (no simulation yet).
 
     Returns a dict with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``,
@@ -134,7 +134,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0):
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
-        top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch)
+        top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
+                      fifo_images=fifo_images)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init)
@@ -424,42 +425,49 @@ def figures(prep, rec, final):
     units = top.mac_units
     ideal = macs / units
     loss_t = [c for c, _ in rec[("loss", "o")]]
+    # steady state: the spacing of loss outputs in the middle of the run (images j1 .. j2);
+    # the median skips the mini-batch boundaries, where FP and EB wait for the update
     j1, j2 = n_img // 4, n_img - 1 - n_img // 4
     if j2 <= j1:
         j1, j2 = 0, n_img - 1
-    cpi = (loss_t[j2] - loss_t[j1]) / (j2 - j1) if j2 > j1 and len(loss_t) > j2 else None
+    cpi = mean = None
+    win = None
+    if j2 > j1 and len(loss_t) > j2:
+        diffs = [loss_t[j + 1] - loss_t[j] for j in range(j1, j2)]
+        cpi = float(np.median(diffs))
+        mean = (loss_t[j2] - loss_t[j1]) / (j2 - j1)
+        j = j1 + min(range(len(diffs)), key=lambda q: (abs(diffs[q] - cpi), q))
+        win = (j, j + 1)
     first_out, last_in, util = {}, {}, {}
-    for nl in top.layers:
+    for k, nl in enumerate(top.layers):
         n, g = nl.name, nl.geometry
         o = rec[(n, "fp_o")]
         first_out[n] = o[0][0] if o else None
         i = rec[(n, "fp_i")]
         last_in[n] = i[g.pixels - 1][0] if len(i) >= g.pixels else None
-        if cpi is None:
+        if win is None:
             continue
-        lo, hi = loss_t[j1], loss_t[j2]
+        lo, hi = loss_t[win[0]], loss_t[win[1]]
         span = hi - lo
-        u = {}
-        fp_busy = sum(1 for c, _ in rec[(n, "fp_busy")] if lo <= c < hi)
-        u["fp"] = fp_busy / span
+        u = {"fp": sum(1 for c, _ in rec[(n, "fp_busy")] if lo <= c < hi) / span}
         if nl.eb is not None:
             u["eb"] = sum(1 for c, _ in rec[(n, "eb_busy")] if lo <= c < hi) / span
         pgb = [v for _, v in rec[("loss", "pg_busy")]]
-        k = top.layers.index(nl)
-        b1 = (pgb[j1] >> (32 * k)) & 0xFFFFFFFF
-        b2 = (pgb[j2] >> (32 * k)) & 0xFFFFFFFF
+        b1 = (pgb[win[0]] >> (32 * k)) & 0xFFFFFFFF
+        b2 = (pgb[win[1]] >> (32 * k)) & 0xFFFFFFFF
         u["pg"] = (b2 - b1) / span
-        seg_cycles = nl.segment.engines["fp"].cycles_per_image
-        # the share of the period this layer's engines can be busy in the plan (its own
-        # cycles per image over the node's): utilisation relative to that bound
-        bound = seg_cycles / node.cycles_per_image
+        # the share of the period the plan lets this layer's engines be busy (its own cycles
+        # per image over the node's); utilisation relative to that bound
+        bound = nl.segment.engines["fp"].cycles_per_image / node.cycles_per_image
         u["fp_of_plan_bound"] = u["fp"] / bound
         util[n] = {k_: round(v, 4) for k_, v in u.items()}
     cycles = final["cycles"]
     return {
         "cycles": cycles,
         "cycles_per_image": round(cpi, 2) if cpi is not None else None,
+        "cycles_per_image_with_updates": round(mean, 2) if mean is not None else None,
         "steady_state_images": [j1, j2],
+        "utilization_window": [loss_t[win[0]], loss_t[win[1]]] if win else None,
         "ideal_cycles_per_image": round(ideal, 2),
         "ce_utilization": round(ideal / cpi, 4) if cpi else None,
         "plan_cycles_per_image": node.cycles_per_image,
@@ -475,14 +483,14 @@ def figures(prep, rec, final):
 
 
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
-        stall=0.0, perturb=None):
+        stall=0.0, perturb=None, fifo_images=1):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
     (tests use it to show that the comparison can fail).
     """
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
-                   stall=stall)
+                   stall=stall, fifo_images=fifo_images)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None

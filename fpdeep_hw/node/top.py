@@ -128,7 +128,7 @@ class NodeTop(wiring.Component):
         ``{layer: D_l}``.
     """
 
-    def __init__(self, plan, node, network, *, lr, init_master, batch=None):
+    def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -142,6 +142,10 @@ class NodeTop(wiring.Component):
                              f"not {node!r}")
         if batch is None:
             batch = plan.batch
+        if isinstance(fifo_images, bool) or not isinstance(fifo_images, int) or fifo_images < 0:
+            raise ValueError(f"NodeTop fifo_images must be a non-negative integer, not "
+                             f"{fifo_images!r}")
+        self.fifo_images = fifo_images
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
@@ -241,6 +245,23 @@ class NodeTop(wiring.Component):
             total += arrays * nl.geometry.p * nl.geometry.s * k2
         return total
 
+    @staticmethod
+    def _fifo(m, name, src, dst, depth):
+        """``src -> SyncFIFOBuffered(depth) -> dst`` (payloads as bits; 0: a direct connection)."""
+        if depth == 0:
+            wiring.connect(m, src, dst)
+            return
+        fifo = SyncFIFOBuffered(width=len(src.payload.as_value()), depth=depth)
+        m.submodules[name] = fifo
+        m.d.comb += [
+            fifo.w_stream.valid.eq(src.valid),
+            fifo.w_stream.payload.eq(src.payload.as_value()),
+            src.ready.eq(fifo.w_stream.ready),
+            dst.valid.eq(fifo.r_stream.valid),
+            dst.payload.eq(fifo.r_stream.payload),
+            fifo.r_stream.ready.eq(dst.ready),
+        ]
+
     def elaborate(self, platform):
         m = Module()
         L = self.layers
@@ -268,8 +289,10 @@ class NodeTop(wiring.Component):
             if eb is not None:
                 m.submodules[f"{n}_eb"] = eb
             # forward chain
+            g = nl.geometry
+            conv_px, out_px = g.conv_height * g.conv_width, g.out_height * g.out_width
             if k + 1 < len(L):
-                wiring.connect(m, fp.o, L[k + 1].fp.i)
+                self._fifo(m, f"{n}_fwd", fp.o, L[k + 1].fp.i, self.fifo_images * out_px)
             else:
                 wiring.connect(m, fp.o, self.loss.z)
             wiring.connect(m, fp.act, act.i)
@@ -289,11 +312,12 @@ class NodeTop(wiring.Component):
                 ]
             # backward chain
             if eb is not None:
-                wiring.connect(m, bp.o, eb.i)
-                wiring.connect(m, eb.o, L[k - 1].bp.i)
+                self._fifo(m, f"{n}_eout_eb", bp.o, eb.i, self.fifo_images * conv_px)
+                self._fifo(m, f"{n}_ein", eb.o, L[k - 1].bp.i, self.fifo_images * g.pixels)
+                self._fifo(m, f"{n}_eout_pg", bp.pg, pg.e, self.fifo_images * conv_px)
             else:
                 m.d.comb += bp.o.ready.eq(1)       # the first layer's E_out feeds PG only
-            wiring.connect(m, bp.pg, pg.e)
+                wiring.connect(m, bp.pg, pg.e)
             wiring.connect(m, pg.grad, upd.grad)
             # the update's write stream goes to both LPRAM copies (both always ready)
             targets = [fp.wr] + ([eb.wr] if eb is not None else [])

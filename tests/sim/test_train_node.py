@@ -1,0 +1,161 @@
+# amaranth: UnusedElaboratable=no
+"""Whole-node training in simulation (:mod:`fpdeep_hw.node.top`, ``python -m sim.train``)
+against the golden model (:class:`sim.golden.train.GoldenTrainer`).
+
+The default run trains ``tiny`` on one ``sim-node`` for two mini-batches (4 images, batch 2)
+and requires every activation, mask, argmax, loss error, layer error, averaged gradient, weight
+version, final master weight and overflow count to equal the golden model's; it also checks the
+fine-grained pipeline (layer 2 starts before layer 1 has taken all of image 0), the saved
+result file and that the comparison does fail when one golden weight or one RTL word is changed.
+``-m slow``: ``digits``, the CLI with waves and host stalls, and the steady-state utilisation.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from fpdeep_hw.node.top import NodeTop
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim import train
+from sim.golden.train import init_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    res = train.run("tiny", "sim-node", images=4, batch=2, seed=0, out=out)
+    return res, out
+
+
+@pytest.mark.timeout(600)
+def test_tiny_bit_exact(tiny_run):
+    res, out = tiny_run
+    assert res["mismatches"] == []
+    assert res["bit_exact"] is True
+    assert res["updates"] == {"conv1": 2, "conv2": 2, "conv3": 2, "fc4": 2}
+    # the fine-grained pipeline: conv2's first output before conv1 took image 0's last pixel,
+    # and every layer starts image 0 before the layer below has finished it
+    first, last = res["first_output_cycle"], res["last_input_cycle"]
+    assert first["conv2"] < last["conv1"]
+    assert first["conv1"] < last["conv1"] and first["conv3"] < last["conv2"]
+    # figures present and consistent
+    assert res["ideal_cycles_per_image"] == pytest.approx(
+        res["macs_per_image"] / res["mac_units"], abs=0.01)
+    assert res["mac_units"] == 105           # the plan's DSPs of the node
+    assert res["ce_utilization"] == pytest.approx(
+        res["ideal_cycles_per_image"] / res["cycles_per_image"], abs=1e-3)
+    assert res["plan_cycles_per_image"] == 1024
+    assert res["cycles_per_image"] >= 1024
+    # result file: weights before / after, golden after, equal after
+    z = np.load(out / "result.npz")
+    assert z["inputs"].shape == (4, 3, 8, 8) and z["labels"].shape == (4,)
+    for layer in ("conv1", "conv2", "conv3", "fc4"):
+        assert np.array_equal(z[f"weights_after/{layer}"], z[f"golden_weights_after/{layer}"])
+        assert not np.array_equal(z[f"weights_after/{layer}"], z[f"weights_before/{layer}"])
+
+
+@pytest.mark.timeout(600)
+def test_comparison_can_fail(tiny_run):
+    """The same simulation records against a golden model with one weight changed (and against
+    one changed RTL word): not bit-exact."""
+    res, _ = tiny_run
+    prep, rec, final = res["_prep"], res["_rec"], res["_final"]
+    assert train.compare(prep, rec, final) == []
+    gold = prep["golden"]
+    master, working = gold.versions["conv2"][1]
+    saved = working.copy()
+    working[0, 0, 1, 1] += 1
+    bad = train.compare(prep, rec, final)
+    assert bad and any("conv2.wr" in b for b in bad)
+    working[...] = saved
+    saved = gold.versions["fc4"][-1][0].copy()
+    gold.versions["fc4"][-1][0][3, 5] -= 1
+    assert any("fc4: master" in b for b in train.compare(prep, rec, final))
+    gold.versions["fc4"][-1][0][...] = saved
+    cyc, word = rec[("conv3", "e_in")][5]
+    rec[("conv3", "e_in")][5] = (cyc, [word[0] ^ 1] + word[1:])
+    assert any("conv3.e_in" in b for b in train.compare(prep, rec, final))
+    rec[("conv3", "e_in")][5] = (cyc, word)
+    assert train.compare(prep, rec, final) == []
+
+
+def test_cli_errors(tmp_path, capsys):
+    cases = [
+        (["--nodes", "2"], "multi-node co-simulation is not implemented yet"),
+        (["--net", "nosuchnet"], "--net nosuchnet"),
+        (["--board", "nosuchboard"], "--board nosuchboard"),
+        (["--images", "0"], "--images must be a positive integer, not 0"),
+        (["--batch", "0"], "--batch must be a positive integer, not 0"),
+        (["--lr", "2"], "--lr must be in"),
+    ]
+    for k, (extra, msg) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        args = {"--net": "tiny", "--board": "sim-node", "--nodes": "1", "--images": "2",
+                "--batch": "1", "--seed": "0", "--out": str(out)}
+        for a, v in zip(extra[::2], extra[1::2]):
+            args[a] = v
+        argv = [x for kv in args.items() for x in kv] + ["--json"]
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and msg in err, err
+        assert not out.exists()
+
+
+def test_node_top_rejects():
+    network = load_network("tiny")
+    plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    init = init_weights(network, 0, plan.numerics)
+    with pytest.raises(ValueError, match=r"^NodeTop: no initial weights for layer 'conv1'$"):
+        NodeTop(plan, 0, network, lr=0.125, init_master={})
+    with pytest.raises(ValueError, match=r"^NodeTop node must be an integer in 0\.\.0, not 1$"):
+        NodeTop(plan, 1, network, lr=0.125, init_master=init)
+    with pytest.raises(ValueError, match=r"^NodeTop: the plan is for network 'tiny', not "
+                                         r"'digits'$"):
+        NodeTop(plan, 0, load_network("digits"), lr=0.125, init_master=init)
+    plan2 = map_network(network, load_board("sim-node"), 2, batch=2, max_row_lanes=1)
+    with pytest.raises(ValueError, match=r"^NodeTop: "):
+        NodeTop(plan2, 0, network, lr=0.125, init_master=init)
+    # an Act-RAM too small for the lag
+    import dataclasses
+    seg = plan.node_plans[0].segments[0]
+    small = dataclasses.replace(seg, act_ram=dataclasses.replace(seg.act_ram, words=3 * 64 * 3))
+    np0 = dataclasses.replace(plan.node_plans[0],
+                              segments=[small] + list(plan.node_plans[0].segments[1:]))
+    bad = dataclasses.replace(plan, node_plans=[np0])
+    with pytest.raises(ValueError, match=r"^NodeTop: the Act-RAM of 'conv1' \(576 words = 192 "
+                                         r"pixels of 3 lanes\) cannot hold the lag of 4 images "
+                                         r"of 64 pixels$"):
+        NodeTop(bad, 0, network, lr=0.125, init_master=init)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_digits_bit_exact(tmp_path):
+    res = train.run("digits", "sim-node", images=4, batch=2, seed=1, out=tmp_path)
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    assert res["data"] in ("digits", "synthetic")
+    assert res["updates"] == {"conv1": 2, "conv2": 2, "fc3": 2}
+    assert res["first_output_cycle"]["conv2"] < res["last_input_cycle"]["conv1"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_cli_json_waves_stalls(tmp_path, capsys):
+    """The CLI with waves and random host stalls (2 images, batch 1: two updates)."""
+    argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "2",
+            "--batch", "1", "--seed", "3", "--out", str(tmp_path), "--waves", "--json",
+            "--stall", "0.3"]
+    assert train.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("bit_exact", "cycles", "cycles_per_image", "ideal_cycles_per_image",
+                "ce_utilization", "first_output_cycle", "last_input_cycle",
+                "plan_cycles_per_image"):
+        assert key in res
+    assert res["bit_exact"] is True
+    assert (tmp_path / "waves.vcd").stat().st_size > 0
+    gtkw = (tmp_path / "waves.gtkw").read_text()
+    assert "conv2" in gtkw and "fp" in gtkw
+    assert (tmp_path / "result.npz").exists()
