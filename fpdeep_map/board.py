@@ -12,12 +12,11 @@ Board, load_board, parse_board, board_names, BRAM36_BITS
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 
 
-from .errors import FpdeepError, load_yaml
+from .errors import FpdeepError, load_yaml, read_shipped_or_file
 
 __all__ = ["Board", "load_board", "parse_board", "board_names", "board_path", "BRAM36_BITS"]
 
@@ -255,25 +254,6 @@ def board_path(name: str) -> str:
 
 def load_board(name_or_path) -> Board:
     """Load a shipped board by name (``vc709``, ``kcu105``, ...) or a ``.yaml`` file by path."""
-    arg = os.fspath(name_or_path)
-    names = board_names()
-    if arg in names:
-        text = (_boards_dir() / f"{arg}.yaml").read_text(encoding="utf-8")
-        return parse_board(text, file=board_path(arg), source=board_path(arg), default_name=arg)
-    if os.path.isfile(arg):
-        try:
-            with open(arg, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise FpdeepError(arg, "file", arg, f"cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise FpdeepError(arg, "file", arg, "not a UTF-8 text file") from None
-        stem = os.path.splitext(os.path.basename(arg))[0]
-        return parse_board(text, file=arg, source=arg, default_name=stem)
-    if os.path.isdir(arg):
-        raise FpdeepError(arg, "file", arg, "is a directory, not a board file")
-    if os.sep in arg or "/" in arg or arg.endswith((".yaml", ".yml")):
-        raise FpdeepError(arg, "file", arg, "no such file")
-    raise FpdeepError(arg, "board", arg,
-                      f"unknown board: neither a board name ({', '.join(names)}) "
-                      "nor a .yaml file")
+    text, file, name = read_shipped_or_file(name_or_path, _boards_dir(), board_names(), "board",
+                                            board_path)
+    return parse_board(text, file=file, source=file, default_name=name)

@@ -112,3 +112,33 @@ def load_yaml(text: str, file):
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise yaml_error(e, text, file) from None
+
+
+def read_shipped_or_file(arg, shipped_dir, names, kind, shipped_file):
+    """Text of a shipped description (``arg`` in ``names``) or of the YAML file ``arg``.
+
+    Returns ``(text, file, default_name)``: ``file`` names it in error messages
+    (``shipped_file(name)`` for a shipped one), ``default_name`` is the name or the file's stem.
+    ``kind`` ("network", "board") words the errors.
+    """
+    import os
+
+    arg = os.fspath(arg)
+    if arg in names:
+        return (shipped_dir / f"{arg}.yaml").read_text(encoding="utf-8"), shipped_file(arg), arg
+    if os.path.isfile(arg):
+        try:
+            with open(arg, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise FpdeepError(arg, "file", arg, f"cannot read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise FpdeepError(arg, "file", arg, "not a UTF-8 text file") from None
+        return text, arg, os.path.splitext(os.path.basename(arg))[0]
+    if os.path.isdir(arg):
+        raise FpdeepError(arg, "file", arg, f"is a directory, not a {kind} file")
+    if os.sep in arg or "/" in arg or arg.endswith((".yaml", ".yml")):
+        raise FpdeepError(arg, "file", arg, "no such file")
+    shipped = "zoo name" if kind == "network" else "board name"
+    raise FpdeepError(arg, kind, arg,
+                      f"unknown {kind}: neither a {shipped} ({', '.join(names)}) nor a .yaml file")

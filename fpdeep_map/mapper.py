@@ -27,7 +27,7 @@ from .board import Board
 from .errors import FpdeepError
 from .network import Network
 from .numerics import NumericsConfig
-from .partition import PHASES, PartitionError, Work, partition
+from .partition import PartitionError, Work, partition
 from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan,
                    StreamPlan)
 

@@ -23,14 +23,13 @@ LOSSES
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import yaml
 
-from .errors import FpdeepError, load_yaml
+from .errors import FpdeepError, load_yaml, read_shipped_or_file
 
 __all__ = [
     "Layer", "Network", "load_network", "parse_network", "zoo_names", "zoo_path",
@@ -681,25 +680,7 @@ def zoo_path(name: str) -> str:
 
 def load_network(name_or_path) -> Network:
     """Load a zoo network by name (``alexnet``, ``vgg16``, ...) or a ``.yaml`` file by path."""
-    arg = os.fspath(name_or_path)
-    names = zoo_names()
-    if arg in names:
-        text = (_zoo_dir() / f"{arg}.yaml").read_text(encoding="utf-8")
-        return parse_network(text, file=zoo_path(arg), source=f"zoo:{arg}", default_name=arg)
-    if os.path.isfile(arg):
-        try:
-            with open(arg, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise FpdeepError(arg, "file", arg, f"cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise FpdeepError(arg, "file", arg, "not a UTF-8 text file") from None
-        stem = os.path.splitext(os.path.basename(arg))[0]
-        return parse_network(text, file=arg, source=arg, default_name=stem)
-    if os.path.isdir(arg):
-        raise FpdeepError(arg, "file", arg, "is a directory, not a network file")
-    if os.sep in arg or "/" in arg or arg.endswith((".yaml", ".yml")):
-        raise FpdeepError(arg, "file", arg, "no such file")
-    raise FpdeepError(arg, "network", arg,
-                      f"unknown network: neither a zoo name ({', '.join(names)}) "
-                      "nor a .yaml file")
+    text, file, name = read_shipped_or_file(name_or_path, _zoo_dir(), zoo_names(), "network",
+                                            zoo_path)
+    source = f"zoo:{name}" if file == zoo_path(name) else file
+    return parse_network(text, file=file, source=source, default_name=name)
