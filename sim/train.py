@@ -438,12 +438,13 @@ def figures(prep, rec, final):
         mean = (loss_t[j2] - loss_t[j1]) / (j2 - j1)
         j = j1 + min(range(len(diffs)), key=lambda q: (abs(diffs[q] - cpi), q))
         win = (j, j + 1)
-    first_out, last_in, util = {}, {}, {}
+    first_out, first_in, last_in, util = {}, {}, {}, {}
     for k, nl in enumerate(top.layers):
         n, g = nl.name, nl.geometry
         o = rec[(n, "fp_o")]
         first_out[n] = o[0][0] if o else None
         i = rec[(n, "fp_i")]
+        first_in[n] = i[0][0] if i else None
         last_in[n] = i[g.pixels - 1][0] if len(i) >= g.pixels else None
         if win is None:
             continue
@@ -458,8 +459,9 @@ def figures(prep, rec, final):
         u["pg"] = (b2 - b1) / span
         # the share of the period the plan lets this layer's engines be busy (its own cycles
         # per image over the node's); utilisation relative to that bound
-        bound = nl.segment.engines["fp"].cycles_per_image / node.cycles_per_image
-        u["fp_of_plan_bound"] = u["fp"] / bound
+        for ph in [q for q in ("fp", "eb", "pg") if q in u]:
+            bound = nl.segment.engines[ph].cycles_per_image / node.cycles_per_image
+            u[f"{ph}_of_plan_bound"] = u[ph] / bound
         util[n] = {k_: round(v, 4) for k_, v in u.items()}
     cycles = final["cycles"]
     return {
@@ -474,6 +476,7 @@ def figures(prep, rec, final):
         "mac_units": units,
         "macs_per_image": macs,
         "first_output_cycle": first_out,
+        "first_input_cycle": first_in,
         "last_input_cycle": last_in,
         "layer_utilization": util,
         "loss_output_cycles": loss_t,
