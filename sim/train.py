@@ -146,7 +146,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
 
 def _probes(top):
     """(key, xfer expression, payload value, decode) for every monitored stream and strobe."""
-    from amaranth.hdl import Cat, Const, Value
+    from amaranth.hdl import Const, Value
     num = top.numerics
     aw, ew, gw, ww = (num.activation.width, num.error.width, num.gradient.width,
                       num.weight.width)
@@ -189,8 +189,6 @@ def _probes(top):
         probes.append(((n, "pg_done"), nl.pg.pg_done, Value.cast(nl.pg.busy_cycles), None))
         probes.append(((n, "update_done"), nl.update.done, Const(0, 1), None))
     stream_probe(("loss", "o"), top.loss.o, vec(ew, top.loss.classes))
-    probes.append((("loss", "pg_busy"), top.loss.o.valid & top.loss.o.ready,
-                   Cat(*[nl.pg.busy_cycles for nl in top.layers]), None))
     return probes
 
 
@@ -431,35 +429,32 @@ def figures(prep, rec, final):
     if j2 <= j1:
         j1, j2 = 0, n_img - 1
     cpi = mean = None
-    win = None
     if j2 > j1 and len(loss_t) > j2:
         diffs = [loss_t[j + 1] - loss_t[j] for j in range(j1, j2)]
         cpi = float(np.median(diffs))
         mean = (loss_t[j2] - loss_t[j1]) / (j2 - j1)
-        j = j1 + min(range(len(diffs)), key=lambda q: (abs(diffs[q] - cpi), q))
-        win = (j, j + 1)
     first_out, first_in, last_in, util = {}, {}, {}, {}
-    for k, nl in enumerate(top.layers):
+    for nl in top.layers:
         n, g = nl.name, nl.geometry
         o = rec[(n, "fp_o")]
         first_out[n] = o[0][0] if o else None
         i = rec[(n, "fp_i")]
         first_in[n] = i[0][0] if i else None
         last_in[n] = i[g.pixels - 1][0] if len(i) >= g.pixels else None
-        if win is None:
+        if cpi is None:
             continue
-        lo, hi = loss_t[win[0]], loss_t[win[1]]
-        span = hi - lo
-        u = {"fp": sum(1 for c, _ in rec[(n, "fp_busy")] if lo <= c < hi) / span}
+        # CE words per image of each engine array (all its busy cycles over the run / images)
+        # over the steady-state period: the utilisation while the node runs at that period
+        busy = {"fp": len(rec[(n, "fp_busy")])}
         if nl.eb is not None:
-            u["eb"] = sum(1 for c, _ in rec[(n, "eb_busy")] if lo <= c < hi) / span
-        pgb = [v for _, v in rec[("loss", "pg_busy")]]
-        b1 = (pgb[win[0]] >> (32 * k)) & 0xFFFFFFFF
-        b2 = (pgb[win[1]] >> (32 * k)) & 0xFFFFFFFF
-        u["pg"] = (b2 - b1) / span
-        # the share of the period the plan lets this layer's engines be busy (its own cycles
-        # per image over the node's); utilisation relative to that bound
-        for ph in [q for q in ("fp", "eb", "pg") if q in u]:
+            busy["eb"] = len(rec[(n, "eb_busy")])
+        pgd = rec[(n, "pg_done")]
+        busy["pg"] = pgd[-1][1] if pgd else 0
+        u = {}
+        for ph, b_ in busy.items():
+            u[ph] = b_ / n_img / cpi
+            # the share of the period the plan lets this array be busy (its cycles per image
+            # over the node's); the utilisation relative to that bound
             bound = nl.segment.engines[ph].cycles_per_image / node.cycles_per_image
             u[f"{ph}_of_plan_bound"] = u[ph] / bound
         util[n] = {k_: round(v, 4) for k_, v in u.items()}
@@ -469,7 +464,6 @@ def figures(prep, rec, final):
         "cycles_per_image": round(cpi, 2) if cpi is not None else None,
         "cycles_per_image_with_updates": round(mean, 2) if mean is not None else None,
         "steady_state_images": [j1, j2],
-        "utilization_window": [loss_t[win[0]], loss_t[win[1]]] if win else None,
         "ideal_cycles_per_image": round(ideal, 2),
         "ce_utilization": round(ideal / cpi, 4) if cpi else None,
         "plan_cycles_per_image": node.cycles_per_image,
