@@ -486,13 +486,18 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
     (tests use it to show that the comparison can fail).
     """
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise TrainError(f"--out {out}: exists and is not a directory")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"--out {out}: {e.strerror or e}") from None
     rec, final = simulate(prep, stall=stall, waves=out_dir if (waves and out_dir) else None)
     bad = compare(prep, rec, final)
     res = {"net": net, "board": board, "nodes": nodes, "images": images, "batch": batch,
@@ -528,8 +533,14 @@ def _public(res):
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sim.train", description=__doc__.split("\n")[0])
+    ap = _Parser(prog="python -m sim.train", description=__doc__.split("\n")[0])
     ap.add_argument("--net", required=True)
     ap.add_argument("--board", required=True)
     ap.add_argument("--nodes", type=int, default=1)

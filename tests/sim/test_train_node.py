@@ -102,6 +102,17 @@ def test_cli_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and msg in err, err
         assert not out.exists()
+    # a missing option, and an output path that is a file
+    assert_one_line = lambda: capsys.readouterr().err.count("\n") == 1  # noqa: E731
+    with pytest.raises(SystemExit) as e:
+        train.main(["--net", "tiny"])
+    assert e.value.code == 2 and assert_one_line()
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert train.main(["--net", "tiny", "--board", "sim-node", "--images", "2", "--batch", "1",
+                       "--out", str(f)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert f.read_text() == "x"
 
 
 def test_node_top_rejects():
