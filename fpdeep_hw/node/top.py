@@ -107,6 +107,10 @@ class NodeTop(wiring.Component):
         model's ``weight_shape``), e.g. :func:`sim.golden.train.init_weights`.
     batch : int, optional
         Mini-batch size; default ``plan.batch``.
+    fifo_images : int, optional
+        Depth, in images, of the decoupling FIFOs between FP layers, on both BPFront outputs
+        and after each EB (default 1; 0 connects the modules directly, which costs throughput:
+        ``docs/hw-node.md``, "Node top").
 
     Members
     -------
