@@ -41,6 +41,12 @@ def test_tiny_bit_exact(tiny_run):
     first, last = res["first_output_cycle"], res["last_input_cycle"]
     assert first["conv2"] < last["conv1"]
     assert first["conv1"] < last["conv1"] and first["conv3"] < last["conv2"]
+    # inside the node the modules keep their published latencies: conv1 (no stalls on image 0)
+    # and the loss unit, to the cycle
+    top = res["_prep"]["top"]
+    assert first["conv1"] - res["first_input_cycle"]["conv1"] == top.layers[0].fp.latency == 36
+    loss_first = res["loss_output_cycles"][0]
+    assert loss_first - first["fc4"] == top.loss.latency == 202
     # figures present and consistent
     assert res["ideal_cycles_per_image"] == pytest.approx(
         res["macs_per_image"] / res["mac_units"], abs=0.01)
