@@ -89,6 +89,9 @@ def build_parser():
                         help="layers with fewer input channels per group use output-channel partition")
         sp.add_argument("--max-row-lanes", type=_int_at_least("--max-row-lanes", 1), default=8,
                         help="most output rows an engine computes side by side (default 8)")
+        sp.add_argument("--split", choices=("channels", "layers"), default="channels",
+                        help="channels: cut inside layers (FPDeep, default); layers: whole layers "
+                             "per FPGA (the layer-granular baseline as a plan)")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib)")
 
@@ -191,7 +194,7 @@ def main(argv=None):
         _plot_check(args.plot)
     net, board = _load(args)
     kw = dict(topology=args.topology, batch=args.batch, ocp_threshold=args.ocp_threshold,
-              max_row_lanes=args.max_row_lanes)
+              max_row_lanes=args.max_row_lanes, split=args.split)
     if args.command == "plan":
         plan = map_network(net, board, args.nodes, **kw)
         # everything is computed before anything is written

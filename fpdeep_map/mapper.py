@@ -37,7 +37,8 @@ TOPOLOGIES = ("chain", "ring", "mesh")
 
 # ---- 1. the work line ---------------------------------------------------------------------------
 
-def build_works(net: Network, ocp_threshold: int = 16, max_row_lanes: int = 8):
+def build_works(net: Network, ocp_threshold: int = 16, max_row_lanes: int = 8,
+                whole_layers: bool = False):
     works = []
     for i, layer in enumerate(net.compute_layers()):
         if layer.kind == "conv":
@@ -52,7 +53,8 @@ def build_works(net: Network, ocp_threshold: int = 16, max_row_lanes: int = 8):
         macs = {"fp": layer.fp_macs, "eb": net.eb_macs(layer), "pg": layer.pg_macs}
         works.append(Work(index=i, name=layer.name, kind=layer.kind, split=split, cin=cin,
                           cout=cout, groups=groups, k=k, stride=stride, in_hw=(h, w),
-                          out_hw=(ho, wo), macs=macs, max_x=max_row_lanes))
+                          out_hw=(ho, wo), macs=macs, max_x=max_row_lanes,
+                          whole=whole_layers))
     return works
 
 
@@ -145,7 +147,8 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
                 batch: int = 128, numerics: NumericsConfig | None = None, ocp_threshold: int = 16,
                 dsp_budget: float = costs.DSP_BUDGET, bram_budget: float = costs.BRAM_BUDGET,
                 lut_budget: float = costs.LUT_BUDGET, ff_budget: float = costs.FF_BUDGET,
-                fc_microbatch: int | None = None, max_row_lanes: int = 8) -> Plan:
+                fc_microbatch: int | None = None, max_row_lanes: int = 8,
+                split: str = "channels") -> Plan:
     """Map the training of ``net`` onto ``nodes`` boards of kind ``board``.
 
     Raises :class:`FpdeepError` for bad arguments and for a network that does not fit.
@@ -164,7 +167,10 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     numerics = numerics or NumericsConfig()
     if isinstance(max_row_lanes, bool) or not isinstance(max_row_lanes, int) or max_row_lanes < 1:
         raise FpdeepError("--max-row-lanes", "max_row_lanes", max_row_lanes, "must be an integer >= 1")
-    works = build_works(net, ocp_threshold, max_row_lanes)
+    if split not in ("channels", "layers"):
+        raise FpdeepError("--split", "split", split, "must be 'channels' (FPDeep: cut inside "
+                          "layers) or 'layers' (whole layers per FPGA, the layer-granular baseline)")
+    works = build_works(net, ocp_threshold, max_row_lanes, whole_layers=split == "layers")
     if not works:
         raise FpdeepError(net.source, "layers", len(net.layers), "the network has no conv or fc layer")
 
@@ -185,7 +191,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
 
     ctx = _Context(net, board, nodes, works, by_node, numerics, batch, topology,
                    dict(dsp=dsp_budget, bram=bram_budget, lut=lut_budget, ff=ff_budget,
-                        max_row_lanes=max_row_lanes, ocp_threshold=ocp_threshold))
+                        max_row_lanes=max_row_lanes, ocp_threshold=ocp_threshold, split=split))
     ctx.choose_fc_microbatch(compute_ips, fc_microbatch)
     usable = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
     while True:

@@ -49,6 +49,7 @@ class Work:
     out_hw: tuple        # (H, W) of the conv output, before pooling (fc: (1, 1))
     macs: dict           # phase -> MACs per image
     max_x: int = 8       # most output rows an engine may compute side by side
+    whole: bool = False  # never cut this layer: all of it on one node (layer-granular)
 
     @property
     def units(self) -> int:
@@ -303,7 +304,13 @@ def pack(works, nodes, dsp_budget, period, exact=False, offchip=None):
             if bpu:
                 remaining = min(remaining, int(mem_left // bpu))
             fresh = left == dsp_budget and mem_left == mem_budget
-            c = _max_units(work, done, remaining, left, period, exact) if remaining else 0
+            if work.whole:
+                # all units or none: the layer is never cut
+                d = (_exact_dsp(work, 0, work.units, period) if exact
+                     else work.kk * _demand_tiles(work, work.units, period))
+                c = work.units if remaining == work.units and d is not None and d <= left else 0
+            else:
+                c = _max_units(work, done, remaining, left, period, exact) if remaining else 0
             if c == 0:
                 if fresh or not next_node():
                     return None               # one unit alone exceeds a whole node

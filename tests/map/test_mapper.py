@@ -218,3 +218,19 @@ def test_topologies(topology):
     assert cap == (75.0 if topology == "mesh" else 150.0)   # 3x5 mesh: four neighbours share
     if topology == "ring":
         assert any({l.src, l.dst} == {0, 14} for l in plan.links)
+
+
+@pytest.mark.parametrize("name,nodes", [("vgg16", 15), ("tiny", 2), ("digits", 2)])
+def test_layer_granular_plans(name, nodes):
+    """--split layers: every layer whole on one node; never faster than cutting inside layers."""
+    net = load_network(name)
+    board = load_board("vc709" if nodes == 15 else "sim-node").with_overrides(link_gbps=1000)
+    whole = map_network(net, board, nodes, split="layers")
+    for n in whole.node_plans:
+        for s in n.segments:
+            assert s.split == "whole"
+    assert sorted(s.layer for n in whole.node_plans for s in n.segments) == sorted(
+        l.name for l in net.compute_layers())
+    cut = map_network(net, board, nodes)
+    assert whole.summary["compute_images_per_second"] <= cut.summary["compute_images_per_second"]
+    check_invariants(net, board, whole)
