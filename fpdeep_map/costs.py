@@ -47,3 +47,8 @@ FF_PER_SEGMENT = 4_000
 #: SFU lanes (ReLU with mask, max-pool with argmax): per output channel lane.
 LUT_PER_SFU_LANE = 60
 FF_PER_SFU_LANE = 80
+
+# --- link framing (fpdeep_hw/link/framer.py) ------------------------------------------------------
+#: Payload words per frame at most, and the header + trailer (CRC) words every frame adds.
+LINK_FRAME_PAYLOAD_WORDS = 32
+LINK_FRAME_OVERHEAD_WORDS = 2

@@ -72,7 +72,7 @@ def post_layers(net: Network):
 
 # ---- 3. timing model of the fine-grained pipeline -------------------------------------------------
 
-def residency(net: Network, works, fc_microbatch: int):
+def residency(net: Network, works, fc_microbatch: int, whole_image=()):
     """How long (in pipeline periods, i.e. images) each layer's input stays in Act-RAM.
 
     A layer streams one image per period T, row by row. Layer l+1 starts on an image once layer l
@@ -83,6 +83,10 @@ def residency(net: Network, works, fc_microbatch: int):
     ``g_{l+1}`` of a period, K rows over H_out; fc: a micro-batch). Row r of layer l's input is
     written in FP at ``s_l + r/H*T`` and read by PG at ``b_l + r/H*T``, so the Act-RAM of layer l
     holds ``(b_l - s_l) / T = sum_{j>=l} f_j + sum_{j>l} g_j`` images' worth (plus K rows).
+
+    Layers named in ``whole_image`` (those with parameters lent by a neighbour: their engines
+    work weight-stationary, sweeping the whole map once per streamed weight set) need their whole
+    input before FP and their whole output error before EB: ``f = g = 1``.
     """
     post = post_layers(net)
     layers = {l.name: l for l in net.compute_layers()}
@@ -91,6 +95,10 @@ def residency(net: Network, works, fc_microbatch: int):
         if w.kind == "fc":
             f.append(float(fc_microbatch))
             g.append(float(fc_microbatch))
+            continue
+        if w.name in whole_image:
+            f.append(1.0)
+            g.append(1.0)
             continue
         layer = layers[w.name]
         rows = max(1, w.k - layer.padding)
@@ -197,6 +205,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     while True:
         ctx.size_memories()
         ctx.balance_parameters()
+        ctx.resize_act_ram_for_lending()
         ctx.place_act_ram()
         # a larger FC micro-batch when a node's off-chip traffic (FC weights, spilled Act-RAM
         # and gradient accumulators, master weights) would hold back the compute-bound rate
@@ -421,6 +430,23 @@ class _Context:
         seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
                              depth=depth, bram18=b18, offchip_words=local if b18 == 0 else 0)
 
+    def resize_act_ram_for_lending(self):
+        """Layers using lent parameters wait for whole maps: their timing, and so the Act-RAM
+        residency of every layer below them, grows (see :func:`residency`)."""
+        borrowed = {l.layer for l in self.lends}
+        if not borrowed:
+            return
+        self.res = residency(self.net, self.works, self.fc_microbatch, whole_image=borrowed)
+        for segs in self.segplans:
+            for seg in segs:
+                w = self.works[seg.index]
+                nin = (seg.in_channels[1] - seg.in_channels[0]) if w.split == "icp" else w.cin
+                h, wd = w.in_hw
+                images = self.res[w.index]
+                words = math.ceil(nin * h * wd * images) + nin * w.k * wd
+                seg.act_ram = MemoryPlan(words=words, width=seg.act_ram.width)
+                seg.act_ram_images = round(images, 4)
+
     def place_act_ram(self):
         """Act-RAM on chip where BRAM is left, the rest in off-chip memory."""
         for k in range(self.nodes):
@@ -550,7 +576,11 @@ class _Context:
         cap = self.link_capacity_gbps()
         link_bits = {key: sum(words * width for (_, _, width), words in d.items())
                      for key, d in self.flows.items()}
-        link_ips = min((cap * 1e9 / bits for bits in link_bits.values() if bits), default=math.inf)
+        # on the wire every frame of up to LINK_FRAME_PAYLOAD_WORDS payload words carries a
+        # header and a CRC trailer
+        frame = 1 + costs.LINK_FRAME_OVERHEAD_WORDS / costs.LINK_FRAME_PAYLOAD_WORDS
+        wire_bits = {key: bits * frame for key, bits in link_bits.items()}
+        link_ips = min((cap * 1e9 / bits for bits in wire_bits.values() if bits), default=math.inf)
         usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
         mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
         ips = min(compute_ips, link_ips, mem_ips)
@@ -568,7 +598,8 @@ class _Context:
                        for (p, l, width), words in d.items()]
             bits = link_bits[(a, b)]
             links.append(LinkPlan(src=a, dst=b, streams=streams, bits_per_image=float(bits),
-                                  gbps=round(bits * ips / 1e9, 4)))
+                                  wire_bits_per_image=float(wire_bits[(a, b)]),
+                                  gbps=round(wire_bits[(a, b)] * ips / 1e9, 4)))
         node_plans = []
         dsp_total = 0
         for k in range(self.nodes):

@@ -103,8 +103,9 @@ class LinkPlan:
     src: int
     dst: int
     streams: list               # [StreamPlan]
-    bits_per_image: float
-    gbps: float                 # at the plan's images per second
+    bits_per_image: float       # payload
+    gbps: float                 # on the wire (payload + frame headers/CRC) at the plan's rate
+    wire_bits_per_image: float = 0.0   # payload + frame headers and CRC trailers
 
 
 @dataclass
