@@ -165,7 +165,8 @@ def main():
         "partial sums carried at 32 bits (Q16.16, so the final rounding happens once, on the "
         "total) and with the parameter-balancing streams: a lent weight travels to its user "
         "twice per image (FP and EB) and its gradient back once, over every hop between lender "
-        "and user. The paper does not say what its 18.6 Gb/s counts.")
+        "and user; and with the framer's header and CRC trailer per 32 payload words (6.25%). "
+        "The paper does not say what its 18.6 Gb/s counts.")
     L.append(
         "- **Storage.** Per conv parameter the mapper keeps on chip a 16-bit working weight "
         "(LPRAM) and a 24-bit gradient accumulator (LGB); the weight master copy (24-bit) lives "
