@@ -41,7 +41,17 @@ Members
 quantize_input, conv_fp, conv_fp_acc, fp_output, relu, maxpool, fc_fp, fc_fp_acc, loss_error,
 softmax_probabilities, EXP2_TABLE, LOG2E_Q14, conv_eb, conv_eb_acc, fc_eb, maxpool_backward,
 relu_backward, conv_pg, conv_pg_acc, fc_pg, accumulate_gradient, average_gradient, update,
-working_weight, lr_to_q, LR_FRAC, RECIP_BITS, saturate64, requantize64
+working_weight, lr_to_q, LR_FRAC, RECIP_BITS, saturate64, requantize64, partial_chain,
+icp_conv_fp, ocp_conv_eb, icp_fc_fp, ocp_fc_eb
+
+Split layers
+------------
+:func:`partial_chain`, :func:`icp_conv_fp` (FP of a layer cut by input channels over a span of
+nodes) and :func:`ocp_conv_eb` (EB of a layer cut by output channels) follow the split rules of
+``docs/training-spec.md`` ("Split layers") bit for bit with the RTL's ``FPLayer`` / ``EBLayer``
+on split segments and their :class:`~fpdeep_hw.compute.partial_adder.PartialAdder` stage
+(test: ``tests/hw/test_split_layers.py``). Every other phase of a split layer is the whole-layer
+arithmetic on the node's slice.
 """
 
 from __future__ import annotations
@@ -61,7 +71,8 @@ __all__ = [
     "conv_eb", "conv_eb_acc", "fc_eb", "maxpool_backward", "relu_backward",
     "conv_pg", "conv_pg_acc", "fc_pg", "accumulate_gradient", "average_gradient",
     "update", "working_weight", "lr_to_q", "LR_FRAC", "RECIP_BITS",
-    "saturate64", "requantize64",
+    "saturate64", "requantize64", "partial_chain", "icp_conv_fp", "ocp_conv_eb",
+    "icp_fc_fp", "ocp_fc_eb",
 ]
 
 #: ``round(log2(e) * 2**14)``: the constant the softmax multiplies score differences by.
@@ -498,3 +509,145 @@ def update(master, avg_grad, lr_q, numerics=None):
     new, o2 = saturate64(master - step, n.master.width)
     w, o3 = working_weight(new, n)
     return new, w, o1 + o2 + o3
+
+
+# ---------------------------------------------------------------------------------------------
+# split layers (docs/training-spec.md, "Split layers")
+
+def _check_slices(slices, total, what):
+    slices = [(int(a), int(b)) for a, b in slices]
+    if not slices or slices[0][0] != 0 or slices[-1][1] != total or any(
+            a >= b for a, b in slices) or any(
+            slices[j][1] != slices[j + 1][0] for j in range(len(slices) - 1)):
+        raise ValueError(f"{what} slices {slices} must cut [0, {total}) into consecutive "
+                         f"non-empty ranges")
+    return slices
+
+
+def partial_chain(partials, out_fmt, numerics=None):
+    """Sum per-node partial sums along a chain, as the nodes' ``PartialAdder`` stages do.
+
+    ``partials[k]`` are node ``k``'s partial sums in the ``partial`` format, in chain order (the
+    order the sum travels: node order for ICP FP, reverse node order for OCP EB). Node 0 passes
+    its partials on unchanged; node ``k`` (middle) sends ``saturate(s + p_k, partial.width)``;
+    the last node rounds the exact ``s + p_k`` once from ``partial.frac`` to ``out_fmt``.
+
+    Returns ``(result, sent, overflows)``: ``sent[k]`` is what node ``k`` sends on (the
+    partial-format words on its link; ``len(sent) == len(partials) - 1``), ``overflows[k]`` the
+    clamps of node ``k``'s adder (the last node's include the clamps to ``out_fmt``).
+    """
+    n = _num(numerics)
+    pf = n.partial
+    if len(partials) < 2:
+        raise ValueError(f"a partial-sum chain needs at least 2 nodes, not {len(partials)}")
+    s = _i64(partials[0])
+    sent, overflows = [s], [0]
+    for k in range(1, len(partials)):
+        total = s + _i64(partials[k])
+        if k < len(partials) - 1:
+            s, c = requantize64(total, pf.frac, pf)
+            sent.append(s)
+        else:
+            s, c = requantize64(total, pf.frac, out_fmt)
+        overflows.append(c)
+    return s, sent, overflows
+
+
+def icp_conv_fp(a, w, stride, pad, in_slices, numerics=None):
+    """FP of a conv layer cut by input channels (ICP) over the nodes of ``in_slices``.
+
+    Node ``k`` holds input channels ``[c0, c1) = in_slices[k]`` and their weights
+    ``w[:, c0:c1]``: ``acc_k = conv_fp(a[c0:c1], w[:, c0:c1])`` (exact, saturated to
+    ``acc_width``), ``p_k = requantize(acc_k, activation.frac + weight.frac, partial)``; the
+    ``p_k`` add along the chain in node order (:func:`partial_chain`) and the last node rounds
+    the total once to the activation format (``y``, before ReLU/pool).
+
+    Returns ``(y, info)`` with ``info`` a dict of per-node lists: ``partial`` (``p_k``),
+    ``sent`` (what node ``k`` passes on; ``None`` for the last node), ``acc_overflow``, ``partial_overflow`` (the clamps of
+    ``p_k``, the CE array's ``out_overflows``) and ``add_overflow`` (the adder's clamps; the last
+    node's include the activation clamps).
+    """
+    n = _num(numerics)
+    a, w = _i64(a, "activations"), _i64(w, "weights")
+    slices = _check_slices(in_slices, a.shape[0], "input-channel")
+    parts, acc_ov, part_ov = [], [], []
+    for c0, c1 in slices:
+        acc, o1 = conv_fp(a[c0:c1], w[:, c0:c1], stride, pad, 1, n)
+        p, o2 = requantize64(acc, n.activation.frac + n.weight.frac, n.partial)
+        parts.append(p)
+        acc_ov.append(o1)
+        part_ov.append(o2)
+    y, sent, add_ov = partial_chain(parts, n.activation, n)
+    sent = sent + [None]
+    return y, {"partial": parts, "sent": sent, "acc_overflow": acc_ov,
+               "partial_overflow": part_ov, "add_overflow": add_ov}
+
+
+def ocp_conv_eb(e_out, w, stride, pad, in_shape, out_slices, numerics=None):
+    """EB of a conv layer cut by output channels (OCP) over the nodes of ``out_slices``.
+
+    Node ``k`` holds output channels ``[o0, o1) = out_slices[k]``, their errors and weights
+    ``w[o0:o1]``: ``acc_k = conv_eb_acc(e_out[o0:o1], w[o0:o1])`` (exact, all input channels),
+    ``p_k = requantize(acc_k, error.frac + weight.frac, partial)``; the ``p_k`` add backward
+    along the span (last node first, :func:`partial_chain`) and the first node of the span
+    rounds the total once to the error format.
+
+    Returns ``(e_in, info)``; ``info`` as :func:`icp_conv_fp`'s, lists indexed by node (span
+    order, *not* chain order): ``sent[k]`` is what node ``k`` passes back (``None`` on node 0).
+    """
+    n = _num(numerics)
+    e, w = _i64(e_out, "errors"), _i64(w, "weights")
+    slices = _check_slices(out_slices, e.shape[0], "output-channel")
+    parts, acc_ov, part_ov = [], [], []
+    for o0, o1 in slices:
+        acc, o1_ = conv_eb_acc(e[o0:o1], w[o0:o1], stride, pad, 1, in_shape, n)
+        p, o2 = requantize64(acc, n.error.frac + n.weight.frac, n.partial)
+        parts.append(p)
+        acc_ov.append(o1_)
+        part_ov.append(o2)
+    r, sent, add_ov = partial_chain(parts[::-1], n.error, n)
+    sent = [None] + sent[::-1]
+    return r, {"partial": parts, "sent": sent, "acc_overflow": acc_ov,
+               "partial_overflow": part_ov, "add_overflow": add_ov[::-1]}
+
+
+def _split_info(parts, acc_ov, part_ov, sent, add_ov):
+    return {"partial": parts, "sent": sent, "acc_overflow": acc_ov,
+            "partial_overflow": part_ov, "add_overflow": add_ov}
+
+
+def icp_fc_fp(a_flat, w, in_slices, numerics=None):
+    """:func:`icp_conv_fp` for an FC layer: node ``k`` holds the features ``in_slices[k]``
+    (C-major flattening) and the columns ``w[:, f0:f1]``. Returns ``(y, info)``."""
+    n = _num(numerics)
+    a, w = _i64(a_flat, "activations").reshape(-1), _i64(w, "weights")
+    slices = _check_slices(in_slices, a.shape[0], "feature")
+    parts, acc_ov, part_ov = [], [], []
+    for f0, f1 in slices:
+        acc, o1 = fc_fp(a[f0:f1], w[:, f0:f1], n)
+        p, o2 = requantize64(acc, n.activation.frac + n.weight.frac, n.partial)
+        parts.append(p)
+        acc_ov.append(o1)
+        part_ov.append(o2)
+    y, sent, add_ov = partial_chain(parts, n.activation, n)
+    return y, _split_info(parts, acc_ov, part_ov, sent + [None], add_ov)
+
+
+def ocp_fc_eb(e_out, w, out_slices, numerics=None, in_shape=None):
+    """:func:`ocp_conv_eb` for an FC layer (node ``k``: outputs ``out_slices[k]``, rows
+    ``w[o0:o1]``). Returns ``(e_in, info)``, ``e_in`` shaped ``in_shape`` if given."""
+    n = _num(numerics)
+    e, w = _i64(e_out, "errors").reshape(-1), _i64(w, "weights")
+    slices = _check_slices(out_slices, e.shape[0], "output")
+    parts, acc_ov, part_ov = [], [], []
+    for o0, o1 in slices:
+        acc, c1 = _acc_saturate(_matmul(w[o0:o1].T, e[o0:o1, None])[:, 0], n)
+        p, c2 = requantize64(acc, n.error.frac + n.weight.frac, n.partial)
+        parts.append(p)
+        acc_ov.append(c1)
+        part_ov.append(c2)
+    r, sent, add_ov = partial_chain(parts[::-1], n.error, n)
+    sent = [None] + sent[::-1]
+    if in_shape is not None:
+        r = r.reshape(in_shape)
+    return r, _split_info(parts, acc_ov, part_ov, sent, add_ov[::-1])

@@ -16,7 +16,15 @@ overlapped schedule, whose gates enforce exactly this rule.
 
 Members
 -------
-GoldenTrainer, init_weights, lags_from_plan
+GoldenTrainer, init_weights, lags_from_plan, splits_from_plan
+
+Split layers
+------------
+With ``plan=`` the trainer follows the plan's splits (``docs/training-spec.md``, "Split
+layers"): FP of an ICP layer is the partial-sum chain (:func:`sim.golden.layers.icp_conv_fp`),
+EB of an OCP layer the backward partial-error chain (:func:`sim.golden.layers.ocp_conv_eb`);
+every other phase of a split layer, and every whole layer, is unchanged. The records get
+``fp_split`` / ``eb_split`` (``{layer: info}`` with the per-node partial sums and counts).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from fpdeep_map.numerics import NumericsConfig
 from sim import fixed
 from sim.golden import layers as L
 
-__all__ = ["GoldenTrainer", "init_weights", "lags_from_plan", "weight_shape"]
+__all__ = ["GoldenTrainer", "init_weights", "lags_from_plan", "splits_from_plan",
+           "weight_shape"]
 
 
 def weight_shape(layer) -> tuple:
@@ -76,6 +85,28 @@ def lags_from_plan(plan) -> dict:
     return lags
 
 
+def splits_from_plan(plan) -> dict:
+    """``{compute layer: (split, [(lo, hi), ...])}`` for the layers the plan splits over several
+    nodes: ``split`` is ``"icp"`` (ranges: input channels, FC: features) or ``"ocp"`` (output
+    channels), ranges in node order. Whole layers are absent."""
+    segs = {}
+    for node in sorted(plan.node_plans, key=lambda n: n.node):
+        for seg in node.segments:
+            segs.setdefault(seg.layer, []).append(seg)
+    out = {}
+    for layer, ss in segs.items():
+        kinds = {s.split for s in ss}
+        if kinds == {"whole"}:
+            continue
+        if len(kinds) != 1 or len(ss) < 2:
+            raise ValueError(f"layer {layer!r}: segments {sorted(kinds)} do not form one split")
+        kind = kinds.pop()
+        if kind not in ("icp", "ocp"):
+            raise ValueError(f"layer {layer!r}: unknown split {kind!r}")
+        out[layer] = (kind, [tuple(s.channels) for s in ss])
+    return out
+
+
 class GoldenTrainer:
     """Fixed-point training of ``net`` with the hardware's arithmetic and schedule.
 
@@ -95,6 +126,8 @@ class GoldenTrainer:
     record : bool
         Keep everything the RTL comparison needs (default). ``False`` keeps only statistics
         (for long runs).
+    plan : fpdeep_map.plan.Plan or None
+        Follow the plan's split layers (:func:`splits_from_plan`); ``None``: every layer whole.
 
     Members
     -------
@@ -115,10 +148,15 @@ class GoldenTrainer:
         ``loss_error``, ``err`` (``{layer: error of its output}``: the loss error for the last
         fc, ...), ``err_in`` (``{compute layer: EB output}``, absent for the first), ``grad``
         (``{compute layer: per-image gradient}``), ``fp_version`` and ``bp_version``
-        (``{compute layer: v}``).
+        (``{compute layer: v}``); with a plan, ``fp_split`` / ``eb_split`` (``{layer: info}`` of
+        :func:`sim.golden.layers.icp_conv_fp` / :func:`sim.golden.layers.ocp_conv_eb`).
+    splits : dict
+        :func:`splits_from_plan` of the plan (``{}`` without one).
     overflow : collections.Counter
         ``{(layer, what): count}``; ``what`` in ``input``, ``fp_acc``, ``fp_out``, ``loss``,
-        ``maxpool_eb``, ``eb``, ``pg``, ``grad_acc``, ``grad_avg``, ``update``.
+        ``maxpool_eb``, ``eb``, ``pg``, ``grad_acc``, ``grad_avg``, ``update``. For a split
+        phase, ``fp_acc`` / ``eb`` add the accumulator overflows of all nodes and ``fp_out`` /
+        ``eb`` all requantisation and partial-sum chain clamps of the span.
     avg_lost, avg_count : collections.Counter
         ``{layer: n}``: averaged gradients rounded to 0 although the sum was not 0, and all
         averaged gradients (a measure of the gradient resolution lost to the format).
@@ -127,8 +165,9 @@ class GoldenTrainer:
         the arg-max of the scores was the label.
     """
 
-    def __init__(self, net, numerics, batch, lr, lags, init_master, record=True):
+    def __init__(self, net, numerics, batch, lr, lags, init_master, record=True, plan=None):
         self.net = net
+        self.splits = splits_from_plan(plan) if plan is not None else {}
         self.numerics = numerics or NumericsConfig()
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
@@ -195,11 +234,24 @@ class GoldenTrainer:
         for l in self.net.layers:
             if l.kind in ("conv", "fc"):
                 w = weights_of(l.name)
-                if l.kind == "conv":
+                split = self.splits.get(l.name)
+                if split is not None and split[0] == "icp":
+                    if l.kind == "conv":
+                        if l.groups != 1:
+                            raise ValueError(f"layer {l.name!r}: ICP of a grouped convolution")
+                        y, info = L.icp_conv_fp(a, w, l.stride, l.padding, split[1], n)
+                    else:
+                        y, info = L.icp_fc_fp(a.reshape(-1), w, split[1], n)
+                    o1 = sum(info["acc_overflow"])
+                    o2 = sum(info["partial_overflow"]) + sum(info["add_overflow"])
+                    if rec is not None:
+                        rec.setdefault("fp_split", {})[l.name] = info
+                elif l.kind == "conv":
                     acc, o1 = L.conv_fp(a, w, l.stride, l.padding, l.groups, n)
+                    y, o2 = L.fp_output(acc, n)
                 else:
                     acc, o1 = L.fc_fp(a.reshape(-1), w, n)
-                y, o2 = L.fp_output(acc, n)
+                    y, o2 = L.fp_output(acc, n)
                 tape.append((l, a))
                 if rec is not None:
                     rec["act_in"][l.name] = a
@@ -274,7 +326,21 @@ class GoldenTrainer:
                 self.overflow[(l.name, "grad_acc")] += oa
                 if rec is not None:
                     rec["grad"][l.name] = g
-                if l.needs_error:
+                split = self.splits.get(l.name)
+                if l.needs_error and split is not None and split[0] == "ocp":
+                    if l.kind == "conv":
+                        if l.groups != 1:
+                            raise ValueError(f"layer {l.name!r}: OCP of a grouped convolution")
+                        e, info = L.ocp_conv_eb(e, w, l.stride, l.padding, a.shape, split[1], n)
+                    else:
+                        e, info = L.ocp_fc_eb(e, w, split[1], n, in_shape=a.shape)
+                    oe = (sum(info["acc_overflow"]) + sum(info["partial_overflow"])
+                          + sum(info["add_overflow"]))
+                    self.overflow[(l.name, "eb")] += oe
+                    if rec is not None:
+                        rec["err_in"][l.name] = e
+                        rec.setdefault("eb_split", {})[l.name] = info
+                elif l.needs_error:
                     if l.kind == "conv":
                         e, oe = L.conv_eb(e, w, l.stride, l.padding, l.groups, a.shape, n)
                     else:

@@ -384,6 +384,84 @@ def test_lr_to_q_range():
 
 
 # ---------------------------------------------------------------------------------------------
+# split layers (docs/training-spec.md, "Split layers"): independent loops over sim.fixed
+
+def _chain_ref(parts, out_fmt, pf):
+    s, counts = parts[0], [0]
+    for k, p in enumerate(parts[1:], 1):
+        fmt = pf if k < len(parts) - 1 else out_fmt
+        s, c = fixed.requantize(fixed.as_int_array(s) + fixed.as_int_array(p), pf.frac, fmt)
+        counts.append(c)
+    return np.asarray(s, dtype=np.int64), counts
+
+
+def test_icp_fp_chain_against_loops():
+    rng = np.random.default_rng(21)
+    a = rng.integers(-3000, 3000, (8, 5, 6))
+    w = rng.integers(-4096, 4096, (4, 8, 3, 3))
+    slices = [(0, 3), (3, 6), (6, 8)]
+    y, info = L.icp_conv_fp(a, w, 1, 1, slices, N)
+    parts = []
+    for c0, c1 in slices:
+        acc, _ = L.conv_fp(a[c0:c1], w[:, c0:c1], 1, 1, 1, N)
+        p, _ = fixed.requantize(acc, A.frac + W.frac, N.partial)
+        parts.append(np.asarray(p, dtype=np.int64))
+    want, counts = _chain_ref(parts, A, N.partial)
+    assert (y == want).all() and info["add_overflow"] == counts
+    assert all((x == p).all() for x, p in zip(info["partial"], parts))
+    assert (info["sent"][1] == np.asarray(fixed.requantize(parts[0] + parts[1], 16,
+                                                          N.partial)[0])).all()
+    # double rounding: equal to the whole layer up to one LSB
+    whole, _ = L.fp_output(L.conv_fp(a, w, 1, 1, 1, N)[0], N)
+    assert np.abs(y - whole).max() <= 1
+
+
+def test_partial_chain_saturation_counts():
+    pf = N.partial
+    big = np.array([pf.max_int, pf.min_int, 5])
+    r, sent, ov = L.partial_chain([big, big, np.array([0, 0, 1 << 16])], A, N)
+    # middle node clamps two lanes; the last node clamps the two extremes to the activation
+    assert ov == [0, 2, 2]
+    assert sent[1].tolist() == [pf.max_int, pf.min_int, 10]
+    assert r.tolist() == [A.max_int, A.min_int, (10 + (1 << 16) + 128) >> 8]
+    with pytest.raises(ValueError, match="at least 2 nodes"):
+        L.partial_chain([big], A, N)
+
+
+def test_ocp_eb_chain_against_loops():
+    rng = np.random.default_rng(22)
+    e = rng.integers(-3000, 3000, (6, 4, 4))
+    w = rng.integers(-4096, 4096, (6, 3, 3, 3))
+    slices = [(0, 2), (2, 5), (5, 6)]
+    r, info = L.ocp_conv_eb(e, w, 1, 1, (3, 4, 4), slices, N)
+    parts = []
+    for o0, o1 in slices:
+        acc, _ = L.conv_eb_acc(e[o0:o1], w[o0:o1], 1, 1, 1, (3, 4, 4), N)
+        parts.append(np.asarray(fixed.requantize(acc, E.frac + W.frac, N.partial)[0],
+                                dtype=np.int64))
+    want, counts = _chain_ref(parts[::-1], E, N.partial)
+    assert (r == want).all() and info["add_overflow"] == counts[::-1]
+    assert info["sent"][0] is None and (info["sent"][2] == parts[2]).all()
+    with pytest.raises(ValueError, match="must cut"):
+        L.ocp_conv_eb(e, w, 1, 1, (3, 4, 4), [(0, 2), (3, 6)], N)
+
+
+def test_icp_fc_and_ocp_fc():
+    rng = np.random.default_rng(23)
+    a = rng.integers(-3000, 3000, 20)
+    w = rng.integers(-4096, 4096, (5, 20))
+    y, _ = L.icp_fc_fp(a, w, [(0, 7), (7, 20)], N)
+    p = [np.asarray(fixed.requantize(L.fc_fp(a[f0:f1], w[:, f0:f1], N)[0], A.frac + W.frac,
+                                     N.partial)[0], dtype=np.int64) for f0, f1 in [(0, 7), (7, 20)]]
+    assert (y == _chain_ref(p, A, N.partial)[0]).all()
+    e = rng.integers(-3000, 3000, 5)
+    r, _ = L.ocp_fc_eb(e, w, [(0, 2), (2, 5)], N, in_shape=(4, 5))
+    q = [np.asarray(fixed.requantize(w[o0:o1].T @ e[o0:o1], E.frac + W.frac, N.partial)[0],
+                    dtype=np.int64) for o0, o1 in [(0, 2), (2, 5)]]
+    assert r.shape == (4, 5) and (r.reshape(-1) == _chain_ref(q[::-1], E, N.partial)[0]).all()
+
+
+# ---------------------------------------------------------------------------------------------
 # optional: PyTorch autograd
 
 def test_against_pytorch_autograd():

@@ -234,3 +234,41 @@ def test_network_gradients_against_float(digits_net, seed):
     wide = NumericsConfig(activation=FixedFormat(24, 16))
     rel = _batch_gradients(digits_net, wide, tx[:16], ty[:16], seed)
     assert all(v < 0.04 for v in rel.values())
+
+
+# ---- split layers: the trainer follows the plan's ICP/OCP chains ------------------------------
+
+@pytest.mark.parametrize("kw,kind", [(dict(ocp_threshold=1), "icp"),
+                                     (dict(max_row_lanes=1), "ocp")])
+def test_split_plan_follows_chains(kw, kind):
+    from sim.golden.train import splits_from_plan
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), 2, **kw)
+    splits = splits_from_plan(plan)
+    assert splits["conv2"][0] == kind
+    rng = np.random.default_rng(5)
+    xs = rng.random((3,) + tuple(net.input_shape))
+    ys = rng.integers(0, 10, 3)
+    init = init_weights(net, 3, plan.numerics)
+    t = GoldenTrainer(net, plan.numerics, 2, 0.05, lags_from_plan(plan), init, plan=plan)
+    t.run(xs, ys)
+    l2 = net.layer("conv2")
+    n = plan.numerics
+    for rec in t.images:
+        w = t.working("conv2", rec["fp_version"]["conv2"])
+        a = rec["act_in"]["conv2"]
+        if kind == "icp":
+            y, _ = L.icp_conv_fp(a, w, l2.stride, l2.padding, splits["conv2"][1], n)
+            assert "conv2" in rec["fp_split"] and "eb_split" not in rec
+        else:
+            y, _ = L.fp_output(L.conv_fp(a, w, l2.stride, l2.padding, 1, n)[0], n)
+            wb = t.working("conv2", rec["bp_version"]["conv2"])
+            e, _ = L.ocp_conv_eb(rec["err"]["conv2"], wb, l2.stride, l2.padding, a.shape,
+                                 splits["conv2"][1], n)
+            assert (rec["err_in"]["conv2"] == e).all() and "fp_split" not in rec
+        assert (rec["act"]["conv2"] == y).all()
+    # without the plan every layer is whole
+    t0 = GoldenTrainer(net, plan.numerics, 2, 0.05, lags_from_plan(plan), init)
+    assert t0.splits == {}
+    t0.run(xs, ys)
+    assert "fp_split" not in t0.images[0] and "eb_split" not in t0.images[0]
