@@ -1,0 +1,712 @@
+"""Parameter lending (paper 3.4.2, datapaths 5 and 6 of 5.1, BPRAM/BGB of 5.2.2).
+
+A layer segment whose weights are *borrowed* (the plan's ``weights_borrowed``; the lender's
+``bpram`` entry) keeps no LPRAM: a neighbour (the **lender**) keeps the weights in its BPRAM and
+streams them to the node that uses them (the **borrower**) once per image for FP and once for EB;
+the borrower's per-image gradients come back into the lender's BGB, and the lender's weight
+update writes the new version into its BPRAM (and master copy).
+
+Because each weight set arrives only once per image and use, the borrower cannot use the normal
+FP/EB order (which re-reads every weight set for every output position). Its engines are
+**weight-stationary**: for each weight set as it arrives (address order ``r*G + g`` of the shared
+weight address map, ``docs/hw-node.md``) the whole stored input map is replayed through a line
+buffer and every window is multiplied with that one set; the per-position partial sums
+accumulate exactly in an accumulator memory (read-modify-write). Every sum stays exact, so the
+arithmetic (and the golden model) is that of the normal engines.
+
+Blocks:
+
+* :class:`Lender` -- BPRAM + version-aware FP and EB weight streams + BGB + WeightUpdate, with
+  the version rule of ``docs/training-spec.md`` enforced on the lender's side.
+* :class:`WSFPLayer` -- weight-stationary FP of a borrowed conv segment (with its ReLU/max-pool).
+* :class:`WSEBLayer` -- weight-stationary EB of a borrowed conv segment.
+
+Golden model: :mod:`sim.golden.layers` (``conv_fp``, ``fp_output``, ``relu``, ``maxpool``,
+``conv_eb``, ``conv_pg``, ``accumulate_gradient``, ``average_gradient``, ``update``).
+Test: ``tests/hw/test_lend.py``. Ports, set order, version handling and measured cycles:
+``docs/hw-node.md``, "Parameter lending".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from fpdeep_hw.compute.sfu import MaxPool, ReLU, arg_bits
+from fpdeep_hw.memory.grad_buffer import BGB
+from fpdeep_hw.memory.line_buffer import LineBuffer
+from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
+from fpdeep_hw.node.fp_layer import _check_args, _fork, _gather, _Loops, _vec
+from fpdeep_hw.node.update import WeightUpdate
+from fpdeep_hw.numerics import requantize, saturate
+from fpdeep_map.numerics import NumericsConfig
+from sim.golden.line_buffer import Geometry, eb_geometry
+
+__all__ = ["Lender", "WSFPLayer", "WSEBLayer"]
+
+
+def _pos_int(owner, name, value, low=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "positive" if low == 1 else "non-negative"
+        raise ValueError(f"{owner} {name} must be a {kind} integer, not {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# weight-stationary engine (shared by FP and EB)
+
+class _WSLayer(wiring.Component):
+    """Common datapath of :class:`WSFPLayer` and :class:`WSEBLayer` (see their docstrings)."""
+
+    _owner = None
+
+    def __init__(self, segment, network, numerics):
+        geom = _check_args(self._owner, segment, network, numerics)
+        if geom.kind != "conv":
+            raise ValueError(f"{self._owner}: only conv segments are built, not "
+                             f"{geom.kind!r} ({segment.layer!r})")
+        self._geom = geom
+        self._numerics = numerics
+        self._set_layout = weight_set_layout(numerics.weight, geom.kernel, geom.p * geom.s)
+        self._setup()
+        if self._npos < 2:
+            raise ValueError(f"{self._owner}: the swept map must have at least 2 positions")
+
+    geometry = property(lambda self: self._geom)
+    numerics = property(lambda self: self._numerics)
+    set_layout = property(lambda self: self._set_layout)
+
+    @property
+    def weight_sets(self):
+        """``R * G`` weight sets streamed per image (address order)."""
+        return self._geom.out_groups * self._geom.groups
+
+    @property
+    def weights_per_image(self):
+        """Weight words per image: ``R * G * P * S * K * K`` (padding lanes included)."""
+        g = self._geom
+        return self.weight_sets * g.p * g.s * g.kernel * g.kernel
+
+    def _mac(self, m, win, wset, r, g):
+        """Per-lane exact dot products of one window with one weight set (comb)."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def _build_core(self, m, *, in_port, tap, out_stream):
+        """Frame store -> line buffer replay -> MAC -> accumulator -> drain -> ``out_stream``."""
+        g = self._geom
+        nm = self._numerics
+        K, P, S, R, G = g.kernel, g.p, g.s, g.out_groups, g.groups
+        iw = len(in_port.payload[0])
+        L, Q, NPIX, NPOS = self._acc_lanes, self._q, self._npix, self._npos
+        lanes_in = self._in_lanes
+        aw_acc = nm.acc_width
+        RG = R * G
+
+        # ---- frame store: two banks of NPIX pixels, each replayed R*G times -------------------
+        store = Memory(shape=_vec(iw, lanes_in), depth=2 * NPIX, init=[])
+        m.submodules.store = store
+        swp, srp = store.write_port(), store.read_port()
+        full = [Signal(name=f"bank_full{b}") for b in range(2)]
+        wbank = Signal()
+        wpix = Signal(range(NPIX))
+        bank_free = Mux(wbank, full[1], full[0]) == 0
+        if tap is not None:
+            m.submodules.tap = tapf = SyncFIFOBuffered(width=iw * lanes_in, depth=3)
+            m.d.comb += [
+                tap.valid.eq(tapf.r_rdy),
+                tap.payload.eq(tapf.r_data),
+                tapf.r_en.eq(tap.ready),
+                tapf.w_data.eq(in_port.payload),
+                in_port.ready.eq(bank_free & tapf.w_rdy),
+            ]
+        else:
+            m.d.comb += in_port.ready.eq(bank_free)
+        write = in_port.valid & in_port.ready
+        if tap is not None:
+            m.d.comb += tapf.w_en.eq(write)
+        wlast = wpix == NPIX - 1
+        m.d.comb += [swp.addr.eq(wbank * NPIX + wpix), swp.data.eq(in_port.payload),
+                     swp.en.eq(write)]
+        with m.If(write):
+            m.d.sync += wpix.eq(Mux(wlast, 0, wpix + 1))
+            with m.If(wlast):
+                m.d.sync += wbank.eq(~wbank)
+
+        m.submodules.lb = lb = self._line_buffer(iw)
+        rbank = Signal()
+        rloops = _Loops(m, [RG, NPIX], "replay")
+        r_valid = Signal()
+        advance = ~r_valid | lb.i.ready
+        issue = advance & Mux(rbank, full[1], full[0])
+        rloops.step(issue)
+        rlast = rloops.all_max(0)
+        with m.If(issue & rlast):
+            m.d.sync += rbank.eq(~rbank)
+        for b in range(2):
+            with m.If(write & wlast & (wbank == b)):
+                m.d.sync += full[b].eq(1)
+            with m.If(issue & rlast & (rbank == b)):
+                m.d.sync += full[b].eq(0)
+        with m.If(advance):
+            m.d.sync += r_valid.eq(issue)
+        m.d.comb += [srp.addr.eq(rbank * NPIX + rloops.idx[1]), srp.en.eq(advance),
+                     lb.i.valid.eq(r_valid), lb.i.payload.eq(srp.data)]
+
+        # ---- weight registers: current set and one prefetched set -------------------------------
+        cur = Signal(self._set_layout, name="w_cur")
+        nxt = Signal(self._set_layout, name="w_nxt")
+        cur_valid = Signal()
+        nxt_full = Signal()
+        w = self.w
+        m.d.comb += w.ready.eq(~nxt_full)
+        with m.If(w.valid & w.ready):
+            m.d.sync += [nxt.eq(w.payload), nxt_full.eq(1)]
+
+        # ---- MAC and read-modify-write accumulation --------------------------------------------
+        acc = Memory(shape=_vec(aw_acc, L), depth=2 * Q * NPOS, init=[])
+        m.submodules.acc = acc
+        awp, arp, drp = acc.write_port(), acc.read_port(), acc.read_port()
+        acc_full = [Signal(name=f"acc_full{h}") for h in range(2)]
+        mh = Signal()                                   # half the sweeps write
+        sloops = _Loops(m, [R, G, NPOS], "sweep")
+        r_i, g_i, pos_i = sloops.idx
+        take = lb.o.valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
+        m.d.comb += [lb.o.ready.eq(take), self.busy.eq(take)]
+        sloops.step(take)
+        set_last = sloops.all_max(2)
+        img_last = sloops.all_max(0)
+        with m.If((~cur_valid | (take & set_last)) & nxt_full):
+            m.d.sync += [cur.eq(nxt), cur_valid.eq(1), nxt_full.eq(0)]
+        with m.Elif(take & set_last):
+            m.d.sync += cur_valid.eq(0)
+        q_i, first = self._acc_index(r_i, g_i)
+        dot = self._mac(m, lb.o.payload, cur, r_i, g_i)
+        dot_q = [Signal(signed(len(d) + 1), name=f"dot_q{lane}") for lane, d in enumerate(dot)]
+        addr = Signal(range(2 * Q * NPOS))
+        m.d.comb += addr.eq(mh * (Q * NPOS) + q_i * NPOS + pos_i)
+        addr_q = Signal.like(addr)
+        first_q = Signal()
+        wen_q = Signal()
+        ilast_q = Signal()
+        m.d.sync += [wen_q.eq(take), ilast_q.eq(take & img_last)]
+        with m.If(take):
+            m.d.sync += [addr_q.eq(addr), first_q.eq(first)]
+            for lane in range(L):
+                m.d.sync += dot_q[lane].eq(dot[lane])
+        with m.If(take & img_last):
+            m.d.sync += mh.eq(~mh)
+        m.d.comb += [arp.addr.eq(addr), arp.en.eq(take), awp.addr.eq(addr_q), awp.en.eq(wen_q)]
+        acc_ovf = Signal(range(L + 1))
+        ovf_bits = []
+        for lane in range(L):
+            s, ovf = saturate(Mux(first_q, 0, arp.data[lane]) + dot_q[lane], aw_acc)
+            m.d.comb += awp.data[lane].eq(s)
+            ovf_bits.append(ovf)
+        m.d.comb += acc_ovf.eq(sum(ovf_bits))
+        with m.If(wen_q):
+            m.d.sync += self.acc_overflows.eq(self.acc_overflows + acc_ovf)
+        wh = Signal()                                   # half of the write in flight
+        with m.If(ilast_q):
+            m.d.sync += wh.eq(~wh)
+            for h in range(2):
+                with m.If(wh == h):
+                    m.d.sync += acc_full[h].eq(1)
+
+        # ---- drain: per position the Q words of L lanes, requantised, gathered -----------------
+        dh = Signal()
+        dloops = _Loops(m, [NPOS, Q], "drain")
+        d_valid = Signal()
+        word = stream.Signature(_vec(self._out_fmt.width, L)).create(path=("drained",))
+        d_adv = ~d_valid | word.ready
+        d_issue = d_adv & Mux(dh, acc_full[1], acc_full[0])
+        dloops.step(d_issue)
+        dlast = dloops.all_max(0)
+        with m.If(d_issue & dlast):
+            m.d.sync += dh.eq(~dh)
+            for h in range(2):
+                with m.If(dh == h):
+                    m.d.sync += acc_full[h].eq(0)
+        with m.If(d_adv):
+            m.d.sync += d_valid.eq(d_issue)
+        m.d.comb += [drp.addr.eq(dh * (Q * NPOS) + dloops.idx[1] * NPOS + dloops.idx[0]),
+                     drp.en.eq(d_adv), word.valid.eq(d_valid)]
+        out_bits = []
+        for lane in range(L):
+            v, ovf = requantize(drp.data[lane], self._frac_in, self._out_fmt)
+            m.d.comb += word.payload[lane].eq(v)
+            out_bits.append(ovf)
+        with m.If(word.valid & word.ready):
+            m.d.sync += self.out_overflows.eq(self.out_overflows + sum(out_bits))
+        d_last = Signal()                               # the word in the read stage ends the image
+        with m.If(d_adv):
+            m.d.sync += d_last.eq(d_issue & dlast)
+        m.d.comb += self.done.eq(word.valid & word.ready & d_last)
+        _gather(m, src=word, dst=out_stream, words=Q, lanes_in=L, lanes_out=self._out_lanes,
+                name="gather")
+
+
+class WSFPLayer(_WSLayer):
+    """Weight-stationary forward propagation of a borrowed conv segment.
+
+    The weights are not stored here: each image's ``R * G`` weight sets arrive on ``w`` from the
+    lender (:class:`Lender`), once per image, in address order ``j = r*G + g`` (``r`` output
+    group of ``P`` channels outer, ``g`` input group of ``S`` channels inner; the set layout and
+    lane order of ``docs/hw-node.md``, "Weight address map"). Per image:
+
+    1. the ``H x W`` input pixels (``C`` lanes) are written into one bank of a two-bank frame
+       store (the other bank is being replayed) and passed on ``act`` (Act-RAM tap for PG);
+    2. for each weight set ``(r, g)`` in turn the stored map is replayed through a
+       :class:`LineBuffer` (FP geometry, all ``C`` lanes); each of the ``Ho x Wo`` windows is
+       multiplied with the set (``P x S x K x K`` multipliers, one window per cycle):
+       ``acc[r][pos][e] (+)= sum_{s,ky,kx} win[g*S+s][ky][kx] * set[e*S+s][ky][kx]``, written
+       (``g = 0``) or added (read-modify-write) into an accumulator memory of
+       ``2 x R x Ho*Wo`` words of ``P`` lanes (two halves for alternate images);
+    3. the finished half drains position by position (``R`` words of ``P`` lanes), each
+       requantised to the activation format and gathered into one ``OC``-lane word, then ReLU
+       and max-pool as in :class:`~fpdeep_hw.node.fp_layer.FPLayer`.
+
+    The next set is prefetched into a second weight register while the current one is swept.
+    Cycles per image without stalls: ``R * G`` replays of the line buffer's virtual map
+    (``(H + 2P) * (W + 2P)`` scan steps each at stride 1; see :attr:`cycles_per_image`).
+    The version of the weights is the lender's business (it streams the version the spec's rule
+    gives for each image); this block has no gate.
+
+    Parameters
+    ----------
+    segment : SegmentPlan
+        The borrowed ``whole`` conv segment (``engines.fp`` gives ``P``, ``S``, ``kernel``).
+    network : Network
+    numerics : NumericsConfig
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
+        Input pixels, raster order.
+    w : ``In(stream.Signature(weight_set_layout(weight, K, P*S)))``
+        Weight sets from the lender, ``R * G`` per image in address order.
+    o : ``Out(stream.Signature(ArrayLayout(signed(activation.width), OC)))``
+        Output pixels (after ReLU / pool).
+    act : ``Out(stream.Signature(ArrayLayout(signed(activation.width), C)))``
+        Tap of the input pixels for the Act-RAM.
+    mask : ``Out(stream.Signature(ArrayLayout(1, OC)))``
+        ReLU masks (only with a ReLU).
+    arg : ``Out(stream.Signature(ArrayLayout(arg_bits(pool_k), OC)))``
+        Argmax of the pooled pixels (only with a max-pool).
+    done : ``Out(1)``
+        Pulse with the last drained accumulator word of an image.
+    busy : ``Out(1)``
+        A window meets a weight set this cycle (multiplier utilisation).
+    acc_overflows, out_overflows : ``Out(32)``
+        Clamped accumulator elements (zero in a valid run) and activation requantisation clamps.
+    """
+
+    _owner = "WSFPLayer"
+
+    def _setup(self):
+        g, nm = self._geom, self._numerics
+        aw = nm.activation.width
+        self._in_lanes, self._out_lanes = g.in_channels, g.out_channels
+        self._acc_lanes, self._q = g.p, g.out_groups
+        self._npix, self._npos = g.pixels, g.conv_height * g.conv_width
+        self._out_fmt = nm.activation
+        self._frac_in = nm.activation.frac + nm.weight.frac
+        members = {
+            "i": In(stream.Signature(_vec(aw, g.in_channels))),
+            "w": In(stream.Signature(self._set_layout)),
+            "o": Out(stream.Signature(_vec(aw, g.out_channels))),
+            "act": Out(stream.Signature(_vec(aw, g.in_channels))),
+            "done": Out(1),
+            "busy": Out(1),
+            "acc_overflows": Out(32),
+            "out_overflows": Out(32),
+        }
+        if g.relu:
+            members["mask"] = Out(stream.Signature(data.ArrayLayout(1, g.out_channels)))
+        if g.pool is not None:
+            members["arg"] = Out(stream.Signature(
+                data.ArrayLayout(arg_bits(g.pool[0]), g.out_channels)))
+        wiring.Component.__init__(self, members)
+
+    @property
+    def cycles_per_image(self):
+        """Scan steps per image without stalls: ``R * G`` replays of the virtual map."""
+        g = self._geom
+        lg = Geometry(g.height, g.width, g.kernel, stride=g.stride, pad=g.pad)
+        return self.weight_sets * lg.vheight * lg.vwidth
+
+    def _line_buffer(self, iw):
+        g = self._geom
+        return LineBuffer(height=g.height, width=g.width, channels=g.in_channels, k=g.kernel,
+                          stride=g.stride, pad=g.pad, shape=signed(iw))
+
+    def _acc_index(self, r, g):
+        return r, (g == 0) if self._geom.groups > 1 else Const(1, 1)
+
+    def _mac(self, m, win, wset, r, gi):
+        g = self._geom
+        K, P, S, C, G = g.kernel, g.p, g.s, g.in_channels, g.groups
+        aw = self._numerics.activation.width
+        sel = Signal(_win(aw, K, S), name="win_sel")
+        for gg in range(G):
+            with m.If(gi == gg):
+                for s in range(S):
+                    c = gg * S + s
+                    m.d.comb += sel[s].eq(win[c] if c < C else 0)
+        out = []
+        for e in range(P):
+            terms = [sel[s][ky][kx] * wset[e * S + s][ky][kx]
+                     for s in range(S) for ky in range(K) for kx in range(K)]
+            out.append(sum(terms))
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        g, nm = self._geom, self._numerics
+        aw, OC = nm.activation.width, g.out_channels
+        gathered = stream.Signature(_vec(aw, OC)).create(path=("gathered",))
+        self._build_core(m, in_port=self.i, tap=self.act, out_stream=gathered)
+        cur = gathered
+        if g.relu:
+            m.submodules.relu = relu = ReLU(fmt=nm.activation, lanes=OC)
+            wiring.connect(m, cur, relu.i)
+            dst = self.o if g.pool is None else \
+                stream.Signature(_vec(aw, OC)).create(path=("relu_out",))
+            _fork(m, src_valid=relu.o.valid, src_ready=relu.o.ready,
+                  branches=[(dst, relu.o.payload.data), (self.mask, relu.o.payload.mask)])
+            cur = dst
+        if g.pool is not None:
+            pk, ps = g.pool
+            m.submodules.pool = pool = MaxPool(fmt=nm.activation, lanes=OC, k=pk, stride=ps,
+                                               height=g.conv_height, width=g.conv_width)
+            wiring.connect(m, cur, pool.i)
+            _fork(m, src_valid=pool.o.valid, src_ready=pool.o.ready,
+                  branches=[(self.o, pool.o.payload.max), (self.arg, pool.o.payload.arg)])
+        elif not g.relu:
+            wiring.connect(m, cur, wiring.flipped(self.o))
+        return m
+
+
+def _win(width, k, lanes):
+    return data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(width), k), k), lanes)
+
+
+class WSEBLayer(_WSLayer):
+    """Weight-stationary error backpropagation of a borrowed conv segment.
+
+    Per image the ``Ho x Wo`` output errors ``E_out`` (``OC`` lanes, raster order, after pool
+    and ReLU backward) are stored in a two-bank frame store; for each weight set ``(r, g)`` as
+    it arrives on ``w`` (``R * G`` per image, address order ``r*G + g``, the layout of
+    :class:`WSFPLayer`) the stored map is replayed through a transposed :class:`LineBuffer`
+    (``LineBuffer.transposed``: zero insertion, padding ``K-1-P``, flipped windows, all ``OC``
+    lanes) and each of the ``H x W`` windows is multiplied with the set:
+    ``acc[g][pos][s] (+)= sum_{e,ky,kx} win[r*P+e][ky][kx] * set[e*S+s][ky][kx]`` (written for
+    ``r = 0``, added after), in an accumulator memory of ``2 x G x H*W`` words of ``S`` lanes.
+    The finished half drains position by position (``G`` words of ``S`` lanes) requantised
+    from ``error.frac + weight.frac`` to the error format and gathered to ``C`` lanes.
+
+    Parameters
+    ----------
+    As :class:`WSFPLayer` (the segment must have EB engines).
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+        ``E_out`` in raster order.
+    w : ``In(stream.Signature(weight_set_layout(weight, K, P*S)))``
+        Weight sets from the lender, ``R * G`` per image in address order.
+    o : ``Out(stream.Signature(ArrayLayout(signed(error.width), C)))``
+        ``E_in`` in raster order.
+    done, busy, acc_overflows, out_overflows
+        As :class:`WSFPLayer` (``out_overflows``: error requantisation clamps).
+    """
+
+    _owner = "WSEBLayer"
+
+    def _setup(self):
+        g, nm = self._geom, self._numerics
+        if not g.has_eb:
+            raise ValueError(f"WSEBLayer: segment {g.name!r} has no EB")
+        ew = nm.error.width
+        self._in_lanes, self._out_lanes = g.out_channels, g.in_channels
+        self._acc_lanes, self._q = g.s, g.groups
+        self._npix, self._npos = g.conv_height * g.conv_width, g.pixels
+        self._out_fmt = nm.error
+        self._frac_in = nm.error.frac + nm.weight.frac
+        wiring.Component.__init__(self, {
+            "i": In(stream.Signature(_vec(ew, g.out_channels))),
+            "w": In(stream.Signature(self._set_layout)),
+            "o": Out(stream.Signature(_vec(ew, g.in_channels))),
+            "done": Out(1),
+            "busy": Out(1),
+            "acc_overflows": Out(32),
+            "out_overflows": Out(32),
+        })
+
+    @property
+    def cycles_per_image(self):
+        """Scan steps per image without stalls: ``R * G`` replays of the transposed virtual map."""
+        g = self._geom
+        eg = eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
+        return self.weight_sets * eg.vheight * eg.vwidth
+
+    def _line_buffer(self, iw):
+        g = self._geom
+        return LineBuffer.transposed(height=g.height, width=g.width, channels=g.out_channels,
+                                     k=g.kernel, stride=g.stride, pad=g.pad, shape=signed(iw))
+
+    def _acc_index(self, r, g):
+        return g, (r == 0) if self._geom.out_groups > 1 else Const(1, 1)
+
+    def _mac(self, m, win, wset, ri, gi):
+        g = self._geom
+        K, P, S, OC, R = g.kernel, g.p, g.s, g.out_channels, g.out_groups
+        ew = self._numerics.error.width
+        sel = Signal(_win(ew, K, P), name="win_sel")
+        for rr in range(R):
+            with m.If(ri == rr):
+                for e in range(P):
+                    o = rr * P + e
+                    m.d.comb += sel[e].eq(win[o] if o < OC else 0)
+        out = []
+        for s in range(S):
+            terms = [sel[e][ky][kx] * wset[e * S + s][ky][kx]
+                     for e in range(P) for ky in range(K) for kx in range(K)]
+            out.append(sum(terms))
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        self._build_core(m, in_port=self.i, tap=None, out_stream=wiring.flipped(self.o))
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# lender
+
+class Lender(wiring.Component):
+    """The lender's side of a borrowed segment: BPRAM, weight streams, BGB, update, version gate.
+
+    Storage: a :class:`BPRAM` with the segment's ``R * G`` working weight sets
+    (``P*S x K x K``, weight format; the shared address map), a :class:`WeightUpdate` holding
+    the master copy, a :class:`BGB` accumulating the gradients the borrower returns.
+
+    Weight streams (each ``R * G`` sets per image, address order ``0 .. R*G-1``):
+
+    * ``fp_w``: FP of image ``i`` gets version ``max(0, (i - D) // B)``: read through the BPRAM's
+      lending port (``lend_req`` of one set at a time) into a ``fifo_depth``-set FIFO;
+    * ``eb_w``: EB of image ``i`` gets version ``i // B``: read through the BPRAM's ``rd_addr``
+      port into a second FIFO.
+
+    A read is issued only when its FIFO has room for it (so neither stream's stall can block the
+    other in the shared read stage). Version rule (mirror of
+    :class:`~fpdeep_hw.node.version_gate.VersionGate`): with ``v`` updates applied, FP sets of
+    image ``i`` are read only while ``i < (v+1)*B + D`` and EB sets while ``i < (v+1)*B``; the
+    update ``v -> v+1`` is started (``WeightUpdate.start``) once FP of images ``< (v+1)*B + D``
+    and EB of images ``< (v+1)*B`` have all left the FIFOs; its write-back goes into the BPRAM
+    (``wr``), its ``done`` increments ``v``. So every set read carries exactly the version the
+    spec gives, whatever the stalls.
+
+    Gradients: ``grad`` takes the borrower's per-image gradient sets (``addr``, ``data`` in the
+    gradient format, ``R * G`` words per image in any address order); the lender marks the last
+    word of every ``B``-th image ``batch_done`` for the BGB, whose averages feed the update.
+
+    No incomplete-mini-batch flush (a run ends after whole mini-batches, or the last partial
+    mini-batch's gradients stay in the BGB).
+
+    Parameters
+    ----------
+    segment : SegmentPlan
+        The borrowed segment (as the borrower's :class:`WSFPLayer` is built from).
+    network : Network
+    numerics : NumericsConfig
+    batch : int
+        ``B``.
+    lr_q : int
+        Learning rate constant (``sim.golden.layers.lr_to_q``).
+    lag : int, optional
+        ``D``; default ``floor(segment.act_ram_images)`` (the spec's ``D_l``).
+    master : array ``(OC, C, K, K)``, optional
+        Initial master weights (master format integers); default zeros.
+    fifo_depth : int
+        Sets buffered per stream (default 2).
+
+    Members
+    -------
+    fp_w, eb_w : ``Out(stream.Signature(weight_set_layout(weight, K, P*S)))``
+        Weight sets for the borrower's FP and EB.
+    grad : ``In(stream.Signature(StructLayout({"addr", "data"})))``
+        Per-image gradient sets from the borrower (``data``: ``P*S x K x K`` gradient format).
+    fp_images, eb_images, grad_images, updates : ``Out(32)``
+        Images whose FP / EB sets have all been sent, images of gradients received, updates
+        applied (the current version).
+    bgb_acc_overflow, bgb_out_overflow, update_overflow : ``Out(32)``
+        Saturation counters of the BGB and the update.
+    """
+
+    def __init__(self, segment, network, numerics, *, batch, lr_q, lag=None, master=None,
+                 fifo_depth=2):
+        geom = _check_args("Lender", segment, network, numerics)
+        _pos_int("Lender", "batch", batch)
+        if lag is None:
+            lag = int(math.floor(segment.act_ram_images))
+        _pos_int("Lender", "lag", lag, low=0)
+        _pos_int("Lender", "fifo depth", fifo_depth)
+        self._geom, self._numerics = geom, numerics
+        self._batch, self._lag, self._fifo_depth = batch, lag, fifo_depth
+        K, PS = geom.kernel, geom.p * geom.s
+        RG = geom.out_groups * geom.groups
+        if master is None:
+            master = np.zeros((geom.out_channels, geom.in_channels, K, K), dtype=np.int64)
+        master = np.asarray(master)
+        mfmt = numerics.master
+        if master.size and (master.min() < mfmt.min_int or master.max() > mfmt.max_int):
+            raise ValueError(f"Lender master weights must fit in {mfmt.width} signed bits")
+        msets = geom.pack_weights(master)
+        from sim.golden.layers import working_weight
+        wsets, _ = working_weight(msets, numerics)
+        self._upd = WeightUpdate(numerics=numerics, kernel=K, lanes=PS, depth=RG, lr_q=lr_q,
+                                 init=msets)
+        self._bpram = BPRAM(fmt=numerics.weight, kernel=K, lanes=PS, depth=RG,
+                            init=np.asarray(wsets, dtype=np.int64))
+        self._bgb = BGB(in_fmt=numerics.gradient, out_fmt=numerics.gradient,
+                        acc_width=numerics.grad_acc_width, kernel=K, lanes=PS, depth=RG,
+                        batch=batch)
+        self._set_layout = weight_set_layout(numerics.weight, K, PS)
+        self._grad_layout = data.StructLayout({
+            "addr": range(max(RG, 2)),
+            "data": weight_set_layout(numerics.gradient, K, PS)})
+        super().__init__({
+            "fp_w": Out(stream.Signature(self._set_layout)),
+            "eb_w": Out(stream.Signature(self._set_layout)),
+            "grad": In(stream.Signature(self._grad_layout)),
+            "fp_images": Out(32), "eb_images": Out(32), "grad_images": Out(32),
+            "updates": Out(32),
+            "bgb_acc_overflow": Out(32), "bgb_out_overflow": Out(32),
+            "update_overflow": Out(32),
+        })
+
+    geometry = property(lambda self: self._geom)
+    batch = property(lambda self: self._batch)
+    lag = property(lambda self: self._lag)
+    set_layout = property(lambda self: self._set_layout)
+    grad_layout = property(lambda self: self._grad_layout)
+
+    @property
+    def weight_sets(self):
+        return self._geom.out_groups * self._geom.groups
+
+    @property
+    def weights_per_image(self):
+        """Weight words per image and stream: ``R*G*P*S*K*K``."""
+        g = self._geom
+        return self.weight_sets * g.p * g.s * g.kernel * g.kernel
+
+    def elaborate(self, platform):
+        m = Module()
+        B, D, RG, depth = self._batch, self._lag, self.weight_sets, self._fifo_depth
+        m.submodules.bpram = bp = self._bpram
+        m.submodules.update = upd = self._upd
+        m.submodules.bgb = bgb = self._bgb
+        wiring.connect(m, upd.wr, bp.wr)
+        wiring.connect(m, bgb.o, upd.grad)
+        m.d.comb += [self.bgb_acc_overflow.eq(bgb.acc_overflow),
+                     self.bgb_out_overflow.eq(bgb.out_overflow),
+                     self.update_overflow.eq(upd.overflow)]
+        width = self._set_layout.size
+
+        fp_limit = Signal(32, init=B + D)       # FP images < fp_limit may use the version
+        eb_limit = Signal(32, init=B)
+        # ---- FP stream: lending port, one set per request ----------------------------------------
+        m.submodules.fp_fifo = fpf = SyncFIFOBuffered(width=width, depth=depth)
+        fp_set = Signal(range(max(RG, 2)))
+        fp_iss = Signal(32)
+        fp_fly = Signal(range(depth + 2))
+        fp_room = (fpf.level + fp_fly) < depth
+        m.d.comb += [
+            bp.lend_req.valid.eq((fp_iss < fp_limit) & fp_room),
+            bp.lend_req.payload.first.eq(fp_set),
+            bp.lend_req.payload.count.eq(1),
+            fpf.w_en.eq(bp.lend.valid),
+            fpf.w_data.eq(bp.lend.payload.data),
+            bp.lend.ready.eq(fpf.w_rdy),
+        ]
+        req = bp.lend_req.valid & bp.lend_req.ready
+        got = bp.lend.valid & bp.lend.ready
+        with m.If(req):
+            m.d.sync += fp_set.eq(Mux(fp_set == RG - 1, 0, fp_set + 1))
+            with m.If(fp_set == RG - 1):
+                m.d.sync += fp_iss.eq(fp_iss + 1)
+        m.d.sync += fp_fly.eq(fp_fly + req - got)
+        fp_out = Signal(range(max(RG, 2)))
+        m.d.comb += [self.fp_w.valid.eq(fpf.r_rdy), self.fp_w.payload.eq(fpf.r_data),
+                     fpf.r_en.eq(self.fp_w.ready)]
+        with m.If(self.fp_w.valid & self.fp_w.ready):
+            m.d.sync += fp_out.eq(Mux(fp_out == RG - 1, 0, fp_out + 1))
+            with m.If(fp_out == RG - 1):
+                m.d.sync += self.fp_images.eq(self.fp_images + 1)
+
+        # ---- EB stream: rd_addr port ----------------------------------------------------------
+        m.submodules.eb_fifo = ebf = SyncFIFOBuffered(width=width, depth=depth)
+        eb_set = Signal(range(max(RG, 2)))
+        eb_iss = Signal(32)
+        eb_fly = Signal(range(depth + 2))
+        eb_room = (ebf.level + eb_fly) < depth
+        m.d.comb += [
+            bp.rd_addr.valid.eq((eb_iss < eb_limit) & eb_room),
+            bp.rd_addr.payload.eq(eb_set),
+            ebf.w_en.eq(bp.rd_data.valid),
+            ebf.w_data.eq(bp.rd_data.payload),
+            bp.rd_data.ready.eq(ebf.w_rdy),
+        ]
+        ereq = bp.rd_addr.valid & bp.rd_addr.ready
+        egot = bp.rd_data.valid & bp.rd_data.ready
+        with m.If(ereq):
+            m.d.sync += eb_set.eq(Mux(eb_set == RG - 1, 0, eb_set + 1))
+            with m.If(eb_set == RG - 1):
+                m.d.sync += eb_iss.eq(eb_iss + 1)
+        m.d.sync += eb_fly.eq(eb_fly + ereq - egot)
+        eb_out = Signal(range(max(RG, 2)))
+        m.d.comb += [self.eb_w.valid.eq(ebf.r_rdy), self.eb_w.payload.eq(ebf.r_data),
+                     ebf.r_en.eq(self.eb_w.ready)]
+        with m.If(self.eb_w.valid & self.eb_w.ready):
+            m.d.sync += eb_out.eq(Mux(eb_out == RG - 1, 0, eb_out + 1))
+            with m.If(eb_out == RG - 1):
+                m.d.sync += self.eb_images.eq(self.eb_images + 1)
+
+        # ---- gradients into the BGB -------------------------------------------------------------
+        g_set = Signal(range(max(RG, 2)))
+        g_img = Signal(range(max(B, 2)))
+        g_last = (g_set == RG - 1) if RG > 1 else Const(1, 1)
+        b_last = (g_img == B - 1) if B > 1 else Const(1, 1)
+        m.d.comb += [
+            bgb.i.valid.eq(self.grad.valid),
+            bgb.i.payload.addr.eq(self.grad.payload.addr),
+            bgb.i.payload.data.eq(self.grad.payload.data),
+            bgb.i.payload.batch_done.eq(g_last & b_last),
+            self.grad.ready.eq(bgb.i.ready),
+        ]
+        with m.If(self.grad.valid & self.grad.ready):
+            if RG > 1:
+                m.d.sync += g_set.eq(Mux(g_last, 0, g_set + 1))
+            with m.If(g_last):
+                m.d.sync += self.grad_images.eq(self.grad_images + 1)
+                if B > 1:
+                    m.d.sync += g_img.eq(Mux(b_last, 0, g_img + 1))
+
+        # ---- version gate: start the update when both streams are done with the old version --
+        started = Signal()
+        ready_fp = (self.fp_images >= fp_limit) & (fp_iss == fp_limit) & (fp_fly == 0)
+        ready_eb = (self.eb_images >= eb_limit) & (eb_iss == eb_limit) & (eb_fly == 0)
+        go = ready_fp & ready_eb & ~started
+        m.d.comb += upd.start.eq(go)
+        with m.If(go):
+            m.d.sync += started.eq(1)
+        with m.If(upd.done):
+            m.d.sync += [started.eq(0), self.updates.eq(self.updates + 1),
+                         fp_limit.eq(fp_limit + B), eb_limit.eq(eb_limit + B)]
+        return m

@@ -1,0 +1,199 @@
+"""Tests of parameter lending: :mod:`fpdeep_hw.node.lend` (Lender, WSFPLayer, WSEBLayer).
+
+The borrowed segment is conv2 of the ``tiny`` network on two ``tiny-test`` nodes
+(``map_network(tiny, tiny-test, 2, max_row_lanes=1)``: node 0 holds conv1 and conv2, node 1
+keeps all 288 weights of conv2 in its BPRAM). The lender is connected directly to the
+borrower's weight-stationary FP and EB engines (no links); the per-image gradients of the
+borrower (golden ``conv_pg`` of the same images) stream back into the lender's BGB. Random
+stalls on every stream; several mini-batches; everything compared bit for bit with
+:mod:`sim.golden.layers` (``conv_fp``/``fp_output``/``relu``/``maxpool``, ``conv_eb``,
+``conv_pg``, ``accumulate_gradient``, ``average_gradient``, ``update``), weights per image
+counted against the mapper's prediction.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim.golden import layers as gl
+from sim.lint import verilator_lint
+from sim.streams import stream_sink, stream_source
+from sim.waves import run_simulation
+
+NET = load_network("tiny")
+PLAN = map_network(NET, load_board("tiny-test"), 2, max_row_lanes=1)
+SEG = next(s for s in PLAN.node_plans[0].segments if s.layer == "conv2")
+NUM = PLAN.numerics
+
+
+def test_plan_lends_conv2():
+    """The plan this test builds: all of conv2's weights kept on node 1 for node 0."""
+    assert SEG.weights == SEG.weights_borrowed == 288
+    lends = PLAN.node_plans[1].bpram
+    assert [(lp.layer, lp.lender, lp.borrower, lp.weights) for lp in lends] == \
+        [("conv2", 1, 0, 288)]
+
+
+def _mapper_words(path):
+    return sum(s.words_per_image for link in PLAN.links for s in link.streams
+               if s.path == path and s.layer == "conv2")
+
+
+def _expected(n_images, batch, lag, lr_q, rng):
+    """Inputs and golden results of ``n_images`` images through a lent conv2."""
+    geom = WSFPLayer(SEG, NET, NUM).geometry
+    C, H, W, OC, K = geom.in_channels, geom.height, geom.width, geom.out_channels, geom.kernel
+    nrng = np.random.default_rng(rng.randrange(1 << 30))
+    master0 = nrng.integers(-(1 << 22), 1 << 22, size=(OC, C, K, K))   # |w| < 0.25
+    acts = [nrng.integers(-512, 512, size=(C, H, W)) for _ in range(n_images)]
+    errs = [nrng.integers(-1024, 1024, size=(OC, H, W)) for _ in range(n_images)]
+    grads = [gl.conv_pg(e, a, K, 1, 1, 1, NUM)[0] for e, a in zip(errs, acts)]
+    masters, working = [master0], [gl.working_weight(master0, NUM)[0]]
+    upd_ovf = 0
+    for mb in range(n_images // batch):
+        acc = np.zeros_like(master0)
+        for g in grads[mb * batch:(mb + 1) * batch]:
+            acc, _ = gl.accumulate_gradient(acc, g, NUM)
+        avg, _ = gl.average_gradient(acc, batch, NUM)
+        new, w, ovf = gl.update(masters[-1], avg, lr_q, NUM)
+        masters.append(new)
+        working.append(w)
+        upd_ovf += ovf
+    fp = {"o": [], "mask": [], "arg": [], "act": [], "out_ovf": 0}
+    eb = {"o": [], "out_ovf": 0}
+    for i in range(n_images):
+        w_fp = working[max(0, (i - lag) // batch)]
+        acc, a_ovf = gl.conv_fp(acts[i], w_fp, 1, 1, 1, NUM)
+        assert a_ovf == 0
+        y, ovf = gl.fp_output(acc, NUM)
+        fp["out_ovf"] += ovf
+        r, mask = gl.relu(y)
+        p, arg = gl.maxpool(r, 2, 2)
+        fp["o"] += p.transpose(1, 2, 0).reshape(-1, OC).tolist()
+        fp["mask"] += mask.transpose(1, 2, 0).reshape(-1, OC).tolist()
+        fp["arg"] += arg.transpose(1, 2, 0).reshape(-1, OC).tolist()
+        fp["act"] += acts[i].transpose(1, 2, 0).reshape(-1, C).tolist()
+        e_in, ovf = gl.conv_eb(errs[i], working[i // batch], 1, 1, 1, (C, H, W), NUM)
+        eb["o"] += e_in.transpose(1, 2, 0).reshape(-1, C).tolist()
+        eb["out_ovf"] += ovf
+    # updates the version rule lets the lender apply within the run: M needs FP of the images
+    # < (M+1)B + D and EB of the images < (M+1)B
+    applied = sum(1 for mb in range(n_images // batch) if (mb + 1) * batch + lag <= n_images)
+    return dict(master0=master0, acts=acts, errs=errs, grads=grads, fp=fp, eb=eb,
+                working=working, updates=applied, upd_ovf=upd_ovf, geom=geom)
+
+
+class _Pair(wiring.Component):
+    """Lender and borrower engines connected directly, with transfer counters."""
+
+    def __init__(self, lender, fp, eb):
+        self.lender, self.fp, self.eb = lender, fp, eb
+        super().__init__({})
+        self.fp_sets = Signal(32)
+        self.eb_sets = Signal(32)
+        self.grad_sets = Signal(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lender, m.submodules.fp, m.submodules.eb = self.lender, self.fp, self.eb
+        wiring.connect(m, self.lender.fp_w, self.fp.w)
+        wiring.connect(m, self.lender.eb_w, self.eb.w)
+        for cnt, port in ((self.fp_sets, self.fp.w), (self.eb_sets, self.eb.w),
+                          (self.grad_sets, self.lender.grad)):
+            with m.If(port.valid & port.ready):
+                m.d.sync += cnt.eq(cnt + 1)
+        return m
+
+
+def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend"):
+    rng = random.Random(seed)
+    lr_q = gl.lr_to_q(0.5)
+    exp = _expected(n_images, batch, lag, lr_q, rng)
+    geom = exp["geom"]
+    lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"])
+    fp, eb = WSFPLayer(SEG, NET, NUM), WSEBLayer(SEG, NET, NUM)
+    dut = _Pair(lender, fp, eb)
+    OC, C = geom.out_channels, geom.in_channels
+    gsets = [geom.pack_weights(g) for g in exp["grads"]]
+    grad_words = [{"addr": j, "data": gs[j].tolist()} for gs in gsets for j in range(len(gs))]
+    in_words = [px for a in exp["acts"] for px in a.transpose(1, 2, 0).reshape(-1, C).tolist()]
+    err_words = [px for e in exp["errs"] for px in e.transpose(1, 2, 0).reshape(-1, OC).tolist()]
+    got = {k: [] for k in ("o", "mask", "arg", "act", "eb")}
+    want = {"o": len(exp["fp"]["o"]), "mask": len(exp["fp"]["mask"]),
+            "arg": len(exp["fp"]["arg"]), "act": len(in_words), "eb": len(exp["eb"]["o"])}
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    r = lambda: random.Random(rng.random())   # noqa: E731
+    sim.add_testbench(stream_source(fp.i, in_words, rng=r(), p_stall=p_stall))
+    sim.add_testbench(stream_source(eb.i, err_words, rng=r(), p_stall=p_stall))
+    sim.add_testbench(stream_source(lender.grad, grad_words, rng=r(), p_stall=p_stall))
+    for key, port in (("o", fp.o), ("mask", fp.mask), ("arg", fp.arg), ("act", fp.act),
+                      ("eb", eb.o)):
+        sim.add_testbench(stream_sink(port, got[key], count=want[key], rng=r(), p_stall=p_stall))
+    final = {}
+
+    async def watch(ctx):
+        cycle = 0
+        while ctx.get(lender.updates) < exp["updates"] or \
+                ctx.get(dut.grad_sets) < len(grad_words) or \
+                ctx.get(lender.fp_images) < n_images or ctx.get(lender.eb_images) < n_images or \
+                any(len(got[k]) < n for k, n in want.items()):
+            await ctx.tick()
+            cycle += 1
+        for _ in range(3 * lender.weight_sets):
+            await ctx.tick()
+        for name in ("fp_sets", "eb_sets", "grad_sets"):
+            final[name] = ctx.get(getattr(dut, name))
+        for name in ("updates", "fp_images", "eb_images", "grad_images", "bgb_acc_overflow",
+                     "bgb_out_overflow", "update_overflow"):
+            final[name] = ctx.get(getattr(lender, name))
+        for name in ("acc_overflows", "out_overflows"):
+            final["fp_" + name] = ctx.get(getattr(fp, name))
+            final["eb_" + name] = ctx.get(getattr(eb, name))
+
+    sim.add_testbench(watch)
+    run_simulation(sim, waves, traces=[dut])
+    return exp, got, final, lender
+
+
+def check_pair(n_images, batch, lag, seed, **kw):
+    exp, got, final, lender = run_pair(n_images, batch, lag, seed, **kw)
+    assert got["act"] == exp["fp"]["act"]
+    assert got["mask"] == exp["fp"]["mask"]
+    assert got["arg"] == exp["fp"]["arg"]
+    assert got["o"] == exp["fp"]["o"]
+    assert got["eb"] == exp["eb"]["o"]
+    assert final["updates"] == exp["updates"]
+    assert final["fp_acc_overflows"] == final["eb_acc_overflows"] == 0
+    assert final["fp_out_overflows"] == exp["fp"]["out_ovf"]
+    assert final["eb_out_overflows"] == exp["eb"]["out_ovf"]
+    assert final["update_overflow"] == exp["upd_ovf"]
+    # words per image: what the mapper's model predicts for the lender's links
+    # (the lender may already be streaming the next image's FP sets if its version is out:
+    # at most the borrower's two weight registers and the FIFO, never a whole image)
+    sets, per_set = lender.weight_sets, lender.weights_per_image // lender.weight_sets
+    assert lender.weights_per_image == sets * per_set == 288
+    assert 2 * lender.weights_per_image == _mapper_words("parameters")
+    assert lender.weights_per_image == _mapper_words("gradients")
+    assert n_images * sets <= final["fp_sets"] < (n_images + 1) * sets
+    assert final["fp_images"] == final["fp_sets"] // sets
+    assert final["eb_sets"] == n_images * sets and final["eb_images"] == n_images
+    assert final["grad_sets"] == n_images * sets and final["grad_images"] == n_images
+    return exp, final
+
+
+def test_lend_three_batches(waves):
+    """6 images, B = 2, D = 1: FP versions 0,0,0,1,1,2; EB versions 0,0,1,1,2,2 (updates 0 and 1
+    applied; the third mini-batch's gradients reach the master, not yet the BPRAM)."""
+    exp, _ = check_pair(6, 2, 1, seed=1, waves=waves)
+    assert exp["updates"] == 2
