@@ -90,12 +90,19 @@ def _data(network, images, seed):
 
 # ---- the run ------------------------------------------------------------------------------------
 
-def _check_args(net, board, nodes, images, batch, seed, lr, stall):
+def _check_args(net, board, nodes, images, batch, seed, lr, stall, link_gbps=None,
+                link_latency=54, split="channels"):
     from fpdeep_map.board import load_board
     from fpdeep_map.network import load_network
-    if nodes != 1:
-        raise TrainError(f"--nodes {nodes}: multi-node co-simulation is not implemented yet "
-                         f"(only --nodes 1)")
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise TrainError(f"--nodes must be a positive integer, not {nodes!r}")
+    if link_gbps is not None and not (isinstance(link_gbps, (int, float)) and
+                                      math.isfinite(link_gbps) and link_gbps > 0):
+        raise TrainError(f"--link-gbps must be a positive number, not {link_gbps!r}")
+    if isinstance(link_latency, bool) or not isinstance(link_latency, int) or link_latency < 1:
+        raise TrainError(f"--link-latency must be a positive integer, not {link_latency!r}")
+    if split not in ("channels", "layers"):
+        raise TrainError(f"--split must be channels or layers, not {split!r}")
     for name, v in (("--images", images), ("--batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise TrainError(f"{name} must be a positive integer, not {v!r}")
@@ -114,28 +121,39 @@ def _check_args(net, board, nodes, images, batch, seed, lr, stall):
         brd = load_board(board)
     except Exception as e:   # noqa: BLE001
         raise TrainError(f"--board {board}: {e}") from None
+    if link_gbps is not None:
+        brd = brd.with_overrides(link_gbps=link_gbps)
     return network, brd
 
 
-def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1):
-    """Map, build the node, make the data and train the golden model (no simulation yet).
+def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
+            link_gbps=None, link_latency=54, split="channels"):
+    """Map, build the node (or the cluster), make the data and train the golden model.
 
-    Returns a dict with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``,
-    ``golden``.
+    ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
+    by link models of ``link_latency`` cycles at the plan's link rate (the board's, or
+    ``link_gbps``). Returns a dict with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``,
+    ``init``, ``golden``.
     """
+    from fpdeep_hw.node.cluster import Cluster
     from fpdeep_hw.node.top import NodeTop
     from fpdeep_map.mapper import map_network
     from sim.golden.train import GoldenTrainer, init_weights, lags_from_plan
-    network, brd = _check_args(net, board, nodes, images, batch, seed, lr, stall)
+    network, brd = _check_args(net, board, nodes, images, batch, seed, lr, stall, link_gbps,
+                               link_latency, split)
     try:
-        plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1)
+        plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1, split=split)
     except Exception as e:   # noqa: BLE001
         raise TrainError(f"mapping {net} on {board}: {e}") from None
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
-        top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
-                      fifo_images=fifo_images)
+        if nodes == 1:
+            top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
+                          fifo_images=fifo_images)
+        else:
+            top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
+                          fifo_images=fifo_images, link_latency=link_latency)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init)
@@ -189,6 +207,9 @@ def _probes(top):
         probes.append(((n, "pg_done"), nl.pg.pg_done, Value.cast(nl.pg.busy_cycles), None))
         probes.append(((n, "update_done"), nl.update.done, Const(0, 1), None))
     stream_probe(("loss", "o"), top.loss.o, vec(ew, top.loss.classes))
+    for lk in getattr(top, "links", ()):
+        for j, port in enumerate(lk.tx.inputs):
+            probes.append((("link", lk.name, j), port.valid & port.ready, Const(0, 1), None))
     return probes
 
 
@@ -211,7 +232,8 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
     payloads = [p[2] for p in probes]
     rec = {k: [] for k in keys}
     final = {}
-    budget = max_cycles or (20_000 + 40 * n_img * prep["plan"].node_plans[0].cycles_per_image)
+    budget = max_cycles or (20_000 + 40 * n_img * math.ceil(predicted_cycles_per_image(
+        prep["plan"])))
     updates_expected = n_img // prep["top"].batch
     rng = random.Random(stall_seed)
     state = {"sent": False}
@@ -271,6 +293,9 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
             ov[(n, "update")] = ctx.get(nl.update.overflow)
         ov[("loss", "loss")] = ctx.get(top.loss.overflow)
         final["overflow"] = ov
+        final["links"] = {lk.name: {k_: ctx.get(getattr(port, k_)) for port, k_ in (
+            (lk.model, "sent"), (lk.rx, "crc_errors"), (lk.rx, "seq_errors"), (lk.rx, "frames"))}
+            for lk in getattr(top, "links", ())}
         masters = {}
         for nl in top.layers:
             g, upd = nl.geometry, nl.update
@@ -304,16 +329,36 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
     return out, final
 
 
-def _run_with_waves(sim, top, directory):
-    from sim import waves as W
-    traces = {"top": [top.images, top.labels, top.flush]}
-    for nl in top.layers:
+def _node_traces(node):
+    traces = {}
+    for nl in node.layers:
         group = {"fp": nl.fp, "act_ram": nl.act_ram, "bp": nl.bp, "pg": nl.pg,
                  "update": nl.update, "gate": nl.gate}
         if nl.eb is not None:
             group["eb"] = nl.eb
         traces[nl.name] = group
-    traces["loss"] = top.loss
+    if node.loss is not None:
+        traces["loss"] = node.loss
+    return traces
+
+
+def _run_with_waves(sim, top, directory):
+    from sim import waves as W
+    traces = {"top": [top.images, top.labels, top.flush]}
+    if hasattr(top, "links"):
+        # one group per node: its layers and the link ends it holds (transmitters it feeds,
+        # receivers it reads), the link models between nodes in their own group
+        for k, node in enumerate(top.nodes):
+            group = _node_traces(node)
+            for lk in top.links:
+                if lk.src == k:
+                    group[f"{lk.name}_tx"] = lk.tx
+                if lk.dst == k:
+                    group[f"{lk.name}_rx"] = lk.rx
+            traces[f"node{k}"] = group
+        traces["wires"] = {lk.name: lk.model for lk in top.links}
+    else:
+        traces.update(_node_traces(top))
     old = os.environ.get(W.ENV_VAR)
     os.environ[W.ENV_VAR] = str(directory)
     try:
@@ -410,18 +455,66 @@ def compare(prep, rec, final):
     if ov[("loss", "loss")] != gov.get(("loss", "loss"), 0):
         bad.append(f"loss: overflow count {ov[('loss', 'loss')]} != golden "
                    f"{gov.get(('loss', 'loss'), 0)}")
+    for name, c in final.get("links", {}).items():
+        if c["crc_errors"] or c["seq_errors"]:
+            bad.append(f"{name}: {c['crc_errors']} CRC errors, {c['seq_errors']} sequence errors")
     return bad
 
 
 # ---- figures ------------------------------------------------------------------------------------
 
+def predicted_cycles_per_image(plan):
+    """The mapper's period: clock over its images/s (compute, link and memory bounds)."""
+    return plan.clock_mhz * 1e6 / plan.summary["images_per_second"]
+
+
+def _link_figures(prep, rec, final, n_img, cpi):
+    """Per link direction: payload and wire words per image, measured and predicted."""
+    out = []
+    for lk in getattr(prep["top"], "links", ()):
+        c = final["links"][lk.name]
+        streams = []
+        payload = 0
+        for j, (ls, sp) in enumerate(zip(lk.streams, lk.entry.streams)):
+            words = len(rec[("link", lk.name, j)]) * ls.words
+            payload += words
+            streams.append({"sid": ls.sid, "path": sp.path, "layer": sp.layer,
+                            "payload_words_per_image": words / n_img,
+                            "predicted_words_per_image": sp.words_per_image * sp.width / 64,
+                            "plan_words_per_image": sp.words_per_image,
+                            "plan_width": sp.width})
+        wire = c["sent"] / n_img
+        pw = payload / n_img
+        pred = lk.predicted_payload_words
+        out.append({
+            "src": lk.src, "dst": lk.dst, "direction": lk.direction,
+            "words_per_cycle": float(lk.model.rate), "latency": lk.model.latency,
+            "payload_words_per_image": pw,
+            "predicted_payload_words_per_image": pred,
+            "payload_error": round(pw / pred - 1, 4) if pred else None,
+            "wire_words_per_image": wire,
+            "overhead_words_per_image": wire - pw,
+            "predicted_wire_words_per_image": lk.predicted_wire_words,
+            "wire_error": (round(wire / lk.predicted_wire_words - 1, 4)
+                           if lk.predicted_wire_words else None),
+            "link_bound_cycles_per_image": (lk.predicted_wire_words / float(lk.model.rate)),
+            "busy_fraction": round(wire / float(lk.model.rate) / cpi, 4) if cpi else None,
+            "frames": c["frames"], "crc_errors": c["crc_errors"], "seq_errors": c["seq_errors"],
+            "streams": streams})
+    return out
+
+
 def figures(prep, rec, final):
     top, plan = prep["top"], prep["plan"]
     n_img = len(prep["y"])
-    node = plan.node_plans[0]
-    macs = sum(e.macs_per_image for s in node.segments for e in s.engines.values())
+    nodes = getattr(top, "nodes", [top])
+    node_plans = [plan.node_plans[n.node] for n in nodes]
+    of_layer = {s.layer: np_ for np_ in node_plans for s in np_.segments}
+    macs = sum(e.macs_per_image for np_ in node_plans for s in np_.segments
+               for e in s.engines.values())
     units = top.mac_units
-    ideal = macs / units
+    ideal = max(sum(e.macs_per_image for s in np_.segments for e in s.engines.values()) /
+                n.mac_units for n, np_ in zip(nodes, node_plans))
     loss_t = [c for c, _ in rec[("loss", "o")]]
     # steady state: the spacing of loss outputs in the middle of the run (images j1 .. j2);
     # the median skips the mini-batch boundaries, where FP and EB wait for the update
@@ -455,7 +548,8 @@ def figures(prep, rec, final):
             u[ph] = b_ / n_img / cpi
             # the share of the period the plan lets this array be busy (its cycles per image
             # over the node's); the utilisation relative to that bound
-            bound = nl.segment.engines[ph].cycles_per_image / node.cycles_per_image
+            bound = (nl.segment.engines[ph].cycles_per_image /
+                     of_layer[n].cycles_per_image)
             u[f"{ph}_of_plan_bound"] = u[ph] / bound
         util[n] = {k_: round(v, 4) for k_, v in u.items()}
     cycles = final["cycles"]
@@ -466,7 +560,11 @@ def figures(prep, rec, final):
         "steady_state_images": [j1, j2],
         "ideal_cycles_per_image": round(ideal, 2),
         "ce_utilization": round(ideal / cpi, 4) if cpi else None,
-        "plan_cycles_per_image": node.cycles_per_image,
+        "plan_cycles_per_image": max(np_.cycles_per_image for np_ in node_plans),
+        "predicted_cycles_per_image": round(predicted_cycles_per_image(plan), 2),
+        "cycles_per_image_error": (round(cpi / predicted_cycles_per_image(plan) - 1, 4)
+                                   if cpi else None),
+        "links": _link_figures(prep, rec, final, n_img, cpi),
         "mac_units": units,
         "macs_per_image": macs,
         "first_output_cycle": first_out,
@@ -480,7 +578,8 @@ def figures(prep, rec, final):
 
 
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
-        stall=0.0, perturb=None, fifo_images=1):
+        stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
+        split="channels"):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
@@ -489,7 +588,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TrainError(f"--out {out}: exists and is not a directory")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
-                   stall=stall, fifo_images=fifo_images)
+                   stall=stall, fifo_images=fifo_images, link_gbps=link_gbps,
+                   link_latency=link_latency, split=split)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -500,7 +600,9 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
             raise TrainError(f"--out {out}: {e.strerror or e}") from None
     rec, final = simulate(prep, stall=stall, waves=out_dir if (waves and out_dir) else None)
     bad = compare(prep, rec, final)
-    res = {"net": net, "board": board, "nodes": nodes, "images": images, "batch": batch,
+    res = {"net": net, "board": board, "nodes": nodes, "split": split,
+           "link_gbps": prep["plan"].link_gbps, "clock_mhz": prep["plan"].clock_mhz,
+           "images": images, "batch": batch,
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
            "updates": {nl.name: len(rec[(nl.name, "update_done")]) for nl in prep["top"].layers}}
@@ -550,13 +652,20 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.125)
     ap.add_argument("--stall", type=float, default=0.0,
                     help="probability of a host stall per word (images and labels)")
+    ap.add_argument("--split", choices=("channels", "layers"), default="channels",
+                    help="mapper split: channel segments (default) or whole layers per node")
+    ap.add_argument("--link-gbps", type=float, default=None,
+                    help="link rate per direction (default: the board's)")
+    ap.add_argument("--link-latency", type=int, default=54,
+                    help="cycles per link hop (default 54, Aurora 64B/66B)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--waves", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
         res = run(args.net, args.board, nodes=args.nodes, images=args.images, batch=args.batch,
-                  seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall)
+                  seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall,
+                  link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -567,7 +676,13 @@ def main(argv=None):
         print(f"{args.net} on {args.board}: {args.images} images, batch {args.batch}: "
               f"bit_exact={pub['bit_exact']}, {pub['cycles']} cycles, "
               f"{pub['cycles_per_image']} cycles/image (plan {pub['plan_cycles_per_image']}, "
-              f"ideal {pub['ideal_cycles_per_image']}), CE utilisation {pub['ce_utilization']}")
+              f"ideal {pub['ideal_cycles_per_image']}, model "
+              f"{pub['predicted_cycles_per_image']}), CE utilisation {pub['ce_utilization']}")
+        for lk in pub["links"]:
+            print(f"  link {lk['src']}->{lk['dst']}: {lk['payload_words_per_image']:.2f} payload "
+                  f"words/image (model {lk['predicted_payload_words_per_image']:.2f}), "
+                  f"{lk['wire_words_per_image']:.2f} on the wire (model "
+                  f"{lk['predicted_wire_words_per_image']:.2f})")
         for b in pub["mismatches"]:
             print("  mismatch:", b)
     return 0 if pub["bit_exact"] else 1

@@ -21,8 +21,13 @@ hold FP / EB at a mini-batch boundary exactly as the version rule says. The lags
 from :func:`sim.golden.train.lags_from_plan`, so the RTL and the golden model agree by
 construction.
 
+A node of a multi-node plan holds a contiguous run of whole layers and exchanges activations and
+errors with its neighbours through ports (``a_in``/``e_out`` towards the previous node,
+``a_out``/``e_in`` towards the next); :class:`fpdeep_hw.node.cluster.Cluster` chains such nodes
+through link framers and link models.
+
 Golden model: :class:`sim.golden.train.GoldenTrainer`. Test / harness:
-``tests/sim/test_train_node.py``, ``python -m sim.train`` (``sim/train.py``). Ports, sizing and
+``tests/sim/test_train_node.py``, ``tests/sim/test_cluster.py``, ``python -m sim.train`` (``sim/train.py``). Ports, sizing and
 measured figures: ``docs/hw-node.md``, "Node top".
 """
 
@@ -95,9 +100,14 @@ class NodeTop(wiring.Component):
     ----------
     plan : fpdeep_map.plan.Plan
     node : int
-        Index of the node entry (its segments must be whole layers, and, because the node closes
-        the training loop itself, every compute layer of the network, in order; multi-node
-        tops are not built).
+        Index of the node entry. Its segments must be a contiguous run of whole compute layers,
+        in order. A node holding every compute layer closes the training loop itself; otherwise
+        the node takes its first layer's input from the previous node (``a_in``; the first node
+        takes ``images`` from the host), hands its last layer's output to the next node
+        (``a_out``) and takes the errors of that output back (``e_in``); a node that is not the
+        first sends its first layer's input errors back (``e_out``). Only the node holding the
+        last layer has the loss unit and ``labels``. :class:`~fpdeep_hw.node.cluster.Cluster`
+        joins such nodes through links.
     network : fpdeep_map.network.Network
         The plan's network (the last compute layer an FC followed by the loss).
     lr : float
@@ -115,19 +125,35 @@ class NodeTop(wiring.Component):
     Members
     -------
     images : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
-        Input pixels (``C`` channel lanes of the network input, quantized to the activation
-        format), raster order, images back to back.
+        First node only: input pixels (``C`` channel lanes of the network input, quantized to
+        the activation format), raster order, images back to back.
+    a_in : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
+        Other nodes (instead of ``images``): the first layer's input from the previous node.
+    a_out : ``Out(stream.Signature(ArrayLayout(signed(activation.width), C_out)))``
+        All but the last node: the last layer's output (after ReLU / pool), for the next node.
+    e_in : ``In(stream.Signature(ArrayLayout(signed(error.width), C_out)))``
+        All but the last node: the errors of ``a_out``, from the next node.
+    e_out : ``Out(stream.Signature(ArrayLayout(signed(error.width), C)))``
+        All but the first node: the errors of the first layer's input, for the previous node.
     labels : ``In(stream.Signature(range(classes)))``
-        One word per image, in image order (taken with the image's scores by the loss unit).
+        Last node only: one word per image, in image order (taken with the image's scores by
+        the loss unit).
     flush : ``In(1)``
         Level, raised by the host after the last image's last pixel was taken: the run has
         ended, so each layer's gate waives the FP condition of the update (once that layer's FP
         has finished every image that entered) and the last mini-batch's update is written.
     updates : ``Out(32)``
         Updates written by the first layer's weight update (for observation).
+    images_in : ``Out(32)``
+        Images whose last pixel entered the node (on ``images`` / ``a_in``).
+    x_in : property
+        ``images`` or ``a_in``.
+    first, last : bool
+        Whether the node holds the network's first / last compute layer.
     layers : list of :class:`NodeLayer`
         The modules of each layer (plain attribute, not a port).
-    loss : LossUnit
+    loss : LossUnit or None
+        The loss unit (last node only).
     lags : dict
         ``{layer: D_l}``.
     """
@@ -161,12 +187,16 @@ class NodeTop(wiring.Component):
                                  f"layers are not built yet)")
         compute = network.compute_layers()
         names = [l.name for l in compute]
-        if [s.layer for s in segs] != names:
-            raise ValueError(f"NodeTop: node {node} holds layers {[s.layer for s in segs]}, "
-                             f"but a single-node top needs every compute layer of "
-                             f"{network.name!r} in order: {names} (multi-node is not built yet)")
+        held = [s.layer for s in segs]
+        i0 = names.index(held[0]) if held and held[0] in names else -1
+        if i0 < 0 or names[i0:i0 + len(held)] != held:
+            raise ValueError(f"NodeTop: node {node} holds layers {held}, but a node needs a "
+                             f"contiguous run of whole compute layers of {network.name!r} in "
+                             f"order: {names}")
+        self._first = i0 == 0
+        self._last = i0 + len(held) == len(names)
         loss_layer = next((l for l in network.layers if l.kind == "loss"), None)
-        if loss_layer is None or compute[-1].kind != "fc" or segs[-1].post:
+        if self._last and (loss_layer is None or compute[-1].kind != "fc" or segs[-1].post):
             raise ValueError(f"NodeTop: network {network.name!r} must end in an FC layer without "
                              f"ReLU/pool followed by the loss")
         if not isinstance(init_master, dict):
@@ -221,16 +251,25 @@ class NodeTop(wiring.Component):
                 name=seg.layer, segment=seg, geometry=geo, lag=lag, fp=fp, act_ram=act,
                 mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg, update=upd,
                 gate=gate, act_images=depth / HW))
-        self.loss = LossUnit(numerics=num, classes=compute[-1].out_channels,
-                             kind=loss_layer.loss)
         first = self.layers[0].geometry
-        super().__init__({
-            "images": In(stream.Signature(data.ArrayLayout(signed(num.activation.width),
-                                                           first.in_channels))),
-            "labels": In(stream.Signature(range(self.loss.classes))),
-            "flush": In(1),
-            "updates": Out(32),
-        })
+        act = lambda n: stream.Signature(data.ArrayLayout(signed(num.activation.width), n))
+        err = lambda n: stream.Signature(data.ArrayLayout(signed(num.error.width), n))
+        members = {"images" if self._first else "a_in": In(act(first.in_channels))}
+        self.loss = None
+        if self._last:
+            self.loss = LossUnit(numerics=num, classes=compute[-1].out_channels,
+                                 kind=loss_layer.loss)
+            members["labels"] = In(stream.Signature(range(self.loss.classes)))
+        else:
+            out_c = self.layers[-1].geometry.out_channels
+            members["a_out"] = Out(act(out_c))
+            members["e_in"] = In(err(out_c))
+        if not self._first:
+            members["e_out"] = Out(err(first.in_channels))
+        members["flush"] = In(1)
+        members["updates"] = Out(32)
+        members["images_in"] = Out(32)
+        super().__init__(members)
 
     plan = property(lambda self: self._plan)
     node = property(lambda self: self._node)
@@ -238,6 +277,13 @@ class NodeTop(wiring.Component):
     numerics = property(lambda self: self._numerics)
     batch = property(lambda self: self._batch)
     lr_q = property(lambda self: self._lr_q)
+    first = property(lambda self: self._first)
+    last = property(lambda self: self._last)
+
+    @property
+    def x_in(self):
+        """The first layer's input port: ``images`` (first node) or ``a_in``."""
+        return self.images if self._first else self.a_in
 
     @property
     def mac_units(self):
@@ -273,12 +319,14 @@ class NodeTop(wiring.Component):
         px = L[0].geometry.pixels
         in_count = Signal(range(max(px, 2)))
         in_last = Signal()
-        in_xfer = self.images.valid & self.images.ready
+        in_xfer = self.x_in.valid & self.x_in.ready
         m.d.comb += in_last.eq(in_xfer & (in_count == px - 1))
         if px > 1:
             with m.If(in_xfer):
                 m.d.sync += in_count.eq(Mux(in_count == px - 1, 0, in_count + 1))
-        wiring.connect(m, wiring.flipped(self.images), L[0].fp.i)
+        with m.If(in_last):
+            m.d.sync += self.images_in.eq(self.images_in + 1)
+        wiring.connect(m, wiring.flipped(self.x_in), L[0].fp.i)
 
         for k, nl in enumerate(L):
             n = nl.name
@@ -297,8 +345,10 @@ class NodeTop(wiring.Component):
             conv_px, out_px = g.conv_height * g.conv_width, g.out_height * g.out_width
             if k + 1 < len(L):
                 self._fifo(m, f"{n}_fwd", fp.o, L[k + 1].fp.i, self.fifo_images * out_px)
-            else:
+            elif self._last:
                 wiring.connect(m, fp.o, self.loss.z)
+            else:
+                wiring.connect(m, fp.o, wiring.flipped(self.a_out))
             wiring.connect(m, fp.act, act.i)
             wiring.connect(m, act.o, pg.a)
             for name, fifo in (("mask", nl.mask_fifo), ("arg", nl.arg_fifo)):
@@ -317,7 +367,12 @@ class NodeTop(wiring.Component):
             # backward chain
             if eb is not None:
                 self._fifo(m, f"{n}_eout_eb", bp.o, eb.i, self.fifo_images * conv_px)
-                self._fifo(m, f"{n}_ein", eb.o, L[k - 1].bp.i, self.fifo_images * g.pixels)
+                if k > 0:
+                    self._fifo(m, f"{n}_ein", eb.o, L[k - 1].bp.i,
+                               self.fifo_images * g.pixels)
+                else:
+                    self._fifo(m, f"{n}_ein", eb.o, wiring.flipped(self.e_out),
+                               self.fifo_images * g.pixels)
                 self._fifo(m, f"{n}_eout_pg", bp.pg, pg.e, self.fifo_images * conv_px)
             else:
                 m.d.comb += bp.o.ready.eq(1)       # the first layer's E_out feeds PG only
@@ -345,8 +400,11 @@ class NodeTop(wiring.Component):
             outstanding = Signal(signed(24), name=f"{n}_outstanding")
             m.d.sync += outstanding.eq(outstanding + in_last - fp.done)
             m.d.comb += gate.flush.eq(self.flush & (outstanding == 0) & ~in_last)
-        m.submodules.loss = self.loss
-        wiring.connect(m, wiring.flipped(self.labels), self.loss.label)
-        wiring.connect(m, self.loss.o, L[-1].bp.i)
+        if self._last:
+            m.submodules.loss = self.loss
+            wiring.connect(m, wiring.flipped(self.labels), self.loss.label)
+            wiring.connect(m, self.loss.o, L[-1].bp.i)
+        else:
+            wiring.connect(m, wiring.flipped(self.e_in), L[-1].bp.i)
         m.d.comb += self.updates.eq(L[0].gate.updates)
         return m

@@ -90,7 +90,10 @@ def test_comparison_can_fail(tiny_run):
 
 def test_cli_errors(tmp_path, capsys):
     cases = [
-        (["--nodes", "2"], "multi-node co-simulation is not implemented yet"),
+        (["--nodes", "0"], "--nodes must be a positive integer, not 0"),
+        (["--nodes", "2", "--link-gbps", "0"], "--link-gbps must be a positive number, not 0.0"),
+        (["--nodes", "2", "--link-latency", "0"], "--link-latency must be a positive integer, "
+                                                  "not 0"),
         (["--net", "nosuchnet"], "--net nosuchnet"),
         (["--board", "nosuchboard"], "--board nosuchboard"),
         (["--images", "0"], "--images must be a positive integer, not 0"),

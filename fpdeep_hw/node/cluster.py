@@ -1,0 +1,281 @@
+"""A chain of training nodes connected through serial links: the whole cluster of a plan.
+
+One :class:`~fpdeep_hw.node.top.NodeTop` per node entry of the plan (each a contiguous run of
+whole compute layers), and per neighbour pair the paper's two interconnection pairs: the
+*forward* direction ``k -> k+1`` (activations; partial sums and lent parameters once split
+layers / lending are built) and the *backward* direction ``k+1 -> k`` (errors; partial errors and
+gradients). Each direction is one :class:`~fpdeep_hw.link.framer.LinkTx` ->
+:class:`sim.link_model.LinkModel` -> :class:`~fpdeep_hw.link.framer.LinkRx` carrying one
+:class:`~fpdeep_hw.link.framer.LinkStream` per stream the plan lists for that link
+(``plan.links[*].streams``; stream id = position in that list + 1). Credits travel in credit
+frames in the opposite direction (``reverse=``), as on hardware, where a node pair has only the
+two link directions.
+
+::
+
+    host images -> node 0 [conv1 conv2] -a_out-> Tx -> LinkModel -> Rx -a_in-> node 1 [conv3 fc4]
+                   node 0                <-e_in- Rx <- LinkModel <- Tx <-e_out- node 1  <- labels
+
+A stream's item is one pixel of ``C`` lanes of 16 bits: one 64-bit word when ``16 C <= 64``,
+else ``ceil(16 C / 64)`` words (``LinkStream.words``), so the payload in 64-bit words per
+image is the plan's ``words_per_image * width / 64`` whenever ``C`` is a multiple of 4.
+
+**End of run.** The host raises ``flush`` after the last pixel; node ``k > 0`` sees it only once
+as many images have entered it as entered node 0 (``images_in``): a simulation-level side band
+standing for an end-of-run marker that would travel behind the data on the link (not built).
+
+Only whole-layer plans without lending are built (``split="layers"``): a plan whose links carry
+``partial_sums``, ``partial_errors``, ``parameters`` or ``gradients``, or whose activations /
+errors do not run between the neighbouring nodes holding the producer and the consumer, raises
+``ValueError`` naming the stream.
+
+Golden model: :class:`sim.golden.train.GoldenTrainer` (the arithmetic does not depend on the
+node count). Test / harness: ``tests/sim/test_cluster.py``, ``python -m sim.train --nodes N``.
+Documentation: ``docs/hw-node.md``, "Cluster".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from fpdeep_map.network import Network
+from fpdeep_map.plan import Plan
+from sim.link_model import LinkModel
+
+from ..link.framer import LinkRx, LinkStream, LinkTx
+from .top import NodeTop
+
+__all__ = ["Cluster", "ClusterLink"]
+
+
+@dataclass
+class ClusterLink:
+    """One link direction of a :class:`Cluster`.
+
+    Members
+    -------
+    src, dst : int
+        Sending and receiving node.
+    direction : str
+        ``"forward"`` (``dst == src + 1``) or ``"backward"``.
+    entry : fpdeep_map.plan.LinkPlan
+        The plan's link entry (what the mapper predicted).
+    streams : list of LinkStream
+        One per plan stream, in the plan's order.
+    tx, model, rx
+        :class:`LinkTx`, :class:`LinkModel`, :class:`LinkRx`.
+    ports : list of (Interface, Interface)
+        Per stream: the sending node's port and the receiving node's port.
+    bits : list of int
+        Per stream: payload bits of one item (a pixel of ``C`` lanes).
+    """
+
+    src: int
+    dst: int
+    direction: str
+    entry: object
+    streams: list
+    tx: LinkTx
+    model: LinkModel
+    rx: LinkRx
+    ports: list = field(default_factory=list)
+    bits: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return f"link{self.src}to{self.dst}"
+
+    @property
+    def predicted_payload_words(self):
+        """The plan's payload per image in 64-bit words (``sum words_per_image * width / 64``)."""
+        return sum(s.words_per_image * s.width for s in self.entry.streams) / 64
+
+    @property
+    def predicted_wire_words(self):
+        """The plan's words on the wire per image (payload plus frame overhead), 64 bits."""
+        return self.entry.wire_bits_per_image / 64
+
+
+class Cluster(wiring.Component):
+    """Every node of a plan, chained through link models (see the module docstring).
+
+    Parameters
+    ----------
+    plan : fpdeep_map.plan.Plan
+        A plan whose node entries hold contiguous runs of whole layers, in order.
+    network : fpdeep_map.network.Network
+    lr : float
+    init_master : dict
+        ``{compute layer: int array}`` initial master weights.
+    batch : int, optional
+        Mini-batch size (default ``plan.batch``).
+    fifo_images : int
+        Passed to every :class:`NodeTop`.
+    link_latency : int
+        Cycles of each :class:`LinkModel` (54: Aurora 64B/66B per hop).
+    words_per_cycle : Fraction or float, optional
+        Link bandwidth in 64-bit words per cycle; default from ``plan.link_gbps`` and
+        ``plan.clock_mhz`` (capped at 1).
+    max_payload : int
+        ``max_payload`` of every framer (32: the mapper's frame model,
+        ``fpdeep_map.costs.LINK_FRAME_PAYLOAD_WORDS``).
+    depth : int
+        Receive buffer of every stream in 64-bit words (the transmitter's initial credit).
+    credit_interval : int
+        Minimum cycles between two credit frames of a transmitter.
+
+    Members
+    -------
+    images : ``In(stream)``
+        Host pixels into node 0 (as :attr:`NodeTop.images`).
+    labels : ``In(stream)``
+        Host labels into the last node.
+    flush : ``In(1)``
+        Level raised by the host after the last pixel (see the module docstring).
+    updates : ``Out(32)``
+        Node 0's first layer's weight updates.
+    nodes : list of NodeTop
+    links : list of ClusterLink
+    layers : list of NodeLayer
+        Every node's layers in network order (plain attribute, as :attr:`NodeTop.layers`).
+    loss : LossUnit
+        The last node's loss unit.
+    numerics, batch, lags, mac_units
+        As :class:`NodeTop`'s (``mac_units`` summed over the nodes).
+    """
+
+    def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
+                 link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
+                 credit_interval=8192):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
+        if not isinstance(network, Network):
+            raise TypeError(f"Cluster network must be a Network, not {network!r}")
+        n = len(plan.node_plans)
+        if n < 2:
+            raise ValueError(f"Cluster needs a plan of at least 2 nodes, not {n} (use NodeTop)")
+        if plan.topology != "chain":
+            raise ValueError(f"Cluster: only chain plans are built, not {plan.topology!r}")
+        if words_per_cycle is None:
+            words_per_cycle = min(Fraction(plan.link_gbps * 1e9 / (64 * plan.clock_mhz * 1e6))
+                                  .limit_denominator(4096), Fraction(1))
+        self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
+                              fifo_images=fifo_images) for k in range(n)]
+        self._plan, self._network = plan, network
+        self.words_per_cycle = Fraction(words_per_cycle).limit_denominator(4096)
+        self.link_latency = link_latency
+        entries = {(e.src, e.dst): e for e in plan.links}
+        for key in entries:
+            if abs(key[0] - key[1]) != 1:
+                raise ValueError(f"Cluster: link {key[0]} -> {key[1]} is not between neighbours")
+        plans = {}
+        for k in range(n - 1):
+            for a, b in ((k, k + 1), (k + 1, k)):
+                e = entries.get((a, b))
+                if e is None:
+                    raise ValueError(f"Cluster: the plan has no link {a} -> {b}")
+                ls, ports, bits = [], [], []
+                for j, s in enumerate(e.streams):
+                    src_port, dst_port = self._bind(a, b, s)
+                    nbits = len(src_port.payload.as_value())
+                    words = math.ceil(nbits / 64)
+                    ls.append(LinkStream(sid=j + 1, path=s.path,
+                                         width=nbits if words == 1 else 64, words=words,
+                                         depth=depth))
+                    ports.append((src_port, dst_port))
+                    bits.append(nbits)
+                plans[(a, b)] = (e, ls, ports, bits)
+        self.links = []
+        for k in range(n - 1):
+            for a, b in ((k, k + 1), (k + 1, k)):
+                e, ls, ports, bits = plans[(a, b)]
+                rev = plans[(b, a)][1]
+                self.links.append(ClusterLink(
+                    src=a, dst=b, direction="forward" if b > a else "backward", entry=e,
+                    streams=ls,
+                    tx=LinkTx(ls, max_payload=max_payload, reverse=rev,
+                              credit_interval=credit_interval),
+                    model=LinkModel(width=64, latency=link_latency,
+                                    words_per_cycle=self.words_per_cycle),
+                    rx=LinkRx(ls, max_payload=max_payload, reverse=rev),
+                    ports=ports, bits=bits))
+        first, last = self.nodes[0], self.nodes[-1]
+        super().__init__({
+            "images": In(first.images.signature.flip()),
+            "labels": In(last.labels.signature.flip()),
+            "flush": In(1),
+            "updates": Out(32),
+        })
+
+    plan = property(lambda self: self._plan)
+    network = property(lambda self: self._network)
+    numerics = property(lambda self: self.nodes[0].numerics)
+    batch = property(lambda self: self.nodes[0].batch)
+    lags = property(lambda self: self.nodes[0].lags)
+    loss = property(lambda self: self.nodes[-1].loss)
+
+    @property
+    def layers(self):
+        """Every :class:`~fpdeep_hw.node.top.NodeLayer` of every node, in network order."""
+        return [nl for node in self.nodes for nl in node.layers]
+
+    @property
+    def mac_units(self):
+        """Multipliers of the CE arrays of all nodes."""
+        return sum(node.mac_units for node in self.nodes)
+
+    def link(self, src, dst):
+        """The :class:`ClusterLink` of direction ``src -> dst``."""
+        return next(lk for lk in self.links if (lk.src, lk.dst) == (src, dst))
+
+    def _bind(self, a, b, s):
+        """(sending port, receiving port) of plan stream ``s`` on link ``a -> b``."""
+        na, nb = self.nodes[a], self.nodes[b]
+        if s.path == "activations" and b == a + 1 and not na.last and \
+                nb.layers[0].name == s.layer:
+            return na.a_out, nb.a_in
+        if s.path == "errors" and b == a - 1 and not nb.last and nb.layers[-1].name == s.layer:
+            return na.e_out, nb.e_in
+        raise ValueError(f"Cluster: stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
+                         f"built (only whole-layer plans without lending)")
+
+    def elaborate(self, platform):
+        m = Module()
+        for k, node in enumerate(self.nodes):
+            m.submodules[f"node{k}"] = node
+        first, last = self.nodes[0], self.nodes[-1]
+        wiring.connect(m, wiring.flipped(self.images), first.images)
+        wiring.connect(m, wiring.flipped(self.labels), last.labels)
+        for k, node in enumerate(self.nodes):
+            if k == 0:
+                m.d.comb += node.flush.eq(self.flush)
+            else:
+                m.d.comb += node.flush.eq(self.flush & (node.images_in == first.images_in))
+        m.d.comb += self.updates.eq(first.updates)
+        for lk in self.links:
+            m.submodules[f"{lk.name}_tx"] = lk.tx
+            m.submodules[f"{lk.name}_wire"] = lk.model
+            m.submodules[f"{lk.name}_rx"] = lk.rx
+            wiring.connect(m, lk.tx.o, lk.model.i)
+            wiring.connect(m, lk.model.o, lk.rx.i)
+            for (src, dst), port_i, port_o, nbits in zip(lk.ports, lk.tx.inputs,
+                                                         lk.rx.outputs, lk.bits):
+                m.d.comb += [port_i.valid.eq(src.valid),
+                             port_i.payload.eq(src.payload.as_value()),
+                             src.ready.eq(port_i.ready),
+                             dst.valid.eq(port_o.valid),
+                             dst.payload.eq(port_o.payload.as_value()[:nbits]),
+                             port_o.ready.eq(dst.ready)]
+        # credits: each node's receiver of one direction tells its transmitter of the other
+        for lk in self.links:
+            back = self.link(lk.dst, lk.src)
+            # lk.rx sits in node lk.dst, next to back.tx (lk.dst -> lk.src)
+            wiring.connect(m, lk.rx.credit_o, back.tx.credit_send)
+            wiring.connect(m, lk.rx.credit_recv, back.tx.credit_i)
+        return m
