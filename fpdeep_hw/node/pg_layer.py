@@ -98,6 +98,12 @@ class PGLayer(wiring.Component):
     fifo_depth : int, optional
         Window FIFO depth (conv); default: the longest run of line-buffer scan steps without a
         window (image boundary, padding) divided by ``R * G``, plus 2.
+    lgb : bool
+        ``True`` (default): gradients accumulate in a local :class:`LGB` and ``grad`` carries
+        its mini-batch averages. ``False`` (a segment whose parameters a neighbour keeps,
+        :mod:`fpdeep_hw.node.lend`): no LGB; ``grad`` carries every image's gradient sets in the
+        gradient format (``last`` marks the mini-batch's last word) for the lender's BGB, and the
+        ``lgb_*`` counters stay 0.
 
     Members
     -------
@@ -114,7 +120,8 @@ class PGLayer(wiring.Component):
         Saturating counts of clamped elements.
     """
 
-    def __init__(self, segment, network, numerics, *, batch, fifo_depth=None, src_loc_at=0):
+    def __init__(self, segment, network, numerics, *, batch, fifo_depth=None, lgb=True,
+                 src_loc_at=0):
         if not isinstance(numerics, NumericsConfig):
             raise TypeError(f"PGLayer numerics must be a NumericsConfig, not {numerics!r}")
         geom = layer_geometry(segment, network)
@@ -126,6 +133,9 @@ class PGLayer(wiring.Component):
                              f"from FP engines {geom.p}x{geom.s} (the weight address map is "
                              f"shared)")
         _pos_int("batch", batch)
+        if not isinstance(lgb, bool):
+            raise TypeError(f"PGLayer lgb must be a bool, not {lgb!r}")
+        self._use_lgb = lgb
         self._geom = geom
         self._numerics = numerics
         self._batch = batch
@@ -212,12 +222,26 @@ class PGLayer(wiring.Component):
         aw, ew, accw = n.activation.width, n.error.width, n.acc_width
         win_layout = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), C)
 
-        self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient, acc_width=n.grad_acc_width,
-                              kernel=K, lanes=P * S, depth=N, batch=self._batch)
-        m.submodules.lgb = lgb
-        wiring.connect(m, lgb.o, wiring.flipped(self.grad))
-        m.d.comb += [self.lgb_acc_overflow.eq(lgb.acc_overflow),
-                     self.lgb_out_overflow.eq(lgb.out_overflow)]
+        if self._use_lgb:
+            self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
+                                  acc_width=n.grad_acc_width, kernel=K, lanes=P * S, depth=N,
+                                  batch=self._batch)
+            m.submodules.lgb = lgb
+            wiring.connect(m, lgb.o, wiring.flipped(self.grad))
+            m.d.comb += [self.lgb_acc_overflow.eq(lgb.acc_overflow),
+                         self.lgb_out_overflow.eq(lgb.out_overflow)]
+            q = lgb.i
+        else:   # borrowed parameters: per-image gradients leave for the lender's BGB
+            self._lgb = None
+            q = stream.Signature(data.StructLayout({
+                "addr": range(max(N, 2)), "data": self.grad.payload.data.shape(),
+                "batch_done": 1})).create(path=("pg_out",))
+            m.d.comb += [
+                self.grad.valid.eq(q.valid), q.ready.eq(self.grad.ready),
+                self.grad.payload.addr.eq(q.payload.addr),
+                self.grad.payload.data.eq(q.payload.data),
+                self.grad.payload.last.eq(q.payload.batch_done),
+            ]
 
         # -- window source ----------------------------------------------------------------------
         src_valid = Signal()
@@ -370,7 +394,6 @@ class PGLayer(wiring.Component):
         h_valid = Signal()                    # rd_drain holds address h_addr
         h_addr = Signal(range(max(N, 2)))
         img = Signal(range(max(self._batch, 2)))
-        q = lgb.i
         q_img_last = Signal()
         adv = Signal()
         consume = Signal()

@@ -3,8 +3,8 @@
 The borrowed segment is conv2 of the ``tiny`` network on two ``tiny-test`` nodes
 (``map_network(tiny, tiny-test, 2, max_row_lanes=1)``: node 0 holds conv1 and conv2, node 1
 keeps all 288 weights of conv2 in its BPRAM). The lender is connected directly to the
-borrower's weight-stationary FP and EB engines (no links); the per-image gradients of the
-borrower (golden ``conv_pg`` of the same images) stream back into the lender's BGB. Random
+borrower's weight-stationary FP and EB engines (no links); the borrower's PG
+(``PGLayer(lgb=False)``) streams its per-image gradients back into the lender's BGB. Random
 stalls on every stream; several mini-batches; everything compared bit for bit with
 :mod:`sim.golden.layers` (``conv_fp``/``fp_output``/``relu``/``maxpool``, ``conv_eb``,
 ``conv_pg``, ``accumulate_gradient``, ``average_gradient``, ``update``), weights per image
@@ -22,6 +22,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer
+from fpdeep_hw.node.pg_layer import PGLayer
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
 from fpdeep_map.network import load_network
@@ -96,8 +97,8 @@ def _expected(n_images, batch, lag, lr_q, rng):
 class _Pair(wiring.Component):
     """Lender and borrower engines connected directly, with transfer counters."""
 
-    def __init__(self, lender, fp, eb):
-        self.lender, self.fp, self.eb = lender, fp, eb
+    def __init__(self, lender, fp, eb, pg):
+        self.lender, self.fp, self.eb, self.pg = lender, fp, eb, pg
         super().__init__({})
         self.fp_sets = Signal(32)
         self.eb_sets = Signal(32)
@@ -106,8 +107,13 @@ class _Pair(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.lender, m.submodules.fp, m.submodules.eb = self.lender, self.fp, self.eb
+        m.submodules.pg = pg = self.pg
         wiring.connect(m, self.lender.fp_w, self.fp.w)
         wiring.connect(m, self.lender.eb_w, self.eb.w)
+        g = self.lender.grad
+        m.d.comb += [g.valid.eq(pg.grad.valid), pg.grad.ready.eq(g.ready),
+                     g.payload.addr.eq(pg.grad.payload.addr),
+                     g.payload.data.eq(pg.grad.payload.data)]
         for cnt, port in ((self.fp_sets, self.fp.w), (self.eb_sets, self.eb.w),
                           (self.grad_sets, self.lender.grad)):
             with m.If(port.valid & port.ready):
@@ -122,7 +128,8 @@ def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend"):
     geom = exp["geom"]
     lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"])
     fp, eb = WSFPLayer(SEG, NET, NUM), WSEBLayer(SEG, NET, NUM)
-    dut = _Pair(lender, fp, eb)
+    pg = PGLayer(SEG, NET, NUM, batch=batch, lgb=False)
+    dut = _Pair(lender, fp, eb, pg)
     OC, C = geom.out_channels, geom.in_channels
     gsets = [geom.pack_weights(g) for g in exp["grads"]]
     grad_words = [{"addr": j, "data": gs[j].tolist()} for gs in gsets for j in range(len(gs))]
@@ -136,7 +143,8 @@ def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend"):
     r = lambda: random.Random(rng.random())   # noqa: E731
     sim.add_testbench(stream_source(fp.i, in_words, rng=r(), p_stall=p_stall))
     sim.add_testbench(stream_source(eb.i, err_words, rng=r(), p_stall=p_stall))
-    sim.add_testbench(stream_source(lender.grad, grad_words, rng=r(), p_stall=p_stall))
+    sim.add_testbench(stream_source(pg.a, in_words, rng=r(), p_stall=p_stall))
+    sim.add_testbench(stream_source(pg.e, err_words, rng=r(), p_stall=p_stall))
     for key, port in (("o", fp.o), ("mask", fp.mask), ("arg", fp.arg), ("act", fp.act),
                       ("eb", eb.o)):
         sim.add_testbench(stream_sink(port, got[key], count=want[key], rng=r(), p_stall=p_stall))
