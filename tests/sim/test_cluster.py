@@ -1,0 +1,155 @@
+# amaranth: UnusedElaboratable=no
+"""Several training nodes joined by links (:mod:`fpdeep_hw.node.cluster`,
+``python -m sim.train --nodes N``) against the golden model (:class:`sim.golden.train.GoldenTrainer`).
+
+Default run: ``tiny`` on 2 ``sim-node`` boards with whole layers per node (node 0 conv1+conv2,
+node 1 conv3+fc4), 2 images, batch 1: every activation, mask, argmax, loss error, layer error
+(including those that crossed a link), averaged gradient, weight version, final master weight and
+overflow count equal the golden model's; the payload of each link direction equals the plan's
+words per image; the comparison fails when a word that crossed the link is changed.
+``-m slow``: model validation at the board's link (cycles per image and words per link within
+5 %), a link slow enough to be the bottleneck (throughput follows the link, still bit-exact),
+and the CLI with ``--json --waves``.
+"""
+
+import json
+
+import pytest
+
+from fpdeep_hw.node.cluster import Cluster
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim import train
+from sim.golden.train import init_weights
+
+
+def _check_links(res, tol):
+    for lk in res["links"]:
+        assert lk["crc_errors"] == 0 and lk["seq_errors"] == 0
+        assert lk["payload_words_per_image"] == pytest.approx(
+            lk["predicted_payload_words_per_image"], rel=tol), lk
+        for s in lk["streams"]:
+            assert s["payload_words_per_image"] == pytest.approx(
+                s["predicted_words_per_image"], rel=tol), s
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    return train.run("tiny", "sim-node", nodes=2, split="layers", images=2, batch=1, seed=0)
+
+
+@pytest.mark.timeout(600)
+def test_two_nodes_bit_exact(two_nodes):
+    res = two_nodes
+    assert res["mismatches"] == []
+    assert res["bit_exact"] is True
+    assert res["updates"] == {"conv1": 2, "conv2": 2, "conv3": 2, "fc4": 2}
+    top = res["_prep"]["top"]
+    assert [[nl.name for nl in n.layers] for n in top.nodes] == [["conv1", "conv2"],
+                                                                 ["conv3", "fc4"]]
+    assert [(lk["src"], lk["dst"], lk["direction"]) for lk in res["links"]] == [
+        (0, 1, "forward"), (1, 0, "backward")]
+    fwd, bwd = res["links"]
+    assert [(s["path"], s["layer"]) for s in fwd["streams"]] == [("activations", "conv3")]
+    assert [(s["path"], s["layer"]) for s in bwd["streams"]] == [("errors", "conv2")]
+    # 8 channels x 4 x 4 pixels of 16 bits: 32 64-bit words per image each way, as planned
+    _check_links(res, 1e-9)
+    assert fwd["payload_words_per_image"] == bwd["payload_words_per_image"] == 32
+    for lk in res["links"]:
+        assert lk["overhead_words_per_image"] > 0
+        assert lk["wire_words_per_image"] == pytest.approx(
+            lk["payload_words_per_image"] + lk["overhead_words_per_image"])
+    # node 1 starts conv3 only after node 0's first conv2 output crossed the link: at least
+    # the link model's latency later
+    first_in, first_out = res["first_input_cycle"], res["first_output_cycle"]
+    assert first_in["conv3"] - first_out["conv2"] >= 54
+
+
+def test_comparison_sees_link_words(two_nodes):
+    res = two_nodes
+    prep, rec, final = res["_prep"], res["_rec"], res["_final"]
+    assert train.compare(prep, rec, final) == []
+    for key in (("conv3", "fp_i"), ("conv3", "e_in")):
+        words = rec[key]
+        cycle, w = words[5]
+        words[5] = (cycle, [w[0] + 1] + list(w[1:]))
+        try:
+            bad = train.compare(prep, rec, final)
+            assert any(b.startswith(f"{key[0]}.{key[1]}:") for b in bad), bad
+        finally:
+            words[5] = (cycle, w)
+    final["links"]["link0to1"]["crc_errors"] += 1
+    try:
+        assert any("link0to1: 1 CRC errors" in b for b in train.compare(prep, rec, final))
+    finally:
+        final["links"]["link0to1"]["crc_errors"] -= 1
+
+
+def test_cluster_rejects():
+    network = load_network("tiny")
+    init = init_weights(network, 0, None)
+    one = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    with pytest.raises(ValueError, match=r"^Cluster needs a plan of at least 2 nodes, not 1 "
+                                         r"\(use NodeTop\)$"):
+        Cluster(one, network, lr=0.125, init_master=init)
+    with pytest.raises(TypeError, match=r"^Cluster plan must be a Plan"):
+        Cluster("plan", network, lr=0.125, init_master=init)
+    ring = map_network(network, load_board("sim-node"), 2, batch=2, max_row_lanes=1,
+                       split="layers", topology="ring")
+    with pytest.raises(ValueError, match=r"^Cluster: only chain plans are built, not 'ring'$"):
+        Cluster(ring, network, lr=0.125, init_master=init)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_model_validation_two_nodes():
+    """At the board's link (compute-bound): cycles/image and words per link, model vs RTL."""
+    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=16, batch=4, seed=2)
+    assert res["bit_exact"] is True, res["mismatches"]
+    _check_links(res, 0.05)
+    assert res["cycles_per_image"] == pytest.approx(res["predicted_cycles_per_image"], rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_slow_link_bounds_throughput():
+    """A link of 0.2 Gb/s at 100 MHz (2 bits per cycle): 34 wire words (2176 bits) per image
+    take 1088 cycles, twice the compute period; the cluster follows the link."""
+    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=12, batch=4, seed=3,
+                    link_gbps=0.2)
+    assert res["bit_exact"] is True, res["mismatches"]
+    assert res["link_gbps"] == 0.2
+    plan = res["_prep"]["plan"]
+    assert plan.summary["bottleneck"] == "link"
+    bound = max(lk["link_bound_cycles_per_image"] for lk in res["links"])
+    assert bound == pytest.approx(1088, rel=1e-3)
+    assert res["predicted_cycles_per_image"] == pytest.approx(bound, rel=1e-3)
+    assert res["cycles_per_image"] == pytest.approx(bound, rel=0.05)
+    _check_links(res, 0.05)
+    for lk in res["links"]:
+        assert lk["wire_words_per_image"] == pytest.approx(
+            lk["predicted_wire_words_per_image"], rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_cli_json_waves(tmp_path, capsys):
+    argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "2", "--split", "layers",
+            "--images", "2", "--batch", "2", "--link-latency", "20", "--out", str(tmp_path),
+            "--json", "--waves"]
+    assert train.main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["bit_exact"] is True and res["nodes"] == 2 and res["split"] == "layers"
+    assert all(lk["latency"] == 20 for lk in res["links"])
+    for key in ("predicted_cycles_per_image", "cycles_per_image", "links"):
+        assert key in res
+    for lk in res["links"]:
+        for key in ("payload_words_per_image", "predicted_payload_words_per_image",
+                    "overhead_words_per_image", "wire_words_per_image",
+                    "predicted_wire_words_per_image"):
+            assert key in lk
+    assert (tmp_path / "waves.vcd").stat().st_size > 0
+    gtkw = (tmp_path / "waves.gtkw").read_text()
+    for group in ("node0", "node1", "link0to1_tx", "link1to0_rx", "wires"):
+        assert group in gtkw, group
