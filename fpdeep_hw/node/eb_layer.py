@@ -13,7 +13,15 @@
   held and replayed for every pixel and lane group of the layer below, which receives its
   errors as pixels of ``C`` lanes in raster order.
 
-Golden model: :mod:`sim.golden.layers` (``conv_eb``, ``fc_eb``, ``maxpool_backward``,
+Split segments (``docs/hw-node.md``, "Split layers"): an ICP segment is a layer with ``C`` = its
+input-channel slice (complete errors of those channels, no change); an **OCP** segment (``OC`` =
+its output-channel slice) rounds its partial input errors of all ``C`` channels to the
+``partial`` format and a :class:`~fpdeep_hw.compute.partial_adder.PartialAdder` adds the partial
+errors of the next node of the span (``up``; none on the span's last node), passing the sum back
+(``o`` in the partial format) or, on the span's first node, rounding it to the error format.
+``BPFront`` needs no change (OCP: each node's own channels; ICP: on the completing node only).
+
+Golden model: :mod:`sim.golden.layers` (``conv_eb``, ``ocp_conv_eb``, ``fc_eb``, ``maxpool_backward``,
 ``relu_backward``). Test: ``tests/hw/test_eb_layer.py``. Ports and timing: ``docs/hw-node.md``.
 """
 
@@ -24,6 +32,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_hw.compute.conv_engine import CEArray
+from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPoolBackward, ReLUBackward, arg_bits
 from fpdeep_hw.memory.line_buffer import LineBuffer
 from fpdeep_hw.memory.param_ram import LPRAM
@@ -128,9 +137,15 @@ class EBLayer(wiring.Component):
     i : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
         ``E_out``: conv: ``conv_height x conv_width`` pixels per image, raster order; FC: one
         word per image.
-    o : ``Out(stream.Signature(ArrayLayout(signed(error.width), C)))``
+    o : ``Out(stream.Signature(ArrayLayout(signed(width), C)))``
         ``E_in``: ``H x W`` pixels of ``C`` lanes per image, raster order (FC: the pixels of the
-        layer below, features C-major as the FC weights index them).
+        layer below, features C-major as the FC weights index them). ``width`` is
+        ``error.width``, except on an OCP segment other than the span's first: ``partial.width``
+        (partial errors of all ``C`` input channels, for the previous node's ``up``).
+    up : ``In(stream.Signature(ArrayLayout(signed(partial.width), C)))``
+        OCP segments but the span's last: the next node's partial errors (its ``o``).
+    add_overflows : ``Out(32)``
+        OCP segments: the partial adder's clamps.
     wr : ``In(stream.Signature(StructLayout({"addr", "data"})))``
         Write port of this module's LPRAM copy; feed it the same writes as the FP module's.
     go, start, done, busy, acc_overflows, out_overflows, clear_overflows
@@ -145,12 +160,16 @@ class EBLayer(wiring.Component):
         self._numerics = numerics
         self._init = _pack_init(geom, weights, numerics.weight, "EBLayer")
         ew = numerics.error.width
-        self._ce = CEArray.eb(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics)
+        pw = numerics.partial.width
+        ocp = geom.split == "ocp"
+        self._ce = CEArray.eb(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
+                              out_fmt="partial" if ocp else "error")
         self._lp = LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
                          depth=geom.weight_sets, init=self._init)
-        super().__init__({
+        ow = pw if ocp and not geom.ocp_eb_last else ew
+        members = {
             "i": In(stream.Signature(_vec(ew, geom.out_channels))),
-            "o": Out(stream.Signature(_vec(ew, geom.in_channels))),
+            "o": Out(stream.Signature(_vec(ow, geom.in_channels))),
             "wr": In(stream.Signature(self._lp.write_layout)),
             "go": In(1),
             "start": Out(1),
@@ -159,7 +178,12 @@ class EBLayer(wiring.Component):
             "acc_overflows": Out(32),
             "out_overflows": Out(32),
             "clear_overflows": In(1),
-        })
+        }
+        if ocp:
+            members["add_overflows"] = Out(32)
+            if not geom.ocp_eb_first:
+                members["up"] = In(stream.Signature(_vec(pw, geom.in_channels)))
+        super().__init__(members)
 
     geometry = property(lambda self: self._geom)
     numerics = property(lambda self: self._numerics)
@@ -177,7 +201,8 @@ class EBLayer(wiring.Component):
         eg = eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
         pt, pl = eg.pad[0], eg.pad[1]
         d = (g.kernel - 1) * eg.vwidth + (g.kernel - 1) - (pt * eg.vwidth + pl)
-        return d + LineBuffer.latency + gr + self._ce.latency + 1
+        adder = PartialAdder.LATENCY if g.split == "ocp" else 0
+        return d + LineBuffer.latency + gr + self._ce.latency + 1 + adder
 
     def elaborate(self, platform):
         m = Module()
@@ -237,7 +262,19 @@ class EBLayer(wiring.Component):
             for e in range(P):
                 m.d.comb += ce.wt.payload.weights[s][e].eq(lp.rd_data.payload[e * S + s])
 
-        gathered = stream.Signature(_vec(ew, C)).create(path=("gathered",))
+        cw = len(ce.o.payload[0])
+        gathered = stream.Signature(_vec(cw, C)).create(path=("gathered",))
         _gather(m, src=ce.o, dst=gathered, words=G, lanes_in=S, lanes_out=C, name="gather")
-        wiring.connect(m, gathered, wiring.flipped(self.o))
+        if g.split == "ocp":
+            nm = self._numerics
+            m.submodules.adder = adder = PartialAdder(
+                lanes=C, partial=nm.partial, output=nm.error if g.ocp_eb_last else None,
+                first=g.ocp_eb_first)
+            wiring.connect(m, gathered, adder.local)
+            if not g.ocp_eb_first:
+                wiring.connect(m, wiring.flipped(self.up), adder.upstream)
+            m.d.comb += self.add_overflows.eq(adder.overflows)
+            wiring.connect(m, adder.o, wiring.flipped(self.o))
+        else:
+            wiring.connect(m, gathered, wiring.flipped(self.o))
         return m

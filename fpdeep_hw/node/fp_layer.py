@@ -15,6 +15,14 @@ plan's numerics; the engine shape ``P x S`` is the segment's ``engines.fp``. Dat
   lanes each), the ``K = 1`` engines using the weight of each feature -> gather -> (ReLU if the
   segment has one; not after the last FC) -> one word of ``OC`` lanes per image.
 
+Split segments (``docs/hw-node.md``, "Split layers"; rules: ``docs/training-spec.md``): an
+**ICP** segment is built on its input-channel slice (``C`` = the slice), its CE array rounds to
+the ``partial`` format, and a :class:`~fpdeep_hw.compute.partial_adder.PartialAdder` after the
+gather adds the upstream node's partial sums (``up``; none on the first node of the span) and
+either passes the sums on (``o`` in the partial format) or, on the completing node, rounds them
+to the activation format before the ReLU / max-pool. An **OCP** segment is a layer with
+``OC`` = its output-channel slice (nothing else changes).
+
 Side outputs: the layer input tap ``act`` (every input pixel as it is consumed, for the Act-RAM
 that PG replays), the ReLU ``mask`` stream and the pool ``arg`` stream (for :class:`BPFront`).
 
@@ -39,6 +47,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_hw.compute.conv_engine import CEArray
+from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPool, ReLU, arg_bits, pooled_size
 from fpdeep_hw.memory.line_buffer import LineBuffer
 from fpdeep_hw.memory.param_ram import LPRAM
@@ -81,6 +90,13 @@ class LayerGeometry:
         Max-pool in the segment's ``post``.
     has_eb : bool
         The segment has EB engines (every layer but the first).
+    split : str
+        ``"whole"``, ``"icp"`` or ``"ocp"`` (the segment's ``split``).
+    in_lo, out_lo : int
+        First input / output channel of the layer this segment holds (its slice is
+        ``[in_lo, in_lo + in_channels)`` and ``[out_lo, out_lo + out_channels)``).
+    layer_in_channels, layer_out_channels : int
+        Channels of the whole layer (``in_channels`` / ``out_channels`` for a whole segment).
     """
 
     name: str
@@ -101,6 +117,31 @@ class LayerGeometry:
     relu: bool
     pool: tuple | None
     has_eb: bool
+    split: str = "whole"
+    in_lo: int = 0
+    out_lo: int = 0
+    layer_in_channels: int = 0
+    layer_out_channels: int = 0
+
+    @property
+    def icp_first(self):
+        """ICP: the first node of the span (no upstream partial sums)."""
+        return self.split == "icp" and self.in_lo == 0
+
+    @property
+    def completes(self):
+        """The segment finishes its output channels (not an ICP segment before the last)."""
+        return self.split != "icp" or self.in_lo + self.in_channels == self.layer_in_channels
+
+    @property
+    def ocp_eb_first(self):
+        """OCP: the first node of the backward partial-error chain (the span's last node)."""
+        return self.split == "ocp" and self.out_lo + self.out_channels == self.layer_out_channels
+
+    @property
+    def ocp_eb_last(self):
+        """OCP: the node that rounds the summed partial errors (the span's first node)."""
+        return self.split == "ocp" and self.out_lo == 0
 
     @property
     def groups(self):
@@ -182,9 +223,8 @@ def layer_geometry(segment, network):
         raise TypeError(f"Layer segment must be a SegmentPlan, not {segment!r}")
     if not isinstance(network, Network):
         raise TypeError(f"Layer network must be a Network, not {network!r}")
-    if segment.split != "whole":
-        raise ValueError(f"Layer {segment.layer!r}: only whole segments are built, "
-                         f"not {segment.split!r}")
+    if segment.split not in ("whole", "icp", "ocp"):
+        raise ValueError(f"Layer {segment.layer!r}: unknown split {segment.split!r}")
     layer = network.layer(segment.layer)
     if layer.kind not in ("conv", "fc") or layer.kind != segment.kind:
         raise ValueError(f"Layer {segment.layer!r} is not a conv or fc layer")
@@ -207,16 +247,43 @@ def layer_geometry(segment, network):
                          f"layer's {k}")
     oc = layer.out_channels
     features = c if layer.kind == "conv" else c * h * w
-    if list(segment.in_channels) != [0, features] or list(segment.out_channels) != [0, oc]:
-        raise ValueError(f"Layer {segment.layer!r}: segment channels {segment.in_channels} -> "
-                         f"{segment.out_channels} are not the whole layer ([0, {features}] -> "
-                         f"[0, {oc}])")
+    layer_c, layer_oc = c, oc
+    in_lo = out_lo = 0
+    if segment.split == "whole":
+        if list(segment.in_channels) != [0, features] or list(segment.out_channels) != [0, oc]:
+            raise ValueError(f"Layer {segment.layer!r}: segment channels "
+                             f"{segment.in_channels} -> {segment.out_channels} are not the whole "
+                             f"layer ([0, {features}] -> [0, {oc}])")
+    else:
+        if layer.kind != "conv":
+            raise ValueError(f"Layer {segment.layer!r}: split FC segments are not built")
+        lo, hi = (int(x) for x in segment.channels)
+        total = c if segment.split == "icp" else oc
+        if not 0 <= lo < hi <= total or (lo, hi) == (0, total):
+            raise ValueError(f"Layer {segment.layer!r}: {segment.split} channels "
+                             f"{list(segment.channels)} must be part of [0, {total}]")
+        if segment.split == "icp":
+            done = [0, oc] if hi == c else []
+            if (list(segment.in_channels) != [lo, hi] or list(segment.out_channels) != [0, oc]
+                    or list(segment.completes) != done or (hi != c and segment.post)):
+                raise ValueError(f"Layer {segment.layer!r}: icp segment channels "
+                                 f"{segment.in_channels} -> {segment.out_channels}, completes "
+                                 f"{segment.completes}, post {list(segment.post)} do not match "
+                                 f"its slice {[lo, hi]}")
+            in_lo, c = lo, hi - lo
+        else:
+            if (list(segment.in_channels) != [0, c] or list(segment.out_channels) != [lo, hi]
+                    or list(segment.completes) != [lo, hi]):
+                raise ValueError(f"Layer {segment.layer!r}: ocp segment channels "
+                                 f"{segment.in_channels} -> {segment.out_channels}, completes "
+                                 f"{segment.completes} do not match its slice {[lo, hi]}")
+            out_lo, oc = lo, hi - lo
     if layer.kind == "conv":
         g = Geometry(h, w, k, stride=st, pad=pad)
         ch, cw = g.out_height, g.out_width
-        if (oc, ch, cw) != tuple(layer.out_shape):
+        if (layer_oc, ch, cw) != tuple(layer.out_shape):
             raise ValueError(f"Layer {segment.layer!r}: output shape {layer.out_shape} differs "
-                             f"from the line buffer's {(oc, ch, cw)}")
+                             f"from the line buffer's {(layer_oc, ch, cw)}")
     else:
         ch, cw = 1, 1
     relu, pool = False, None
@@ -242,7 +309,8 @@ def layer_geometry(segment, network):
     return LayerGeometry(name=segment.layer, kind=layer.kind, in_channels=c, height=h, width=w,
                          kernel=k, stride=st, pad=pad, out_channels=oc, conv_height=ch,
                          conv_width=cw, out_height=oh, out_width=ow, p=fp.p, s=fp.s, relu=relu,
-                         pool=pool, has_eb=has_eb)
+                         pool=pool, has_eb=has_eb, split=segment.split, in_lo=in_lo,
+                         out_lo=out_lo, layer_in_channels=layer_c, layer_out_channels=layer_oc)
 
 
 def _check_args(owner, segment, network, numerics):
@@ -449,21 +517,31 @@ class FPLayer(wiring.Component):
     Parameters
     ----------
     segment : SegmentPlan
-        A ``whole`` segment of the plan (``engines.fp`` gives ``P``, ``S``, ``kernel``).
+        A segment of the plan (``engines.fp`` gives ``P``, ``S``, ``kernel``): ``whole``, or a
+        conv ``icp`` / ``ocp`` slice (``docs/hw-node.md``, "Split layers").
     network : Network
         The network (layer shapes; the segment's ``post`` layers).
     numerics : NumericsConfig
         The plan's numerics.
     weights : array, optional
         Initial working weights in the weight format, ``(OC, C, K, K)`` (conv) or
-        ``(OC, C*H*W)`` (fc); default zero.
+        ``(OC, C*H*W)`` (fc), of the segment's slice (ICP ``w[:, c0:c1]``, OCP ``w[o0:o1]``);
+        default zero.
 
     Members
     -------
     i : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
-        Input pixels (raster order, ``C`` channel lanes).
-    o : ``Out(stream.Signature(ArrayLayout(signed(activation.width), OC)))``
-        Output pixels (after ReLU / pool; FC: one word per image).
+        Input pixels (raster order, ``C`` channel lanes: ICP the slice's channels).
+    o : ``Out(stream.Signature(ArrayLayout(signed(width), OC)))``
+        Output pixels (after ReLU / pool; FC: one word per image); ``width`` is
+        ``activation.width``, except on an ICP segment that does not complete the layer:
+        ``partial.width``, the partial sums of every conv output pixel (no ReLU / pool).
+    up : ``In(stream.Signature(ArrayLayout(signed(partial.width), OC)))``
+        ICP segments but the first of the span: the upstream node's partial sums (its ``o``),
+        one word per conv output pixel, raster order.
+    add_overflows : ``Out(32)``
+        ICP segments: the partial adder's clamps (partial format on middle nodes, activation
+        format on the completing node).
     act : ``Out(stream.Signature(ArrayLayout(signed(activation.width), C)))``
         Tap of the input pixels, in order, for the Act-RAM (PG replays them).
     mask : ``Out(stream.Signature(ArrayLayout(1, OC)))``
@@ -482,8 +560,10 @@ class FPLayer(wiring.Component):
     busy : ``Out(1)``
         The CE array accepts a word this cycle (utilisation).
     acc_overflows, out_overflows : ``Out(32)``
-        The CE array's counters (accumulator saturations, activation requantisation clamps).
+        The CE array's counters (accumulator saturations, activation requantisation clamps;
+        ICP: clamps to the partial format).
     clear_overflows : ``In(1)``
+        Clears the CE array's counters (not the partial adder's).
     """
 
     def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None):
@@ -491,13 +571,16 @@ class FPLayer(wiring.Component):
         self._numerics = numerics
         self._init = _pack_init(geom, weights, numerics.weight, "FPLayer")
         aw = numerics.activation.width
+        pw = numerics.partial.width
+        icp = geom.split == "icp"
         self._ce = CEArray.fp(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
-                              out_fmt="activation")
+                              out_fmt="partial" if icp else "activation")
         self._lp = LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
                          depth=geom.weight_sets, init=self._init)
+        ow = aw if geom.completes else pw
         members = {
             "i": In(stream.Signature(_vec(aw, geom.in_channels))),
-            "o": Out(stream.Signature(_vec(aw, geom.out_channels))),
+            "o": Out(stream.Signature(_vec(ow, geom.out_channels))),
             "act": Out(stream.Signature(_vec(aw, geom.in_channels))),
             "wr": In(stream.Signature(self._lp.write_layout)),
             "go": In(1),
@@ -508,6 +591,10 @@ class FPLayer(wiring.Component):
             "out_overflows": Out(32),
             "clear_overflows": In(1),
         }
+        if icp:
+            members["add_overflows"] = Out(32)
+            if not geom.icp_first:
+                members["up"] = In(stream.Signature(_vec(pw, geom.out_channels)))
         if geom.relu:
             members["mask"] = Out(stream.Signature(data.ArrayLayout(1, geom.out_channels)))
         if geom.pool is not None:
@@ -521,7 +608,8 @@ class FPLayer(wiring.Component):
     @property
     def latency(self):
         """Cycles from the transfer of an image's first input pixel to its first output word
-        (no stalls, ``go`` high, the module idle before; conv layers with ``R * G >= 4``)."""
+        (no stalls, ``go`` high, the module idle before; conv layers with ``R * G >= 4``; ICP:
+        upstream partial sums waiting, one ``PartialAdder.LATENCY`` more)."""
         g = self._geom
         ce = self._ce.latency
         rg = g.out_groups * g.groups
@@ -531,6 +619,8 @@ class FPLayer(wiring.Component):
         pt, pl = lg.pad[0], lg.pad[1]
         d = (g.kernel - 1) * lg.vwidth + (g.kernel - 1) - (pt * lg.vwidth + pl)
         post = 3 if g.relu else 1          # gather, ReLU, fork
+        if g.split == "icp":
+            post += PartialAdder.LATENCY
         if g.pool is None:
             return d + LineBuffer.latency + rg + ce + post
         pk = g.pool[0]
@@ -604,10 +694,20 @@ class FPLayer(wiring.Component):
             for s in range(S):
                 m.d.comb += ce.wt.payload.weights[e][s].eq(lp.rd_data.payload[e * S + s])
 
-        # ---- output: gather, ReLU, max-pool -----------------------------------------------------
-        gathered = stream.Signature(_vec(aw, OC)).create(path=("gathered",))
+        # ---- output: gather, (ICP: partial adder), ReLU, max-pool --------------------------------
+        cw = len(ce.o.payload[0])
+        gathered = stream.Signature(_vec(cw, OC)).create(path=("gathered",))
         _gather(m, src=ce.o, dst=gathered, words=R, lanes_in=P, lanes_out=OC, name="gather")
         cur = gathered
+        if g.split == "icp":
+            m.submodules.adder = adder = PartialAdder(
+                lanes=OC, partial=nm.partial, output=nm.activation if g.completes else None,
+                first=g.icp_first)
+            wiring.connect(m, cur, adder.local)
+            if not g.icp_first:
+                wiring.connect(m, wiring.flipped(self.up), adder.upstream)
+            m.d.comb += self.add_overflows.eq(adder.overflows)
+            cur = adder.o
         if g.relu:
             m.submodules.relu = relu = ReLU(fmt=nm.activation, lanes=OC)
             wiring.connect(m, cur, relu.i)

@@ -90,7 +90,9 @@ class PGLayer(wiring.Component):
     Parameters
     ----------
     segment : fpdeep_map.plan.SegmentPlan
-        The layer's plan segment (``split: whole``, with ``engines.pg``).
+        The layer's plan segment (with ``engines.pg``): ``whole``, or a conv ``icp`` / ``ocp``
+        slice, whose gradients are those of its own weights (``C`` / ``OC`` = the slice;
+        ``a`` / ``e`` carry the slice's channels; ``docs/hw-node.md``, "Split layers").
     network : fpdeep_map.network.Network
     numerics : NumericsConfig
     batch : int

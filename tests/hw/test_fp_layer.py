@@ -290,8 +290,8 @@ def test_constructor_errors():
     with pytest.raises(TypeError, match=r"^FPLayer numerics must be a NumericsConfig, not 'x'$"):
         FPLayer(seg, network, "x")
     icp = dataclasses.replace(seg, split="icp")
-    with pytest.raises(ValueError, match=r"^Layer 'conv2': only whole segments are built, "
-                                         r"not 'icp'$"):
+    with pytest.raises(ValueError, match=r"^Layer 'conv2': icp channels \[0, 4\] must be part "
+                                         r"of \[0, 4\]$"):
         FPLayer(icp, network, numerics)
     part = dataclasses.replace(seg, in_channels=[0, 2])
     with pytest.raises(ValueError, match=r"^Layer 'conv2': segment channels \[0, 2\] -> \[0, 8\] "
