@@ -42,6 +42,7 @@ from fractions import Fraction
 
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.network import Network
@@ -71,7 +72,8 @@ class ClusterLink:
     tx, model, rx
         :class:`LinkTx`, :class:`LinkModel`, :class:`LinkRx`.
     ports : list of (Interface, Interface)
-        Per stream: the sending node's port and the receiving node's port.
+        Per stream: the sending node's port (which feeds the transmitter through a FIFO of two
+        frames, :meth:`fifo_items`) and the receiving node's port.
     bits : list of int
         Per stream: payload bits of one item (a pixel of ``C`` lanes).
     """
@@ -90,6 +92,10 @@ class ClusterLink:
     @property
     def name(self):
         return f"link{self.src}to{self.dst}"
+
+    def fifo_items(self, ls):
+        """Items of the FIFO in front of the transmitter input of stream ``ls``: two frames."""
+        return max(2, math.ceil(2 * self.tx.max_payload / ls.words))
 
     @property
     def predicted_payload_words(self):
@@ -264,11 +270,19 @@ class Cluster(wiring.Component):
             m.submodules[f"{lk.name}_rx"] = lk.rx
             wiring.connect(m, lk.tx.o, lk.model.i)
             wiring.connect(m, lk.model.o, lk.rx.i)
-            for (src, dst), port_i, port_o, nbits in zip(lk.ports, lk.tx.inputs,
-                                                         lk.rx.outputs, lk.bits):
-                m.d.comb += [port_i.valid.eq(src.valid),
-                             port_i.payload.eq(src.payload.as_value()),
-                             src.ready.eq(port_i.ready),
+            for j, ((src, dst), port_i, port_o, nbits, ls) in enumerate(zip(
+                    lk.ports, lk.tx.inputs, lk.rx.outputs, lk.bits, lk.streams)):
+                # a frame's worth of words waits here while the other bank is on the wire, so
+                # that a saturated link sends full frames (LinkTx cuts a frame at the first
+                # cycle its input runs dry)
+                fifo = SyncFIFOBuffered(width=nbits, depth=lk.fifo_items(ls))
+                m.submodules[f"{lk.name}_q{j}"] = fifo
+                m.d.comb += [fifo.w_stream.valid.eq(src.valid),
+                             fifo.w_stream.payload.eq(src.payload.as_value()),
+                             src.ready.eq(fifo.w_stream.ready),
+                             port_i.valid.eq(fifo.r_stream.valid),
+                             port_i.payload.eq(fifo.r_stream.payload),
+                             fifo.r_stream.ready.eq(port_i.ready),
                              dst.valid.eq(port_o.valid),
                              dst.payload.eq(port_o.payload.as_value()[:nbits]),
                              port_o.ready.eq(dst.ready)]
