@@ -39,7 +39,7 @@ from amaranth.hdl import ClockSignal, Instance, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["BoardTop", "HOST_DMA_MODULE", "HOST_DMA_PORTS", "node_instance_ports"]
+__all__ = ["BoardTop", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS", "node_instance_ports"]
 
 #: Module name of the host DMA black box.
 HOST_DMA_MODULE = "fpdeep_host_dma"
@@ -53,6 +53,8 @@ HOST_DMA_PORTS = {
     "labels_tdata": "out: the class of one image", "labels_tvalid": "out", "labels_tready": "in",
     "flush": "out: level, after the last image's last pixel was sent",
     "updates": "in: updates written (status for the host)",
+    "loss_valid": "in: an error word of the loss unit this cycle (ObservedNode.loss_valid)",
+    "loss_error": "in: its payload, classes lanes of the error format (training progress)",
 }
 
 
@@ -65,19 +67,66 @@ def node_instance_ports(node):
     return ports
 
 
+class ObservedNode(wiring.Component):
+    """A node with its loss unit's error output brought out: the module the build converts.
+
+    ``NodeTop``'s ports carry no data out (ready bits and counters only), so synthesis would
+    remove every data path as unobservable, and a port-level comparison would check control
+    only. This wrapper forwards every ``NodeTop`` port unchanged and adds, on the node that
+    holds the loss, ``loss_valid`` (an error word was taken by BP this cycle) and ``loss_error``
+    (its payload: ``classes`` lanes of the error format, lane 0 in the low bits). The errors
+    depend on every FP layer and, from the second mini-batch on, on every update, so all of the
+    node is observable; on hardware the host reads them as training progress.
+
+    Members
+    -------
+    (every member of ``NodeTop``)
+    loss_valid : ``Out(1)``
+    loss_error : ``Out(classes * error.width)``
+    """
+
+    def __init__(self, node_top):
+        self.node_top = node_top
+        members = dict(node_top.signature.members.items())
+        if getattr(node_top, "loss", None) is not None:
+            members["loss_valid"] = Out(1)
+            members["loss_error"] = Out(len(node_top.loss.o.payload.as_value()))
+        super().__init__(members)
+
+    plan = property(lambda self: self.node_top.plan)
+    node = property(lambda self: self.node_top.node)
+
+    def elaborate(self, platform):
+        m = Module()
+        node = self.node_top
+        m.submodules.node = node
+        outer = {path: value for path, _, value in self.signature.flatten(self)}
+        for path, member, value in node.signature.flatten(node):
+            if member.flow == wiring.Flow.In:
+                m.d.comb += value.eq(outer[path])
+            else:
+                m.d.comb += outer[path].eq(value)
+        if "loss_valid" in self.signature.members:
+            o = node.loss.o
+            m.d.comb += [self.loss_valid.eq(o.valid & o.ready),
+                         self.loss_error.eq(o.payload.as_value())]
+        return m
+
+
 class BoardTop(wiring.Component):
     """One board of the chain: a node, its clock, LEDs, chain link PHYs and host interface.
 
     Parameters
     ----------
     node_top : NodeTop
-        The node (its ``plan`` and ``node`` say which neighbours and host streams it has).
+        The node (its ``plan`` and ``node`` say which neighbours and host streams it has). It is
+        wrapped in an :class:`ObservedNode` (member ``observed``), whose ports the Verilog has.
     host : {"dma", "ports"}
         ``"dma"``: the host path is the ``fpdeep_host_dma`` black box (hardware); ``"ports"``:
         ``images``, ``labels``, ``flush`` and ``updates`` are ports of this component.
     node_module : str, optional
-        Instantiate the node as ``Instance(node_module, ...)`` of its separately converted
-        Verilog instead of elaborating ``node_top`` here.
+        Instantiate the node as ``Instance(node_module, ...)`` of the separately converted
+        Verilog of ``ObservedNode(node_top)`` instead of elaborating it here.
     core : str
         Component name of the Aurora core the PHYs instantiate.
 
@@ -103,6 +152,7 @@ class BoardTop(wiring.Component):
             raise ValueError(f"BoardTop: node {k} of {len(plan.node_plans)} has chain neighbours, "
                              f"but NodeTop has no link ports yet (multi-node tops are not built)")
         self.node_top = node_top
+        self.observed = ObservedNode(node_top)
         self.host = host
         self.node_module = node_module
         self.core = core
@@ -119,7 +169,7 @@ class BoardTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        node = self.node_top
+        node = self.observed
 
         # ---- power-on reset: the platforms' sync domain has no reset, so the node and the host
         # black box get one held for 15 cycles after configuration (registers start at init)
@@ -161,7 +211,8 @@ class BoardTop(wiring.Component):
                 i_images_tready=ports["images__ready"],
                 o_labels_tdata=ports["labels__payload"], o_labels_tvalid=ports["labels__valid"],
                 i_labels_tready=ports["labels__ready"],
-                o_flush=ports["flush"], i_updates=ports["updates"])
+                o_flush=ports["flush"], i_updates=ports["updates"],
+                i_loss_valid=ports["loss_valid"], i_loss_error=ports["loss_error"])
 
         # ---- status LEDs --------------------------------------------------------------------
         heartbeat = Signal(27)

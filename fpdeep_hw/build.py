@@ -9,12 +9,13 @@
 Maps the network (``fpdeep_map.map_network(..., max_row_lanes=1)``: the hardware has one output
 row per engine) or reads a saved plan (``--plan``), checks that the hardware generator supports
 the node, builds :class:`~fpdeep_hw.node.top.NodeTop` for it, converts it to Verilog once
-(module ``fpdeep_node``), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
+(module ``fpdeep_node``: :class:`~fpdeep_hw.board_top.ObservedNode`, the node with its loss
+unit's errors brought out), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
 board's Amaranth platform build with ``do_build=False``. Output, written into a temporary folder
 renamed at the end (a failure leaves nothing)::
 
     <out>/<network>-<board>x<nodes>/node<k>/
-        fpdeep_node.v     the node (NodeTop) as Verilog
+        fpdeep_node.v     the node (ObservedNode(NodeTop)) as Verilog
         top.v             the board top (BoardTop), instantiating fpdeep_node and the black boxes
         top.xdc, top.tcl  the platform's constraints and Vivado project script
         build_top.sh ...  every other file of Amaranth's BuildPlan
@@ -346,7 +347,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     from boards.platforms import platform_for
     from sim.golden.train import init_weights
 
-    from .board_top import BoardTop
+    from .board_top import BoardTop, ObservedNode
     from .node.top import NodeTop
 
     progress = progress or Progress(quiet=True)
@@ -359,7 +360,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
-        node_v, fixups = fix_constant_always(verilog.convert(top, name=NODE_MODULE,
+        node_v, fixups = fix_constant_always(verilog.convert(ObservedNode(top), name=NODE_MODULE,
                                                             emit_src=False))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()

@@ -1,0 +1,302 @@
+"""``python -m fpdeep_hw.build`` (fpdeep_hw/build.py, fpdeep_hw/board_top.py).
+
+The build of a small node (``tiny`` on one VC709, mapped with a 4 % DSP budget so that its engines
+are those of the ``sim-node`` plan, batch 2, ``max_row_lanes=1``) writes every file; its Verilog
+passes Verilator's lint with the reviewed waivers; the Verilog the build hands out, simulated
+with Icarus Verilog, gives the same output ports as the Amaranth simulation of ``NodeTop``,
+cycle for cycle, on the same stimulus (two images with random valid gaps, one mini-batch: FP,
+loss, BP and the weight update); bad input gives the one-line error, exit 2 and no files.
+"""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from fpdeep_map.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIVERS = ROOT / "fpdeep_hw" / "verilator_waivers.vlt"
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fpdeep_hw.build", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=900)
+
+
+def small_plan(batch=2, board="vc709"):
+    # 4 % of the VC709's DSPs: the same engines as the sim-node plan (105 multipliers)
+    return map_network(load_network("tiny"), load_board(board), 1, batch=batch, max_row_lanes=1,
+                       dsp_budget=0.04)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    plan = small_plan()
+    plan_file = tmp / "plan.yaml"
+    plan_file.write_text(plan.to_yaml())
+    out = tmp / "out"
+    proc = _cli("--plan", str(plan_file), "--node", "0", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return {"plan": plan, "plan_file": plan_file, "out": out, "proc": proc,
+            "folder": out / "tiny-vc709x1" / "node0"}
+
+
+def test_files(built):
+    folder, plan = built["folder"], built["plan"]
+    names = {p.name for p in folder.iterdir()}
+    for f in ("fpdeep_node.v", "top.v", "top.xdc", "top.tcl", "node.yaml", "report.json"):
+        assert f in names, f
+    # nothing else in the configuration folder (the temporary folder was renamed)
+    assert [p.name for p in folder.parent.iterdir()] == ["node0"]
+    report = json.loads((folder / "report.json").read_text())
+    np0 = plan.node_plans[0]
+    assert report["predicted"] == {"dsp": np0.dsp, "bram36": np0.bram36, "lut": np0.lut,
+                                   "ff": np0.ff}
+    assert report["mac_units"] == np0.dsp == 105
+    assert report["layers"] == ["conv1", "conv2", "conv3", "fc4"]
+    assert set(report["files"]) == names
+    node = yaml.safe_load((folder / "node.yaml").read_text())
+    assert [n["node"] for n in node["node_plans"]] == [0] and node["board"] == "vc709"
+    top_v = (folder / "top.v").read_text()
+    assert "fpdeep_node " in top_v and "fpdeep_host_dma " in top_v
+    assert "module fpdeep_node(" in (folder / "fpdeep_node.v").read_text()
+    xdc = (folder / "top.xdc").read_text()
+    assert "H19" in xdc and "G18" in xdc and "create_clock" in xdc       # clk200
+    assert "AM39" in xdc                                                  # led 0
+    tcl = (folder / "top.tcl").read_text()
+    assert "xc7vx690tffg1761-2" in tcl and "fpdeep_node.v" in tcl
+    # the summary names the path
+    assert str(folder) in built["proc"].stdout
+    assert "plan DSP 105" in built["proc"].stdout
+
+
+def test_lint(built, tmp_path):
+    exe = shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator is not installed")
+    src = built["folder"] / "fpdeep_node.v"
+    cmd = [exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node", str(WAIVERS), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    report = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
+
+
+# ---- Icarus Verilog against the Amaranth simulation --------------------------------------------
+
+def _stimulus(top, network, num, n_images, seed):
+    from sim.data import synthetic
+    from sim.golden.layers import quantize_input
+    x, y = synthetic(network, n_images, seed)
+    pixels = []
+    for xi in x:
+        a, _ = quantize_input(np.asarray(xi, dtype=np.float64).reshape(network.input_shape), num)
+        c, h, w = a.shape
+        pixels += [[int(v) for v in a[:, yy, xx]] for yy in range(h) for xx in range(w)]
+    return pixels, [int(v) for v in y]
+
+
+def _pack(lanes, width):
+    raw = 0
+    for i, v in enumerate(lanes):
+        raw |= (v & ((1 << width) - 1)) << (i * width)
+    return raw
+
+
+def _outputs(top):
+    from fpdeep_hw.board_top import node_instance_ports
+    return [(name, v) for name, (d, v) in node_instance_ports(top).items() if d == "o"]
+
+
+def amaranth_trace(top, pixels, labels, *, p_gap, seed, tail):
+    """Per cycle: the inputs set and every output port's value (before the clock edge)."""
+    from amaranth.sim import Simulator
+    rng = random.Random(seed)
+    outputs = _outputs(top)
+    width = top.node_top.numerics.activation.width
+    rec = []
+
+    async def bench(ctx):
+        pi = li = 0
+        done_at = None
+        cycle = 0
+        while done_at is None or cycle < done_at + tail:
+            iv = int(pi < len(pixels) and rng.random() >= p_gap)
+            lv = int(li < len(labels) and rng.random() >= p_gap)
+            px = pixels[min(pi, len(pixels) - 1)]
+            lp = labels[min(li, len(labels) - 1)]
+            fl = int(pi >= len(pixels))
+            ctx.set(top.images.valid, iv)
+            ctx.set(top.images.payload, px)
+            ctx.set(top.labels.valid, lv)
+            ctx.set(top.labels.payload, lp)
+            ctx.set(top.flush, fl)
+            outs = tuple(ctx.get(v) for _, v in outputs)
+            rec.append(((fl, lv, lp, iv, _pack(px, width)), outs))
+            if iv and ctx.get(top.images.ready):
+                pi += 1
+            if lv and ctx.get(top.labels.ready):
+                li += 1
+            if done_at is None and ctx.get(top.updates) >= len(labels) // top.node_top.batch:
+                done_at = cycle
+            await ctx.tick()
+            cycle += 1
+            assert cycle < 60_000, "the node did not finish its update"
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return rec
+
+
+TB = """
+`timescale 1ns/1ps
+module tb;
+  reg clk = 0, rst = 0;
+  reg flush = 0, iv = 0, lv = 0;
+  reg [{IW}-1:0] ip = 0;
+  reg [{LW}-1:0] lp = 0;
+{WIRES}
+  reg [{SW}-1:0] stim [0:{N}-1];
+  integer n, f;
+  fpdeep_node dut(.clk(clk), .rst(rst), .images__valid(iv), .images__payload(ip),
+                  .labels__valid(lv), .labels__payload(lp), .flush(flush),
+{CONNS});
+  always #5 clk = ~clk;
+  initial begin
+    $readmemh("stim.hex", stim);
+    f = $fopen("out.txt", "w");
+    #1;
+    for (n = 0; n < {N}; n = n + 1) begin
+      {{flush, lv, lp, iv, ip}} = stim[n];
+      #1;
+      $fwrite(f, "{FMT}\\n", {OUTS});
+      @(posedge clk);
+      #1;
+    end
+    $fclose(f);
+    $finish;
+  end
+endmodule
+"""
+
+
+def icarus_trace(verilog_file, rec, outputs, iw, lw, workdir):
+    sw = 1 + 1 + lw + 1 + iw
+    lines = []
+    for (fl, lv, lp, iv, ip), _ in rec:
+        word = (((((fl << 1 | lv) << lw) | lp) << 1 | iv) << iw) | ip
+        lines.append(f"{word:x}")
+    (workdir / "stim.hex").write_text("\n".join(lines) + "\n")
+    wires = "\n".join(f"  wire [{len(v) - 1}:0] o_{n};" for n, v in outputs)
+    conns = ",\n".join(f"                  .{n}(o_{n})" for n, _ in outputs)
+    tb = TB.format(IW=iw, LW=lw, SW=sw, N=len(rec), WIRES=wires, CONNS=conns,
+                   FMT=" ".join("%0d" for _ in outputs), OUTS=", ".join(f"o_{n}" for n, _ in outputs))
+    (workdir / "tb.v").write_text(tb)
+    # Verilog-2005 semantics: Yosys' combinational blocks rely on the time-zero event of a
+    # register initializer (`reg t = 0;`), which SystemVerilog (-g2012) does not generate
+    comp = subprocess.run(["iverilog", "-g2005", "-o", "tb.vvp", "-s", "tb", "tb.v",
+                           str(verilog_file)], cwd=workdir, capture_output=True, text=True,
+                          timeout=600)
+    assert comp.returncode == 0, comp.stdout + comp.stderr
+    # the build rewrote Yosys' constant `always @*` blocks (fpdeep_hw.build.fix_constant_always)
+    assert "found no sensitivities" not in comp.stdout + comp.stderr, comp.stdout + comp.stderr
+    run = subprocess.run(["vvp", "-n", "tb.vvp"], cwd=workdir, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [tuple(int(v) for v in line.split())
+            for line in (workdir / "out.txt").read_text().splitlines()]
+
+
+def test_icarus_matches_amaranth(built, tmp_path):
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        pytest.skip("Icarus Verilog is not installed")
+    from fpdeep_hw.board_top import ObservedNode
+    from fpdeep_hw.node.top import NodeTop
+    from sim.golden.train import init_weights
+    plan = Plan.from_yaml(built["plan_file"].read_text())
+    net = load_network("tiny")
+    # the build's defaults: lr 0.125, seed 0
+    node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics))
+    top = ObservedNode(node)
+    pixels, labels = _stimulus(top, net, plan.numerics, 2, seed=3)
+    outputs = _outputs(top)
+    names = [n for n, _ in outputs]
+    assert {"images__ready", "labels__ready", "updates", "loss_valid", "loss_error"} <= set(names)
+    rec = amaranth_trace(top, pixels, labels, p_gap=0.2, seed=5, tail=40)
+    outs = [o for _, o in rec]
+    up = names.index("updates")
+    ir, lr = names.index("images__ready"), names.index("labels__ready")
+    # the stimulus covers FP of both images, the loss, BP and the mini-batch's update
+    assert outs[-1][up] == 1 and outs[0][up] == 0
+    assert sum(1 for (i, o) in rec if i[3] and o[ir]) == len(pixels)
+    assert sum(1 for (i, o) in rec if i[1] and o[lr]) == len(labels)
+    # every loss error word (classes lanes, one per image) is compared, and they are not all 0
+    lv, le = names.index("loss_valid"), names.index("loss_error")
+    assert sum(o[lv] for o in outs) == len(labels)
+    assert any(o[le] for o in outs if o[lv])
+    iw = len(top.images.payload.as_value())
+    lw = len(top.labels.payload)
+    got = icarus_trace(built["folder"] / "fpdeep_node.v", rec, outputs, iw, lw, tmp_path)
+    assert len(got) == len(outs)
+    first = next((n for n, (a, b) in enumerate(zip(outs, got)) if a != b), None)
+    assert first is None, (f"cycle {first} of {len(outs)}: Amaranth {dict(zip(names, outs[first]))}, "
+                           f"Icarus {dict(zip(names, got[first]))}")
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def _assert_refused(proc, out, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1 and proc.stderr.strip().splitlines()[-1] == lines[0], proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--board", "vc709", "--node", "4"],
+     ["node_plans[4].segments[0].split: 'icp'", "conv2_2", "split segments are not built yet",
+      "off-chip Act-RAM", "lent parameters", "multi-node"]),
+    (["--board", "vc709", "--node", "15"], ["--node: 15: outside the plan: nodes 0..14"]),
+    (["--board", "vc707", "--node", "0"], ["'vc707'", "unknown board"]),
+    (["--board", "sim-node", "--net", "tiny", "--nodes", "1", "--node", "0"],
+     ["--board: 'sim-node': no Amaranth platform"]),
+    (["--board", "vc709", "--net", "tiny", "--nodes", "2", "--node", "0"],
+     ["nodes: 2: not supported", "only 1-node plans are built"]),
+    (["--board", "vc709"], ["give exactly one of --node K and --all"]),
+    (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be >= 0"]),
+])
+def test_refused(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    _assert_refused(_cli(*args, "--out", str(out)), out, *fragments)
+
+
+def test_refused_plan_for_other_board(built, tmp_path):
+    out = tmp_path / "out"
+    _assert_refused(_cli("--plan", str(built["plan_file"]), "--board", "kcu105", "--node", "0",
+                         "--out", str(out)), out,
+                    "board: 'vc709': the plan was made for board 'vc709', not 'kcu105'")
+    _assert_refused(_cli("--plan", str(built["plan_file"]), "--node", "1", "--out", str(out)),
+                    out, "--node: 1: outside the plan: nodes 0..0")
+
+
+def test_unsupported_x_and_lending():
+    from fpdeep_hw.build import unsupported
+    net = load_network("tiny")
+    plan = map_network(net, load_board("vc709"), 1, batch=2, max_row_lanes=8)
+    probs = unsupported(plan, 0, net)
+    assert any(".engines." in f and f.endswith(".x") and v > 1 for f, v, _, _ in probs)
+    assert unsupported(small_plan(), 0, net) == []
