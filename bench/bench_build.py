@@ -1,0 +1,110 @@
+"""Benchmark of ``python -m fpdeep_hw.build``: seconds and peak memory per build, Yosys vs plan.
+
+Each case runs the command in a child process (``resource.getrusage(RUSAGE_CHILDREN)`` gives
+the peak resident memory of the largest child so far, so the cases run in separate
+``bench_build.py --case`` processes):
+
+- ``vgg16-node4``: the issue's command, ``--board vc709 --node 4`` (VGG-16 on 15 VC709). Today
+  it is refused (split segments, off-chip Act-RAM, lent parameters, multi-node): the time to
+  the refusal is measured and the error line printed.
+- ``tiny-small``: ``tiny`` on 1 VC709 mapped with a 4 % DSP budget (the sim-node engines,
+  105 multipliers), built with ``--synth``: Yosys' DSP and BRAM counts against the plan.
+- ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
+  with the full budget (``max_row_lanes=1``), ``--all`` (the whole 1-node cluster).
+
+Usage::
+
+    python bench/bench_build.py                 # every case, a table and bench/build.json
+    python bench/bench_build.py --case tiny-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CASES = ("vgg16-node4", "tiny-small", "tiny", "digits")
+
+
+def _plan_file(tmp, net, budget):
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    kw = {"dsp_budget": budget} if budget else {}
+    plan = map_network(load_network(net), load_board("vc709"), 1, batch=128, max_row_lanes=1,
+                       **kw)
+    f = Path(tmp) / f"{net}.yaml"
+    f.write_text(plan.to_yaml())
+    return f
+
+
+def run_case(case):
+    tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
+    out = tmp / "out"
+    if case == "vgg16-node4":
+        args = ["--board", "vc709", "--node", "4"]
+    elif case == "tiny-small":
+        args = ["--plan", str(_plan_file(tmp, "tiny", 0.04)), "--node", "0", "--synth"]
+    else:
+        args = ["--plan", str(_plan_file(tmp, case, None)), "--all", "--jobs", "1"]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fpdeep_hw.build", *args, "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    seconds = time.monotonic() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    res = {"case": case, "args": args, "exit": proc.returncode, "seconds": round(seconds, 1),
+           "peak_mb": round(peak_mb, 1),
+           "stdout": proc.stdout.strip().splitlines(),
+           "error": [l for l in proc.stderr.splitlines() if l.startswith("error:")]}
+    reports = sorted(out.glob("*/node*/report.json"))
+    if reports:
+        r = json.loads(reports[0].read_text())
+        res["predicted"] = r["predicted"]
+        res["mac_units"] = r["mac_units"]
+        if "yosys" in r:
+            y = {k: v for k, v in r["yosys"].items() if k != "cells"}
+            res["yosys"] = y
+            p = r["predicted"]
+            res["dsp_vs_plan"] = round(y["dsp"] / p["dsp"], 3) if p["dsp"] else None
+            res["bram36_vs_plan"] = round(y["bram36"] / p["bram36"], 3) if p["bram36"] else None
+        res["verilog_mb"] = round(sum(f.stat().st_size for f in reports[0].parent.glob("*.v"))
+                                  / 1e6, 1)
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=CASES)
+    p.add_argument("--json", default=str(ROOT / "bench" / "build.json"))
+    args = p.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(args.case)))
+        return 0
+    results = []
+    for case in CASES:
+        proc = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True,
+                              text=True)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        extra = ""
+        if "yosys" in r:
+            extra = (f"  Yosys DSP {r['yosys']['dsp']} / plan {r['predicted']['dsp']}, "
+                     f"BRAM36 {r['yosys']['bram36']} / plan {r['predicted']['bram36']}")
+        print(f"{case:12s} exit {r['exit']}  {r['seconds']:8.1f} s  {r['peak_mb']:8.1f} MB{extra}")
+        for line in r["error"]:
+            print("   ", line)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
