@@ -533,7 +533,8 @@ class Lender(wiring.Component):
     master : array ``(OC, C, K, K)``, optional
         Initial master weights (master format integers); default zeros.
     fifo_depth : int
-        Sets buffered per stream (default 2).
+        Sets in flight or buffered per stream (default 2; the FIFO itself has at least 3
+        entries, a Verilog-friendly depth).
 
     Members
     -------
@@ -569,13 +570,12 @@ class Lender(wiring.Component):
         msets = geom.pack_weights(master)
         from sim.golden.layers import working_weight
         wsets, _ = working_weight(msets, numerics)
-        self._upd = WeightUpdate(numerics=numerics, kernel=K, lanes=PS, depth=RG, lr_q=lr_q,
-                                 init=msets)
-        self._bpram = BPRAM(fmt=numerics.weight, kernel=K, lanes=PS, depth=RG,
-                            init=np.asarray(wsets, dtype=np.int64))
-        self._bgb = BGB(in_fmt=numerics.gradient, out_fmt=numerics.gradient,
-                        acc_width=numerics.grad_acc_width, kernel=K, lanes=PS, depth=RG,
-                        batch=batch)
+        self._lr_q = lr_q
+        self._msets, self._wsets = msets, np.asarray(wsets, dtype=np.int64)
+        if (not isinstance(lr_q, (int, np.integer)) or isinstance(lr_q, bool)
+                or not 1 <= int(lr_q) < 1 << 16):
+            raise ValueError(f"Lender learning rate must be an integer in 1..65535 "
+                             f"(16 fractional bits), not {lr_q!r}")
         self._set_layout = weight_set_layout(numerics.weight, K, PS)
         self._grad_layout = data.StructLayout({
             "addr": range(max(RG, 2)),
@@ -609,9 +609,15 @@ class Lender(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B, D, RG, depth = self._batch, self._lag, self.weight_sets, self._fifo_depth
-        m.submodules.bpram = bp = self._bpram
-        m.submodules.update = upd = self._upd
-        m.submodules.bgb = bgb = self._bgb
+        nm, g = self._numerics, self._geom
+        K, PS = g.kernel, g.p * g.s
+        m.submodules.bpram = bp = BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG,
+                                        init=self._wsets)
+        m.submodules.update = upd = WeightUpdate(numerics=nm, kernel=K, lanes=PS, depth=RG,
+                                                 lr_q=self._lr_q, init=self._msets)
+        m.submodules.bgb = bgb = BGB(in_fmt=nm.gradient, out_fmt=nm.gradient,
+                                     acc_width=nm.grad_acc_width, kernel=K, lanes=PS,
+                                     depth=RG, batch=B)
         wiring.connect(m, upd.wr, bp.wr)
         wiring.connect(m, bgb.o, upd.grad)
         m.d.comb += [self.bgb_acc_overflow.eq(bgb.acc_overflow),
@@ -622,7 +628,7 @@ class Lender(wiring.Component):
         fp_limit = Signal(32, init=B + D)       # FP images < fp_limit may use the version
         eb_limit = Signal(32, init=B)
         # ---- FP stream: lending port, one set per request ----------------------------------------
-        m.submodules.fp_fifo = fpf = SyncFIFOBuffered(width=width, depth=depth)
+        m.submodules.fp_fifo = fpf = SyncFIFOBuffered(width=width, depth=max(depth, 3))
         fp_set = Signal(range(max(RG, 2)))
         fp_iss = Signal(32)
         fp_fly = Signal(range(depth + 2))
@@ -651,7 +657,7 @@ class Lender(wiring.Component):
                 m.d.sync += self.fp_images.eq(self.fp_images + 1)
 
         # ---- EB stream: rd_addr port ----------------------------------------------------------
-        m.submodules.eb_fifo = ebf = SyncFIFOBuffered(width=width, depth=depth)
+        m.submodules.eb_fifo = ebf = SyncFIFOBuffered(width=width, depth=max(depth, 3))
         eb_set = Signal(range(max(RG, 2)))
         eb_iss = Signal(32)
         eb_fly = Signal(range(depth + 2))

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Tests of parameter lending: :mod:`fpdeep_hw.node.lend` (Lender, WSFPLayer, WSEBLayer).
 
 The borrowed segment is conv2 of the ``tiny`` network on two ``tiny-test`` nodes
@@ -205,3 +206,83 @@ def test_lend_three_batches(waves):
     applied; the third mini-batch's gradients reach the master, not yet the BPRAM)."""
     exp, _ = check_pair(6, 2, 1, seed=1, waves=waves)
     assert exp["updates"] == 2
+
+
+def _no_stall_timing(cls, n_images=3):
+    """Cycles of the input transfers, output transfers and ``done`` pulses with no stalls and
+    every weight set available at once."""
+    dut = cls(SEG, NET, NUM)
+    g = dut.geometry
+    fp = cls is WSFPLayer
+    lanes, npix = (g.in_channels, g.pixels) if fp else (g.out_channels,
+                                                         g.conv_height * g.conv_width)
+    nrng = np.random.default_rng(3)
+    words = nrng.integers(-100, 100, size=(n_images * npix, lanes)).tolist()
+    wsets = [nrng.integers(-99, 99, size=(g.p * g.s, g.kernel, g.kernel)).tolist()
+             for _ in range(n_images * dut.weight_sets)]
+    rec = {"out": [], "done": []}
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(dut.i, words))
+    sim.add_testbench(stream_source(dut.w, wsets))
+    n_out = n_images * (g.out_height * g.out_width if fp else g.pixels)
+    sim.add_testbench(stream_sink(dut.o, [], count=n_out,
+                                  on_word=lambda c, p: rec["out"].append(c)))
+    counts = {"act": n_images * npix, "mask": n_images * g.conv_height * g.conv_width,
+              "arg": n_out}
+    for name in ("act", "mask", "arg"):
+        if hasattr(dut, name):
+            sim.add_testbench(stream_sink(getattr(dut, name), [], count=counts[name]))
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, done in ctx.tick().sample(dut.done):
+            if done:
+                rec["done"].append(cycle)
+            cycle += 1
+
+    sim.add_process(monitor)
+    sim.run()
+    return dut, rec
+
+
+@pytest.mark.parametrize("cls", [WSFPLayer, WSEBLayer])
+def test_cycles_per_image(cls):
+    """Steady state without stalls: one image per ``cycles_per_image`` (``R * G`` replays of
+    the line buffer's virtual map: 16 x 10 x 10 = 1600 for tiny conv2)."""
+    dut, rec = _no_stall_timing(cls)
+    assert dut.cycles_per_image == 1600
+    assert np.diff(rec["done"]).tolist() == [dut.cycles_per_image] * 2
+
+
+def test_rejects_bad_arguments():
+    fc = next(s for s in PLAN.node_plans[1].segments if s.kind == "fc")
+    with pytest.raises(ValueError, match=r"^WSFPLayer: only conv segments are built, not 'fc'"):
+        WSFPLayer(fc, NET, NUM)
+    with pytest.raises(ValueError, match=r"^Lender batch must be a positive integer, not 0$"):
+        Lender(SEG, NET, NUM, batch=0, lr_q=100)
+    with pytest.raises(ValueError, match=r"^Lender lag must be a non-negative integer, not -1$"):
+        Lender(SEG, NET, NUM, batch=2, lr_q=100, lag=-1)
+    with pytest.raises(ValueError, match=r"^Lender fifo depth must be a positive integer"):
+        Lender(SEG, NET, NUM, batch=2, lr_q=100, fifo_depth=0)
+    with pytest.raises(ValueError, match=rf"^Lender master weights must fit in {NUM.master.width} signed bits$"):
+        Lender(SEG, NET, NUM, batch=2, lr_q=100, master=np.full((8, 4, 3, 3), 1 << 40))
+    with pytest.raises(TypeError, match=r"^PGLayer lgb must be a bool, not 1$"):
+        PGLayer(SEG, NET, NUM, batch=2, lgb=1)
+    first = PLAN.node_plans[0].segments[0]
+    with pytest.raises(ValueError, match=r"^WSEBLayer: segment 'conv1' has no EB$"):
+        WSEBLayer(first, NET, NUM)
+
+
+def test_lender_defaults():
+    lender = Lender(SEG, NET, NUM, batch=2, lr_q=100)
+    assert lender.lag == int(SEG.act_ram_images) == 4
+    assert lender.weight_sets == 16 and lender.weights_per_image == 288
+
+
+@pytest.mark.parametrize("cls", ["lender", "wsfp", "wseb"])
+def test_lint(cls, tmp_path):
+    dut = {"lender": lambda: Lender(SEG, NET, NUM, batch=2, lr_q=100),
+           "wsfp": lambda: WSFPLayer(SEG, NET, NUM),
+           "wseb": lambda: WSEBLayer(SEG, NET, NUM)}[cls]()
+    verilator_lint(dut, cls, tmp_path)
