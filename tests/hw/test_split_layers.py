@@ -86,7 +86,7 @@ def _gate(m, src, dst, en):
     ]
 
 
-def _run(top, duts, *, sources, sinks, links, p_stall, seed, waves=None, up_sources=()):
+def _run(top, duts, *, sources, sinks, links, p_stall, seed, waves=None):
     """Simulate ``top`` until every sink has its words.
 
     ``sources`` [(port, words)], ``sinks`` [(port, list, count)], ``links`` [(dst stream,
