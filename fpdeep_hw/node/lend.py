@@ -515,8 +515,12 @@ class Lender(wiring.Component):
     gradient format, ``R * G`` words per image in any address order); the lender marks the last
     word of every ``B``-th image ``batch_done`` for the BGB, whose averages feed the update.
 
-    No incomplete-mini-batch flush (a run ends after whole mini-batches, or the last partial
-    mini-batch's gradients stay in the BGB).
+    End of run: ``flush`` (level, raised once the borrower's FP has taken every set of its last
+    image) stops the FP stream and waives the FP condition of the update, so the last
+    mini-batches' updates are written and EB of the last ``D`` images gets its version (the
+    :class:`~fpdeep_hw.node.version_gate.VersionGate` ``flush``). FP sets already buffered for
+    a next image that never comes are left unused. An incomplete last mini-batch is not
+    averaged (its gradients stay in the BGB).
 
     Parameters
     ----------
@@ -542,6 +546,8 @@ class Lender(wiring.Component):
         Weight sets for the borrower's FP and EB.
     grad : ``In(stream.Signature(StructLayout({"addr", "data"})))``
         Per-image gradient sets from the borrower (``data``: ``P*S x K x K`` gradient format).
+    flush : ``In(1)``
+        End of run (see above).
     fp_images, eb_images, grad_images, updates : ``Out(32)``
         Images whose FP / EB sets have all been sent, images of gradients received, updates
         applied (the current version).
@@ -584,6 +590,7 @@ class Lender(wiring.Component):
             "fp_w": Out(stream.Signature(self._set_layout)),
             "eb_w": Out(stream.Signature(self._set_layout)),
             "grad": In(stream.Signature(self._grad_layout)),
+            "flush": In(1),
             "fp_images": Out(32), "eb_images": Out(32), "grad_images": Out(32),
             "updates": Out(32),
             "bgb_acc_overflow": Out(32), "bgb_out_overflow": Out(32),
@@ -625,6 +632,8 @@ class Lender(wiring.Component):
                      self.update_overflow.eq(upd.overflow)]
         width = self._set_layout.size
 
+        flush = Signal()
+        m.d.sync += flush.eq(self.flush)
         fp_limit = Signal(32, init=B + D)       # FP images < fp_limit may use the version
         eb_limit = Signal(32, init=B)
         # ---- FP stream: lending port, one set per request ----------------------------------------
@@ -634,7 +643,7 @@ class Lender(wiring.Component):
         fp_fly = Signal(range(depth + 2))
         fp_room = (fpf.level + fp_fly) < depth
         m.d.comb += [
-            bp.lend_req.valid.eq((fp_iss < fp_limit) & fp_room),
+            bp.lend_req.valid.eq((fp_iss < fp_limit) & fp_room & ~flush),
             bp.lend_req.payload.first.eq(fp_set),
             bp.lend_req.payload.count.eq(1),
             fpf.w_en.eq(bp.lend.valid),
@@ -706,7 +715,8 @@ class Lender(wiring.Component):
 
         # ---- version gate: start the update when both streams are done with the old version --
         started = Signal()
-        ready_fp = (self.fp_images >= fp_limit) & (fp_iss == fp_limit) & (fp_fly == 0)
+        ready_fp = (((self.fp_images >= fp_limit) & (fp_iss == fp_limit)) | flush) & \
+            (fp_fly == 0)
         ready_eb = (self.eb_images >= eb_limit) & (eb_iss == eb_limit) & (eb_fly == 0)
         go = ready_fp & ready_eb & ~started
         m.d.comb += upd.start.eq(go)
