@@ -45,7 +45,6 @@ from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _fork, _gather, _Loops, _vec
 from fpdeep_hw.node.update import WeightUpdate
 from fpdeep_hw.numerics import requantize, saturate
-from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import Geometry, eb_geometry
 
 __all__ = ["Lender", "WSFPLayer", "WSEBLayer"]
@@ -92,6 +91,20 @@ class _WSLayer(wiring.Component):
         g = self._geom
         return self.weight_sets * g.p * g.s * g.kernel * g.kernel
 
+    def _sweep_end(self):
+        """Cycle (from the first input transfer, no stalls, sets at hand, idle before) in which
+        the last window of an image's last set is taken: the store fills (``npix`` cycles), the
+        replay starts one cycle later at the first pixel's scan step, the first window leaves
+        the line buffer ``LineBuffer.latency`` after its last scan step, and the ``R*G`` replays
+        follow each other every ``vheight * vwidth`` cycles."""
+        lg = self._lb_geometry()
+        vw = lg.vwidth
+        p0 = lg.pad[0] * vw + lg.pad[1]
+        k, st = lg.k, lg.stride
+        e_last = ((lg.out_height - 1) * st + k - 1) * vw + (lg.out_width - 1) * st + k - 1
+        return (self._npix + 1 + (e_last - p0) + LineBuffer.latency
+                + (self.weight_sets - 1) * lg.vheight * vw)
+
     def _mac(self, m, win, wset, r, g):
         """Per-lane exact dot products of one window with one weight set (comb)."""
         raise NotImplementedError  # pragma: no cover - overridden
@@ -100,7 +113,7 @@ class _WSLayer(wiring.Component):
         """Frame store -> line buffer replay -> MAC -> accumulator -> drain -> ``out_stream``."""
         g = self._geom
         nm = self._numerics
-        K, P, S, R, G = g.kernel, g.p, g.s, g.out_groups, g.groups
+        R, G = g.out_groups, g.groups
         iw = len(in_port.payload[0])
         L, Q, NPIX, NPOS = self._acc_lanes, self._q, self._npix, self._npos
         lanes_in = self._in_lanes
@@ -332,12 +345,31 @@ class WSFPLayer(_WSLayer):
                 data.ArrayLayout(arg_bits(g.pool[0]), g.out_channels)))
         wiring.Component.__init__(self, members)
 
+    def _lb_geometry(self):
+        g = self._geom
+        return Geometry(g.height, g.width, g.kernel, stride=g.stride, pad=g.pad)
+
     @property
     def cycles_per_image(self):
         """Scan steps per image without stalls: ``R * G`` replays of the virtual map."""
-        g = self._geom
-        lg = Geometry(g.height, g.width, g.kernel, stride=g.stride, pad=g.pad)
+        lg = self._lb_geometry()
         return self.weight_sets * lg.vheight * lg.vwidth
+
+    @property
+    def latency(self):
+        """Cycles from the transfer of an image's first input pixel to its first output word
+        (no stalls, every weight set at hand, the module idle before, pixels at full rate):
+        the end of the last set's sweep, 3 cycles to the first drained word, the ``R`` words of
+        each gathered pixel (with a pool: the ``n1 + 1`` pixels up to the first complete
+        window), ReLU and fork (2), max-pool and fork."""
+        g = self._geom
+        R = g.out_groups
+        t = self._sweep_end() + 3
+        if g.pool is None:
+            return t + R + (2 if g.relu else 0)
+        pk = g.pool[0]
+        n1 = (min(pk, g.conv_height) - 1) * g.conv_width + min(pk, g.conv_width) - 1
+        return t + (n1 + 1) * R + (2 if g.relu else 0) + MaxPool.LATENCY + 1
 
     def _line_buffer(self, iw):
         g = self._geom
@@ -447,12 +479,22 @@ class WSEBLayer(_WSLayer):
             "out_overflows": Out(32),
         })
 
+    def _lb_geometry(self):
+        g = self._geom
+        return eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
+
     @property
     def cycles_per_image(self):
         """Scan steps per image without stalls: ``R * G`` replays of the transposed virtual map."""
-        g = self._geom
-        eg = eb_geometry(g.height, g.width, g.kernel, g.stride, g.pad)
+        eg = self._lb_geometry()
         return self.weight_sets * eg.vheight * eg.vwidth
+
+    @property
+    def latency(self):
+        """Cycles from the transfer of an image's first ``E_out`` word to its first ``E_in``
+        word (no stalls, sets at hand, idle before): the end of the last set's sweep, 3 cycles
+        to the first drained word, ``G`` words gathered."""
+        return self._sweep_end() + 3 + self._geom.groups
 
     def _line_buffer(self, iw):
         g = self._geom

@@ -217,6 +217,16 @@ def test_lend_three_batches(waves):
     assert exp["updates"] == 3
 
 
+def _transfers(port, out):
+    async def process(ctx):
+        cycle = 0
+        async for _, _, valid, ready in ctx.tick().sample(port.valid, port.ready):
+            if valid and ready:
+                out.append(cycle)
+            cycle += 1
+    return process
+
+
 def _no_stall_timing(cls, n_images=3):
     """Cycles of the input transfers, output transfers and ``done`` pulses with no stalls and
     every weight set available at once."""
@@ -229,10 +239,11 @@ def _no_stall_timing(cls, n_images=3):
     words = nrng.integers(-100, 100, size=(n_images * npix, lanes)).tolist()
     wsets = [nrng.integers(-99, 99, size=(g.p * g.s, g.kernel, g.kernel)).tolist()
              for _ in range(n_images * dut.weight_sets)]
-    rec = {"out": [], "done": []}
+    rec = {"out": [], "done": [], "in": []}
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(stream_source(dut.i, words))
+    sim.add_process(_transfers(dut.i, rec["in"]))
     sim.add_testbench(stream_source(dut.w, wsets))
     n_out = n_images * (g.out_height * g.out_width if fp else g.pixels)
     sim.add_testbench(stream_sink(dut.o, [], count=n_out,
@@ -258,10 +269,14 @@ def _no_stall_timing(cls, n_images=3):
 @pytest.mark.parametrize("cls", [WSFPLayer, WSEBLayer])
 def test_cycles_per_image(cls):
     """Steady state without stalls: one image per ``cycles_per_image`` (``R * G`` replays of
-    the line buffer's virtual map: 16 x 10 x 10 = 1600 for tiny conv2)."""
+    the line buffer's virtual map: 16 x 10 x 10 = 1600 for tiny conv2); ``latency`` to the
+    cycle."""
     dut, rec = _no_stall_timing(cls)
     assert dut.cycles_per_image == 1600
     assert np.diff(rec["done"]).tolist() == [dut.cycles_per_image] * 2
+    # first output word to the cycle (1704 FP with ReLU + 2x2 pool, 1662 EB)
+    assert rec["in"][0] == 0
+    assert rec["out"][0] - rec["in"][0] == dut.latency == (1704 if cls is WSFPLayer else 1662)
 
 
 def test_rejects_bad_arguments():
