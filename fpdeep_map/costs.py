@@ -52,3 +52,9 @@ FF_PER_SFU_LANE = 80
 #: Payload words per frame at most, and the header + trailer (CRC) words every frame adds.
 LINK_FRAME_PAYLOAD_WORDS = 32
 LINK_FRAME_OVERHEAD_WORDS = 2
+
+# --- lent parameters (fpdeep_hw/node/lend.py) ------------------------------------------------------
+#: The weight-stationary engines of a layer whose parameters are lent sweep the *padded* map once
+#: per streamed weight set ((H + 2P) x (W + 2P) cycles), as built today; False models engines
+#: that visit only the Ho x Wo output positions (the architecture's limit, not built yet).
+WS_SCANS_PADDING = True

@@ -156,7 +156,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
                 dsp_budget: float = costs.DSP_BUDGET, bram_budget: float = costs.BRAM_BUDGET,
                 lut_budget: float = costs.LUT_BUDGET, ff_budget: float = costs.FF_BUDGET,
                 fc_microbatch: int | None = None, max_row_lanes: int = 8,
-                split: str = "channels") -> Plan:
+                split: str = "channels", ws_scans_padding: bool = costs.WS_SCANS_PADDING) -> Plan:
     """Map the training of ``net`` onto ``nodes`` boards of kind ``board``.
 
     Raises :class:`FpdeepError` for bad arguments and for a network that does not fit.
@@ -200,6 +200,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     ctx = _Context(net, board, nodes, works, by_node, numerics, batch, topology,
                    dict(dsp=dsp_budget, bram=bram_budget, lut=lut_budget, ff=ff_budget,
                         max_row_lanes=max_row_lanes, ocp_threshold=ocp_threshold, split=split))
+    ctx.ws_scans_padding = ws_scans_padding
     ctx.choose_fc_microbatch(compute_ips, fc_microbatch)
     usable = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
     while True:
@@ -215,7 +216,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
             break
         ctx.fc_microbatch = min(batch, ctx.fc_microbatch * 2)
     ctx.traffic()
-    return ctx.finish(period)
+    return ctx.finish(max(period, ctx.weight_stationary_cycles()))
 
 
 class _Context:
@@ -446,6 +447,39 @@ class _Context:
                 words = math.ceil(nin * h * wd * images) + nin * w.k * wd
                 seg.act_ram = MemoryPlan(words=words, width=seg.act_ram.width)
                 seg.act_ram_images = round(images, 4)
+
+    def weight_stationary_cycles(self):
+        """Engines of segments whose parameters are lent sweep the whole (padded) map once per
+        streamed weight set: ``passes * (H + 2P) * (W + 2P)`` cycles per image instead of
+        ``passes * Ho * Wo`` (fpdeep_hw/node/lend.py). Updates those engines in the plan and
+        returns the slowest (0 without lending)."""
+        borrowed = {(l.borrower, l.layer) for l in self.lends}
+        slowest = 0
+        for k, segs in enumerate(self.segplans):
+            for seg in segs:
+                if (k, seg.layer) not in borrowed:
+                    continue
+                w = self.works[seg.index]
+                layer = self.net.layer(w.name)
+                pad = layer.padding if w.kind == "conv" else 0
+                if not self.ws_scans_padding:
+                    continue            # weight-stationary at the normal rate: nothing changes
+                lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
+                dims = w.group_dims(lo, hi)
+                for phase in ("fp", "eb"):
+                    e = seg.engines.get(phase)
+                    if e is None:
+                        continue
+                    passes = sum(-(-o // e.p) * -(-c // e.s) for c, o in dims)
+                    rows = -(-(w.in_hw[0] + 2 * pad) // e.x)
+                    ws = passes * rows * (w.in_hw[1] + 2 * pad)
+                    # a partly lent segment: its engine splits in proportion to the weights, the
+                    # lent share working weight-stationary
+                    share = seg.weights_borrowed / seg.weights
+                    e.cycles_per_image = max(e.cycles_per_image, math.ceil(
+                        e.cycles_per_image * (1 - share) + ws * share))
+                    slowest = max(slowest, e.cycles_per_image)
+        return slowest
 
     def place_act_ram(self):
         """Act-RAM on chip where BRAM is left, the rest in off-chip memory."""
