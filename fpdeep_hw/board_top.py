@@ -21,9 +21,9 @@
   :class:`~fpdeep_hw.link.transceiver.SerialLinkPHY` per neighbour the plan gives this node
   (previous node on ``platform.chain_lanes[0]``, next node on ``platform.chain_lanes[1]``), its
   streams in the Aurora user clock domain, an async FIFO into ``sync`` and the framer
-  (``fpdeep_hw/link/framer.py``) between the PHY and the node's link streams. ``NodeTop`` has
-  no link ports yet (multi-node tops are being added), so a node with a neighbour is refused
-  (``ValueError``) rather than built with unconnected lanes; LED 3 is lit.
+  (``fpdeep_hw/link/framer.py``) between the PHY and the node's link streams (``NodeTop``'s
+  ``a_in``/``a_out``/``e_in``/``e_out``). Until that is written a node with a neighbour is
+  refused (``ValueError``) rather than built with unconnected lanes; LED 3 is lit.
 - **Host.** Node 0 takes the images and the last node the labels (and ``flush``) from the host.
   On hardware that path is PCIe DMA, outside this project: a documented black box
   ``Instance("fpdeep_host_dma", ...)`` (see :data:`HOST_DMA_PORTS`). With ``host="ports"`` (for
@@ -150,7 +150,8 @@ class BoardTop(wiring.Component):
         self.has_next = k < len(plan.node_plans) - 1
         if self.has_prev or self.has_next:
             raise ValueError(f"BoardTop: node {k} of {len(plan.node_plans)} has chain neighbours, "
-                             f"but NodeTop has no link ports yet (multi-node tops are not built)")
+                             f"but the board's chain links (SerialLinkPHY, clock crossing, "
+                             f"framer) are not built yet")
         self.node_top = node_top
         self.observed = ObservedNode(node_top)
         self.host = host

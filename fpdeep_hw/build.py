@@ -296,7 +296,7 @@ def fix_constant_always(text):
             lambda m: (f"  always @* begin\n    if ({_INIT_REG}) begin end\n"
                        f"    {m.group(1)} = {m.group(2)};\n  end\n"), mod)
         if n:
-            head = new.index(");\n", new.index("\nmodule ")) + 3
+            head = new.index(");\n", re.search(r"(^|\n)module ", new).start()) + 3
             new = new[:head] + f"  reg {_INIT_REG} = 0;\n" + new[head:]
             modules[i] = new
             fixed += n

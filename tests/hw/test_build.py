@@ -318,3 +318,33 @@ def test_unsupported_x_and_lending():
     probs = unsupported(plan, 0, net)
     assert any(".engines." in f and f.endswith(".x") and v > 1 for f, v, _, _ in probs)
     assert unsupported(small_plan(), 0, net) == []
+
+
+def test_fix_constant_always():
+    from fpdeep_hw.build import fix_constant_always
+    text = ("module a(clk, o);\n  input clk;\n  output [3:0] o;\n  reg [7:0] r;\n"
+            "  always @*\n    r[7:4] = 4'h0;\n  always @*\n    r[3:0] = {clk, 3'h0};\n"
+            "  assign o = r[7:4];\nendmodule\n")
+    fixed, n = fix_constant_always(text)
+    assert n == 1
+    assert ("  reg fpdeep_comb_init = 0;\n  input clk;" in fixed
+            and "  always @* begin\n    if (fpdeep_comb_init) begin end\n    r[7:4] = 4'h0;\n  end\n"
+            in fixed)
+    assert "  always @*\n    r[3:0] = {clk, 3'h0};\n" in fixed      # not a constant: untouched
+    assert fix_constant_always(fixed) == (fixed, 0)
+
+
+def test_board_top_refuses_neighbours():
+    from types import SimpleNamespace
+
+    from fpdeep_hw.board_top import BoardTop
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), 2, batch=2, max_row_lanes=1, split="layers")
+    assert [len(n.segments) > 0 for n in plan.node_plans] == [True, True]
+    # BoardTop reads only .plan and .node before refusing (no NodeTop left unelaborated)
+    node = SimpleNamespace(plan=plan, node=0)
+    with pytest.raises(ValueError, match=r"^BoardTop: node 0 of 2 has chain neighbours, but "
+                                         r"the board's chain links \(SerialLinkPHY"):
+        BoardTop(node)
+    with pytest.raises(ValueError, match=r"^BoardTop host must be 'dma' or 'ports', not 'pcie'$"):
+        BoardTop(node, host="pcie")
