@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """``python -m fpdeep_hw.build`` (fpdeep_hw/build.py, fpdeep_hw/board_top.py).
 
 The build of a small node (``tiny`` on one VC709, mapped with a 4 % DSP budget so that its engines
