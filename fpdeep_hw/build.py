@@ -47,6 +47,7 @@ from pathlib import Path
 
 import yaml
 
+from fpdeep_map.cli import _int_at_least, _positive_float
 from fpdeep_map.errors import FpdeepError
 
 __all__ = ["main", "run", "unsupported", "resolve_plan", "build_node", "DEFAULT_NET",
@@ -66,28 +67,9 @@ class _Parser(argparse.ArgumentParser):
                           message)
 
 
-def _int_min(flag, minimum):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise FpdeepError("command line", flag, text, "must be an integer") from None
-        if v < minimum:
-            raise FpdeepError("command line", flag, text, f"must be >= {minimum}")
-        return v
-    return conv
-
-
-def _positive(flag):
-    def conv(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise FpdeepError("command line", flag, text, "must be a number") from None
-        if not 0 < v < float("inf"):
-            raise FpdeepError("command line", flag, text, "must be a positive number")
-        return v
-    return conv
+# the same argument converters as the mapper's command line (one-line errors, exit code 2)
+_int_min = _int_at_least
+_positive = _positive_float
 
 
 def build_parser():

@@ -296,7 +296,7 @@ def _assert_refused(proc, out, *fragments):
     (["--board", "vc709", "--net", "tiny", "--nodes", "2", "--node", "0"],
      ["nodes: 2: not supported", "only 1-node plans are built"]),
     (["--board", "vc709"], ["give exactly one of --node K and --all"]),
-    (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be >= 0"]),
+    (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be an integer >= 0"]),
 ])
 def test_refused(tmp_path, args, fragments):
     out = tmp_path / "out"
