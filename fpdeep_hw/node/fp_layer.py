@@ -708,25 +708,7 @@ class FPLayer(wiring.Component):
                 wiring.connect(m, wiring.flipped(self.up), adder.upstream)
             m.d.comb += self.add_overflows.eq(adder.overflows)
             cur = adder.o
-        if g.relu:
-            m.submodules.relu = relu = ReLU(fmt=nm.activation, lanes=OC)
-            wiring.connect(m, cur, relu.i)
-            if g.pool is None:
-                dst = self.o
-            else:
-                dst = stream.Signature(_vec(aw, OC)).create(path=("relu_out",))
-            _fork(m, src_valid=relu.o.valid, src_ready=relu.o.ready,
-                  branches=[(dst, relu.o.payload.data), (self.mask, relu.o.payload.mask)])
-            cur = dst
-        if g.pool is not None:
-            pk, ps = g.pool
-            m.submodules.pool = pool = MaxPool(fmt=nm.activation, lanes=OC, k=pk, stride=ps,
-                                               height=g.conv_height, width=g.conv_width)
-            wiring.connect(m, cur, pool.i)
-            _fork(m, src_valid=pool.o.valid, src_ready=pool.o.ready,
-                  branches=[(self.o, pool.o.payload.max), (self.arg, pool.o.payload.arg)])
-        elif not g.relu:
-            wiring.connect(m, cur, wiring.flipped(self.o))
+        _post_ops(m, self, cur, g, nm)
         return m
 
     def _pixel_store(self, m, inner_valid, inner_ready, win):
@@ -791,3 +773,29 @@ class FPLayer(wiring.Component):
                         for t in range(S):
                             c = gi * S + t
                             m.d.comb += win.payload[t][0][0].eq(mems[c][1].data if c < C else 0)
+
+
+def _post_ops(m, comp, cur, g, nm):
+    """The output tail of an FP layer: ReLU (mask out), max-pool (argmax out), then ``comp.o``.
+
+    ``cur`` is the stream of finished activations (``g.out_channels`` lanes); ``comp`` has the
+    ports ``o``, ``mask`` and ``arg`` (shared by FPLayer and the weight-stationary WSFPLayer).
+    """
+    aw, OC = nm.activation.width, g.out_channels
+    if g.relu:
+        m.submodules.relu = relu = ReLU(fmt=nm.activation, lanes=OC)
+        wiring.connect(m, cur, relu.i)
+        dst = comp.o if g.pool is None else \
+            stream.Signature(_vec(aw, OC)).create(path=("relu_out",))
+        _fork(m, src_valid=relu.o.valid, src_ready=relu.o.ready,
+              branches=[(dst, relu.o.payload.data), (comp.mask, relu.o.payload.mask)])
+        cur = dst
+    if g.pool is not None:
+        pk, ps = g.pool
+        m.submodules.pool = pool = MaxPool(fmt=nm.activation, lanes=OC, k=pk, stride=ps,
+                                           height=g.conv_height, width=g.conv_width)
+        wiring.connect(m, cur, pool.i)
+        _fork(m, src_valid=pool.o.valid, src_ready=pool.o.ready,
+              branches=[(comp.o, pool.o.payload.max), (comp.arg, pool.o.payload.arg)])
+    elif not g.relu:
+        wiring.connect(m, cur, wiring.flipped(comp.o))

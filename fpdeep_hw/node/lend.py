@@ -38,11 +38,11 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from fpdeep_hw.compute.sfu import MaxPool, ReLU, arg_bits
+from fpdeep_hw.compute.sfu import MaxPool, arg_bits
 from fpdeep_hw.memory.grad_buffer import BGB
 from fpdeep_hw.memory.line_buffer import LineBuffer
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
-from fpdeep_hw.node.fp_layer import _check_args, _fork, _gather, _Loops, _vec
+from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
 from fpdeep_hw.node.update import WeightUpdate
 from fpdeep_hw.numerics import requantize, saturate
 from sim.golden.line_buffer import Geometry, eb_geometry
@@ -402,24 +402,7 @@ class WSFPLayer(_WSLayer):
         aw, OC = nm.activation.width, g.out_channels
         gathered = stream.Signature(_vec(aw, OC)).create(path=("gathered",))
         self._build_core(m, in_port=self.i, tap=self.act, out_stream=gathered)
-        cur = gathered
-        if g.relu:
-            m.submodules.relu = relu = ReLU(fmt=nm.activation, lanes=OC)
-            wiring.connect(m, cur, relu.i)
-            dst = self.o if g.pool is None else \
-                stream.Signature(_vec(aw, OC)).create(path=("relu_out",))
-            _fork(m, src_valid=relu.o.valid, src_ready=relu.o.ready,
-                  branches=[(dst, relu.o.payload.data), (self.mask, relu.o.payload.mask)])
-            cur = dst
-        if g.pool is not None:
-            pk, ps = g.pool
-            m.submodules.pool = pool = MaxPool(fmt=nm.activation, lanes=OC, k=pk, stride=ps,
-                                               height=g.conv_height, width=g.conv_width)
-            wiring.connect(m, cur, pool.i)
-            _fork(m, src_valid=pool.o.valid, src_ready=pool.o.ready,
-                  branches=[(self.o, pool.o.payload.max), (self.arg, pool.o.payload.arg)])
-        elif not g.relu:
-            wiring.connect(m, cur, wiring.flipped(self.o))
+        _post_ops(m, self, gathered, g, nm)
         return m
 
 
