@@ -156,7 +156,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
                           fifo_images=fifo_images, link_latency=link_latency)
     except ValueError as e:
         raise TrainError(str(e)) from None
-    gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init)
+    gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init,
+                         plan=plan)
     gold.run(x, y)
     return {"network": network, "plan": plan, "top": top, "x": x, "y": y, "data": source,
             "init": init, "golden": gold}
@@ -166,8 +167,7 @@ def _probes(top):
     """(key, xfer expression, payload value, decode) for every monitored stream and strobe."""
     from amaranth.hdl import Const, Value
     num = top.numerics
-    aw, ew, gw, ww = (num.activation.width, num.error.width, num.gradient.width,
-                      num.weight.width)
+    ew, gw, ww = num.error.width, num.gradient.width, num.weight.width
     probes = []
 
     def stream_probe(key, port, decode):
@@ -176,21 +176,26 @@ def _probes(top):
     def vec(width, n, signed_=True):
         return lambda raw: _lanes(raw, width, n, signed_)
 
+    def arr(port):
+        """Decoder of an ``ArrayLayout`` stream port from its own layout."""
+        lay = port.payload.shape()
+        return vec(lay.elem_shape.width, lay.length, lay.elem_shape.signed)
+
     top_img = top.images
     stream_probe(("in", "images"), top_img, None)
     for nl in top.layers:
-        g, n = nl.geometry, nl.name
-        stream_probe((n, "fp_i"), nl.fp.i, vec(aw, g.in_channels))
-        stream_probe((n, "fp_o"), nl.fp.o, vec(aw, g.out_channels))
-        stream_probe((n, "act"), nl.act_ram.o, vec(aw, g.in_channels))
+        g, n = nl.geometry, nl.key
+        stream_probe((n, "fp_i"), nl.fp.i, arr(nl.fp.i))
+        stream_probe((n, "fp_o"), nl.fp.o, arr(nl.fp.o))
+        stream_probe((n, "act"), nl.act_ram.o, arr(nl.act_ram.o))
         if nl.mask_fifo is not None:
             stream_probe((n, "mask"), nl.fp.mask, vec(1, g.out_channels, False))
         if nl.arg_fifo is not None:
             bits = len(nl.fp.arg.payload.as_value()) // g.out_channels
             stream_probe((n, "arg"), nl.fp.arg, vec(bits, g.out_channels, False))
-        stream_probe((n, "e_out"), nl.bp.pg, vec(ew, g.out_channels))
+        stream_probe((n, "e_out"), nl.pg.e, arr(nl.pg.e))
         if nl.eb is not None:
-            stream_probe((n, "e_in"), nl.eb.o, vec(ew, g.in_channels))
+            stream_probe((n, "e_in"), nl.eb.o, arr(nl.eb.o))
         lanes, k = g.p * g.s, g.kernel
         abits = len(nl.update.wr.payload.addr)
 
@@ -247,14 +252,14 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
         state["sent"] = True
         ctx.set(top.flush, 1)
 
-    last_layer_e = {nl.name: (nl.geometry.pixels * n_img if nl.eb is not None else 0)
+    last_layer_e = {nl.key: (nl.geometry.pixels * n_img if nl.eb is not None else 0)
                     for nl in top.layers}
 
     def finished():
         if not state["sent"] or len(rec[("loss", "o")]) < n_img:
             return False
         for nl in top.layers:
-            n = nl.name
+            n = nl.key
             if len(rec[(n, "pg_done")]) < n_img or len(rec[(n, "update_done")]) < updates_expected:
                 return False
             if len(rec.get((n, "e_in"), ())) < last_layer_e[n]:
@@ -279,18 +284,25 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
         final["cycles"] = cycle
         ov = {}
         for nl in top.layers:
+            # per layer: the segments of a split layer add up (as the golden model counts)
             n = nl.name
-            ov[(n, "fp_acc")] = ctx.get(nl.fp.acc_overflows)
-            ov[(n, "fp_out")] = ctx.get(nl.fp.out_overflows)
+
+            def add(what, value, n=n):
+                ov[(n, what)] = ov.get((n, what), 0) + value
+            add("fp_acc", ctx.get(nl.fp.acc_overflows))
+            add("fp_out", ctx.get(nl.fp.out_overflows) + (
+                ctx.get(nl.fp.add_overflows) if hasattr(nl.fp, "add_overflows") else 0))
             if nl.eb is not None:
-                ov[(n, "eb_acc")] = ctx.get(nl.eb.acc_overflows)
-                ov[(n, "eb")] = ctx.get(nl.eb.out_overflows)
-            ov[(n, "maxpool_eb")] = ctx.get(nl.bp.overflows)
-            ov[(n, "pg_acc")] = ctx.get(nl.pg.acc_overflow)
-            ov[(n, "pg")] = ctx.get(nl.pg.out_overflow)
-            ov[(n, "grad_acc")] = ctx.get(nl.pg.lgb_acc_overflow)
-            ov[(n, "grad_avg")] = ctx.get(nl.pg.lgb_out_overflow)
-            ov[(n, "update")] = ctx.get(nl.update.overflow)
+                add("eb_acc", ctx.get(nl.eb.acc_overflows))
+                add("eb", ctx.get(nl.eb.out_overflows) + (
+                    ctx.get(nl.eb.add_overflows) if hasattr(nl.eb, "add_overflows") else 0))
+            add("maxpool_eb", ctx.get(nl.bp.overflows) if nl.bp is not None else 0)
+            add("pg_acc", ctx.get(nl.pg.acc_overflow))
+            add("pg", ctx.get(nl.pg.out_overflow))
+            lend = getattr(nl, "lend", None)      # a borrowed segment: the lender's BGB
+            add("grad_acc", ctx.get(lend.bgb_acc_overflow if lend else nl.pg.lgb_acc_overflow))
+            add("grad_avg", ctx.get(lend.bgb_out_overflow if lend else nl.pg.lgb_out_overflow))
+            add("update", ctx.get(nl.update.overflow))
         ov[("loss", "loss")] = ctx.get(top.loss.overflow)
         final["overflow"] = ov
         final["links"] = {lk.name: {k_: ctx.get(getattr(port, k_)) for port, k_ in (
@@ -306,7 +318,7 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
                 mem = upd.banks[b]
                 for a in range(g.weight_sets):
                     sets[a, s, ky, kx] = ctx.get(mem.data[a])
-            masters[nl.name] = g.unpack_weights(sets)
+            masters[nl.key] = g.unpack_weights(sets)
         final["masters"] = masters
 
     sim = Simulator(top)
@@ -332,11 +344,16 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
 def _node_traces(node):
     traces = {}
     for nl in node.layers:
-        group = {"fp": nl.fp, "act_ram": nl.act_ram, "bp": nl.bp, "pg": nl.pg,
-                 "update": nl.update, "gate": nl.gate}
+        group = {"fp": nl.fp, "act_ram": nl.act_ram, "pg": nl.pg}
+        if nl.lender is None:
+            group["update"], group["gate"] = nl.update, nl.gate
+        if nl.bp is not None:
+            group["bp"] = nl.bp
         if nl.eb is not None:
             group["eb"] = nl.eb
-        traces[nl.name] = group
+        traces[nl.key.replace("@", "_at")] = group
+    for n, lender in getattr(node, "lenders", {}).items():
+        traces[f"lender_{n}"] = lender
     if node.loss is not None:
         traces["loss"] = node.loss
     return traces
@@ -373,47 +390,71 @@ def _run_with_waves(sim, top, directory):
 # ---- comparison ---------------------------------------------------------------------------------
 
 def expected_streams(prep):
-    """The words every monitored stream must carry, from the golden model's records."""
+    """The words every monitored stream must carry, from the golden model's records.
+
+    A slice of a split layer (``NodeLayer.key`` ``layer@node``) carries its part: ICP the input
+    channels of its slice and, before the span's last node, the partial sums it passes on
+    (``fp_split[layer]["sent"]``); OCP the output channels of its slice and, after the span's
+    first node, the partial errors it passes back (``eb_split[layer]["sent"]``).
+    """
+    from fpdeep_hw.node.top import slice_weights
+    from sim.golden.train import splits_from_plan
     top, gold, network = prep["top"], prep["golden"], prep["network"]
+    spans = splits_from_plan(prep["plan"])
     exp = {}
     for nl in top.layers:
-        n, g = nl.name, nl.geometry
+        n, key, g = nl.name, nl.key, nl.geometry
         post = list(nl.segment.post)
-        fi, fo, act, mask, arg, eout, ein = [], [], [], [], [], [], []
+        ci = slice(g.in_lo, g.in_lo + g.in_channels)
+        co = slice(g.out_lo, g.out_lo + g.out_channels)
+        idx = (spans[n][1].index(tuple(nl.segment.channels)) if n in spans else 0)
+        OC = g.layer_out_channels or g.out_channels
+        C = g.layer_in_channels or g.in_channels
+        fi, fo, mask, arg, eout, ein = [], [], [], [], [], []
         for r in gold.images:
-            fi += _pixels(r["act_in"][n])
-            act += _pixels(r["act_in"][n])
-            last = post[-1] if post else n
-            fo += _pixels(np.asarray(r["act"][last]).reshape(
-                (g.out_channels, g.out_height, g.out_width)))
+            fi += _pixels(np.asarray(r["act_in"][n])[ci])
+            if g.split == "icp" and not g.completes:
+                fo += _pixels(np.asarray(r["fp_split"][n]["sent"][idx]).reshape(
+                    (OC, g.conv_height, g.conv_width)))
+            else:
+                last = post[-1] if post else n
+                fo += _pixels(np.asarray(r["act"][last]).reshape(
+                    (OC, g.out_height, g.out_width))[co])
             for p in post:
                 kind = network.layer(p).kind
                 if kind == "relu":
                     mask += _pixels(np.asarray(r["mask"][p]).astype(np.int64).reshape(
-                        (g.out_channels, g.conv_height, g.conv_width)))
+                        (OC, g.conv_height, g.conv_width))[co])
                 else:
-                    arg += _pixels(r["argmax"][p])
+                    arg += _pixels(np.asarray(r["argmax"][p])[co])
             eout += _pixels(np.asarray(r["err"][n]).reshape(
-                (g.out_channels, g.conv_height, g.conv_width)))
+                (OC, g.conv_height, g.conv_width))[co])
             if nl.eb is not None:
-                ein += _pixels(np.asarray(r["err_in"][n]).reshape(
-                    (g.in_channels, g.height, g.width)))
-        exp[(n, "fp_i")], exp[(n, "fp_o")], exp[(n, "act")] = fi, fo, act
+                if g.split == "ocp" and g.out_lo > 0:
+                    ein += _pixels(np.asarray(r["eb_split"][n]["sent"][idx]).reshape(
+                        (C, g.height, g.width)))
+                else:
+                    ein += _pixels(np.asarray(r["err_in"][n]).reshape(
+                        (C, g.height, g.width))[ci])
+        exp[(key, "fp_i")], exp[(key, "fp_o")], exp[(key, "act")] = fi, fo, fi
         if nl.mask_fifo is not None:
-            exp[(n, "mask")] = mask
+            exp[(key, "mask")] = mask
         if nl.arg_fifo is not None:
-            exp[(n, "arg")] = arg
-        exp[(n, "e_out")] = eout
+            exp[(key, "arg")] = arg
+        exp[(key, "e_out")] = eout
         if nl.eb is not None:
-            exp[(n, "e_in")] = ein
+            exp[(key, "e_in")] = ein
         grads, wrs = [], []
-        for avg in gold.avg_grads[n]:
-            sets = g.pack_weights(avg)
+        # a borrowed segment's PG sends every image's gradients to the lender's BGB; the
+        # others send their LGB's mini-batch averages to the local update
+        per_image = [r["grad"][n] for r in gold.images] if nl.lender is not None else None
+        for avg in (per_image if per_image is not None else gold.avg_grads[n]):
+            sets = g.pack_weights(slice_weights(np.asarray(avg), g))
             grads += [(a, [int(v) for v in sets[a].reshape(-1)]) for a in range(len(sets))]
         for v in range(1, len(gold.versions[n])):
-            sets = g.pack_weights(gold.versions[n][v][1])
+            sets = g.pack_weights(slice_weights(np.asarray(gold.versions[n][v][1]), g))
             wrs += [(a, [int(v_) for v_ in sets[a].reshape(-1)]) for a in range(len(sets))]
-        exp[(n, "grad")], exp[(n, "wr")] = grads, wrs
+        exp[(key, "grad")], exp[(key, "wr")] = grads, wrs
     exp[("loss", "o")] = [[int(v) for v in r["loss_error"]] for r in gold.images]
     return exp
 
@@ -432,15 +473,15 @@ def compare(prep, rec, final):
                          min(len(got), len(words)))
             bad.append(f"{key[0]}.{key[1]}: {len(got)} words, expected {len(words)}; first "
                        f"difference at word {where}")
+    from fpdeep_hw.node.top import slice_weights
     for nl in top.layers:
-        n = nl.name
-        want = gold.versions[n][-1][0]
-        if not np.array_equal(final["masters"][n], want):
-            bad.append(f"{n}: master weights after the run differ from the golden model's")
+        want = slice_weights(gold.versions[nl.name][-1][0], nl.geometry)
+        if not np.array_equal(final["masters"][nl.key], want):
+            bad.append(f"{nl.key}: master weights after the run differ from the golden model's")
     ov = final["overflow"]
     gov = gold.overflow
-    for nl in top.layers:
-        n = nl.name
+    for n in dict.fromkeys(nl.name for nl in top.layers):
+        segment_posts = [nl.segment.post for nl in top.layers if nl.name == n]
         for what in ("fp_out", "eb", "pg", "grad_acc", "grad_avg", "update"):
             if (n, what) in ov and ov[(n, what)] != gov.get((n, what), 0):
                 bad.append(f"{n}: overflow count {what} {ov[(n, what)]} != golden "
@@ -448,7 +489,8 @@ def compare(prep, rec, final):
         for what in ("fp_acc", "eb_acc", "pg_acc"):
             if ov.get((n, what), 0) != 0 or gov.get((n, what), 0) != 0:
                 bad.append(f"{n}: accumulator saturated ({what})")
-        pools = [p for p in nl.segment.post if prep["network"].layer(p).kind == "maxpool"]
+        pools = {p for post in segment_posts for p in post
+                 if prep["network"].layer(p).kind == "maxpool"}
         want = sum(gov.get((p, "maxpool_eb"), 0) for p in pools)
         if ov[(n, "maxpool_eb")] != want:
             bad.append(f"{n}: pool backward overflow count {ov[(n, 'maxpool_eb')]} != {want}")
@@ -509,7 +551,6 @@ def figures(prep, rec, final):
     n_img = len(prep["y"])
     nodes = getattr(top, "nodes", [top])
     node_plans = [plan.node_plans[n.node] for n in nodes]
-    of_layer = {s.layer: np_ for np_ in node_plans for s in np_.segments}
     macs = sum(e.macs_per_image for np_ in node_plans for s in np_.segments
                for e in s.engines.values())
     units = top.mac_units
@@ -538,7 +579,7 @@ def figures(prep, rec, final):
         batch_period = (loss_t[(nb - 1) * B] - loss_t[B]) / ((nb - 2) * B)
     first_out, first_in, last_in, util = {}, {}, {}, {}
     for nl in top.layers:
-        n, g = nl.name, nl.geometry
+        n, g = nl.key, nl.geometry
         o = rec[(n, "fp_o")]
         first_out[n] = o[0][0] if o else None
         i = rec[(n, "fp_i")]
@@ -559,7 +600,7 @@ def figures(prep, rec, final):
             # the share of the period the plan lets this array be busy (its cycles per image
             # over the node's); the utilisation relative to that bound
             bound = (nl.segment.engines[ph].cycles_per_image /
-                     of_layer[n].cycles_per_image)
+                     plan.node_plans[nl.node].cycles_per_image)
             u[f"{ph}_of_plan_bound"] = u[ph] / bound
         util[n] = {k_: round(v, 4) for k_, v in u.items()}
     cycles = final["cycles"]
@@ -619,7 +660,7 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
            "images": images, "batch": batch,
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
-           "updates": {nl.name: len(rec[(nl.name, "update_done")]) for nl in prep["top"].layers}}
+           "updates": {nl.key: len(rec[(nl.key, "update_done")]) for nl in prep["top"].layers}}
     res.update(figures(prep, rec, final))
     if out_dir is not None:
         _save(out_dir / "result.npz", prep, final)
@@ -637,11 +678,14 @@ def _save(path, prep, final):
               "inputs_quantized": np.stack([
                   quantize_input(np.asarray(x, dtype=np.float64).reshape(
                       prep["network"].input_shape), num)[0] for x in prep["x"]])}
+    from fpdeep_hw.node.top import slice_weights
     for nl in prep["top"].layers:
-        n = nl.name
-        arrays[f"weights_before/{n}"] = np.asarray(prep["init"][n], dtype=np.float64) / scale
-        arrays[f"weights_after/{n}"] = final["masters"][n].astype(np.float64) / scale
-        arrays[f"golden_weights_after/{n}"] = gold.versions[n][-1][0].astype(np.float64) / scale
+        n, key, g = nl.name, nl.key, nl.geometry
+        arrays[f"weights_before/{key}"] = slice_weights(
+            np.asarray(prep["init"][n], dtype=np.float64), g) / scale
+        arrays[f"weights_after/{key}"] = final["masters"][key].astype(np.float64) / scale
+        arrays[f"golden_weights_after/{key}"] = slice_weights(
+            gold.versions[n][-1][0], g).astype(np.float64) / scale
     np.savez(path, **arrays)
 
 

@@ -40,8 +40,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from amaranth.hdl import Module
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Module, Value
+from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -75,7 +75,11 @@ class ClusterLink:
         Per stream: the sending node's port (which feeds the transmitter through a FIFO of two
         frames, :meth:`fifo_items`) and the receiving node's port.
     bits : list of int
-        Per stream: payload bits of one item (a pixel of ``C`` lanes).
+        Per stream: payload bits of one item (a pixel of ``C`` lanes, a weight set).
+    plan_index : list of int
+        Per stream: the plan stream (index into ``entry.streams``) it carries; a lent layer's
+        ``parameters`` are two link streams (FP and EB weight sets), so that the credits keep
+        them independent.
     """
 
     src: int
@@ -88,6 +92,7 @@ class ClusterLink:
     rx: LinkRx
     ports: list = field(default_factory=list)
     bits: list = field(default_factory=list)
+    plan_index: list = field(default_factory=list)
 
     @property
     def name(self):
@@ -174,6 +179,12 @@ class Cluster(wiring.Component):
         self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
                               fifo_images=fifo_images) for k in range(n)]
         self._plan, self._network = plan, network
+        for node in self.nodes:
+            for nl in node.layers:
+                if nl.lender is not None:
+                    # monitors find the borrowed segment's update and BGB on its lender
+                    nl.lend = self.nodes[nl.lender].lenders[nl.name]
+                    nl.update = nl.lend.update
         self.words_per_cycle = Fraction(words_per_cycle).limit_denominator(4096)
         self.link_latency = link_latency
         entries = {(e.src, e.dst): e for e in plan.links}
@@ -186,21 +197,22 @@ class Cluster(wiring.Component):
                 e = entries.get((a, b))
                 if e is None:
                     raise ValueError(f"Cluster: the plan has no link {a} -> {b}")
-                ls, ports, bits = [], [], []
+                ls, ports, bits, index = [], [], [], []
                 for j, s in enumerate(e.streams):
-                    src_port, dst_port = self._bind(a, b, s)
-                    nbits = len(src_port.payload.as_value())
-                    words = math.ceil(nbits / 64)
-                    ls.append(LinkStream(sid=j + 1, path=s.path,
-                                         width=nbits if words == 1 else 64, words=words,
-                                         depth=depth))
-                    ports.append((src_port, dst_port))
-                    bits.append(nbits)
-                plans[(a, b)] = (e, ls, ports, bits)
+                    for src_port, dst_port in self._bind(a, b, s):
+                        nbits = len(Value.cast(src_port.payload))
+                        words = math.ceil(nbits / 64)
+                        ls.append(LinkStream(sid=len(ls) + 1, path=s.path,
+                                             width=nbits if words == 1 else 64, words=words,
+                                             depth=depth))
+                        ports.append((src_port, dst_port))
+                        bits.append(nbits)
+                        index.append(j)
+                plans[(a, b)] = (e, ls, ports, bits, index)
         self.links = []
         for k in range(n - 1):
             for a, b in ((k, k + 1), (k + 1, k)):
-                e, ls, ports, bits = plans[(a, b)]
+                e, ls, ports, bits, index = plans[(a, b)]
                 rev = plans[(b, a)][1]
                 self.links.append(ClusterLink(
                     src=a, dst=b, direction="forward" if b > a else "backward", entry=e,
@@ -210,7 +222,8 @@ class Cluster(wiring.Component):
                     model=LinkModel(width=64, latency=link_latency,
                                     words_per_cycle=self.words_per_cycle),
                     rx=LinkRx(ls, max_payload=max_payload, reverse=rev),
-                    ports=ports, bits=bits))
+                    ports=ports, bits=bits, plan_index=index))
+        self._check_ports()
         first, last = self.nodes[0], self.nodes[-1]
         super().__init__({
             "images": In(first.images.signature.flip()),
@@ -241,15 +254,37 @@ class Cluster(wiring.Component):
         return next(lk for lk in self.links if (lk.src, lk.dst) == (src, dst))
 
     def _bind(self, a, b, s):
-        """(sending port, receiving port) of plan stream ``s`` on link ``a -> b``."""
+        """[(sending port, receiving port)] of plan stream ``s`` on link ``a -> b`` (ports of the
+        same stream paired in member-name order)."""
         na, nb = self.nodes[a], self.nodes[b]
-        if s.path == "activations" and b == a + 1 and not na.last and \
-                nb.layers[0].name == s.layer:
-            return na.a_out, nb.a_in
-        if s.path == "errors" and b == a - 1 and not nb.last and nb.layers[-1].name == s.layer:
-            return na.e_out, nb.e_in
-        raise ValueError(f"Cluster: stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
-                         f"built (only whole-layer plans without lending)")
+        fwd = b > a
+
+        def find(node, peer, direction):
+            return [getattr(node, name) for name, key in sorted(node.link_ports.items())
+                    if key == (peer, s.path, s.layer) and
+                    node.signature.members[name].flow == direction]
+        src = find(na, "next" if fwd else "prev", wiring.Out)
+        dst = find(nb, "prev" if fwd else "next", wiring.In)
+        if not src or len(src) != len(dst):
+            raise ValueError(f"Cluster: stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
+                             f"built (node {a if not src else b} has no port for it)")
+        return list(zip(src, dst))
+
+    def _check_ports(self):
+        """Every neighbour port of every node carries a stream of the plan."""
+        used = {(k, name) for k, node in enumerate(self.nodes) for name in node.link_ports}
+        bound = set()
+        for lk in self.links:
+            for src, dst in lk.ports:
+                for k in (lk.src, lk.dst):
+                    for name in self.nodes[k].link_ports:
+                        if getattr(self.nodes[k], name) is src or \
+                                getattr(self.nodes[k], name) is dst:
+                            bound.add((k, name))
+        for k, name in sorted(used - bound):
+            peer, path, layer = self.nodes[k].link_ports[name]
+            raise ValueError(f"Cluster: node {k} port {name} ({path} of {layer!r} with the "
+                             f"{peer} node) has no stream in the plan")
 
     def elaborate(self, platform):
         m = Module()
@@ -264,6 +299,13 @@ class Cluster(wiring.Component):
             else:
                 m.d.comb += node.flush.eq(self.flush & (node.images_in == first.images_in))
         m.d.comb += self.updates.eq(first.updates)
+        # a lender stops the FP weight stream at the end of the run once its borrower's FP has
+        # finished every image that entered the cluster (the end-of-run side band)
+        for node in self.nodes:
+            for n, lender in node.lenders.items():
+                done = getattr(self.nodes[lender.borrower], f"ws_images_{n}")
+                m.d.comb += getattr(node, f"lend_flush_{n}").eq(
+                    self.flush & (done == first.images_in))
         for lk in self.links:
             m.submodules[f"{lk.name}_tx"] = lk.tx
             m.submodules[f"{lk.name}_wire"] = lk.model
@@ -284,7 +326,7 @@ class Cluster(wiring.Component):
                              port_i.payload.eq(fifo.r_stream.payload),
                              fifo.r_stream.ready.eq(port_i.ready),
                              dst.valid.eq(port_o.valid),
-                             dst.payload.eq(port_o.payload.as_value()[:nbits]),
+                             dst.payload.eq(Value.cast(port_o.payload)[:nbits]),
                              port_o.ready.eq(dst.ready)]
         # credits: each node's receiver of one direction tells its transmitter of the other
         for lk in self.links:

@@ -611,6 +611,7 @@ class Lender(wiring.Component):
         self._grad_layout = data.StructLayout({
             "addr": range(max(RG, 2)),
             "data": weight_set_layout(numerics.gradient, K, PS)})
+        self._parts = None
         super().__init__({
             "fp_w": Out(stream.Signature(self._set_layout)),
             "eb_w": Out(stream.Signature(self._set_layout)),
@@ -625,6 +626,24 @@ class Lender(wiring.Component):
     geometry = property(lambda self: self._geom)
     batch = property(lambda self: self._batch)
     lag = property(lambda self: self._lag)
+
+    def _storage(self):
+        """The BPRAM, the update (master copy) and the BGB, made on first use (elaboration or
+        a simulation monitor reading them)."""
+        if self._parts is None:
+            g, nm = self._geom, self._numerics
+            K, PS, RG = g.kernel, g.p * g.s, self.weight_sets
+            self._parts = (
+                BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG, init=self._wsets),
+                WeightUpdate(numerics=nm, kernel=K, lanes=PS, depth=RG, lr_q=self._lr_q,
+                             init=self._msets),
+                BGB(in_fmt=nm.gradient, out_fmt=nm.gradient, acc_width=nm.grad_acc_width,
+                    kernel=K, lanes=PS, depth=RG, batch=self._batch))
+        return self._parts
+
+    bpram = property(lambda self: self._storage()[0])
+    update = property(lambda self: self._storage()[1])
+    bgb = property(lambda self: self._storage()[2])
     set_layout = property(lambda self: self._set_layout)
     grad_layout = property(lambda self: self._grad_layout)
 
@@ -641,15 +660,9 @@ class Lender(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B, D, RG, depth = self._batch, self._lag, self.weight_sets, self._fifo_depth
-        nm, g = self._numerics, self._geom
-        K, PS = g.kernel, g.p * g.s
-        m.submodules.bpram = bp = BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG,
-                                        init=self._wsets)
-        m.submodules.update = upd = WeightUpdate(numerics=nm, kernel=K, lanes=PS, depth=RG,
-                                                 lr_q=self._lr_q, init=self._msets)
-        m.submodules.bgb = bgb = BGB(in_fmt=nm.gradient, out_fmt=nm.gradient,
-                                     acc_width=nm.grad_acc_width, kernel=K, lanes=PS,
-                                     depth=RG, batch=B)
+        m.submodules.bpram = bp = self.bpram
+        m.submodules.update = upd = self.update
+        m.submodules.bgb = bgb = self.bgb
         wiring.connect(m, upd.wr, bp.wr)
         wiring.connect(m, bgb.o, upd.grad)
         m.d.comb += [self.bgb_acc_overflow.eq(bgb.acc_overflow),

@@ -1,13 +1,15 @@
-"""The training node: every module of every layer a node holds, wired into one closed loop.
+"""The training node: every module of every layer (or layer slice) a node holds, wired into one
+closed loop with its neighbours.
 
-Generated from one node entry of a plan (``fpdeep_map.plan.Plan``): for each segment (a whole
-compute layer with its ReLU / max-pool) an :class:`~fpdeep_hw.node.fp_layer.FPLayer`, its
-:class:`~fpdeep_hw.memory.act_ram.ActRAM`, the mask and argmax FIFOs, a
-:class:`~fpdeep_hw.node.eb_layer.BPFront`, an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for
-the first layer), a :class:`~fpdeep_hw.node.pg_layer.PGLayer`, a
-:class:`~fpdeep_hw.node.update.WeightUpdate` and a
+Generated from one node entry of a plan (``fpdeep_map.plan.Plan``). For each segment -- a whole
+compute layer with its ReLU / max-pool, or the node's slice of a layer the plan splits over
+several nodes (ICP: input channels, OCP: output channels) -- an
+:class:`~fpdeep_hw.node.fp_layer.FPLayer`, its :class:`~fpdeep_hw.memory.act_ram.ActRAM`, the mask
+and argmax FIFOs, a :class:`~fpdeep_hw.node.eb_layer.BPFront` (not on an ICP slice that does not
+complete the layer), an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for the first layer), a
+:class:`~fpdeep_hw.node.pg_layer.PGLayer`, a :class:`~fpdeep_hw.node.update.WeightUpdate` and a
 :class:`~fpdeep_hw.node.version_gate.VersionGate`; after the last layer the
-:class:`~fpdeep_hw.compute.loss.LossUnit`. Data flows on chip only:
+:class:`~fpdeep_hw.compute.loss.LossUnit`. On one node holding every layer:
 
 ``images -> FP 1 -> FP 2 -> ... -> FP L -> loss (+ labels) -> BPFront L -> EB L -> BPFront L-1 ->
 ... -> BPFront 1``; each ``BPFront l`` also feeds ``PG l``, which reads ``l``'s input back from its
@@ -21,14 +23,23 @@ hold FP / EB at a mini-batch boundary exactly as the version rule says. The lags
 from :func:`sim.golden.train.lags_from_plan`, so the RTL and the golden model agree by
 construction.
 
-A node of a multi-node plan holds a contiguous run of whole layers and exchanges activations and
-errors with its neighbours through ports (``a_in``/``e_out`` towards the previous node,
-``a_out``/``e_in`` towards the next); :class:`fpdeep_hw.node.cluster.Cluster` chains such nodes
-through link framers and link models.
+**Neighbours.** A node of a multi-node plan holds a contiguous run of layers; only its first and
+last segment may be slices of a split layer (a split layer spans node boundaries). What crosses
+to the previous / next node are the plan's link streams, one port each (``docs/hw-node.md``,
+"Node top", table of ports): ``a_in`` / ``a_out`` (activations), ``a_part`` (the earlier OCP
+slices of the first layer's output), ``a_fwd`` (the input of a split last layer passed on to the
+later slices), ``p_in`` / ``p_out`` (ICP partial sums), ``e_in`` / ``e_out`` (errors), ``e_part``
+(the later ICP slices' input errors), ``e_fwd`` (errors passed back to the earlier slices of the
+first layer), ``pe_in`` / ``pe_out`` (OCP partial errors). :attr:`NodeTop.link_ports` names the
+plan stream (path, layer) of each. Inside, :class:`~fpdeep_hw.node.lanes.LaneFork` and
+:class:`~fpdeep_hw.node.lanes.LaneConcat` cut and join channel slices; every consumer has a FIFO
+of ``fifo_images`` images. :class:`fpdeep_hw.node.cluster.Cluster` chains such nodes through
+link framers and link models.
 
-Golden model: :class:`sim.golden.train.GoldenTrainer`. Test / harness:
-``tests/sim/test_train_node.py``, ``tests/sim/test_cluster.py``, ``python -m sim.train`` (``sim/train.py``). Ports, sizing and
-measured figures: ``docs/hw-node.md``, "Node top".
+Golden model: :class:`sim.golden.train.GoldenTrainer` (``plan=``: the split arithmetic). Test /
+harness: ``tests/sim/test_train_node.py``, ``tests/sim/test_cluster.py``,
+``tests/sim/test_cluster_split.py``, ``python -m sim.train`` (``sim/train.py``). Ports, sizing
+and measured figures: ``docs/hw-node.md``, "Node top".
 """
 
 from __future__ import annotations
@@ -49,35 +60,62 @@ from sim.golden.train import lags_from_plan, weight_shape
 
 from ..compute.loss import LossUnit
 from ..memory.act_ram import ActRAM
+from ..memory.param_ram import weight_set_layout
 from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
+from .lanes import LaneConcat, LaneFork
+from .lend import Lender, WSEBLayer, WSFPLayer
 from .pg_layer import PGLayer
 from .update import WeightUpdate
 from .version_gate import VersionGate
 
-__all__ = ["NodeTop", "NodeLayer"]
+__all__ = ["NodeTop", "NodeLayer", "slice_weights"]
+
+
+def slice_weights(w, geometry):
+    """The part of a layer's weights ``w`` (master or working) a segment holds: ICP
+    ``w[:, c0:c1]``, OCP ``w[o0:o1]``, whole: ``w``."""
+    g = geometry
+    if g.split == "icp":
+        return w[:, g.in_lo:g.in_lo + g.in_channels]
+    if g.split == "ocp":
+        return w[g.out_lo:g.out_lo + g.out_channels]
+    return w
 
 
 @dataclass
 class NodeLayer:
-    """The modules of one layer of a :class:`NodeTop` (for simulation monitors).
+    """The modules of one layer segment of a :class:`NodeTop` (for simulation monitors).
 
     Members
     -------
     name : str
+        The layer.
+    key : str
+        ``name`` for a whole layer, ``name@node`` for a slice of a split one (unique in a
+        cluster).
+    node : int
     segment : SegmentPlan
     geometry : LayerGeometry
     lag : int
         ``D_l``.
     fp, act_ram, bp, eb, pg, update, gate
-        The modules (``eb`` is ``None`` for the first layer).
+        The modules (``eb`` is ``None`` for the first layer; ``bp`` is ``None`` on an ICP slice
+        that does not complete the layer).
     mask_fifo, arg_fifo : SyncFIFOBuffered or None
         The stores of the ReLU masks and pool argmaxes between FP and BPFront.
     act_images : float
         Act-RAM capacity in images of the layer's input.
+    lender : int or None
+        The node keeping the segment's weights (a borrowed segment: ``fp`` / ``eb`` are
+        :class:`~fpdeep_hw.node.lend.WSFPLayer` / :class:`~fpdeep_hw.node.lend.WSEBLayer`,
+        ``pg`` has no LGB, ``update`` and ``gate`` are ``None`` here; :class:`Cluster` sets
+        ``update`` to the lender's for monitors).
     """
 
     name: str
+    key: str
+    node: int
     segment: object
     geometry: LayerGeometry
     lag: int
@@ -85,12 +123,13 @@ class NodeLayer:
     act_ram: ActRAM
     mask_fifo: SyncFIFOBuffered | None
     arg_fifo: SyncFIFOBuffered | None
-    bp: BPFront
+    bp: BPFront | None
     eb: EBLayer | None
     pg: PGLayer
-    update: WeightUpdate
-    gate: VersionGate
+    update: WeightUpdate | None
+    gate: VersionGate | None
     act_images: float
+    lender: int | None = None
 
 
 class NodeTop(wiring.Component):
@@ -100,58 +139,80 @@ class NodeTop(wiring.Component):
     ----------
     plan : fpdeep_map.plan.Plan
     node : int
-        Index of the node entry. Its segments must be a contiguous run of whole compute layers,
-        in order. A node holding every compute layer closes the training loop itself; otherwise
-        the node takes its first layer's input from the previous node (``a_in``; the first node
-        takes ``images`` from the host), hands its last layer's output to the next node
-        (``a_out``) and takes the errors of that output back (``e_in``); a node that is not the
-        first sends its first layer's input errors back (``e_out``). Only the node holding the
-        last layer has the loss unit and ``labels``. :class:`~fpdeep_hw.node.cluster.Cluster`
-        joins such nodes through links.
+        Index of the node entry. Its segments must be a contiguous run of compute layers in
+        order; only the first and the last may be slices of a split layer, and only where the
+        layer continues on the previous / next node. A node holding every compute layer closes
+        the training loop itself; otherwise the node exchanges the plan's link streams with its
+        neighbours through the ports listed below. Only the node holding the first layer has
+        ``images``, only the one holding the last layer the loss unit and ``labels``.
+        Parameters lent to / borrowed from a neighbour (``weights_borrowed``) are not built
+        (``ValueError``).
     network : fpdeep_map.network.Network
         The plan's network (the last compute layer an FC followed by the loss).
     lr : float
         Learning rate (``lr_q = sim.golden.layers.lr_to_q(lr)``).
     init_master : dict
-        ``{compute layer: int array}`` initial master weights (master format, the golden
-        model's ``weight_shape``), e.g. :func:`sim.golden.train.init_weights`.
+        ``{compute layer: int array}`` initial master weights of whole layers (master format,
+        the golden model's ``weight_shape``), e.g. :func:`sim.golden.train.init_weights`; a
+        slice takes its part (:func:`slice_weights`).
     batch : int, optional
         Mini-batch size; default ``plan.batch``.
     fifo_images : int, optional
-        Depth, in images, of the decoupling FIFOs between FP layers, on both BPFront outputs
-        and after each EB (default 1; 0 connects the modules directly, which costs throughput:
-        ``docs/hw-node.md``, "Node top").
+        Depth, in images, of the decoupling FIFOs in front of every consumer of a stream
+        between modules (default 1; 0 connects the modules directly where a stream has one
+        consumer, which costs throughput: ``docs/hw-node.md``, "Node top").
 
     Members
     -------
     images : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
         First node only: input pixels (``C`` channel lanes of the network input, quantized to
         the activation format), raster order, images back to back.
-    a_in : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
-        Other nodes (instead of ``images``): the first layer's input from the previous node.
-    a_out : ``Out(stream.Signature(ArrayLayout(signed(activation.width), C_out)))``
-        All but the last node: the last layer's output (after ReLU / pool), for the next node.
-    e_in : ``In(stream.Signature(ArrayLayout(signed(error.width), C_out)))``
-        All but the last node: the errors of ``a_out``, from the next node.
-    e_out : ``Out(stream.Signature(ArrayLayout(signed(error.width), C)))``
-        All but the first node: the errors of the first layer's input, for the previous node.
+    a_in : ``In(...)``
+        Other nodes (instead of ``images``): the first layer's input (the lanes it and the
+        later slices need) from the previous node. Plan stream ``activations`` of that layer.
+    a_part : ``In(...)``
+        First segment an OCP slice ``[o0, o1)`` with ``o0 > 0``: output lanes ``[0, o0)`` of the
+        earlier slices (``activations`` of the next layer), joined with this slice's.
+    a_out : ``Out(...)``
+        The output of the last layer (after ReLU / pool) or, for an unfinished OCP span, lanes
+        ``[0, o1)`` of it, for the next node (``activations`` of the next layer).
+    a_fwd : ``Out(...)``
+        Last segment a split slice whose layer continues on the next node: its input for the
+        later slices (OCP: all lanes; ICP: lanes ``[c1, C)``).
+    p_in, p_out : ``In`` / ``Out``
+        ICP partial sums of the first / last layer (32-bit lanes of the partial format).
+    e_in : ``In(...)``
+        The errors of the last layer's output from the next node (OCP slice: lanes ``[0, o1)``;
+        ICP slice that does not complete the layer: ``E_out`` of the convolution).
+    e_part : ``In(...)``
+        Last segment an ICP slice ``[c0, c1)`` with ``c1 < C``: the input errors ``[c1, C)`` of
+        the later slices (``errors`` of the layer below), joined with this slice's.
+    e_out : ``Out(...)``
+        Errors of the first layer's input for the previous node (ICP slice: lanes ``[c0, C)``).
+    e_fwd : ``Out(...)``
+        First segment a slice whose layer starts on an earlier node: OCP the output errors
+        ``[0, o0)``, ICP ``E_out``, for the earlier slices.
+    pe_in, pe_out : ``In`` / ``Out``
+        OCP partial errors of the layer below the last / first segment (32-bit lanes).
     labels : ``In(stream.Signature(range(classes)))``
-        Last node only: one word per image, in image order (taken with the image's scores by
-        the loss unit).
+        Last node only: one word per image, in image order.
     flush : ``In(1)``
         Level, raised by the host after the last image's last pixel was taken: the run has
         ended, so each layer's gate waives the FP condition of the update (once that layer's FP
         has finished every image that entered) and the last mini-batch's update is written.
     updates : ``Out(32)``
-        Updates written by the first layer's weight update (for observation).
+        Updates written by the first segment's weight update (for observation).
     images_in : ``Out(32)``
-        Images whose last pixel entered the node (on ``images`` / ``a_in``).
+        Images whose last pixel entered the node's first FP module.
     x_in : property
         ``images`` or ``a_in``.
     first, last : bool
         Whether the node holds the network's first / last compute layer.
     layers : list of :class:`NodeLayer`
-        The modules of each layer (plain attribute, not a port).
+        The modules of each segment (plain attribute, not a port).
+    link_ports : dict
+        ``{member name: (peer, path, layer)}``: the plan stream each neighbour port carries,
+        ``peer`` ``"prev"`` or ``"next"``.
     loss : LossUnit or None
         The loss unit (last node only).
     lags : dict
@@ -180,21 +241,34 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
         segs = list(np_.segments)
-        for s in segs:
-            if s.split != "whole":
-                raise ValueError(f"NodeTop: segment {s.layer!r} of node {node} is split "
-                                 f"({s.split!r}); only whole layers are built (multi-node "
-                                 f"layers are not built yet)")
         compute = network.compute_layers()
         names = [l.name for l in compute]
         held = [s.layer for s in segs]
         i0 = names.index(held[0]) if held and held[0] in names else -1
         if i0 < 0 or names[i0:i0 + len(held)] != held:
             raise ValueError(f"NodeTop: node {node} holds layers {held}, but a node needs a "
-                             f"contiguous run of whole compute layers of {network.name!r} in "
+                             f"contiguous run of compute layers of {network.name!r} in "
                              f"order: {names}")
+        for s in segs:
+            if 0 < s.weights_borrowed < s.weights:
+                raise ValueError(f"NodeTop: {s.weights_borrowed} of the {s.weights} weights of "
+                                 f"{s.layer!r} on node {node} are kept in a neighbour "
+                                 f"(partially lent segments are not built)")
+        lenders = {}
+        for k_, other in enumerate(plan.node_plans):
+            for lp in other.bpram:
+                if node in (lp.lender, lp.borrower) and abs(lp.lender - lp.borrower) != 1:
+                    raise ValueError(f"NodeTop: the weights of {lp.layer!r} used on node "
+                                     f"{lp.borrower} are kept on node {lp.lender}, not a "
+                                     f"neighbour (far lending is not built)")
+                if lp.borrower == node:
+                    lenders[lp.layer] = lp
+        for s in segs:
+            if s.weights_borrowed and s.layer not in lenders:
+                raise ValueError(f"NodeTop: no node keeps the weights of {s.layer!r} for "
+                                 f"node {node}")
         self._first = i0 == 0
-        self._last = i0 + len(held) == len(names)
+        self._last = i0 + len(held) == len(names) and not _span_after(segs[-1], network)
         loss_layer = next((l for l in network.layers if l.kind == "loss"), None)
         if self._last and (loss_layer is None or compute[-1].kind != "fc" or segs[-1].post):
             raise ValueError(f"NodeTop: network {network.name!r} must end in an FC layer without "
@@ -213,13 +287,19 @@ class NodeTop(wiring.Component):
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)
             geo = layer_geometry(seg, network)
+            before, after = _span_before(seg, geo), _span_after(seg, network, geo)
+            if before and k != 0 or after and k != len(segs) - 1:
+                raise ValueError(f"NodeTop: the {seg.split} slice {list(seg.channels)} of "
+                                 f"{seg.layer!r} on node {node} must be the node's "
+                                 f"{'first' if before else 'last'} segment (its layer continues "
+                                 f"on the {'previous' if before else 'next'} node)")
             if seg.layer not in init_master:
                 raise ValueError(f"NodeTop: no initial weights for layer {seg.layer!r}")
             master = np.asarray(init_master[seg.layer])
             if master.shape != weight_shape(layer):
                 raise ValueError(f"NodeTop: initial weights of {seg.layer!r} have shape "
                                  f"{master.shape}, expected {weight_shape(layer)}")
-            master = master.astype(np.int64)
+            master = slice_weights(master.astype(np.int64), geo)
             working, _ = golden.working_weight(master, num)
             lag = lags[seg.layer]
             C, HW = geo.in_channels, geo.pixels
@@ -228,7 +308,11 @@ class NodeTop(wiring.Component):
                 raise ValueError(f"NodeTop: the Act-RAM of {seg.layer!r} ({seg.act_ram.words} "
                                  f"words = {depth} pixels of {C} lanes) cannot hold the lag of "
                                  f"{lag} images of {HW} pixels")
-            fp = FPLayer(seg, network, num, weights=working)
+            borrowed = seg.weights_borrowed > 0
+            if borrowed:
+                fp = WSFPLayer(seg, network, num)
+            else:
+                fp = FPLayer(seg, network, num, weights=working)
             act = ActRAM(fmt=num.activation, lanes=C, depth=depth)
             conv_px = geo.conv_height * geo.conv_width
             out_px = geo.out_height * geo.out_width
@@ -238,38 +322,139 @@ class NodeTop(wiring.Component):
             if geo.pool is not None:
                 arg_fifo = SyncFIFOBuffered(width=len(fp.arg.payload.as_value()),
                                             depth=(lag + 1) * out_px)
-            bp = BPFront(seg, network, num)
-            eb = EBLayer(seg, network, num, weights=working) if geo.has_eb else None
+            bp = BPFront(seg, network, num) if geo.completes else None
+            eb = None
+            if geo.has_eb:
+                eb = WSEBLayer(seg, network, num) if borrowed else EBLayer(seg, network, num,
+                                                                             weights=working)
             if k > 0 and eb is None:
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
-            pg = PGLayer(seg, network, num, batch=batch)
-            upd = WeightUpdate(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
-                               depth=geo.weight_sets, lr_q=lr_q,
-                               init=geo.pack_weights(master))
-            gate = VersionGate(batch=batch, lag=lag, eb=eb is not None)
+            pg = PGLayer(seg, network, num, batch=batch, lgb=not borrowed)
+            upd = gate = lender = None
+            if not borrowed:
+                upd = WeightUpdate(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
+                                   depth=geo.weight_sets, lr_q=lr_q,
+                                   init=geo.pack_weights(master))
+                gate = VersionGate(batch=batch, lag=lag, eb=eb is not None)
+            else:
+                lender = lenders[seg.layer].lender
+            key = seg.layer if seg.split == "whole" else f"{seg.layer}@{node}"
             self.layers.append(NodeLayer(
-                name=seg.layer, segment=seg, geometry=geo, lag=lag, fp=fp, act_ram=act,
-                mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg, update=upd,
-                gate=gate, act_images=depth / HW))
-        first = self.layers[0].geometry
-        act = lambda n: stream.Signature(data.ArrayLayout(signed(num.activation.width), n))
-        err = lambda n: stream.Signature(data.ArrayLayout(signed(num.error.width), n))
-        members = {"images" if self._first else "a_in": In(act(first.in_channels))}
+                name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
+                act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
+                update=upd, gate=gate, act_images=depth / HW, lender=lender))
+        # parameters this node keeps for a neighbour (BPRAM, BGB, update, version rule)
+        self.lenders = {}
+        for lp in np_.bpram:
+            bseg = next(s for s in plan.node_plans[lp.borrower].segments if s.layer == lp.layer)
+            if lp.layer not in init_master:
+                raise ValueError(f"NodeTop: no initial weights for layer {lp.layer!r}")
+            self.lenders[lp.layer] = Lender(
+                bseg, network, num, batch=batch, lr_q=lr_q, lag=lags[lp.layer],
+                master=np.asarray(init_master[lp.layer]).astype(np.int64))
+            self.lenders[lp.layer].borrower = lp.borrower
+            if not self.lenders[lp.layer].geometry.has_eb:
+                raise ValueError(f"NodeTop: lending the weights of {lp.layer!r}, a layer "
+                                 f"without EB, is not built")
+        self._members(network, compute, loss_layer)
+
+    # ---- neighbour ports ------------------------------------------------------------------------
+
+    def _members(self, network, compute, loss_layer):
+        num = self._numerics
+        aw, ew, pw = num.activation.width, num.error.width, num.partial.width
+        sig = lambda w, n: stream.Signature(data.ArrayLayout(signed(w), n))
+        L = self.layers
+        f, z = L[0], L[-1]
+        fg, zg = f.geometry, z.geometry
+        names = [l.name for l in compute]
+        prev_name = names[names.index(f.name) - 1] if not self._first else None
+        next_name = (names[names.index(z.name) + 1] if names.index(z.name) + 1 < len(names)
+                     else None)
+        members, ports = {}, {}
+
+        self._lanes = {}
+
+        def port(name, direction, width, lanes, peer, path, layer):
+            members[name] = direction(sig(width, lanes))
+            ports[name] = (peer, path, layer)
+            self._lanes[name] = lanes
+
+        # lanes of the first layer's input that arrive: [in_lo, C) (ICP) or all
+        C0 = fg.layer_in_channels or fg.in_channels
+        if self._first:
+            members["images"] = In(sig(aw, fg.in_channels))
+        else:
+            lo = fg.in_lo if fg.split == "icp" else 0
+            port("a_in", In, aw, C0 - lo, "prev", "activations", f.name)
+        before = _span_before(f.segment, fg)
+        if before and fg.split == "ocp":
+            port("a_part", In, aw, fg.out_lo, "prev", "activations", _next_of(names, f.name))
+            port("e_fwd", Out, ew, fg.out_lo, "prev", "errors", f.name)
+            port("pe_out", Out, pw, C0, "prev", "partial_errors", prev_name)
+        if before and fg.split == "icp":
+            port("p_in", In, pw, fg.layer_out_channels, "prev", "partial_sums", f.name)
+            port("e_fwd", Out, ew, fg.layer_out_channels, "prev", "errors", f.name)
+        if not self._first and not (before and fg.split == "ocp"):
+            lo = fg.in_lo if fg.split == "icp" else 0
+            port("e_out", Out, ew, C0 - lo, "prev", "errors", prev_name)
+        after = _span_after(z.segment, network, zg)
+        OCz = zg.layer_out_channels or zg.out_channels
+        Cz = zg.layer_in_channels or zg.in_channels
+        if after:
+            if zg.split == "ocp":
+                port("a_fwd", Out, aw, Cz, "next", "activations", z.name)
+                port("a_out", Out, aw, zg.out_lo + zg.out_channels, "next", "activations",
+                     next_name)
+                port("e_in", In, ew, zg.out_lo + zg.out_channels, "next", "errors", z.name)
+                port("pe_in", In, pw, Cz, "next", "partial_errors", _prev_of(names, z.name))
+            else:
+                hi = zg.in_lo + zg.in_channels
+                port("a_fwd", Out, aw, Cz - hi, "next", "activations", z.name)
+                port("p_out", Out, pw, OCz, "next", "partial_sums", z.name)
+                port("e_in", In, ew, OCz, "next", "errors", z.name)
+                if zg.has_eb:
+                    port("e_part", In, ew, Cz - hi, "next", "errors", _prev_of(names, z.name))
+        elif next_name is not None:
+            port("a_out", Out, aw, OCz, "next", "activations", next_name)
+            port("e_in", In, ew, OCz, "next", "errors", z.name)
+        # parameter lending: the borrower's weight-set and gradient streams, the lender's
+        for nl in L:
+            if nl.lender is None:
+                continue
+            peer = "next" if nl.lender > self._node else "prev"
+            n = nl.name
+            members[f"w_fp_{n}"] = In(stream.Signature(nl.fp.w.payload.shape()))
+            ports[f"w_fp_{n}"] = (peer, "parameters", n)
+            if nl.eb is not None:
+                members[f"w_eb_{n}"] = In(stream.Signature(nl.eb.w.payload.shape()))
+                ports[f"w_eb_{n}"] = (peer, "parameters", n)
+            g = nl.geometry
+            members[f"g_{n}"] = Out(stream.Signature(data.StructLayout({
+                "addr": range(max(g.weight_sets, 2)),
+                "data": weight_set_layout(num.gradient, g.kernel, g.p * g.s)})))
+            ports[f"g_{n}"] = (peer, "gradients", n)
+            members[f"ws_images_{n}"] = Out(32)
+        for n, lender in self.lenders.items():
+            peer = "next" if lender.borrower > self._node else "prev"
+            members[f"lend_fp_{n}"] = Out(stream.Signature(lender.set_layout))
+            ports[f"lend_fp_{n}"] = (peer, "parameters", n)
+            if lender.geometry.has_eb:
+                members[f"lend_eb_{n}"] = Out(stream.Signature(lender.set_layout))
+                ports[f"lend_eb_{n}"] = (peer, "parameters", n)
+            members[f"lend_g_{n}"] = In(stream.Signature(lender.grad_layout))
+            ports[f"lend_g_{n}"] = (peer, "gradients", n)
+            members[f"lend_flush_{n}"] = In(1)
         self.loss = None
-        if self._last:
+        if next_name is None and not after:
             self.loss = LossUnit(numerics=num, classes=compute[-1].out_channels,
                                  kind=loss_layer.loss)
             members["labels"] = In(stream.Signature(range(self.loss.classes)))
-        else:
-            out_c = self.layers[-1].geometry.out_channels
-            members["a_out"] = Out(act(out_c))
-            members["e_in"] = In(err(out_c))
-        if not self._first:
-            members["e_out"] = Out(err(first.in_channels))
         members["flush"] = In(1)
         members["updates"] = Out(32)
         members["images_in"] = Out(32)
         super().__init__(members)
+        self.link_ports = ports
 
     plan = property(lambda self: self._plan)
     node = property(lambda self: self._node)
@@ -278,7 +463,7 @@ class NodeTop(wiring.Component):
     batch = property(lambda self: self._batch)
     lr_q = property(lambda self: self._lr_q)
     first = property(lambda self: self._first)
-    last = property(lambda self: self._last)
+    last = property(lambda self: self.loss is not None)
 
     @property
     def x_in(self):
@@ -287,7 +472,7 @@ class NodeTop(wiring.Component):
 
     @property
     def mac_units(self):
-        """Multipliers of the node's CE arrays (FP, EB, PG of every layer)."""
+        """Multipliers of the node's CE arrays (FP, EB, PG of every segment)."""
         total = 0
         for nl in self.layers:
             k2 = nl.geometry.kernel ** 2
@@ -312,49 +497,122 @@ class NodeTop(wiring.Component):
             fifo.r_stream.ready.eq(dst.ready),
         ]
 
+    # ---- wiring ---------------------------------------------------------------------------------
+
     def elaborate(self, platform):
         m = Module()
         L = self.layers
-        # image counter at the input (for the per-layer flush)
+        net = self._network
+        names = [l.name for l in net.compute_layers()]
+        num = self._numerics
+        aw, ew = num.activation.width, num.error.width
+        # stream registry: key -> producer (port, lo, hi, width); consumers (port, lo, hi, depth)
+        producers, consumers = {}, {}
+
+        def produce(key, port, lo, hi, width):
+            assert key not in producers, key
+            producers[key] = (port, lo, hi, width)
+
+        def consume(key, port, lo, hi, depth):
+            consumers.setdefault(key, []).append((port, lo, hi, depth))
+
+        def member(name):
+            return getattr(self, name)
+
+        fi = self.fifo_images
+        # image counter at the first FP input (for the per-layer flush)
+        fp0 = L[0].fp
         px = L[0].geometry.pixels
         in_count = Signal(range(max(px, 2)))
         in_last = Signal()
-        in_xfer = self.x_in.valid & self.x_in.ready
+        in_xfer = fp0.i.valid & fp0.i.ready
         m.d.comb += in_last.eq(in_xfer & (in_count == px - 1))
         if px > 1:
             with m.If(in_xfer):
                 m.d.sync += in_count.eq(Mux(in_count == px - 1, 0, in_count + 1))
         with m.If(in_last):
             m.d.sync += self.images_in.eq(self.images_in + 1)
-        wiring.connect(m, wiring.flipped(self.x_in), L[0].fp.i)
+
+        # the first layer's input
+        g0 = L[0].geometry
+        C0 = g0.layer_in_channels or g0.in_channels
+        if self._first:
+            produce(("act", L[0].name), wiring.flipped(self.images), 0, C0, aw)
+        else:
+            lo = g0.in_lo if g0.split == "icp" else 0
+            produce(("act", L[0].name), wiring.flipped(self.a_in), lo, C0, aw)
+        # the errors the last layer's output gets from the next node
+        z = L[-1]
+        zg = z.geometry
+        if "e_in" in self.link_ports:
+            if zg.split == "icp" and not zg.completes:
+                produce(("eout", z.name), wiring.flipped(self.e_in), 0, zg.layer_out_channels,
+                        ew)
+            else:
+                produce(("err", z.name), wiring.flipped(self.e_in), 0, self._lanes["e_in"],
+                        ew)
+        if "a_out" in self.link_ports:
+            nxt = self.link_ports["a_out"][2]
+            consume(("act", nxt), wiring.flipped(self.a_out), 0, self._lanes["a_out"], 0)
+        if "a_fwd" in self.link_ports:
+            Cz = zg.layer_in_channels or zg.in_channels
+            lo = 0 if zg.split == "ocp" else zg.in_lo + zg.in_channels
+            consume(("act", z.name), wiring.flipped(self.a_fwd), lo, Cz, 0)
+        if "e_out" in self.link_ports:
+            prv = self.link_ports["e_out"][2]
+            consume(("err", prv), wiring.flipped(self.e_out), C0 - self._lanes["e_out"], C0,
+                    0)
+        if "e_fwd" in self.link_ports:
+            if g0.split == "ocp":
+                consume(("err", L[0].name), wiring.flipped(self.e_fwd), 0, g0.out_lo, 0)
+            else:
+                consume(("eout", L[0].name), wiring.flipped(self.e_fwd), 0,
+                        g0.layer_out_channels, 0)
 
         for k, nl in enumerate(L):
-            n = nl.name
+            n, key = nl.name, nl.key.replace("@", "_at")
+            g = nl.geometry
             fp, act, bp, eb, pg, upd, gate = (nl.fp, nl.act_ram, nl.bp, nl.eb, nl.pg, nl.update,
                                                nl.gate)
-            m.submodules[f"{n}_fp"] = fp
-            m.submodules[f"{n}_act"] = act
-            m.submodules[f"{n}_bp"] = bp
-            m.submodules[f"{n}_pg"] = pg
-            m.submodules[f"{n}_upd"] = upd
-            m.submodules[f"{n}_gate"] = gate
+            m.submodules[f"{key}_fp"] = fp
+            m.submodules[f"{key}_act"] = act
+            if bp is not None:
+                m.submodules[f"{key}_bp"] = bp
+            m.submodules[f"{key}_pg"] = pg
+            borrowed = nl.lender is not None
+            if not borrowed:
+                m.submodules[f"{key}_upd"] = upd
+                m.submodules[f"{key}_gate"] = gate
             if eb is not None:
-                m.submodules[f"{n}_eb"] = eb
-            # forward chain
-            g = nl.geometry
+                m.submodules[f"{key}_eb"] = eb
             conv_px, out_px = g.conv_height * g.conv_width, g.out_height * g.out_width
-            if k + 1 < len(L):
-                self._fifo(m, f"{n}_fwd", fp.o, L[k + 1].fp.i, self.fifo_images * out_px)
-            elif self._last:
-                wiring.connect(m, fp.o, self.loss.z)
-            else:
-                wiring.connect(m, fp.o, wiring.flipped(self.a_out))
+            C = g.layer_in_channels or g.in_channels
+            OC = g.layer_out_channels or g.out_channels
+            nxt = names[names.index(n) + 1] if names.index(n) + 1 < len(names) else None
+            prv = names[names.index(n) - 1] if names.index(n) > 0 else None
+            # ---- forward
+            lo_in = g.in_lo if g.split == "icp" else 0
+            consume(("act", n), fp.i, lo_in, lo_in + g.in_channels, fi * g.pixels if k > 0 else 0)
             wiring.connect(m, fp.act, act.i)
             wiring.connect(m, act.o, pg.a)
+            if g.split == "icp" and not g.icp_first:
+                self._fifo(m, f"{key}_up", wiring.flipped(self.p_in), fp.up, fi * conv_px)
+            if g.split == "icp" and not g.completes:
+                wiring.connect(m, fp.o, wiring.flipped(self.p_out))
+            elif g.split == "ocp" and g.out_lo > 0:
+                cat = LaneConcat(width=aw, parts=[g.out_lo, g.out_channels])
+                m.submodules[f"{key}_cat"] = cat
+                self._fifo(m, f"{key}_part", wiring.flipped(self.a_part), cat.i[0], fi * out_px)
+                self._fifo(m, f"{key}_own", fp.o, cat.i[1], fi * out_px)
+                produce(("act", nxt), cat.o, 0, g.out_lo + g.out_channels, aw)
+            elif nxt is None:
+                wiring.connect(m, fp.o, self.loss.z)
+            else:
+                produce(("act", nxt), fp.o, 0, g.out_lo + g.out_channels, aw)
             for name, fifo in (("mask", nl.mask_fifo), ("arg", nl.arg_fifo)):
                 if fifo is None:
                     continue
-                m.submodules[f"{n}_{name}"] = fifo
+                m.submodules[f"{key}_{name}"] = fifo
                 src, dst = getattr(fp, name), getattr(bp, name)
                 m.d.comb += [
                     fifo.w_stream.valid.eq(src.valid),
@@ -364,19 +622,59 @@ class NodeTop(wiring.Component):
                     dst.payload.eq(fifo.r_stream.payload),
                     fifo.r_stream.ready.eq(dst.ready),
                 ]
-            # backward chain
-            if eb is not None:
-                self._fifo(m, f"{n}_eout_eb", bp.o, eb.i, self.fifo_images * conv_px)
-                if k > 0:
-                    self._fifo(m, f"{n}_ein", eb.o, L[k - 1].bp.i,
-                               self.fifo_images * g.pixels)
+            # ---- backward: errors of the output -> BPFront -> E_out -> EB, PG
+            if bp is not None:
+                lo = g.out_lo if g.split == "ocp" else 0
+                consume(("err", n), bp.i, lo, lo + g.out_channels,
+                        fi * out_px if k + 1 < len(L) else 0)
+                if g.split == "icp":
+                    produce(("eout", n), bp.o, 0, OC, ew)
+                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, fi * conv_px)
+                elif eb is not None:
+                    self._fifo(m, f"{key}_eout_eb", bp.o, eb.i, fi * conv_px)
+                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, fi * conv_px)
                 else:
-                    self._fifo(m, f"{n}_ein", eb.o, wiring.flipped(self.e_out),
-                               self.fifo_images * g.pixels)
-                self._fifo(m, f"{n}_eout_pg", bp.pg, pg.e, self.fifo_images * conv_px)
-            else:
-                m.d.comb += bp.o.ready.eq(1)       # the first layer's E_out feeds PG only
-                wiring.connect(m, bp.pg, pg.e)
+                    m.d.comb += bp.o.ready.eq(1)       # the first layer's E_out feeds PG only
+                    wiring.connect(m, bp.pg, pg.e)
+            if g.split == "icp":
+                if eb is not None:
+                    consume(("eout", n), eb.i, 0, OC, fi * conv_px)
+                if bp is None:
+                    consume(("eout", n), pg.e, 0, OC, fi * conv_px)
+            # ---- EB output: errors of the layer below's output
+            if eb is not None:
+                if g.split == "ocp":
+                    if not g.ocp_eb_first:
+                        self._fifo(m, f"{key}_pe", wiring.flipped(self.pe_in), eb.up,
+                                   fi * g.pixels)
+                    if g.out_lo > 0:
+                        wiring.connect(m, eb.o, wiring.flipped(self.pe_out))
+                    else:
+                        produce(("err", prv), eb.o, 0, C, ew)
+                elif g.split == "icp" and g.in_lo + g.in_channels < C:
+                    hi = g.in_lo + g.in_channels
+                    cat = LaneConcat(width=ew, parts=[g.in_channels, C - hi])
+                    m.submodules[f"{key}_ecat"] = cat
+                    self._fifo(m, f"{key}_eown", eb.o, cat.i[0], fi * g.pixels)
+                    self._fifo(m, f"{key}_epart", wiring.flipped(self.e_part), cat.i[1],
+                               fi * g.pixels)
+                    produce(("err", prv), cat.o, g.in_lo, C, ew)
+                else:
+                    produce(("err", prv), eb.o, lo_in, C, ew)
+            if borrowed:
+                # borrowed: weight sets from the lender, every image's gradients back to it
+                n_ = nl.name
+                wiring.connect(m, wiring.flipped(getattr(self, f"w_fp_{n_}")), fp.w)
+                if eb is not None:
+                    wiring.connect(m, wiring.flipped(getattr(self, f"w_eb_{n_}")), eb.w)
+                gp = getattr(self, f"g_{n_}")
+                m.d.comb += [gp.valid.eq(pg.grad.valid), pg.grad.ready.eq(gp.ready),
+                             gp.payload.addr.eq(pg.grad.payload.addr),
+                             gp.payload.data.eq(pg.grad.payload.data)]
+                ws_images = getattr(self, f"ws_images_{n_}")
+                with m.If(fp.done):
+                    m.d.sync += ws_images.eq(ws_images + 1)
+                continue
             wiring.connect(m, pg.grad, upd.grad)
             # the update's write stream goes to both LPRAM copies (both always ready)
             targets = [fp.wr] + ([eb.wr] if eb is not None else [])
@@ -397,14 +695,67 @@ class NodeTop(wiring.Component):
                 m.d.comb += [gate.eb_start.eq(eb.start), eb.go.eq(gate.eb_go),
                              gate.eb_done.eq(eb.done), eb.clear_overflows.eq(0)]
             # flush: only once this layer's FP has finished every image that entered the node
-            outstanding = Signal(signed(24), name=f"{n}_outstanding")
+            outstanding = Signal(signed(24), name=f"{key}_outstanding")
             m.d.sync += outstanding.eq(outstanding + in_last - fp.done)
             m.d.comb += gate.flush.eq(self.flush & (outstanding == 0) & ~in_last)
-        if self._last:
+        for n_, lender in self.lenders.items():
+            m.submodules[f"lend_{n_}"] = lender
+            wiring.connect(m, lender.fp_w, wiring.flipped(getattr(self, f"lend_fp_{n_}")))
+            wiring.connect(m, lender.eb_w, wiring.flipped(getattr(self, f"lend_eb_{n_}")))
+            wiring.connect(m, wiring.flipped(getattr(self, f"lend_g_{n_}")), lender.grad)
+            m.d.comb += lender.flush.eq(getattr(self, f"lend_flush_{n_}"))
+        if self.loss is not None:
             m.submodules.loss = self.loss
             wiring.connect(m, wiring.flipped(self.labels), self.loss.label)
-            wiring.connect(m, self.loss.o, L[-1].bp.i)
-        else:
-            wiring.connect(m, wiring.flipped(self.e_in), L[-1].bp.i)
-        m.d.comb += self.updates.eq(L[0].gate.updates)
+            produce(("err", L[-1].name), self.loss.o, 0, self.loss.classes, ew)
+
+        # ---- connect every producer to its consumers
+        for key in sorted(set(producers) | set(consumers), key=str):
+            if key not in producers or key not in consumers:
+                raise ValueError(f"NodeTop node {self._node}: stream {key} has "
+                                 f"{'no producer' if key not in producers else 'no consumer'}")
+            src, plo, phi, width = producers[key]
+            cons = consumers[key]
+            tag = f"{key[0]}_{key[1]}"
+            for port, lo, hi, _ in cons:
+                if not plo <= lo < hi <= phi:
+                    raise ValueError(f"NodeTop node {self._node}: stream {key} carries lanes "
+                                     f"[{plo}, {phi}), a consumer needs [{lo}, {hi})")
+            if len(cons) == 1 and (cons[0][1], cons[0][2]) == (plo, phi):
+                self._fifo(m, f"{tag}_q", src, cons[0][0], cons[0][3])
+                continue
+            fork = LaneFork(width=width, lanes=phi - plo,
+                            ranges=[(lo - plo, hi - plo) for _, lo, hi, _ in cons])
+            m.submodules[f"{tag}_fork"] = fork
+            wiring.connect(m, src, fork.i)
+            for j, ((port, lo, hi, depth), o) in enumerate(zip(cons, fork.o)):
+                # a fork's outputs move in lock step: a FIFO before each consumer
+                self._fifo(m, f"{tag}_q{j}", o, port, max(depth, 2))
+        gates = [nl.gate for nl in L if nl.gate is not None]
+        if gates:
+            m.d.comb += self.updates.eq(gates[0].updates)
         return m
+
+
+def _span_before(seg, geo=None):
+    """The split layer of ``seg`` has slices on earlier nodes."""
+    if seg.split == "whole":
+        return False
+    return int(seg.channels[0]) > 0
+
+
+def _span_after(seg, network, geo=None):
+    """The split layer of ``seg`` has slices on later nodes."""
+    if seg.split == "whole":
+        return False
+    layer = network.layer(seg.layer)
+    total = layer.in_shape[0] if seg.split == "icp" else layer.out_channels
+    return int(seg.channels[1]) < total
+
+
+def _next_of(names, name):
+    return names[names.index(name) + 1]
+
+
+def _prev_of(names, name):
+    return names[names.index(name) - 1]

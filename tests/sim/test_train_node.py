@@ -135,11 +135,18 @@ def test_node_top_rejects():
     with pytest.raises(ValueError, match=r"^NodeTop: the plan is for network 'tiny', not "
                                          r"'digits'$"):
         NodeTop(plan, 0, load_network("digits"), lr=0.125, init_master=init)
-    plan2 = map_network(network, load_board("sim-node"), 2, batch=2, max_row_lanes=1)
-    with pytest.raises(ValueError, match=r"^NodeTop: "):
-        NodeTop(plan2, 0, network, lr=0.125, init_master=init)
-    # an Act-RAM too small for the lag
     import dataclasses
+    # a segment with part of its weights kept in a neighbour: not built
+    seg1 = plan.node_plans[0].segments[1]
+    part = dataclasses.replace(seg1, weights_borrowed=seg1.weights // 2)
+    np_part = dataclasses.replace(plan.node_plans[0], segments=[
+        plan.node_plans[0].segments[0], part] + list(plan.node_plans[0].segments[2:]))
+    with pytest.raises(ValueError, match=r"^NodeTop: 144 of the 288 weights of 'conv2' on node 0 "
+                                         r"are kept in a neighbour \(partially lent segments "
+                                         r"are not built\)$"):
+        NodeTop(dataclasses.replace(plan, node_plans=[np_part]), 0, network, lr=0.125,
+                init_master=init)
+    # an Act-RAM too small for the lag
     seg = plan.node_plans[0].segments[0]
     small = dataclasses.replace(seg, act_ram=dataclasses.replace(seg.act_ram, words=3 * 64 * 3))
     np0 = dataclasses.replace(plan.node_plans[0],
