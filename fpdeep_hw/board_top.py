@@ -3,31 +3,44 @@
 :class:`BoardTop` wraps a :class:`~fpdeep_hw.node.top.NodeTop` for an Amaranth platform
 (``boards.platforms``) or for simulation:
 
-- **Node.** Either the ``NodeTop`` itself as a submodule, or -- as ``python -m fpdeep_hw.build``
-  does, so that the node is converted to Verilog exactly once and handed out as its own file --
-  an ``Instance`` of the separately generated node module (``node_module=``), connected port by
-  port from ``NodeTop``'s signature (Amaranth names a port ``images__valid`` for the member path
-  ``("images", "valid")``, plus ``clk`` and ``rst``).
+- **Node.** :class:`LinkedNode`: the node (:class:`ObservedNode`, the ``NodeTop`` with its loss
+  unit's errors brought out) with the link-layer framers of its chain neighbours. Either as a
+  submodule, or -- as ``python -m fpdeep_hw.build`` does, so that the node is converted to
+  Verilog exactly once and handed out as its own file -- an ``Instance`` of the separately
+  generated module (``node_module=``), connected port by port from ``LinkedNode``'s signature
+  (Amaranth names a port ``prev_tx__valid`` for the member path ``("prev_tx", "valid")``, plus
+  ``clk`` and ``rst``).
 - **Clock.** The node runs in ``sync``. On a platform the top does not define ``sync``, so the
   platform derives it from its default clock (``platform.default_clk``; on Xilinx parts through
   a ``STARTUPE2``/``STARTUPE3``-gated global buffer, Amaranth's ``create_missing_domain``). The
   node therefore runs at the default clock's frequency (VC709 200 MHz, KCU105 125 MHz, U280
   100 MHz); an MMCM for another design clock is not generated.
 - **LEDs** (where the platform has ``led`` resources): 0 heartbeat (``sync`` clock alive, about
-  1.5 Hz at 200 MHz), 1 host data accepted (``images`` handshake, stretched), 2 weight updates
-  written (bit 0 of ``updates``), 3 every chain link up (``channel_up`` of all PHYs; lit when
-  the node has no neighbour).
-- **Chain links.** Not built yet. The design: one
-  :class:`~fpdeep_hw.link.transceiver.SerialLinkPHY` per neighbour the plan gives this node
-  (previous node on ``platform.chain_lanes[0]``, next node on ``platform.chain_lanes[1]``), its
-  streams in the Aurora user clock domain, an async FIFO into ``sync`` and the framer
-  (``fpdeep_hw/link/framer.py``) between the PHY and the node's link streams (``NodeTop``'s
-  ``a_in``/``a_out``/``e_in``/``e_out``). Until that is written a node with a neighbour is
-  refused (``ValueError``) rather than built with unconnected lanes; LED 3 is lit.
-- **Host.** Node 0 takes the images and the last node the labels (and ``flush``) from the host.
-  On hardware that path is PCIe DMA, outside this project: a documented black box
-  ``Instance("fpdeep_host_dma", ...)`` (see :data:`HOST_DMA_PORTS`). With ``host="ports"`` (for
-  simulation or another wrapper) the same signals are this component's ports.
+  1.5 Hz at 200 MHz), 1 host data accepted (``images`` handshake on the first node, ``labels``
+  on the others; stretched), 2 weight updates written (bit 0 of ``updates``), 3 every chain link
+  up and no receive overflow (lit when the node has no neighbour).
+- **Chain links.** Per neighbour the plan gives this node (previous node ``k - 1``, next node
+  ``k + 1``) one serial link: in :class:`LinkedNode` (``sync``) a
+  :class:`~fpdeep_hw.link.framer.LinkTx` carrying exactly the streams the plan lists for the
+  outgoing direction and a :class:`~fpdeep_hw.link.framer.LinkRx` for the incoming one (stream
+  ids and widths from :func:`fpdeep_hw.link.streams.link_end`, as in the simulated
+  :class:`~fpdeep_hw.node.cluster.Cluster`); credits of each direction travel in credit frames
+  of the other. On the board, per neighbour, a
+  :class:`~fpdeep_hw.link.transceiver.SerialLinkPHY` black box (Aurora 64B/66B) on a chain
+  lane of the platform (:func:`chain_lanes_for`: the previous neighbour on the first lane of
+  ``platform.chain_lanes``, the next on the first lane with another reference clock, since one
+  PHY owns its reference clock) in its own clock domain (``link_prev`` / ``link_next``, the
+  core's user clock), and two ``AsyncFIFO`` of :data:`CDC_DEPTH` 64-bit words between that
+  domain and ``sync``. The Aurora RX has no back-pressure: the receive FIFO is drained every
+  ``sync`` cycle by ``LinkRx`` (always ready), which keeps up as long as the far node's ``sync``
+  clock is not faster than this one's (same board type: equal up to the oscillators' ppm); a
+  word arriving at a full FIFO sets a sticky overflow flag (LED 3 off).
+- **Host.** Node 0 takes the images, the last node the labels, every node ``flush``. On
+  hardware that path is PCIe DMA, outside this project: a documented black box
+  ``Instance("fpdeep_host_dma", ...)`` (see :data:`HOST_DMA_PORTS`; the ports a node does not
+  have are left out). With ``host="ports"`` (simulation or another wrapper) the same signals
+  are this component's ports, and with ``links="ports"`` the 64-bit link word streams too
+  (no PHY, no clock crossing).
 
 Vendor specifics live only in the two black boxes (Aurora in ``SerialLinkPHY``, the DMA engine
 here). Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``.
@@ -35,27 +48,42 @@ here). Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``.
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Instance, Module, Signal
-from amaranth.lib import io, wiring
+from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal, Value
+from amaranth.lib import io, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.fifo import AsyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["BoardTop", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS", "node_instance_ports"]
+from .link.framer import LinkRx, LinkTx
+from .link.streams import CREDIT_INTERVAL, DEPTH, MAX_PAYLOAD, link_end, tx_fifo_items
+
+__all__ = ["BoardTop", "LinkedNode", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS",
+           "CDC_DEPTH", "chain_lanes_for", "node_instance_ports"]
 
 #: Module name of the host DMA black box.
 HOST_DMA_MODULE = "fpdeep_host_dma"
 
-#: Ports of the host black box (AXI4-Stream style; widths from the node's signature).
+#: 64-bit words of each clock-crossing FIFO between a PHY's user clock and ``sync``.
+CDC_DEPTH = 64
+
+#: Ports of the host black box (AXI4-Stream style; widths from the node's signature). A node
+#: has ``images_*`` only if it is the first, ``labels_*`` and ``loss_*`` only if it is the last.
 HOST_DMA_PORTS = {
     "clk": "in: the node clock (sync); the DMA engine crosses into it",
     "rst": "in: the node reset (power-on, 15 cycles)",
     "images_tdata": "out: one pixel, C lanes of the activation format, lane 0 in the low bits",
     "images_tvalid": "out", "images_tready": "in",
     "labels_tdata": "out: the class of one image", "labels_tvalid": "out", "labels_tready": "in",
-    "flush": "out: level, after the last image's last pixel was sent",
+    "flush": "out: level; node 0: after the last image's last pixel was sent; node k > 0: "
+             "once also images_in equals the images sent into node 0",
+    "images_in": "in: images whose last pixel entered the node (for the flush of node k > 0)",
     "updates": "in: updates written (status for the host)",
     "loss_valid": "in: an error word of the loss unit this cycle (ObservedNode.loss_valid)",
     "loss_error": "in: its payload, classes lanes of the error format (training progress)",
 }
+
+#: The link ports :class:`LinkedNode` takes from ``NodeTop`` (not forwarded).
+_LINK_PORTS = ("a_in", "a_out", "e_in", "e_out")
 
 
 def node_instance_ports(node):
@@ -65,6 +93,32 @@ def node_instance_ports(node):
         name = "__".join(str(p) for p in path)
         ports[name] = ("i" if member.flow == wiring.Flow.In else "o", value)
     return ports
+
+
+def chain_lanes_for(platform, sides):
+    """``{side: (lane, refclk)}`` for the neighbours ``sides`` (``"prev"``, ``"next"``).
+
+    The previous neighbour gets the first lane of ``platform.chain_lanes``, the next the first
+    lane after it whose reference clock is not already taken (a ``SerialLinkPHY`` owns its
+    reference clock). Raises ``ValueError`` when the platform has no such lane.
+    """
+    lanes = list(getattr(platform, "chain_lanes", ()))
+    chosen, clocks = {}, set()
+    for side in sides:
+        for res, num, refclk in lanes:
+            if (res, num) not in [c[0] for c in chosen.values()] and tuple(refclk) not in clocks:
+                chosen[side] = ((res, num), tuple(refclk))
+                clocks.add(tuple(refclk))
+                break
+        else:
+            used = ", ".join(f"{r}[{n}]" for r, n in clocks)
+            have = ", ".join(f"{r}{n}" for r, n, _ in lanes) or "none"
+            raise ValueError(
+                f"{type(platform).__name__}: no chain lane left for the {side} neighbour: "
+                f"a node with {len(sides)} neighbours needs {len(sides)} lanes with different "
+                f"reference clocks (one SerialLinkPHY per reference clock), but the lanes "
+                f"({have}) all use {used}")
+    return chosen
 
 
 class ObservedNode(wiring.Component):
@@ -113,6 +167,113 @@ class ObservedNode(wiring.Component):
         return m
 
 
+class LinkedNode(wiring.Component):
+    """A node with the framers of its chain links: the module the build converts to Verilog.
+
+    Forwards every :class:`ObservedNode` member except the link ports ``a_in``, ``a_out``,
+    ``e_in`` and ``e_out``, which are connected to the framers: per neighbour (``side``
+    ``"prev"`` for node ``k - 1``, ``"next"`` for node ``k + 1``) a ``LinkTx`` for the plan's
+    link ``k -> neighbour`` and a ``LinkRx`` for ``neighbour -> k``, each carrying one
+    ``LinkStream`` per plan stream (:func:`fpdeep_hw.link.streams.link_end`: stream id =
+    position + 1); credits for the incoming direction leave in credit frames of the outgoing one
+    (``LinkRx.credit_o`` -> ``LinkTx.credit_send``) and credits for the outgoing direction come
+    back in credit frames of the incoming one (``LinkRx.credit_recv`` -> ``LinkTx.credit_i``),
+    as in :class:`~fpdeep_hw.node.cluster.Cluster`. A FIFO of two frames
+    (:func:`~fpdeep_hw.link.streams.tx_fifo_items`) sits in front of every transmitter input.
+    A node without neighbours is its ``ObservedNode`` with the same ports.
+
+    Parameters
+    ----------
+    node_top : NodeTop
+    depth, max_payload, credit_interval : int
+        Framer parameters (defaults: those of the simulated cluster, :mod:`fpdeep_hw.link.streams`).
+
+    Members
+    -------
+    (every member of ``ObservedNode`` but the link ports)
+    prev_tx, next_tx : ``Out(stream.Signature(64))``
+        Frame words to the neighbour's PHY (only for a neighbour the node has).
+    prev_rx, next_rx : ``In(stream.Signature(64))``
+        Frame words from the PHY (``ready`` is constant 1: the Aurora RX has no ready).
+    prev_crc_errors, prev_seq_errors, prev_frames, next_... : ``Out(32)``
+        The receiver's counters (``LinkRx``).
+    sides : tuple of str
+        The neighbours the node exchanges data with: ``"prev"`` unless it holds the first
+        compute layer (``NodeTop.first``), ``"next"`` unless it holds the last.
+    """
+
+    def __init__(self, node_top, *, depth=DEPTH, max_payload=MAX_PAYLOAD,
+                 credit_interval=CREDIT_INTERVAL):
+        plan, k = node_top.plan, node_top.node
+        self.node_top = node_top
+        self.observed = ObservedNode(node_top)
+        self.sides = tuple(s for s, there in (("prev", not node_top.first),
+                                              ("next", not node_top.last)) if there)
+        self.ends = {}
+        for side in self.sides:
+            j = k - 1 if side == "prev" else k + 1
+            out, inc = link_end(node_top, k, j, depth=depth), link_end(node_top, j, k, depth=depth)
+            tx = LinkTx(out.streams, max_payload=max_payload, reverse=inc.streams,
+                        credit_interval=credit_interval)
+            rx = LinkRx(inc.streams, max_payload=max_payload, reverse=out.streams)
+            self.ends[side] = (out, inc, tx, rx)
+        members = {name: member for name, member in self.observed.signature.members.items()
+                   if name not in _LINK_PORTS}
+        for side in self.sides:
+            members[f"{side}_tx"] = Out(stream.Signature(64))
+            members[f"{side}_rx"] = In(stream.Signature(64))
+            for c in ("crc_errors", "seq_errors", "frames"):
+                members[f"{side}_{c}"] = Out(32)
+        self._max_payload = max_payload
+        super().__init__(members)
+
+    plan = property(lambda self: self.node_top.plan)
+    node = property(lambda self: self.node_top.node)
+
+    def elaborate(self, platform):
+        m = Module()
+        obs = self.observed
+        m.submodules.node = obs
+        outer = {path: value for path, _, value in self.signature.flatten(self)}
+        for path, member, value in obs.signature.flatten(obs):
+            if path[0] in _LINK_PORTS:
+                continue
+            if member.flow == wiring.Flow.In:
+                m.d.comb += value.eq(outer[path])
+            else:
+                m.d.comb += outer[path].eq(value)
+        # the NodeTop link port each LinkEnd names -> the same port of the ObservedNode
+        by_id = {id(getattr(self.node_top, n)): getattr(obs, n)
+                 for n in _LINK_PORTS if n in self.node_top.signature.members}
+        for side in self.sides:
+            out, inc, tx, rx = self.ends[side]
+            m.submodules[f"{side}_tx"] = tx
+            m.submodules[f"{side}_rx"] = rx
+            wiring.connect(m, tx.o, wiring.flipped(getattr(self, f"{side}_tx")))
+            wiring.connect(m, wiring.flipped(getattr(self, f"{side}_rx")), rx.i)
+            for c in ("crc_errors", "seq_errors", "frames"):
+                m.d.comb += getattr(self, f"{side}_{c}").eq(getattr(rx, c))
+            for j, (port, ls, nbits, port_i) in enumerate(zip(out.ports, out.streams, out.bits,
+                                                              tx.inputs)):
+                src = by_id[id(port)]
+                fifo = SyncFIFOBuffered(width=nbits, depth=tx_fifo_items(self._max_payload, ls))
+                m.submodules[f"{side}_q{j}"] = fifo
+                m.d.comb += [fifo.w_stream.valid.eq(src.valid),
+                             fifo.w_stream.payload.eq(Value.cast(src.payload)),
+                             src.ready.eq(fifo.w_stream.ready),
+                             port_i.valid.eq(fifo.r_stream.valid),
+                             port_i.payload.eq(fifo.r_stream.payload),
+                             fifo.r_stream.ready.eq(port_i.ready)]
+            for port, nbits, port_o in zip(inc.ports, inc.bits, rx.outputs):
+                dst = by_id[id(port)]
+                m.d.comb += [dst.valid.eq(port_o.valid),
+                             dst.payload.eq(Value.cast(port_o.payload)[:nbits]),
+                             port_o.ready.eq(dst.ready)]
+            wiring.connect(m, rx.credit_o, tx.credit_send)
+            wiring.connect(m, rx.credit_recv, tx.credit_i)
+        return m
+
+
 class BoardTop(wiring.Component):
     """One board of the chain: a node, its clock, LEDs, chain link PHYs and host interface.
 
@@ -120,57 +281,68 @@ class BoardTop(wiring.Component):
     ----------
     node_top : NodeTop
         The node (its ``plan`` and ``node`` say which neighbours and host streams it has). It is
-        wrapped in an :class:`ObservedNode` (member ``observed``), whose ports the Verilog has.
+        wrapped in a :class:`LinkedNode` (member ``linked``), whose ports the Verilog has.
     host : {"dma", "ports"}
         ``"dma"``: the host path is the ``fpdeep_host_dma`` black box (hardware); ``"ports"``:
-        ``images``, ``labels``, ``flush`` and ``updates`` are ports of this component.
+        the node's host ports (``images`` on the first node, ``labels`` on the last, ``flush``,
+        ``updates``, ``images_in``) and the LED bits are ports of this component.
+    links : {"phy", "ports"}
+        ``"phy"``: a ``SerialLinkPHY`` per neighbour with clock crossing (needs a platform);
+        ``"ports"``: the node's 64-bit link word streams (``prev_tx``, ``prev_rx``, ...) are
+        ports of this component, in ``sync``.
     node_module : str, optional
         Instantiate the node as ``Instance(node_module, ...)`` of the separately converted
-        Verilog of ``ObservedNode(node_top)`` instead of elaborating it here.
+        Verilog of ``LinkedNode(node_top)`` instead of elaborating it here.
     core : str
         Component name of the Aurora core the PHYs instantiate.
 
     Members
     -------
-    images, labels, flush, updates
+    images, labels, flush, updates, images_in
         Only with ``host="ports"``: the node's host ports, passed through.
     leds : ``Out(4)``
         Only with ``host="ports"``: the LED status bits (see the module docstring).
+    prev_tx, prev_rx, next_tx, next_rx
+        Only with ``links="ports"``: the link word streams of :class:`LinkedNode`.
     has_prev, has_next : bool
         Whether the plan gives this node a previous / next neighbour.
     """
 
-    def __init__(self, node_top, *, host="dma", node_module=None, core="aurora_64b66b_0"):
+    def __init__(self, node_top, *, host="dma", links="phy", node_module=None,
+                 core="aurora_64b66b_0"):
         if host not in ("dma", "ports"):
             raise ValueError(f"BoardTop host must be 'dma' or 'ports', not {host!r}")
+        if links not in ("phy", "ports"):
+            raise ValueError(f"BoardTop links must be 'phy' or 'ports', not {links!r}")
         if node_module is not None and not (isinstance(node_module, str) and node_module.isidentifier()):
             raise ValueError(f"BoardTop node_module must be a Verilog identifier, not {node_module!r}")
-        plan, k = node_top.plan, node_top.node
-        self.has_prev = k > 0
-        self.has_next = k < len(plan.node_plans) - 1
-        if self.has_prev or self.has_next:
-            raise ValueError(f"BoardTop: node {k} of {len(plan.node_plans)} has chain neighbours, "
-                             f"but the board's chain links (SerialLinkPHY, clock crossing, "
-                             f"framer) are not built yet")
         self.node_top = node_top
-        self.observed = ObservedNode(node_top)
+        self.linked = LinkedNode(node_top)
+        self.has_prev = "prev" in self.linked.sides
+        self.has_next = "next" in self.linked.sides
         self.host = host
+        self.links = links
         self.node_module = node_module
         self.core = core
+        self.phys = {}
+        lm = self.linked.signature.members
         members = {}
         if host == "ports":
-            members = {
-                "images": node_top.signature.members["images"],
-                "labels": node_top.signature.members["labels"],
-                "flush": In(1),
-                "updates": Out(32),
-                "leds": Out(4),
-            }
+            for name in ("images", "labels", "flush"):
+                if name in lm:
+                    members[name] = lm[name]
+            members["updates"] = Out(32)
+            members["images_in"] = Out(32)
+            members["leds"] = Out(4)
+        if links == "ports":
+            for side in self.linked.sides:
+                members[f"{side}_tx"] = lm[f"{side}_tx"]
+                members[f"{side}_rx"] = lm[f"{side}_rx"]
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        node = self.observed
+        node = self.linked
 
         # ---- power-on reset: the platforms' sync domain has no reset, so the node and the host
         # black box get one held for 15 cycles after configuration (registers start at init)
@@ -193,37 +365,93 @@ class BoardTop(wiring.Component):
             m.submodules.node = Instance(self.node_module, **kwargs)
 
         # ---- host path ---------------------------------------------------------------------
+        first, last = "images__valid" in ports, "labels__valid" in ports
         if self.host == "ports":
-            m.d.comb += [
-                ports["images__valid"].eq(self.images.valid),
-                ports["images__payload"].eq(self.images.payload),
-                self.images.ready.eq(ports["images__ready"]),
-                ports["labels__valid"].eq(self.labels.valid),
-                ports["labels__payload"].eq(self.labels.payload),
-                self.labels.ready.eq(ports["labels__ready"]),
-                ports["flush"].eq(self.flush),
-                self.updates.eq(ports["updates"]),
-            ]
+            for name, (d, _) in node_instance_ports(node).items():
+                head = name.split("__")[0]
+                if head in ("images", "labels", "flush", "updates", "images_in"):
+                    outer = getattr(self, head)
+                    if "__" in name:
+                        outer = getattr(outer, name.split("__")[1])
+                    if d == "i":
+                        m.d.comb += ports[name].eq(outer)
+                    else:
+                        m.d.comb += outer.eq(ports[name])
         else:
-            m.submodules.host = Instance(
-                HOST_DMA_MODULE,
-                i_clk=ClockSignal("sync"), i_rst=node_rst,
-                o_images_tdata=ports["images__payload"], o_images_tvalid=ports["images__valid"],
-                i_images_tready=ports["images__ready"],
-                o_labels_tdata=ports["labels__payload"], o_labels_tvalid=ports["labels__valid"],
-                i_labels_tready=ports["labels__ready"],
-                o_flush=ports["flush"], i_updates=ports["updates"],
-                i_loss_valid=ports["loss_valid"], i_loss_error=ports["loss_error"])
+            kw = {"i_clk": ClockSignal("sync"), "i_rst": node_rst, "o_flush": ports["flush"],
+                  "i_updates": ports["updates"], "i_images_in": ports["images_in"]}
+            if first:
+                kw.update(o_images_tdata=ports["images__payload"],
+                          o_images_tvalid=ports["images__valid"],
+                          i_images_tready=ports["images__ready"])
+            if last:
+                kw.update(o_labels_tdata=ports["labels__payload"],
+                          o_labels_tvalid=ports["labels__valid"],
+                          i_labels_tready=ports["labels__ready"])
+            if "loss_valid" in ports:
+                kw.update(i_loss_valid=ports["loss_valid"], i_loss_error=ports["loss_error"])
+            m.submodules.host = Instance(HOST_DMA_MODULE, **kw)
+
+        # ---- chain links ----------------------------------------------------------------------
+        links_up = Signal(init=1)
+        if self.links == "ports":
+            for side in node.sides:
+                for d in ("tx", "rx"):
+                    for f in ("valid", "payload", "ready"):
+                        outer = getattr(getattr(self, f"{side}_{d}"), f)
+                        inner = ports[f"{side}_{d}__{f}"]
+                        if (d == "tx") == (f != "ready"):
+                            m.d.comb += outer.eq(inner)
+                        else:
+                            m.d.comb += inner.eq(outer)
+        elif node.sides:
+            if platform is None:
+                raise ValueError("BoardTop: a node with chain neighbours needs a platform for "
+                                 "links='phy' (use links='ports' in simulation)")
+            from .link.transceiver import SerialLinkPHY
+            lanes = chain_lanes_for(platform, node.sides)
+            ok = []
+            for side in node.sides:
+                lane, refclk = lanes[side]
+                dom = f"link_{side}"
+                phy = SerialLinkPHY(lane=lane, refclk=refclk, core=self.core, domain=dom,
+                                    init_domain="sync")
+                self.phys[side] = phy
+                m.submodules[f"phy_{side}"] = phy
+                m.domains += ClockDomain(dom)
+                m.d.comb += [ClockSignal(dom).eq(phy.user_clk), ResetSignal(dom).eq(phy.user_rst)]
+                txq = AsyncFIFO(width=64, depth=CDC_DEPTH, w_domain="sync", r_domain=dom)
+                rxq = AsyncFIFO(width=64, depth=CDC_DEPTH, w_domain=dom, r_domain="sync")
+                m.submodules[f"{side}_txq"] = txq
+                m.submodules[f"{side}_rxq"] = rxq
+                m.d.comb += [txq.w_stream.valid.eq(ports[f"{side}_tx__valid"]),
+                             txq.w_stream.payload.eq(ports[f"{side}_tx__payload"]),
+                             ports[f"{side}_tx__ready"].eq(txq.w_stream.ready),
+                             ports[f"{side}_rx__valid"].eq(rxq.r_stream.valid),
+                             ports[f"{side}_rx__payload"].eq(rxq.r_stream.payload),
+                             rxq.r_stream.ready.eq(ports[f"{side}_rx__ready"])]
+                wiring.connect(m, txq.r_stream, phy.tx)
+                wiring.connect(m, phy.rx, rxq.w_stream)
+                # the Aurora RX has no ready: a word at a full FIFO is lost (sticky flag)
+                overflow = Signal(name=f"{side}_overflow")
+                with m.If(phy.rx.valid & ~rxq.w_stream.ready):
+                    m.d[dom] += overflow.eq(1)
+                good = Signal(name=f"{side}_good")
+                m.submodules[f"{side}_good_sync"] = FFSynchronizer(
+                    phy.channel_up & ~overflow, good, o_domain="sync")
+                ok.append(good)
+            m.d.comb += links_up.eq(ok[0] if len(ok) == 1 else ok[0] & ok[1])
 
         # ---- status LEDs --------------------------------------------------------------------
         heartbeat = Signal(27)
         seen = Signal(24)
         m.d.sync += heartbeat.eq(heartbeat + 1)
-        with m.If(ports["images__valid"] & ports["images__ready"]):
-            m.d.sync += seen.eq(~0)
-        with m.Elif(seen != 0):
-            m.d.sync += seen.eq(seen - 1)
-        links_up = 1                # no chain links are built yet (see the module docstring)
+        host_in = "images" if first else "labels" if last else None
+        if host_in is not None:
+            with m.If(ports[f"{host_in}__valid"] & ports[f"{host_in}__ready"]):
+                m.d.sync += seen.eq(~0)
+            with m.Elif(seen != 0):
+                m.d.sync += seen.eq(seen - 1)
         status = [heartbeat[-1], seen != 0, ports["updates"][0], links_up]
         if self.host == "ports":
             for i, s in enumerate(status):

@@ -9,13 +9,13 @@
 Maps the network (``fpdeep_map.map_network(..., max_row_lanes=1)``: the hardware has one output
 row per engine) or reads a saved plan (``--plan``), checks that the hardware generator supports
 the node, builds :class:`~fpdeep_hw.node.top.NodeTop` for it, converts it to Verilog once
-(module ``fpdeep_node``: :class:`~fpdeep_hw.board_top.ObservedNode`, the node with its loss
-unit's errors brought out), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
+(module ``fpdeep_node``: :class:`~fpdeep_hw.board_top.LinkedNode`, the node with its loss
+unit's errors brought out and the framers of its chain links), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
 board's Amaranth platform build with ``do_build=False``. Output, written into a temporary folder
 renamed at the end (a failure leaves nothing)::
 
     <out>/<network>-<board>x<nodes>/node<k>/
-        fpdeep_node.v     the node (ObservedNode(NodeTop)) as Verilog
+        fpdeep_node.v     the node (LinkedNode(NodeTop): node + link framers) as Verilog
         top.v             the board top (BoardTop), instantiating fpdeep_node and the black boxes
         top.xdc, top.tcl  the platform's constraints and Vivado project script
         build_top.sh ...  every other file of Amaranth's BuildPlan
@@ -24,8 +24,9 @@ renamed at the end (a failure leaves nothing)::
 
 Bad input -- an unknown board or one without a platform, a node outside the plan, a plan made
 for another board, a node the generator does not support yet (split segment, lent parameters,
-off-chip Act-RAM, engines with ``x > 1``, a node that is not the
-whole network) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on stderr,
+off-chip Act-RAM, engines with ``x > 1``, an empty node, a link stream other than whole-layer
+activations / errors, a node with more neighbours than the platform has chain lanes with
+distinct reference clocks) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on stderr,
 exits with status 2 and writes nothing.
 
 Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``. Benchmark:
@@ -72,6 +73,13 @@ _int_min = _int_at_least
 _positive = _positive_float
 
 
+def _budget(text):
+    v = _positive_float("--dsp-budget")(text)
+    if v > 1:
+        raise FpdeepError("command line", "--dsp-budget", text, "must be a number in (0, 1]")
+    return v
+
+
 def build_parser():
     p = _Parser(prog="python -m fpdeep_hw.build",
                 description="Build one node (or all) of an FPDeep plan: Verilog, constraints and "
@@ -87,6 +95,12 @@ def build_parser():
                    help=f"number of FPGAs (default {DEFAULT_NODES})")
     p.add_argument("--plan", metavar="FILE", help="build from a saved plan (python -m fpdeep_map "
                                                   "plan ... --out FILE)")
+    p.add_argument("--split", choices=("channels", "layers"),
+                   help="when mapping: channels (cut inside layers, FPDeep, the mapper's default) "
+                        "or layers (whole layers per FPGA)")
+    p.add_argument("--dsp-budget", type=_budget, default=None,
+                   help="when mapping: fraction of the board's DSPs the engines may use "
+                        "(the mapper's default if not given)")
     p.add_argument("--batch", type=_int_min("--batch", 1), default=128,
                    help="mini-batch when mapping (default 128)")
     p.add_argument("--lr", type=_positive("--lr"), default=0.125,
@@ -160,9 +174,9 @@ def resolve_plan(args):
                               f"no Amaranth platform for this board; platforms exist for: "
                               f"{', '.join(sorted(PLATFORMS))}")
     if args.plan is not None:
-        for flag in ("net", "nodes"):
+        for flag in ("net", "nodes", "split", "dsp_budget"):
             if getattr(args, flag) is not None:
-                raise FpdeepError("command line", f"--{flag}", getattr(args, flag),
+                raise FpdeepError("command line", f"--{flag.replace('_', '-')}", getattr(args, flag),
                                   "cannot be combined with --plan (the plan fixes it)")
         try:
             text = Path(args.plan).read_text()
@@ -190,8 +204,16 @@ def resolve_plan(args):
     net_name = args.net or DEFAULT_NET
     nodes = args.nodes or DEFAULT_NODES
     net = load_network(net_name)
-    plan = map_network(net, load_board(args.board), nodes, batch=args.batch, max_row_lanes=1)
-    return plan, net, args.board, f"{net.name} on {nodes} x {args.board} (mapped, max_row_lanes=1)"
+    kw = {}
+    if args.split is not None:
+        kw["split"] = args.split
+    if args.dsp_budget is not None:
+        kw["dsp_budget"] = args.dsp_budget
+    plan = map_network(net, load_board(args.board), nodes, batch=args.batch, max_row_lanes=1,
+                       **kw)
+    opts = "".join(f", {k}={v}" for k, v in kw.items())
+    return plan, net, args.board, (f"{net.name} on {nodes} x {args.board} (mapped, "
+                                   f"max_row_lanes=1{opts})")
 
 
 def unsupported(plan, k, network):
@@ -229,23 +251,82 @@ def unsupported(plan, k, network):
                          "lent parameters (bpram)"))
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
-    if plan.nodes > 1:
-        problems.append(("nodes", plan.nodes,
-                         f"the plan has {plan.nodes} nodes: node {k} would need chain links to its "
-                         f"neighbours (SerialLinkPHY + framer on the board), which the board top "
-                         f"does not build yet; only 1-node plans are built", "multi-node"))
-    elif held != names:
+    n = len(plan.node_plans)
+    if not held:
+        problems.append((f"{where}.segments", held, f"node {k} of {n} holds no layer (the plan "
+                         f"leaves it empty); an empty node is not built", "empty node"))
+    elif n == 1 and held != names:
         problems.append((f"{where}.segments", held,
-                         f"node {k} of {plan.nodes} holds only part of the network "
-                         f"({len(names)} compute layers); multi-node links are not built yet",
-                         "multi-node"))
+                         f"node {k} of {n} holds only part of the network "
+                         f"({len(names)} compute layers)", "partial network"))
+    for j in neighbours(plan, k, network):
+        for a, b in ((k, j), (j, k)):
+            idx = next((i for i, e in enumerate(plan.links) if (e.src, e.dst) == (a, b)), None)
+            if idx is None:
+                problems.append(("links", f"{a} -> {b}", f"the plan has no link {a} -> {b} "
+                                 f"between node {k} and its neighbour", f"no link {a} -> {b}"))
+                continue
+            for i, s in enumerate(plan.links[idx].streams):
+                if not _stream_built(plan, a, b, s):
+                    problems.append((f"links[{idx}].streams[{i}].path", s.path,
+                                     f"stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
+                                     f"built (chain links carry the activations and errors of "
+                                     f"whole layers; partial sums, partial errors and lent "
+                                     f"parameters / gradients are not built yet)",
+                                     f"link stream {s.path} {a}->{b}"))
     return problems
 
 
-def check_node(plan, k, network, label):
+def _stream_built(plan, a, b, s):
+    """Whether plan stream ``s`` of link ``a -> b`` is one the board top builds (as
+    :func:`fpdeep_hw.link.streams.stream_port` binds it)."""
+    segs = plan.node_plans[b].segments
+    if s.path == "activations" and b == a + 1:
+        return bool(segs) and segs[0].layer == s.layer
+    if s.path == "errors" and b == a - 1:
+        return bool(segs) and segs[-1].layer == s.layer and b < len(plan.node_plans) - 1
+    return False
+
+
+def neighbours(plan, k, network):
+    """The nodes node ``k`` exchanges data with: ``k - 1`` unless it holds the first compute
+    layer, ``k + 1`` unless it holds the last (as ``NodeTop.first`` / ``NodeTop.last``; nodes the
+    plan leaves empty at the end of the chain are no neighbours)."""
+    names = [l.name for l in network.compute_layers()]
+    segs = plan.node_plans[k].segments
+    if not segs:
+        return []
+    out = []
+    if k > 0 and segs[0].layer != names[0]:
+        out.append(k - 1)
+    if k < len(plan.node_plans) - 1 and (segs[-1].layer != names[-1] or segs[-1].split != "whole"):
+        out.append(k + 1)
+    return out
+
+
+def lane_problems(plan, k, board, network):
+    """The chain lanes of node ``k``'s neighbours on ``board``'s platform (``[]`` if they fit)."""
+    from boards.platforms import platform_for
+
+    from .board_top import chain_lanes_for
+    sides = ["prev" if j < k else "next" for j in neighbours(plan, k, network)]
+    try:
+        chain_lanes_for(platform_for(board)(), sides)
+    except ValueError as e:
+        extra = (" (VC709: add the FMC HPC lanes, whose reference clock is another, with "
+                 "VC709Platform.add_fmc_hpc_lanes once their pins are known: docs/platforms.md)"
+                 if board == "vc709" else "")
+        return [("board", board, f"node {k} has {len(sides)} chain neighbours: {e}{extra}",
+                 "chain lanes")]
+    return []
+
+
+def check_node(plan, k, network, label, board=None):
     if not 0 <= k < len(plan.node_plans):
         raise FpdeepError(label, "--node", k, f"outside the plan: nodes 0..{len(plan.node_plans) - 1}")
     problems = unsupported(plan, k, network)
+    if board is not None:
+        problems += lane_problems(plan, k, board, network)
     if problems:
         field, value, problem, _ = problems[0]
         more = f"; also: {', '.join(p[3] for p in problems[1:])}" if len(problems) > 1 else ""
@@ -329,12 +410,12 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     from boards.platforms import platform_for
     from sim.golden.train import init_weights
 
-    from .board_top import BoardTop, ObservedNode
+    from .board_top import BoardTop, LinkedNode
     from .node.top import NodeTop
 
     progress = progress or Progress(quiet=True)
     t0 = time.monotonic()
-    check_node(plan, k, network, label)
+    check_node(plan, k, network, label, board)
     with progress.stage("generate NodeTop"):
         try:
             top = NodeTop(plan, k, network, lr=lr,
@@ -342,7 +423,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
-        node_v, fixups = fix_constant_always(verilog.convert(ObservedNode(top), name=NODE_MODULE,
+        node_v, fixups = fix_constant_always(verilog.convert(LinkedNode(top), name=NODE_MODULE,
                                                             emit_src=False))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
@@ -432,7 +513,7 @@ def main(argv=None):
     if out.exists() and not out.is_dir():
         raise FpdeepError("command line", "--out", args.out, "exists and is not a folder")
     if not args.all:
-        check_node(plan, args.node, network, label)
+        check_node(plan, args.node, network, label, board)
         progress.prefix = f"node {args.node}: "
         folder, report = build_node(plan, args.node, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
@@ -441,7 +522,7 @@ def main(argv=None):
         return 0
     # --all: check every node first, then build in worker processes
     for k in range(len(plan.node_plans)):
-        check_node(plan, k, network, label)
+        check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
              args.synth, label) for k in range(len(plan.node_plans))]

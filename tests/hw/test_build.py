@@ -11,6 +11,7 @@ loss, BP and the weight update); bad input gives the one-line error, exit 2 and 
 
 import json
 import random
+from fractions import Fraction
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from amaranth.hdl import Elaboratable
 
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -227,14 +229,14 @@ def icarus_trace(verilog_file, rec, outputs, iw, lw, workdir):
 def _compare(build, n_images, tmp_path):
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog is not installed")
-    from fpdeep_hw.board_top import ObservedNode
+    from fpdeep_hw.board_top import LinkedNode
     from fpdeep_hw.node.top import NodeTop
     from sim.golden.train import init_weights
     plan = Plan.from_yaml(build["plan_file"].read_text())
     net = load_network("tiny")
     # the build's defaults: lr 0.125, seed 0
     node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics))
-    top = ObservedNode(node)
+    top = LinkedNode(node)
     pixels, labels = _stimulus(top, net, plan.numerics, n_images, seed=3)
     outputs = _outputs(top)
     names = [n for n, _ in outputs]
@@ -288,13 +290,23 @@ def _assert_refused(proc, out, *fragments):
 @pytest.mark.parametrize("args, fragments", [
     (["--board", "vc709", "--node", "4"],
      ["node_plans[4].segments[0].split: 'icp'", "conv2_2", "split segments are not built yet",
-      "off-chip Act-RAM", "lent parameters", "multi-node"]),
+      "off-chip Act-RAM", "lent parameters", "link stream partial_sums", "chain lanes"]),
     (["--board", "vc709", "--node", "15"], ["--node: 15: outside the plan: nodes 0..14"]),
     (["--board", "vc707", "--node", "0"], ["'vc707'", "unknown board"]),
     (["--board", "sim-node", "--net", "tiny", "--nodes", "1", "--node", "0"],
      ["--board: 'sim-node': no Amaranth platform"]),
-    (["--board", "vc709", "--net", "tiny", "--nodes", "2", "--node", "0"],
-     ["nodes: 2: not supported", "only 1-node plans are built"]),
+    # the full DSP budget puts all of tiny on node 0: node 1 is empty
+    (["--board", "vc709", "--net", "tiny", "--nodes", "2", "--split", "layers", "--node", "1"],
+     ["node_plans[1].segments: []", "holds no layer"]),
+    # a middle node needs two lanes with different reference clocks: VC709 has only the SFP+ ones
+    (["--board", "vc709", "--net", "tiny", "--nodes", "3", "--split", "layers", "--dsp-budget",
+      "0.01", "--node", "1"],
+     ["board: 'vc709': not supported", "node 1 has 2 chain neighbours",
+      "add_fmc_hpc_lanes"]),
+    (["--plan", "x.yaml", "--split", "layers", "--node", "0"],
+     ["--split: 'layers': cannot be combined with --plan"]),
+    (["--board", "vc709", "--dsp-budget", "1.5", "--node", "0"],
+     ["--dsp-budget: '1.5': must be a number in (0, 1]"]),
     (["--board", "vc709"], ["give exactly one of --node K and --all"]),
     (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be an integer >= 0"]),
 ])
@@ -335,17 +347,291 @@ def test_fix_constant_always():
     assert fix_constant_always(fixed) == (fixed, 0)
 
 
-def test_board_top_refuses_neighbours():
+def test_board_top_arguments():
     from types import SimpleNamespace
 
     from fpdeep_hw.board_top import BoardTop
-    net = load_network("tiny")
-    plan = map_network(net, load_board("sim-node"), 2, batch=2, max_row_lanes=1, split="layers")
-    assert [len(n.segments) > 0 for n in plan.node_plans] == [True, True]
-    # BoardTop reads only .plan and .node before refusing (no NodeTop left unelaborated)
-    node = SimpleNamespace(plan=plan, node=0)
-    with pytest.raises(ValueError, match=r"^BoardTop: node 0 of 2 has chain neighbours, but "
-                                         r"the board's chain links \(SerialLinkPHY"):
-        BoardTop(node)
+    node = SimpleNamespace(plan=None, node=0)
     with pytest.raises(ValueError, match=r"^BoardTop host must be 'dma' or 'ports', not 'pcie'$"):
         BoardTop(node, host="pcie")
+    with pytest.raises(ValueError, match=r"^BoardTop links must be 'phy' or 'ports', not 'x'$"):
+        BoardTop(node, links="x")
+
+
+def test_chain_lanes_for():
+    from boards.platforms import platform_for
+    from fpdeep_hw.board_top import chain_lanes_for
+    assert chain_lanes_for(platform_for("vc709")(), ["prev"]) == {
+        "prev": (("sfp", 0), ("sfp_refclk", 0))}
+    assert chain_lanes_for(platform_for("kcu105")(), ["prev", "next"]) == {
+        "prev": (("sfp", 0), ("sfp_refclk", 0)),
+        "next": (("fmc_hpc_dp", 0), ("fmc_hpc_refclk", 0))}
+    assert chain_lanes_for(platform_for("alveo-u280")(), ["prev", "next"]) == {
+        "prev": (("qsfp0", 0), ("qsfp0_refclk", 0)),
+        "next": (("qsfp1", 0), ("qsfp1_refclk", 0))}
+    with pytest.raises(ValueError, match=r"^VC709Platform: no chain lane left for the next "
+                                         r"neighbour: a node with 2 neighbours needs 2 lanes"):
+        chain_lanes_for(platform_for("vc709")(), ["prev", "next"])
+
+
+# ---- a node of a multi-node plan: chain links ---------------------------------------------------
+
+def two_node_plan(batch=1):
+    # tiny on 2 VC709 with whole layers per node: node 0 conv1 conv2, node 1 conv3 fc4
+    return map_network(load_network("tiny"), load_board("vc709"), 2, batch=batch,
+                       max_row_lanes=1, split="layers", dsp_budget=0.04)
+
+
+@pytest.fixture(scope="module")
+def built2(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build2")
+    plan = two_node_plan()
+    plan_file = tmp / "plan.yaml"
+    plan_file.write_text(plan.to_yaml())
+    out = tmp / "out"
+    proc = _cli("--plan", str(plan_file), "--all", "--jobs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return {"plan": plan, "plan_file": plan_file, "out": out, "proc": proc,
+            "folders": [out / "tiny-vc709x2" / f"node{k}" for k in range(2)]}
+
+
+def test_multi_node_files(built2):
+    plan = built2["plan"]
+    assert [[s.layer for s in n.segments] for n in plan.node_plans] == [["conv1", "conv2"],
+                                                                        ["conv3", "fc4"]]
+    for k, folder in enumerate(built2["folders"]):
+        report = json.loads((folder / "report.json").read_text())
+        assert report["layers"] == [s.layer for s in plan.node_plans[k].segments]
+        node = yaml.safe_load((folder / "node.yaml").read_text())
+        assert [(l["src"], l["dst"]) for l in node["links"]] == [(0, 1), (1, 0)]
+        top_v = (folder / "top.v").read_text()
+        # one Aurora black box on the first SFP+ cage, the framers' words through async FIFOs
+        assert top_v.count("aurora_64b66b_0 ") == 1 and "fpdeep_host_dma " in top_v
+        side = "next" if k == 0 else "prev"
+        assert f".{side}_tx__payload(" in top_v and f".{side}_rx__valid(" in top_v
+        xdc = (folder / "top.xdc").read_text()
+        assert all(pin in xdc for pin in ("AN2", "AN1", "AM8", "AM7", "AH8", "AH7"))
+        node_v = (folder / "fpdeep_node.v").read_text()
+        head = node_v[node_v.index("module fpdeep_node("):]
+        head = head[:head.index(");")]
+        assert f"{side}_tx__payload" in head and f"{side}_rx__payload" in head
+        assert ("images__payload" in head) == (k == 0)
+        assert ("labels__payload" in head) == (k == 1) and ("loss_error" in head) == (k == 1)
+        assert "a_out__payload" not in head and "e_in__payload" not in head
+
+
+def test_multi_node_lint(built2, tmp_path):
+    exe = shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator is not installed")
+    for folder in built2["folders"]:
+        cmd = [exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node", str(WAIVERS),
+               str(folder / "fpdeep_node.v")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        report = (proc.stdout + proc.stderr).strip()
+        assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, \
+            report
+
+
+def test_middle_node_kcu105(tmp_path):
+    """A node with both neighbours (tiny on 3 KCU105, node 1: conv2): two PHYs on lanes with
+    different reference clocks (SFP+ 0, FMC HPC DP0), one-word link streams (C = 4); lint."""
+    out = tmp_path / "out"
+    proc = _cli("--board", "kcu105", "--net", "tiny", "--nodes", "3", "--split", "layers",
+                "--dsp-budget", "0.02", "--batch", "2", "--node", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    folder = out / "tiny-kcu105x3" / "node1"
+    assert json.loads((folder / "report.json").read_text())["layers"] == ["conv2"]
+    top_v = (folder / "top.v").read_text()
+    assert top_v.count("aurora_64b66b_0 ") == 2
+    xdc = (folder / "top.xdc").read_text()
+    assert all(f'"{p}' in xdc for p in ("sfp_0__tx__p", "sfp_refclk_0__p", "fmc_hpc_dp_0__tx__p",
+                                         "fmc_hpc_refclk_0__p"))
+    node_v = (folder / "fpdeep_node.v").read_text()
+    head = node_v[node_v.index("module fpdeep_node("):]
+    head = head[:head.index(");")]
+    for port in ("prev_tx__payload", "prev_rx__payload", "next_tx__payload", "next_rx__payload"):
+        assert port in head
+    assert "images__payload" not in head and "labels__payload" not in head
+    exe = shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator is not installed")
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node",
+                           str(WAIVERS), str(folder / "fpdeep_node.v")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    report = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
+
+
+class _Pair(Elaboratable):
+    """Two LinkedNodes of a 2-node plan joined by link models (one per direction)."""
+
+    def __init__(self, plan, network, *, latency=12, words_per_cycle=Fraction(3, 4)):
+        from fpdeep_hw.board_top import LinkedNode
+        from fpdeep_hw.node.top import NodeTop
+        from sim.golden.train import init_weights
+        from sim.link_model import LinkModel
+        from amaranth.hdl import Signal
+        init = init_weights(network, 0, plan.numerics)
+        self.nodes = [LinkedNode(NodeTop(plan, k, network, lr=0.125, init_master=init))
+                      for k in range(2)]
+        self.wires = [LinkModel(latency=latency, words_per_cycle=words_per_cycle)
+                      for _ in range(2)]
+        self.flush = Signal()
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Module
+        from amaranth.lib import wiring
+        m = Module()
+        n0, n1 = self.nodes
+        w01, w10 = self.wires
+        m.submodules.n0, m.submodules.n1 = n0, n1
+        m.submodules.w01, m.submodules.w10 = w01, w10
+        wiring.connect(m, n0.next_tx, w01.i)
+        wiring.connect(m, w01.o, n1.prev_rx)
+        wiring.connect(m, n1.prev_tx, w10.i)
+        wiring.connect(m, w10.o, n0.next_rx)
+        # node 1's flush: once as many images entered it as entered node 0 (the host's rule)
+        m.d.comb += [n0.flush.eq(self.flush),
+                     n1.flush.eq(self.flush & (n1.images_in == n0.images_in))]
+        return m
+
+
+def pair_trace(pair, pixels, labels, *, p_gap, seed, tail):
+    """Per node, per cycle: every input port's value and every output port's value."""
+    from amaranth.hdl import Value
+    from amaranth.sim import Simulator
+
+    from fpdeep_hw.board_top import node_instance_ports
+    rng = random.Random(seed)
+    n0, n1 = pair.nodes
+    ports = [[(name, d, Value.cast(v)) for name, (d, v) in node_instance_ports(n).items()]
+             for n in pair.nodes]
+    recs = [[], []]
+    batches = len(labels) // n1.node_top.batch
+
+    async def bench(ctx):
+        pi = li = 0
+        done_at = None
+        cycle = 0
+        while done_at is None or cycle < done_at + tail:
+            iv = int(pi < len(pixels) and rng.random() >= p_gap)
+            lv = int(li < len(labels) and rng.random() >= p_gap)
+            ctx.set(n0.images.valid, iv)
+            ctx.set(n0.images.payload, pixels[min(pi, len(pixels) - 1)])
+            ctx.set(n1.labels.valid, lv)
+            ctx.set(n1.labels.payload, labels[min(li, len(labels) - 1)])
+            ctx.set(pair.flush, int(pi >= len(pixels)))
+            for k in range(2):
+                ins = tuple(ctx.get(v) & ((1 << len(v)) - 1) for _, d, v in ports[k] if d == "i")
+                outs = tuple(ctx.get(v) & ((1 << len(v)) - 1) for _, d, v in ports[k] if d == "o")
+                recs[k].append((ins, outs))
+            if iv and ctx.get(n0.images.ready):
+                pi += 1
+            if lv and ctx.get(n1.labels.ready):
+                li += 1
+            if done_at is None and min(ctx.get(n.updates) for n in pair.nodes) >= batches:
+                done_at = cycle
+            await ctx.tick()
+            cycle += 1
+            assert cycle < 60_000, "the nodes did not finish their updates"
+
+    sim = Simulator(pair)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return ports, recs
+
+
+GENERIC_TB = """
+`timescale 1ns/1ps
+module tb;
+  reg clk = 0, rst = 0;
+{REGS}
+{WIRES}
+  reg [{SW}-1:0] stim [0:{N}-1];
+  integer n, f;
+  fpdeep_node dut(.clk(clk), .rst(rst),
+{CONNS});
+  always #5 clk = ~clk;
+  initial begin
+    $readmemh("stim.hex", stim);
+    f = $fopen("out.txt", "w");
+    #1;
+    for (n = 0; n < {N}; n = n + 1) begin
+      {{{INS}}} = stim[n];
+      #1;
+      $fwrite(f, "{FMT}\\n", {OUTS});
+      @(posedge clk);
+      #1;
+    end
+    $fclose(f);
+    $finish;
+  end
+endmodule
+"""
+
+
+def icarus_replay(verilog_file, ports, rec, workdir):
+    """Replay the recorded inputs into the Verilog of the node; its outputs per cycle."""
+    ins = [(n, len(v)) for n, d, v in ports if d == "i" and n not in ("clk", "rst")]
+    outs = [(n, len(v)) for n, d, v in ports if d == "o"]
+    sw = sum(w for _, w in ins)
+    lines = []
+    for iv, _ in rec:
+        word = 0
+        for (_, w), v in zip(ins, iv):
+            word = (word << w) | v
+        lines.append(f"{word:x}")
+    (workdir / "stim.hex").write_text("\n".join(lines) + "\n")
+    tb = GENERIC_TB.format(
+        REGS="\n".join(f"  reg [{w - 1}:0] i_{n} = 0;" for n, w in ins),
+        WIRES="\n".join(f"  wire [{w - 1}:0] o_{n};" for n, w in outs),
+        SW=sw, N=len(rec),
+        CONNS=",\n".join([f"    .{n}(i_{n})" for n, _ in ins] + [f"    .{n}(o_{n})" for n, _ in outs]),
+        INS=", ".join(f"i_{n}" for n, _ in ins),
+        FMT=" ".join("%0d" for _ in outs), OUTS=", ".join(f"o_{n}" for n, _ in outs))
+    (workdir / "tb.v").write_text(tb)
+    comp = subprocess.run(["iverilog", "-g2005", "-o", "tb.vvp", "-s", "tb", "tb.v",
+                           str(verilog_file)], cwd=workdir, capture_output=True, text=True,
+                          timeout=600)
+    assert comp.returncode == 0, comp.stdout + comp.stderr
+    assert "found no sensitivities" not in comp.stdout + comp.stderr, comp.stdout + comp.stderr
+    run = subprocess.run(["vvp", "-n", "tb.vvp"], cwd=workdir, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [tuple(int(v) for v in line.split())
+            for line in (workdir / "out.txt").read_text().splitlines()]
+
+
+def test_multi_node_icarus_matches_amaranth(built2, tmp_path):
+    """Both nodes of tiny on 2 VC709, joined by link models in the Amaranth simulation (1 image,
+    batch 1: FP across the link, loss, BP with the errors back across it, both updates); each
+    node's Verilog replays its recorded inputs and gives the same outputs at every cycle."""
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        pytest.skip("Icarus Verilog is not installed")
+    plan = Plan.from_yaml(built2["plan_file"].read_text())
+    net = load_network("tiny")
+    pair = _Pair(plan, net)
+    pixels, labels = _stimulus(None, net, plan.numerics, 1, seed=3)
+    ports, recs = pair_trace(pair, pixels, labels, p_gap=0.2, seed=5, tail=40)
+    for k in range(2):
+        names = [n for n, d, _ in ports[k] if d == "o"]
+        outs = [o for _, o in recs[k]]
+        side = "next" if k == 0 else "prev"
+        # frames crossed the link both ways, none dropped, and the node finished its update
+        assert outs[-1][names.index(f"{side}_frames")] > 0
+        assert outs[-1][names.index(f"{side}_crc_errors")] == 0
+        assert outs[-1][names.index(f"{side}_seq_errors")] == 0
+        assert outs[-1][names.index("updates")] == 1 and outs[0][names.index("updates")] == 0
+        if k == 1:
+            lv, le = names.index("loss_valid"), names.index("loss_error")
+            assert sum(o[lv] for o in outs) == 1 and any(o[le] for o in outs if o[lv])
+        work = tmp_path / f"node{k}"
+        work.mkdir()
+        got = icarus_replay(built2["folders"][k] / "fpdeep_node.v", ports[k], recs[k], work)
+        assert len(got) == len(outs)
+        first = next((n for n, (a, b) in enumerate(zip(outs, got)) if a != b), None)
+        assert first is None, (f"node {k}, cycle {first} of {len(outs)}: "
+                               f"Amaranth {dict(zip(names, outs[first]))}, "
+                               f"Icarus {dict(zip(names, got[first]))}")
