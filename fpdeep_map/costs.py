@@ -58,3 +58,36 @@ LINK_FRAME_OVERHEAD_WORDS = 2
 #: per streamed weight set ((H + 2P) x (W + 2P) cycles), as built today; False models engines
 #: that visit only the Ho x Wo output positions (the architecture's limit, not built yet).
 WS_SCANS_PADDING = True
+
+# --- link transit (fpdeep_hw/link/framer.py, fpdeep_hw/link/model.py) -----------------------------
+#: Cycles of one hop on the wire (an Aurora-class transceiver pair and its cable; the cluster
+#: co-simulation's default ``link_latency``).
+LINK_HOP_LATENCY_CYCLES = 54
+#: Framer cycles on top of the wire: ``LinkTx`` 2 (header after the first word) and ``LinkRx`` 2
+#: (payload visible 2 cycles after the trailer), plus the transfer into and out of the link model.
+LINK_FRAMER_LATENCY_CYCLES = 6
+#: Bits of one link word.
+LINK_WORD_BITS = 64
+
+# --- timing of the node blocks, as built (docs/hw-node.md) ----------------------------------------
+#: Conv FP and EB engines hold the line buffer's window until the replay takes it, so the first
+#: window of every image costs ``2 * Wv + LINE_BUFFER_IMAGE_GAP`` scan cycles (``Wv`` the padded
+#: map's width) that only ``R * G`` cycles of replay hide: ``max(0, 2*Wv + 3 - R*G)`` cycles per
+#: image more than the CE words (measured: tiny conv2 1031 = 1024 + 7, digits conv1 527 = 512 + 15).
+LINE_BUFFER_IMAGE_GAP = 3
+#: From the transfer of an image's last error word into ``PGLayer`` to its ``pg_done`` (``LATENCY``
+#: 6, the per-image accumulator drain of ``N`` sets is counted apart), the LGB's 2 extra drain
+#: cycles, the version gate twice (``update_start``, then ``fp_go`` after ``update_done``) and
+#: ``WeightUpdate.LATENCY`` 3: the fixed part of a mini-batch's update round trip.
+UPDATE_FIXED_CYCLES = 13
+#: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
+#: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
+FC_OUTPUT_CYCLES = 6
+
+
+def loss_latency(kind, classes):
+    """Cycles of the loss unit (``fpdeep_hw/compute/loss.py``, ``LossUnit.latency``) from the
+    last FC's output to the first error word."""
+    if kind == "squared_error":
+        return 1
+    return 1 + classes + (classes + 1) + classes * (16 + 2)

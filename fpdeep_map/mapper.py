@@ -72,7 +72,7 @@ def post_layers(net: Network):
 
 # ---- 3. timing model of the fine-grained pipeline -------------------------------------------------
 
-def residency(net: Network, works, fc_microbatch: int, whole_image=()):
+def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_delay=None):
     """How long (in pipeline periods, i.e. images) each layer's input stays in Act-RAM.
 
     A layer streams one image per period T, row by row. Layer l+1 starts on an image once layer l
@@ -87,6 +87,10 @@ def residency(net: Network, works, fc_microbatch: int, whole_image=()):
     Layers named in ``whole_image`` (those with parameters lent by a neighbour: their engines
     work weight-stationary, sweeping the whole map once per streamed weight set) need their whole
     input before FP and their whole output error before EB: ``f = g = 1``.
+
+    ``link_delay``: ``(fwd, bwd)``, two lists of periods per layer added to ``f`` and ``g``: the
+    link transit of data that cross FPGAs on the way (:meth:`_Context.link_transit`). Without it
+    (one FPGA) nothing is added.
     """
     post = post_layers(net)
     layers = {l.name: l for l in net.compute_layers()}
@@ -107,6 +111,10 @@ def residency(net: Network, works, fc_microbatch: int, whole_image=()):
                 rows += (p.kernel - 1) * w.stride
         f.append(min(1.0, rows / w.in_hw[0]))
         g.append(min(1.0, w.k / w.out_hw[0]))
+    if link_delay is not None:
+        fwd, bwd = link_delay
+        f = [a + b for a, b in zip(f, fwd)]
+        g = [a + b for a, b in zip(g, bwd)]
     res = []
     for i in range(len(works)):
         res.append(sum(f[i:]) + sum(g[i + 1:]))
@@ -203,19 +211,32 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     ctx.ws_scans_padding = ws_scans_padding
     ctx.choose_fc_microbatch(compute_ips, fc_microbatch)
     usable = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
-    while True:
-        ctx.size_memories()
-        ctx.balance_parameters()
-        ctx.resize_act_ram_for_lending()
-        ctx.place_act_ram()
-        # a larger FC micro-batch when a node's off-chip traffic (FC weights, spilled Act-RAM
-        # and gradient accumulators, master weights) would hold back the compute-bound rate
-        if fc_microbatch is not None or ctx.fc_microbatch >= batch:
-            break
-        if all(bits * compute_ips <= usable for bits in ctx.offchip_bits):
-            break
-        ctx.fc_microbatch = min(batch, ctx.fc_microbatch * 2)
-    ctx.traffic()
+
+    def storage():
+        while True:
+            ctx.size_memories()
+            ctx.balance_parameters()
+            ctx.resize_act_ram_for_lending()
+            ctx.place_act_ram()
+            # a larger FC micro-batch when a node's off-chip traffic (FC weights, spilled
+            # Act-RAM and gradient accumulators, master weights) would hold back the
+            # compute-bound rate
+            if fc_microbatch is not None or ctx.fc_microbatch >= batch:
+                break
+            if all(bits * compute_ips <= usable for bits in ctx.offchip_bits):
+                break
+            ctx.fc_microbatch = min(batch, ctx.fc_microbatch * 2)
+        ctx.traffic()
+
+    storage()
+    if nodes > 1:
+        # data crossing FPGAs spend a link transit on the way: the Act-RAMs (and so the lags)
+        # of the layers whose round trip crosses a link must hold the images in flight meanwhile
+        # (residency); sized at the period of the first pass (links and memory included)
+        t0 = ctx.bound_period(max(period, ctx.weight_stationary_cycles()))
+        ctx.link_delay = ctx.link_transit(t0)
+        if any(ctx.link_delay[0]) or any(ctx.link_delay[1]):
+            storage()
     return ctx.finish(max(period, ctx.weight_stationary_cycles()))
 
 
@@ -235,6 +256,7 @@ class _Context:
         self.offchip_bits = [0.0] * nodes   # per image
         self.offchip_bytes = [0.0] * nodes  # capacity used
         self.post = post_layers(net)
+        self.link_delay = None              # (fwd, bwd) periods per layer, see link_transit
 
     # -- FC micro-batch --------------------------------------------------------------------------
     def _fc_bits_per_image(self, weights, b):
@@ -268,7 +290,8 @@ class _Context:
         self.lends = []
         self.offchip_bits = [0.0] * self.nodes
         self.offchip_bytes = [0.0] * self.nodes
-        self.res = residency(self.net, self.works, self.fc_microbatch)
+        self.res = residency(self.net, self.works, self.fc_microbatch,
+                             link_delay=self.link_delay)
         for k, segs in enumerate(self.by_node):
             for seg in segs:
                 w = seg.work
@@ -437,7 +460,8 @@ class _Context:
         borrowed = {l.layer for l in self.lends}
         if not borrowed:
             return
-        self.res = residency(self.net, self.works, self.fc_microbatch, whole_image=borrowed)
+        self.res = residency(self.net, self.works, self.fc_microbatch, whole_image=borrowed,
+                             link_delay=self.link_delay)
         for segs in self.segplans:
             for seg in segs:
                 w = self.works[seg.index]
@@ -602,11 +626,11 @@ class _Context:
                 out.append((s.completes[0] * per_ch, s.completes[1] * per_ch, k))
         return sorted(out)
 
-    # -- results ---------------------------------------------------------------------------------
-    def finish(self, period):
-        board, num = self.board, self.num
-        clock_hz = board.clock_mhz * 1e6
-        compute_ips = clock_hz / period
+    # -- link transit ----------------------------------------------------------------------------
+    def _rates(self):
+        """Payload and wire bits per image of every link direction, and the images per second
+        the links and the off-chip memories allow."""
+        board = self.board
         cap = self.link_capacity_gbps()
         link_bits = {key: sum(words * width for (_, _, width), words in d.items())
                      for key, d in self.flows.items()}
@@ -617,10 +641,138 @@ class _Context:
         link_ips = min((cap * 1e9 / bits for bits in wire_bits.values() if bits), default=math.inf)
         usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
         mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
-        ips = min(compute_ips, link_ips, mem_ips)
-        if ips == compute_ips:
+        return cap, link_bits, wire_bits, link_ips, mem_ips
+
+    def bound_period(self, period):
+        """Cycles per image: the engines' ``period`` or what the links or memories allow."""
+        _, _, _, link_ips, mem_ips = self._rates()
+        clock_hz = self.board.clock_mhz * 1e6
+        return max(period, clock_hz / link_ips, clock_hz / mem_ips)
+
+    def hop_transit_cycles(self):
+        """Cycles from a word entering a link's transmitter to its delivery at the next FPGA,
+        when the producer runs ahead of the link (full frames): one frame of
+        ``LINK_FRAME_PAYLOAD_WORDS + LINK_FRAME_OVERHEAD_WORDS`` words serialised at the link
+        rate (the receiver delivers a frame's words only after its CRC trailer), the framers'
+        latency and the hop's latency."""
+        words_per_cycle = min(1.0, self.link_capacity_gbps() * 1e9
+                              / (self.board.clock_mhz * 1e6 * costs.LINK_WORD_BITS))
+        frame = costs.LINK_FRAME_PAYLOAD_WORDS + costs.LINK_FRAME_OVERHEAD_WORDS
+        return (frame / words_per_cycle + costs.LINK_FRAMER_LATENCY_CYCLES
+                + costs.LINK_HOP_LATENCY_CYCLES)
+
+    def link_transit(self, period):
+        """Link transit per layer in pipeline periods, ``(fwd, bwd)`` for :func:`residency`.
+
+        Forward, layer ``i``'s output reaches layer ``i+1`` after as many hops as lie between
+        the node finishing layer ``i`` and the first node of layer ``i+1``, plus the hops along
+        layer ``i``'s own span (partial sums, or its input passed on to every node of an OCP
+        span); backward the errors take the same hops (``g`` of layer ``i+1`` and of ``i``)."""
+        nodes_of = {w.index: [] for w in self.works}
+        for k, segs in enumerate(self.segplans):
+            for seg in segs:
+                nodes_of[seg.index].append(k)
+        hop = self.hop_transit_cycles() / period
+        n = len(self.works)
+        fwd, bwd = [0.0] * n, [0.0] * n
+        for i in range(n):
+            ks = sorted(nodes_of[i])
+            span = self._distance(ks[0], ks[-1])
+            fwd[i] += span * hop
+            bwd[i] += span * hop
+            if i + 1 < n:
+                between = self._distance(ks[-1], min(nodes_of[i + 1]))
+                fwd[i] += between * hop
+                bwd[i + 1] += between * hop
+        return fwd, bwd
+
+    # -- timing as built -------------------------------------------------------------------------
+    def _passes(self, seg, e):
+        """Replay cycles per output position (``R * G``) of an engine."""
+        w = self.works[seg.index]
+        ho, wo = w.out_hw
+        return e.cycles_per_image / (-(-ho // e.x) * wo)
+
+    def timing(self, period):
+        """Cycles per image of the engines as built: the CE words (``period``) plus, for conv FP
+        and EB engines, the line buffer's start-up at every image, ``max(0, 2*Wv +
+        LINE_BUFFER_IMAGE_GAP - R*G)`` (``costs.py``; ``Wv`` the padded map's width: FP's input
+        plus its padding, EB's output error plus ``K - 1 - P``, zeros inserted for a stride).
+        PG (its window FIFO hides the gap), FC engines and weight-stationary engines of lent
+        layers (their sweeps are in ``period`` already) add nothing."""
+        borrowed = {(l.borrower, l.layer) for l in self.lends}
+        slowest = period
+        for k, segs in enumerate(self.segplans):
+            for seg in segs:
+                if seg.kind != "conv" or (k, seg.layer) in borrowed:
+                    continue
+                w = self.works[seg.index]
+                pad = self.net.layer(w.name).padding
+                for phase, e in seg.engines.items():
+                    if phase == "pg":
+                        continue
+                    if phase == "fp":
+                        wv = w.in_hw[1] + 2 * pad
+                    else:
+                        wv = (w.out_hw[1] - 1) * w.stride + 1 + 2 * (w.k - 1 - pad)
+                    gap = max(0.0, 2 * wv + costs.LINE_BUFFER_IMAGE_GAP - self._passes(seg, e))
+                    slowest = max(slowest, e.cycles_per_image + gap)
+        return {"engine_cycles": slowest}
+
+    def boundary_cycles(self, period):
+        """Cycles a mini-batch boundary adds to the ``B`` periods of its images.
+
+        The last layer ``L`` (the FC before the loss) holds FP of image ``(M+1)B + D_L`` until
+        its update ``M`` is written (the version gate), and that update follows the batch's last
+        image ``j = (M+1)B - 1`` all the way: from ``j``'s loss error, PG of the image
+        (``N_pg`` cycles: the error is one word, the activations wait in the Act-RAM), the
+        per-image accumulators drained into the LGB, the LGB drained through the master update
+        (pass 1) and the working weights written (pass 2), ``N`` sets at one per cycle each,
+        plus the fixed latencies: ``A = N_pg + 3 N + UPDATE_FIXED_CYCLES`` after ``j``'s loss
+        error. The held image waits whole in the FIFO before ``L`` and the layer below holds one
+        output row (``1/H`` of an image) of the next, so the pipeline restarts
+        ``A + F - (D_L + 1 + 1/H) T`` later than it would have: ``F`` from an FC's last input
+        pixel to the loss error (its ``R*H*W*G`` replay cycles, ``FC_OUTPUT_CYCLES``, the loss
+        unit). Every later image is that much later; the other layers' updates (``3 N_l``
+        cycles, ``N_l`` small) complete inside their lags. Derivation and measurements:
+        ``docs/mapping.md`` section 6."""
+        works = self.works
+        last = works[-1]
+        segs = [s for ss in self.segplans for s in ss if s.index == last.index]
+        if not segs:
+            return 0.0
+        sets = max(s.engines["fp"].cycles_per_image if s.kind == "fc"
+                   else self._passes(s, s.engines["fp"]) for s in segs)
+        n_pg = max(s.engines["pg"].cycles_per_image for s in segs)
+        fill = max(s.engines["fp"].cycles_per_image for s in segs) if last.kind == "fc" else 0
+        lag = min(math.floor(s.act_ram_images) for s in segs)
+        loss = next((l for l in self.net.layers if l.kind == "loss"), None)
+        lam = costs.loss_latency(loss.loss, loss.in_shape[0]) if loss is not None else 0
+        rows = 1
+        for l in self.net.layers[:self.net.index(last.name)]:
+            if len(l.out_shape) == 3 and l.out_shape[1] > 1:
+                rows = l.out_shape[1]
+        a = n_pg + 3 * sets + costs.UPDATE_FIXED_CYCLES
+        f = fill + costs.FC_OUTPUT_CYCLES + lam
+        return max(0.0, a + f - (lag + 1 + 1 / rows) * period)
+
+    # -- results ---------------------------------------------------------------------------------
+    def finish(self, period):
+        board, num = self.board, self.num
+        clock_hz = board.clock_mhz * 1e6
+        compute_ips = clock_hz / period
+        cap, link_bits, wire_bits, link_ips, mem_ips = self._rates()
+        # the period of the engines as built (line-buffer start-up of every image), the
+        # steady-state period within a mini-batch and the update round trip at its end
+        timing = self.timing(period)
+        steady = max(timing["engine_cycles"], clock_hz / link_ips, clock_hz / mem_ips)
+        boundary = self.boundary_cycles(steady)
+        with_updates = steady + boundary / self.batch
+        ips = clock_hz / with_updates
+        steady_ips = clock_hz / steady
+        if steady == timing["engine_cycles"]:
             bottleneck = "compute"
-        elif ips == link_ips:
+        elif steady == clock_hz / link_ips:
             bottleneck = "link"
         else:
             bottleneck = "memory"
@@ -633,7 +785,7 @@ class _Context:
             bits = link_bits[(a, b)]
             links.append(LinkPlan(src=a, dst=b, streams=streams, bits_per_image=float(bits),
                                   wire_bits_per_image=float(wire_bits[(a, b)]),
-                                  gbps=round(wire_bits[(a, b)] * ips / 1e9, 4)))
+                                  gbps=round(wire_bits[(a, b)] * steady_ips / 1e9, 4)))
         node_plans = []
         dsp_total = 0
         for k in range(self.nodes):
@@ -651,7 +803,7 @@ class _Context:
                                       for e in s.engines.values()), default=0),
                 macs_per_image=macs, gops=round(2 * macs * ips / 1e9, 3),
                 link_gbps_in=round(gin, 4), link_gbps_out=round(gout, 4),
-                offchip_gbps=round(self.offchip_bits[k] * ips / 1e9, 4),
+                offchip_gbps=round(self.offchip_bits[k] * steady_ips / 1e9, 4),
                 offchip_mbytes=round(self.offchip_bytes[k] / 1e6, 3),
                 bpram=[l for l in self.lends if l.lender == k]))
             self._check_logic(k, lut, ff)
@@ -659,10 +811,15 @@ class _Context:
         gops_fpga = 2 * total_macs * ips / self.nodes / 1e9
         summary = {
             "images_per_second": round(ips, 4),
+            "steady_images_per_second": round(steady_ips, 4),
             "compute_images_per_second": round(compute_ips, 4),
             "link_images_per_second": round(link_ips, 4) if link_ips != math.inf else None,
             "memory_images_per_second": round(mem_ips, 4) if mem_ips != math.inf else None,
             "cycles_per_image": int(period),
+            "engine_cycles_per_image": round(timing["engine_cycles"], 2),
+            "cycles_per_image_steady": round(steady, 2),
+            "boundary_cycles_per_batch": round(boundary, 2),
+            "cycles_per_image_with_updates": round(with_updates, 2),
             "throughput_gops_per_fpga": round(gops_fpga, 3),
             "epoch_hours": round(IMAGENET_TRAIN_IMAGES / ips / 3600, 4),
             "dsp_utilization": round(dsp_total / (self.nodes * board.dsp), 4),

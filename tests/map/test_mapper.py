@@ -241,3 +241,100 @@ def test_layer_granular_plans(name, nodes):
     cut = map_network(net, board, nodes)
     assert whole.summary["compute_images_per_second"] <= cut.summary["compute_images_per_second"]
     check_invariants(net, board, whole)
+
+
+# ---- timing model: steady state, mini-batch boundary, link transit (docs/mapping.md 4, 6) -----
+
+def _sim_plan(net, nodes=1, batch=4, **kw):
+    board = load_board("sim-node")
+    if "link_gbps" in kw:
+        board = board.with_overrides(link_gbps=kw.pop("link_gbps"))
+    return map_network(load_network(net), board, nodes, batch=batch, max_row_lanes=1, **kw)
+
+
+def test_steady_period_counts_the_line_buffer_start_up():
+    """Conv FP/EB engines lose max(0, 2*Wv + 3 - R*G) cycles per image: tiny conv2 (Wv = 10,
+    R*G = 16) 7 cycles, measured 1031 per image on one sim-node; 2-node conv2 (R*G = 8) 15."""
+    s = _sim_plan("tiny").summary
+    assert s["cycles_per_image"] == 1024
+    assert s["engine_cycles_per_image"] == s["cycles_per_image_steady"] == 1031
+    s = _sim_plan("tiny", nodes=2, split="layers").summary
+    assert s["cycles_per_image"] == 512 and s["cycles_per_image_steady"] == 527
+    s = _sim_plan("digits").summary           # conv2: R*G = 8 * 4, no loss; conv1 527 < 2048
+    assert s["cycles_per_image_steady"] == 2048
+
+
+@pytest.mark.parametrize("net,batch,n_fc,n_pg,lam,lag,rows,period", [
+    ("tiny", 4, 640, 640, 202, 1, 4, 1031),
+    ("digits", 4, 1280, 1280, 202, 1, 4, 2048),
+    ("tiny", 128, 640, 640, 202, 1, 4, 1031),
+])
+def test_boundary_cost_formula(net, batch, n_fc, n_pg, lam, lag, rows, period):
+    """boundary = A + F - (D_L + 1 + 1/H) T with A = N_pg + 3 N + 13 (measured 2573 / 5133
+    from the last image's loss error to the FC's update), F = N_fp + 6 + loss latency."""
+    plan = _sim_plan(net, batch=batch)
+    s = plan.summary
+    a = n_pg + 3 * n_fc + 13
+    f = n_fc + 6 + lam
+    boundary = a + f - (lag + 1 + 1 / rows) * period
+    assert s["boundary_cycles_per_batch"] == pytest.approx(boundary, abs=0.01)
+    assert s["cycles_per_image_with_updates"] == pytest.approx(period + boundary / batch,
+                                                               abs=0.01)
+    assert s["images_per_second"] == pytest.approx(
+        plan.clock_mhz * 1e6 / s["cycles_per_image_with_updates"], rel=1e-5)
+    assert s["steady_images_per_second"] == pytest.approx(
+        plan.clock_mhz * 1e6 / s["cycles_per_image_steady"], rel=1e-5)
+    assert s["epoch_hours"] == pytest.approx(1_281_167 / s["images_per_second"] / 3600,
+                                             abs=1e-4)
+
+
+def test_boundary_cost_against_the_co_simulation():
+    """Measured with ``python -m sim.train`` (12 images, B = 4, seeds 0 / 1): loss-output spacing
+    over the first mini-batch and over whole mini-batches (docs/mapping.md section 6)."""
+    for net, steady, whole in (("tiny", 1031.0, 1303.25), ("digits", 2048.0, 2554.0)):
+        s = _sim_plan(net).summary
+        assert s["cycles_per_image_steady"] == pytest.approx(steady, rel=0.02)
+        assert s["cycles_per_image_with_updates"] == pytest.approx(whole, rel=0.02)
+
+
+def test_residency_includes_link_transit():
+    """Two sim-nodes with whole layers: conv1 and conv2 (node 0) wait for errors that cross the
+    link twice; each hop costs a frame of 34 words at the link rate + 6 + 54 cycles."""
+    one = {s.layer: s for n in _sim_plan("tiny").node_plans for s in n.segments}
+    fast = {s.layer: s for n in _sim_plan("tiny", nodes=2, split="layers").node_plans
+            for s in n.segments}
+    slow = {s.layer: s for n in _sim_plan("tiny", nodes=2, split="layers",
+                                          link_gbps=0.2).node_plans for s in n.segments}
+    hop_fast = (34 + 60) / 512
+    hop_slow = (34 * 32 + 60) / 1088
+    for layer in ("conv1", "conv2"):
+        assert fast[layer].act_ram_images == pytest.approx(
+            one[layer].act_ram_images + 2 * hop_fast, abs=1e-3)
+        assert slow[layer].act_ram_images == pytest.approx(
+            one[layer].act_ram_images + 2 * hop_slow, abs=1e-3)
+        assert slow[layer].act_ram.words > fast[layer].act_ram.words > one[layer].act_ram.words
+    for layer in ("conv3", "fc4"):               # their round trips stay on node 1
+        assert fast[layer].act_ram_images == slow[layer].act_ram_images == \
+            one[layer].act_ram_images
+    assert [math.floor(slow[l].act_ram_images) for l in ("conv1", "conv2")] == [6, 5]
+    # one FPGA: nothing added
+    works = build_works(load_network("tiny"))
+    assert residency(load_network("tiny"), works, 1) == residency(
+        load_network("tiny"), works, 1, link_delay=([0.0] * 4, [0.0] * 4))
+
+
+def test_link_bound_steady_period():
+    s = _sim_plan("tiny", nodes=2, split="layers", link_gbps=0.2).summary
+    assert s["bottleneck"] == "link"
+    assert s["cycles_per_image_steady"] == pytest.approx(1088, rel=1e-6)   # 34 words x 32
+    assert s["cycles_per_image_with_updates"] >= s["cycles_per_image_steady"]
+
+
+def test_timing_keys_round_trip():
+    plan = _sim_plan("tiny", nodes=2, split="layers")
+    back = Plan.from_yaml(plan.to_yaml())
+    assert back == plan
+    for key in ("cycles_per_image_steady", "boundary_cycles_per_batch",
+                "cycles_per_image_with_updates", "steady_images_per_second",
+                "engine_cycles_per_image"):
+        assert back.summary[key] == plan.summary[key]
