@@ -83,6 +83,9 @@ UPDATE_FIXED_CYCLES = 13
 #: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
 #: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
 FC_OUTPUT_CYCLES = 6
+#: An FC's EB emits its first input pixel's errors this many cycles after one pixel's replay
+#: (``R * G`` cycles): tiny fc4 40 + 7 = 47, digits fc3 80 + 7 = 87 (docs/hw-node.md).
+FC_EB_FIRST_OUTPUT_CYCLES = 7
 
 
 def loss_latency(kind, classes):

@@ -72,7 +72,8 @@ def post_layers(net: Network):
 
 # ---- 3. timing model of the fine-grained pipeline -------------------------------------------------
 
-def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_delay=None):
+def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_delay=None,
+              fc_timing=None):
     """How long (in pipeline periods, i.e. images) each layer's input stays in Act-RAM.
 
     A layer streams one image per period T, row by row. Layer l+1 starts on an image once layer l
@@ -91,14 +92,29 @@ def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_dela
     ``link_delay``: ``(fwd, bwd)``, two lists of periods per layer added to ``f`` and ``g``: the
     link transit of data that cross FPGAs on the way (:meth:`_Context.link_transit`). Without it
     (one FPGA) nothing is added.
+
+    ``fc_timing``: ``{index: (f_extra, g)}`` in periods for FC layers of micro-batch 1, as built
+    (:meth:`_Context.fc_timing`): an FC replays its whole stored input after the last pixel
+    came, and the last one feeds the loss unit, so ``f = 1 + f_extra``; its EB emits the
+    first input pixel's errors after one pixel's replay (``g``, a small fraction), but ``f + g``
+    is kept at least 2 (the whole-image figure, enough where the replay ends within a period:
+    measured on one FPGA), i.e. ``g = max(g, 1 - f_extra)``. Without it: ``f = g =
+    fc_microbatch``.
     """
     post = post_layers(net)
     layers = {l.name: l for l in net.compute_layers()}
     f, g = [], []
     for w in works:
         if w.kind == "fc":
-            f.append(float(fc_microbatch))
-            g.append(float(fc_microbatch))
+            if fc_timing and w.index in fc_timing and fc_microbatch == 1:
+                extra, back = fc_timing[w.index]
+                f.append(1.0 + extra)
+                # never below the whole-image figure f + g = 2 of the layers below: it holds
+                # where the FC's replay ends within a period (measured on one FPGA)
+                g.append(max(back, 1.0 - extra))
+            else:
+                f.append(float(fc_microbatch))
+                g.append(float(fc_microbatch))
             continue
         if w.name in whole_image:
             f.append(1.0)
@@ -229,14 +245,15 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
         ctx.traffic()
 
     storage()
+    # the residency in periods of the pipeline as built, at the period of this first pass
+    # (engines with their line-buffer start-up, links, memory): the FC layers' replay and the
+    # loss unit, and on several FPGAs the link transit of data crossing them; then the storage
+    # again with those Act-RAMs (and so lags)
+    t0 = ctx.bound_period(ctx.timing(max(period, ctx.weight_stationary_cycles()))["engine_cycles"])
+    ctx.fc_times = ctx.fc_timing(t0)
     if nodes > 1:
-        # data crossing FPGAs spend a link transit on the way: the Act-RAMs (and so the lags)
-        # of the layers whose round trip crosses a link must hold the images in flight meanwhile
-        # (residency); sized at the period of the first pass (links and memory included)
-        t0 = ctx.bound_period(max(period, ctx.weight_stationary_cycles()))
         ctx.link_delay = ctx.link_transit(t0)
-        if any(ctx.link_delay[0]) or any(ctx.link_delay[1]):
-            storage()
+    storage()
     return ctx.finish(max(period, ctx.weight_stationary_cycles()))
 
 
@@ -257,6 +274,7 @@ class _Context:
         self.offchip_bytes = [0.0] * nodes  # capacity used
         self.post = post_layers(net)
         self.link_delay = None              # (fwd, bwd) periods per layer, see link_transit
+        self.fc_times = None                # {index: (f_extra, g)} periods, see fc_timing
 
     # -- FC micro-batch --------------------------------------------------------------------------
     def _fc_bits_per_image(self, weights, b):
@@ -291,7 +309,7 @@ class _Context:
         self.offchip_bits = [0.0] * self.nodes
         self.offchip_bytes = [0.0] * self.nodes
         self.res = residency(self.net, self.works, self.fc_microbatch,
-                             link_delay=self.link_delay)
+                             link_delay=self.link_delay, fc_timing=self.fc_times)
         for k, segs in enumerate(self.by_node):
             for seg in segs:
                 w = seg.work
@@ -461,7 +479,7 @@ class _Context:
         if not borrowed:
             return
         self.res = residency(self.net, self.works, self.fc_microbatch, whole_image=borrowed,
-                             link_delay=self.link_delay)
+                             link_delay=self.link_delay, fc_timing=self.fc_times)
         for segs in self.segplans:
             for seg in segs:
                 w = self.works[seg.index]
@@ -687,6 +705,37 @@ class _Context:
         return fwd, bwd
 
     # -- timing as built -------------------------------------------------------------------------
+    def _loss_cycles(self):
+        loss = next((l for l in self.net.layers if l.kind == "loss"), None)
+        return costs.loss_latency(loss.loss, loss.in_shape[0]) if loss is not None else 0
+
+    def _fc_input_rows_pixels(self, w):
+        """(rows, pixels) of the map an FC layer reads (its input streams pixel by pixel)."""
+        shape = (1, 1, 1)
+        for l in self.net.layers[:self.net.index(w.name)]:
+            if len(l.out_shape) == 3:
+                shape = l.out_shape
+        return shape[1], shape[1] * shape[2]
+
+    def fc_timing(self, period):
+        """``{index: (f_extra, g)}`` in periods of ``period`` for the FC layers (see
+        :func:`residency`): ``f_extra`` = the replay of the stored image (its FP engine's
+        cycles), ``FC_OUTPUT_CYCLES`` and, for the last layer, the loss unit; ``g`` = one
+        input pixel's EB replay plus ``FC_EB_FIRST_OUTPUT_CYCLES``."""
+        out = {}
+        last = self.works[-1].index
+        for w in self.works:
+            if w.kind != "fc":
+                continue
+            segs = [s for ss in self.by_node for s in ss if s.work.index == w.index]
+            fp = max(s.engines["fp"].cycles for s in segs)
+            eb = max((s.engines["eb"].cycles for s in segs if "eb" in s.engines), default=0)
+            _, pixels = self._fc_input_rows_pixels(w)
+            extra = fp + costs.FC_OUTPUT_CYCLES + (self._loss_cycles() if w.index == last else 0)
+            back = (eb / pixels + costs.FC_EB_FIRST_OUTPUT_CYCLES) if eb else 0.0
+            out[w.index] = (extra / period, back / period)
+        return out
+
     def _passes(self, seg, e):
         """Replay cycles per output position (``R * G``) of an engine."""
         w = self.works[seg.index]
@@ -746,12 +795,8 @@ class _Context:
         n_pg = max(s.engines["pg"].cycles_per_image for s in segs)
         fill = max(s.engines["fp"].cycles_per_image for s in segs) if last.kind == "fc" else 0
         lag = min(math.floor(s.act_ram_images) for s in segs)
-        loss = next((l for l in self.net.layers if l.kind == "loss"), None)
-        lam = costs.loss_latency(loss.loss, loss.in_shape[0]) if loss is not None else 0
-        rows = 1
-        for l in self.net.layers[:self.net.index(last.name)]:
-            if len(l.out_shape) == 3 and l.out_shape[1] > 1:
-                rows = l.out_shape[1]
+        lam = self._loss_cycles()
+        rows = self._fc_input_rows_pixels(last)[0] if last.kind == "fc" else last.out_hw[0]
         a = n_pg + 3 * sets + costs.UPDATE_FIXED_CYCLES
         f = fill + costs.FC_OUTPUT_CYCLES + lam
         return max(0.0, a + f - (lag + 1 + 1 / rows) * period)

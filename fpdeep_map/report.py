@@ -20,6 +20,10 @@ def plan_json(plan: Plan) -> dict:
         "images_per_second": s["images_per_second"],
         "compute_images_per_second": s["compute_images_per_second"],
         "cycles_per_image": s["cycles_per_image"],
+        "steady_images_per_second": s["steady_images_per_second"],
+        "cycles_per_image_steady": s["cycles_per_image_steady"],
+        "boundary_cycles_per_batch": s["boundary_cycles_per_batch"],
+        "cycles_per_image_with_updates": s["cycles_per_image_with_updates"],
         "throughput_gops_per_fpga": s["throughput_gops_per_fpga"],
         "epoch_hours": s["epoch_hours"],
         "dsp_utilization": s["dsp_utilization"],
@@ -79,6 +83,9 @@ def plan_table(plan: Plan) -> str:
         "",
         f"throughput        {s['images_per_second']:.1f} images/s "
         f"({s['throughput_gops_per_fpga']:.0f} GOPS per FPGA), bottleneck: {s['bottleneck']}",
+        f"cycles per image  {s['cycles_per_image_with_updates']:.1f} over whole mini-batches "
+        f"= {s['cycles_per_image_steady']:g} within one + {s['boundary_cycles_per_batch']:g} "
+        f"per mini-batch boundary / {plan.batch}",
         f"compute bound     {s['compute_images_per_second']:.1f} images/s "
         f"({s['cycles_per_image']} cycles per image)",
         f"DSP utilisation   {s['dsp_utilization']:.1%}   idle (imbalance) {s['idle_fraction']:.2%}",
