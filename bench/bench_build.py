@@ -5,12 +5,16 @@ the peak resident memory of the largest child so far, so the cases run in separa
 ``bench_build.py --case`` processes):
 
 - ``vgg16-node4``: the issue's command, ``--board vc709 --node 4`` (VGG-16 on 15 VC709). Today
-  it is refused (split segments, off-chip Act-RAM, lent parameters, multi-node): the time to
-  the refusal is measured and the error line printed.
+  it is refused (split segments, off-chip Act-RAM, lent parameters, partial-sum link streams,
+  a middle node on VC709's single SFP+ reference clock): the time to the refusal is measured
+  and the error line printed.
 - ``tiny-small``: ``tiny`` on 1 VC709 mapped with a 4 % DSP budget (the sim-node engines,
   105 multipliers), built with ``--synth``: Yosys' DSP and BRAM counts against the plan.
 - ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
   with the full budget (``max_row_lanes=1``), ``--all`` (the whole 1-node cluster).
+- ``tiny-2nodes``: ``tiny`` on 2 VC709 with whole layers per node (``split="layers"``, 4 % DSP
+  budget: node 0 ``conv1 conv2``, node 1 ``conv3 fc4``), ``--all --jobs 1``: both nodes with
+  their chain links (framers in the node, Aurora black box and clock crossing in the top).
 
 Usage::
 
@@ -32,16 +36,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = ("vgg16-node4", "tiny-small", "tiny", "digits")
+CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes")
 
 
-def _plan_file(tmp, net, budget):
+def _plan_file(tmp, net, budget, nodes=1, **kw):
     from fpdeep_map.board import load_board
     from fpdeep_map.mapper import map_network
     from fpdeep_map.network import load_network
-    kw = {"dsp_budget": budget} if budget else {}
-    plan = map_network(load_network(net), load_board("vc709"), 1, batch=128, max_row_lanes=1,
-                       **kw)
+    if budget:
+        kw["dsp_budget"] = budget
+    plan = map_network(load_network(net), load_board("vc709"), nodes, batch=128,
+                       max_row_lanes=1, **kw)
     f = Path(tmp) / f"{net}.yaml"
     f.write_text(plan.to_yaml())
     return f
@@ -52,6 +57,9 @@ def run_case(case):
     out = tmp / "out"
     if case == "vgg16-node4":
         args = ["--board", "vc709", "--node", "4"]
+    elif case == "tiny-2nodes":
+        args = ["--plan", str(_plan_file(tmp, "tiny", 0.04, 2, split="layers")), "--all",
+                "--jobs", "1"]
     elif case == "tiny-small":
         args = ["--plan", str(_plan_file(tmp, "tiny", 0.04)), "--node", "0", "--synth"]
     else:

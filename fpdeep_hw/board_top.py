@@ -55,6 +55,7 @@ from amaranth.lib.fifo import AsyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .link.framer import LinkRx, LinkTx
+from .link.packer import Packer, Unpacker
 from .link.streams import CREDIT_INTERVAL, DEPTH, MAX_PAYLOAD, link_end, tx_fifo_items
 
 __all__ = ["BoardTop", "LinkedNode", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS",
@@ -81,10 +82,6 @@ HOST_DMA_PORTS = {
     "loss_valid": "in: an error word of the loss unit this cycle (ObservedNode.loss_valid)",
     "loss_error": "in: its payload, classes lanes of the error format (training progress)",
 }
-
-#: The link ports :class:`LinkedNode` takes from ``NodeTop`` (not forwarded).
-_LINK_PORTS = ("a_in", "a_out", "e_in", "e_out")
-
 
 def node_instance_ports(node):
     """``{port name: (direction, value)}`` of a component's Verilog ports, from its signature."""
@@ -170,17 +167,19 @@ class ObservedNode(wiring.Component):
 class LinkedNode(wiring.Component):
     """A node with the framers of its chain links: the module the build converts to Verilog.
 
-    Forwards every :class:`ObservedNode` member except the link ports ``a_in``, ``a_out``,
-    ``e_in`` and ``e_out``, which are connected to the framers: per neighbour (``side``
-    ``"prev"`` for node ``k - 1``, ``"next"`` for node ``k + 1``) a ``LinkTx`` for the plan's
-    link ``k -> neighbour`` and a ``LinkRx`` for ``neighbour -> k``, each carrying one
-    ``LinkStream`` per plan stream (:func:`fpdeep_hw.link.streams.link_end`: stream id =
-    position + 1); credits for the incoming direction leave in credit frames of the outgoing one
-    (``LinkRx.credit_o`` -> ``LinkTx.credit_send``) and credits for the outgoing direction come
-    back in credit frames of the incoming one (``LinkRx.credit_recv`` -> ``LinkTx.credit_i``),
-    as in :class:`~fpdeep_hw.node.cluster.Cluster`. A FIFO of two frames
-    (:func:`~fpdeep_hw.link.streams.tx_fifo_items`) sits in front of every transmitter input.
-    A node without neighbours is its ``ObservedNode`` with the same ports.
+    Forwards every :class:`ObservedNode` member except the neighbour ports
+    (``NodeTop.link_ports``: ``a_in``, ``a_out``, ``e_in``, ``e_out``, ...), which are connected
+    to the framers: per neighbour (``side`` ``"prev"`` for node ``k - 1``, ``"next"`` for node
+    ``k + 1``) a ``LinkTx`` for the plan's link ``k -> neighbour`` and a ``LinkRx`` for
+    ``neighbour -> k``, each carrying one ``LinkStream`` per port of a plan stream
+    (:func:`fpdeep_hw.link.streams.link_end`: stream id = position + 1, items packed densely into
+    64-bit words by a ``Packer`` / ``Unpacker`` per stream, as in
+    :class:`~fpdeep_hw.node.cluster.Cluster`); credits for the incoming direction leave in
+    credit frames of the outgoing one (``LinkRx.credit_o`` -> ``LinkTx.credit_send``) and
+    credits for the outgoing direction come back in credit frames of the incoming one
+    (``LinkRx.credit_recv`` -> ``LinkTx.credit_i``). A FIFO of two frames' worth of items
+    (:func:`~fpdeep_hw.link.streams.tx_fifo_items`) sits in front of every packer. A node
+    without neighbours is its ``ObservedNode`` with the same ports.
 
     Parameters
     ----------
@@ -198,8 +197,7 @@ class LinkedNode(wiring.Component):
     prev_crc_errors, prev_seq_errors, prev_frames, next_... : ``Out(32)``
         The receiver's counters (``LinkRx``).
     sides : tuple of str
-        The neighbours the node exchanges data with: ``"prev"`` unless it holds the first
-        compute layer (``NodeTop.first``), ``"next"`` unless it holds the last.
+        The neighbours the node exchanges data with (the peers of ``NodeTop.link_ports``).
     """
 
     def __init__(self, node_top, *, depth=DEPTH, max_payload=MAX_PAYLOAD,
@@ -207,8 +205,8 @@ class LinkedNode(wiring.Component):
         plan, k = node_top.plan, node_top.node
         self.node_top = node_top
         self.observed = ObservedNode(node_top)
-        self.sides = tuple(s for s, there in (("prev", not node_top.first),
-                                              ("next", not node_top.last)) if there)
+        peers = {key[0] for key in node_top.link_ports.values()}
+        self.sides = tuple(s for s in ("prev", "next") if s in peers)
         self.ends = {}
         for side in self.sides:
             j = k - 1 if side == "prev" else k + 1
@@ -217,8 +215,15 @@ class LinkedNode(wiring.Component):
                         credit_interval=credit_interval)
             rx = LinkRx(inc.streams, max_payload=max_payload, reverse=out.streams)
             self.ends[side] = (out, inc, tx, rx)
+        self.link_names = set(node_top.link_ports)
+        bound = set()
+        for out, inc, _, _ in self.ends.values():
+            bound |= set(out.names) | set(inc.names)
+        if bound != self.link_names:
+            raise ValueError(f"LinkedNode: node {k} has neighbour ports the plan's links do not "
+                             f"carry: {', '.join(sorted(self.link_names - bound))}")
         members = {name: member for name, member in self.observed.signature.members.items()
-                   if name not in _LINK_PORTS}
+                   if name not in self.link_names}
         for side in self.sides:
             members[f"{side}_tx"] = Out(stream.Signature(64))
             members[f"{side}_rx"] = In(stream.Signature(64))
@@ -236,15 +241,12 @@ class LinkedNode(wiring.Component):
         m.submodules.node = obs
         outer = {path: value for path, _, value in self.signature.flatten(self)}
         for path, member, value in obs.signature.flatten(obs):
-            if path[0] in _LINK_PORTS:
+            if path[0] in self.link_names:
                 continue
             if member.flow == wiring.Flow.In:
                 m.d.comb += value.eq(outer[path])
             else:
                 m.d.comb += outer[path].eq(value)
-        # the NodeTop link port each LinkEnd names -> the same port of the ObservedNode
-        by_id = {id(getattr(self.node_top, n)): getattr(obs, n)
-                 for n in _LINK_PORTS if n in self.node_top.signature.members}
         for side in self.sides:
             out, inc, tx, rx = self.ends[side]
             m.submodules[f"{side}_tx"] = tx
@@ -253,22 +255,26 @@ class LinkedNode(wiring.Component):
             wiring.connect(m, wiring.flipped(getattr(self, f"{side}_rx")), rx.i)
             for c in ("crc_errors", "seq_errors", "frames"):
                 m.d.comb += getattr(self, f"{side}_{c}").eq(getattr(rx, c))
-            for j, (port, ls, nbits, port_i) in enumerate(zip(out.ports, out.streams, out.bits,
-                                                              tx.inputs)):
-                src = by_id[id(port)]
-                fifo = SyncFIFOBuffered(width=nbits, depth=tx_fifo_items(self._max_payload, ls))
+            for j, (name, nbits, n_items, port_i) in enumerate(zip(out.names, out.bits,
+                                                                   out.items, tx.inputs)):
+                src = getattr(obs, name)
+                fifo = SyncFIFOBuffered(width=nbits, depth=tx_fifo_items(self._max_payload, nbits))
+                pack = Packer(nbits, n_items)
                 m.submodules[f"{side}_q{j}"] = fifo
+                m.submodules[f"{side}_pack{j}"] = pack
                 m.d.comb += [fifo.w_stream.valid.eq(src.valid),
                              fifo.w_stream.payload.eq(Value.cast(src.payload)),
-                             src.ready.eq(fifo.w_stream.ready),
-                             port_i.valid.eq(fifo.r_stream.valid),
-                             port_i.payload.eq(fifo.r_stream.payload),
-                             fifo.r_stream.ready.eq(port_i.ready)]
-            for port, nbits, port_o in zip(inc.ports, inc.bits, rx.outputs):
-                dst = by_id[id(port)]
-                m.d.comb += [dst.valid.eq(port_o.valid),
-                             dst.payload.eq(Value.cast(port_o.payload)[:nbits]),
-                             port_o.ready.eq(dst.ready)]
+                             src.ready.eq(fifo.w_stream.ready)]
+                wiring.connect(m, fifo.r_stream, pack.i)
+                wiring.connect(m, pack.o, port_i)
+            for j, (name, nbits, n_items, port_o) in enumerate(zip(inc.names, inc.bits,
+                                                                   inc.items, rx.outputs)):
+                dst = getattr(obs, name)
+                unpack = Unpacker(nbits, n_items)
+                m.submodules[f"{side}_unpack{j}"] = unpack
+                wiring.connect(m, port_o, unpack.i)
+                m.d.comb += [dst.valid.eq(unpack.o.valid), dst.payload.eq(unpack.o.payload),
+                             unpack.o.ready.eq(dst.ready)]
             wiring.connect(m, rx.credit_o, tx.credit_send)
             wiring.connect(m, rx.credit_recv, tx.credit_i)
         return m
@@ -341,8 +347,11 @@ class BoardTop(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform):
-        m = Module()
         node = self.linked
+        if self.links == "phy" and node.sides and platform is None:
+            raise ValueError("BoardTop: a node with chain neighbours needs a platform for "
+                             "links='phy' (use links='ports' in simulation)")
+        m = Module()
 
         # ---- power-on reset: the platforms' sync domain has no reset, so the node and the host
         # black box get one held for 15 cycles after configuration (registers start at init)
@@ -405,9 +414,6 @@ class BoardTop(wiring.Component):
                         else:
                             m.d.comb += inner.eq(outer)
         elif node.sides:
-            if platform is None:
-                raise ValueError("BoardTop: a node with chain neighbours needs a platform for "
-                                 "links='phy' (use links='ports' in simulation)")
             from .link.transceiver import SerialLinkPHY
             lanes = chain_lanes_for(platform, node.sides)
             ok = []

@@ -329,7 +329,8 @@ def check_node(plan, k, network, label, board=None):
         problems += lane_problems(plan, k, board, network)
     if problems:
         field, value, problem, _ = problems[0]
-        more = f"; also: {', '.join(p[3] for p in problems[1:])}" if len(problems) > 1 else ""
+        tags = [tag for tag in dict.fromkeys(p[3] for p in problems[1:]) if tag != problems[0][3]]
+        more = f"; also: {', '.join(tags)}" if tags else ""
         raise FpdeepError(label, field, value, f"not supported by the hardware generator: "
                                                f"{problem}{more}")
 

@@ -1,23 +1,24 @@
-"""The link streams of a plan: which node port ends each plan stream, and its ``LinkStream``.
+"""The link streams of a plan at one node: which node port carries each plan stream, and how.
 
 Shared by the simulated cluster (:class:`fpdeep_hw.node.cluster.Cluster`, both ends of a link
 in one design) and the board top (:class:`fpdeep_hw.board_top.LinkedNode`, one end per board),
-so that the two build the same framers from a plan:
+so that both build the same framers from a plan:
 
-- one :class:`~fpdeep_hw.link.framer.LinkStream` per stream the plan lists for a link direction
-  (``plan.links[*].streams``), **stream id = position in that list + 1**, path from the plan;
-- a stream's item is the node port's payload (a pixel of ``C`` lanes): one 64-bit word when it
-  has at most 64 bits (``width`` = its bits), else ``ceil(bits / 64)`` words of 64 bits;
-- ``depth`` words of receive buffer per stream (the transmitter's initial credit).
+- per stream the plan lists for a link direction (``plan.links[*].streams``, in order), the
+  node ports whose :attr:`NodeTop.link_ports` entry is ``(peer, path, layer)`` of that stream
+  (sending ports ``Out`` on the source node, receiving ports ``In`` on the destination), in
+  name order -- one port, or two for a lent layer's ``parameters`` (FP and EB weight sets);
+- one :class:`~fpdeep_hw.link.framer.LinkStream` per such port, **stream id = its position
+  on the link + 1**, path from the plan, 64-bit words (``width=64, words=1``): the port's items
+  (``bits`` each, ``NodeTop.link_items`` per image) are packed densely into link words by a
+  :class:`~fpdeep_hw.link.packer.Packer` and cut out again by an
+  :class:`~fpdeep_hw.link.packer.Unpacker`;
+- ``depth`` words of receive buffer per stream (the transmitter's initial credit); a FIFO of
+  two frames' worth of items (:func:`tx_fifo_items`) in front of each packer.
 
-Only whole-layer plans without lending are bound: activations on a forward link ``a -> a + 1``
-(``a_out`` of node ``a`` into ``a_in`` of node ``a + 1``, whose first layer consumes them) and
-errors on a backward link ``a -> a - 1`` (``e_out`` of node ``a`` into ``e_in`` of node
-``a - 1``, the errors of that node's last layer). Anything else raises ``ValueError`` naming the
-stream.
+A plan stream without a port, or a neighbour port without a plan stream, raises ``ValueError``.
 
-Test: ``tests/hw/test_build.py`` (board top) and ``tests/sim/test_cluster.py`` (cluster).
-Documentation: ``docs/build.md``, ``docs/hw-node.md``.
+Test: ``tests/hw/test_build.py`` (board top). Documentation: ``docs/build.md``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from amaranth.hdl import Value
+from amaranth.lib import wiring
+
 from .framer import LinkStream
 
-__all__ = ["DEPTH", "MAX_PAYLOAD", "CREDIT_INTERVAL", "LinkEnd", "plan_link", "stream_port",
-           "link_end", "tx_fifo_items"]
+__all__ = ["DEPTH", "MAX_PAYLOAD", "CREDIT_INTERVAL", "LinkEnd", "plan_link", "link_end",
+           "tx_fifo_items"]
 
 #: Receive buffer of every stream in 64-bit words (the transmitter's initial credit).
 DEPTH = 1024
@@ -47,26 +51,6 @@ def plan_link(plan, src, dst):
     raise ValueError(f"the plan has no link {src} -> {dst}")
 
 
-def stream_port(node, s, src, dst):
-    """The port of ``node`` (a ``NodeTop`` of plan node ``src`` or ``dst``) ending stream ``s``.
-
-    ``s`` is a plan stream (``fpdeep_map.plan`` link stream: ``path``, ``layer``) of link
-    ``src -> dst``. Returns the sending port on node ``src`` and the receiving port on node
-    ``dst``.
-    """
-    plan, k = node.plan, node.node
-    if k not in (src, dst):
-        raise ValueError(f"node {k} does not end link {src} -> {dst}")
-    if s.path == "activations" and dst == src + 1 and \
-            plan.node_plans[dst].segments and plan.node_plans[dst].segments[0].layer == s.layer:
-        return node.a_out if k == src else node.a_in
-    if s.path == "errors" and dst == src - 1 and dst < len(plan.node_plans) - 1 and \
-            plan.node_plans[dst].segments and plan.node_plans[dst].segments[-1].layer == s.layer:
-        return node.e_out if k == src else node.e_in
-    raise ValueError(f"stream {s.path} of {s.layer!r} on link {src} -> {dst} is not built "
-                     f"(only whole-layer plans without lending)")
-
-
 @dataclass
 class LinkEnd:
     """One node's end of one link direction.
@@ -78,41 +62,63 @@ class LinkEnd:
     entry : fpdeep_map.plan.LinkPlan
         The plan's link entry.
     streams : list of LinkStream
-        One per plan stream, in the plan's order (``sid`` = position + 1).
+        One per port, in link order (``sid`` = position + 1).
+    names : list of str
+        Per stream: the node's member name (sending port on ``src``, receiving on ``dst``).
     ports : list
-        Per stream: the node's port (sending port on ``src``, receiving port on ``dst``).
+        Per stream: that port.
     bits : list of int
         Per stream: payload bits of one item.
+    items : list of int
+        Per stream: items per image (``NodeTop.link_items``), the packer's framing.
+    plan_index : list of int
+        Per stream: the plan stream (index into ``entry.streams``) it carries.
     """
 
     src: int
     dst: int
     entry: object
     streams: list = field(default_factory=list)
+    names: list = field(default_factory=list)
     ports: list = field(default_factory=list)
     bits: list = field(default_factory=list)
+    items: list = field(default_factory=list)
+    plan_index: list = field(default_factory=list)
 
 
 def link_end(node, src, dst, *, depth=DEPTH):
-    """:class:`LinkEnd` of ``node`` (a ``NodeTop``) on the plan's link ``src -> dst``."""
+    """:class:`LinkEnd` of ``node`` (a ``NodeTop`` of plan node ``src`` or ``dst``) on the plan's
+    link ``src -> dst``."""
+    k = node.node
+    if k not in (src, dst):
+        raise ValueError(f"node {k} does not end link {src} -> {dst}")
     e = plan_link(node.plan, src, dst)
+    other = dst if k == src else src
+    peer = "next" if other > k else "prev"
+    flow = wiring.Flow.Out if k == src else wiring.Flow.In
     end = LinkEnd(src, dst, e)
     for j, s in enumerate(e.streams):
-        port = stream_port(node, s, src, dst)
-        nbits = len(port.payload.as_value())
-        words = math.ceil(nbits / 64)
-        end.streams.append(LinkStream(sid=j + 1, path=s.path, width=nbits if words == 1 else 64,
-                                      words=words, depth=depth))
-        end.ports.append(port)
-        end.bits.append(nbits)
+        names = [name for name, key in sorted(node.link_ports.items())
+                 if key == (peer, s.path, s.layer) and node.signature.members[name].flow == flow]
+        if not names:
+            raise ValueError(f"stream {s.path} of {s.layer!r} on link {src} -> {dst} is not "
+                             f"built (node {k} has no port for it)")
+        for name in names:
+            port = getattr(node, name)
+            end.streams.append(LinkStream(sid=len(end.streams) + 1, path=s.path, width=64,
+                                          words=1, depth=depth))
+            end.names.append(name)
+            end.ports.append(port)
+            end.bits.append(len(Value.cast(port.payload)))
+            end.items.append(node.link_items[name])
+            end.plan_index.append(j)
     return end
 
 
-def tx_fifo_items(max_payload, ls):
-    """Items of the FIFO in front of a transmitter input of stream ``ls``: two frames.
+def tx_fifo_items(max_payload, bits):
+    """Items of the FIFO in front of a packer of ``bits``-bit items: two frames' worth.
 
-    A frame's worth of words waits there while the other staging bank is on the wire, so that a
-    saturated link sends full frames (``LinkTx`` cuts a frame at the first cycle its input runs
-    dry).
+    Two frames wait there while the other staging bank is on the wire, so that a saturated link
+    sends full frames (``LinkTx`` cuts a frame at the first cycle its input runs dry).
     """
-    return max(2, math.ceil(2 * max_payload / ls.words))
+    return max(2, math.ceil(2 * max_payload * 64 / bits))

@@ -635,3 +635,41 @@ def test_multi_node_icarus_matches_amaranth(built2, tmp_path):
         assert first is None, (f"node {k}, cycle {first} of {len(outs)}: "
                                f"Amaranth {dict(zip(names, outs[first]))}, "
                                f"Icarus {dict(zip(names, got[first]))}")
+
+
+def test_board_top_ports_mode():
+    """``BoardTop(host="ports", links="ports")`` of node 1 of the 2-node plan: the host ports the
+    node has (labels, no images), its link word streams as ports (``prev_rx.ready`` constant 1),
+    LED 3 lit (no PHY), the heartbeat counting; ``links="phy"`` without a platform refuses."""
+    from amaranth.hdl import Fragment
+    from amaranth.sim import Simulator
+
+    from fpdeep_hw.board_top import BoardTop
+    from fpdeep_hw.node.top import NodeTop
+    from sim.golden.train import init_weights
+    plan, net = two_node_plan(), load_network("tiny")
+    init = init_weights(net, 0, plan.numerics)
+    top = BoardTop(NodeTop(plan, 1, net, lr=0.125, init_master=init), host="ports",
+                   links="ports")
+    names = set(top.signature.members)
+    assert {"labels", "flush", "updates", "images_in", "leds", "prev_tx", "prev_rx"} <= names
+    assert "images" not in names and "next_tx" not in names
+    assert top.has_prev and not top.has_next
+
+    async def bench(ctx):
+        for _ in range(40):
+            await ctx.tick()
+            assert ctx.get(top.prev_rx.ready) == 1
+            assert ctx.get(top.leds) & 0b1000
+            assert ctx.get(top.prev_tx.valid) == 0      # nothing to send yet
+        assert ctx.get(top.updates) == 0 and ctx.get(top.images_in) == 0
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    hw = BoardTop(NodeTop(plan, 0, net, lr=0.125, init_master=init))
+    with pytest.raises(ValueError, match=r"^BoardTop: a node with chain neighbours needs a "
+                                         r"platform for links='phy'"):
+        Fragment.get(hw, None)
+    Fragment.get(hw.linked, None).prepare()      # (no unused-elaboratable warnings later)
