@@ -108,6 +108,10 @@ def main():
     line("highest link need (Gb/s, one direction)", [fmt(r[1]["max_link_gbps"], 1) for r in rows],
          [f"{PAPER_LINK} (highest of the three)"] * 3)
     line("highest BRAM use on a conv-only FPGA", [f"{r[3]:.0%}" for r in rows], ["under 80%"] * 3)
+    line("cycles per image: within a mini-batch / over whole ones (boundary per mini-batch)",
+         [f"{fmt(r[1]['cycles_per_image_steady'], 0)} / "
+          f"{fmt(r[1]['cycles_per_image_with_updates'], 0)} "
+          f"({fmt(r[1]['boundary_cycles_per_batch'], 0)})" for r in rows], ["-"] * 3)
     line("epoch time, ImageNet-1k (h)", [fmt(r[1]["epoch_hours"], 2) for r in rows],
          [str(PAPER[n]["epoch"]) for n in NETS])
     line("bottleneck", [r[1]["bottleneck"] for r in rows], ["-"] * 3)
@@ -199,6 +203,17 @@ def main():
         + ". The paper reports on-chip memory only for the conv layers; with gradients kept "
           "at a useful width that does not fit VGG-19 on 15 VC709s (20 M conv parameters x 40 "
           "bits = 800 Mb against 15 x 44 Mb usable BRAM).")
+    L.append(
+        "- **Images per second over whole mini-batches.** `images_per_second`, GOPS and the "
+        "epoch time count the update round trip at every mini-batch boundary (the last layer's "
+        "update follows the batch's last image through PG, the gradient average and the weight "
+        "write before its next image may start; `docs/mapping.md` section 6, checked against "
+        "the cycle-exact co-simulation of `tiny` and `digits`). Here the boundary costs "
+        + ", ".join(f"{r[0]} {fmt(r[1]['boundary_cycles_per_batch'], 0)} cycles per mini-batch "
+                    f"of 128" for r in rows)
+        + ": the last FC works on micro-batches, so its lag of a micro-batch covers the round "
+          "trip. Within a mini-batch the period is the slowest engine's, plus the line buffer's "
+          "start-up of every image where its replay is short, or the link or memory bound.")
     L.append(
         "- **BRAM use.** The mapper fills each FPGA's BRAM up to its budget (85%, "
         "`BRAM_BUDGET`): parameters, gradient accumulators, line buffers and link FIFOs first, "

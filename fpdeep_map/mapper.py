@@ -780,10 +780,13 @@ class _Context:
         plus the fixed latencies: ``A = N_pg + 3 N + UPDATE_FIXED_CYCLES`` after ``j``'s loss
         error. The held image waits whole in the FIFO before ``L`` and the layer below holds one
         output row (``1/H`` of an image) of the next, so the pipeline restarts
-        ``A + F - (D_L + 1 + 1/H) T`` later than it would have: ``F`` from an FC's last input
-        pixel to the loss error (its ``R*H*W*G`` replay cycles, ``FC_OUTPUT_CYCLES``, the loss
-        unit). Every later image is that much later; the other layers' updates (``3 N_l``
-        cycles, ``N_l`` small) complete inside their lags. Derivation and measurements:
+        ``A + F - (D_L + 1 + 1/H) T`` later than it would have: ``F`` from the gate's release
+        to the held image's loss error (its ``H*W`` pixels into the FC's store, one per cycle,
+        the ``R*H*W*G`` replay cycles, ``FC_OUTPUT_CYCLES``, the loss unit). Every later image is that much later; the other layers' updates (``3 N_l``
+        cycles, ``N_l`` small) complete inside their lags. On several FPGAs the errors of the
+        next batch's first image also leave ``L`` ``A - T`` late: a backward link as busy as
+        the period (link-bound plans) never makes that up, one with spare capacity catches up
+        over the ``B - 1`` images that follow. Derivation and measurements:
         ``docs/mapping.md`` section 6."""
         works = self.works
         last = works[-1]
@@ -796,10 +799,26 @@ class _Context:
         fill = max(s.engines["fp"].cycles_per_image for s in segs) if last.kind == "fc" else 0
         lag = min(math.floor(s.act_ram_images) for s in segs)
         lam = self._loss_cycles()
-        rows = self._fc_input_rows_pixels(last)[0] if last.kind == "fc" else last.out_hw[0]
+        rows, pixels = (self._fc_input_rows_pixels(last) if last.kind == "fc"
+                        else (last.out_hw[0], 0))
         a = n_pg + 3 * sets + costs.UPDATE_FIXED_CYCLES
-        f = fill + costs.FC_OUTPUT_CYCLES + lam
-        return max(0.0, a + f - (lag + 1 + 1 / rows) * period)
+        # the held image enters the FC's store from the FIFO one pixel per cycle, then its
+        # replay and the loss
+        f = pixels + fill + costs.FC_OUTPUT_CYCLES + lam
+        forward = a + f - (lag + 1 + 1 / rows) * period
+        # the errors of the next mini-batch's first image leave L only after the update (EB's
+        # gate): A - T later than in the steady state. A backward link that is itself as busy
+        # as the period loses that time for good; one with spare capacity catches up on the
+        # B - 1 images that follow.
+        backward = 0.0
+        if self.nodes > 1:
+            _, _, wire_bits, _, _ = self._rates()
+            cap = self.link_capacity_gbps() * 1e9 / (self.board.clock_mhz * 1e6)
+            busy = max((bits / cap for (a_, b_), bits in wire_bits.items() if b_ < a_),
+                       default=0.0)
+            if busy > 0:
+                backward = a - period - (self.batch - 1) * max(0.0, period - busy)
+        return max(0.0, forward, backward)
 
     # -- results ---------------------------------------------------------------------------------
     def finish(self, period):

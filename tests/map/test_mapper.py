@@ -271,11 +271,12 @@ def test_steady_period_counts_the_line_buffer_start_up():
 ])
 def test_boundary_cost_formula(net, batch, n_fc, n_pg, lam, lag, rows, period):
     """boundary = A + F - (D_L + 1 + 1/H) T with A = N_pg + 3 N + 13 (measured 2573 / 5133
-    from the last image's loss error to the FC's update), F = N_fp + 6 + loss latency."""
+    from the last image's loss error to the FC's update), F = H*W + N_fp + 6 + loss latency
+    (measured: the held image's loss error 864 / 1504 cycles after the update)."""
     plan = _sim_plan(net, batch=batch)
     s = plan.summary
     a = n_pg + 3 * n_fc + 13
-    f = n_fc + 6 + lam
+    f = 16 + n_fc + 6 + lam             # 16 pixels of 4 x 4 into the FC's store
     boundary = a + f - (lag + 1 + 1 / rows) * period
     assert s["boundary_cycles_per_batch"] == pytest.approx(boundary, abs=0.01)
     assert s["cycles_per_image_with_updates"] == pytest.approx(period + boundary / batch,
