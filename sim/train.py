@@ -127,7 +127,7 @@ def _check_args(net, board, nodes, images, batch, seed, lr, stall, link_gbps=Non
 
 
 def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
-            link_gbps=None, link_latency=54, split="channels"):
+            link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
@@ -142,7 +142,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     network, brd = _check_args(net, board, nodes, images, batch, seed, lr, stall, link_gbps,
                                link_latency, split)
     try:
-        plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1, split=split)
+        kw = {} if ocp_threshold is None else {"ocp_threshold": ocp_threshold}
+        plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1, split=split, **kw)
     except Exception as e:   # noqa: BLE001
         raise TrainError(f"mapping {net} on {board}: {e}") from None
     x, y, source = _data(network, images, seed)
@@ -153,7 +154,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
                           fifo_images=fifo_images)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
-                          fifo_images=fifo_images, link_latency=link_latency)
+                          fifo_images=fifo_images, link_latency=link_latency, flips=flips)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init,
@@ -213,8 +214,17 @@ def _probes(top):
         probes.append(((n, "update_done"), nl.update.done, Const(0, 1), None))
     stream_probe(("loss", "o"), top.loss.o, vec(ew, top.loss.classes))
     for lk in getattr(top, "links", ()):
+        # payload words sent (transmitter inputs) and taken out of the receive buffers (a
+        # lender may run ahead of its borrower by the lag: sets sent for images past the end
+        # of the run stay in the borrower's receive buffer)
         for j, port in enumerate(lk.tx.inputs):
-            probes.append((("link", lk.name, j), port.valid & port.ready, Const(0, 1), None))
+            probes.append((("link", lk.name, j), port.valid & port.ready,
+                           Value.cast(port.payload), None))
+        for j, port in enumerate(lk.rx.outputs):
+            probes.append((("link_rx", lk.name, j), port.valid & port.ready,
+                           Value.cast(port.payload), None))
+        for j, (_, dst) in enumerate(lk.ports):
+            probes.append((("link_dst", lk.name, j), dst.valid & dst.ready, Const(0, 1), None))
     return probes
 
 
@@ -306,7 +316,8 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
         ov[("loss", "loss")] = ctx.get(top.loss.overflow)
         final["overflow"] = ov
         final["links"] = {lk.name: {k_: ctx.get(getattr(port, k_)) for port, k_ in (
-            (lk.model, "sent"), (lk.rx, "crc_errors"), (lk.rx, "seq_errors"), (lk.rx, "frames"))}
+            (lk.model, "sent"), (lk.model, "corrupted"), (lk.rx, "crc_errors"),
+            (lk.rx, "seq_errors"), (lk.rx, "frames"))}
             for lk in getattr(top, "links", ())}
         masters = {}
         for nl in top.layers:
@@ -516,12 +527,24 @@ def _link_figures(prep, rec, final, n_img, cpi):
     for lk in getattr(prep["top"], "links", ()):
         c = final["links"][lk.name]
         streams = []
-        payload = 0
-        for j, (ls, sp) in enumerate(zip(lk.streams, lk.entry.streams)):
-            words = len(rec[("link", lk.name, j)]) * ls.words
+        payload = sent_total = 0
+        for i, sp in enumerate(lk.entry.streams):
+            # the hardware streams of this plan stream (a lent layer's parameters: FP and EB)
+            js = [j for j, pi in enumerate(lk.plan_index) if pi == i]
+            words = sum(len(rec[("link_rx", lk.name, j)]) * lk.streams[j].words for j in js)
+            sent = sum(len(rec[("link", lk.name, j)]) * lk.streams[j].words for j in js)
+            # items the receiving node took beyond the run's images (a borrower prefetches
+            # the next image's weight sets; a lender runs ahead by up to its lag)
+            ahead = sum(len(rec[("link_dst", lk.name, j)]) - n_img * lk.items[j] for j in js)
             payload += words
-            streams.append({"sid": ls.sid, "path": sp.path, "layer": sp.layer,
+            sent_total += sent
+            streams.append({"sids": [lk.streams[j].sid for j in js], "path": sp.path,
+                            "layer": sp.layer,
                             "payload_words_per_image": words / n_img,
+                            "sent_words_per_image": sent / n_img,
+                            "items_taken": [len(rec[("link_dst", lk.name, j)]) for j in js],
+                            "items_per_image": [lk.items[j] for j in js],
+                            "run_ahead_items": ahead,
                             "predicted_words_per_image": sp.words_per_image * sp.width / 64,
                             "plan_words_per_image": sp.words_per_image,
                             "plan_width": sp.width})
@@ -532,6 +555,7 @@ def _link_figures(prep, rec, final, n_img, cpi):
             "src": lk.src, "dst": lk.dst, "direction": lk.direction,
             "words_per_cycle": float(lk.model.rate), "latency": lk.model.latency,
             "payload_words_per_image": pw,
+            "sent_payload_words_per_image": sent_total / n_img,
             "predicted_payload_words_per_image": pred,
             "payload_error": round(pw / pred - 1, 4) if pred else None,
             "wire_words_per_image": wire,
@@ -634,7 +658,7 @@ def figures(prep, rec, final):
 
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
         stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
-        split="channels"):
+        split="channels", ocp_threshold=None):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
@@ -644,7 +668,7 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
         raise TrainError(f"--out {out}: exists and is not a directory")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images, link_gbps=link_gbps,
-                   link_latency=link_latency, split=split)
+                   link_latency=link_latency, split=split, ocp_threshold=ocp_threshold)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -712,6 +736,9 @@ def main(argv=None):
                     help="probability of a host stall per word (images and labels)")
     ap.add_argument("--split", choices=("channels", "layers"), default="channels",
                     help="mapper split: channel segments (default) or whole layers per node")
+    ap.add_argument("--ocp-threshold", type=int, default=None,
+                    help="mapper: output-channel partition below this many input channels per "
+                         "node (default: the mapper's; 1 forces input-channel partition)")
     ap.add_argument("--link-gbps", type=float, default=None,
                     help="link rate per direction (default: the board's)")
     ap.add_argument("--link-latency", type=int, default=54,
@@ -723,7 +750,8 @@ def main(argv=None):
     try:
         res = run(args.net, args.board, nodes=args.nodes, images=args.images, batch=args.batch,
                   seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall,
-                  link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split)
+                  link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split,
+                  ocp_threshold=args.ocp_threshold)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

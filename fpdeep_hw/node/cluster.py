@@ -50,6 +50,7 @@ from fpdeep_map.plan import Plan
 from sim.link_model import LinkModel
 
 from ..link.framer import LinkRx, LinkStream, LinkTx
+from ..link.packer import Packer, Unpacker
 from .top import NodeTop
 
 __all__ = ["Cluster", "ClusterLink"]
@@ -76,6 +77,8 @@ class ClusterLink:
         frames, :meth:`fifo_items`) and the receiving node's port.
     bits : list of int
         Per stream: payload bits of one item (a pixel of ``C`` lanes, a weight set).
+    items : list of int
+        Per stream: items per image (the image framing of the packer).
     plan_index : list of int
         Per stream: the plan stream (index into ``entry.streams``) it carries; a lent layer's
         ``parameters`` are two link streams (FP and EB weight sets), so that the credits keep
@@ -92,15 +95,16 @@ class ClusterLink:
     rx: LinkRx
     ports: list = field(default_factory=list)
     bits: list = field(default_factory=list)
+    items: list = field(default_factory=list)
     plan_index: list = field(default_factory=list)
 
     @property
     def name(self):
         return f"link{self.src}to{self.dst}"
 
-    def fifo_items(self, ls):
-        """Items of the FIFO in front of the transmitter input of stream ``ls``: two frames."""
-        return max(2, math.ceil(2 * self.tx.max_payload / ls.words))
+    def fifo_items(self, j):
+        """Items of the FIFO in front of the packer of stream ``j``: two frames' worth."""
+        return max(2, math.ceil(2 * self.tx.max_payload * 64 / self.bits[j]))
 
     @property
     def predicted_payload_words(self):
@@ -140,6 +144,9 @@ class Cluster(wiring.Component):
         Receive buffer of every stream in 64-bit words (the transmitter's initial credit).
     credit_interval : int
         Minimum cycles between two credit frames of a transmitter.
+    flips : dict, optional
+        ``{(src, dst): [(word index, bit), ...]}``: bit errors the link model of that direction
+        puts on the wire (:class:`sim.link_model.LinkModel` ``flips``), for integrity tests.
 
     Members
     -------
@@ -163,7 +170,7 @@ class Cluster(wiring.Component):
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
                  link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
-                 credit_interval=8192):
+                 credit_interval=8192, flips=None):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -197,22 +204,22 @@ class Cluster(wiring.Component):
                 e = entries.get((a, b))
                 if e is None:
                     raise ValueError(f"Cluster: the plan has no link {a} -> {b}")
-                ls, ports, bits, index = [], [], [], []
+                ls, ports, bits, items, index = [], [], [], [], []
                 for j, s in enumerate(e.streams):
-                    for src_port, dst_port in self._bind(a, b, s):
+                    for src_port, dst_port, n_items in self._bind(a, b, s):
                         nbits = len(Value.cast(src_port.payload))
-                        words = math.ceil(nbits / 64)
-                        ls.append(LinkStream(sid=len(ls) + 1, path=s.path,
-                                             width=nbits if words == 1 else 64, words=words,
+                        # items are packed densely into 64-bit words (Packer / Unpacker)
+                        ls.append(LinkStream(sid=len(ls) + 1, path=s.path, width=64, words=1,
                                              depth=depth))
                         ports.append((src_port, dst_port))
                         bits.append(nbits)
+                        items.append(n_items)
                         index.append(j)
-                plans[(a, b)] = (e, ls, ports, bits, index)
+                plans[(a, b)] = (e, ls, ports, bits, items, index)
         self.links = []
         for k in range(n - 1):
             for a, b in ((k, k + 1), (k + 1, k)):
-                e, ls, ports, bits, index = plans[(a, b)]
+                e, ls, ports, bits, items, index = plans[(a, b)]
                 rev = plans[(b, a)][1]
                 self.links.append(ClusterLink(
                     src=a, dst=b, direction="forward" if b > a else "backward", entry=e,
@@ -220,9 +227,10 @@ class Cluster(wiring.Component):
                     tx=LinkTx(ls, max_payload=max_payload, reverse=rev,
                               credit_interval=credit_interval),
                     model=LinkModel(width=64, latency=link_latency,
-                                    words_per_cycle=self.words_per_cycle),
+                                    words_per_cycle=self.words_per_cycle,
+                                    flips=tuple((flips or {}).get((a, b), ()))),
                     rx=LinkRx(ls, max_payload=max_payload, reverse=rev),
-                    ports=ports, bits=bits, plan_index=index))
+                    ports=ports, bits=bits, items=items, plan_index=index))
         self._check_ports()
         first, last = self.nodes[0], self.nodes[-1]
         super().__init__({
@@ -260,7 +268,7 @@ class Cluster(wiring.Component):
         fwd = b > a
 
         def find(node, peer, direction):
-            return [getattr(node, name) for name, key in sorted(node.link_ports.items())
+            return [name for name, key in sorted(node.link_ports.items())
                     if key == (peer, s.path, s.layer) and
                     node.signature.members[name].flow == direction]
         src = find(na, "next" if fwd else "prev", wiring.Out)
@@ -268,7 +276,14 @@ class Cluster(wiring.Component):
         if not src or len(src) != len(dst):
             raise ValueError(f"Cluster: stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
                              f"built (node {a if not src else b} has no port for it)")
-        return list(zip(src, dst))
+        out = []
+        for x, y in zip(src, dst):
+            if na.link_items[x] != nb.link_items[y]:
+                raise ValueError(f"Cluster: node {a} sends {na.link_items[x]} items per image "
+                                 f"of {s.path} of {s.layer!r}, node {b} expects "
+                                 f"{nb.link_items[y]}")
+            out.append((getattr(na, x), getattr(nb, y), na.link_items[x]))
+        return out
 
     def _check_ports(self):
         """Every neighbour port of every node carries a stream of the plan."""
@@ -312,22 +327,25 @@ class Cluster(wiring.Component):
             m.submodules[f"{lk.name}_rx"] = lk.rx
             wiring.connect(m, lk.tx.o, lk.model.i)
             wiring.connect(m, lk.model.o, lk.rx.i)
-            for j, ((src, dst), port_i, port_o, nbits, ls) in enumerate(zip(
-                    lk.ports, lk.tx.inputs, lk.rx.outputs, lk.bits, lk.streams)):
+            for j, ((src, dst), port_i, port_o, nbits, n_items) in enumerate(zip(
+                    lk.ports, lk.tx.inputs, lk.rx.outputs, lk.bits, lk.items)):
                 # a frame's worth of words waits here while the other bank is on the wire, so
                 # that a saturated link sends full frames (LinkTx cuts a frame at the first
                 # cycle its input runs dry)
-                fifo = SyncFIFOBuffered(width=nbits, depth=lk.fifo_items(ls))
+                fifo = SyncFIFOBuffered(width=nbits, depth=lk.fifo_items(j))
+                pack, unpack = Packer(nbits, n_items), Unpacker(nbits, n_items)
                 m.submodules[f"{lk.name}_q{j}"] = fifo
+                m.submodules[f"{lk.name}_pack{j}"] = pack
+                m.submodules[f"{lk.name}_unpack{j}"] = unpack
                 m.d.comb += [fifo.w_stream.valid.eq(src.valid),
-                             fifo.w_stream.payload.eq(src.payload.as_value()),
+                             fifo.w_stream.payload.eq(Value.cast(src.payload)),
                              src.ready.eq(fifo.w_stream.ready),
-                             port_i.valid.eq(fifo.r_stream.valid),
-                             port_i.payload.eq(fifo.r_stream.payload),
-                             fifo.r_stream.ready.eq(port_i.ready),
-                             dst.valid.eq(port_o.valid),
-                             dst.payload.eq(Value.cast(port_o.payload)[:nbits]),
-                             port_o.ready.eq(dst.ready)]
+                             dst.valid.eq(unpack.o.valid),
+                             dst.payload.eq(unpack.o.payload),
+                             unpack.o.ready.eq(dst.ready)]
+                wiring.connect(m, fifo.r_stream, pack.i)
+                wiring.connect(m, pack.o, port_i)
+                wiring.connect(m, port_o, unpack.i)
         # credits: each node's receiver of one direction tells its transmitter of the other
         for lk in self.links:
             back = self.link(lk.dst, lk.src)

@@ -213,6 +213,9 @@ class NodeTop(wiring.Component):
     link_ports : dict
         ``{member name: (peer, path, layer)}``: the plan stream each neighbour port carries,
         ``peer`` ``"prev"`` or ``"next"``.
+    link_items : dict
+        ``{member name: items per image}`` (pixels of the map, or weight sets): the framing a
+        link's :class:`~fpdeep_hw.link.packer.Packer` needs.
     loss : LossUnit or None
         The loss unit (last node only).
     lags : dict
@@ -375,10 +378,18 @@ class NodeTop(wiring.Component):
 
         self._lanes = {}
 
-        def port(name, direction, width, lanes, peer, path, layer):
+        items = {}
+
+        def port(name, direction, width, lanes, peer, path, layer, per_image):
             members[name] = direction(sig(width, lanes))
             ports[name] = (peer, path, layer)
             self._lanes[name] = lanes
+            items[name] = per_image
+
+        f_out = fg.out_height * fg.out_width
+        f_conv = fg.conv_height * fg.conv_width
+        z_out = zg.out_height * zg.out_width
+        z_conv = zg.conv_height * zg.conv_width
 
         # lanes of the first layer's input that arrive: [in_lo, C) (ICP) or all
         C0 = fg.layer_in_channels or fg.in_channels
@@ -386,38 +397,41 @@ class NodeTop(wiring.Component):
             members["images"] = In(sig(aw, fg.in_channels))
         else:
             lo = fg.in_lo if fg.split == "icp" else 0
-            port("a_in", In, aw, C0 - lo, "prev", "activations", f.name)
+            port("a_in", In, aw, C0 - lo, "prev", "activations", f.name, fg.pixels)
         before = _span_before(f.segment, fg)
         if before and fg.split == "ocp":
-            port("a_part", In, aw, fg.out_lo, "prev", "activations", _next_of(names, f.name))
-            port("e_fwd", Out, ew, fg.out_lo, "prev", "errors", f.name)
-            port("pe_out", Out, pw, C0, "prev", "partial_errors", prev_name)
+            port("a_part", In, aw, fg.out_lo, "prev", "activations", _next_of(names, f.name),
+                 f_out)
+            port("e_fwd", Out, ew, fg.out_lo, "prev", "errors", f.name, f_out)
+            port("pe_out", Out, pw, C0, "prev", "partial_errors", prev_name, fg.pixels)
         if before and fg.split == "icp":
-            port("p_in", In, pw, fg.layer_out_channels, "prev", "partial_sums", f.name)
-            port("e_fwd", Out, ew, fg.layer_out_channels, "prev", "errors", f.name)
+            port("p_in", In, pw, fg.layer_out_channels, "prev", "partial_sums", f.name, f_conv)
+            port("e_fwd", Out, ew, fg.layer_out_channels, "prev", "errors", f.name, f_conv)
         if not self._first and not (before and fg.split == "ocp"):
             lo = fg.in_lo if fg.split == "icp" else 0
-            port("e_out", Out, ew, C0 - lo, "prev", "errors", prev_name)
+            port("e_out", Out, ew, C0 - lo, "prev", "errors", prev_name, fg.pixels)
         after = _span_after(z.segment, network, zg)
         OCz = zg.layer_out_channels or zg.out_channels
         Cz = zg.layer_in_channels or zg.in_channels
         if after:
             if zg.split == "ocp":
-                port("a_fwd", Out, aw, Cz, "next", "activations", z.name)
+                port("a_fwd", Out, aw, Cz, "next", "activations", z.name, zg.pixels)
                 port("a_out", Out, aw, zg.out_lo + zg.out_channels, "next", "activations",
-                     next_name)
-                port("e_in", In, ew, zg.out_lo + zg.out_channels, "next", "errors", z.name)
-                port("pe_in", In, pw, Cz, "next", "partial_errors", _prev_of(names, z.name))
+                     next_name, z_out)
+                port("e_in", In, ew, zg.out_lo + zg.out_channels, "next", "errors", z.name, z_out)
+                port("pe_in", In, pw, Cz, "next", "partial_errors", _prev_of(names, z.name),
+                     zg.pixels)
             else:
                 hi = zg.in_lo + zg.in_channels
-                port("a_fwd", Out, aw, Cz - hi, "next", "activations", z.name)
-                port("p_out", Out, pw, OCz, "next", "partial_sums", z.name)
-                port("e_in", In, ew, OCz, "next", "errors", z.name)
+                port("a_fwd", Out, aw, Cz - hi, "next", "activations", z.name, zg.pixels)
+                port("p_out", Out, pw, OCz, "next", "partial_sums", z.name, z_conv)
+                port("e_in", In, ew, OCz, "next", "errors", z.name, z_conv)
                 if zg.has_eb:
-                    port("e_part", In, ew, Cz - hi, "next", "errors", _prev_of(names, z.name))
+                    port("e_part", In, ew, Cz - hi, "next", "errors", _prev_of(names, z.name),
+                         zg.pixels)
         elif next_name is not None:
-            port("a_out", Out, aw, OCz, "next", "activations", next_name)
-            port("e_in", In, ew, OCz, "next", "errors", z.name)
+            port("a_out", Out, aw, OCz, "next", "activations", next_name, z_out)
+            port("e_in", In, ew, OCz, "next", "errors", z.name, z_out)
         # parameter lending: the borrower's weight-set and gradient streams, the lender's
         for nl in L:
             if nl.lender is None:
@@ -426,24 +440,30 @@ class NodeTop(wiring.Component):
             n = nl.name
             members[f"w_fp_{n}"] = In(stream.Signature(nl.fp.w.payload.shape()))
             ports[f"w_fp_{n}"] = (peer, "parameters", n)
+            items[f"w_fp_{n}"] = nl.geometry.weight_sets
             if nl.eb is not None:
                 members[f"w_eb_{n}"] = In(stream.Signature(nl.eb.w.payload.shape()))
                 ports[f"w_eb_{n}"] = (peer, "parameters", n)
+                items[f"w_eb_{n}"] = nl.geometry.weight_sets
             g = nl.geometry
             members[f"g_{n}"] = Out(stream.Signature(data.StructLayout({
                 "addr": range(max(g.weight_sets, 2)),
                 "data": weight_set_layout(num.gradient, g.kernel, g.p * g.s)})))
+            items[f"g_{n}"] = g.weight_sets
             ports[f"g_{n}"] = (peer, "gradients", n)
             members[f"ws_images_{n}"] = Out(32)
         for n, lender in self.lenders.items():
             peer = "next" if lender.borrower > self._node else "prev"
             members[f"lend_fp_{n}"] = Out(stream.Signature(lender.set_layout))
             ports[f"lend_fp_{n}"] = (peer, "parameters", n)
+            items[f"lend_fp_{n}"] = lender.weight_sets
             if lender.geometry.has_eb:
                 members[f"lend_eb_{n}"] = Out(stream.Signature(lender.set_layout))
                 ports[f"lend_eb_{n}"] = (peer, "parameters", n)
+                items[f"lend_eb_{n}"] = lender.weight_sets
             members[f"lend_g_{n}"] = In(stream.Signature(lender.grad_layout))
             ports[f"lend_g_{n}"] = (peer, "gradients", n)
+            items[f"lend_g_{n}"] = lender.weight_sets
             members[f"lend_flush_{n}"] = In(1)
         self.loss = None
         if next_name is None and not after:
@@ -455,6 +475,7 @@ class NodeTop(wiring.Component):
         members["images_in"] = Out(32)
         super().__init__(members)
         self.link_ports = ports
+        self.link_items = items
 
     plan = property(lambda self: self._plan)
     node = property(lambda self: self._node)
