@@ -824,11 +824,11 @@ class _Context:
     def finish(self, period):
         board, num = self.board, self.num
         clock_hz = board.clock_mhz * 1e6
-        compute_ips = clock_hz / period
         cap, link_bits, wire_bits, link_ips, mem_ips = self._rates()
         # the period of the engines as built (line-buffer start-up of every image), the
         # steady-state period within a mini-batch and the update round trip at its end
         timing = self.timing(period)
+        compute_ips = clock_hz / timing["engine_cycles"]
         steady = max(timing["engine_cycles"], clock_hz / link_ips, clock_hz / mem_ips)
         boundary = self.boundary_cycles(steady)
         with_updates = steady + boundary / self.batch

@@ -87,7 +87,7 @@ def plan_table(plan: Plan) -> str:
         f"= {s['cycles_per_image_steady']:g} within one + {s['boundary_cycles_per_batch']:g} "
         f"per mini-batch boundary / {plan.batch}",
         f"compute bound     {s['compute_images_per_second']:.1f} images/s "
-        f"({s['cycles_per_image']} cycles per image)",
+        f"({s['engine_cycles_per_image']:g} cycles per image; CE words {s['cycles_per_image']})",
         f"DSP utilisation   {s['dsp_utilization']:.1%}   idle (imbalance) {s['idle_fraction']:.2%}",
         f"busiest link      {s['max_link_gbps']:.2f} of {s['link_capacity_gbps']:g} Gb/s",
         f"epoch (ImageNet)  {s['epoch_hours']:.2f} h",
