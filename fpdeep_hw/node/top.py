@@ -266,7 +266,17 @@ class NodeTop(wiring.Component):
                                      f"neighbour (far lending is not built)")
                 if lp.borrower == node:
                     lenders[lp.layer] = lp
+        for lp in np_.bpram:
+            bseg = next(x for x in plan.node_plans[lp.borrower].segments if x.layer == lp.layer)
+            if bseg.split != "whole":
+                raise ValueError(f"NodeTop: node {node} keeps the weights of the {bseg.split} "
+                                 f"slice {list(bseg.channels)} of {lp.layer!r} for node "
+                                 f"{lp.borrower} (lent slices of split layers are not built)")
         for s in segs:
+            if s.weights_borrowed and s.split != "whole":
+                raise ValueError(f"NodeTop: the weights of the {s.split} slice "
+                                 f"{list(s.channels)} of {s.layer!r} on node {node} are kept in "
+                                 f"a neighbour (lent slices of split layers are not built)")
             if s.weights_borrowed and s.layer not in lenders:
                 raise ValueError(f"NodeTop: no node keeps the weights of {s.layer!r} for "
                                  f"node {node}")

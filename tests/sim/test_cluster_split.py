@@ -173,3 +173,20 @@ def test_bit_flips_on_the_wire():
     sent = sum(len(rec[("link", lk.name, j)]) for j in range(len(lk.streams)))
     assert 0 < delivered < sent
     assert train.compare(prep, rec, final) != []
+
+
+@pytest.mark.parametrize("nodes, message", [
+    (3, r"^NodeTop: the weights of the ocp slice \[0, 5\] of 'conv2' on node 0 are kept in a "
+        r"neighbour \(lent slices of split layers are not built\)$"),
+    (5, r"^NodeTop: the weights of 'conv2' used on node 2 are kept on node 4, not a neighbour "
+        r"\(far lending is not built\)$")])
+def test_unbuilt_lending_is_refused(nodes, message):
+    from fpdeep_hw.node.cluster import Cluster
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    from sim.golden.train import init_weights
+    net = load_network("digits")
+    plan = map_network(net, load_board("tiny-test"), nodes, batch=2, max_row_lanes=1)
+    with pytest.raises(ValueError, match=message):
+        Cluster(plan, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics), batch=2)
