@@ -783,11 +783,9 @@ class _Context:
         ``A + F - (D_L + 1 + 1/H) T`` later than it would have: ``F`` from the gate's release
         to the held image's loss error (its ``H*W`` pixels into the FC's store, one per cycle,
         the ``R*H*W*G`` replay cycles, ``FC_OUTPUT_CYCLES``, the loss unit). Every later image is that much later; the other layers' updates (``3 N_l``
-        cycles, ``N_l`` small) complete inside their lags. On several FPGAs the errors of the
-        next batch's first image also leave ``L`` ``A - T`` late: a backward link as busy as
-        the period (link-bound plans) never makes that up, one with spare capacity catches up
-        over the ``B - 1`` images that follow. Derivation and measurements:
-        ``docs/mapping.md`` section 6."""
+        cycles, ``N_l`` small) complete inside their lags. ``period``: the engines' period
+        (links and memories are decoupled from it, see :meth:`finish`). Derivation and
+        measurements: ``docs/mapping.md`` section 6."""
         works = self.works
         last = works[-1]
         segs = [s for ss in self.segplans for s in ss if s.index == last.index]
@@ -806,19 +804,7 @@ class _Context:
         # replay and the loss
         f = pixels + fill + costs.FC_OUTPUT_CYCLES + lam
         forward = a + f - (lag + 1 + 1 / rows) * period
-        # the errors of the next mini-batch's first image leave L only after the update (EB's
-        # gate): A - T later than in the steady state. A backward link that is itself as busy
-        # as the period loses that time for good; one with spare capacity catches up on the
-        # B - 1 images that follow.
-        backward = 0.0
-        if self.nodes > 1:
-            _, _, wire_bits, _, _ = self._rates()
-            cap = self.link_capacity_gbps() * 1e9 / (self.board.clock_mhz * 1e6)
-            busy = max((bits / cap for (a_, b_), bits in wire_bits.items() if b_ < a_),
-                       default=0.0)
-            if busy > 0:
-                backward = a - period - (self.batch - 1) * max(0.0, period - busy)
-        return max(0.0, forward, backward)
+        return max(0.0, forward)
 
     # -- results ---------------------------------------------------------------------------------
     def finish(self, period):
@@ -829,9 +815,13 @@ class _Context:
         # steady-state period within a mini-batch and the update round trip at its end
         timing = self.timing(period)
         compute_ips = clock_hz / timing["engine_cycles"]
-        steady = max(timing["engine_cycles"], clock_hz / link_ips, clock_hz / mem_ips)
-        boundary = self.boundary_cycles(steady)
-        with_updates = steady + boundary / self.batch
+        engines = timing["engine_cycles"]
+        steady = max(engines, clock_hz / link_ips, clock_hz / mem_ips)
+        # over a mini-batch the engines do B images plus the boundary's stall, the links and
+        # memories B images' traffic; they are decoupled by the receive buffers and by lags
+        # sized for the link transit, so the slowest of them sets the mini-batch's period
+        with_updates = max(steady, engines + self.boundary_cycles(engines) / self.batch)
+        boundary = (with_updates - steady) * self.batch
         ips = clock_hz / with_updates
         steady_ips = clock_hz / steady
         if steady == timing["engine_cycles"]:

@@ -344,7 +344,10 @@ def test_link_bound_steady_period():
     s = _sim_plan("tiny", nodes=2, split="layers", link_gbps=0.2).summary
     assert s["bottleneck"] == "link"
     assert s["cycles_per_image_steady"] == pytest.approx(1088, rel=1e-6)   # 34 words x 32
-    assert s["cycles_per_image_with_updates"] >= s["cycles_per_image_steady"]
+    # the engines' 527 + 1611 / 4 per image fit in the link's 1088: the receive buffers and the
+    # lags keep the link busy through the boundary (measured 1104 over whole mini-batches)
+    assert s["cycles_per_image_with_updates"] == s["cycles_per_image_steady"]
+    assert s["boundary_cycles_per_batch"] == 0
 
 
 def test_timing_keys_round_trip():
