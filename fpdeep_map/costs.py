@@ -68,6 +68,11 @@ LINK_HOP_LATENCY_CYCLES = 54
 LINK_FRAMER_LATENCY_CYCLES = 6
 #: Bits of one link word.
 LINK_WORD_BITS = 64
+#: Credits travel back in credit frames (header, one payload word of up to four streams'
+#: credits, CRC trailer), at most one per interval on a direction whose reverse carries data
+#: (``Cluster(credit_interval=8192)``): 3 x 1,088 / 8,192 = 0.4 wire words per image at 0.2 Gb/s.
+LINK_CREDIT_FRAME_WORDS = 3
+LINK_CREDIT_INTERVAL_CYCLES = 8192
 
 # --- timing of the node blocks, as built (docs/hw-node.md) ----------------------------------------
 #: Conv FP and EB engines hold the line buffer's window until the replay takes it, so the first

@@ -656,7 +656,13 @@ class _Context:
         # header and a CRC trailer
         frame = 1 + costs.LINK_FRAME_OVERHEAD_WORDS / costs.LINK_FRAME_PAYLOAD_WORDS
         wire_bits = {key: bits * frame for key, bits in link_bits.items()}
-        link_ips = min((cap * 1e9 / bits for bits in wire_bits.values() if bits), default=math.inf)
+        # credit frames (bits per second) on every direction whose reverse carries data
+        credit_bps = {key: (costs.LINK_CREDIT_FRAME_WORDS * costs.LINK_WORD_BITS
+                            * board.clock_mhz * 1e6 / costs.LINK_CREDIT_INTERVAL_CYCLES
+                            if link_bits.get((key[1], key[0])) else 0.0) for key in link_bits}
+        self.credit_bps = credit_bps
+        link_ips = min(((cap * 1e9 - credit_bps[key]) / bits
+                        for key, bits in wire_bits.items() if bits), default=math.inf)
         usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
         mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
         return cap, link_bits, wire_bits, link_ips, mem_ips
@@ -824,6 +830,9 @@ class _Context:
         boundary = (with_updates - steady) * self.batch
         ips = clock_hz / with_updates
         steady_ips = clock_hz / steady
+        # on the wire, per image at the steady rate: frames and the credit frames
+        wire_bits = {key: bits + self.credit_bps[key] / steady_ips
+                     for key, bits in wire_bits.items()}
         if steady == timing["engine_cycles"]:
             bottleneck = "compute"
         elif steady == clock_hz / link_ips:
