@@ -7,9 +7,11 @@ node 1 conv3+fc4), 2 images, batch 1: every activation, mask, argmax, loss error
 (including those that crossed a link), averaged gradient, weight version, final master weight and
 overflow count equal the golden model's; the payload of each link direction equals the plan's
 words per image; the comparison fails when a word that crossed the link is changed.
-``-m slow``: model validation at the board's link (cycles per image and words per link within
-5 %), a link slow enough to be the bottleneck (throughput follows the link, still bit-exact),
-and the CLI with ``--json --waves``.
+``-m slow``: model validation (``docs/mapping.md`` sections 4-6) at the board's link (payload
+words per link, cycles per image within the first mini-batch and over whole mini-batches, each
+against the plan's ``cycles_per_image_steady`` / ``cycles_per_image_with_updates``, within 5 %),
+a link slow enough to be the bottleneck (throughput follows the link, still bit-exact; the
+backward wire words are an xfail), and the CLI with ``--json --waves``.
 """
 
 import json
@@ -30,6 +32,9 @@ def _show(res):
             "cycles_per_image_whole_batches", "predicted_cycles_per_image", "wall_seconds",
             "cycles_per_second")
     print({k: res.get(k) for k in keys})
+    s = res["_prep"]["plan"].summary
+    print({k: s[k] for k in ("cycles_per_image_steady", "boundary_cycles_per_batch",
+                             "cycles_per_image_with_updates")})
     for lk in res["links"]:
         print({k: v for k, v in lk.items() if k != "streams"})
 
@@ -128,33 +133,43 @@ def test_model_validation_words(sixteen_images):
     _check_links(res, 0.02)
 
 
+def _check_cycles(res, tol):
+    """The mapper's timing model (docs/mapping.md section 6) against the co-simulation: the
+    loss-output spacing over the first mini-batch against the steady-state period, and over
+    whole mini-batches (update round trips included) against the averaged period."""
+    s = res["_prep"]["plan"].summary
+    assert res["cycles_per_image_first_batch"] == pytest.approx(
+        s["cycles_per_image_steady"], rel=tol)
+    assert res["cycles_per_image_whole_batches"] == pytest.approx(
+        s["cycles_per_image_with_updates"], rel=tol)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.xfail(strict=True, reason="mapper model: 512 cycles/image predicted; measured 555 "
-                   "over the first mini-batch (loss outputs alternate 527/612) and 972 over "
-                   "whole mini-batches of 4 (the update round trip at each boundary, ~1,840 "
-                   "cycles, is not in the model); reported to the lead")
 def test_model_validation_cycles(sixteen_images):
-    """At the board's link (compute-bound): cycles per image, model vs RTL, within 5 %."""
+    """At the board's link (compute-bound): cycles per image, model vs RTL, within 5 %.
+    Model: 527 within a mini-batch (conv2's 512 CE words + 15 cycles of line-buffer start-up
+    per image), 798.1 over whole mini-batches of 4 (the FC's update round trip, 1,084 cycles per
+    boundary); measured 527.0 and 825.6."""
     res = sixteen_images
-    pred = res["predicted_cycles_per_image"]
-    assert pred == 512
-    assert res["cycles_per_image_first_batch"] == pytest.approx(pred, rel=0.05)
-    assert res["cycles_per_image_whole_batches"] == pytest.approx(pred, rel=0.05)
+    s = res["_prep"]["plan"].summary
+    assert s["cycles_per_image_steady"] == 527
+    _check_cycles(res, 0.05)
 
 
 @pytest.fixture(scope="module")
 def slow_link():
-    """A link of 0.2 Gb/s at 100 MHz (2 bits per cycle): 34 wire words (2176 bits) per image
-    take 1088 cycles, twice the compute period."""
-    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=12, batch=4, seed=3,
+    """A link of 0.2 Gb/s at 100 MHz (2 bits per cycle): 34 wire words per image in full frames
+    and a 3-word credit frame per 8192 cycles take 1100.9 cycles per image, twice the engines'
+    period. 24 images in mini-batches of 4: four whole mini-batches after the links' start-up."""
+    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=24, batch=4, seed=3,
                     link_gbps=0.2)
     _show(res)
     return res
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 def test_slow_link_bit_exact(slow_link):
     res = slow_link
     assert res["bit_exact"] is True, res["mismatches"]
@@ -162,29 +177,47 @@ def test_slow_link_bit_exact(slow_link):
     plan = res["_prep"]["plan"]
     assert plan.summary["bottleneck"] == "link"
     bound = max(lk["link_bound_cycles_per_image"] for lk in res["links"])
-    assert bound == pytest.approx(1088, rel=1e-3)
-    assert res["predicted_cycles_per_image"] == pytest.approx(bound, rel=1e-3)
+    assert bound == pytest.approx(34 * 32 / (1 - 3 * 32 / 8192), rel=1e-3)
+    assert plan.summary["cycles_per_image_steady"] == pytest.approx(bound, rel=1e-3)
     _check_links(res, 0.02)
+    # the lags cover two slow hops (docs/mapping.md section 4: link transit in the residency)
+    assert res["lags"] == {"conv1": 6, "conv2": 5, "conv3": 2, "fc4": 1}
     # the link, not compute, sets the pace: slower than the compute-bound plan period
-    assert res["cycles_per_image"] > 1.5 * res["plan_cycles_per_image"]
+    assert res["cycles_per_image_whole_batches"] > 1.5 * res["plan_cycles_per_image"]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
-@pytest.mark.xfail(strict=True, reason="measured 1,344 cycles/image (median; 1,141 over the "
-                   "first mini-batch, 1,423 over whole ones) vs 1,088 link-bound; 38.3 / 39.4 wire "
-                   "words per image vs 34: frames leave part-full because node 0 is not always "
-                   "ahead of the link (the plan's lags, conv2: 3 images, bound the images between "
-                   "its FP and the returning errors, fewer than two slow hops need) and the "
-                   "update round trip at mini-batch boundaries is not in the model; reported to "
-                   "the lead")
+@pytest.mark.timeout(3600)
 def test_slow_link_throughput_follows_link(slow_link):
+    """Over whole mini-batches the cluster runs at the link's pace (model 1100.9, measured 1104:
+    the engines' boundary stall, 527 + 1611 / 4 per image, fits inside the link's time, the
+    receive buffers and lags keep the link busy). The first mini-batch (1312 measured) is the
+    links' start-up (the first images leave in short frames before node 0 is ahead of the
+    link), not the steady state, so it is not compared. Forward wire words: 35.7 measured over
+    the whole run, start-up included, against 34.4 (full frames and credit frames)."""
     res = slow_link
-    bound = max(lk["link_bound_cycles_per_image"] for lk in res["links"])
-    assert res["cycles_per_image"] == pytest.approx(bound, rel=0.05)
-    for lk in res["links"]:
-        assert lk["wire_words_per_image"] == pytest.approx(
-            lk["predicted_wire_words_per_image"], rel=0.05)
+    s = res["_prep"]["plan"].summary
+    assert s["cycles_per_image_with_updates"] == s["cycles_per_image_steady"]
+    assert res["cycles_per_image_whole_batches"] == pytest.approx(
+        s["cycles_per_image_with_updates"], rel=0.05)
+    fwd = res["links"][0]
+    assert fwd["direction"] == "forward"
+    assert fwd["wire_words_per_image"] == pytest.approx(
+        fwd["predicted_wire_words_per_image"], rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.xfail(strict=True, reason="backward link: 37.0 wire words per image measured vs "
+                   "34.4 (full frames + credit frames): the errors' stream restarts after every "
+                   "mini-batch boundary (EB of the FC waits for its update) and its first frames "
+                   "leave part-full (54 frames for 24 images); the mapper's frame model has no "
+                   "boundary term yet")
+def test_slow_link_backward_wire_words(slow_link):
+    bwd = slow_link["links"][1]
+    assert bwd["direction"] == "backward"
+    assert bwd["wire_words_per_image"] == pytest.approx(
+        bwd["predicted_wire_words_per_image"], rel=0.05)
 
 
 @pytest.mark.slow
