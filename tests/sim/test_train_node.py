@@ -194,6 +194,23 @@ def test_steady_state_utilisation():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
+def test_model_validation_cycles():
+    """The mapper's timing model (docs/mapping.md section 6) against the node: tiny, 12 images
+    in mini-batches of 4. Within the first mini-batch the loss outputs come at the plan's
+    steady period (1031: conv2's 1024 CE words + 7 cycles of line-buffer start-up); over whole
+    mini-batches at the period with the FC's update round trip (1310.3 predicted, 1303.25
+    measured)."""
+    res = train.run("tiny", "sim-node", images=12, batch=4, seed=0)
+    assert res["bit_exact"] is True
+    s = res["_prep"]["plan"].summary
+    assert res["cycles_per_image_first_batch"] == pytest.approx(
+        s["cycles_per_image_steady"], rel=0.05)
+    assert res["cycles_per_image_whole_batches"] == pytest.approx(
+        s["cycles_per_image_with_updates"], rel=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_cli_json_waves_stalls(tmp_path, capsys):
     """The CLI with waves and random host stalls (2 images, batch 1: two updates)."""
     argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "2",
