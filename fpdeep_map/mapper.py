@@ -49,12 +49,16 @@ def build_works(net: Network, ocp_threshold: int = 16, max_row_lanes: int = 8,
             cin, cout = layer.in_channels, layer.out_channels
             h = w = ho = wo = 1
             k, stride, groups = 1, 1, 1
+            idx = net.index(layer.name)
+            below = net.layers[idx - 1].out_shape if idx > 0 else layer.in_shape
+            fc_pixels = below[1] * below[2] if len(below) == 3 else 1
         split = "ocp" if layer.kind == "conv" and cin // groups < ocp_threshold else "icp"
         macs = {"fp": layer.fp_macs, "eb": net.eb_macs(layer), "pg": layer.pg_macs}
         works.append(Work(index=i, name=layer.name, kind=layer.kind, split=split, cin=cin,
                           cout=cout, groups=groups, k=k, stride=stride, in_hw=(h, w),
                           out_hw=(ho, wo), macs=macs, max_x=max_row_lanes,
-                          whole=whole_layers))
+                          whole=whole_layers,
+                          fc_pixels=fc_pixels if layer.kind == "fc" else 1))
     return works
 
 

@@ -50,6 +50,7 @@ class Work:
     macs: dict           # phase -> MACs per image
     max_x: int = 8       # most output rows an engine may compute side by side
     whole: bool = False  # never cut this layer: all of it on one node (layer-granular)
+    fc_pixels: int = 1   # fc: pixels H*W of the input map (features = channels x pixels)
 
     @property
     def units(self) -> int:
@@ -65,6 +66,21 @@ class Work:
     @property
     def total_macs(self) -> int:
         return sum(self.macs.values())
+
+    @property
+    def array_hw(self):
+        """(rows, columns) an engine array steps through per image and pass: the conv output
+        map; for an fc layer one step per pixel of its input map (the array takes one pixel's
+        channels at a time, ``S`` of them per lane group)."""
+        return (1, self.fc_pixels) if self.kind == "fc" else self.out_hw
+
+    def array_dims(self, lo, hi):
+        """:meth:`group_dims` as the engine array sees them: for an fc layer input *channels*
+        of the map (``ceil(features / fc_pixels)``) rather than features."""
+        dims = self.group_dims(lo, hi)
+        if self.kind != "fc" or self.fc_pixels == 1:
+            return dims
+        return [(-(-c // self.fc_pixels), o) for c, o in dims]
 
     def group_dims(self, lo, hi):
         """[(c_j, o_j)] per group touched by units [lo, hi): input and output channels."""
@@ -213,13 +229,14 @@ def exact_shape(work, lo, hi, period):
     X output rows are computed side by side (X <= work.max_x). Returns (tiles, p, s, x) or
     None if no array can. Exact: cycles = ceil(Ho/X)*Wo * sum_groups ceil(o_j/P)*ceil(c_j/S).
     """
-    ho, wo = work.out_hw
+    ho, wo = work.array_hw
     m_rows = int(period // wo)                  # row-passes that fit in the period
-    key = (work.split, work.cin, work.cout, work.groups, work.out_hw, work.max_x, lo, hi, m_rows)
+    key = (work.split, work.cin, work.cout, work.groups, work.array_hw, work.max_x, lo, hi,
+           m_rows)
     hit = _SHAPE_CACHE.get(key)
     if hit is not None or key in _SHAPE_CACHE:
         return hit
-    dims = tuple(work.group_dims(lo, hi))
+    dims = tuple(work.array_dims(lo, hi))
     best = None
     for x in range(1, min(work.max_x, ho) + 1):
         rows = -(-ho // x)
@@ -343,17 +360,17 @@ def pack(works, nodes, dsp_budget, period, exact=False, offchip=None):
 
 def cycles_of(work, lo, hi, p, s, x):
     """Cycles per image of a P x S x X array on units [lo, hi)."""
-    ho, wo = work.out_hw
-    return -(-ho // x) * wo * sum(-(-o // p) * -(-c // s) for c, o in work.group_dims(lo, hi))
+    ho, wo = work.array_hw
+    return -(-ho // x) * wo * sum(-(-o // p) * -(-c // s) for c, o in work.array_dims(lo, hi))
 
 
 def best_shape(work, lo, hi, tiles):
     """Array (P, S, X) with P*S*X <= tiles minimising cycles per image; returns (p, s, x, cycles)."""
-    dims = work.group_dims(lo, hi)
+    dims = work.array_dims(lo, hi)
     cmax = max(c for c, _ in dims)
     omax = max(o for _, o in dims)
     best = None
-    ho = work.out_hw[0]
+    ho = work.array_hw[0]
     for x in range(1, min(work.max_x, ho, tiles) + 1):
         for s in sorted({-(-cmax // r) for r in range(1, cmax + 1)}):
             if s * x > tiles:
