@@ -5,7 +5,7 @@ trained against the golden model with the plan's split arithmetic
 (:class:`sim.golden.train.GoldenTrainer` ``plan=``).
 
 * ``ocp2``: ``tiny`` on 2 ``sim-node`` boards, the mapper's default split: conv2 cut by output
-  channels, node 0 [0, 6), node 1 [6, 8) (OCP: conv2's input to both, partial errors back).
+  channels, node 0 [0, 7), node 1 [7, 8) (OCP: conv2's input to both, partial errors back).
 * ``ocp3``: ``tiny`` on 3 ``sim-node`` boards: conv2 [0, 3) on node 0, [3, 8) on node 1, conv3 and
   fc4 on node 2 (node 1 joins the slices and passes the errors of node 0's slice back).
 * ``icp2``: ``tiny`` on 2 ``sim-node`` boards with ``ocp_threshold=1``: conv2 cut by input channels
@@ -97,9 +97,9 @@ def test_ocp_two_nodes(runs):
     assert _streams(res) == {
         (0, 1): [("activations", "conv2"), ("activations", "conv3")],
         (1, 0): [("partial_errors", "conv1"), ("errors", "conv2")]}
-    # 6 of conv2's 8 output channels cross the link: 6 x 16 pixels x 16 bits = 24 words
+    # 7 of conv2's 8 output channels cross the link: 7 x 16 pixels x 16 bits = 28 words
     fwd = res["links"][0]["streams"]
-    assert fwd[1]["payload_words_per_image"] == 24
+    assert fwd[1]["payload_words_per_image"] == 28
 
 
 @pytest.mark.timeout(900)
