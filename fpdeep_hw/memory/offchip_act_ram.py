@@ -76,7 +76,12 @@ class OffchipActRAM(wiring.Component):
       once its write was acknowledged (``mem.b``) and the prefetch FIFO has room for it beside
       every word already requested, so ``mem.r`` is always ready; its slot is free again once
       its last word has returned;
-    - the **prefetch FIFO** (on chip, ``2 * burst`` words) in front of ``o``.
+    - the **prefetch FIFO** (on chip, ``prefetch * burst`` words) in front of ``o``: up to
+      ``prefetch`` bursts are requested ahead, so the ring delivers close to one word per cycle
+      when ``prefetch * burst`` exceeds the memory's read latency plus about three bursts
+      (measured with ``sim.dram_model``, burst 16, 2 words per cycle: 0.98 words per cycle at
+      latency 20 with ``prefetch`` 4, 0.82 with 2; 0.95 at latency 60 with 8; see
+      ``docs/hw-memory.md``).
 
     **Bypass.** While the ring is empty (nothing written and not yet returned, no burst being
     written) words go from the write-combining FIFO straight to the prefetch FIFO, so a short
@@ -110,6 +115,8 @@ class OffchipActRAM(wiring.Component):
         Word address of the ring in the external memory (a multiple of ``burst``).
     addr_width : int
         Bits of a word address on the memory port (the ring must fit).
+    prefetch : int
+        Bursts of the prefetch FIFO, at least 2.
 
     Members
     -------
@@ -125,7 +132,7 @@ class OffchipActRAM(wiring.Component):
 
     LATENCY = 4
 
-    def __init__(self, *, fmt, lanes, depth, burst=16, base=0, addr_width=32):
+    def __init__(self, *, fmt, lanes, depth, burst=16, base=0, addr_width=32, prefetch=4):
         if not isinstance(fmt, FixedFormat):
             raise TypeError(f"Off-chip Act-RAM format must be a FixedFormat, not {fmt!r}")
         if not _is_int(lanes) or lanes < 1:
@@ -138,6 +145,9 @@ class OffchipActRAM(wiring.Component):
         if not _is_int(base) or base < 0 or base % burst:
             raise ValueError(f"Off-chip Act-RAM base must be a non-negative multiple of the "
                              f"burst ({burst}), not {base!r}")
+        if not _is_int(prefetch) or prefetch < 2:
+            raise ValueError(f"Off-chip Act-RAM prefetch must be an integer of at least 2 "
+                             f"bursts, not {prefetch!r}")
         if not _is_int(addr_width) or addr_width < 1:
             raise ValueError(f"Off-chip Act-RAM address width must be a positive integer, "
                              f"not {addr_width!r}")
@@ -148,6 +158,7 @@ class OffchipActRAM(wiring.Component):
         self._fmt, self._lanes, self._depth = fmt, lanes, depth
         self._burst, self._base, self._addr_width = burst, base, addr_width
         self._ext_bursts = ext_bursts
+        self._prefetch = prefetch
         self._layout = data.ArrayLayout(signed(fmt.width), lanes)
         super().__init__({
             "i": In(stream.Signature(self._layout)),
@@ -178,19 +189,29 @@ class OffchipActRAM(wiring.Component):
         return self._ext_bursts * self._burst
 
     @property
-    def fifo_words(self):
-        """Words of each on-chip FIFO (write-combining and prefetch): ``2 * burst``."""
+    def prefetch(self):
+        """Bursts of the prefetch FIFO."""
+        return self._prefetch
+
+    @property
+    def wc_words(self):
+        """Words of the write-combining FIFO: ``2 * burst``."""
         return 2 * self._burst
+
+    @property
+    def prefetch_words(self):
+        """Words of the prefetch FIFO: ``prefetch * burst``."""
+        return self._prefetch * self._burst
 
     def elaborate(self, platform):
         m = Module()
         B, N, D = self._burst, self._ext_bursts, self._depth
         W = self._lanes * self._fmt.width
-        F = 2 * B
+        F = self._prefetch * B
         mem = self.mem
 
-        m.submodules.wc = wc = SyncFIFOBuffered(width=W, depth=F)     # write-combining
-        m.submodules.pf = pf = SyncFIFOBuffered(width=W, depth=F)     # prefetch
+        m.submodules.wc = wc = SyncFIFOBuffered(width=W, depth=2 * B)     # write-combining
+        m.submodules.pf = pf = SyncFIFOBuffered(width=W, depth=F)         # prefetch
 
         # ---- level and the input ------------------------------------------------------------
         level = Signal(range(D + 1))
@@ -324,10 +345,10 @@ class MemoryControllerBlackBox(wiring.Component):
         super().__init__({"port": In(memory_port_signature(word_width, addr_width))})
 
     def elaborate(self, platform):
-        m = Module()
         if platform is None:
             raise ValueError("MemoryControllerBlackBox is only built for a platform; in "
                              "simulation use sim.dram_model.DRAMModel")
+        m = Module()
         p = self.port
         kw = {"i_clk": ClockSignal("sync"), "i_rst": ResetSignal("sync", allow_reset_less=True)}
         for name, to_ctrl in (("aw", True), ("w", True), ("b", False), ("ar", True),

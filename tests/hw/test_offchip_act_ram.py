@@ -44,6 +44,8 @@ def random_words(rng, n, lanes, width=16):
                                 "not 1"),
     (dict(base=8), ValueError, "Off-chip Act-RAM base must be a non-negative multiple of the "
                                "burst (16), not 8"),
+    (dict(prefetch=1), ValueError, "Off-chip Act-RAM prefetch must be an integer of at least 2 "
+                                   "bursts, not 1"),
     (dict(addr_width=0), ValueError, "Off-chip Act-RAM address width must be a positive "
                                      "integer, not 0"),
     (dict(depth=100, addr_width=6), ValueError, "Off-chip Act-RAM ring of 112 words at 0 does "
@@ -58,18 +60,18 @@ def test_rejects_bad_arguments(kw, exc, msg):
 
 def test_geometry():
     ram = OffchipActRAM(fmt=ACT, lanes=3, depth=100, burst=8, base=64)
-    assert (ram.ext_bursts, ram.ext_words, ram.fifo_words) == (13, 104, 16)
+    assert (ram.ext_bursts, ram.ext_words, ram.wc_words, ram.prefetch_words) == (13, 104, 16, 32)
     assert ram.latency == ram.LATENCY == 4
 
 
 # -- FIFO behaviour with the memory model -------------------------------------------------------
 
 def run_fifo(*, lanes, depth, burst, n, p_in, p_out, p_mem, latency, rate, seed,
-             hold_out=0):
+             hold_out=0, prefetch=2):
     """Send ``n`` random words through, with stalls everywhere; returns (got, words, model)."""
     rng = random.Random(seed)
     dut = OffchipActRAM(fmt=ACT, lanes=lanes, depth=depth, burst=burst, base=2 * burst,
-                        addr_width=16)
+                        addr_width=16, prefetch=prefetch)
     words = random_words(rng, n, lanes)
     model = DRAMModel(dut.mem, burst=burst, words=dut.ext_words + 2 * burst, latency=latency,
                       words_per_cycle=rate, p_stall=p_mem, seed=seed + 1)
@@ -103,27 +105,28 @@ def run_fifo(*, lanes, depth, burst, n, p_in, p_out, p_mem, latency, rate, seed,
     sim.add_testbench(stream_source(dut.i, words, rng=random.Random(seed + 3), p_stall=p_in))
     sim.add_testbench(delayed_sink)
     sim.run()
-    return got, words, model, levels
+    return got, words, model, levels, dut
 
 
 @pytest.mark.parametrize("case", [
-    # lanes, depth, burst, words, p_in, p_out, p_mem, latency, rate, seed, hold_out
-    (2, 64, 4, 300, 0.3, 0.5, 0.3, (5, 40), 1, 1, 0),
-    (1, 37, 8, 250, 0.2, 0.6, 0.2, (1, 60), 0.75, 2, 0),
-    (4, 200, 16, 400, 0.1, 0.3, 0.4, (10, 30), 1.5, 3, 1000),
-    (3, 5, 2, 120, 0.3, 0.7, 0.5, (1, 9), 0.5, 4, 0),      # depth below two bursts
-    (2, 1, 4, 30, 0.2, 0.2, 0.2, (3, 7), 1, 5, 0),          # depth 1: bypass only
+    # lanes, depth, burst, words, p_in, p_out, p_mem, latency, rate, seed, hold_out, prefetch
+    (2, 64, 4, 300, 0.3, 0.5, 0.3, (5, 40), 1, 1, 0, 2),
+    (1, 37, 8, 250, 0.2, 0.6, 0.2, (1, 60), 0.75, 2, 0, 2),
+    (4, 200, 16, 400, 0.1, 0.3, 0.4, (10, 30), 1.5, 3, 1000, 4),
+    (2, 90, 4, 400, 0.2, 0.5, 0.3, (20, 80), 2, 6, 0, 8),
+    (3, 5, 2, 120, 0.3, 0.7, 0.5, (1, 9), 0.5, 4, 0, 2),    # depth below two bursts
+    (2, 1, 4, 30, 0.2, 0.2, 0.2, (3, 7), 1, 5, 0, 3),       # depth 1: bypass only
 ])
 def test_fifo_with_random_stalls_and_latency(case):
-    lanes, depth, burst, n, p_in, p_out, p_mem, lat, rate, seed, hold = case
-    got, words, model, levels = run_fifo(lanes=lanes, depth=depth, burst=burst, n=n, p_in=p_in,
-                                         p_out=p_out, p_mem=p_mem, latency=lat, rate=rate,
-                                         seed=seed, hold_out=hold)
+    lanes, depth, burst, n, p_in, p_out, p_mem, lat, rate, seed, hold, pre = case
+    got, words, model, levels, dut = run_fifo(lanes=lanes, depth=depth, burst=burst, n=n,
+                                              p_in=p_in, p_out=p_out, p_mem=p_mem, latency=lat,
+                                              rate=rate, seed=seed, hold_out=hold, prefetch=pre)
     assert got == act_ram_order(words)
     assert model.words_written == model.bursts_written * burst
     assert model.words_read == model.bursts_read * burst == model.words_written
-    if depth >= 4 * burst:
-        # the ring was used (the two on-chip FIFOs hold 4 bursts): bursts went to the memory and came back
+    if depth >= dut.wc_words + dut.prefetch_words:
+        # the ring was used (the two on-chip FIFOs cannot hold everything): bursts went to the memory and came back
         assert model.bursts_written > 0
     if depth < burst:
         assert model.bursts_written == 0
@@ -134,9 +137,9 @@ def test_fifo_with_random_stalls_and_latency(case):
 def test_capacity_is_depth():
     """With ``o`` held, exactly ``depth`` words are accepted (through the ring), then all come
     out in order."""
-    depth, burst = 50, 8
-    dut = OffchipActRAM(fmt=ACT, lanes=1, depth=depth, burst=burst, addr_width=12)
-    words = random_words(random.Random(9), 80, 1)
+    depth, burst = 80, 8
+    dut = OffchipActRAM(fmt=ACT, lanes=1, depth=depth, burst=burst, addr_width=12, prefetch=2)
+    words = random_words(random.Random(9), 120, 1)
     model = DRAMModel(dut.mem, burst=burst, words=dut.ext_words, latency=6, seed=3)
     accepted = []
     got = []
@@ -154,7 +157,7 @@ def test_capacity_is_depth():
         ctx.set(dut.i.valid, 0)
         await stream_sink(dut.o, got, count=depth)(ctx)
         assert got == words[:depth]
-        assert model.bursts_written >= (depth - 2 * burst) // burst
+        assert model.bursts_written >= (depth - dut.wc_words - dut.prefetch_words) // burst == 6
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
