@@ -788,12 +788,14 @@ class _Context:
         per-image accumulators drained into the LGB, the LGB drained through the master update
         (pass 1) and the working weights written (pass 2), ``N`` sets at one per cycle each,
         plus the fixed latencies: ``A = N_pg + 3 N + UPDATE_FIXED_CYCLES`` after ``j``'s loss
-        error. The held image waits whole in the FIFO before ``L`` and the layer below holds one
-        output row (``1/H`` of an image) of the next, so the pipeline restarts
-        ``A + F - (D_L + 1 + 1/H) T`` later than it would have: ``F`` from the gate's release
-        to the held image's loss error (its ``H*W`` pixels into the FC's store, one per cycle,
-        the ``R*H*W*G`` replay cycles, ``FC_OUTPUT_CYCLES``, the loss unit). Every later image is that much later; the other layers' updates (``3 N_l``
-        cycles, ``N_l`` small) complete inside their lags. ``period``: the engines' period
+        error. The held image's loss error comes ``F`` after the gate's release (its ``H*W``
+        pixels into the FC's store, one per cycle, the ``R*H*W*G = N_fp`` replay cycles,
+        ``FC_OUTPUT_CYCLES``, the loss unit), ``A + F - (D_L + 1) T`` later than without the
+        update. The next image catches up a little: the layer below has one output row of it
+        ready (``1/H`` of an image), but the FC replays every image for ``N_fp`` cycles, so it
+        follows after ``max((1 - 1/H) T, N_fp)``; from then on every image is
+        ``A + F - (D_L + 1) T - min(T/H, T - N_fp)`` later. The other layers' updates
+        (``3 N_l`` cycles, ``N_l`` small) complete inside their lags. ``period``: the engines' period
         (links and memories are decoupled from it, see :meth:`finish`). Derivation and
         measurements: ``docs/mapping.md`` section 6."""
         works = self.works
@@ -813,8 +815,10 @@ class _Context:
         # the held image enters the FC's store from the FIFO one pixel per cycle, then its
         # replay and the loss
         f = pixels + fill + costs.FC_OUTPUT_CYCLES + lam
-        forward = a + f - (lag + 1 + 1 / rows) * period
-        return max(0.0, forward)
+        # the image after the held one: the layer below has one output row of it ready, but the
+        # FC replays every image for N_fp cycles, so it follows after max((1 - 1/H) T, N_fp)
+        catch_up = min(period / rows, max(0.0, period - fill))
+        return max(0.0, a + f - (lag + 1) * period - catch_up)
 
     # -- results ---------------------------------------------------------------------------------
     def finish(self, period):

@@ -289,6 +289,17 @@ def test_boundary_cost_formula(net, batch, n_fc, n_pg, lam, lag, rows, period):
                                              abs=1e-4)
 
 
+def test_boundary_cost_when_the_fc_is_the_pace():
+    """tiny on two sim-nodes: fc4 replays 512 cycles per image, T = 527, so the image after the
+    held one follows after max(0.75 T, 512) = 512 (measured 512): the catch-up is T - N_fp."""
+    s = _sim_plan("tiny", nodes=2, split="layers").summary
+    a = 512 + 3 * 512 + 13
+    f = 16 + 512 + 6 + 202
+    assert s["boundary_cycles_per_batch"] == pytest.approx(a + f - 3 * 527 - (527 - 512),
+                                                            abs=0.01)
+    assert s["cycles_per_image_with_updates"] == pytest.approx(825.62, rel=0.02)   # measured
+
+
 def test_boundary_cost_against_the_co_simulation():
     """Measured with ``python -m sim.train`` (12 images, B = 4, seeds 0 / 1): loss-output spacing
     over the first mini-batch and over whole mini-batches (docs/mapping.md section 6)."""
@@ -346,7 +357,7 @@ def test_link_bound_steady_period():
     # 34 wire words of frames per image at 32 cycles each, and a 3-word credit frame per 8192
     # cycles: (34 x 32) / (1 - 3 x 32 / 8192) = 1100.9
     assert s["cycles_per_image_steady"] == pytest.approx(34 * 32 / (1 - 3 * 32 / 8192), abs=0.01)
-    # the engines' 527 + 1611 / 4 per image fit in the link's 1100.9: the receive buffers and the
+    # the engines' 527 + 1728 / 4 per image fit in the link's 1100.9: the receive buffers and the
     # lags keep the link busy through the boundary (measured 1104 over whole mini-batches)
     assert s["cycles_per_image_with_updates"] == s["cycles_per_image_steady"]
     assert s["boundary_cycles_per_batch"] == 0
