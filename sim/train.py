@@ -641,6 +641,17 @@ def figures(prep, rec, final):
         "ce_utilization": round(ideal / cpi, 4) if cpi else None,
         "plan_cycles_per_image": max(np_.cycles_per_image for np_ in node_plans),
         "predicted_cycles_per_image": round(predicted_cycles_per_image(plan), 2),
+        # the mapper's timing model: within a mini-batch, and averaged over whole mini-batches
+        # (update round trips included); compare with the first-batch / whole-batch figures
+        "predicted_cycles_per_image_steady": plan.summary.get("cycles_per_image_steady"),
+        "predicted_cycles_per_image_with_updates": plan.summary.get(
+            "cycles_per_image_with_updates"),
+        "steady_error": (round(first_batch / plan.summary["cycles_per_image_steady"] - 1, 4)
+                         if first_batch and plan.summary.get("cycles_per_image_steady")
+                         else None),
+        "with_updates_error": (
+            round(batch_period / plan.summary["cycles_per_image_with_updates"] - 1, 4)
+            if batch_period and plan.summary.get("cycles_per_image_with_updates") else None),
         "cycles_per_image_error": (round(cpi / predicted_cycles_per_image(plan) - 1, 4)
                                    if cpi else None),
         "links": _link_figures(prep, rec, final, n_img, cpi),
