@@ -42,8 +42,12 @@
   are this component's ports, and with ``links="ports"`` the 64-bit link word streams too
   (no PHY, no clock crossing).
 
-Vendor specifics live only in the two black boxes (Aurora in ``SerialLinkPHY``, the DMA engine
-here). Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``.
+- **External memory.** Every node member ``mem_*`` with the burst-port signature of
+  :mod:`fpdeep_hw.memory.offchip_act_ram` (an off-chip Act-RAM's ``mem``) gets its own
+  ``MemoryControllerBlackBox`` (``fpdeep_mem_ctrl``), or is a port with ``memory="ports"``.
+
+Vendor specifics live only in the black boxes (Aurora in ``SerialLinkPHY``, the DMA engine here,
+the memory controller in ``offchip_act_ram``). Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``.
 """
 
 from __future__ import annotations
@@ -296,6 +300,13 @@ class BoardTop(wiring.Component):
         ``"phy"``: a ``SerialLinkPHY`` per neighbour with clock crossing (needs a platform);
         ``"ports"``: the node's 64-bit link word streams (``prev_tx``, ``prev_rx``, ...) are
         ports of this component, in ``sync``.
+    memory : {"controller", "ports"}
+        The node's external-memory burst ports (members ``mem_*`` with the signature of
+        :func:`fpdeep_hw.memory.offchip_act_ram.memory_port_signature`, e.g. the ``mem`` port of
+        an ``OffchipActRAM`` brought out by the node): ``"controller"``: one
+        :class:`~fpdeep_hw.memory.offchip_act_ram.MemoryControllerBlackBox`
+        (``fpdeep_mem_ctrl``) each, needs a platform; ``"ports"``: ports of this component
+        (simulation with :class:`sim.dram_model.DRAMModel`).
     node_module : str, optional
         Instantiate the node as ``Instance(node_module, ...)`` of the separately converted
         Verilog of ``LinkedNode(node_top)`` instead of elaborating it here.
@@ -310,16 +321,22 @@ class BoardTop(wiring.Component):
         Only with ``host="ports"``: the LED status bits (see the module docstring).
     prev_tx, prev_rx, next_tx, next_rx
         Only with ``links="ports"``: the link word streams of :class:`LinkedNode`.
+    mem_*
+        Only with ``memory="ports"``: the node's external-memory burst ports.
+    memory_ports : list of str
+        Names of the node's external-memory burst ports.
     has_prev, has_next : bool
         Whether the plan gives this node a previous / next neighbour.
     """
 
-    def __init__(self, node_top, *, host="dma", links="phy", node_module=None,
-                 core="aurora_64b66b_0"):
+    def __init__(self, node_top, *, host="dma", links="phy", memory="controller",
+                 node_module=None, core="aurora_64b66b_0"):
         if host not in ("dma", "ports"):
             raise ValueError(f"BoardTop host must be 'dma' or 'ports', not {host!r}")
         if links not in ("phy", "ports"):
             raise ValueError(f"BoardTop links must be 'phy' or 'ports', not {links!r}")
+        if memory not in ("controller", "ports"):
+            raise ValueError(f"BoardTop memory must be 'controller' or 'ports', not {memory!r}")
         if node_module is not None and not (isinstance(node_module, str) and node_module.isidentifier()):
             raise ValueError(f"BoardTop node_module must be a Verilog identifier, not {node_module!r}")
         self.node_top = node_top
@@ -328,6 +345,7 @@ class BoardTop(wiring.Component):
         self.has_next = "next" in self.linked.sides
         self.host = host
         self.links = links
+        self.memory = memory
         self.node_module = node_module
         self.core = core
         self.phys = {}
@@ -344,6 +362,13 @@ class BoardTop(wiring.Component):
             for side in self.linked.sides:
                 members[f"{side}_tx"] = lm[f"{side}_tx"]
                 members[f"{side}_rx"] = lm[f"{side}_rx"]
+        #: the node's external-memory burst ports (members ``mem_*``, e.g. of an OffchipActRAM)
+        self.memory_ports = sorted(name for name, mem in lm.items()
+                                   if name.startswith("mem_") and mem.is_signature and
+                                   set(mem.signature.members) == {"aw", "w", "b", "ar", "r"})
+        if memory == "ports":
+            for name in self.memory_ports:
+                members[name] = lm[name]
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -447,6 +472,29 @@ class BoardTop(wiring.Component):
                     phy.channel_up & ~overflow, good, o_domain="sync")
                 ok.append(good)
             m.d.comb += links_up.eq(ok[0] if len(ok) == 1 else ok[0] & ok[1])
+
+        # ---- external memory: one controller black box per burst port ------------------------
+        from .memory.offchip_act_ram import MemoryControllerBlackBox
+        for name in self.memory_ports:
+            sig = node.signature.members[name].signature
+            if self.memory == "ports":
+                outer_port = getattr(self, name)
+            else:
+                width = len(ports[f"{name}__w__payload"])
+                addr = len(ports[f"{name}__aw__payload"])
+                ctrl = MemoryControllerBlackBox(width, addr)
+                m.submodules[f"ctrl_{name}"] = ctrl
+                outer_port = ctrl.port
+            for f in ("aw", "w", "b", "ar", "r"):
+                to_mem = sig.members[f].flow == wiring.Flow.Out
+                s = getattr(outer_port, f)
+                for g in ("valid", "payload", "ready"):
+                    inner_sig = ports[f"{name}__{f}__{g}"]
+                    node_drives = to_mem == (g != "ready")
+                    if node_drives:
+                        m.d.comb += getattr(s, g).eq(inner_sig)
+                    else:
+                        m.d.comb += inner_sig.eq(getattr(s, g))
 
         # ---- status LEDs --------------------------------------------------------------------
         heartbeat = Signal(27)

@@ -235,7 +235,8 @@ def unsupported(plan, k, network):
         if s.act_ram.offchip_words:
             problems.append((f"{f}.act_ram.offchip_words", s.act_ram.offchip_words,
                              f"layer {s.layer!r} keeps {s.act_ram.offchip_words} words of its "
-                             f"Act-RAM off chip (off-chip Act-RAM is not built yet)",
+                             f"Act-RAM off chip (the off-chip Act-RAM block, "
+                             f"fpdeep_hw/memory/offchip_act_ram.py, is not in NodeTop yet)",
                              f"off-chip Act-RAM {s.layer}"))
         for phase, e in s.engines.items():
             if e.x > 1:

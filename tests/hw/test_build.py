@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from amaranth.hdl import Elaboratable
+from amaranth.lib import wiring
 
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -673,3 +674,84 @@ def test_board_top_ports_mode():
                                          r"platform for links='phy'"):
         Fragment.get(hw, None)
     Fragment.get(hw.linked, None).prepare()      # (no unused-elaboratable warnings later)
+
+
+class _MemNode(wiring.Component):
+    """A stand-in node with an external-memory burst port ``mem_act`` (an OffchipActRAM): what
+    ``NodeTop`` exposes once off-chip Act-RAMs are built in. ``updates`` sums the words that
+    came out; the Act-RAM's output is taken every third cycle so that the ring fills."""
+
+    def __init__(self, plan):
+        from amaranth.hdl import signed
+        from amaranth.lib import data, stream
+        from amaranth.lib.wiring import In, Out
+
+        from fpdeep_hw.memory.offchip_act_ram import OffchipActRAM
+        from fpdeep_map.numerics import FixedFormat
+        self.plan, self.node, self.link_ports, self.link_items, self.loss = plan, 0, {}, {}, None
+        self.ram = OffchipActRAM(fmt=FixedFormat(16, 8), lanes=2, depth=256, burst=4,
+                                 addr_width=12, prefetch=2)
+        super().__init__({
+            "images": In(stream.Signature(data.ArrayLayout(signed(16), 2))),
+            "flush": In(1), "updates": Out(32), "images_in": Out(32),
+            "mem_act": Out(self.ram.mem.signature),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Module, Signal, Value
+        from amaranth.lib import wiring
+        m = Module()
+        m.submodules.ram = ram = self.ram
+        wiring.connect(m, wiring.flipped(self.images), ram.i)
+        wiring.connect(m, ram.mem, wiring.flipped(self.mem_act))
+        phase = Signal(2)
+        m.d.sync += phase.eq(phase + 1)
+        m.d.comb += ram.o.ready.eq(phase == 0)
+        with m.If(ram.o.valid & ram.o.ready):
+            m.d.sync += self.updates.eq(self.updates + Value.cast(ram.o.payload))
+        with m.If(self.images.valid & self.images.ready):
+            m.d.sync += self.images_in.eq(self.images_in + 1)
+        return m
+
+
+def test_board_top_memory_ports():
+    """A node member ``mem_*`` with the burst-port signature gets a ``fpdeep_mem_ctrl`` black
+    box on the board (``memory="controller"``) or becomes a port (``memory="ports"``), served
+    here by the memory model: every word comes back through the ring."""
+    from types import SimpleNamespace
+
+    from amaranth.sim import Simulator
+
+    from boards.platforms import platform_for
+    from fpdeep_hw.board_top import BoardTop
+    from sim.dram_model import DRAMModel
+    from sim.streams import stream_source
+    plan = small_plan()
+    top = BoardTop(_MemNode(plan))
+    assert top.memory_ports == ["mem_act"]
+    text = platform_for("vc709")().build(top, name="top", do_build=False).files["top.v"]
+    assert "fpdeep_mem_ctrl ctrl (" in text and ".ar_data(" in text and ".r_data(" in text
+    with pytest.raises(ValueError, match=r"^BoardTop memory must be 'controller' or 'ports', "
+                                         r"not 'x'$"):
+        BoardTop(SimpleNamespace(plan=None, node=0), memory="x")
+
+    node = _MemNode(plan)
+    top = BoardTop(node, host="ports", links="ports", memory="ports")
+    rng = random.Random(4)
+    words = [[rng.randint(-2**15, 2**15 - 1) for _ in range(2)] for _ in range(120)]
+    model = DRAMModel(top.mem_act, burst=4, words=node.ram.ext_words, latency=(3, 30),
+                      p_stall=0.3, seed=2)
+
+    async def bench(ctx):
+        await stream_source(top.images, words)(ctx)
+        for _ in range(600):
+            await ctx.tick()
+        total = sum((w[0] & 0xFFFF) | (w[1] & 0xFFFF) << 16 for w in words) & 0xFFFFFFFF
+        assert ctx.get(top.updates) == total
+        assert model.bursts_written > 0 and model.words_read == model.words_written
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(model.run, background=True)
+    sim.add_testbench(bench)
+    sim.run()
