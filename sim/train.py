@@ -517,8 +517,8 @@ def compare(prep, rec, final):
 # ---- figures ------------------------------------------------------------------------------------
 
 def predicted_cycles_per_image(plan):
-    """The mapper's period: clock over its images/s (compute, link and memory bounds)."""
-    return plan.clock_mhz * 1e6 / plan.summary["images_per_second"]
+    """The mapper's period over whole mini-batches (update round trips included)."""
+    return plan.summary["cycles_per_image_with_updates"]
 
 
 def _link_figures(prep, rec, final, n_img, cpi):
@@ -631,7 +631,7 @@ def figures(prep, rec, final):
     return {
         "cycles": cycles,
         "cycles_per_image": round(cpi, 2) if cpi is not None else None,
-        "cycles_per_image_with_updates": round(mean, 2) if mean is not None else None,
+        "cycles_per_image_mean": round(mean, 2) if mean is not None else None,
         "steady_state_images": [j1, j2],
         "cycles_per_image_first_batch": (round(first_batch, 2) if first_batch is not None
                                          else None),
@@ -652,8 +652,12 @@ def figures(prep, rec, final):
         "with_updates_error": (
             round(batch_period / plan.summary["cycles_per_image_with_updates"] - 1, 4)
             if batch_period and plan.summary.get("cycles_per_image_with_updates") else None),
-        "cycles_per_image_error": (round(cpi / predicted_cycles_per_image(plan) - 1, 4)
-                                   if cpi else None),
+        # whole mini-batches against the averaged period where the run has them, else the
+        # first mini-batch against the steady period
+        "cycles_per_image_error": (
+            round(batch_period / predicted_cycles_per_image(plan) - 1, 4) if batch_period
+            else round(first_batch / plan.summary["cycles_per_image_steady"] - 1, 4)
+            if first_batch else None),
         "links": _link_figures(prep, rec, final, n_img, cpi),
         "mac_units": units,
         "macs_per_image": macs,
