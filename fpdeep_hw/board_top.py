@@ -393,7 +393,7 @@ class BoardTop(wiring.Component):
         else:
             ports, kwargs = {}, {"i_clk": ClockSignal("sync"), "i_rst": node_rst}
             for name, (d, value) in node_instance_ports(node).items():
-                sig = Signal(len(value), name=f"node_{name}")
+                sig = Signal(len(Value.cast(value)), name=f"node_{name}")
                 ports[name] = sig
                 kwargs[f"{d}_{name}"] = sig
             m.submodules.node = Instance(self.node_module, **kwargs)

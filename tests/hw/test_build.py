@@ -11,6 +11,7 @@ loss, BP and the weight update); bad input gives the one-line error, exit 2 and 
 
 import json
 import random
+import re
 from fractions import Fraction
 import shutil
 import subprocess
@@ -98,6 +99,53 @@ def test_lint(built, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     report = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
+
+
+# ---- the board top's Verilog: does it elaborate with the node's? --------------------------------
+
+_INST = re.compile(r"\n  ([A-Za-z_]\w*) (?:#\((.*?)\n  \) )?(\\\S+ |[A-Za-z_]\S*) \((.*?)\n  \);", re.S)
+
+
+def black_box_stubs(*texts):
+    """Verilog stub modules (every port an input, parameters declared) for each module
+    instantiated in ``texts`` and defined in none of them: the black boxes and the vendor
+    primitives."""
+    defined = set(re.findall(r"^module\s+([^\s(]+)", "".join(texts), re.M))
+    stubs = {}
+    for text in texts:
+        for mod, params, _, body in _INST.findall(text):
+            if mod in defined:
+                continue
+            ports, pars = stubs.setdefault(mod, (set(), set()))
+            ports.update(re.findall(r"\.(\w+)\(", body))
+            pars.update(re.findall(r"\.(\w+)\(", params or ""))
+    out = []
+    for mod, (ports, pars) in sorted(stubs.items()):
+        ps = sorted(ports)
+        out.append(f"module {mod}({', '.join(ps)});\n" +
+                   "".join(f"  parameter {p} = 0;\n" for p in sorted(pars)) +
+                   "".join(f"  input {p};\n" for p in ps) + "endmodule\n")
+    return sorted(stubs), "".join(out)
+
+
+def check_top_elaborates(folder, tmp_path):
+    """``top.v`` with the build's ``fpdeep_node.v`` (and stubs for the black boxes and Xilinx
+    primitives) elaborates under Icarus, and every port of the ``fpdeep_node`` instance exists
+    with the node module's width. Returns the stubbed module names."""
+    if shutil.which("iverilog") is None:
+        pytest.skip("Icarus Verilog is not installed")
+    top, node = (folder / "top.v").read_text(), (folder / "fpdeep_node.v").read_text()
+    names, stubs = black_box_stubs(top, node)
+    assert "fpdeep_node" not in names
+    (tmp_path / "stubs.v").write_text(stubs)
+    proc = subprocess.run(["iverilog", "-g2005", "-o", str(tmp_path / "top.vvp"), "-s", "top",
+                           str(folder / "top.v"), str(folder / "fpdeep_node.v"),
+                           str(tmp_path / "stubs.v")], capture_output=True, text=True,
+                          timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and " error: " not in log and "missing" not in log, log
+    assert "of fpdeep_node expects" not in log, log
+    return names
 
 
 # ---- Icarus Verilog against the Amaranth simulation --------------------------------------------
@@ -421,6 +469,18 @@ def test_multi_node_files(built2):
         assert "a_out__payload" not in head and "e_in__payload" not in head
 
 
+def test_board_tops_elaborate(built, built2, tmp_path):
+    """Each build's ``top.v`` elaborates with its ``fpdeep_node.v`` (ports and widths agree)."""
+    assert check_top_elaborates(built["folder"], tmp_path) == [
+        "BUFGCTRL", "IBUFDS", "OBUFT", "STARTUPE2", "fpdeep_host_dma"]
+    for k, folder in enumerate(built2["folders"]):
+        work = tmp_path / f"n{k}"
+        work.mkdir()
+        assert check_top_elaborates(folder, work) == [
+            "BUFGCTRL", "FDPE", "IBUFDS", "OBUFT", "STARTUPE2", "aurora_64b66b_0",
+            "fpdeep_host_dma"]
+
+
 def test_multi_node_lint(built2, tmp_path):
     exe = shutil.which("verilator")
     if exe is None:
@@ -454,6 +514,7 @@ def test_middle_node_kcu105(tmp_path):
     for port in ("prev_tx__payload", "prev_rx__payload", "next_tx__payload", "next_rx__payload"):
         assert port in head
     assert "images__payload" not in head and "labels__payload" not in head
+    assert "aurora_64b66b_0" in check_top_elaborates(folder, tmp_path)
     exe = shutil.which("verilator")
     if exe is None:
         pytest.skip("verilator is not installed")
