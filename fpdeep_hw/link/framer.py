@@ -225,7 +225,10 @@ class LinkTx(wiring.Component):
     - **Credit frames** (with ``reverse``): words freed by the local receiver of the opposite
       direction arrive on ``credit_send`` (always ready) and are added to cumulative totals.
       When the totals changed since the last credit frame, at least ``credit_interval`` cycles
-      have passed since it, and either no data frame is ready or the last frame sent was a data
+      have passed since it (with ``credit_urgent``: or some stream has at least half its
+      ``depth`` freed and not yet reported, so that a busy stream never waits out the interval
+      with its transmitter out of credit), and either no data frame is ready or the last frame
+      sent was a data
       frame, a credit frame with the totals is sent next (data and credit frames alternate under
       load; a header offered and not yet taken is never changed).
 
@@ -244,6 +247,9 @@ class LinkTx(wiring.Component):
         frames (adds ``credit_send``).
     credit_interval : int
         Minimum cycles between the starts of two credit frames (0: no minimum).
+    credit_urgent : bool
+        Also send a credit frame before the interval has passed once a stream of the opposite
+        direction has half its receive buffer freed and unreported (default ``False``).
 
     Members
     -------
@@ -259,7 +265,8 @@ class LinkTx(wiring.Component):
 
     LATENCY = 2
 
-    def __init__(self, streams, *, max_payload=32, reverse=None, credit_interval=0):
+    def __init__(self, streams, *, max_payload=32, reverse=None, credit_interval=0,
+                 credit_urgent=False):
         self._streams = _check_streams("LinkTx", streams)
         _check_max_payload("LinkTx", max_payload)
         self._reverse = None if reverse is None else _check_streams("LinkTx reverse", reverse)
@@ -268,6 +275,9 @@ class LinkTx(wiring.Component):
                              f"not {credit_interval!r}")
         self._max_payload = max_payload
         self._credit_interval = credit_interval
+        if not isinstance(credit_urgent, bool):
+            raise TypeError(f"LinkTx credit_urgent must be a bool, not {credit_urgent!r}")
+        self._credit_urgent = credit_urgent
         members = {f"i{k}": In(stream.Signature(s.shape)) for k, s in enumerate(self._streams)}
         members["o"] = Out(stream.Signature(64))
         members["credit_i"] = In(stream.Signature(credit_layout(self._streams)))
@@ -418,6 +428,12 @@ class LinkTx(wiring.Component):
                 with m.If(since != interval):
                     m.d.sync += since.eq(since + 1)
                 ripe = since == interval
+                if self._credit_urgent:
+                    # a stream whose far transmitter may have used half of its credit does
+                    # not wait for the interval
+                    for k, rs in enumerate(self._reverse):
+                        pending = (totals[k] - snap[k])[:16]
+                        ripe = ripe | (pending >= max(1, rs.depth // 2))
             held = Signal()             # a header offered but not taken: keep the choice
             held_credit = Signal()
             want = dirty & ripe & (credit_turn | ~bank_full)

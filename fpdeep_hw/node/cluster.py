@@ -225,7 +225,7 @@ class Cluster(wiring.Component):
                     src=a, dst=b, direction="forward" if b > a else "backward", entry=e,
                     streams=ls,
                     tx=LinkTx(ls, max_payload=max_payload, reverse=rev,
-                              credit_interval=credit_interval),
+                              credit_interval=credit_interval, credit_urgent=True),
                     model=LinkModel(width=64, latency=link_latency,
                                     words_per_cycle=self.words_per_cycle,
                                     flips=tuple((flips or {}).get((a, b), ()))),

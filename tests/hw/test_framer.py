@@ -502,13 +502,15 @@ def test_pass_through_node():
 
 def simulate_duplex(ab, ba, items_ab, items_ba, *, max_payload=6, latency=5, flips_ab=(),
                     flips_ba=(), p_src=0.2, p_sink=0.2, seed=0, credit_interval=0,
-                    max_cycles=30_000):
+                    credit_urgent=False, max_cycles=30_000):
     """A <-> B over two link models; the credits of each direction ride in credit frames of the
     other (no separate credit path). Returns per direction: wires, outputs, counters."""
     P = max_payload
-    tx_a = LinkTx(ab, max_payload=P, reverse=ba, credit_interval=credit_interval)
+    tx_a = LinkTx(ab, max_payload=P, reverse=ba, credit_interval=credit_interval,
+                  credit_urgent=credit_urgent)
     rx_b = LinkRx(ab, max_payload=P, reverse=ba)
-    tx_b = LinkTx(ba, max_payload=P, reverse=ab, credit_interval=credit_interval)
+    tx_b = LinkTx(ba, max_payload=P, reverse=ab, credit_interval=credit_interval,
+                  credit_urgent=credit_urgent)
     rx_a = LinkRx(ba, max_payload=P, reverse=ab)
     l_ab = LinkModel(latency=latency, flips=flips_ab)
     l_ba = LinkModel(latency=latency, flips=flips_ba)
@@ -633,6 +635,31 @@ def test_duplex_credit_frames(credit_interval):
         other = items_ba if key == "ab" else items_ab
         assert totals[-1] == tuple(len(it) * s.words for it, s in zip(other, rev))
     assert full > 0         # some buffer was filled to the brim (and never beyond)
+
+
+def test_urgent_credit_frames():
+    """A long ``credit_interval`` (2,000 cycles) with small receive buffers: without
+    ``credit_urgent`` a busy stream spends most of its time out of credit, waiting for the next
+    credit frame; with it, a credit frame goes out as soon as half a buffer is freed. Same data,
+    bit-exact, buffers never overflow, at least 4 times faster."""
+    rng = random.Random(7)
+    items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (120, 120, 40))]
+    items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (20, 20, 20, 20, 20))]
+    cycles = {}
+    for urgent in (False, True):
+        res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_src=0.0, p_sink=0.0,
+                              seed=3, credit_interval=2000, credit_urgent=urgent,
+                              max_cycles=200_000)
+        for key, streams, items in [("ab", DUPLEX_AB, items_ab), ("ba", DUPLEX_BA, items_ba)]:
+            run = res[key]
+            assert run.out == items
+            assert all(lv <= s.depth for lv, s in zip(run.max_level, streams))
+            assert (run.crc_errors, run.seq_errors) == (0, 0)
+        cycles[urgent] = max(res["ab"].out_cycles[k][-1] for k in range(len(DUPLEX_AB)))
+    print(cycles)
+    assert cycles[True] * 4 < cycles[False]
+    with pytest.raises(TypeError, match=r"^LinkTx credit_urgent must be a bool, not 1$"):
+        LinkTx(DUPLEX_AB, reverse=DUPLEX_BA, credit_urgent=1)
 
 
 def test_duplex_credit_frames_survive_bit_errors():
