@@ -73,6 +73,10 @@ LINK_WORD_BITS = 64
 #: (``Cluster(credit_interval=8192)``): 3 x 1,088 / 8,192 = 0.4 wire words per image at 0.2 Gb/s.
 LINK_CREDIT_FRAME_WORDS = 3
 LINK_CREDIT_INTERVAL_CYCLES = 8192
+#: Receive buffer per link stream in 64-bit words (``Cluster(depth=1024)``). A credit frame also
+#: leaves as soon as a stream has half of it freed (``LinkTx(credit_urgent=True)``): a stream of
+#: ``w`` words per image adds ``w / 512`` credit frames per image on the opposite direction.
+LINK_RECEIVE_BUFFER_WORDS = 1024
 
 # --- timing of the node blocks, as built (docs/hw-node.md) ----------------------------------------
 #: Conv FP and EB engines hold the line buffer's window until the replay takes it, so the first

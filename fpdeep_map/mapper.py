@@ -660,12 +660,25 @@ class _Context:
         # header and a CRC trailer
         frame = 1 + costs.LINK_FRAME_OVERHEAD_WORDS / costs.LINK_FRAME_PAYLOAD_WORDS
         wire_bits = {key: bits * frame for key, bits in link_bits.items()}
+        # credit frames a busy stream triggers (half a receive buffer freed) on the opposite
+        # direction, bits per image: as many as the busiest stream of the reverse needs
+        half = costs.LINK_RECEIVE_BUFFER_WORDS / 2
+        urgent_bits = {}
+        for key in wire_bits:
+            rev = self.flows.get((key[1], key[0]), {})
+            frames = max((words * width / costs.LINK_WORD_BITS / half
+                          for (_, _, width), words in rev.items()), default=0.0)
+            urgent_bits[key] = frames * costs.LINK_CREDIT_FRAME_WORDS * costs.LINK_WORD_BITS
+        self.urgent_credit_bits = urgent_bits
         # credit frames (bits per second) on every direction whose reverse carries data
         credit_bps = {key: (costs.LINK_CREDIT_FRAME_WORDS * costs.LINK_WORD_BITS
                             * board.clock_mhz * 1e6 / costs.LINK_CREDIT_INTERVAL_CYCLES
                             if link_bits.get((key[1], key[0])) else 0.0) for key in link_bits}
         self.credit_bps = credit_bps
-        link_ips = min(((cap * 1e9 - credit_bps[key]) / bits
+        # credit frames per second: max(one per interval, the urgent ones at the image rate);
+        # the link bound must leave room for either
+        link_ips = min((min((cap * 1e9 - credit_bps[key]) / bits,
+                            cap * 1e9 / (bits + urgent_bits[key]))
                         for key, bits in wire_bits.items() if bits), default=math.inf)
         usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
         mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
@@ -839,7 +852,8 @@ class _Context:
         ips = clock_hz / with_updates
         steady_ips = clock_hz / steady
         # on the wire, per image at the steady rate: frames and the credit frames
-        wire_bits = {key: bits + self.credit_bps[key] / steady_ips
+        wire_bits = {key: bits + max(self.credit_bps[key] / steady_ips,
+                                     self.urgent_credit_bits.get(key, 0.0))
                      for key, bits in wire_bits.items()}
         if steady == timing["engine_cycles"]:
             bottleneck = "compute"
