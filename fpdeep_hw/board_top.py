@@ -47,7 +47,8 @@
   ``MemoryControllerBlackBox`` (``fpdeep_mem_ctrl``), or is a port with ``memory="ports"``.
 
 Vendor specifics live only in the black boxes (Aurora in ``SerialLinkPHY``, the DMA engine here,
-the memory controller in ``offchip_act_ram``). Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``.
+the memory controller in ``offchip_act_ram``). Documentation: ``docs/build.md``. Test:
+``tests/hw/test_build.py``.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ class LinkedNode(wiring.Component):
     :class:`~fpdeep_hw.node.cluster.Cluster`); credits for the incoming direction leave in
     credit frames of the outgoing one (``LinkRx.credit_o`` -> ``LinkTx.credit_send``) and
     credits for the outgoing direction come back in credit frames of the incoming one
-    (``LinkRx.credit_recv`` -> ``LinkTx.credit_i``). A FIFO of two frames' worth of items
-    (:func:`~fpdeep_hw.link.streams.tx_fifo_items`) sits in front of every packer. A node
-    without neighbours is its ``ObservedNode`` with the same ports.
+    (``LinkRx.credit_recv`` -> ``LinkTx.credit_i``); a credit frame goes out early when a stream
+    has half its buffer freed (``credit_urgent``, as in ``Cluster``). A FIFO of two frames'
+    worth of items (:func:`~fpdeep_hw.link.streams.tx_fifo_items`) sits in front of every
+    packer. A node without neighbours is its ``ObservedNode`` with the same ports.
 
     Parameters
     ----------
@@ -216,7 +218,7 @@ class LinkedNode(wiring.Component):
             j = k - 1 if side == "prev" else k + 1
             out, inc = link_end(node_top, k, j, depth=depth), link_end(node_top, j, k, depth=depth)
             tx = LinkTx(out.streams, max_payload=max_payload, reverse=inc.streams,
-                        credit_interval=credit_interval)
+                        credit_interval=credit_interval, credit_urgent=True)
             rx = LinkRx(inc.streams, max_payload=max_payload, reverse=out.streams)
             self.ends[side] = (out, inc, tx, rx)
         self.link_names = set(node_top.link_ports)

@@ -10,7 +10,8 @@ Maps the network (``fpdeep_map.map_network(..., max_row_lanes=1)``: the hardware
 row per engine) or reads a saved plan (``--plan``), checks that the hardware generator supports
 the node, builds :class:`~fpdeep_hw.node.top.NodeTop` for it, converts it to Verilog once
 (module ``fpdeep_node``: :class:`~fpdeep_hw.board_top.LinkedNode`, the node with its loss
-unit's errors brought out and the framers of its chain links), wraps it in :class:`~fpdeep_hw.board_top.BoardTop` and runs the
+unit's errors brought out and the framers of its chain links), wraps it in
+:class:`~fpdeep_hw.board_top.BoardTop` and runs the
 board's Amaranth platform build with ``do_build=False``. Output, written into a temporary folder
 renamed at the end (a failure leaves nothing)::
 
@@ -26,8 +27,8 @@ Bad input -- an unknown board or one without a platform, a node outside the plan
 for another board, a node the generator does not support yet (split segment, lent parameters,
 off-chip Act-RAM, engines with ``x > 1``, an empty node, a link stream other than whole-layer
 activations / errors, a node with more neighbours than the platform has chain lanes with
-distinct reference clocks) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on stderr,
-exits with status 2 and writes nothing.
+distinct reference clocks) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on
+stderr, exits with status 2 and writes nothing.
 
 Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``. Benchmark:
 ``bench/bench_build.py``.
@@ -176,7 +177,8 @@ def resolve_plan(args):
     if args.plan is not None:
         for flag in ("net", "nodes", "split", "dsp_budget"):
             if getattr(args, flag) is not None:
-                raise FpdeepError("command line", f"--{flag.replace('_', '-')}", getattr(args, flag),
+                raise FpdeepError("command line", f"--{flag.replace('_', '-')}",
+                                  getattr(args, flag),
                                   "cannot be combined with --plan (the plan fixes it)")
         try:
             text = Path(args.plan).read_text()

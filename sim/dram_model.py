@@ -72,7 +72,8 @@ class DRAMModel:
             raise ValueError(f"DRAMModel latency must be at least 1, not {latency!r}")
         rate = Fraction(words_per_cycle).limit_denominator(4096)
         if not 0 < rate <= 2:
-            raise ValueError(f"DRAMModel words_per_cycle must be in (0, 2], not {words_per_cycle!r}")
+            raise ValueError(f"DRAMModel words_per_cycle must be in (0, 2], "
+                             f"not {words_per_cycle!r}")
         self.port, self.burst, self.words = port, burst, words
         self.latency, self.rate, self.p_stall, self.queue = (lo, hi), rate, p_stall, queue
         self.rng = random.Random(seed)

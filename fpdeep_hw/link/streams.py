@@ -39,7 +39,8 @@ DEPTH = 1024
 #: Maximum payload words per frame (the mapper's frame model,
 #: ``fpdeep_map.costs.LINK_FRAME_PAYLOAD_WORDS``).
 MAX_PAYLOAD = 32
-#: Minimum cycles between two credit frames of a transmitter.
+#: Minimum cycles between two credit frames of a transmitter (unless one is urgent:
+#: ``LinkTx(credit_urgent=True)``, half a stream's buffer freed).
 CREDIT_INTERVAL = 8192
 
 

@@ -650,7 +650,8 @@ def icarus_replay(verilog_file, ports, rec, workdir):
         REGS="\n".join(f"  reg [{w - 1}:0] i_{n} = 0;" for n, w in ins),
         WIRES="\n".join(f"  wire [{w - 1}:0] o_{n};" for n, w in outs),
         SW=sw, N=len(rec),
-        CONNS=",\n".join([f"    .{n}(i_{n})" for n, _ in ins] + [f"    .{n}(o_{n})" for n, _ in outs]),
+        CONNS=",\n".join([f"    .{n}(i_{n})" for n, _ in ins] +
+                         [f"    .{n}(o_{n})" for n, _ in outs]),
         INS=", ".join(f"i_{n}" for n, _ in ins),
         FMT=" ".join("%0d" for _ in outs), OUTS=", ".join(f"o_{n}" for n, _ in outs))
     (workdir / "tb.v").write_text(tb)

@@ -126,7 +126,7 @@ def test_fifo_with_random_stalls_and_latency(case):
     assert model.words_written == model.bursts_written * burst
     assert model.words_read == model.bursts_read * burst == model.words_written
     if depth >= dut.wc_words + dut.prefetch_words:
-        # the ring was used (the two on-chip FIFOs cannot hold everything): bursts went to the memory and came back
+        # the ring was used (the two on-chip FIFOs cannot hold everything)
         assert model.bursts_written > 0
     if depth < burst:
         assert model.bursts_written == 0
