@@ -93,9 +93,11 @@ def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_dela
     work weight-stationary, sweeping the whole map once per streamed weight set) need their whole
     input before FP and their whole output error before EB: ``f = g = 1``.
 
-    ``link_delay``: ``(fwd, bwd)``, two lists of periods per layer added to ``f`` and ``g``: the
-    link transit of data that cross FPGAs on the way (:meth:`_Context.link_transit`). Without it
-    (one FPGA) nothing is added.
+    ``link_delay``: ``(fwd, bwd[, own])``, lists of periods per layer added to ``f`` and ``g``:
+    the link transit of data that cross FPGAs on the way (:meth:`_Context.link_transit`);
+    ``own`` is added to the layer's own residency: a split layer's output errors (OCP) or
+    ``E_out`` (ICP) travel back along its span to the earlier slices, whose PG waits for them.
+    Without it (one FPGA) nothing is added.
 
     ``fc_timing``: ``{index: (f_extra, g)}`` in periods for FC layers of micro-batch 1, as built
     (:meth:`_Context.fc_timing`): an FC replays its whole stored input after the last pixel
@@ -131,13 +133,16 @@ def residency(net: Network, works, fc_microbatch: int, whole_image=(), link_dela
                 rows += (p.kernel - 1) * w.stride
         f.append(min(1.0, rows / w.in_hw[0]))
         g.append(min(1.0, w.k / w.out_hw[0]))
+    own = [0.0] * len(works)
     if link_delay is not None:
-        fwd, bwd = link_delay
+        fwd, bwd = link_delay[:2]
         f = [a + b for a, b in zip(f, fwd)]
         g = [a + b for a, b in zip(g, bwd)]
+        if len(link_delay) > 2:
+            own = list(link_delay[2])
     res = []
     for i in range(len(works)):
-        res.append(sum(f[i:]) + sum(g[i + 1:]))
+        res.append(sum(f[i:]) + sum(g[i + 1:]) + own[i])
     return res
 
 
@@ -277,7 +282,7 @@ class _Context:
         self.offchip_bits = [0.0] * nodes   # per image
         self.offchip_bytes = [0.0] * nodes  # capacity used
         self.post = post_layers(net)
-        self.link_delay = None              # (fwd, bwd) periods per layer, see link_transit
+        self.link_delay = None              # (fwd, bwd, own) periods per layer, see link_transit
         self.fc_times = None                # {index: (f_extra, g)} periods, see fc_timing
 
     # -- FC micro-batch --------------------------------------------------------------------------
@@ -703,7 +708,7 @@ class _Context:
                 + costs.LINK_HOP_LATENCY_CYCLES)
 
     def link_transit(self, period):
-        """Link transit per layer in pipeline periods, ``(fwd, bwd)`` for :func:`residency`.
+        """Link transit per layer in pipeline periods, ``(fwd, bwd, own)`` for :func:`residency`.
 
         Forward, layer ``i``'s output reaches layer ``i+1`` after as many hops as lie between
         the node finishing layer ``i`` and the first node of layer ``i+1``, plus the hops along
@@ -715,17 +720,18 @@ class _Context:
                 nodes_of[seg.index].append(k)
         hop = self.hop_transit_cycles() / period
         n = len(self.works)
-        fwd, bwd = [0.0] * n, [0.0] * n
+        fwd, bwd, own = [0.0] * n, [0.0] * n, [0.0] * n
         for i in range(n):
             ks = sorted(nodes_of[i])
             span = self._distance(ks[0], ks[-1])
             fwd[i] += span * hop
             bwd[i] += span * hop
+            own[i] += span * hop
             if i + 1 < n:
                 between = self._distance(ks[-1], min(nodes_of[i + 1]))
                 fwd[i] += between * hop
                 bwd[i + 1] += between * hop
-        return fwd, bwd
+        return fwd, bwd, own
 
     # -- timing as built -------------------------------------------------------------------------
     def _loss_cycles(self):
