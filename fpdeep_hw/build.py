@@ -225,15 +225,22 @@ def unsupported(plan, k, network):
     where = f"node_plans[{k}]"
     for i, s in enumerate(np_.segments):
         f = f"{where}.segments[{i}]"
-        if s.split != "whole":
+        if s.split != "whole" and s.kind == "fc":
             problems.append((f"{f}.split", s.split,
-                             f"layer {s.layer!r} is split across nodes ({s.split}: channels "
-                             f"{s.channels}); split segments are not built yet",
-                             f"split segment {s.layer}"))
+                             f"fc layer {s.layer!r} is split across nodes ({s.split}: features "
+                             f"{s.channels}); split fc segments are not built yet",
+                             f"split fc segment {s.layer}"))
         if s.weights_borrowed:
-            problems.append((f"{f}.weights_borrowed", s.weights_borrowed,
-                             f"layer {s.layer!r} keeps parameters on a neighbour (lent "
-                             f"parameters are not built yet)", f"borrowed parameters {s.layer}"))
+            lend = [(lp, j) for j, q in enumerate(plan.node_plans) for lp in q.bpram
+                    if lp.borrower == k and lp.layer == s.layer]
+            if s.split != "whole" or s.weights_borrowed < s.weights or len(lend) != 1 or \
+                    abs(lend[0][1] - k) != 1:
+                problems.append((f"{f}.weights_borrowed", s.weights_borrowed,
+                                 f"layer {s.layer!r} keeps {s.weights_borrowed} of its "
+                                 f"{s.weights} weights on node(s) "
+                                 f"{sorted({j for _, j in lend})} (only a whole segment lent "
+                                 f"entirely by one neighbour is built)",
+                                 f"borrowed parameters {s.layer}"))
         if s.act_ram.offchip_words:
             problems.append((f"{f}.act_ram.offchip_words", s.act_ram.offchip_words,
                              f"layer {s.layer!r} keeps {s.act_ram.offchip_words} words of its "
@@ -246,12 +253,16 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
-    if np_.bpram:
-        lp = np_.bpram[0]
-        problems.append((f"{where}.bpram", len(np_.bpram),
-                         f"node {k} keeps parameters lent to other nodes (e.g. {lp.weights} of "
-                         f"{lp.layer!r} for node {lp.borrower}); lent parameters are not built yet",
-                         "lent parameters (bpram)"))
+    for lp in np_.bpram:
+        bseg = next((x for x in plan.node_plans[lp.borrower].segments if x.layer == lp.layer),
+                    None)
+        if abs(lp.borrower - k) != 1 or bseg is None or bseg.split != "whole" or \
+                bseg.weights_borrowed != bseg.weights:
+            problems.append((f"{where}.bpram", len(np_.bpram),
+                             f"node {k} keeps {lp.weights} weights of {lp.layer!r} for node "
+                             f"{lp.borrower} (only a whole segment lent entirely to a neighbour "
+                             f"is built)", "lent parameters (bpram)"))
+            break
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
     n = len(plan.node_plans)
@@ -273,22 +284,22 @@ def unsupported(plan, k, network):
                 if not _stream_built(plan, a, b, s):
                     problems.append((f"links[{idx}].streams[{i}].path", s.path,
                                      f"stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
-                                     f"built (chain links carry the activations and errors of "
-                                     f"whole layers; partial sums, partial errors and lent "
-                                     f"parameters / gradients are not built yet)",
+                                     f"built (lent parameters and gradients only between the "
+                                     f"lender and its neighbour borrower)",
                                      f"link stream {s.path} {a}->{b}"))
     return problems
 
 
 def _stream_built(plan, a, b, s):
-    """Whether plan stream ``s`` of link ``a -> b`` is one the board top builds (as
-    :func:`fpdeep_hw.link.streams.stream_port` binds it)."""
-    segs = plan.node_plans[b].segments
-    if s.path == "activations" and b == a + 1:
-        return bool(segs) and segs[0].layer == s.layer
-    if s.path == "errors" and b == a - 1:
-        return bool(segs) and segs[-1].layer == s.layer and b < len(plan.node_plans) - 1
-    return False
+    """Whether plan stream ``s`` of link ``a -> b`` is one the nodes build (``NodeTop`` derives
+    a port for every activation, error, partial-sum and partial-error stream of its segments;
+    lent parameters and gradients only run between a lender and a neighbour borrower, not
+    through other nodes)."""
+    if s.path not in ("parameters", "gradients"):
+        return True
+    lends = [(j, lp) for j, q in enumerate(plan.node_plans) for lp in q.bpram
+             if lp.layer == s.layer]
+    return any({j, lp.borrower} == {a, b} for j, lp in lends)
 
 
 def neighbours(plan, k, network):

@@ -761,7 +761,7 @@ class NodeTop(wiring.Component):
             wiring.connect(m, src, fork.i)
             for j, ((port, lo, hi, depth), o) in enumerate(zip(cons, fork.o)):
                 # a fork's outputs move in lock step: a FIFO before each consumer
-                self._fifo(m, f"{tag}_q{j}", o, port, max(depth, 2))
+                self._fifo(m, f"{tag}_q{j}", o, port, max(depth, 4))
         gates = [nl.gate for nl in L if nl.gate is not None]
         if gates:
             m.d.comb += self.updates.eq(gates[0].updates)
