@@ -501,8 +501,8 @@ def test_constructor_errors():
         FPLayer(dataclasses.replace(seg, completes=[0, 8]), network, numerics)
     network, numerics, segs = _span("tiny-ocp2")
     with pytest.raises(ValueError, match=r"^Layer 'conv2': ocp segment channels \[0, 4\] -> "
-                                         r"\[0, 5\], completes \[0, 6\] do not match its slice "
-                                         r"\[0, 6\]$"):
+                                         r"\[0, 5\], completes \[0, 7\] do not match its slice "
+                                         r"\[0, 7\]$"):
         EBLayer(dataclasses.replace(segs[0], out_channels=[0, 5]), network, numerics)
     plan = map_network(network, load_board("sim-node"), 3, ocp_threshold=1)
     fc = next(s for n in plan.node_plans for s in n.segments if s.layer == "fc4")
@@ -523,7 +523,7 @@ def test_ports():
     e = [EBLayer(s, network, numerics) for s in segs]
     assert hasattr(e[0], "up") and not hasattr(e[1], "up")
     assert len(e[0].o.payload[0]) == numerics.error.width and len(e[1].o.payload[0]) == pw
-    assert [x.geometry.out_channels for x in e] == [6, 2]
+    assert [x.geometry.out_channels for x in e] == [7, 1]
     for x in f + e:                 # elaborate (the modules build; nothing left unused)
         Fragment.get(x, None)
 

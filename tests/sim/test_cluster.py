@@ -123,7 +123,7 @@ def sixteen_images():
     return res
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1800)
 def test_model_validation_words(sixteen_images):
     """At the board's link (compute-bound): payload words per link and image, model vs RTL."""
@@ -144,7 +144,7 @@ def _check_cycles(res, tol):
         s["cycles_per_image_with_updates"], rel=tol)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1800)
 def test_model_validation_cycles(sixteen_images):
     """At the board's link (compute-bound): cycles per image, model vs RTL, within 5 %.
@@ -168,10 +168,19 @@ def slow_link():
     return res
 
 
+@pytest.fixture(scope="module")
+def slow_link_small():
+    """The slow link at CI's small setting: 8 images in mini-batches of 4."""
+    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=8, batch=4, seed=3,
+                    link_gbps=0.2)
+    _show(res)
+    return res
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_slow_link_bit_exact(slow_link):
-    res = slow_link
+def test_slow_link_bit_exact(slow_link_small):
+    res = slow_link_small
     assert res["bit_exact"] is True, res["mismatches"]
     assert res["link_gbps"] == 0.2
     plan = res["_prep"]["plan"]
@@ -183,10 +192,10 @@ def test_slow_link_bit_exact(slow_link):
     # the lags cover two slow hops (docs/mapping.md section 4: link transit in the residency)
     assert res["lags"] == {"conv1": 6, "conv2": 5, "conv3": 2, "fc4": 1}
     # the link, not compute, sets the pace: slower than the compute-bound plan period
-    assert res["cycles_per_image_whole_batches"] > 1.5 * res["plan_cycles_per_image"]
+    assert res["cycles_per_image"] > 1.5 * res["plan_cycles_per_image"]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(3600)
 def test_slow_link_throughput_follows_link(slow_link):
     """Over whole mini-batches the cluster runs at the link's pace (model 1100.9, measured 1104:
@@ -206,7 +215,7 @@ def test_slow_link_throughput_follows_link(slow_link):
         fwd["predicted_wire_words_per_image"], rel=0.05)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.xfail(strict=True, reason="backward link: 37.0 wire words per image measured vs "
                    "34.4 (full frames + credit frames): the errors' stream restarts after every "

@@ -12,7 +12,8 @@ co-simulation, 12 images in mini-batches of 4 (three whole mini-batches).
 
 Measured (this machine, seed 0): ocp2 464.33 / 615.5 against 464 / 635.25; ocp3 275.0 / 438.5
 against 275 / 443.25; icp2 528.0 / 775.75 against 480 / 779.25 (first batch: xfail below);
-lend 1600 / 1600 against 1600 / 1600. Slow: 2-5 minutes per plan.
+lend 1600 / 1600 against 1600 / 1600. Marked ``long`` (2-5 minutes per plan): not in the
+default run, ``python -m pytest -m long`` runs them.
 """
 
 import pytest
@@ -36,7 +37,7 @@ def _run(name):
     return _RUNS[name]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_whole_mini_batches(name):
@@ -53,7 +54,7 @@ _ICP_FIRST = pytest.mark.xfail(strict=True, reason=(
     "follow conv2's 528-cycle pace only before the first update. Not found yet"))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_ICP_FIRST) if n == "icp2" else n
                                   for n in CONFIGS])
