@@ -1,42 +1,43 @@
 """A chain of training nodes connected through serial links: the whole cluster of a plan.
 
-One :class:`~fpdeep_hw.node.top.NodeTop` per node entry of the plan (each a contiguous run of
-whole compute layers), and per neighbour pair the paper's two interconnection pairs: the
-*forward* direction ``k -> k+1`` (activations; partial sums and lent parameters once split
-layers / lending are built) and the *backward* direction ``k+1 -> k`` (errors; partial errors and
-gradients). Each direction is one :class:`~fpdeep_hw.link.framer.LinkTx` ->
-:class:`sim.link_model.LinkModel` -> :class:`~fpdeep_hw.link.framer.LinkRx` carrying one
-:class:`~fpdeep_hw.link.framer.LinkStream` per stream the plan lists for that link
-(``plan.links[*].streams``; stream id = position in that list + 1). Credits travel in credit
+One :class:`~fpdeep_hw.node.top.NodeTop` per node entry of the plan (whole layers, ICP / OCP
+slices of split conv layers, weights lent by a neighbour), and per neighbour pair the paper's
+two interconnection pairs: the *forward* direction ``k -> k+1`` (activations, partial sums,
+weight sets lent by the next node) and the *backward* direction ``k+1 -> k`` (errors, partial
+errors, gradients for the lender). Each direction is one
+:class:`~fpdeep_hw.link.framer.LinkTx` -> :class:`sim.link_model.LinkModel` ->
+:class:`~fpdeep_hw.link.framer.LinkRx` carrying one :class:`~fpdeep_hw.link.framer.LinkStream`
+per node port of each stream the plan lists for that link, bound as a board's ``LinkedNode``
+binds them (:func:`fpdeep_hw.link.streams.link_end`: stream id = position + 1; a lent layer's
+``parameters`` are two streams, FP and EB weight sets). Every stream's items (pixels of ``C``
+lanes, weight sets) are packed densely into 64-bit words (:class:`~fpdeep_hw.link.packer.Packer`
+before the transmitter, :class:`~fpdeep_hw.link.packer.Unpacker` after the receiver), so the
+payload per image is the plan's ``words_per_image * width / 64``. Credits travel in credit
 frames in the opposite direction (``reverse=``), as on hardware, where a node pair has only the
-two link directions.
+two link directions; a credit frame leaves early when a stream has half its buffer freed
+(``credit_urgent``).
 
 ::
 
     host images -> node 0 [conv1 conv2] -a_out-> Tx -> LinkModel -> Rx -a_in-> node 1 [conv3 fc4]
                    node 0                <-e_in- Rx <- LinkModel <- Tx <-e_out- node 1  <- labels
 
-A stream's item is one pixel of ``C`` lanes of 16 bits: one 64-bit word when ``16 C <= 64``,
-else ``ceil(16 C / 64)`` words (``LinkStream.words``), so the payload in 64-bit words per
-image is the plan's ``words_per_image * width / 64`` whenever ``C`` is a multiple of 4.
-
 **End of run.** The host raises ``flush`` after the last pixel; node ``k > 0`` sees it only once
-as many images have entered it as entered node 0 (``images_in``): a simulation-level side band
-standing for an end-of-run marker that would travel behind the data on the link (not built).
+as many images have entered it as entered node 0 (``images_in``), and a lender once its
+borrower's weight-stationary FP has finished that many: a simulation-level side band standing
+for an end-of-run marker that would travel behind the data on the link (not built).
 
-Only whole-layer plans without lending are built (``split="layers"``): a plan whose links carry
-``partial_sums``, ``partial_errors``, ``parameters`` or ``gradients``, or whose activations /
-errors do not run between the neighbouring nodes holding the producer and the consumer, raises
-``ValueError`` naming the stream.
+Not built (``ValueError`` naming the stream or segment): streams between non-neighbours,
+partial / far / several-lender lending, split FC segments, ring and mesh topologies.
 
-Golden model: :class:`sim.golden.train.GoldenTrainer` (the arithmetic does not depend on the
-node count). Test / harness: ``tests/sim/test_cluster.py``, ``python -m sim.train --nodes N``.
-Documentation: ``docs/hw-node.md``, "Cluster".
+Golden model: :class:`sim.golden.train.GoldenTrainer` (``plan=``: the split arithmetic).
+Test / harness: ``tests/sim/test_cluster.py``, ``tests/sim/test_cluster_split.py``,
+``tests/sim/test_cluster_model.py``, ``python -m sim.train --nodes N``. Documentation:
+``docs/hw-node.md``, "Cluster".
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -49,8 +50,9 @@ from fpdeep_map.network import Network
 from fpdeep_map.plan import Plan
 from sim.link_model import LinkModel
 
-from ..link.framer import LinkRx, LinkStream, LinkTx
+from ..link.framer import LinkRx, LinkTx
 from ..link.packer import Packer, Unpacker
+from ..link.streams import link_end, tx_fifo_items
 from .top import NodeTop
 
 __all__ = ["Cluster", "ClusterLink"]
@@ -104,7 +106,7 @@ class ClusterLink:
 
     def fifo_items(self, j):
         """Items of the FIFO in front of the packer of stream ``j``: two frames' worth."""
-        return max(2, math.ceil(2 * self.tx.max_payload * 64 / self.bits[j]))
+        return tx_fifo_items(self.tx.max_payload, self.bits[j])
 
     @property
     def predicted_payload_words(self):
@@ -204,18 +206,20 @@ class Cluster(wiring.Component):
                 e = entries.get((a, b))
                 if e is None:
                     raise ValueError(f"Cluster: the plan has no link {a} -> {b}")
-                ls, ports, bits, items, index = [], [], [], [], []
-                for j, s in enumerate(e.streams):
-                    for src_port, dst_port, n_items in self._bind(a, b, s):
-                        nbits = len(Value.cast(src_port.payload))
-                        # items are packed densely into 64-bit words (Packer / Unpacker)
-                        ls.append(LinkStream(sid=len(ls) + 1, path=s.path, width=64, words=1,
-                                             depth=depth))
-                        ports.append((src_port, dst_port))
-                        bits.append(nbits)
-                        items.append(n_items)
-                        index.append(j)
-                plans[(a, b)] = (e, ls, ports, bits, items, index)
+                # the same stream binding as a board's LinkedNode (fpdeep_hw/link/streams.py):
+                # items packed densely into 64-bit words (Packer / Unpacker)
+                try:
+                    tx_end = link_end(self.nodes[a], a, b, depth=depth)
+                    rx_end = link_end(self.nodes[b], a, b, depth=depth)
+                except ValueError as err:
+                    raise ValueError(f"Cluster: {err}") from None
+                if (tx_end.items, tx_end.bits, tx_end.plan_index) != \
+                        (rx_end.items, rx_end.bits, rx_end.plan_index):
+                    raise ValueError(f"Cluster: nodes {a} and {b} disagree on the items of link "
+                                     f"{a} -> {b}: {tx_end.items} x {tx_end.bits} bits sent, "
+                                     f"{rx_end.items} x {rx_end.bits} bits expected")
+                plans[(a, b)] = (e, tx_end.streams, list(zip(tx_end.ports, rx_end.ports)),
+                                 tx_end.bits, tx_end.items, tx_end.plan_index)
         self.links = []
         for k in range(n - 1):
             for a, b in ((k, k + 1), (k + 1, k)):
@@ -260,30 +264,6 @@ class Cluster(wiring.Component):
     def link(self, src, dst):
         """The :class:`ClusterLink` of direction ``src -> dst``."""
         return next(lk for lk in self.links if (lk.src, lk.dst) == (src, dst))
-
-    def _bind(self, a, b, s):
-        """[(sending port, receiving port)] of plan stream ``s`` on link ``a -> b`` (ports of the
-        same stream paired in member-name order)."""
-        na, nb = self.nodes[a], self.nodes[b]
-        fwd = b > a
-
-        def find(node, peer, direction):
-            return [name for name, key in sorted(node.link_ports.items())
-                    if key == (peer, s.path, s.layer) and
-                    node.signature.members[name].flow == direction]
-        src = find(na, "next" if fwd else "prev", wiring.Out)
-        dst = find(nb, "prev" if fwd else "next", wiring.In)
-        if not src or len(src) != len(dst):
-            raise ValueError(f"Cluster: stream {s.path} of {s.layer!r} on link {a} -> {b} is not "
-                             f"built (node {a if not src else b} has no port for it)")
-        out = []
-        for x, y in zip(src, dst):
-            if na.link_items[x] != nb.link_items[y]:
-                raise ValueError(f"Cluster: node {a} sends {na.link_items[x]} items per image "
-                                 f"of {s.path} of {s.layer!r}, node {b} expects "
-                                 f"{nb.link_items[y]}")
-            out.append((getattr(na, x), getattr(nb, y), na.link_items[x]))
-        return out
 
     def _check_ports(self):
         """Every neighbour port of every node carries a stream of the plan."""
