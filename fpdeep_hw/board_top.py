@@ -56,12 +56,12 @@ from __future__ import annotations
 from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal, Value
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
-from amaranth.lib.fifo import AsyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from .link.framer import LinkRx, LinkTx
-from .link.packer import Packer, Unpacker
-from .link.streams import CREDIT_INTERVAL, DEPTH, MAX_PAYLOAD, link_end, tx_fifo_items
+from .link.streams import (CREDIT_INTERVAL, DEPTH, MAX_PAYLOAD, connect_receive, connect_send,
+                           link_end)
 
 __all__ = ["BoardTop", "LinkedNode", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS",
            "CDC_DEPTH", "chain_lanes_for", "node_instance_ports"]
@@ -208,7 +208,7 @@ class LinkedNode(wiring.Component):
 
     def __init__(self, node_top, *, depth=DEPTH, max_payload=MAX_PAYLOAD,
                  credit_interval=CREDIT_INTERVAL):
-        plan, k = node_top.plan, node_top.node
+        k = node_top.node
         self.node_top = node_top
         self.observed = ObservedNode(node_top)
         peers = {key[0] for key in node_top.link_ports.values()}
@@ -263,24 +263,11 @@ class LinkedNode(wiring.Component):
                 m.d.comb += getattr(self, f"{side}_{c}").eq(getattr(rx, c))
             for j, (name, nbits, n_items, port_i) in enumerate(zip(out.names, out.bits,
                                                                    out.items, tx.inputs)):
-                src = getattr(obs, name)
-                fifo = SyncFIFOBuffered(width=nbits, depth=tx_fifo_items(self._max_payload, nbits))
-                pack = Packer(nbits, n_items)
-                m.submodules[f"{side}_q{j}"] = fifo
-                m.submodules[f"{side}_pack{j}"] = pack
-                m.d.comb += [fifo.w_stream.valid.eq(src.valid),
-                             fifo.w_stream.payload.eq(Value.cast(src.payload)),
-                             src.ready.eq(fifo.w_stream.ready)]
-                wiring.connect(m, fifo.r_stream, pack.i)
-                wiring.connect(m, pack.o, port_i)
+                connect_send(m, f"{side}_{j}", getattr(obs, name), port_i, nbits, n_items,
+                             self._max_payload)
             for j, (name, nbits, n_items, port_o) in enumerate(zip(inc.names, inc.bits,
                                                                    inc.items, rx.outputs)):
-                dst = getattr(obs, name)
-                unpack = Unpacker(nbits, n_items)
-                m.submodules[f"{side}_unpack{j}"] = unpack
-                wiring.connect(m, port_o, unpack.i)
-                m.d.comb += [dst.valid.eq(unpack.o.valid), dst.payload.eq(unpack.o.payload),
-                             unpack.o.ready.eq(dst.ready)]
+                connect_receive(m, f"{side}_{j}", port_o, getattr(obs, name), nbits, n_items)
             wiring.connect(m, rx.credit_o, tx.credit_send)
             wiring.connect(m, rx.credit_recv, tx.credit_i)
         return m

@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 
 from amaranth.hdl import Value
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 
 from .framer import LinkStream
+from .packer import Packer, Unpacker
 
 __all__ = ["DEPTH", "MAX_PAYLOAD", "CREDIT_INTERVAL", "LinkEnd", "plan_link", "link_end",
-           "tx_fifo_items"]
+           "tx_fifo_items", "connect_send", "connect_receive"]
 
 #: Receive buffer of every stream in 64-bit words (the transmitter's initial credit).
 DEPTH = 1024
@@ -123,3 +125,27 @@ def tx_fifo_items(max_payload, bits):
     sends full frames (``LinkTx`` cuts a frame at the first cycle its input runs dry).
     """
     return max(2, math.ceil(2 * max_payload * 64 / bits))
+
+
+def connect_send(m, name, src, tx_input, bits, items, max_payload):
+    """Node port ``src`` -> FIFO of :func:`tx_fifo_items` items -> :class:`Packer` ->
+    transmitter input ``tx_input`` (submodules ``<name>_q`` and ``<name>_pack``)."""
+    fifo = SyncFIFOBuffered(width=bits, depth=tx_fifo_items(max_payload, bits))
+    pack = Packer(bits, items)
+    m.submodules[f"{name}_q"] = fifo
+    m.submodules[f"{name}_pack"] = pack
+    m.d.comb += [fifo.w_stream.valid.eq(src.valid),
+                 fifo.w_stream.payload.eq(Value.cast(src.payload)),
+                 src.ready.eq(fifo.w_stream.ready)]
+    wiring.connect(m, fifo.r_stream, pack.i)
+    wiring.connect(m, pack.o, tx_input)
+
+
+def connect_receive(m, name, rx_output, dst, bits, items):
+    """Receiver output ``rx_output`` -> :class:`Unpacker` -> node port ``dst`` (submodule
+    ``<name>_unpack``)."""
+    unpack = Unpacker(bits, items)
+    m.submodules[f"{name}_unpack"] = unpack
+    wiring.connect(m, rx_output, unpack.i)
+    m.d.comb += [dst.valid.eq(unpack.o.valid), dst.payload.eq(unpack.o.payload),
+                 unpack.o.ready.eq(dst.ready)]

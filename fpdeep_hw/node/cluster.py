@@ -41,9 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from amaranth.hdl import Module, Value
+from amaranth.hdl import Module
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.network import Network
@@ -51,8 +50,7 @@ from fpdeep_map.plan import Plan
 from sim.link_model import LinkModel
 
 from ..link.framer import LinkRx, LinkTx
-from ..link.packer import Packer, Unpacker
-from ..link.streams import link_end, tx_fifo_items
+from ..link.streams import connect_receive, connect_send, link_end
 from .top import NodeTop
 
 __all__ = ["Cluster", "ClusterLink"]
@@ -76,7 +74,7 @@ class ClusterLink:
         :class:`LinkTx`, :class:`LinkModel`, :class:`LinkRx`.
     ports : list of (Interface, Interface)
         Per stream: the sending node's port (which feeds the transmitter through a FIFO of two
-        frames, :meth:`fifo_items`) and the receiving node's port.
+        frames, :func:`fpdeep_hw.link.streams.tx_fifo_items`) and the receiving node's port.
     bits : list of int
         Per stream: payload bits of one item (a pixel of ``C`` lanes, a weight set).
     items : list of int
@@ -103,10 +101,6 @@ class ClusterLink:
     @property
     def name(self):
         return f"link{self.src}to{self.dst}"
-
-    def fifo_items(self, j):
-        """Items of the FIFO in front of the packer of stream ``j``: two frames' worth."""
-        return tx_fifo_items(self.tx.max_payload, self.bits[j])
 
     @property
     def predicted_payload_words(self):
@@ -309,23 +303,11 @@ class Cluster(wiring.Component):
             wiring.connect(m, lk.model.o, lk.rx.i)
             for j, ((src, dst), port_i, port_o, nbits, n_items) in enumerate(zip(
                     lk.ports, lk.tx.inputs, lk.rx.outputs, lk.bits, lk.items)):
-                # a frame's worth of words waits here while the other bank is on the wire, so
-                # that a saturated link sends full frames (LinkTx cuts a frame at the first
-                # cycle its input runs dry)
-                fifo = SyncFIFOBuffered(width=nbits, depth=lk.fifo_items(j))
-                pack, unpack = Packer(nbits, n_items), Unpacker(nbits, n_items)
-                m.submodules[f"{lk.name}_q{j}"] = fifo
-                m.submodules[f"{lk.name}_pack{j}"] = pack
-                m.submodules[f"{lk.name}_unpack{j}"] = unpack
-                m.d.comb += [fifo.w_stream.valid.eq(src.valid),
-                             fifo.w_stream.payload.eq(Value.cast(src.payload)),
-                             src.ready.eq(fifo.w_stream.ready),
-                             dst.valid.eq(unpack.o.valid),
-                             dst.payload.eq(unpack.o.payload),
-                             unpack.o.ready.eq(dst.ready)]
-                wiring.connect(m, fifo.r_stream, pack.i)
-                wiring.connect(m, pack.o, port_i)
-                wiring.connect(m, port_o, unpack.i)
+                # a FIFO of two frames' worth of items before the packer: a saturated link
+                # sends full frames (LinkTx cuts a frame at the first cycle its input runs dry)
+                connect_send(m, f"{lk.name}_{j}", src, port_i, nbits, n_items,
+                             lk.tx.max_payload)
+                connect_receive(m, f"{lk.name}_{j}", port_o, dst, nbits, n_items)
         # credits: each node's receiver of one direction tells its transmitter of the other
         for lk in self.links:
             back = self.link(lk.dst, lk.src)

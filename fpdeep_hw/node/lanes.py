@@ -33,6 +33,14 @@ def lane_signature(width, lanes):
     return stream.Signature(data.ArrayLayout(signed(width), lanes))
 
 
+def _all(bits):
+    """The AND of ``bits`` (1 for none)."""
+    out = 1
+    for b in bits:
+        out = out & b
+    return out
+
+
 def _check_width_lanes(who, width, lanes):
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"{who} width must be a positive integer, not {width!r}")
@@ -82,16 +90,10 @@ class LaneFork(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         readies = [o.ready for o in self.o]
-        all_ready = 1
-        for r in readies:
-            all_ready = all_ready & r
-        m.d.comb += self.i.ready.eq(all_ready)
+        m.d.comb += self.i.ready.eq(_all(readies))
         for j, (o, (lo, hi)) in enumerate(zip(self.o, self.ranges)):
-            others = 1
-            for k, r in enumerate(readies):
-                if k != j:
-                    others = others & r
-            m.d.comb += [o.valid.eq(self.i.valid & others)]
+            others = _all(r for k, r in enumerate(readies) if k != j)
+            m.d.comb += o.valid.eq(self.i.valid & others)
             for n in range(hi - lo):
                 m.d.comb += o.payload[n].eq(self.i.payload[lo + n])
         return m
@@ -132,16 +134,10 @@ class LaneConcat(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         valids = [i.valid for i in self.i]
-        all_valid = 1
-        for v in valids:
-            all_valid = all_valid & v
-        m.d.comb += self.o.valid.eq(all_valid)
+        m.d.comb += self.o.valid.eq(_all(valids))
         base = 0
         for j, (i, p) in enumerate(zip(self.i, self.parts)):
-            others = 1
-            for k, v in enumerate(valids):
-                if k != j:
-                    others = others & v
+            others = _all(v for k, v in enumerate(valids) if k != j)
             m.d.comb += i.ready.eq(self.o.ready & others)
             for n in range(p):
                 m.d.comb += self.o.payload[base + n].eq(i.payload[n])

@@ -519,6 +519,11 @@ class NodeTop(wiring.Component):
             return
         fifo = SyncFIFOBuffered(width=len(src.payload.as_value()), depth=depth)
         m.submodules[name] = fifo
+        NodeTop._through(m, fifo, src, dst)
+
+    @staticmethod
+    def _through(m, fifo, src, dst):
+        """``src -> fifo -> dst`` (a ``SyncFIFOBuffered`` holding the payloads as bits)."""
         m.d.comb += [
             fifo.w_stream.valid.eq(src.valid),
             fifo.w_stream.payload.eq(src.payload.as_value()),
@@ -644,15 +649,7 @@ class NodeTop(wiring.Component):
                 if fifo is None:
                     continue
                 m.submodules[f"{key}_{name}"] = fifo
-                src, dst = getattr(fp, name), getattr(bp, name)
-                m.d.comb += [
-                    fifo.w_stream.valid.eq(src.valid),
-                    fifo.w_stream.payload.eq(src.payload.as_value()),
-                    src.ready.eq(fifo.w_stream.ready),
-                    dst.valid.eq(fifo.r_stream.valid),
-                    dst.payload.eq(fifo.r_stream.payload),
-                    fifo.r_stream.ready.eq(dst.ready),
-                ]
+                self._through(m, fifo, getattr(fp, name), getattr(bp, name))
             # ---- backward: errors of the output -> BPFront -> E_out -> EB, PG
             if bp is not None:
                 lo = g.out_lo if g.split == "ocp" else 0
