@@ -4,9 +4,11 @@ closed loop with its neighbours.
 Generated from one node entry of a plan (``fpdeep_map.plan.Plan``). For each segment -- a whole
 compute layer with its ReLU / max-pool, or the node's slice of a layer the plan splits over
 several nodes (ICP: input channels, OCP: output channels) -- an
-:class:`~fpdeep_hw.node.fp_layer.FPLayer`, its :class:`~fpdeep_hw.memory.act_ram.ActRAM`, the mask
-and argmax FIFOs, a :class:`~fpdeep_hw.node.eb_layer.BPFront` (not on an ICP slice that does not
-complete the layer), an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for the first layer), a
+:class:`~fpdeep_hw.node.fp_layer.FPLayer`, its :class:`~fpdeep_hw.memory.act_ram.ActRAM` (an
+:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` with a burst port ``mem_*`` where the
+plan keeps it off chip), the mask and argmax FIFOs, a
+:class:`~fpdeep_hw.node.eb_layer.BPFront` (not on an ICP slice that does not complete the
+layer), an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for the first layer), a
 :class:`~fpdeep_hw.node.pg_layer.PGLayer`, a :class:`~fpdeep_hw.node.update.WeightUpdate` and a
 :class:`~fpdeep_hw.node.version_gate.VersionGate`; after the last layer the
 :class:`~fpdeep_hw.compute.loss.LossUnit`. On one node holding every layer:
@@ -60,6 +62,7 @@ from sim.golden.train import lags_from_plan, weight_shape
 
 from ..compute.loss import LossUnit
 from ..memory.act_ram import ActRAM
+from ..memory.offchip_act_ram import OffchipActRAM, act_ram_for
 from ..memory.param_ram import weight_set_layout
 from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
@@ -69,7 +72,14 @@ from .pg_layer import PGLayer
 from .update import WeightUpdate
 from .version_gate import VersionGate
 
-__all__ = ["NodeTop", "NodeLayer", "slice_weights"]
+__all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name"]
+
+
+def mem_port_name(key):
+    """The :class:`NodeTop` member of the off-chip Act-RAM of segment ``key`` (a
+    :attr:`NodeLayer.key`): ``mem_<layer>`` for a whole layer, ``mem_<layer>_at<node>`` for a
+    slice (``@`` is not an identifier character; the same form as the segment's submodules)."""
+    return "mem_" + key.replace("@", "_at")
 
 
 def slice_weights(w, geometry):
@@ -101,7 +111,9 @@ class NodeLayer:
         ``D_l``.
     fp, act_ram, bp, eb, pg, update, gate
         The modules (``eb`` is ``None`` for the first layer; ``bp`` is ``None`` on an ICP slice
-        that does not complete the layer).
+        that does not complete the layer; ``act_ram`` an
+        :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` where the plan keeps it off
+        chip).
     mask_fifo, arg_fifo : SyncFIFOBuffered or None
         The stores of the ReLU masks and pool argmaxes between FP and BPFront.
     act_images : float
@@ -111,6 +123,9 @@ class NodeLayer:
         :class:`~fpdeep_hw.node.lend.WSFPLayer` / :class:`~fpdeep_hw.node.lend.WSEBLayer`,
         ``pg`` has no LGB, ``update`` and ``gate`` are ``None`` here; :class:`Cluster` sets
         ``update`` to the lender's for monitors).
+    mem : str or None
+        The :class:`NodeTop` member of the off-chip Act-RAM's burst port
+        (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
     """
 
     name: str
@@ -120,7 +135,7 @@ class NodeLayer:
     geometry: LayerGeometry
     lag: int
     fp: FPLayer
-    act_ram: ActRAM
+    act_ram: ActRAM | OffchipActRAM
     mask_fifo: SyncFIFOBuffered | None
     arg_fifo: SyncFIFOBuffered | None
     bp: BPFront | None
@@ -130,6 +145,7 @@ class NodeLayer:
     gate: VersionGate | None
     act_images: float
     lender: int | None = None
+    mem: str | None = None
 
 
 class NodeTop(wiring.Component):
@@ -161,6 +177,10 @@ class NodeTop(wiring.Component):
         Depth, in images, of the decoupling FIFOs in front of every consumer of a stream
         between modules (default 1; 0 connects the modules directly where a stream has one
         consumer, which costs throughput: ``docs/hw-node.md``, "Node top").
+    mem_burst, mem_prefetch : int, optional
+        ``burst`` (words, a power of two from 2 to 256; default 16) and ``prefetch`` (bursts, at
+        least 2; default 4) of every off-chip Act-RAM
+        (:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM`).
 
     Members
     -------
@@ -204,6 +224,22 @@ class NodeTop(wiring.Component):
         Updates written by the first segment's weight update (for observation).
     images_in : ``Out(32)``
         Images whose last pixel entered the node's first FP module.
+    mem_<layer>, mem_<layer>_at<node> : ``Out(memory_port_signature(C * activation.width, A))``
+        Per segment whose Act-RAM the plan keeps off chip (``act_ram.offchip_words > 0``): the
+        burst port of its :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` (named by
+        :func:`mem_port_name`; ``C`` the segment's input lanes), one port per Act-RAM, for a
+        memory controller (``MemoryControllerBlackBox`` on a board, ``sim.dram_model.DRAMModel``
+        in simulation). Bursts of ``mem_burst`` words; each ring has its own address range,
+        see :attr:`memory_map`.
+    memory_map : dict
+        ``{member: {"layer", "base", "words", "word_bits", "word_bytes", "bytes"}}`` for each
+        ``mem_*`` port (plain attribute): the ring's first word address ``base`` and size
+        ``words`` on the port, the word width, and its byte range ``bytes = [lo, hi)`` when the
+        word address ``a`` is byte address ``a * word_bytes`` (``word_bytes`` the word's bytes
+        rounded up to a power of two). The segments' rings lie one after the other in that byte
+        space, in segment order, each starting on a boundary of ``mem_burst * word_bytes``
+        bytes: disjoint, so the ports may share one memory (or use one each). ``A``, the
+        port's address width, just covers ``base + words``.
     x_in : property
         ``images`` or ``a_in``.
     first, last : bool
@@ -222,7 +258,8 @@ class NodeTop(wiring.Component):
         ``{layer: D_l}``.
     """
 
-    def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1):
+    def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
+                 mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -240,6 +277,14 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop fifo_images must be a non-negative integer, not "
                              f"{fifo_images!r}")
         self.fifo_images = fifo_images
+        if isinstance(mem_burst, bool) or not isinstance(mem_burst, int) or \
+                not 2 <= mem_burst <= 256 or mem_burst & (mem_burst - 1):
+            raise ValueError(f"NodeTop mem_burst must be a power of two from 2 to 256, not "
+                             f"{mem_burst!r}")
+        if isinstance(mem_prefetch, bool) or not isinstance(mem_prefetch, int) or \
+                mem_prefetch < 2:
+            raise ValueError(f"NodeTop mem_prefetch must be an integer of at least 2, not "
+                             f"{mem_prefetch!r}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
@@ -297,6 +342,8 @@ class NodeTop(wiring.Component):
         self._lr_q = lr_q
         self.lags = lags
         self.layers = []
+        self.memory_map = {}
+        mem_end = 0            # bytes of the node's external memory used by the rings so far
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)
             geo = layer_geometry(seg, network)
@@ -326,7 +373,22 @@ class NodeTop(wiring.Component):
                 fp = WSFPLayer(seg, network, num)
             else:
                 fp = FPLayer(seg, network, num, weights=working)
-            act = ActRAM(fmt=num.activation, lanes=C, depth=depth)
+            key = seg.layer if seg.split == "whole" else f"{seg.layer}@{node}"
+            mem_kw, mem = {}, None
+            if seg.act_ram.offchip_words > 0:
+                # the ring after the previous segments' rings (memory_map)
+                bits = C * num.activation.width
+                wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
+                ext = math.ceil(depth / mem_burst) * mem_burst
+                base = math.ceil(mem_end / (wbytes * mem_burst)) * mem_burst
+                mem_end = (base + ext) * wbytes
+                mem = mem_port_name(key)
+                mem_kw = {"burst": mem_burst, "base": base, "prefetch": mem_prefetch,
+                          "addr_width": max(1, (base + ext - 1).bit_length())}
+                self.memory_map[mem] = {"layer": key, "base": base, "words": ext,
+                                        "word_bits": bits, "word_bytes": wbytes,
+                                        "bytes": [base * wbytes, mem_end]}
+            act = act_ram_for(seg, num.activation, C, depth, **mem_kw)
             conv_px = geo.conv_height * geo.conv_width
             out_px = geo.out_height * geo.out_width
             mask_fifo = arg_fifo = None
@@ -351,11 +413,10 @@ class NodeTop(wiring.Component):
                 gate = VersionGate(batch=batch, lag=lag, eb=eb is not None)
             else:
                 lender = lenders[seg.layer].lender
-            key = seg.layer if seg.split == "whole" else f"{seg.layer}@{node}"
             self.layers.append(NodeLayer(
                 name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
-                update=upd, gate=gate, act_images=depth / HW, lender=lender))
+                update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem))
         # parameters this node keeps for a neighbour (BPRAM, BGB, update, version rule)
         self.lenders = {}
         for lp in np_.bpram:
@@ -483,6 +544,9 @@ class NodeTop(wiring.Component):
         members["flush"] = In(1)
         members["updates"] = Out(32)
         members["images_in"] = Out(32)
+        for nl in L:
+            if nl.mem is not None:       # an off-chip Act-RAM's burst port
+                members[nl.mem] = nl.act_ram.signature.members["mem"]
         super().__init__(members)
         self.link_ports = ports
         self.link_items = items
@@ -631,6 +695,8 @@ class NodeTop(wiring.Component):
             consume(("act", n), fp.i, lo_in, lo_in + g.in_channels, fi * g.pixels if k > 0 else 0)
             wiring.connect(m, fp.act, act.i)
             wiring.connect(m, act.o, pg.a)
+            if nl.mem is not None:
+                wiring.connect(m, act.mem, wiring.flipped(getattr(self, nl.mem)))
             if g.split == "icp" and not g.icp_first:
                 self._fifo(m, f"{key}_up", wiring.flipped(self.p_in), fp.up, fi * conv_px)
             if g.split == "icp" and not g.completes:
