@@ -564,13 +564,23 @@ class Lender(wiring.Component):
     fifo_depth : int
         Sets in flight or buffered per stream (default 2; the FIFO itself has at least 3
         entries, a Verilog-friendly depth).
+    sets : (int, int), optional
+        The range ``[lo, hi)`` of the segment's ``R * G`` weight sets this lender keeps (default
+        all). A segment may be lent by several nodes, each keeping a contiguous range of sets
+        (``NodeTop``: ranges in node order, the borrower's own share among them): the BPRAM, BGB
+        and master copy hold ``hi - lo`` sets, the weight streams carry sets ``lo .. hi-1`` per
+        image, and gradient addresses (of the whole segment) are taken relative to ``lo``.
+
+    A layer without EB (the network's first) has no ``eb_w``; its version rule has no EB
+    condition.
 
     Members
     -------
     fp_w, eb_w : ``Out(stream.Signature(weight_set_layout(weight, K, P*S)))``
-        Weight sets for the borrower's FP and EB.
+        Weight sets for the borrower's FP and EB (``eb_w`` only for a layer with EB).
     grad : ``In(stream.Signature(StructLayout({"addr", "data"})))``
-        Per-image gradient sets from the borrower (``data``: ``P*S x K x K`` gradient format).
+        Per-image gradient sets from the borrower (``data``: ``P*S x K x K`` gradient format;
+        ``addr`` the set's address in the whole segment, ``lo <= addr < hi``).
     flush : ``In(1)``
         End of run (see above).
     fp_images, eb_images, grad_images, updates : ``Out(32)``
@@ -581,8 +591,18 @@ class Lender(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, lr_q, lag=None, master=None,
-                 fifo_depth=2):
+                 fifo_depth=2, sets=None):
         geom = _check_args("Lender", segment, network, numerics)
+        total = geom.out_groups * geom.groups
+        if sets is None:
+            sets = (0, total)
+        if (not isinstance(sets, tuple) or len(sets) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in sets)
+                or not 0 <= sets[0] < sets[1] <= total):
+            raise ValueError(f"Lender sets must be a range (lo, hi) with 0 <= lo < hi <= "
+                             f"{total}, not {sets!r}")
+        self._sets = sets
+        self._total_sets = total
         _pos_int("Lender", "batch", batch)
         if lag is None:
             lag = int(math.floor(segment.act_ram_images))
@@ -598,7 +618,7 @@ class Lender(wiring.Component):
         mfmt = numerics.master
         if master.size and (master.min() < mfmt.min_int or master.max() > mfmt.max_int):
             raise ValueError(f"Lender master weights must fit in {mfmt.width} signed bits")
-        msets = geom.pack_weights(master)
+        msets = geom.pack_weights(master)[sets[0]:sets[1]]
         from sim.golden.layers import working_weight
         wsets, _ = working_weight(msets, numerics)
         self._lr_q = lr_q
@@ -612,9 +632,10 @@ class Lender(wiring.Component):
             "addr": range(max(RG, 2)),
             "data": weight_set_layout(numerics.gradient, K, PS)})
         self._parts = None
+        self._eb = geom.has_eb
         super().__init__({
             "fp_w": Out(stream.Signature(self._set_layout)),
-            "eb_w": Out(stream.Signature(self._set_layout)),
+            **({"eb_w": Out(stream.Signature(self._set_layout))} if geom.has_eb else {}),
             "grad": In(stream.Signature(self._grad_layout)),
             "flush": In(1),
             "fp_images": Out(32), "eb_images": Out(32), "grad_images": Out(32),
@@ -647,13 +668,18 @@ class Lender(wiring.Component):
     set_layout = property(lambda self: self._set_layout)
     grad_layout = property(lambda self: self._grad_layout)
 
+    sets = property(lambda self: self._sets)
+    total_sets = property(lambda self: self._total_sets)
+    has_eb = property(lambda self: self._eb)
+
     @property
     def weight_sets(self):
-        return self._geom.out_groups * self._geom.groups
+        """Sets this lender keeps (``hi - lo``): per image and stream."""
+        return self._sets[1] - self._sets[0]
 
     @property
     def weights_per_image(self):
-        """Weight words per image and stream: ``R*G*P*S*K*K``."""
+        """Weight words per image and stream: ``(hi - lo) * P*S*K*K``."""
         g = self._geom
         return self.weight_sets * g.p * g.s * g.kernel * g.kernel
 
@@ -703,33 +729,36 @@ class Lender(wiring.Component):
             with m.If(fp_out == RG - 1):
                 m.d.sync += self.fp_images.eq(self.fp_images + 1)
 
-        # ---- EB stream: rd_addr port ----------------------------------------------------------
-        m.submodules.eb_fifo = ebf = SyncFIFOBuffered(width=width, depth=max(depth, 3))
-        eb_set = Signal(range(max(RG, 2)))
-        eb_iss = Signal(32)
         eb_fly = Signal(range(depth + 2))
-        eb_room = (ebf.level + eb_fly) < depth
-        m.d.comb += [
-            bp.rd_addr.valid.eq((eb_iss < eb_limit) & eb_room),
-            bp.rd_addr.payload.eq(eb_set),
-            ebf.w_en.eq(bp.rd_data.valid),
-            ebf.w_data.eq(bp.rd_data.payload),
-            bp.rd_data.ready.eq(ebf.w_rdy),
-        ]
-        ereq = bp.rd_addr.valid & bp.rd_addr.ready
-        egot = bp.rd_data.valid & bp.rd_data.ready
-        with m.If(ereq):
-            m.d.sync += eb_set.eq(Mux(eb_set == RG - 1, 0, eb_set + 1))
-            with m.If(eb_set == RG - 1):
-                m.d.sync += eb_iss.eq(eb_iss + 1)
-        m.d.sync += eb_fly.eq(eb_fly + ereq - egot)
-        eb_out = Signal(range(max(RG, 2)))
-        m.d.comb += [self.eb_w.valid.eq(ebf.r_rdy), self.eb_w.payload.eq(ebf.r_data),
-                     ebf.r_en.eq(self.eb_w.ready)]
-        with m.If(self.eb_w.valid & self.eb_w.ready):
-            m.d.sync += eb_out.eq(Mux(eb_out == RG - 1, 0, eb_out + 1))
-            with m.If(eb_out == RG - 1):
-                m.d.sync += self.eb_images.eq(self.eb_images + 1)
+        eb_iss = Signal(32)
+        if self._eb:  # the network's first layer has no EB: no stream, no EB condition
+            # ---- EB stream: rd_addr port ----------------------------------------------------------
+            m.submodules.eb_fifo = ebf = SyncFIFOBuffered(width=width, depth=max(depth, 3))
+            eb_set = Signal(range(max(RG, 2)))
+            eb_room = (ebf.level + eb_fly) < depth
+            m.d.comb += [
+                bp.rd_addr.valid.eq((eb_iss < eb_limit) & eb_room),
+                bp.rd_addr.payload.eq(eb_set),
+                ebf.w_en.eq(bp.rd_data.valid),
+                ebf.w_data.eq(bp.rd_data.payload),
+                bp.rd_data.ready.eq(ebf.w_rdy),
+            ]
+            ereq = bp.rd_addr.valid & bp.rd_addr.ready
+            egot = bp.rd_data.valid & bp.rd_data.ready
+            with m.If(ereq):
+                m.d.sync += eb_set.eq(Mux(eb_set == RG - 1, 0, eb_set + 1))
+                with m.If(eb_set == RG - 1):
+                    m.d.sync += eb_iss.eq(eb_iss + 1)
+            m.d.sync += eb_fly.eq(eb_fly + ereq - egot)
+            eb_out = Signal(range(max(RG, 2)))
+            m.d.comb += [self.eb_w.valid.eq(ebf.r_rdy), self.eb_w.payload.eq(ebf.r_data),
+                         ebf.r_en.eq(self.eb_w.ready)]
+            with m.If(self.eb_w.valid & self.eb_w.ready):
+                m.d.sync += eb_out.eq(Mux(eb_out == RG - 1, 0, eb_out + 1))
+                with m.If(eb_out == RG - 1):
+                    m.d.sync += self.eb_images.eq(self.eb_images + 1)
+        else:
+            m.d.comb += bp.rd_addr.valid.eq(0), bp.rd_data.ready.eq(1)
 
         # ---- gradients into the BGB -------------------------------------------------------------
         g_set = Signal(range(max(RG, 2)))
@@ -738,7 +767,7 @@ class Lender(wiring.Component):
         b_last = (g_img == B - 1) if B > 1 else Const(1, 1)
         m.d.comb += [
             bgb.i.valid.eq(self.grad.valid),
-            bgb.i.payload.addr.eq(self.grad.payload.addr),
+            bgb.i.payload.addr.eq(self.grad.payload.addr - self._sets[0]),
             bgb.i.payload.data.eq(self.grad.payload.data),
             bgb.i.payload.batch_done.eq(g_last & b_last),
             self.grad.ready.eq(bgb.i.ready),
@@ -755,7 +784,10 @@ class Lender(wiring.Component):
         started = Signal()
         ready_fp = (((self.fp_images >= fp_limit) & (fp_iss == fp_limit)) | flush) & \
             (fp_fly == 0)
-        ready_eb = (self.eb_images >= eb_limit) & (eb_iss == eb_limit) & (eb_fly == 0)
+        if self._eb:
+            ready_eb = (self.eb_images >= eb_limit) & (eb_iss == eb_limit) & (eb_fly == 0)
+        else:
+            ready_eb = 1
         go = ready_fp & ready_eb & ~started
         m.d.comb += upd.start.eq(go)
         with m.If(go):

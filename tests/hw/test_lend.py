@@ -18,11 +18,13 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer
+from fpdeep_hw.node.sets import SetConcat, SetRoute
 from fpdeep_hw.node.pg_layer import PGLayer
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -123,12 +125,60 @@ class _Pair(wiring.Component):
         return m
 
 
-def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend"):
+class _Keepers(wiring.Component):
+    """Several :class:`Lender` s keeping contiguous set ranges, seen as one lender: their FP and
+    EB streams joined by :class:`SetConcat`, the gradients sent back by :class:`SetRoute` (what
+    ``NodeTop`` builds when several nodes keep a segment's weights), counters the minimum
+    (images, updates) or the sum (overflows) of the parts."""
+
+    def __init__(self, lenders):
+        self.parts = lenders
+        self.weight_sets = sum(lp.weight_sets for lp in lenders)
+        self.weights_per_image = sum(lp.weights_per_image for lp in lenders)
+        ref = lenders[0]
+        super().__init__({
+            "fp_w": Out(ref.fp_w.signature), "eb_w": Out(ref.eb_w.signature),
+            "grad": In(ref.grad.signature.flip()), "flush": In(1),
+            **{n: Out(32) for n in ("updates", "fp_images", "eb_images", "grad_images",
+                                    "bgb_acc_overflow", "bgb_out_overflow",
+                                    "update_overflow")}})
+
+    def elaborate(self, platform):
+        m = Module()
+        counts = [lp.weight_sets for lp in self.parts]
+        m.submodules.fp_cat = fcat = SetConcat(self.fp_w.payload.shape(), counts)
+        m.submodules.eb_cat = ecat = SetConcat(self.eb_w.payload.shape(), counts)
+        m.submodules.route = route = SetRoute(self.grad.payload.shape(),
+                                              [lp.sets for lp in self.parts])
+        wiring.connect(m, fcat.o, wiring.flipped(self.fp_w))
+        wiring.connect(m, ecat.o, wiring.flipped(self.eb_w))
+        wiring.connect(m, wiring.flipped(self.grad), route.i)
+        for k, lp in enumerate(self.parts):
+            m.submodules[f"lender{k}"] = lp
+            wiring.connect(m, lp.fp_w, fcat.i[k])
+            wiring.connect(m, lp.eb_w, ecat.i[k])
+            wiring.connect(m, route.o[k], lp.grad)
+            m.d.comb += lp.flush.eq(self.flush)
+        for name in ("updates", "fp_images", "eb_images", "grad_images"):
+            v = getattr(self.parts[0], name)
+            for lp in self.parts[1:]:
+                v = Mux(getattr(lp, name) < v, getattr(lp, name), v)
+            m.d.comb += getattr(self, name).eq(v)
+        for name in ("bgb_acc_overflow", "bgb_out_overflow", "update_overflow"):
+            m.d.comb += getattr(self, name).eq(sum(getattr(lp, name) for lp in self.parts))
+        return m
+
+
+def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend", ranges=None):
     rng = random.Random(seed)
     lr_q = gl.lr_to_q(0.5)
     exp = _expected(n_images, batch, lag, lr_q, rng)
     geom = exp["geom"]
-    lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"])
+    if ranges is None:
+        lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"])
+    else:
+        lender = _Keepers([Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag,
+                                  master=exp["master0"], sets=r) for r in ranges])
     fp, eb = WSFPLayer(SEG, NET, NUM), WSEBLayer(SEG, NET, NUM)
     pg = PGLayer(SEG, NET, NUM, batch=batch, lgb=False)
     dut = _Pair(lender, fp, eb, pg)
@@ -208,6 +258,25 @@ def check_pair(n_images, batch, lag, seed, **kw):
     assert final["eb_images"] == final["eb_sets"] // sets
     assert final["grad_sets"] == n_images * sets and final["grad_images"] == n_images
     return exp, final
+
+
+@pytest.mark.parametrize("ranges", [[(0, 3), (3, 10), (10, 16)], [(0, 15), (15, 16)]])
+def test_lend_by_several_keepers(ranges):
+    """The segment's 16 sets kept in contiguous ranges by several lenders (FP / EB streams
+    joined in address order, gradients routed back by address): the same results, bit for bit,
+    as one lender, every master set updated where it is kept."""
+    exp, final = check_pair(6, 2, 1, seed=2, ranges=ranges)
+    assert final["updates"] == exp["updates"] == 3
+
+
+def test_lender_sets_argument():
+    for bad in [(0, 0), (3, 17), (-1, 2), [0, 4], (0, 2.0)]:
+        with pytest.raises(ValueError, match=r"^Lender sets must be a range \(lo, hi\) with "
+                                             r"0 <= lo < hi <= 16, not "):
+            Lender(SEG, NET, NUM, batch=2, lr_q=100, sets=bad)
+    lp = Lender(SEG, NET, NUM, batch=2, lr_q=100, sets=(4, 9))
+    assert (lp.sets, lp.weight_sets, lp.total_sets) == ((4, 9), 5, 16)
+    assert lp.weights_per_image == 5 * 18
 
 
 def test_lend_three_batches(waves):
