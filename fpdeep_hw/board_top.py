@@ -28,10 +28,13 @@
   of the other. On the board, per neighbour, a
   :class:`~fpdeep_hw.link.transceiver.SerialLinkPHY` black box (Aurora 64B/66B) on a chain
   lane of the platform (:func:`chain_lanes_for`: the previous neighbour on the first lane of
-  ``platform.chain_lanes``, the next on the first lane with another reference clock, since one
-  PHY owns its reference clock) in its own clock domain (``link_prev`` / ``link_next``, the
-  core's user clock), and two ``AsyncFIFO`` of :data:`CDC_DEPTH` 64-bit words between that
-  domain and ``sync``. The Aurora RX has no back-pressure: the receive FIFO is drained every
+  ``platform.chain_lanes``, the next on the first free lane with another reference clock, else
+  on a lane of the same quad sharing the first PHY's reference clock: the first PHY on a clock
+  owns it, with the core that has the shared logic, and a sharer's core takes the owner's
+  buffered reference clock, QPLL clocks and user clock, as VC709's SFP+ lanes 0 and 1 do on
+  ``sfp_refclk`` 0) in its own clock domain (``link_prev`` / ``link_next``, the core's user
+  clock; a sharer's is its owner's), and two ``AsyncFIFO`` of :data:`CDC_DEPTH` 64-bit words
+  between that domain and ``sync``. The Aurora RX has no back-pressure: the receive FIFO is drained every
   ``sync`` cycle by ``LinkRx`` (always ready), which keeps up as long as the far node's ``sync``
   clock is not faster than this one's (same board type: equal up to the oscillators' ppm); a
   word arriving at a full FIFO sets a sticky overflow flag (LED 3 off).
@@ -53,6 +56,9 @@ the memory controller in ``offchip_act_ram``). Documentation: ``docs/build.md``.
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal, Value
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
@@ -64,7 +70,7 @@ from .link.streams import (CREDIT_INTERVAL, DEPTH, MAX_PAYLOAD, connect_receive,
                            link_end)
 
 __all__ = ["BoardTop", "LinkedNode", "ObservedNode", "HOST_DMA_MODULE", "HOST_DMA_PORTS",
-           "CDC_DEPTH", "chain_lanes_for", "node_instance_ports"]
+           "CDC_DEPTH", "ChainLane", "chain_lanes_for", "gt_quad", "node_instance_ports"]
 
 #: Module name of the host DMA black box.
 HOST_DMA_MODULE = "fpdeep_host_dma"
@@ -97,29 +103,65 @@ def node_instance_ports(node):
     return ports
 
 
-def chain_lanes_for(platform, sides):
-    """``{side: (lane, refclk)}`` for the neighbours ``sides`` (``"prev"``, ``"next"``).
+class ChainLane(NamedTuple):
+    """The lane of one chain neighbour (:func:`chain_lanes_for`).
 
-    The previous neighbour gets the first lane of ``platform.chain_lanes``, the next the first
-    lane after it whose reference clock is not already taken (a ``SerialLinkPHY`` owns its
-    reference clock). Raises ``ValueError`` when the platform has no such lane.
+    ``lane`` and ``refclk`` are ``(resource name, number)`` pairs; ``owner`` is ``None`` when
+    this neighbour's PHY owns the reference clock (its core has the shared logic), else the side
+    (``"prev"``) whose PHY owns it and whose quad PLL this lane shares.
     """
-    lanes = list(getattr(platform, "chain_lanes", ()))
-    chosen, clocks = {}, set()
+    lane: tuple
+    refclk: tuple
+    owner: str | None = None
+
+
+_GT_SITE = re.compile(r"_X(\d+)Y(\d+)$")
+
+
+def gt_quad(platform, lane):
+    """The GT quad ``(column, row)`` of ``lane`` from ``platform.gt_channel_sites`` (four
+    channels a quad: ``GTHE2_CHANNEL_X1Y13`` -> ``(1, 3)``), or ``None`` if the site is unknown."""
+    site = getattr(platform, "gt_channel_sites", {}).get(tuple(lane))
+    match = _GT_SITE.search(site) if isinstance(site, str) else None
+    return None if match is None else (int(match[1]), int(match[2]) // 4)
+
+
+def chain_lanes_for(platform, sides):
+    """``{side: ChainLane(lane, refclk, owner)}`` for the neighbours ``sides`` (``"prev"``,
+    ``"next"``), in that order.
+
+    Each side gets the first free lane of ``platform.chain_lanes`` whose reference clock no
+    earlier side uses, and its PHY owns that clock (``owner`` ``None``): two neighbours use two
+    quads / cages when the board has them (KCU105 ``sfp`` 0 and ``fmc_hpc_dp`` 0, U280 ``qsfp0``
+    0 and ``qsfp1`` 0). Failing that, it gets the first free lane whose reference clock an
+    earlier side owns and which sits in that owner's GT quad (:func:`gt_quad`; the QPLL clocks
+    do not leave the quad, and a lane without a known site is never shared), and its PHY shares
+    the owner's clock (``owner`` = that side): VC709 ``sfp`` 0 and ``sfp`` 1, both on
+    ``sfp_refclk`` 0 of quad 113. Raises ``ValueError`` when no lane is left.
+    """
+    lanes = [((res, num), tuple(refclk)) for res, num, refclk in getattr(platform, "chain_lanes", ())]
+    chosen, owners = {}, {}         # owners: refclk -> side whose PHY owns it
     for side in sides:
-        for res, num, refclk in lanes:
-            if (res, num) not in [c[0] for c in chosen.values()] and tuple(refclk) not in clocks:
-                chosen[side] = ((res, num), tuple(refclk))
-                clocks.add(tuple(refclk))
-                break
-        else:
-            used = ", ".join(f"{r}[{n}]" for r, n in clocks)
-            have = ", ".join(f"{r}{n}" for r, n, _ in lanes) or "none"
+        taken = {c.lane for c in chosen.values()}
+        free = [(lane, refclk) for lane, refclk in lanes if lane not in taken]
+        pick = next((ChainLane(lane, refclk) for lane, refclk in free if refclk not in owners),
+                    None)
+        if pick is None:
+            for lane, refclk in free:
+                quad = gt_quad(platform, lane)
+                if quad is not None and quad == gt_quad(platform, chosen[owners[refclk]].lane):
+                    pick = ChainLane(lane, refclk, owners[refclk])
+                    break
+        if pick is None:
+            have = ", ".join(f"{r}{n}" for (r, n), _ in lanes) or "none"
             raise ValueError(
-                f"{type(platform).__name__}: no chain lane left for the {side} neighbour: "
-                f"a node with {len(sides)} neighbours needs {len(sides)} lanes with different "
-                f"reference clocks (one SerialLinkPHY per reference clock), but the lanes "
-                f"({have}) all use {used}")
+                f"{type(platform).__name__}: no chain lane left for the {side} neighbour: a node "
+                f"with {len(sides)} neighbours needs {len(sides)} lanes, each with a reference "
+                f"clock of its own or in the GT quad of the lane owning its clock, but the "
+                f"platform has {have}")
+        chosen[side] = pick
+        if pick.owner is None:
+            owners[pick.refclk] = side
     return chosen
 
 
@@ -300,7 +342,8 @@ class BoardTop(wiring.Component):
         Instantiate the node as ``Instance(node_module, ...)`` of the separately converted
         Verilog of ``LinkedNode(node_top)`` instead of elaborating it here.
     core : str
-        Component name of the Aurora core the PHYs instantiate.
+        Component name of the Aurora core of a PHY that owns its reference clock; a PHY sharing
+        another's instantiates ``core + "_shared"`` (see :mod:`fpdeep_hw.link.transceiver`).
 
     Members
     -------
@@ -432,10 +475,14 @@ class BoardTop(wiring.Component):
             lanes = chain_lanes_for(platform, node.sides)
             ok = []
             for side in node.sides:
-                lane, refclk = lanes[side]
+                lane, refclk, owner = lanes[side]
                 dom = f"link_{side}"
-                phy = SerialLinkPHY(lane=lane, refclk=refclk, core=self.core, domain=dom,
-                                    init_domain="sync")
+                if owner is None:
+                    phy = SerialLinkPHY(lane=lane, refclk=refclk, core=self.core, domain=dom,
+                                        init_domain="sync")
+                else:
+                    phy = SerialLinkPHY(lane=lane, owner=self.phys[owner], domain=dom,
+                                        init_domain="sync")
                 self.phys[side] = phy
                 m.submodules[f"phy_{side}"] = phy
                 m.domains += ClockDomain(dom)

@@ -319,7 +319,11 @@ def neighbours(plan, k, network):
 
 
 def lane_problems(plan, k, board, network):
-    """The chain lanes of node ``k``'s neighbours on ``board``'s platform (``[]`` if they fit)."""
+    """The chain lanes of node ``k``'s neighbours on ``board``'s platform (``[]`` if they fit).
+
+    Lanes may share a reference clock within a GT quad (``board_top.chain_lanes_for``), so a
+    node is refused only when the platform has fewer usable lanes than the node has neighbours.
+    """
     from boards.platforms import platform_for
 
     from .board_top import chain_lanes_for
@@ -327,10 +331,7 @@ def lane_problems(plan, k, board, network):
     try:
         chain_lanes_for(platform_for(board)(), sides)
     except ValueError as e:
-        extra = (" (VC709: add the FMC HPC lanes, whose reference clock is another, with "
-                 "VC709Platform.add_fmc_hpc_lanes once their pins are known: docs/platforms.md)"
-                 if board == "vc709" else "")
-        return [("board", board, f"node {k} has {len(sides)} chain neighbours: {e}{extra}",
+        return [("board", board, f"node {k} has {len(sides)} chain neighbours: {e}",
                  "chain lanes")]
     return []
 

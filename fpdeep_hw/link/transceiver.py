@@ -13,39 +13,76 @@ not re-read: check them against the core generated in Vivado)
 -----------------------------------------------------------------------------------------------
 Configuration: 1 lane, duplex, *streaming* user interface (AXI4-Stream without ``tlast``/
 ``tkeep``), little-endian off, line rate of the board file (10.3125 Gb/s VC709/KCU105, 25.78125
-Gb/s U280), reference clock of the lane's quad, *shared logic in core*, no DRP, no native or
-user flow control. The component name is the ``core`` argument (default ``aurora_64b66b_0``).
+Gb/s U280), reference clock of the lane's quad, no DRP, no native or user flow control.
 
-=========================  ====  =============================================================
-port                       dir   connected to
-=========================  ====  =============================================================
-``s_axi_tx_tdata[0:63]``   in    ``tx.payload`` (Aurora bit 0 = our bit 63, first byte sent)
-``s_axi_tx_tvalid``        in    ``tx.valid``
-``s_axi_tx_tready``        out   ``tx.ready``
-``m_axi_rx_tdata[0:63]``   out   ``rx.payload``
-``m_axi_rx_tvalid``        out   ``rx.valid`` (the core has no RX ready: see below)
-``rxp``, ``rxn``           in    lane resource ``rx`` pins
-``txp``, ``txn``           out   lane resource ``tx`` pins
-``gt_refclk1_p/_n``        in    reference clock resource pins (the core has the IBUFDS_GTE)
-``gt_refclk1_out``         out   ``refclk_out`` attribute (buffered refclk, for other cores)
-``init_clk``               in    clock of ``init_domain`` (free-running)
-``reset_pb``, ``pma_init`` in    power-on sequence (``POR_*_CYCLES``) or ``init_domain`` reset
-``power_down``             in    0
-``loopback[2:0]``          in    0 (normal operation)
-``user_clk_out``           out   ``user_clk``
-``sys_reset_out``          out   ``user_rst``
-``channel_up``             out   ``channel_up``
-``lane_up``                out   ``lane_up`` attribute
-``hard_err``, ``soft_err`` out   ``hard_err``, ``soft_err``
-``mmcm_not_locked_out``    out   ``mmcm_not_locked`` attribute
-=========================  ====  =============================================================
+A PHY either **owns** its reference clock (``owner=None``) or **shares** the reference clock and
+quad PLL of another PHY's core (``owner=`` that PHY), as several lanes of one GT quad do on real
+hardware (VC709: the four SFP+ lanes of quad 113 on ``sfp_refclk`` 0):
 
-Ports of the generated core not in this table are left unconnected (Vivado ties unconnected
+- An owner instantiates the core generated with *shared logic in core* (component name ``core``,
+  default ``aurora_64b66b_0``): the core holds the reference clock's ``IBUFDS_GTE``, the quad's
+  ``GT*_COMMON`` (QPLL) and the user-clock module, and exports the buffered reference clock, the
+  QPLL clocks and status and its user and sync clocks for other cores.
+- A sharer instantiates the core generated with *shared logic in example design* (component name
+  ``core``, default ``<owner's core>_shared``, e.g. ``aurora_64b66b_0_shared``), fed from the
+  owner's exports: it has no reference clock pins, no QPLL and no clock module of its own, and
+  its user interface runs in the owner's user clock (``user_clk`` is the owner's). A sharer must
+  sit in the owner's quad (the QPLL clocks do not leave the quad); ``fpdeep_hw.board_top``'s
+  ``chain_lanes_for`` only pairs lanes of one quad.
+
+Ports of both variants (``owner`` / ``sharer`` column: which of them has the port):
+
+===============================  ===  ===  ====  =======================================================
+port                             own  shr  dir   connected to
+===============================  ===  ===  ====  =======================================================
+``s_axi_tx_tdata[0:63]``         x    x    in    ``tx.payload`` (Aurora bit 0 = our bit 63, first byte sent)
+``s_axi_tx_tvalid``              x    x    in    ``tx.valid``
+``s_axi_tx_tready``              x    x    out   ``tx.ready``
+``m_axi_rx_tdata[0:63]``         x    x    out   ``rx.payload``
+``m_axi_rx_tvalid``              x    x    out   ``rx.valid`` (the core has no RX ready: see below)
+``rxp``, ``rxn``                 x    x    in    lane resource ``rx`` pins
+``txp``, ``txn``                 x    x    out   lane resource ``tx`` pins
+``init_clk``                     x    x    in    clock of ``init_domain`` (free-running)
+``reset_pb``, ``pma_init``       x    x    in    power-on sequence (``POR_*_CYCLES``) or ``init_domain`` reset
+``power_down``                   x    x    in    0
+``loopback[2:0]``                x    x    in    0 (normal operation)
+``sys_reset_out``                x    x    out   ``user_rst``
+``channel_up``                   x    x    out   ``channel_up``
+``lane_up``                      x    x    out   ``lane_up`` attribute
+``hard_err``, ``soft_err``       x    x    out   ``hard_err``, ``soft_err``
+``gt_refclk1_p/_n``              x         in    reference clock resource pins (the core has the IBUFDS_GTE)
+``gt_refclk1_out``               x         out   ``refclk_out`` attribute (buffered refclk, for sharers)
+``user_clk_out``                 x         out   ``user_clk``
+``sync_clk_out``                 x         out   ``sync_clk`` attribute
+``mmcm_not_locked_out``          x         out   ``mmcm_not_locked`` attribute
+``gt_qpllclk_quad1_out``         x         out   ``qpll_clk`` attribute
+``gt_qpllrefclk_quad1_out``      x         out   ``qpll_refclk`` attribute
+``gt_qplllock_quad1_out``        x         out   ``qpll_lock`` attribute
+``gt_qpllrefclklost_quad1_out``  x         out   ``qpll_refclk_lost`` attribute
+``refclk1_in``                        x    in    owner's ``refclk_out``
+``user_clk``, ``sync_clk``            x    in    owner's ``user_clk``, ``sync_clk``
+``mmcm_not_locked``                   x    in    owner's ``mmcm_not_locked``
+``gt_qpllclk_quad1_in``               x    in    owner's ``qpll_clk``
+``gt_qpllrefclk_quad1_in``            x    in    owner's ``qpll_refclk``
+``gt_qplllock_quad1_in``              x    in    owner's ``qpll_lock``
+``gt_qpllrefclklost_quad1``           x    in    owner's ``qpll_refclk_lost``
+``gt_to_common_qpllreset_out``        x    out   ``qpll_reset`` attribute (not connected further: the
+                                                 owner's QPLL is reset by the owner's own ``pma_init``)
+===============================  ===  ===  ====  =======================================================
+
+The QPLL port names are the least certain: the ``quad1`` in them is the core's numbering of the
+quads it uses (public designs show ``quad1`` and ``quad2``), and older 7-series cores name the
+lock and lost ports ``gt_qplllock_out`` / ``gt_qpllrefclklost_out`` (owner) and
+``gt_qplllock_in`` / ``gt_qpllrefclklost_in`` (sharer). The sharer's ``reset_pb`` and
+``pma_init`` get their own power-on sequence, which runs in step with the owner's (same
+``init_domain``, same counts).
+
+Ports of the generated cores not in this table are left unconnected (Vivado ties unconnected
 inputs of an IP to their defaults only if the IP declares them; check the synthesis log). To use
-the real core in Vivado: generate it under the component name above with the settings listed,
-add the ``.xci`` to the project the platform build writes (``add_files``/``read_ip`` in the
-``script_after_read`` override), and select the GT channel site of the lane
-(``platform.gt_channel_sites``) in the core's configuration.
+the real cores in Vivado: generate them under the component names above with the settings
+listed, add the ``.xci`` files to the project the platform build writes (``add_files``/
+``read_ip`` in the ``script_after_read`` override), and select the GT channel site of the lane
+(``platform.gt_channel_sites``) in each core's configuration.
 
 The streaming Aurora RX interface has no ready: a word is delivered whether or not ``rx.ready``
 is high. On hardware the consumer must always be ready, or the link layer above must keep the
@@ -79,10 +116,14 @@ def _check_resource(what, value):
 class SerialLinkPHY(wiring.Component):
     """One serial lane: 64-bit words in, 64-bit words out, link status flags.
 
-    On a platform (``platform`` not ``None``) :meth:`elaborate` requests the lane and
-    reference-clock resources (``dir="-"``) and instantiates the Aurora 64B/66B core described in
-    the module docstring. The streams then run in the core's user clock: the top-level module
-    must create the clock domain ``domain`` and drive it from ``user_clk`` / ``user_rst``::
+    On a platform (``platform`` not ``None``) :meth:`elaborate` requests the lane resource
+    (``dir="-"``) and instantiates the Aurora 64B/66B core described in the module docstring:
+    an owner (``owner=None``) also requests the reference clock and instantiates the core with
+    shared logic; a sharer (``owner=`` another PHY on the same reference clock and quad) leaves
+    the reference clock to its owner and instantiates the core without shared logic, fed from the
+    owner's clocks. The streams then run in the core's user clock (a sharer's is its owner's):
+    the top-level module must create the clock domain ``domain`` and drive it from ``user_clk`` /
+    ``user_rst``::
 
         m.domains.link = ClockDomain("link")
         m.d.comb += [ClockSignal("link").eq(phy.user_clk), ResetSignal("link").eq(phy.user_rst)]
@@ -92,6 +133,7 @@ class SerialLinkPHY(wiring.Component):
     - ``channel_up`` rises ``model_startup`` cycles after reset (at once if 0) and stays high;
       ``soft_err`` and ``hard_err`` stay low; ``user_clk``/``user_rst`` mirror ``domain``'s clock
       and reset (so the top-level must not drive ``domain`` from them in simulation).
+    - An owner and a sharer are the same model: sharing changes only the platform build.
     - ``tx.ready`` is ``channel_up`` and fewer than ``model_depth`` words in flight or buffered.
     - A word transferred on ``tx`` in cycle ``t`` is valid on ``rx`` from cycle
       ``t + model_latency`` (``LATENCY``) if the buffer ahead of it is empty; words come back in
@@ -103,10 +145,15 @@ class SerialLinkPHY(wiring.Component):
         ``(resource name, number)`` of the lane, e.g. ``("sfp", 0)``; needed on a platform.
     refclk : tuple, optional
         ``(resource name, number)`` of the lane's reference clock, e.g. ``("sfp_refclk", 0)``;
-        needed on a platform. Only one PHY per reference clock can be built in this version (the
-        core owns the clock buffer); see ``docs/platforms.md``.
-    core : str
-        Module name of the Aurora core (the Vivado component name).
+        needed on a platform for an owner. A sharer's is its owner's (if given, it must be the
+        same).
+    owner : SerialLinkPHY, optional
+        ``None``: this PHY owns its reference clock (its core has the shared logic). Otherwise
+        the PHY, itself an owner, whose core's reference clock and quad PLL this lane shares;
+        the caller makes sure both lanes are in one GT quad.
+    core : str, optional
+        Module name of the Aurora core (the Vivado component name); default
+        ``"aurora_64b66b_0"`` for an owner and ``owner.core + "_shared"`` for a sharer.
     domain : str
         Clock domain of ``tx`` and ``rx``.
     init_domain : str
@@ -135,6 +182,13 @@ class SerialLinkPHY(wiring.Component):
     user_rst : ``Out(1)``
         Reset for the user clock domain (Aurora ``sys_reset_out``; ``domain``'s reset in
         simulation).
+    shared : bool
+        The PHY shares its owner's reference clock (``owner`` is not ``None``).
+    refclk_out, sync_clk, mmcm_not_locked, qpll_clk, qpll_refclk, qpll_lock, qpll_refclk_lost
+        ``Signal``: an owner core's exports for its sharers (platform build only; a sharer's
+        ``sync_clk`` and ``mmcm_not_locked`` are its owner's, the others are not driven).
+    lane_up, qpll_reset : Signal
+        The core's ``lane_up``; a sharer core's ``gt_to_common_qpllreset_out`` (platform build).
     """
 
     tx: In(stream.Signature(64))
@@ -145,10 +199,26 @@ class SerialLinkPHY(wiring.Component):
     user_clk: Out(1)
     user_rst: Out(1)
 
-    def __init__(self, *, lane=None, refclk=None, core="aurora_64b66b_0", domain="sync",
+    #: Component name of an owner's core unless ``core`` says otherwise.
+    CORE = "aurora_64b66b_0"
+
+    def __init__(self, *, lane=None, refclk=None, owner=None, core=None, domain="sync",
                  init_domain="sync", model_latency=4, model_depth=16, model_startup=8):
         _check_resource("lane", lane)
         _check_resource("reference clock", refclk)
+        if owner is not None:
+            if not isinstance(owner, SerialLinkPHY) or owner.owner is not None:
+                raise ValueError(f"SerialLinkPHY owner must be None or a SerialLinkPHY that owns "
+                                 f"its reference clock, not {owner!r}")
+            if refclk is None:
+                refclk = owner.refclk
+            elif refclk != owner.refclk:
+                raise ValueError(f"SerialLinkPHY shares its owner's reference clock "
+                                 f"{owner.refclk!r}, not {refclk!r}")
+            if lane is not None and lane == owner.lane:
+                raise ValueError(f"SerialLinkPHY lane {lane!r} is its owner's lane")
+        if core is None:
+            core = self.CORE if owner is None else f"{owner.core}_shared"
         if not isinstance(core, str) or not _IDENTIFIER.match(core):
             raise ValueError(f"SerialLinkPHY core name must be a Verilog identifier, not {core!r}")
         for what, value in (("domain", domain), ("init domain", init_domain)):
@@ -162,6 +232,7 @@ class SerialLinkPHY(wiring.Component):
                 raise ValueError(f"SerialLinkPHY {what} must be a {kind} integer, not {value!r}")
         self._lane = lane
         self._refclk = refclk
+        self._owner = owner
         self._core = core
         self._domain = domain
         self._init_domain = init_domain
@@ -169,13 +240,21 @@ class SerialLinkPHY(wiring.Component):
         self._model_depth = model_depth
         self._model_startup = model_startup
         super().__init__()
-        # Core outputs not in the signature (platform build only).
-        self.refclk_out = Signal()
+        # Core ports not in the signature (platform build only).
         self.lane_up = Signal()
+        self.refclk_out = Signal()
+        self.sync_clk = Signal()
         self.mmcm_not_locked = Signal()
+        self.qpll_clk = Signal()
+        self.qpll_refclk = Signal()
+        self.qpll_lock = Signal()
+        self.qpll_refclk_lost = Signal()
+        self.qpll_reset = Signal()
 
     lane = property(lambda self: self._lane)
     refclk = property(lambda self: self._refclk)
+    owner = property(lambda self: self._owner)
+    shared = property(lambda self: self._owner is not None)
     core = property(lambda self: self._core)
     domain = property(lambda self: self._domain)
     init_domain = property(lambda self: self._init_domain)
@@ -202,9 +281,11 @@ class SerialLinkPHY(wiring.Component):
         if self._lane is None or self._refclk is None:
             raise ValueError("SerialLinkPHY needs a lane and a reference clock resource to be "
                              "built for a platform")
-        m = Module()
+        owner = self._owner
+        # resources first: a ResourceError leaves no unused Module behind
         lane = platform.request(*self._lane, dir="-")
-        refclk = platform.request(*self._refclk, dir="-")
+        refclk = platform.request(*self._refclk, dir="-") if owner is None else None
+        m = Module()
 
         # Power-on reset sequence in init_clk cycles: pma_init and reset_pb start high after
         # configuration (or a reset of init_domain); pma_init is released first, reset_pb
@@ -220,7 +301,7 @@ class SerialLinkPHY(wiring.Component):
             pma_init.eq((por < self.POR_PMA_CYCLES) | init_rst),
             reset_pb.eq((por != self.POR_CYCLES) | init_rst),
         ]
-        m.submodules.core = Instance(self._core,
+        ports = dict(
             i_s_axi_tx_tdata=self.tx.payload,
             i_s_axi_tx_tvalid=self.tx.valid,
             o_s_axi_tx_tready=self.tx.ready,
@@ -230,22 +311,48 @@ class SerialLinkPHY(wiring.Component):
             i_rxn=lane.rx.n,
             o_txp=lane.tx.p,
             o_txn=lane.tx.n,
-            i_gt_refclk1_p=refclk.p,
-            i_gt_refclk1_n=refclk.n,
-            o_gt_refclk1_out=self.refclk_out,
             i_init_clk=ClockSignal(self._init_domain),
             i_reset_pb=reset_pb,
             i_pma_init=pma_init,
             i_power_down=C(0, 1),
             i_loopback=C(0, 3),
-            o_user_clk_out=self.user_clk,
             o_sys_reset_out=self.user_rst,
             o_channel_up=self.channel_up,
             o_lane_up=self.lane_up,
             o_hard_err=self.hard_err,
             o_soft_err=self.soft_err,
-            o_mmcm_not_locked_out=self.mmcm_not_locked,
         )
+        if owner is None:
+            # shared logic in core: the reference clock buffer, the quad PLL and the clock module
+            ports.update(
+                i_gt_refclk1_p=refclk.p,
+                i_gt_refclk1_n=refclk.n,
+                o_gt_refclk1_out=self.refclk_out,
+                o_user_clk_out=self.user_clk,
+                o_sync_clk_out=self.sync_clk,
+                o_mmcm_not_locked_out=self.mmcm_not_locked,
+                o_gt_qpllclk_quad1_out=self.qpll_clk,
+                o_gt_qpllrefclk_quad1_out=self.qpll_refclk,
+                o_gt_qplllock_quad1_out=self.qpll_lock,
+                o_gt_qpllrefclklost_quad1_out=self.qpll_refclk_lost,
+            )
+        else:
+            # shared logic in example design: everything above comes from the owner's core
+            m.d.comb += [self.user_clk.eq(owner.user_clk),
+                         self.sync_clk.eq(owner.sync_clk),
+                         self.mmcm_not_locked.eq(owner.mmcm_not_locked)]
+            ports.update(
+                i_refclk1_in=owner.refclk_out,
+                i_user_clk=owner.user_clk,
+                i_sync_clk=owner.sync_clk,
+                i_mmcm_not_locked=owner.mmcm_not_locked,
+                i_gt_qpllclk_quad1_in=owner.qpll_clk,
+                i_gt_qpllrefclk_quad1_in=owner.qpll_refclk,
+                i_gt_qplllock_quad1_in=owner.qpll_lock,
+                i_gt_qpllrefclklost_quad1=owner.qpll_refclk_lost,
+                o_gt_to_common_qpllreset_out=self.qpll_reset,
+            )
+        m.submodules.core = Instance(self._core, **ports)
         return m
 
     def _elaborate_model(self):

@@ -421,3 +421,300 @@ def _in_domain(testbench, domain):
         await testbench(DomainContext(ctx))
 
     return wrapped
+
+
+# --- lanes sharing a reference clock (one owner core, the others fed from it) -----------------
+
+class TwoLinks(Elaboratable):
+    """A PHY per side on the lanes :func:`chain_lanes_for` gives ``sides``: an owner, then
+    (where the lanes share its reference clock) a sharer fed from it; a counter on each link."""
+
+    def __init__(self, sides=("prev", "next")):
+        self.sides = sides
+        self.phys = {}
+
+    def elaborate(self, platform):
+        from fpdeep_hw.board_top import chain_lanes_for
+        m = Module()
+        for side, (lane, refclk, owner) in chain_lanes_for(platform, self.sides).items():
+            phy = SerialLinkPHY(lane=lane, refclk=refclk, domain=f"link_{side}",
+                                owner=None if owner is None else self.phys[owner])
+            self.phys[side] = m.submodules[f"phy_{side}"] = phy
+            m.domains += ClockDomain(f"link_{side}")
+            m.d.comb += [ClockSignal(f"link_{side}").eq(phy.user_clk),
+                         ResetSignal(f"link_{side}").eq(phy.user_rst),
+                         phy.tx.valid.eq(phy.channel_up), phy.rx.ready.eq(1)]
+            with m.If(phy.tx.valid & phy.tx.ready):
+                m.d[f"link_{side}"] += phy.tx.payload.eq(phy.tx.payload + 1)
+        return m
+
+
+_MODULE = re.compile(r"^module (\S+)\s*\(.*?\);\n(.*?)^endmodule", re.S | re.M)
+_INSTANCE = re.compile(r"^  (\\?\S+) +(\\?\S+) +\((.*?)\n  \);", re.S | re.M)
+_ALIAS = re.compile(r"^  assign (\\?\S+) = (\\?\S+) ;?", re.M)
+
+
+def verilog_modules(text):
+    """``{module: (instances, aliases)}`` of a Yosys-written Verilog file: instances as
+    ``[(type, name, {port: net})]`` (nets as written, without a trailing space), aliases as
+    ``{net: net}`` for ``assign a = b;`` between plain nets."""
+    mods = {}
+    for name, body in _MODULE.findall(text):
+        insts = []
+        for typ, inst, conns in _INSTANCE.findall(body):
+            if typ in ("input", "output", "inout", "wire", "reg", "assign", "always"):
+                continue
+            ports = {p: n.strip() for p, n in re.findall(r"\.(\w+)\(([^()]*?)\)", conns)}
+            insts.append((typ.strip(), inst.strip(), ports))
+        aliases = {}
+        for a, b in _ALIAS.findall(body):
+            a, b = a.strip(), b.strip().rstrip(";").strip()
+            if re.fullmatch(r"\\?[\w$.]+", b):
+                aliases[a] = b
+        mods[name.strip()] = (insts, aliases)
+    return mods
+
+
+def top_net(mods, module, net, top="top"):
+    """The net of ``top`` that ``net`` of ``module`` is (following ports up the hierarchy and
+    plain ``assign`` aliases), or ``(module, net)`` if it does not reach the top."""
+    while True:
+        _, aliases = mods[module]
+        seen = set()
+        while net in aliases and net not in seen:
+            seen.add(net)
+            net = aliases[net]
+        if module == top:
+            return net
+        parents = [(parent, ports) for parent, (insts, _) in mods.items()
+                   for typ, _, ports in insts if typ.lstrip("\\") == module.lstrip("\\")]
+        assert len(parents) == 1, (module, parents)
+        parent, ports = parents[0]
+        if net not in ports:
+            return (module, net)
+        module, net = parent, ports[net]
+
+
+def aurora_cores(mods):
+    """``{core module name: [(enclosing module, {port: net})]}`` of the Aurora instances."""
+    cores = {}
+    for module, (insts, _) in mods.items():
+        for typ, _, ports in insts:
+            if typ.startswith("aurora_64b66b"):
+                cores.setdefault(typ, []).append((module, ports))
+    return cores
+
+
+#: owner core output -> sharer core input, as documented in fpdeep_hw/link/transceiver.py
+SHARED_PORTS = {
+    "gt_refclk1_out": "refclk1_in", "user_clk_out": "user_clk", "sync_clk_out": "sync_clk",
+    "mmcm_not_locked_out": "mmcm_not_locked", "gt_qpllclk_quad1_out": "gt_qpllclk_quad1_in",
+    "gt_qpllrefclk_quad1_out": "gt_qpllrefclk_quad1_in",
+    "gt_qplllock_quad1_out": "gt_qplllock_quad1_in",
+    "gt_qpllrefclklost_quad1_out": "gt_qpllrefclklost_quad1",
+}
+
+
+def check_owner_and_sharer(verilog, owner_lane, sharer_lane, refclk):
+    """One owner core (``aurora_64b66b_0``) on ``owner_lane`` with the reference clock pins and
+    one sharer (``aurora_64b66b_0_shared``) on ``sharer_lane`` without them, every shared input
+    of the sharer on the same top-level net as the owner's output."""
+    mods = verilog_modules(verilog)
+    cores = aurora_cores(mods)
+    assert sorted(cores) == ["aurora_64b66b_0", "aurora_64b66b_0_shared"]
+    assert len(cores["aurora_64b66b_0"]) == len(cores["aurora_64b66b_0_shared"]) == 1
+    (own_mod, own), = cores["aurora_64b66b_0"]
+    (shr_mod, shr), = cores["aurora_64b66b_0_shared"]
+    # exactly one core holds the reference clock pins: the owner's, on the refclk's top ports
+    assert verilog.count(".gt_refclk1_p(") == verilog.count(".gt_refclk1_n(") == 1
+    ref = f"{refclk[0]}_{refclk[1]}"
+    assert top_net(mods, own_mod, own["gt_refclk1_p"]) == f"{ref}__p"
+    assert top_net(mods, own_mod, own["gt_refclk1_n"]) == f"{ref}__n"
+    assert not {"gt_refclk1_p", "gt_refclk1_n", "user_clk_out", "sync_clk_out",
+                "mmcm_not_locked_out"} & set(shr)
+    assert not {"refclk1_in", "user_clk", "sync_clk", "mmcm_not_locked"} & set(own)
+    for out, inp in SHARED_PORTS.items():
+        net = top_net(mods, own_mod, own[out])
+        assert isinstance(net, str), (out, net)          # the owner's export reaches the top
+        assert top_net(mods, shr_mod, shr[inp]) == net, (out, inp)
+    # each core on its own lane's pins
+    for ports, mod, (res, num) in ((own, own_mod, owner_lane), (shr, shr_mod, sharer_lane)):
+        for port, pin in (("txp", "tx__p"), ("txn", "tx__n"), ("rxp", "rx__p"), ("rxn", "rx__n")):
+            assert top_net(mods, mod, ports[port]) == f"{res}_{num}__{pin}", (res, num, port)
+    # the sharer's reset and status are its own, not its owner's
+    for port in ("sys_reset_out", "channel_up", "reset_pb"):
+        assert top_net(mods, shr_mod, shr[port]) != top_net(mods, own_mod, own[port]), port
+    return mods
+
+
+def test_vc709_two_lanes_share_the_sfp_refclk():
+    platform = VC709Platform()
+    plan = platform.build(TwoLinks(), name="top", do_build=False)
+    check_owner_and_sharer(plan.files["top.v"], ("sfp", 0), ("sfp", 1), ("sfp_refclk", 0))
+    locations = xdc_locations(plan.files["top.xdc"])
+    assert {port: locations[port] for port in ("sfp_0__tx__p", "sfp_1__tx__p", "sfp_1__rx__p",
+                                               "sfp_refclk_0__p", "sfp_refclk_0__n")} == {
+        "sfp_0__tx__p": "AN2", "sfp_1__tx__p": "AP4", "sfp_1__rx__p": "AN6",
+        "sfp_refclk_0__p": "AH8", "sfp_refclk_0__n": "AH7"}
+    # the reference clock is constrained once
+    assert plan.files["top.xdc"].count("create_clock -name sfp_refclk_0__p") == 1
+
+
+def test_kcu105_and_u280_two_lanes_own_their_refclks():
+    # lanes on another reference clock come first: both PHYs own one (no shared core)
+    for platform, refclks in ((KCU105ChainPlatform(), ("sfp_refclk_0", "fmc_hpc_refclk_0")),
+                              (AlveoU280Platform(), ("qsfp0_refclk_0", "qsfp1_refclk_0"))):
+        verilog = platform.build(TwoLinks(), name="top", do_build=False).files["top.v"]
+        cores = aurora_cores(verilog_modules(verilog))
+        assert list(cores) == ["aurora_64b66b_0"] and len(cores["aurora_64b66b_0"]) == 2
+        assert sorted(top_net(verilog_modules(verilog), mod, ports["gt_refclk1_p"])
+                      for mod, ports in cores["aurora_64b66b_0"]) == \
+            sorted(f"{r}__p" for r in refclks)
+
+
+def test_u280_sharer_in_the_owners_quad():
+    # with the other cage's lanes gone, the second lane shares qsfp0's clock in quad 134
+    platform = AlveoU280Platform()
+    platform.chain_lanes = tuple(l for l in platform.chain_lanes if l[0] == "qsfp0")
+    verilog = platform.build(TwoLinks(), name="top", do_build=False).files["top.v"]
+    check_owner_and_sharer(verilog, ("qsfp0", 0), ("qsfp0", 1), ("qsfp0_refclk", 0))
+
+
+def test_second_phy_requesting_the_same_refclk_fails():
+    # why sharers exist: two owners cannot both take the reference clock resource
+    class TwoOwners(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            for n in (0, 1):
+                m.submodules[f"phy{n}"] = SerialLinkPHY(lane=("sfp", n), refclk=("sfp_refclk", 0))
+            return m
+
+    with pytest.raises(ResourceError, match="sfp_refclk"):
+        VC709Platform().build(TwoOwners(), name="top", do_build=False)
+
+
+def test_shared_phy_arguments():
+    owner = SerialLinkPHY(lane=("sfp", 0), refclk=("sfp_refclk", 0))
+    sharer = SerialLinkPHY(lane=("sfp", 1), owner=owner)
+    assert (owner.shared, owner.owner, owner.core) == (False, None, "aurora_64b66b_0")
+    assert (sharer.shared, sharer.owner, sharer.refclk, sharer.core) == \
+        (True, owner, ("sfp_refclk", 0), "aurora_64b66b_0_shared")
+    named = SerialLinkPHY(lane=("sfp", 2), refclk=("sfp_refclk", 0),
+                          owner=SerialLinkPHY(lane=("sfp", 0), refclk=("sfp_refclk", 0),
+                                              core="link_a"))
+    assert named.core == "link_a_shared"
+    assert SerialLinkPHY(lane=("sfp", 2), owner=owner, core="quad113_lane2").core == \
+        "quad113_lane2"
+    with pytest.raises(AttributeError):
+        sharer.owner = None
+    for kwargs, message in [
+        ({"owner": "sfp0"}, "SerialLinkPHY owner must be None or a SerialLinkPHY that owns its "
+                            "reference clock, not 'sfp0'"),
+        ({"owner": sharer}, f"SerialLinkPHY owner must be None or a SerialLinkPHY that owns its "
+                            f"reference clock, not {sharer!r}"),
+        ({"owner": owner, "refclk": ("sfp_refclk", 1)},
+         "SerialLinkPHY shares its owner's reference clock ('sfp_refclk', 0), not "
+         "('sfp_refclk', 1)"),
+        ({"owner": owner, "lane": ("sfp", 0)}, "SerialLinkPHY lane ('sfp', 0) is its owner's lane"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            SerialLinkPHY(**kwargs)
+
+
+def test_shared_phy_model_is_the_loopback():
+    # sharing changes only the platform build: a sharer simulates like any PHY
+    rng = random.Random(7)
+    owner = SerialLinkPHY(lane=("sfp", 0), refclk=("sfp_refclk", 0), model_latency=3)
+    dut = SerialLinkPHY(lane=("sfp", 1), owner=owner, model_latency=3, model_depth=5,
+                        model_startup=4)
+    words = [rng.getrandbits(64) for _ in range(200)]
+    out = []
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(dut.tx, words, rng=random.Random(1), p_stall=0.3,
+                                    max_cycles=20_000))
+    sim.add_testbench(stream_sink(dut.rx, out, count=len(words), rng=random.Random(2),
+                                  p_stall=0.3, max_cycles=20_000))
+    sim.run()
+    assert out == words
+
+
+# --- chain_lanes_for ------------------------------------------------------------------------------
+
+class _Lanes:
+    """A stand-in platform: ``chain_lanes`` and ``gt_channel_sites`` only."""
+
+    def __init__(self, lanes, sites):
+        self.chain_lanes = tuple(lanes)
+        self.gt_channel_sites = dict(sites)
+
+
+def test_chain_lanes_for_shares_a_refclk_in_one_quad():
+    from fpdeep_hw.board_top import ChainLane, chain_lanes_for, gt_quad
+    vc709 = VC709Platform()
+    assert chain_lanes_for(vc709, ["prev", "next"]) == {
+        "prev": ChainLane(("sfp", 0), ("sfp_refclk", 0), None),
+        "next": ChainLane(("sfp", 1), ("sfp_refclk", 0), "prev")}
+    # a first or last node: one lane, which owns its clock
+    assert chain_lanes_for(vc709, ["next"]) == {
+        "next": ChainLane(("sfp", 0), ("sfp_refclk", 0), None)}
+    assert chain_lanes_for(vc709, []) == {}
+    assert [gt_quad(vc709, ("sfp", n)) for n in range(4)] == [(1, 3)] * 4
+    assert gt_quad(KCU105ChainPlatform(), ("fmc_hpc_dp", 4)) == (0, 3)
+    assert gt_quad(vc709, ("fmc_hpc_dp", 0)) is None
+    # three sides on four lanes of one quad: one owner, two sharers of the same owner
+    three = chain_lanes_for(vc709, ["a", "b", "c"])
+    assert [(c.lane, c.owner) for c in three.values()] == \
+        [(("sfp", 0), None), (("sfp", 1), "a"), (("sfp", 2), "a")]
+
+
+def test_chain_lanes_for_vc709_with_fmc_lanes():
+    from fpdeep_hw.board_top import ChainLane, chain_lanes_for
+    table = {n: (f"A{n + 1}", f"B{n + 1}", f"C{n + 1}", f"D{n + 1}") for n in range(2)}
+    # FMC lanes with their own clock: the next neighbour owns it (the paper's SFP+ / FMC setup)
+    platform = VC709Platform()
+    platform.add_fmc_hpc_lanes(table, refclk=("E1", "E2"))
+    assert chain_lanes_for(platform, ["prev", "next"])["next"] == \
+        ChainLane(("fmc_hpc_dp", 0), ("fmc_hpc_refclk", 0), None)
+    # FMC lanes listed on the SFP+ clock: the next neighbour shares it on an SFP+ lane
+    platform = VC709Platform()
+    platform.add_fmc_hpc_lanes(table)
+    assert chain_lanes_for(platform, ["prev", "next"])["next"] == \
+        ChainLane(("sfp", 1), ("sfp_refclk", 0), "prev")
+
+
+def test_chain_lanes_for_never_shares_across_quads():
+    from fpdeep_hw.board_top import ChainLane, chain_lanes_for
+    refclk = ("ref", 0)
+    # two lanes on one clock in different quads, or without a known site: no second lane
+    for sites in ({("gt", 0): "GTHE3_CHANNEL_X0Y3", ("gt", 1): "GTHE3_CHANNEL_X0Y4"},
+                  {("gt", 0): "GTHE3_CHANNEL_X0Y3"}, {}):
+        platform = _Lanes([("gt", 0, refclk), ("gt", 1, refclk)], sites)
+        assert chain_lanes_for(platform, ["prev"]) == {"prev": ChainLane(("gt", 0), refclk)}
+        with pytest.raises(ValueError, match=r"^_Lanes: no chain lane left for the next "
+                                             r"neighbour: a node with 2 neighbours needs 2 "
+                                             r"lanes, each with a reference clock of its own or "
+                                             r"in the GT quad of the lane owning its clock, but "
+                                             r"the platform has gt0, gt1$"):
+            chain_lanes_for(platform, ["prev", "next"])
+    # same quad (Y 4..7): shared
+    platform = _Lanes([("gt", 0, refclk), ("gt", 1, refclk)],
+                      {("gt", 0): "GTHE3_CHANNEL_X0Y4", ("gt", 1): "GTHE3_CHANNEL_X0Y7"})
+    assert chain_lanes_for(platform, ["prev", "next"])["next"] == \
+        ChainLane(("gt", 1), refclk, "prev")
+
+
+def test_chain_lanes_for_runs_out_of_lanes():
+    from fpdeep_hw.board_top import chain_lanes_for
+    with pytest.raises(ValueError, match=r"^_Lanes: no chain lane left for the prev neighbour: "
+                                         r"a node with 1 neighbours needs 1 lanes, .* but the "
+                                         r"platform has none$"):
+        chain_lanes_for(_Lanes([], {}), ["prev"])
+    one = _Lanes([("sfp", 0, ("ref", 0))], {("sfp", 0): "GTHE2_CHANNEL_X1Y13"})
+    with pytest.raises(ValueError, match=r"^_Lanes: no chain lane left for the next neighbour: "
+                                         r"a node with 2 neighbours needs 2 lanes, .* but the "
+                                         r"platform has sfp0$"):
+        chain_lanes_for(one, ["prev", "next"])
+    with pytest.raises(ValueError, match=r"^VC709Platform: no chain lane left for the e "
+                                         r"neighbour: a node with 5 neighbours needs 5 lanes"):
+        chain_lanes_for(VC709Platform(), ["a", "b", "c", "d", "e"])

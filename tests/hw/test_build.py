@@ -339,7 +339,7 @@ def _assert_refused(proc, out, *fragments):
 @pytest.mark.parametrize("args, fragments", [
     (["--board", "vc709", "--node", "4"],
      ["node_plans[4].segments[0].act_ram.offchip_words", "conv2_2", "off-chip Act-RAM",
-      "lent parameters", "link stream parameters", "chain lanes"]),
+      "lent parameters", "link stream parameters"]),
     (["--board", "vc709", "--node", "15"], ["--node: 15: outside the plan: nodes 0..14"]),
     (["--board", "vc707", "--node", "0"], ["'vc707'", "unknown board"]),
     (["--board", "sim-node", "--net", "tiny", "--nodes", "1", "--node", "0"],
@@ -347,11 +347,6 @@ def _assert_refused(proc, out, *fragments):
     # the full DSP budget puts all of tiny on node 0: node 1 is empty
     (["--board", "vc709", "--net", "tiny", "--nodes", "2", "--split", "layers", "--node", "1"],
      ["node_plans[1].segments: []", "holds no layer"]),
-    # a middle node needs two lanes with different reference clocks: VC709 has only the SFP+ ones
-    (["--board", "vc709", "--net", "tiny", "--nodes", "3", "--split", "layers", "--dsp-budget",
-      "0.01", "--node", "1"],
-     ["board: 'vc709': not supported", "node 1 has 2 chain neighbours",
-      "add_fmc_hpc_lanes"]),
     (["--plan", "x.yaml", "--split", "layers", "--node", "0"],
      ["--split: 'layers': cannot be combined with --plan"]),
     (["--board", "vc709", "--dsp-budget", "1.5", "--node", "0"],
@@ -410,17 +405,19 @@ def test_board_top_arguments():
 def test_chain_lanes_for():
     from boards.platforms import platform_for
     from fpdeep_hw.board_top import chain_lanes_for
+    # (lane, reference clock, side whose PHY owns that clock or None)
     assert chain_lanes_for(platform_for("vc709")(), ["prev"]) == {
-        "prev": (("sfp", 0), ("sfp_refclk", 0))}
+        "prev": (("sfp", 0), ("sfp_refclk", 0), None)}
     assert chain_lanes_for(platform_for("kcu105")(), ["prev", "next"]) == {
-        "prev": (("sfp", 0), ("sfp_refclk", 0)),
-        "next": (("fmc_hpc_dp", 0), ("fmc_hpc_refclk", 0))}
+        "prev": (("sfp", 0), ("sfp_refclk", 0), None),
+        "next": (("fmc_hpc_dp", 0), ("fmc_hpc_refclk", 0), None)}
     assert chain_lanes_for(platform_for("alveo-u280")(), ["prev", "next"]) == {
-        "prev": (("qsfp0", 0), ("qsfp0_refclk", 0)),
-        "next": (("qsfp1", 0), ("qsfp1_refclk", 0))}
-    with pytest.raises(ValueError, match=r"^VC709Platform: no chain lane left for the next "
-                                         r"neighbour: a node with 2 neighbours needs 2 lanes"):
-        chain_lanes_for(platform_for("vc709")(), ["prev", "next"])
+        "prev": (("qsfp0", 0), ("qsfp0_refclk", 0), None),
+        "next": (("qsfp1", 0), ("qsfp1_refclk", 0), None)}
+    # VC709: the four SFP+ lanes share one clock in quad 113; the next neighbour's core shares it
+    assert chain_lanes_for(platform_for("vc709")(), ["prev", "next"]) == {
+        "prev": (("sfp", 0), ("sfp_refclk", 0), None),
+        "next": (("sfp", 1), ("sfp_refclk", 0), "prev")}
 
 
 # ---- a node of a multi-node plan: chain links ---------------------------------------------------
@@ -523,6 +520,82 @@ def test_middle_node_kcu105(tmp_path):
                           text=True, cwd=tmp_path, timeout=600)
     report = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
+
+
+def test_middle_node_vc709(tmp_path):
+    """A middle node on VC709 (tiny on 3 VC709 with whole layers, node 1: conv2): its two PHYs
+    on SFP+ lanes 0 and 1 of quad 113 share ``sfp_refclk`` 0 -- one owner core with the
+    reference clock pins, one core without shared logic fed from the owner; lint."""
+    out = tmp_path / "out"
+    proc = _cli("--board", "vc709", "--net", "tiny", "--nodes", "3", "--split", "layers",
+                "--dsp-budget", "0.01", "--node", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    folder = out / "tiny-vc709x3" / "node1"
+    assert json.loads((folder / "report.json").read_text())["layers"] == ["conv2"]
+    top_v = (folder / "top.v").read_text()
+    cores = re.findall(r"^  (aurora_64b66b\w*) core \(", top_v, re.M)
+    assert sorted(cores) == ["aurora_64b66b_0", "aurora_64b66b_0_shared"]
+    assert top_v.count(".gt_refclk1_p(") == 1 and top_v.count(".refclk1_in(") == 1
+    # the owner's exports and the sharer's inputs meet on the same nets of the top module
+    insts = {name: dict(re.findall(r"\.(\w+)\(([^()]*?)\)", body)) for name, body in
+             re.findall(r"^  \\top\.(phy_prev|phy_next) +\w+ \((.*?)\n  \);", top_v,
+                        re.S | re.M)}
+    assert set(insts) == {"phy_prev", "phy_next"}
+    for port in ("refclk_out", "sync_clk", "mmcm_not_locked", "qpll_clk", "qpll_refclk",
+                 "qpll_lock", "qpll_refclk_lost"):
+        assert insts["phy_prev"][port] == insts["phy_next"][port], port
+    assert "sfp_refclk_0__p" in insts["phy_prev"] and "sfp_refclk_0__p" not in insts["phy_next"]
+    xdc = (folder / "top.xdc").read_text()
+    assert all(f'"{p}' in xdc for p in ("sfp_0__tx__p", "sfp_1__tx__p", "sfp_1__rx__n",
+                                         "sfp_refclk_0__p"))
+    node_v = (folder / "fpdeep_node.v").read_text()
+    head = node_v[node_v.index("module fpdeep_node("):]
+    head = head[:head.index(");")]
+    for port in ("prev_tx__payload", "prev_rx__payload", "next_tx__payload", "next_rx__payload"):
+        assert port in head
+    assert {"aurora_64b66b_0", "aurora_64b66b_0_shared"} <= set(check_top_elaborates(folder,
+                                                                                     tmp_path))
+    exe = shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator is not installed")
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node",
+                           str(WAIVERS), str(folder / "fpdeep_node.v")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    report = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
+
+
+def test_vc709_default_node_4_lanes_fit(tmp_path):
+    """Node 4 of the default plan (VGG-16 on 15 VC709) has two neighbours: refused for other
+    reasons, but no longer for its chain lanes."""
+    out = tmp_path / "out"
+    proc = _cli("--board", "vc709", "--node", "4", "--out", str(out))
+    _assert_refused(proc, out, "node_plans[4]")
+    assert "chain lanes" not in proc.stderr and "chain neighbours" not in proc.stderr
+
+
+def test_lane_problems(monkeypatch):
+    """``lane_problems``: none for a VC709 middle node; a board with fewer lanes than the node
+    has neighbours gives the message naming the node, its neighbours and the lanes."""
+    import boards.platforms
+    from fpdeep_hw.build import lane_problems
+    net = load_network("tiny")
+    plan = map_network(net, load_board("vc709"), 3, batch=1, max_row_lanes=1, split="layers",
+                       dsp_budget=0.01)
+    assert [lane_problems(plan, k, "vc709", net) for k in range(3)] == [[], [], []]
+    assert lane_problems(plan, 1, "kcu105", net) == []
+
+    class OneLane:
+        chain_lanes = (("sfp", 0, ("sfp_refclk", 0)),)
+        gt_channel_sites = {("sfp", 0): "GTHE2_CHANNEL_X1Y13"}
+
+    monkeypatch.setattr(boards.platforms, "platform_for", lambda board: OneLane)
+    assert lane_problems(plan, 0, "vc709", net) == []
+    assert lane_problems(plan, 1, "vc709", net) == [(
+        "board", "vc709", "node 1 has 2 chain neighbours: OneLane: no chain lane left for the "
+        "next neighbour: a node with 2 neighbours needs 2 lanes, each with a reference clock of "
+        "its own or in the GT quad of the lane owning its clock, but the platform has sfp0",
+        "chain lanes")]
 
 
 class _Pair(Elaboratable):
