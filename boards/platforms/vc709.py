@@ -51,7 +51,9 @@ class VC709Platform(XilinxPlatform):
 
     ``chain_lanes`` lists the lanes a chain link may use, as (resource, number, refclk resource)
     triples; ``gt_channel_sites`` gives the GTHE2 channel site of each lane, to be selected when
-    the Aurora core is generated in Vivado.
+    the Aurora core is generated in Vivado. The four SFP+ lanes are in one quad (113) on one
+    reference clock, so a middle node's two PHYs share it (``sfp`` 0 owns it, ``sfp`` 1 takes it
+    from that core: ``fpdeep_hw.board_top.chain_lanes_for``, ``docs/platforms.md``).
     """
 
     device      = "xc7vx690t"
@@ -102,7 +104,8 @@ class VC709Platform(XilinxPlatform):
         refclk : tuple, optional
             ``(p, n)`` pins of the FMC ``GBTCLK0_M2C`` reference clock; added as
             ``fmc_hpc_refclk`` 0 and used by these lanes in ``chain_lanes``. Without it the
-            lanes are listed with the SFP+ reference clock.
+            lanes are listed with the SFP+ reference clock (and, their quad being unknown until
+            their sites are added to ``gt_channel_sites``, never share it with another lane).
         refclk_frequency : float
             Frequency of that reference clock, in Hz.
         """
