@@ -3,7 +3,8 @@
 ::
 
     python -m sim.train --net tiny --board sim-node --nodes 1 --images 4 --batch 2 --seed 0 \\
-        --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2]
+        --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2] \\
+        [--offchip-act-ram all|LAYER,...] [--dram-latency 20] [--dram-words-per-cycle 2]
 
 Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
 max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
@@ -16,6 +17,19 @@ its cycle). Then every activation, mask, argmax, loss error, layer error, averag
 weight version written to the LPRAMs, final master copy and overflow count of the RTL is
 compared with the golden model's.
 
+**External memory.** Every off-chip Act-RAM of a node (its burst port ``mem_*``,
+:attr:`fpdeep_hw.node.top.NodeTop.memory_map`) is served by its own
+:class:`sim.dram_model.DRAMModel` (an async background testbench driving the node's port
+directly, in the single-node and the ``--nodes N`` runs alike: :class:`Cluster` leaves the ports
+on its nodes), with ``--dram-latency`` cycles (default 20), ``--dram-words-per-cycle`` (default
+2: one word written and one read per cycle, what an Act-RAM needs at full rate) and
+``--dram-stall`` (probability of a memory stall per stream and cycle, default 0). The mapper keeps
+small networks' Act-RAMs on chip; ``--offchip-act-ram all`` (or a comma-separated list of
+layers) is a **test / debug option** that rewrites the mapped plan's ``act_ram`` entries of
+those layers to off chip before building, as the mapper writes a layer that does not fit
+(:func:`force_offchip_act_ram`; the nodes' BRAM and off-chip traffic figures are not
+recomputed). The golden model does not change: the Act-RAM's capacity and the lags stay.
+
 Writes ``DIR/result.npz`` (inputs, quantized inputs, labels, every layer's weights before and
 after as floats, the golden model's weights after) and, with ``--waves``, ``DIR/waves.vcd`` and
 ``DIR/waves.gtkw`` grouped by module. ``--json`` prints the figures (see :func:`run`).
@@ -24,7 +38,7 @@ Bad arguments: a one-line error on stderr, exit status 2, nothing written.
 
 Members
 -------
-run, main, TrainError
+run, main, TrainError, force_offchip_act_ram
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "main", "TrainError"]
+__all__ = ["run", "main", "TrainError", "force_offchip_act_ram"]
 
 
 class TrainError(ValueError):
@@ -126,14 +140,57 @@ def _check_args(net, board, nodes, images, batch, seed, lr, stall, link_gbps=Non
     return network, brd
 
 
+def force_offchip_act_ram(plan, layers):
+    """Test / debug: keep the Act-RAMs of ``layers`` off chip in ``plan`` (changed in place).
+
+    ``layers`` is ``"all"`` or an iterable of compute layer names (every segment of a split
+    layer). Each segment's ``act_ram`` becomes what the mapper writes for an Act-RAM that does
+    not fit (``fpdeep_map.mapper``, ``place_act_ram``): ``MemoryPlan(words, width, banks=1,
+    depth=words, bram18=0, offchip_words=words)``; capacity and ``act_ram_images`` (the lags)
+    stay, the nodes' BRAM and off-chip traffic figures are not recomputed. Returns the
+    ``(node, layer)`` of the segments changed. Unknown layer: :class:`TrainError`.
+    """
+    from fpdeep_map.plan import MemoryPlan
+    segs = [(np_.node, s) for np_ in plan.node_plans for s in np_.segments]
+    held = list(dict.fromkeys(s.layer for _, s in segs))
+    if layers == "all":
+        want = set(held)
+    else:
+        want = set(layers)
+        unknown = sorted(want - set(held))
+        if unknown or not want:
+            raise TrainError(f"--offchip-act-ram: no layer {', '.join(map(repr, unknown))} in "
+                             f"the plan (layers: {', '.join(held)}, or all)")
+    changed = []
+    for node, s in segs:
+        if s.layer in want:
+            a = s.act_ram
+            s.act_ram = MemoryPlan(words=a.words, width=a.width, banks=1, depth=a.words,
+                                   bram18=0, offchip_words=a.words)
+            changed.append((node, s.layer))
+    return changed
+
+
+def _offchip_arg(value):
+    """``--offchip-act-ram`` as given: ``None``, ``"all"`` or a list of layer names."""
+    if value is None or value == "all":
+        return value
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
 def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
-            link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None):
+            link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
+            offchip_act_ram=None, mem_burst=16, mem_prefetch=4):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
     by link models of ``link_latency`` cycles at the plan's link rate (the board's, or
-    ``link_gbps``). Returns a dict with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``,
-    ``init``, ``golden``.
+    ``link_gbps``). ``offchip_act_ram`` (``"all"``, a list of layers or a comma-separated
+    string): :func:`force_offchip_act_ram` on the mapped plan before building; ``mem_burst``,
+    ``mem_prefetch``: the off-chip Act-RAMs' burst (words) and prefetch (bursts). Returns a dict
+    with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden``.
     """
     from fpdeep_hw.node.cluster import Cluster
     from fpdeep_hw.node.top import NodeTop
@@ -146,15 +203,20 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
         plan = map_network(network, brd, nodes, batch=batch, max_row_lanes=1, split=split, **kw)
     except Exception as e:   # noqa: BLE001
         raise TrainError(f"mapping {net} on {board}: {e}") from None
+    offchip = _offchip_arg(offchip_act_ram)
+    if offchip is not None:
+        force_offchip_act_ram(plan, offchip)
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
         if nodes == 1:
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
-                          fifo_images=fifo_images)
+                          fifo_images=fifo_images, mem_burst=mem_burst,
+                          mem_prefetch=mem_prefetch)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
-                          fifo_images=fifo_images, link_latency=link_latency, flips=flips)
+                          fifo_images=fifo_images, link_latency=link_latency, flips=flips,
+                          mem_burst=mem_burst, mem_prefetch=mem_prefetch)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init,
@@ -228,8 +290,34 @@ def _probes(top):
     return probes
 
 
-def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
-    """Run the node on ``prep``'s data; returns the monitor records and the final state."""
+def memory_ports(top):
+    """``[(NodeTop, NodeLayer, port)]``: every off-chip Act-RAM burst port of ``top`` (a
+    :class:`NodeTop`, or each node of a :class:`Cluster`)."""
+    return [(node, nl, getattr(node, nl.mem)) for node in getattr(top, "nodes", [top])
+            for nl in node.layers if nl.mem is not None]
+
+
+def dram_models(top, *, latency=20, words_per_cycle=2, p_stall=0.0, seed=0):
+    """``{segment key: DRAMModel}``, one :class:`sim.dram_model.DRAMModel` per off-chip
+    Act-RAM port of ``top`` (:func:`memory_ports`), holding the ring's address range
+    (``base + ext_words`` words); add each ``run`` as a background testbench."""
+    from sim.dram_model import DRAMModel
+    models = {}
+    for j, (_, nl, port) in enumerate(memory_ports(top)):
+        ram = nl.act_ram
+        models[nl.key] = DRAMModel(port, burst=ram.burst, words=ram.base + ram.ext_words,
+                                   latency=latency, words_per_cycle=words_per_cycle,
+                                   p_stall=p_stall, seed=seed + 101 * (j + 1))
+    return models
+
+
+def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram_latency=20,
+             dram_words_per_cycle=2, dram_stall=0.0):
+    """Run the node on ``prep``'s data; returns the monitor records and the final state.
+
+    Every off-chip Act-RAM port gets a :class:`sim.dram_model.DRAMModel` of ``dram_latency``
+    cycles, ``dram_words_per_cycle`` and ``dram_stall`` (:func:`dram_models`); ``final["dram"]``
+    holds each model's counters."""
     from amaranth.sim import Simulator
 
     from sim.golden.layers import quantize_input
@@ -334,6 +422,10 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
+    drams = dram_models(top, latency=dram_latency, words_per_cycle=dram_words_per_cycle,
+                        p_stall=dram_stall, seed=stall_seed)
+    for model in drams.values():
+        sim.add_testbench(model.run, background=True)
     sim.add_testbench(host, background=True)
     sim.add_testbench(lbl_src, background=True)
     sim.add_testbench(monitor)
@@ -343,6 +435,9 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None):
     else:
         sim.run()
     final["wall"] = time.perf_counter() - t0
+    final["dram"] = {key: {a: getattr(model, a) for a in (
+        "words_written", "words_read", "bursts_written", "bursts_read",
+        "max_outstanding_reads")} for key, model in drams.items()}
     # decode payloads
     dec = {p[0]: p[3] for p in probes}
     out = {}
@@ -671,19 +766,39 @@ def figures(prep, rec, final):
     }
 
 
+def _check_dram(latency, words_per_cycle, stall, burst=16, prefetch=4):
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 2 <= burst <= 256 or \
+            burst & (burst - 1):
+        raise TrainError(f"--offchip-burst must be a power of two from 2 to 256, not {burst!r}")
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 2:
+        raise TrainError(f"--offchip-prefetch must be an integer of at least 2, not "
+                         f"{prefetch!r}")
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
+        raise TrainError(f"--dram-latency must be a positive integer, not {latency!r}")
+    if not (isinstance(words_per_cycle, (int, float)) and 0 < words_per_cycle <= 2):
+        raise TrainError(f"--dram-words-per-cycle must be in (0, 2], not {words_per_cycle!r}")
+    if not (isinstance(stall, (int, float)) and 0 <= stall < 1):
+        raise TrainError(f"--dram-stall must be in [0, 1), not {stall!r}")
+
+
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
         stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
-        split="channels", ocp_threshold=None):
+        split="channels", ocp_threshold=None, offchip_act_ram=None, dram_latency=20,
+        dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
-    (tests use it to show that the comparison can fail).
+    (tests use it to show that the comparison can fail). ``offchip_act_ram``: see
+    :func:`prepare`; ``dram_*``: the memory models of the off-chip Act-RAMs (:func:`simulate`).
     """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TrainError(f"--out {out}: exists and is not a directory")
+    _check_dram(dram_latency, dram_words_per_cycle, dram_stall, mem_burst, mem_prefetch)
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images, link_gbps=link_gbps,
-                   link_latency=link_latency, split=split, ocp_threshold=ocp_threshold)
+                   link_latency=link_latency, split=split, ocp_threshold=ocp_threshold,
+                   offchip_act_ram=offchip_act_ram, mem_burst=mem_burst,
+                   mem_prefetch=mem_prefetch)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -692,14 +807,21 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TrainError(f"--out {out}: {e.strerror or e}") from None
-    rec, final = simulate(prep, stall=stall, waves=out_dir if (waves and out_dir) else None)
+    rec, final = simulate(prep, stall=stall, waves=out_dir if (waves and out_dir) else None,
+                          dram_latency=dram_latency, dram_words_per_cycle=dram_words_per_cycle,
+                          dram_stall=dram_stall)
     bad = compare(prep, rec, final)
     res = {"net": net, "board": board, "nodes": nodes, "split": split,
            "link_gbps": prep["plan"].link_gbps, "clock_mhz": prep["plan"].clock_mhz,
            "images": images, "batch": batch,
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
-           "updates": {nl.key: len(rec[(nl.key, "update_done")]) for nl in prep["top"].layers}}
+           "updates": {nl.key: len(rec[(nl.key, "update_done")]) for nl in prep["top"].layers},
+           # off-chip Act-RAMs: segment key -> burst port and its memory model's counters
+           "offchip_act_ram": {nl.key: nl.mem for _, nl, _ in memory_ports(prep["top"])},
+           "dram": dict(final["dram"], latency=dram_latency,
+                        words_per_cycle=dram_words_per_cycle, stall=dram_stall,
+                        burst=mem_burst, prefetch=mem_prefetch)}
     res.update(figures(prep, rec, final))
     if out_dir is not None:
         _save(out_dir / "result.npz", prep, final)
@@ -758,6 +880,25 @@ def main(argv=None):
                     help="link rate per direction (default: the board's)")
     ap.add_argument("--link-latency", type=int, default=54,
                     help="cycles per link hop (default 54, Aurora 64B/66B)")
+    ap.add_argument("--offchip-act-ram", default=None, metavar="all|LAYER[,LAYER...]",
+                    help="test/debug: keep these layers' Act-RAMs off chip (rewrites the mapped "
+                         "plan as the mapper does for an Act-RAM that does not fit; default: "
+                         "the mapper's placement)")
+    ap.add_argument("--dram-latency", type=int, default=20,
+                    help="external memory model of each off-chip Act-RAM: cycles from a "
+                         "request to its service (default 20)")
+    ap.add_argument("--dram-words-per-cycle", type=float, default=2.0,
+                    help="external memory bandwidth per off-chip Act-RAM, words (of the "
+                         "Act-RAM's lanes) per cycle, reads and writes together, in (0, 2] "
+                         "(default 2)")
+    ap.add_argument("--dram-stall", type=float, default=0.0,
+                    help="external memory model: probability of a stall per stream and cycle "
+                         "(default 0)")
+    ap.add_argument("--offchip-burst", type=int, default=16,
+                    help="off-chip Act-RAM burst in words, a power of two from 2 to 256 "
+                         "(default 16)")
+    ap.add_argument("--offchip-prefetch", type=int, default=4,
+                    help="off-chip Act-RAM prefetch FIFO in bursts, at least 2 (default 4)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--waves", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -766,7 +907,10 @@ def main(argv=None):
         res = run(args.net, args.board, nodes=args.nodes, images=args.images, batch=args.batch,
                   seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall,
                   link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split,
-                  ocp_threshold=args.ocp_threshold)
+                  ocp_threshold=args.ocp_threshold, offchip_act_ram=args.offchip_act_ram,
+                  dram_latency=args.dram_latency, dram_words_per_cycle=args.dram_words_per_cycle,
+                  dram_stall=args.dram_stall, mem_burst=args.offchip_burst,
+                  mem_prefetch=args.offchip_prefetch)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -784,6 +928,10 @@ def main(argv=None):
                   f"words/image (model {lk['predicted_payload_words_per_image']:.2f}), "
                   f"{lk['wire_words_per_image']:.2f} on the wire (model "
                   f"{lk['predicted_wire_words_per_image']:.2f})")
+        for key, port in pub["offchip_act_ram"].items():
+            d = pub["dram"][key]
+            print(f"  off-chip Act-RAM {key} ({port}): {d['words_written']} words written, "
+                  f"{d['words_read']} read back ({pub['dram']['latency']}-cycle memory)")
         for b in pub["mismatches"]:
             print("  mismatch:", b)
     return 0 if pub["bit_exact"] else 1

@@ -27,6 +27,12 @@ as many images have entered it as entered node 0 (``images_in``), and a lender o
 borrower's weight-stationary FP has finished that many: a simulation-level side band standing
 for an end-of-run marker that would travel behind the data on the link (not built).
 
+**External memory.** A node's off-chip Act-RAMs (``NodeTop`` members ``mem_*``, one burst port
+per Act-RAM the plan keeps off chip) stay ports of that node: the cluster does not bring them
+out nor drive them; the simulation serves each with its own memory model
+(:class:`sim.dram_model.DRAMModel` as a background testbench on the node's port,
+:func:`sim.train.dram_models`). :attr:`Cluster.memory_ports` lists them.
+
 Not built (``ValueError`` naming the stream or segment): streams between non-neighbours,
 partial / far / several-lender lending, split FC segments, ring and mesh topologies.
 
@@ -143,6 +149,8 @@ class Cluster(wiring.Component):
     flips : dict, optional
         ``{(src, dst): [(word index, bit), ...]}``: bit errors the link model of that direction
         puts on the wire (:class:`sim.link_model.LinkModel` ``flips``), for integrity tests.
+    mem_burst, mem_prefetch : int
+        Passed to every :class:`NodeTop` (its off-chip Act-RAMs).
 
     Members
     -------
@@ -162,11 +170,14 @@ class Cluster(wiring.Component):
         The last node's loss unit.
     numerics, batch, lags, mac_units
         As :class:`NodeTop`'s (``mac_units`` summed over the nodes).
+    memory_ports : list of (int, str, Interface)
+        ``(node, member, port)`` of every node's off-chip Act-RAM burst port (``mem_*``; not
+        ports of the cluster, see the module docstring).
     """
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
                  link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
-                 credit_interval=8192, flips=None):
+                 credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -180,7 +191,8 @@ class Cluster(wiring.Component):
             words_per_cycle = min(Fraction(plan.link_gbps * 1e9 / (64 * plan.clock_mhz * 1e6))
                                   .limit_denominator(4096), Fraction(1))
         self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
-                              fifo_images=fifo_images) for k in range(n)]
+                              fifo_images=fifo_images, mem_burst=mem_burst,
+                              mem_prefetch=mem_prefetch) for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:
             for nl in node.layers:
@@ -254,6 +266,12 @@ class Cluster(wiring.Component):
     def mac_units(self):
         """Multipliers of the CE arrays of all nodes."""
         return sum(node.mac_units for node in self.nodes)
+
+    @property
+    def memory_ports(self):
+        """``[(node, member, port)]``: every node's off-chip Act-RAM burst port."""
+        return [(k, nl.mem, getattr(node, nl.mem)) for k, node in enumerate(self.nodes)
+                for nl in node.layers if nl.mem is not None]
 
     def link(self, src, dst):
         """The :class:`ClusterLink` of direction ``src -> dst``."""

@@ -1,0 +1,226 @@
+# amaranth: UnusedElaboratable=no
+"""Off-chip Act-RAMs in the generated node and in the training simulation
+(:mod:`fpdeep_hw.node.top` ``mem_*`` ports, :mod:`fpdeep_hw.memory.offchip_act_ram`,
+:mod:`sim.dram_model`, ``python -m sim.train --offchip-act-ram``).
+
+The mapper keeps ``tiny``'s Act-RAMs on chip, so the plans are rewritten with
+:func:`sim.train.force_offchip_act_ram` (the test / debug option ``--offchip-act-ram``). Bursts
+of 4 words and a prefetch FIFO of 2 bursts, so that every layer's words go through the external
+ring (with the default 16 x 4 the on-chip FIFOs hold all of ``tiny``'s residency and the ring of
+conv3 / fc4 is never used); memory models of 20 cycles.
+
+* ``NodeTop`` has a ``mem_*`` member exactly for each off-chip segment, connected to its
+  ``OffchipActRAM``; the rings' address ranges are disjoint (``memory_map``).
+* ``tiny`` on one ``sim-node`` with every Act-RAM off chip, 2 images, batch 2: every
+  activation (including the words read back from the memory models), mask, argmax, error,
+  gradient, weight version, final master weight and overflow count equals the golden model's;
+  every layer's ring was used; cycles per image within 2 % of the plan's.
+* ``tiny`` on 2 ``sim-node`` boards (conv2 split by output channels, ``mem_conv2_at0`` /
+  ``mem_conv2_at1``), every Act-RAM off chip, memory stalls: bit-exact.
+* ``-m long`` (not in the default run, about 2 minutes): cycles per image with on-chip and
+  off-chip Act-RAMs (4 images; default and small bursts): within 2 % (measured: equal, 1031
+  cycles per image, 9553 cycles); a 400-cycle memory adds cycles at the end of the run.
+"""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+
+from fpdeep_hw.memory.act_ram import ActRAM
+from fpdeep_hw.memory.offchip_act_ram import OffchipActRAM
+from fpdeep_hw.node.top import NodeTop
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim import train
+from sim.golden.train import init_weights
+
+SMALL = dict(mem_burst=4, mem_prefetch=2, dram_latency=20)
+
+
+def _tiny(nodes=1, **kw):
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), nodes, batch=2, max_row_lanes=1, **kw)
+    return net, plan
+
+
+def _node(net, plan, k=0, **kw):
+    """A node, elaborated (its wiring checked, every sub-component used)."""
+    top = NodeTop(plan, k, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics), **kw)
+    Fragment.get(top, None)
+    return top
+
+
+def _mem_members(node):
+    return {n for n in node.signature.members if n.startswith("mem_")}
+
+
+def test_mem_members_exactly_for_offchip_segments():
+    net, plan = _tiny()
+    assert all(s.act_ram.offchip_words == 0 for s in plan.node_plans[0].segments)
+    top = _node(net, plan)
+    assert _mem_members(top) == set() and top.memory_map == {}
+    assert all(type(nl.act_ram) is ActRAM and nl.mem is None for nl in top.layers)
+    # the rewrite: as the mapper writes an Act-RAM that does not fit
+    assert train.force_offchip_act_ram(plan, ["conv2", "fc4"]) == [(0, "conv2"), (0, "fc4")]
+    for s in plan.node_plans[0].segments:
+        a = s.act_ram
+        if s.layer in ("conv2", "fc4"):
+            assert (a.offchip_words, a.bram18, a.depth, a.banks) == (a.words, 0, a.words, 1)
+        else:
+            assert a.offchip_words == 0 and a.bram18 > 0
+    top = _node(net, plan, mem_burst=8)
+    assert _mem_members(top) == {"mem_conv2", "mem_fc4"}
+    by_name = {nl.name: nl for nl in top.layers}
+    for n in ("conv1", "conv3"):
+        assert type(by_name[n].act_ram) is ActRAM and by_name[n].mem is None
+    for n in ("conv2", "fc4"):
+        ram = by_name[n].act_ram
+        assert isinstance(ram, OffchipActRAM) and by_name[n].mem == f"mem_{n}"
+        assert ram.burst == 8 and ram.prefetch == 4
+        # the port has the Act-RAM's burst-port signature
+        assert top.signature.members[f"mem_{n}"] == ram.signature.members["mem"]
+        assert set(top.signature.members[f"mem_{n}"].signature.members) == {
+            "aw", "w", "b", "ar", "r"}
+        mm = top.memory_map[f"mem_{n}"]
+        assert (mm["base"], mm["words"]) == (ram.base, ram.ext_words)
+        assert mm["word_bits"] == by_name[n].geometry.in_channels * 16
+        assert ram.base + ram.ext_words <= 1 << ram.addr_width
+        assert mm["bytes"] == [ram.base * mm["word_bytes"],
+                               (ram.base + ram.ext_words) * mm["word_bytes"]]
+    # rings one after the other, disjoint, each on a boundary of a burst
+    a, b = top.memory_map["mem_conv2"], top.memory_map["mem_fc4"]
+    assert a["bytes"][0] == 0 and a["bytes"][1] <= b["bytes"][0]
+    assert b["bytes"][0] % (8 * b["word_bytes"]) == 0 and b["base"] % 8 == 0
+
+
+def test_split_layer_port_names():
+    net, plan = _tiny(nodes=2)
+    assert train.force_offchip_act_ram(plan, "all") == [
+        (0, "conv1"), (0, "conv2"), (1, "conv2"), (1, "conv3"), (1, "fc4")]
+    assert _mem_members(_node(net, plan, 0)) == {"mem_conv1", "mem_conv2_at0"}
+    assert _mem_members(_node(net, plan, 1)) == {"mem_conv2_at1", "mem_conv3", "mem_fc4"}
+
+
+def test_bad_arguments(tmp_path, capsys):
+    net, plan = _tiny()
+    with pytest.raises(train.TrainError, match=r"^--offchip-act-ram: no layer 'conv9' in the "
+                                               r"plan \(layers: conv1, conv2, conv3, fc4, or "
+                                               r"all\)$"):
+        train.force_offchip_act_ram(plan, ["conv2", "conv9"])
+    init = init_weights(net, 0, plan.numerics)
+    with pytest.raises(ValueError, match=r"^NodeTop mem_burst must be a power of two from 2 to "
+                                         r"256, not 12$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master=init, mem_burst=12)
+    with pytest.raises(ValueError, match=r"^NodeTop mem_prefetch must be an integer of at least "
+                                         r"2, not 1$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master=init, mem_prefetch=1)
+    cases = [
+        (["--offchip-act-ram", "conv9"], "--offchip-act-ram: no layer 'conv9' in the plan"),
+        (["--dram-latency", "0"], "--dram-latency must be a positive integer, not 0"),
+        (["--dram-words-per-cycle", "3"], "--dram-words-per-cycle must be in (0, 2], not 3.0"),
+        (["--dram-stall", "1"], "--dram-stall must be in [0, 1), not 1.0"),
+        (["--offchip-burst", "3"], "--offchip-burst must be a power of two from 2 to 256, "
+                                   "not 3"),
+        (["--offchip-prefetch", "1"], "--offchip-prefetch must be an integer of at least 2, "
+                                      "not 1"),
+    ]
+    for k, (extra, msg) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        argv = ["--net", "tiny", "--board", "sim-node", "--images", "2", "--batch", "2",
+                "--out", str(out)] + extra
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and msg in err, err
+        assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for opt in ("--offchip-act-ram", "--dram-latency", "--dram-words-per-cycle", "--dram-stall",
+                "--offchip-burst", "--offchip-prefetch"):
+        assert opt in help_text
+
+
+def _check_rings(res, keys):
+    assert set(res["offchip_act_ram"]) == set(keys)
+    for key in keys:
+        d = res["dram"][key]
+        # every layer's words went through its external ring and came back
+        assert d["bursts_written"] > 0 and d["words_written"] == d["words_read"] > 0, (key, d)
+        assert d["bursts_read"] == d["bursts_written"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("offchip")
+    res = train.run("tiny", "sim-node", images=2, batch=2, seed=0, out=out,
+                    offchip_act_ram="all", **SMALL)
+    print({k: res[k] for k in ("bit_exact", "cycles", "cycles_per_image",
+                               "plan_cycles_per_image", "wall_seconds")}, res["dram"])
+    return res, out
+
+
+@pytest.mark.timeout(600)
+def test_single_node_all_offchip_bit_exact(single):
+    res, out = single
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    assert res["updates"] == {"conv1": 1, "conv2": 1, "conv3": 1, "fc4": 1}
+    top = res["_prep"]["top"]
+    assert all(isinstance(nl.act_ram, OffchipActRAM) for nl in top.layers)
+    assert _mem_members(top) == {"mem_conv1", "mem_conv2", "mem_conv3", "mem_fc4"}
+    _check_rings(res, ["conv1", "conv2", "conv3", "fc4"])
+    assert res["dram"]["latency"] == 20
+    # the prefetch hides the 20-cycle memory: the period stays at the plan's (1024)
+    assert res["cycles_per_image"] <= 1.02 * res["plan_cycles_per_image"]
+    z = np.load(out / "result.npz")
+    for layer in ("conv1", "conv2", "conv3", "fc4"):
+        assert np.array_equal(z[f"weights_after/{layer}"], z[f"golden_weights_after/{layer}"])
+    # the words read back from the memory are compared: one changed word is a mismatch
+    prep, rec, final = res["_prep"], res["_rec"], res["_final"]
+    cyc, word = rec[("conv2", "act")][40]
+    rec[("conv2", "act")][40] = (cyc, [word[0] ^ 4] + word[1:])
+    assert any("conv2.act" in b for b in train.compare(prep, rec, final))
+    rec[("conv2", "act")][40] = (cyc, word)
+    assert train.compare(prep, rec, final) == []
+
+
+@pytest.mark.timeout(600)
+def test_two_nodes_offchip_on_each_node_bit_exact():
+    res = train.run("tiny", "sim-node", nodes=2, images=2, batch=2, seed=0,
+                    offchip_act_ram="all", dram_stall=0.1, **SMALL)
+    print({k: res[k] for k in ("bit_exact", "cycles", "cycles_per_image", "wall_seconds")},
+          res["dram"])
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    top = res["_prep"]["top"]
+    assert [_mem_members(n) for n in top.nodes] == [
+        {"mem_conv1", "mem_conv2_at0"}, {"mem_conv2_at1", "mem_conv3", "mem_fc4"}]
+    assert sorted((k, name) for k, name, _ in top.memory_ports) == [
+        (0, "mem_conv1"), (0, "mem_conv2_at0"), (1, "mem_conv2_at1"), (1, "mem_conv3"),
+        (1, "mem_fc4")]
+    _check_rings(res, ["conv1", "conv2@0", "conv2@1", "conv3", "fc4"])
+    for lk in res["links"]:
+        assert lk["payload_words_per_image"] == pytest.approx(
+            lk["predicted_payload_words_per_image"])
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_cycles_offchip_close_to_onchip():
+    """20-cycle memory, default (16 x 4) and small (4 x 2) bursts and prefetch: cycles as on
+    chip. A 400-cycle memory: the run's tail waits for the last words (more cycles), still
+    bit-exact (the words really come from the memory model)."""
+    on = train.run("tiny", "sim-node", images=4, batch=2, seed=0)
+    off = train.run("tiny", "sim-node", images=4, batch=2, seed=0, offchip_act_ram="all")
+    small = train.run("tiny", "sim-node", images=4, batch=2, seed=0, offchip_act_ram="all",
+                      **SMALL)
+    slow = train.run("tiny", "sim-node", images=4, batch=2, seed=0, offchip_act_ram="all",
+                     **dict(SMALL, dram_latency=400))
+    for r in (on, off, small, slow):
+        print({k: r[k] for k in ("bit_exact", "cycles", "cycles_per_image",
+                                 "cycles_per_image_mean")}, r["dram"])
+        assert r["bit_exact"] is True
+    for r in (off, small):
+        assert r["cycles_per_image"] == pytest.approx(on["cycles_per_image"], rel=0.02)
+        assert r["cycles"] == pytest.approx(on["cycles"], rel=0.02)
+    assert slow["cycles"] > 1.1 * on["cycles"]
