@@ -25,7 +25,7 @@ renamed at the end (a failure leaves nothing)::
 
 Bad input -- an unknown board or one without a platform, a node outside the plan, a plan made
 for another board, a node the generator does not support yet (split segment, lent parameters,
-off-chip Act-RAM, engines with ``x > 1``, an empty node, a link stream other than whole-layer
+engines with ``x > 1``, an empty node, a link stream other than whole-layer
 activations / errors, a node with more neighbours than the platform has chain lanes with
 distinct reference clocks) -- prints one line ``error: <file>: <field>: <value>: <problem>`` on
 stderr, exits with status 2 and writes nothing.
@@ -241,12 +241,6 @@ def unsupported(plan, k, network):
                                  f"{sorted({j for _, j in lend})} (only a whole segment lent "
                                  f"entirely by one neighbour is built)",
                                  f"borrowed parameters {s.layer}"))
-        if s.act_ram.offchip_words:
-            problems.append((f"{f}.act_ram.offchip_words", s.act_ram.offchip_words,
-                             f"layer {s.layer!r} keeps {s.act_ram.offchip_words} words of its "
-                             f"Act-RAM off chip (the off-chip Act-RAM block, "
-                             f"fpdeep_hw/memory/offchip_act_ram.py, is not in NodeTop yet)",
-                             f"off-chip Act-RAM {s.layer}"))
         for phase, e in s.engines.items():
             if e.x > 1:
                 problems.append((f"{f}.engines.{phase}.x", e.x,

@@ -338,8 +338,7 @@ def _assert_refused(proc, out, *fragments):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--board", "vc709", "--node", "4"],
-     ["node_plans[4].segments[0].act_ram.offchip_words", "conv2_2", "off-chip Act-RAM",
-      "lent parameters", "link stream parameters"]),
+     ["node_plans[4]", "not supported by the hardware generator", "link stream parameters"]),
     (["--board", "vc709", "--node", "15"], ["--node: 15: outside the plan: nodes 0..14"]),
     (["--board", "vc707", "--node", "0"], ["'vc707'", "unknown board"]),
     (["--board", "sim-node", "--net", "tiny", "--nodes", "1", "--node", "0"],
@@ -917,3 +916,48 @@ def test_split_layer_nodes_build_and_lint(tmp_path):
         report = (run.stdout + run.stderr).strip()
         assert run.returncode == 0 and "%Warning" not in report and "%Error" not in report, \
             report
+
+
+def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
+    """tiny on 2 VC709 with conv2's and conv3's Act-RAMs forced off chip (the plan rewritten
+    by ``sim.train.force_offchip_act_ram``, saved and built with ``--plan``): each node has a
+    ``mem_<layer>`` burst port, the board top a ``fpdeep_mem_ctrl`` black box for it; the
+    board tops elaborate with their nodes and the nodes' Verilog lints."""
+    from fpdeep_hw.build import unsupported
+    from sim.train import force_offchip_act_ram
+    # the default VGG-16 node 4 keeps every Act-RAM off chip: no longer a refusal
+    vgg = load_network("vgg16")
+    default = map_network(vgg, load_board("vc709"), 15, batch=128, max_row_lanes=1)
+    assert all(s.act_ram.offchip_words > 0 for s in default.node_plans[4].segments)
+    assert not [p for p in unsupported(default, 4, vgg) if "act_ram" in p[0]]
+    plan = two_node_plan()
+    assert all(s.act_ram.offchip_words == 0 for n in plan.node_plans for s in n.segments)
+    assert force_offchip_act_ram(plan, ["conv2", "conv3"]) == [(0, "conv2"), (1, "conv3")]
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(plan.to_yaml())
+    out = tmp_path / "out"
+    proc = _cli("--plan", str(plan_file), "--all", "--jobs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    exe = shutil.which("verilator")
+    for k, layer in enumerate(("conv2", "conv3")):
+        folder = out / "tiny-vc709x2" / f"node{k}"
+        node_v = (folder / "fpdeep_node.v").read_text()
+        head = node_v[node_v.index("module fpdeep_node("):]
+        head = head[:head.index(");")]
+        ports = set(re.findall(r"\b(mem_\w+?)__(?:aw|w|b|ar|r)__\w+", head))
+        assert ports == {f"mem_{layer}"}, ports
+        top_v = (folder / "top.v").read_text()
+        assert top_v.count("fpdeep_mem_ctrl ") == 1 and f"ctrl_mem_{layer}" in top_v
+        work = tmp_path / f"n{k}"
+        work.mkdir()
+        assert "fpdeep_mem_ctrl" in check_top_elaborates(folder, work)
+        if exe is None:
+            continue
+        cmd = [exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node", str(WAIVERS),
+               str(folder / "fpdeep_node.v")]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        report = (run.stdout + run.stderr).strip()
+        assert run.returncode == 0 and "%Warning" not in report and "%Error" not in report, \
+            report
+    if exe is None:
+        pytest.skip("verilator is not installed (the board tops elaborate)")
