@@ -615,10 +615,32 @@ class _Context:
                     for a, b, p in prod:
                         add(first, p, "errors", below, num.error.width, b - a)
 
-        # balanced parameters: weights to the user for FP and for EB, gradients back
+        # balanced parameters: weights to the user for FP and for EB (FP only for a layer
+        # without EB, the network's first), gradients back
+        # as built (fpdeep_hw/node/lend.py): whole weight sets of P x S x K x K weights (padding
+        # lanes included), each gradient set with its address
+        uses = {w.name: 2 if w.macs["eb"] else 1 for w in self.works}
         for l in self.lends:
-            add(l.lender, l.borrower, "parameters", l.layer, num.weight.width, 2 * l.weights)
-            add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width, l.weights)
+            seg = next(s for s in self.segplans[l.borrower] if s.layer == l.layer)
+            w = self.works[seg.index]
+            e = seg.engines["fp"]
+            lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
+            total = sum(-(-o // e.p) * -(-c // e.s) for c, o in w.group_dims(lo, hi))
+            per_set = e.p * e.s * e.kernel * e.kernel
+            sets = total * l.weights / seg.weights
+            abits = max(1, (max(total, 2) - 1).bit_length())
+            add(l.lender, l.borrower, "parameters", l.layer, num.weight.width,
+                uses[l.layer] * sets * per_set)
+            add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width,
+                sets * (per_set + abits / num.gradient.width))
+        # the link packer pads each stream to whole 64-bit words per image (a lent layer's
+        # parameters are two streams, FP and EB)
+        for d in flows.values():
+            for (path, layer, width), words in list(d.items()):
+                if path in ("parameters", "gradients"):
+                    n = uses[layer] if path == "parameters" else 1
+                    d[(path, layer, width)] = n * math.ceil(words / n * width / 64 - 1e-9) \
+                        * 64 / width
         self.flows = flows
 
     def _hops(self, a, b):

@@ -226,6 +226,18 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
             "init": init, "golden": gold}
 
 
+def update_parts(nl):
+    """``[(suffix, WeightUpdate, lo, hi)]``: the weight updates of a layer segment and the weight
+    sets each writes. A borrowed segment (``Cluster`` sets ``nl.parts``) has its keepers'
+    (suffix ``@<lo>`` when there are several; monitor keys ``wr@<lo>``, ``update_done@<lo>``),
+    any other its own."""
+    parts = getattr(nl, "parts", None)
+    if not parts:
+        return [("", nl.update, 0, nl.geometry.weight_sets)]
+    many = len(parts) > 1
+    return [(f"@{lo}" if many else "", lender.update, lo, hi) for lender, (lo, hi) in parts]
+
+
 def _probes(top):
     """(key, xfer expression, payload value, decode) for every monitored stream and strobe."""
     from amaranth.hdl import Const, Value
@@ -260,20 +272,22 @@ def _probes(top):
         if nl.eb is not None:
             stream_probe((n, "e_in"), nl.eb.o, arr(nl.eb.o))
         lanes, k = g.p * g.s, g.kernel
-        abits = len(nl.update.wr.payload.addr)
 
-        def set_decode(width, abits=abits, lanes=lanes, k=k):
+        def set_decode(width, abits, base=0, lanes=lanes, k=k):
             def dec(raw):
-                return (raw & ((1 << abits) - 1),
+                return ((raw & ((1 << abits) - 1)) + base,
                         _lanes(raw >> abits, width, lanes * k * k))
             return dec
-        stream_probe((n, "grad"), nl.pg.grad, set_decode(gw))
-        stream_probe((n, "wr"), nl.update.wr, set_decode(ww))
+        stream_probe((n, "grad"), nl.pg.grad, set_decode(gw, len(nl.pg.grad.payload.addr)))
+        for suffix, upd, lo, _ in update_parts(nl):
+            # a borrowed segment: the update of each keeper (addresses of its range)
+            stream_probe((n, "wr" + suffix), upd.wr,
+                         set_decode(ww, len(upd.wr.payload.addr), lo))
+            probes.append(((n, "update_done" + suffix), upd.done, Const(0, 1), None))
         probes.append(((n, "fp_busy"), nl.fp.busy, Const(0, 1), None))
         if nl.eb is not None:
             probes.append(((n, "eb_busy"), nl.eb.busy, Const(0, 1), None))
         probes.append(((n, "pg_done"), nl.pg.pg_done, Value.cast(nl.pg.busy_cycles), None))
-        probes.append(((n, "update_done"), nl.update.done, Const(0, 1), None))
     stream_probe(("loss", "o"), top.loss.o, vec(ew, top.loss.classes))
     for lk in getattr(top, "links", ()):
         # payload words sent (transmitter inputs) and taken out of the receive buffers (a
@@ -358,7 +372,9 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             return False
         for nl in top.layers:
             n = nl.key
-            if len(rec[(n, "pg_done")]) < n_img or len(rec[(n, "update_done")]) < updates_expected:
+            if len(rec[(n, "pg_done")]) < n_img or any(
+                    len(rec[(n, "update_done" + sfx)]) < updates_expected
+                    for sfx, *_ in update_parts(nl)):
                 return False
             if len(rec.get((n, "e_in"), ())) < last_layer_e[n]:
                 return False
@@ -397,10 +413,16 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             add("maxpool_eb", ctx.get(nl.bp.overflows) if nl.bp is not None else 0)
             add("pg_acc", ctx.get(nl.pg.acc_overflow))
             add("pg", ctx.get(nl.pg.out_overflow))
-            lend = getattr(nl, "lend", None)      # a borrowed segment: the lender's BGB
-            add("grad_acc", ctx.get(lend.bgb_acc_overflow if lend else nl.pg.lgb_acc_overflow))
-            add("grad_avg", ctx.get(lend.bgb_out_overflow if lend else nl.pg.lgb_out_overflow))
-            add("update", ctx.get(nl.update.overflow))
+            parts = getattr(nl, "parts", None)    # a borrowed segment: its keepers' BGBs
+            if parts:
+                for lender, _ in parts:
+                    add("grad_acc", ctx.get(lender.bgb_acc_overflow))
+                    add("grad_avg", ctx.get(lender.bgb_out_overflow))
+                    add("update", ctx.get(lender.update_overflow))
+            else:
+                add("grad_acc", ctx.get(nl.pg.lgb_acc_overflow))
+                add("grad_avg", ctx.get(nl.pg.lgb_out_overflow))
+                add("update", ctx.get(nl.update.overflow))
         ov[("loss", "loss")] = ctx.get(top.loss.overflow)
         final["overflow"] = ov
         final["links"] = {lk.name: {k_: ctx.get(getattr(port, k_)) for port, k_ in (
@@ -409,14 +431,15 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             for lk in getattr(top, "links", ())}
         masters = {}
         for nl in top.layers:
-            g, upd = nl.geometry, nl.update
+            g = nl.geometry
             lanes, k = g.p * g.s, g.kernel
             sets = np.zeros((g.weight_sets, lanes, k, k), dtype=np.int64)
             index = [(s, ky, kx) for s in range(lanes) for ky in range(k) for kx in range(k)]
-            for b, (s, ky, kx) in enumerate(index):
-                mem = upd.banks[b]
-                for a in range(g.weight_sets):
-                    sets[a, s, ky, kx] = ctx.get(mem.data[a])
+            for _, upd, lo, hi in update_parts(nl):
+                for b, (s, ky, kx) in enumerate(index):
+                    mem = upd.banks[b]
+                    for a in range(hi - lo):
+                        sets[lo + a, s, ky, kx] = ctx.get(mem.data[a])
             masters[nl.key] = g.unpack_weights(sets)
         final["masters"] = masters
 
@@ -557,10 +580,13 @@ def expected_streams(prep):
         for avg in (per_image if per_image is not None else gold.avg_grads[n]):
             sets = g.pack_weights(slice_weights(np.asarray(avg), g))
             grads += [(a, [int(v) for v in sets[a].reshape(-1)]) for a in range(len(sets))]
-        for v in range(1, len(gold.versions[n])):
-            sets = g.pack_weights(slice_weights(np.asarray(gold.versions[n][v][1]), g))
-            wrs += [(a, [int(v_) for v_ in sets[a].reshape(-1)]) for a in range(len(sets))]
-        exp[(key, "grad")], exp[(key, "wr")] = grads, wrs
+        exp[(key, "grad")] = grads
+        for suffix, _, lo, hi in update_parts(nl):
+            wrs = []
+            for v in range(1, len(gold.versions[n])):
+                sets = g.pack_weights(slice_weights(np.asarray(gold.versions[n][v][1]), g))
+                wrs += [(a, [int(v_) for v_ in sets[a].reshape(-1)]) for a in range(lo, hi)]
+            exp[(key, "wr" + suffix)] = wrs
     exp[("loss", "o")] = [[int(v) for v in r["loss_error"]] for r in gold.images]
     return exp
 
@@ -816,7 +842,9 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
            "images": images, "batch": batch,
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
-           "updates": {nl.key: len(rec[(nl.key, "update_done")]) for nl in prep["top"].layers},
+           "updates": {nl.key: min(len(rec[(nl.key, "update_done" + sfx)])
+                                   for sfx, *_ in update_parts(nl))
+                       for nl in prep["top"].layers},
            # off-chip Act-RAMs: segment key -> burst port and its memory model's counters
            "offchip_act_ram": {nl.key: nl.mem for _, nl, _ in memory_ports(prep["top"])},
            "dram": dict(final["dram"], latency=dram_latency,

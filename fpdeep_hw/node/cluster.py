@@ -33,8 +33,12 @@ out nor drive them; the simulation serves each with its own memory model
 (:class:`sim.dram_model.DRAMModel` as a background testbench on the node's port,
 :func:`sim.train.dram_models`). :attr:`Cluster.memory_ports` lists them.
 
-Not built (``ValueError`` naming the stream or segment): streams between non-neighbours,
-partial / far / several-lender lending, split FC segments, ring and mesh topologies.
+**Parameter lending.** The weight sets of a borrowed segment may be kept by several nodes, near
+or far, the borrower keeping a share itself (``NodeTop``, :mod:`fpdeep_hw.node.sets`): the nodes
+in between pass the set and gradient streams on, so every link still joins neighbours.
+
+Not built (``ValueError`` naming the stream or segment): streams between non-neighbours, lent
+slices of split layers, split FC segments, ring and mesh topologies.
 
 Golden model: :class:`sim.golden.train.GoldenTrainer` (``plan=``: the split arithmetic).
 Test / harness: ``tests/sim/test_cluster.py``, ``tests/sim/test_cluster_split.py``,
@@ -197,9 +201,10 @@ class Cluster(wiring.Component):
         for node in self.nodes:
             for nl in node.layers:
                 if nl.lender is not None:
-                    # monitors find the borrowed segment's update and BGB on its lender
-                    nl.lend = self.nodes[nl.lender].lenders[nl.name]
-                    nl.update = nl.lend.update
+                    # monitors find the borrowed segment's updates and BGBs on its keepers:
+                    # [(Lender, (lo, hi))] in address order
+                    nl.parts = [(self.nodes[j].lenders[nl.name], r)
+                                for j, r in sorted(nl.lender.ranges.items())]
         self.words_per_cycle = Fraction(words_per_cycle).limit_denominator(4096)
         self.link_latency = link_latency
         entries = {(e.src, e.dst): e for e in plan.links}
@@ -310,6 +315,8 @@ class Cluster(wiring.Component):
         # finished every image that entered the cluster (the end-of-run side band)
         for node in self.nodes:
             for n, lender in node.lenders.items():
+                if lender.borrower == node.node:
+                    continue                # the borrower's own share: NodeTop's flush
                 done = getattr(self.nodes[lender.borrower], f"ws_images_{n}")
                 m.d.comb += getattr(node, f"lend_flush_{n}").eq(
                     self.flush & (done == first.images_in))

@@ -23,11 +23,13 @@ Test: ``tests/hw/test_sets.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SetConcat", "SetRoute", "set_ranges"]
+__all__ = ["SetConcat", "SetRoute", "set_ranges", "Keepers", "keepers_of"]
 
 
 def set_ranges(total, shares):
@@ -41,6 +43,95 @@ def set_ranges(total, shares):
         hi = (2 * acc * total + whole) // (2 * whole) if whole else 0
         out.append((lo, hi) if hi > lo else None)
         lo = hi
+    return out
+
+
+@dataclass
+class Keepers:
+    """Where the weight sets of one borrowed segment are kept, and how they travel.
+
+    Members
+    -------
+    layer : str
+    borrower : int
+        The node using the weights (its segment's engines are weight-stationary).
+    segment : SegmentPlan
+        The borrowed segment (the borrower's).
+    total : int
+        ``R * G``, the segment's weight sets.
+    ranges : dict
+        ``{node: (lo, hi)}`` the sets each keeper holds, in node order, contiguous, covering
+        ``0 .. total`` (the borrower's own share among them if it keeps one).
+    """
+
+    layer: str
+    borrower: int
+    segment: object
+    total: int
+    ranges: dict
+
+    def toward(self, k):
+        """``"next"`` / ``"prev"``: the side of node ``k`` (not the borrower) the borrower is on."""
+        return "next" if self.borrower > k else "prev"
+
+    def beyond(self, k, inclusive):
+        """Sets kept by the keepers on ``k``'s side of the borrower at ``k`` (``inclusive``) or
+        further away from the borrower: what the stream towards the borrower carries out of
+        (``inclusive``) or into node ``k``."""
+        if k < self.borrower:
+            keep = [r for j, r in self.ranges.items() if j < k or inclusive and j == k]
+        else:
+            keep = [r for j, r in self.ranges.items() if j > k or inclusive and j == k]
+        return sum(hi - lo for lo, hi in keep)
+
+    def side(self, side):
+        """At the borrower: the sets arriving from ``side`` (``"prev"``: kept on earlier
+        nodes, the lowest addresses; ``"next"``: on later nodes, the highest)."""
+        b = self.borrower
+        return sum(hi - lo for j, (lo, hi) in self.ranges.items()
+                   if (j < b if side == "prev" else j > b))
+
+    def involves(self, k):
+        """Whether node ``k`` keeps sets, uses them, or passes them on."""
+        return k == self.borrower or self.beyond(k, inclusive=True) > 0
+
+
+def keepers_of(plan, network):
+    """``{(layer, borrower): Keepers}`` for every segment of ``plan`` that uses weights kept
+    elsewhere (a split layer may have several borrowing slices).
+
+    Each keeper (a plan ``bpram`` entry's lender, and the borrower for the weights it keeps
+    itself: ``weights - weights_borrowed``) gets a contiguous range of the segment's ``R * G``
+    weight sets (address order ``r*G + g``), ranges in node order, sized in proportion to its
+    weights and rounded to whole sets (:func:`set_ranges`; a keeper whose share rounds to no set
+    keeps none). So the stream of sets towards the borrower, from either side, is the
+    concatenation of the ranges it passes, in address order.
+    """
+    from .fp_layer import layer_geometry
+    shares = {}
+    for j, q in enumerate(plan.node_plans):
+        for lp in q.bpram:
+            shares.setdefault(lp.layer, {}).setdefault(lp.borrower, {})
+            d = shares[lp.layer][lp.borrower]
+            d[j] = d.get(j, 0) + lp.weights
+    out = {}
+    for layer, by_b in shares.items():
+        for b, lenders in sorted(by_b.items()):
+            seg = next((s for s in plan.node_plans[b].segments if s.layer == layer), None)
+            if seg is None:
+                raise ValueError(f"node {b} borrows the weights of {layer!r} but holds no "
+                                 f"segment of it")
+            geo = layer_geometry(seg, network)
+            total = geo.out_groups * geo.groups
+            own = seg.weights - seg.weights_borrowed
+            keep = dict(lenders)
+            if own > 0:
+                keep[b] = own
+            nodes = sorted(keep)
+            ranges = set_ranges(total, [keep[j] for j in nodes])
+            out[(layer, b)] = Keepers(layer=layer, borrower=b, segment=seg, total=total,
+                                      ranges={j: r for j, r in zip(nodes, ranges)
+                                              if r is not None})
     return out
 
 

@@ -38,6 +38,17 @@ plan stream (path, layer) of each. Inside, :class:`~fpdeep_hw.node.lanes.LaneFor
 of ``fifo_images`` images. :class:`fpdeep_hw.node.cluster.Cluster` chains such nodes through
 link framers and link models.
 
+**Parameter lending** (paper 3.4.2). A segment whose weights the plan keeps on other nodes
+(``weights_borrowed``; ``bpram`` entries of its lenders, near or far, the borrower possibly
+keeping a share) has weight-stationary engines fed with its ``R * G`` weight sets once per image
+for FP and once for EB. Each keeper holds a contiguous range of set addresses
+(:func:`~fpdeep_hw.node.sets.keepers_of`: in node order, by weight share, whole sets) in a
+:class:`~fpdeep_hw.node.lend.Lender` (BPRAM, BGB, update, version rule); a keeper joins its
+range to the sets arriving from keepers further away, a node with no range passes them on, the
+borrower joins both sides and its own share into address order
+(:class:`~fpdeep_hw.node.sets.SetConcat`); the borrower's per-image gradient sets travel back
+and each keeper takes the addresses of its range (:class:`~fpdeep_hw.node.sets.SetRoute`).
+
 Golden model: :class:`sim.golden.train.GoldenTrainer` (``plan=``: the split arithmetic). Test /
 harness: ``tests/sim/test_train_node.py``, ``tests/sim/test_cluster.py``,
 ``tests/sim/test_cluster_split.py``, ``python -m sim.train`` (``sim/train.py``). Ports, sizing
@@ -68,6 +79,7 @@ from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
 from .lanes import LaneConcat, LaneFork
 from .lend import Lender, WSEBLayer, WSFPLayer
+from .sets import SetConcat, SetRoute, keepers_of
 from .pg_layer import PGLayer
 from .update import WeightUpdate
 from .version_gate import VersionGate
@@ -118,11 +130,12 @@ class NodeLayer:
         The stores of the ReLU masks and pool argmaxes between FP and BPFront.
     act_images : float
         Act-RAM capacity in images of the layer's input.
-    lender : int or None
-        The node keeping the segment's weights (a borrowed segment: ``fp`` / ``eb`` are
+    lender : Keepers or None
+        Where a borrowed segment's weight sets are kept (:class:`~fpdeep_hw.node.sets.Keepers`:
+        node -> set range, the borrower's own share among them); ``fp`` / ``eb`` are then
         :class:`~fpdeep_hw.node.lend.WSFPLayer` / :class:`~fpdeep_hw.node.lend.WSEBLayer`,
-        ``pg`` has no LGB, ``update`` and ``gate`` are ``None`` here; :class:`Cluster` sets
-        ``update`` to the lender's for monitors).
+        ``pg`` has no LGB, ``update`` and ``gate`` are ``None`` (:class:`Cluster` sets ``parts``,
+        ``[(Lender, (lo, hi))]``, for monitors).
     mem : str or None
         The :class:`NodeTop` member of the off-chip Act-RAM's burst port
         (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
@@ -161,7 +174,8 @@ class NodeTop(wiring.Component):
         the training loop itself; otherwise the node exchanges the plan's link streams with its
         neighbours through the ports listed below. Only the node holding the first layer has
         ``images``, only the one holding the last layer the loss unit and ``labels``.
-        Parameters lent to / borrowed from a neighbour (``weights_borrowed``) are not built
+        Weights kept on other nodes (``weights_borrowed``, the plan's ``bpram`` entries) are
+        streamed in (see "Parameter lending" below); lent slices of split layers are not built
         (``ValueError``).
     network : fpdeep_map.network.Network
         The plan's network (the last compute layer an FC followed by the loss).
@@ -240,6 +254,26 @@ class NodeTop(wiring.Component):
         space, in segment order, each starting on a boundary of ``mem_burst * word_bytes``
         bytes: disjoint, so the ports may share one memory (or use one each). ``A``, the
         port's address width, just covers ``base + words``.
+    w_fp_<layer>_<side>, w_eb_<layer>_<side> : ``In(stream.Signature(weight set))``
+        Borrower: the weight sets of a borrowed segment kept on the ``prev`` / ``next`` side,
+        per image for FP and for EB (EB only for a layer with EB), lowest addresses first.
+    g_<layer>_<side> : ``Out(stream.Signature(StructLayout({"addr", "data"})))``
+        Borrower: the per-image gradient sets whose addresses are kept on that side.
+    ws_images_<layer> : ``Out(32)``
+        Borrower: images the weight-stationary FP has finished (the end-of-run side band).
+    lend_fp_<layer>, lend_eb_<layer> : ``Out(...)``; lend_g_<layer> : ``In(...)``
+        A node between a keeper and the borrower, or a keeper: the sets towards the borrower
+        (its own range joined with those from further keepers, in address order) and the
+        gradients coming back.
+    far_fp_<layer>, far_eb_<layer> : ``In(...)``; far_g_<layer> : ``Out(...)``
+        The same streams with the keepers further away from the borrower.
+    lend_flush_<layer> : ``In(1)``
+        A keeper other than the borrower: end of run (the borrower's FP has finished every
+        image), see :class:`~fpdeep_hw.node.lend.Lender`.
+    keepers : dict
+        ``{layer: Keepers}`` of every lending chain through this node (plain attribute).
+    lenders : dict
+        ``{layer: Lender}`` for the set ranges this node keeps (plain attribute).
     x_in : property
         ``images`` or ``a_in``.
     first, last : bool
@@ -297,32 +331,26 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop: node {node} holds layers {held}, but a node needs a "
                              f"contiguous run of compute layers of {network.name!r} in "
                              f"order: {names}")
+        # parameter lending: the segments whose weight sets this node keeps, uses or passes on
+        try:
+            chains = keepers_of(plan, network)
+        except ValueError as e:
+            raise ValueError(f"NodeTop: {e}") from None
+        self.keepers = {}
+        for (layer, b), kp in chains.items():
+            if kp.segment.split != "whole" and kp.involves(node):
+                raise ValueError(f"NodeTop: the weights of the {kp.segment.split} slice "
+                                 f"{list(kp.segment.channels)} of {layer!r} on node {b} are "
+                                 f"kept on other nodes (lent slices of split layers are not "
+                                 f"built)")
+            if kp.involves(node):
+                if layer in self.keepers:
+                    raise ValueError(f"NodeTop: node {node} keeps or passes on the weights of "
+                                     f"{layer!r} for two nodes (one lending chain per layer and "
+                                     f"node is built)")
+                self.keepers[layer] = kp
         for s in segs:
-            if 0 < s.weights_borrowed < s.weights:
-                raise ValueError(f"NodeTop: {s.weights_borrowed} of the {s.weights} weights of "
-                                 f"{s.layer!r} on node {node} are kept in a neighbour "
-                                 f"(partially lent segments are not built)")
-        lenders = {}
-        for k_, other in enumerate(plan.node_plans):
-            for lp in other.bpram:
-                if node in (lp.lender, lp.borrower) and abs(lp.lender - lp.borrower) != 1:
-                    raise ValueError(f"NodeTop: the weights of {lp.layer!r} used on node "
-                                     f"{lp.borrower} are kept on node {lp.lender}, not a "
-                                     f"neighbour (far lending is not built)")
-                if lp.borrower == node:
-                    lenders[lp.layer] = lp
-        for lp in np_.bpram:
-            bseg = next(x for x in plan.node_plans[lp.borrower].segments if x.layer == lp.layer)
-            if bseg.split != "whole":
-                raise ValueError(f"NodeTop: node {node} keeps the weights of the {bseg.split} "
-                                 f"slice {list(bseg.channels)} of {lp.layer!r} for node "
-                                 f"{lp.borrower} (lent slices of split layers are not built)")
-        for s in segs:
-            if s.weights_borrowed and s.split != "whole":
-                raise ValueError(f"NodeTop: the weights of the {s.split} slice "
-                                 f"{list(s.channels)} of {s.layer!r} on node {node} are kept in "
-                                 f"a neighbour (lent slices of split layers are not built)")
-            if s.weights_borrowed and s.layer not in lenders:
+            if s.weights_borrowed and s.layer not in self.keepers:
                 raise ValueError(f"NodeTop: no node keeps the weights of {s.layer!r} for "
                                  f"node {node}")
         self._first = i0 == 0
@@ -405,31 +433,30 @@ class NodeTop(wiring.Component):
             if k > 0 and eb is None:
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
             pg = PGLayer(seg, network, num, batch=batch, lgb=not borrowed)
-            upd = gate = lender = None
+            upd = gate = None
+            lender = self.keepers[seg.layer] if borrowed else None
             if not borrowed:
                 upd = WeightUpdate(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
                                    depth=geo.weight_sets, lr_q=lr_q,
                                    init=geo.pack_weights(master))
                 gate = VersionGate(batch=batch, lag=lag, eb=eb is not None)
-            else:
-                lender = lenders[seg.layer].lender
             self.layers.append(NodeLayer(
                 name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
                 update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem))
-        # parameters this node keeps for a neighbour (BPRAM, BGB, update, version rule)
+        # the weight sets this node keeps (for a borrower, or its own share of a borrowed
+        # segment): BPRAM, BGB, update, version rule
         self.lenders = {}
-        for lp in np_.bpram:
-            bseg = next(s for s in plan.node_plans[lp.borrower].segments if s.layer == lp.layer)
-            if lp.layer not in init_master:
-                raise ValueError(f"NodeTop: no initial weights for layer {lp.layer!r}")
-            self.lenders[lp.layer] = Lender(
-                bseg, network, num, batch=batch, lr_q=lr_q, lag=lags[lp.layer],
-                master=np.asarray(init_master[lp.layer]).astype(np.int64))
-            self.lenders[lp.layer].borrower = lp.borrower
-            if not self.lenders[lp.layer].geometry.has_eb:
-                raise ValueError(f"NodeTop: lending the weights of {lp.layer!r}, a layer "
-                                 f"without EB, is not built")
+        for layer, kp in self.keepers.items():
+            if node not in kp.ranges:
+                continue
+            if layer not in init_master:
+                raise ValueError(f"NodeTop: no initial weights for layer {layer!r}")
+            lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
+                            master=np.asarray(init_master[layer]).astype(np.int64),
+                            sets=kp.ranges[node])
+            lender.borrower = kp.borrower
+            self.lenders[layer] = lender
         self._members(network, compute, loss_layer)
 
     # ---- neighbour ports ------------------------------------------------------------------------
@@ -503,39 +530,41 @@ class NodeTop(wiring.Component):
         elif next_name is not None:
             port("a_out", Out, aw, OCz, "next", "activations", next_name, z_out)
             port("e_in", In, ew, OCz, "next", "errors", z.name, z_out)
-        # parameter lending: the borrower's weight-set and gradient streams, the lender's
-        for nl in L:
-            if nl.lender is None:
+        # parameter lending (fpdeep_hw/node/sets.py): per segment whose weight sets this node
+        # uses (borrower), keeps for another node or passes on, the set and gradient streams
+        for n, kp in self.keepers.items():
+            g = layer_geometry(kp.segment, network)
+            set_sig = stream.Signature(weight_set_layout(num.weight, g.kernel, g.p * g.s))
+            grad_sig = stream.Signature(data.StructLayout({
+                "addr": range(max(kp.total, 2)),
+                "data": weight_set_layout(num.gradient, g.kernel, g.p * g.s)}))
+
+            def chain(fp, eb, grad, flow, peer, count, n=n, g=g):
+                """FP / EB set streams of direction ``flow`` and the gradients opposite."""
+                back = Out if flow is In else In
+                for name, f, sg in ((fp, flow, set_sig), (eb, flow, set_sig),
+                                    (grad, back, grad_sig)):
+                    if name == eb and not g.has_eb:
+                        continue
+                    members[name] = f(sg)
+                    ports[name] = (peer, "gradients" if name == grad else "parameters", n)
+                    items[name] = count
+            if kp.borrower == self._node:
+                for side in ("prev", "next"):
+                    if kp.side(side):
+                        chain(f"w_fp_{n}_{side}", f"w_eb_{n}_{side}", f"g_{n}_{side}", In,
+                              side, kp.side(side))
+                members[f"ws_images_{n}"] = Out(32)
                 continue
-            peer = "next" if nl.lender > self._node else "prev"
-            n = nl.name
-            members[f"w_fp_{n}"] = In(stream.Signature(nl.fp.w.payload.shape()))
-            ports[f"w_fp_{n}"] = (peer, "parameters", n)
-            items[f"w_fp_{n}"] = nl.geometry.weight_sets
-            if nl.eb is not None:
-                members[f"w_eb_{n}"] = In(stream.Signature(nl.eb.w.payload.shape()))
-                ports[f"w_eb_{n}"] = (peer, "parameters", n)
-                items[f"w_eb_{n}"] = nl.geometry.weight_sets
-            g = nl.geometry
-            members[f"g_{n}"] = Out(stream.Signature(data.StructLayout({
-                "addr": range(max(g.weight_sets, 2)),
-                "data": weight_set_layout(num.gradient, g.kernel, g.p * g.s)})))
-            items[f"g_{n}"] = g.weight_sets
-            ports[f"g_{n}"] = (peer, "gradients", n)
-            members[f"ws_images_{n}"] = Out(32)
-        for n, lender in self.lenders.items():
-            peer = "next" if lender.borrower > self._node else "prev"
-            members[f"lend_fp_{n}"] = Out(stream.Signature(lender.set_layout))
-            ports[f"lend_fp_{n}"] = (peer, "parameters", n)
-            items[f"lend_fp_{n}"] = lender.weight_sets
-            if lender.geometry.has_eb:
-                members[f"lend_eb_{n}"] = Out(stream.Signature(lender.set_layout))
-                ports[f"lend_eb_{n}"] = (peer, "parameters", n)
-                items[f"lend_eb_{n}"] = lender.weight_sets
-            members[f"lend_g_{n}"] = In(stream.Signature(lender.grad_layout))
-            ports[f"lend_g_{n}"] = (peer, "gradients", n)
-            items[f"lend_g_{n}"] = lender.weight_sets
-            members[f"lend_flush_{n}"] = In(1)
+            toward = kp.toward(self._node)
+            away = "prev" if toward == "next" else "next"
+            chain(f"lend_fp_{n}", f"lend_eb_{n}", f"lend_g_{n}", Out, toward,
+                  kp.beyond(self._node, inclusive=True))
+            if kp.beyond(self._node, inclusive=False):
+                chain(f"far_fp_{n}", f"far_eb_{n}", f"far_g_{n}", In, away,
+                      kp.beyond(self._node, inclusive=False))
+            if n in self.lenders:
+                members[f"lend_flush_{n}"] = In(1)
         self.loss = None
         if next_name is None and not after:
             self.loss = LossUnit(numerics=num, classes=compute[-1].out_channels,
@@ -596,6 +625,108 @@ class NodeTop(wiring.Component):
             dst.payload.eq(fifo.r_stream.payload),
             fifo.r_stream.ready.eq(dst.ready),
         ]
+
+    # ---- parameter lending ----------------------------------------------------------------------
+
+    def _lending(self, m):
+        """Weight-set and gradient streams of every lending chain through this node.
+
+        Keeper ranges are contiguous in node order (:func:`~fpdeep_hw.node.sets.keepers_of`),
+        so the borrower joins, per image, the sets from the previous side, its own and those
+        from the next side (:class:`~fpdeep_hw.node.sets.SetConcat`) into address order and
+        sends each gradient set where its address is kept
+        (:class:`~fpdeep_hw.node.sets.SetRoute`); a keeper between the borrower and further
+        keepers joins its own range to the passing sets on the side away from the borrower,
+        and takes its addresses out of the passing gradients; a node without a range passes
+        both streams on through a FIFO.
+        """
+        node = self._node
+        for n, kp in self.keepers.items():
+            lender = self.lenders.get(n)
+            if lender is not None:
+                m.submodules[f"lend_{n}"] = lender
+            port = lambda name: wiring.flipped(getattr(self, name))  # noqa: E731
+            has_eb = layer_geometry(kp.segment, self._network).has_eb
+            if kp.borrower == node:
+                nl = next(x for x in self.layers if x.name == n)
+                # (set source per phase, count) and (gradient sink, address range), address order
+                srcs, sinks, lo = [], [], 0
+                for side in ("prev", "next"):
+                    if side == "next" and lender is not None:
+                        srcs.append(({"fp": lender.fp_w, "eb": lender.eb_w if has_eb else None},
+                                     lender.weight_sets))
+                        sinks.append((lender.grad, lender.sets))
+                        lo = lender.sets[1]
+                    c = kp.side(side)
+                    if c:
+                        srcs.append(({"fp": port(f"w_fp_{n}_{side}"),
+                                      "eb": port(f"w_eb_{n}_{side}") if has_eb else None}, c))
+                        sinks.append((port(f"g_{n}_{side}"), (lo, lo + c)))
+                        lo += c
+                targets = {"fp": nl.fp.w, "eb": nl.eb.w if nl.eb is not None else None}
+                self._join(m, f"{n}_ws", srcs, targets)
+                self._route(m, f"{n}_ws", nl.pg.grad, sinks)
+                if lender is not None:
+                    done = getattr(self, f"ws_images_{n}")
+                    m.d.comb += lender.flush.eq(self.flush & (done == self.images_in))
+                continue
+            near = kp.toward(node) == "prev"          # the borrower is on the previous side
+            srcs, sinks = [], []
+            far_c = kp.beyond(node, inclusive=False)
+            own = ([({"fp": lender.fp_w, "eb": lender.eb_w if has_eb else None},
+                     lender.weight_sets)] if lender is not None else [])
+            own_g = [(lender.grad, lender.sets)] if lender is not None else []
+            far, far_g = [], []
+            if far_c:
+                far = [({"fp": port(f"far_fp_{n}"),
+                         "eb": port(f"far_eb_{n}") if has_eb else None}, far_c)]
+                lo = lender.sets[1] if near and lender is not None else (
+                    kp.total - kp.beyond(node, inclusive=True) if near else
+                    min(r[0] for j, r in kp.ranges.items() if j < node))
+                far_g = [(port(f"far_g_{n}"), (lo, lo + far_c))]
+            # address order: keepers on the previous side hold the lower addresses
+            srcs = own + far if near else far + own
+            sinks = own_g + far_g if near else far_g + own_g
+            targets = {"fp": port(f"lend_fp_{n}"),
+                       "eb": port(f"lend_eb_{n}") if has_eb else None}
+            self._join(m, f"{n}_lend", srcs, targets)
+            g_in = port(f"lend_g_{n}")
+            self._route(m, f"{n}_lend", g_in, sinks)
+            if lender is not None:
+                m.d.comb += lender.flush.eq(getattr(self, f"lend_flush_{n}"))
+
+    def _join(self, m, tag, srcs, targets):
+        """Per phase (``fp``, ``eb``): the sources' set streams, ``[({phase: stream}, count)]``
+        in address order, joined into ``targets[phase]`` (one source: connected directly; every
+        source already has a buffer, a lender's FIFO or a link's receive buffer)."""
+        for phase, dst in targets.items():
+            if dst is None:
+                continue
+            streams = [(s[phase], c) for s, c in srcs]
+            if len(streams) == 1:
+                wiring.connect(m, streams[0][0], dst)
+                continue
+            cat = SetConcat(dst.payload.shape(), [c for _, c in streams])
+            m.submodules[f"{tag}_{phase}_cat"] = cat
+            for j, (src, _) in enumerate(streams):
+                wiring.connect(m, src, cat.i[j])
+            wiring.connect(m, cat.o, dst)
+
+    @staticmethod
+    def _route(m, tag, src, sinks):
+        """Gradient sets of ``src`` to ``sinks`` ``[(stream, (lo, hi))]`` by address (one sink:
+        connected directly); payloads field by field (address widths may differ)."""
+        def copy(a, b):
+            m.d.comb += [b.valid.eq(a.valid), a.ready.eq(b.ready),
+                         b.payload.addr.eq(a.payload.addr), b.payload.data.eq(a.payload.data)]
+        if len(sinks) == 1:
+            copy(src, sinks[0][0])
+            return
+        route = SetRoute(sinks[0][0].payload.shape(), [r for _, r in sinks])
+        m.submodules[f"{tag}_route"] = route
+        copy(src, route.i)
+        for (dst, _), o in zip(sinks, route.o):
+            copy(o, dst)
 
     # ---- wiring ---------------------------------------------------------------------------------
 
@@ -756,15 +887,8 @@ class NodeTop(wiring.Component):
                 else:
                     produce(("err", prv), eb.o, lo_in, C, ew)
             if borrowed:
-                # borrowed: weight sets from the lender, every image's gradients back to it
+                # weight sets from their keepers, gradients back to them: _lending
                 n_ = nl.name
-                wiring.connect(m, wiring.flipped(getattr(self, f"w_fp_{n_}")), fp.w)
-                if eb is not None:
-                    wiring.connect(m, wiring.flipped(getattr(self, f"w_eb_{n_}")), eb.w)
-                gp = getattr(self, f"g_{n_}")
-                m.d.comb += [gp.valid.eq(pg.grad.valid), pg.grad.ready.eq(gp.ready),
-                             gp.payload.addr.eq(pg.grad.payload.addr),
-                             gp.payload.data.eq(pg.grad.payload.data)]
                 ws_images = getattr(self, f"ws_images_{n_}")
                 with m.If(fp.done):
                     m.d.sync += ws_images.eq(ws_images + 1)
@@ -792,12 +916,7 @@ class NodeTop(wiring.Component):
             outstanding = Signal(signed(24), name=f"{key}_outstanding")
             m.d.sync += outstanding.eq(outstanding + in_last - fp.done)
             m.d.comb += gate.flush.eq(self.flush & (outstanding == 0) & ~in_last)
-        for n_, lender in self.lenders.items():
-            m.submodules[f"lend_{n_}"] = lender
-            wiring.connect(m, lender.fp_w, wiring.flipped(getattr(self, f"lend_fp_{n_}")))
-            wiring.connect(m, lender.eb_w, wiring.flipped(getattr(self, f"lend_eb_{n_}")))
-            wiring.connect(m, wiring.flipped(getattr(self, f"lend_g_{n_}")), lender.grad)
-            m.d.comb += lender.flush.eq(getattr(self, f"lend_flush_{n_}"))
+        self._lending(m)
         if self.loss is not None:
             m.submodules.loss = self.loss
             wiring.connect(m, wiring.flipped(self.labels), self.loss.label)

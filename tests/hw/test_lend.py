@@ -251,7 +251,8 @@ def check_pair(n_images, batch, lag, seed, **kw):
     sets, per_set = lender.weight_sets, lender.weights_per_image // lender.weight_sets
     assert lender.weights_per_image == sets * per_set == 288
     assert 2 * lender.weights_per_image == _mapper_words("parameters")
-    assert lender.weights_per_image == _mapper_words("gradients")
+    # gradients: each set with its 4-bit address (16 sets of 18 x 16 + 4 bits), whole words
+    assert _mapper_words("gradients") * 16 == -(-(sets * (per_set * 16 + 4)) // 64) * 64
     assert n_images * sets <= final["fp_sets"] < (n_images + 1) * sets
     assert final["fp_images"] == final["fp_sets"] // sets
     assert n_images * sets <= final["eb_sets"] < (n_images + 1) * sets

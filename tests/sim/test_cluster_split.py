@@ -12,6 +12,12 @@ trained against the golden model with the plan's split arithmetic
   [0, 3) | [3, 4) (partial sums forward, ``E_out`` back).
 * ``lend``: ``tiny`` on 2 ``tiny-test`` boards: all 288 weights of conv2 (node 0) kept on node 1
   (BPRAM, BGB, update there; weight sets forward to node 0 twice per image, gradients back).
+* ``far``: ``tiny`` on 4 ``tiny-test-far`` boards (``tests/sim/data/tiny-test-far.yaml``): the
+  weights of conv1 (node 0, no EB) kept on node 2; node 1 passes the set and gradient streams on.
+* ``keepers`` (the ``far`` plan edited, the mapper makes no such plan for a small network): the
+  weights of conv1 kept by node 0 itself (28), node 1 (40) and node 2 (40): weight sets 0, 1-2
+  and 3 of 4; node 1 joins its sets to node 2's, node 0 its own to both, gradients routed back
+  by address.
 
 Each: every activation, mask, argmax, partial sum / partial error that crossed a link, error,
 gradient, weight version, final master weight (per slice) and overflow count equals the golden
@@ -21,21 +27,56 @@ layer); ``-m slow``: 4 images, batch 2. Link integrity: bits flipped on the wire
 are caught by the CRC and no corrupted word reaches a node.
 """
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from sim import train
+
+DATA = Path(__file__).parent / "data"
 
 CONFIGS = {
     "ocp2": dict(net="tiny", board="sim-node", nodes=2),
     "ocp3": dict(net="tiny", board="sim-node", nodes=3),
     "icp2": dict(net="tiny", board="sim-node", nodes=2, ocp_threshold=1),
     "lend": dict(net="tiny", board="tiny-test", nodes=2),
+    "far": dict(net="tiny", board=str(DATA / "tiny-test-far.yaml"), nodes=4),
 }
 
 
+def _keepers_plan(plan):
+    """The ``far`` plan with conv1's weights kept by nodes 0 (28), 1 (40) and 2 (40)."""
+    (lp,) = plan.node_plans[2].bpram
+    assert (lp.layer, lp.lender, lp.borrower, lp.weights) == ("conv1", 2, 0, 108)
+    lp.weights = 40
+    plan.node_plans[1].bpram.append(dataclasses.replace(lp, lender=1))
+    seg = plan.node_plans[0].segments[0]
+    assert seg.layer == "conv1" and seg.weights == seg.weights_borrowed == 108
+    seg.weights_borrowed = 80
+    return plan
+
+
 def _run(name, images, batch):
-    kw = dict(CONFIGS[name])
-    res = train.run(kw.pop("net"), kw.pop("board"), images=images, batch=batch, seed=0, **kw)
+    from unittest import mock
+
+    import fpdeep_map.mapper as mapper
+    kw = dict(CONFIGS["far" if name == "keepers" else name])
+    real = mapper.map_network
+
+    def mapped(*a, **k):
+        plan = real(*a, **k)
+        return _keepers_plan(plan) if name == "keepers" else plan
+    with mock.patch.object(mapper, "map_network", mapped):
+        res = train.run(kw.pop("net"), kw.pop("board"), images=images, batch=batch, seed=0,
+                        **kw)
+    res["_borrower"] = {lp.layer: lp.borrower for q in res["_prep"]["plan"].node_plans
+                        for lp in q.bpram}
+    # per lent layer: the farthest keeper's distance from the borrower, in links
+    res["_chain"] = {lp.layer: max(abs(j - lp.borrower)
+                                   for j, q in enumerate(res["_prep"]["plan"].node_plans)
+                                   for x in q.bpram if x.layer == lp.layer)
+                     for q in res["_prep"]["plan"].node_plans for lp in q.bpram}
     print(name, {k: res.get(k) for k in ("bit_exact", "cycles", "cycles_per_image",
                                          "predicted_cycles_per_image", "wall_seconds")})
     for lk in res["links"]:
@@ -55,7 +96,10 @@ def runs():
     return get
 
 
-def _check(res, images, batch):
+def _check(res, images, batch, words=True):
+    """Bit-exact, every update applied, clean links; ``words``: every stream's payload as the
+    plan's link figures say (not for a hand-edited plan, whose link figures are the mapper's
+    for the plan before the edit)."""
     assert res["mismatches"] == [] and res["bit_exact"] is True
     assert all(v == images // batch for v in res["updates"].values()), res["updates"]
     for lk in res["links"]:
@@ -65,17 +109,30 @@ def _check(res, images, batch):
             # the next image's weight sets into its two weight registers; the unpacker holds
             # at most one more)
             bound = 3 * len(s["sids"]) if s["path"] == "parameters" else 0
+            if s["path"] == "parameters" and res["_chain"][s["layer"]] > 1:
+                # a node passing the sets on takes what the next link can buffer: as far as the
+                # version rule lets the keepers run ahead, B + D images past the last update
+                lag = res["_prep"]["top"].lags[s["layer"]]
+                bound += (batch + lag) * sum(s["items_per_image"])
             assert 0 <= s["run_ahead_items"] <= bound, s
+            if not words:
+                continue
             if s["path"] == "gradients":
-                # each gradient set carries its 4-bit address (the BGB's): 292 bits per set
-                assert s["payload_words_per_image"] == pytest.approx(
-                    s["predicted_words_per_image"], rel=0.02), s
+                # each gradient set carries its address (the BGB's), as the plan counts
+                assert s["payload_words_per_image"] == s["predicted_words_per_image"], s
             elif s["path"] == "parameters":
                 # a lender runs ahead of the run's last image (by up to its lag): what the
                 # borrower's side holds at the end -- two weight registers of 4.5 words and the
                 # unpacker's 6.5 words per stream -- was delivered on top of the run's sets
                 extra = (s["payload_words_per_image"] - s["predicted_words_per_image"]) * images
-                assert 0 <= extra <= 16 * len(s["sids"]), s
+                bound = 16 * len(s["sids"])
+                if res["_chain"][s["layer"]] > 1:
+                    # through a node passing the sets on, they run ahead into the next link's
+                    # receive buffer: at most as far as the version rule lets the keepers go,
+                    # B + D images past the last update
+                    lag = res["_prep"]["top"].lags[s["layer"]]
+                    bound += (batch + lag) * s["predicted_words_per_image"]
+                assert 0 <= extra <= bound, s
             else:
                 assert s["payload_words_per_image"] == s["predicted_words_per_image"], s
 
@@ -126,7 +183,7 @@ def test_parameter_lending(runs):
     res = runs("lend")
     _check(res, 2, 2)
     top = res["_prep"]["top"]
-    assert [nl.lender for nl in top.nodes[0].layers] == [None, 1]
+    assert [nl.lender and nl.lender.ranges for nl in top.nodes[0].layers] == [None, {1: (0, 16)}]
     assert list(top.nodes[1].lenders) == ["conv2"]
     assert _streams(res) == {
         (0, 1): [("activations", "conv3"), ("gradients", "conv2")],
@@ -137,11 +194,41 @@ def test_parameter_lending(runs):
     assert par["items_per_image"] == [16, 16]
 
 
+@pytest.mark.timeout(900)
+def test_far_lending(runs):
+    """conv1's weights on node 2 for node 0: node 1 passes the FP sets (4 per image; conv1 has
+    no EB) and the gradients on."""
+    res = runs("far")
+    _check(res, 2, 2)
+    top = res["_prep"]["top"]
+    assert top.nodes[0].layers[0].lender.ranges == {2: (0, 4)}
+    assert list(top.nodes[2].lenders) == ["conv1"] and not top.nodes[1].lenders
+    assert {"far_fp_conv1", "far_g_conv1", "lend_fp_conv1", "lend_g_conv1"} <= \
+        set(top.nodes[1].link_ports)
+    for src, dst in ((2, 1), (1, 0)):
+        lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (src, dst))
+        par = next(s for s in lk["streams"] if s["path"] == "parameters")
+        # 4 sets of 27 weights (FP only) per image: 27 words
+        assert par["items_per_image"] == [4] and par["predicted_words_per_image"] == 27
+
+
+@pytest.mark.timeout(900)
+def test_several_keepers(runs):
+    res = runs("keepers")
+    _check(res, 2, 2, words=False)
+    top = res["_prep"]["top"]
+    assert top.nodes[0].layers[0].lender.ranges == {0: (0, 1), 1: (1, 3), 2: (3, 4)}
+    assert [lender.sets for lender, _ in top.nodes[0].layers[0].parts] == \
+        [(0, 1), (1, 3), (3, 4)]
+    assert top.nodes[1].link_items["lend_fp_conv1"] == 3
+    assert top.nodes[0].link_items["w_fp_conv1_next"] == 3
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(CONFIGS) + ["keepers"])
 def test_two_mini_batches(runs, name):
-    _check(runs(name, images=4, batch=2), 4, 2)
+    _check(runs(name, images=4, batch=2), 4, 2, words=name != "keepers")
 
 
 def _is_subsequence(part, whole):
@@ -176,10 +263,10 @@ def test_bit_flips_on_the_wire():
 
 
 @pytest.mark.parametrize("nodes, message", [
-    (3, r"^NodeTop: the weights of the ocp slice \[0, 5\] of 'conv2' on node 0 are kept in a "
-        r"neighbour \(lent slices of split layers are not built\)$"),
-    (5, r"^NodeTop: the weights of 'conv2' used on node 2 are kept on node 4, not a neighbour "
-        r"\(far lending is not built\)$")])
+    (3, r"^NodeTop: the weights of the ocp slice \[0, 5\] of 'conv2' on node 0 are kept on "
+        r"other nodes \(lent slices of split layers are not built\)$"),
+    (5, r"^NodeTop: the weights of the ocp slice \[7, 11\] of 'conv2' on node 2 are kept on "
+        r"other nodes \(lent slices of split layers are not built\)$")])
 def test_unbuilt_lending_is_refused(nodes, message):
     from fpdeep_hw.node.cluster import Cluster
     from fpdeep_map.board import load_board
