@@ -230,33 +230,37 @@ def unsupported(plan, k, network):
                              f"fc layer {s.layer!r} is split across nodes ({s.split}: features "
                              f"{s.channels}); split fc segments are not built yet",
                              f"split fc segment {s.layer}"))
-        if s.weights_borrowed:
-            lend = [(lp, j) for j, q in enumerate(plan.node_plans) for lp in q.bpram
-                    if lp.borrower == k and lp.layer == s.layer]
-            if s.split != "whole" or s.weights_borrowed < s.weights or len(lend) != 1 or \
-                    abs(lend[0][1] - k) != 1:
-                problems.append((f"{f}.weights_borrowed", s.weights_borrowed,
-                                 f"layer {s.layer!r} keeps {s.weights_borrowed} of its "
-                                 f"{s.weights} weights on node(s) "
-                                 f"{sorted({j for _, j in lend})} (only a whole segment lent "
-                                 f"entirely by one neighbour is built)",
-                                 f"borrowed parameters {s.layer}"))
         for phase, e in s.engines.items():
             if e.x > 1:
                 problems.append((f"{f}.engines.{phase}.x", e.x,
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
-    for lp in np_.bpram:
-        bseg = next((x for x in plan.node_plans[lp.borrower].segments if x.layer == lp.layer),
-                    None)
-        if abs(lp.borrower - k) != 1 or bseg is None or bseg.split != "whole" or \
-                bseg.weights_borrowed != bseg.weights:
-            problems.append((f"{where}.bpram", len(np_.bpram),
-                             f"node {k} keeps {lp.weights} weights of {lp.layer!r} for node "
-                             f"{lp.borrower} (only a whole segment lent entirely to a neighbour "
-                             f"is built)", "lent parameters (bpram)"))
-            break
+    # parameter lending: any keepers, near or far, pass-through nodes; not lent slices of split
+    # layers (their engines are not weight-stationary)
+    from .node.sets import keepers_of
+    try:
+        chains = keepers_of(plan, network)
+    except ValueError as e:
+        problems.append((f"{where}.bpram", len(np_.bpram), str(e), "lending"))
+        chains = {}
+    roles = {}
+    for (layer, b), kp in chains.items():
+        if not kp.involves(k):
+            continue
+        if kp.segment.split != "whole":
+            problems.append((f"node_plans[{b}].segments", layer,
+                             f"the weights of the {kp.segment.split} slice "
+                             f"{list(kp.segment.channels)} of {layer!r} on node {b} are kept on "
+                             f"nodes {sorted(j for j in kp.ranges if j != b)}, and node {k} "
+                             f"{'uses' if b == k else 'keeps or passes'} them (lent slices of "
+                             f"split layers are not built)", f"lent slice {layer}@{b}"))
+        if layer in roles:
+            problems.append((f"{where}.bpram", layer,
+                             f"node {k} keeps or passes on the weights of {layer!r} for nodes "
+                             f"{roles[layer]} and {b} (one lending chain per layer and node is "
+                             f"built)", f"two lending chains {layer}"))
+        roles[layer] = b
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
     n = len(plan.node_plans)
@@ -286,14 +290,9 @@ def unsupported(plan, k, network):
 
 def _stream_built(plan, a, b, s):
     """Whether plan stream ``s`` of link ``a -> b`` is one the nodes build (``NodeTop`` derives
-    a port for every activation, error, partial-sum and partial-error stream of its segments;
-    lent parameters and gradients only run between a lender and a neighbour borrower, not
-    through other nodes)."""
-    if s.path not in ("parameters", "gradients"):
-        return True
-    lends = [(j, lp) for j, q in enumerate(plan.node_plans) for lp in q.bpram
-             if lp.layer == s.layer]
-    return any({j, lp.borrower} == {a, b} for j, lp in lends)
+    a port for every activation, error, partial-sum and partial-error stream of its segments,
+    and for the weight sets and gradients of every lending chain through it)."""
+    return True
 
 
 def neighbours(plan, k, network):
