@@ -225,11 +225,6 @@ def unsupported(plan, k, network):
     where = f"node_plans[{k}]"
     for i, s in enumerate(np_.segments):
         f = f"{where}.segments[{i}]"
-        if s.split != "whole" and s.kind == "fc":
-            problems.append((f"{f}.split", s.split,
-                             f"fc layer {s.layer!r} is split across nodes ({s.split}: features "
-                             f"{s.channels}); split fc segments are not built yet",
-                             f"split fc segment {s.layer}"))
         for phase, e in s.engines.items():
             if e.x > 1:
                 problems.append((f"{f}.engines.{phase}.x", e.x,

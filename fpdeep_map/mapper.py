@@ -637,10 +637,9 @@ class _Context:
         # parameters are two streams, FP and EB)
         for d in flows.values():
             for (path, layer, width), words in list(d.items()):
-                if path in ("parameters", "gradients"):
-                    n = uses[layer] if path == "parameters" else 1
-                    d[(path, layer, width)] = n * math.ceil(words / n * width / 64 - 1e-9) \
-                        * 64 / width
+                n = uses[layer] if path == "parameters" else 1
+                d[(path, layer, width)] = n * math.ceil(words / n * width / 64 - 1e-9) \
+                    * 64 / width
         self.flows = flows
 
     def _hops(self, a, b):

@@ -57,6 +57,13 @@ class Work:
         return self.cin if self.split == "icp" else self.cout
 
     @property
+    def unit_step(self) -> int:
+        """Cuts fall at multiples of this many units: an fc layer cut by input features is cut
+        at channel boundaries of its input map (``fc_pixels`` features per channel; the engines
+        take whole pixels of channel lanes), any other layer at any unit."""
+        return self.fc_pixels if self.kind == "fc" and self.split == "icp" else 1
+
+    @property
     def kk(self) -> int:
         return self.k * self.k
 
@@ -328,6 +335,8 @@ def pack(works, nodes, dsp_budget, period, exact=False, offchip=None):
                 c = work.units if remaining == work.units and d is not None and d <= left else 0
             else:
                 c = _max_units(work, done, remaining, left, period, exact) if remaining else 0
+                if c < work.units - done:
+                    c -= c % work.unit_step         # channel boundaries (fc by features)
             if c == 0:
                 if fresh or not next_node():
                     return None               # one unit alone exceeds a whole node

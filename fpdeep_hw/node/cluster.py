@@ -38,7 +38,7 @@ or far, the borrower keeping a share itself (``NodeTop``, :mod:`fpdeep_hw.node.s
 in between pass the set and gradient streams on, so every link still joins neighbours.
 
 Not built (``ValueError`` naming the stream or segment): streams between non-neighbours, lent
-slices of split layers, split FC segments, ring and mesh topologies.
+slices of split layers, ring and mesh topologies.
 
 Golden model: :class:`sim.golden.train.GoldenTrainer` (``plan=``: the split arithmetic).
 Test / harness: ``tests/sim/test_cluster.py``, ``tests/sim/test_cluster_split.py``,

@@ -255,24 +255,32 @@ def layer_geometry(segment, network):
                              f"{segment.in_channels} -> {segment.out_channels} are not the whole "
                              f"layer ([0, {features}] -> [0, {oc}])")
     else:
-        if layer.kind != "conv":
-            raise ValueError(f"Layer {segment.layer!r}: split FC segments are not built")
         lo, hi = (int(x) for x in segment.channels)
-        total = c if segment.split == "icp" else oc
+        total = features if segment.split == "icp" else oc
         if not 0 <= lo < hi <= total or (lo, hi) == (0, total):
             raise ValueError(f"Layer {segment.layer!r}: {segment.split} channels "
                              f"{list(segment.channels)} must be part of [0, {total}]")
         if segment.split == "icp":
-            done = [0, oc] if hi == c else []
+            done = [0, oc] if hi == features else []
             if (list(segment.in_channels) != [lo, hi] or list(segment.out_channels) != [0, oc]
-                    or list(segment.completes) != done or (hi != c and segment.post)):
+                    or list(segment.completes) != done or (hi != features and segment.post)):
                 raise ValueError(f"Layer {segment.layer!r}: icp segment channels "
                                  f"{segment.in_channels} -> {segment.out_channels}, completes "
                                  f"{segment.completes}, post {list(segment.post)} do not match "
                                  f"its slice {[lo, hi]}")
+            if layer.kind == "fc":
+                # an fc layer is cut by features at channel boundaries of its input map (the
+                # engines take whole pixels of channel lanes): features [lo, hi) are channels
+                # [lo / HW, hi / HW)
+                if lo % (h * w) or hi % (h * w):
+                    raise ValueError(f"Layer {segment.layer!r}: icp features {[lo, hi]} are "
+                                     f"not at channel boundaries of its {c} x {h} x {w} input "
+                                     f"(multiples of {h * w}: split fc segments are built at "
+                                     f"channel boundaries)")
+                lo, hi = lo // (h * w), hi // (h * w)
             in_lo, c = lo, hi - lo
         else:
-            if (list(segment.in_channels) != [0, c] or list(segment.out_channels) != [lo, hi]
+            if (list(segment.in_channels) != [0, features] or list(segment.out_channels) != [lo, hi]
                     or list(segment.completes) != [lo, hi]):
                 raise ValueError(f"Layer {segment.layer!r}: ocp segment channels "
                                  f"{segment.in_channels} -> {segment.out_channels}, completes "

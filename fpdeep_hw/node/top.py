@@ -96,10 +96,12 @@ def mem_port_name(key):
 
 def slice_weights(w, geometry):
     """The part of a layer's weights ``w`` (master or working) a segment holds: ICP
-    ``w[:, c0:c1]``, OCP ``w[o0:o1]``, whole: ``w``."""
+    ``w[:, c0:c1]`` (fc: the features of channels ``c0 .. c1-1``, ``w[:, c0*HW:c1*HW]``), OCP
+    ``w[o0:o1]``, whole: ``w``."""
     g = geometry
     if g.split == "icp":
-        return w[:, g.in_lo:g.in_lo + g.in_channels]
+        hw = g.pixels if g.kind == "fc" else 1
+        return w[:, g.in_lo * hw:(g.in_lo + g.in_channels) * hw]
     if g.split == "ocp":
         return w[g.out_lo:g.out_lo + g.out_channels]
     return w

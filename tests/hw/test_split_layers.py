@@ -506,9 +506,15 @@ def test_constructor_errors():
         EBLayer(dataclasses.replace(segs[0], out_channels=[0, 5]), network, numerics)
     plan = map_network(network, load_board("sim-node"), 3, ocp_threshold=1)
     fc = next(s for n in plan.node_plans for s in n.segments if s.layer == "fc4")
-    assert fc.split == "icp"
-    with pytest.raises(ValueError, match=r"^Layer 'fc4': split FC segments are not built$"):
-        FPLayer(fc, network, numerics)
+    assert fc.split == "icp" and fc.channels == [0, 96]
+    # an fc layer is cut by features at channel boundaries of its 8 x 4 x 4 input
+    assert layer_geometry(fc, network).in_channels == 6
+    with pytest.raises(ValueError, match=r"^Layer 'fc4': icp features \[0, 100\] are not at "
+                                         r"channel boundaries of its 8 x 4 x 4 input \(multiples "
+                                         r"of 16: split fc segments are built at channel "
+                                         r"boundaries\)$"):
+        layer_geometry(dataclasses.replace(fc, channels=[0, 100], in_channels=[0, 100]),
+                       network)
 
 
 def test_ports():

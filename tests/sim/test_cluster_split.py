@@ -14,6 +14,8 @@ trained against the golden model with the plan's split arithmetic
   (BPRAM, BGB, update there; weight sets forward to node 0 twice per image, gradients back).
 * ``far``: ``tiny`` on 4 ``tiny-test-far`` boards (``tests/sim/data/tiny-test-far.yaml``): the
   weights of conv1 (node 0, no EB) kept on node 2; node 1 passes the set and gradient streams on.
+* ``fc4``: ``tiny`` on 4 ``sim-node`` boards: fc4 cut by input features at a channel boundary,
+  [0, 96) on node 2 and [96, 128) on node 3 (partial sums forward, errors back).
 * ``keepers`` (the ``far`` plan edited, the mapper makes no such plan for a small network): the
   weights of conv1 kept by node 0 itself (28), node 1 (40) and node 2 (40): weight sets 0, 1-2
   and 3 of 4; node 1 joins its sets to node 2's, node 0 its own to both, gradients routed back
@@ -42,6 +44,7 @@ CONFIGS = {
     "icp2": dict(net="tiny", board="sim-node", nodes=2, ocp_threshold=1),
     "lend": dict(net="tiny", board="tiny-test", nodes=2),
     "far": dict(net="tiny", board=str(DATA / "tiny-test-far.yaml"), nodes=4),
+    "fc4": dict(net="tiny", board="sim-node", nodes=4),
 }
 
 
@@ -210,6 +213,23 @@ def test_far_lending(runs):
         par = next(s for s in lk["streams"] if s["path"] == "parameters")
         # 4 sets of 27 weights (FP only) per image: 27 words
         assert par["items_per_image"] == [4] and par["predicted_words_per_image"] == 27
+
+
+@pytest.mark.timeout(900)
+def test_split_fc(runs):
+    """fc4 cut by input features at a channel boundary: [0, 96) (channels 0-5 of the 8 x 4 x 4
+    map) on node 2, [96, 128) on node 3 with the loss; 10 partial sums per image forward, the
+    10 output errors back."""
+    res = runs("fc4")
+    _check(res, 2, 2)
+    assert _layers(res) == [["conv1", "conv2@0"], ["conv2@1"], ["conv3", "fc4@2"], ["fc4@3"]]
+    assert _streams(res)[(2, 3)] == [("activations", "fc4"), ("partial_sums", "fc4")]
+    top = res["_prep"]["top"]
+    g2, g3 = top.nodes[2].layers[-1].geometry, top.nodes[3].layers[0].geometry
+    assert (g2.in_lo, g2.in_channels, g3.in_lo, g3.in_channels) == (0, 6, 6, 2)
+    lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (2, 3))
+    # channels 6-7 of 16 pixels (16 bits): 8 words; 10 partial sums of 32 bits: 5 words
+    assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
 
 
 @pytest.mark.timeout(900)
