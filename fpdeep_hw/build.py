@@ -231,8 +231,8 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
-    # parameter lending: any keepers, near or far, pass-through nodes; not lent slices of split
-    # layers (their engines are not weight-stationary)
+    # parameter lending: any keepers, near or far, pass-through nodes, whole layers and slices;
+    # one lending chain per layer through a node
     from .node.sets import keepers_of
     try:
         chains = keepers_of(plan, network)
@@ -243,13 +243,6 @@ def unsupported(plan, k, network):
     for (layer, b), kp in chains.items():
         if not kp.involves(k):
             continue
-        if kp.segment.split != "whole":
-            problems.append((f"node_plans[{b}].segments", layer,
-                             f"the weights of the {kp.segment.split} slice "
-                             f"{list(kp.segment.channels)} of {layer!r} on node {b} are kept on "
-                             f"nodes {sorted(j for j in kp.ranges if j != b)}, and node {k} "
-                             f"{'uses' if b == k else 'keeps or passes'} them (lent slices of "
-                             f"split layers are not built)", f"lent slice {layer}@{b}"))
         if layer in roles:
             problems.append((f"{where}.bpram", layer,
                              f"node {k} keeps or passes on the weights of {layer!r} for nodes "

@@ -38,6 +38,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
 from fpdeep_hw.memory.grad_buffer import BGB
 from fpdeep_hw.memory.line_buffer import LineBuffer
@@ -326,18 +327,25 @@ class WSFPLayer(_WSLayer):
         self._in_lanes, self._out_lanes = g.in_channels, g.out_channels
         self._acc_lanes, self._q = g.p, g.out_groups
         self._npix, self._npos = g.pixels, g.conv_height * g.conv_width
-        self._out_fmt = nm.activation
+        icp = g.split == "icp"
+        # an ICP slice: its sums rounded to the partial format, added to the upstream ones
+        self._out_fmt = nm.partial if icp else nm.activation
         self._frac_in = nm.activation.frac + nm.weight.frac
+        ow = aw if g.completes else nm.partial.width
         members = {
             "i": In(stream.Signature(_vec(aw, g.in_channels))),
             "w": In(stream.Signature(self._set_layout)),
-            "o": Out(stream.Signature(_vec(aw, g.out_channels))),
+            "o": Out(stream.Signature(_vec(ow, g.out_channels))),
             "act": Out(stream.Signature(_vec(aw, g.in_channels))),
             "done": Out(1),
             "busy": Out(1),
             "acc_overflows": Out(32),
             "out_overflows": Out(32),
         }
+        if icp:
+            members["add_overflows"] = Out(32)
+            if not g.icp_first:
+                members["up"] = In(stream.Signature(_vec(nm.partial.width, g.out_channels)))
         if g.relu:
             members["mask"] = Out(stream.Signature(data.ArrayLayout(1, g.out_channels)))
         if g.pool is not None:
@@ -399,10 +407,22 @@ class WSFPLayer(_WSLayer):
     def elaborate(self, platform):
         m = Module()
         g, nm = self._geom, self._numerics
-        aw, OC = nm.activation.width, g.out_channels
-        gathered = stream.Signature(_vec(aw, OC)).create(path=("gathered",))
+        OC = g.out_channels
+        gathered = stream.Signature(_vec(self._out_fmt.width, OC)).create(path=("gathered",))
         self._build_core(m, in_port=self.i, tap=self.act, out_stream=gathered)
-        _post_ops(m, self, gathered, g, nm)
+        cur = gathered
+        if g.split == "icp":
+            # as FPLayer: the slice's partial sums plus the upstream ones (the last slice rounds
+            # the total to the activation format)
+            m.submodules.adder = adder = PartialAdder(
+                lanes=OC, partial=nm.partial, output=nm.activation if g.completes else None,
+                first=g.icp_first)
+            wiring.connect(m, cur, adder.local)
+            if not g.icp_first:
+                wiring.connect(m, wiring.flipped(self.up), adder.upstream)
+            m.d.comb += self.add_overflows.eq(adder.overflows)
+            cur = adder.o
+        _post_ops(m, self, cur, g, nm)
         return m
 
 
@@ -450,17 +470,25 @@ class WSEBLayer(_WSLayer):
         self._in_lanes, self._out_lanes = g.out_channels, g.in_channels
         self._acc_lanes, self._q = g.s, g.groups
         self._npix, self._npos = g.conv_height * g.conv_width, g.pixels
-        self._out_fmt = nm.error
+        ocp = g.split == "ocp"
+        # an OCP slice: its errors rounded to the partial format, added along the span
+        self._out_fmt = nm.partial if ocp else nm.error
         self._frac_in = nm.error.frac + nm.weight.frac
-        wiring.Component.__init__(self, {
+        ow = nm.partial.width if ocp and not g.ocp_eb_last else ew
+        members = {
             "i": In(stream.Signature(_vec(ew, g.out_channels))),
             "w": In(stream.Signature(self._set_layout)),
-            "o": Out(stream.Signature(_vec(ew, g.in_channels))),
+            "o": Out(stream.Signature(_vec(ow, g.in_channels))),
             "done": Out(1),
             "busy": Out(1),
             "acc_overflows": Out(32),
             "out_overflows": Out(32),
-        })
+        }
+        if ocp:
+            members["add_overflows"] = Out(32)
+            if not g.ocp_eb_first:
+                members["up"] = In(stream.Signature(_vec(nm.partial.width, g.in_channels)))
+        wiring.Component.__init__(self, members)
 
     def _lb_geometry(self):
         g = self._geom
@@ -506,7 +534,23 @@ class WSEBLayer(_WSLayer):
 
     def elaborate(self, platform):
         m = Module()
-        self._build_core(m, in_port=self.i, tap=None, out_stream=wiring.flipped(self.o))
+        g, nm = self._geom, self._numerics
+        if g.split != "ocp":
+            self._build_core(m, in_port=self.i, tap=None, out_stream=wiring.flipped(self.o))
+            return m
+        # as EBLayer: the slice's partial errors plus those of the later slices (the span's
+        # first slice rounds the total to the error format)
+        C = g.in_channels
+        gathered = stream.Signature(_vec(self._out_fmt.width, C)).create(path=("gathered",))
+        self._build_core(m, in_port=self.i, tap=None, out_stream=gathered)
+        m.submodules.adder = adder = PartialAdder(
+            lanes=C, partial=nm.partial, output=nm.error if g.ocp_eb_last else None,
+            first=g.ocp_eb_first)
+        wiring.connect(m, gathered, adder.local)
+        if not g.ocp_eb_first:
+            wiring.connect(m, wiring.flipped(self.up), adder.upstream)
+        m.d.comb += self.add_overflows.eq(adder.overflows)
+        wiring.connect(m, adder.o, wiring.flipped(self.o))
         return m
 
 

@@ -177,8 +177,7 @@ class NodeTop(wiring.Component):
         neighbours through the ports listed below. Only the node holding the first layer has
         ``images``, only the one holding the last layer the loss unit and ``labels``.
         Weights kept on other nodes (``weights_borrowed``, the plan's ``bpram`` entries) are
-        streamed in (see "Parameter lending" below); lent slices of split layers are not built
-        (``ValueError``).
+        streamed in (see "Parameter lending" below), whole layers and ICP / OCP slices alike.
     network : fpdeep_map.network.Network
         The plan's network (the last compute layer an FC followed by the loss).
     lr : float
@@ -340,11 +339,6 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop: {e}") from None
         self.keepers = {}
         for (layer, b), kp in chains.items():
-            if kp.segment.split != "whole" and kp.involves(node):
-                raise ValueError(f"NodeTop: the weights of the {kp.segment.split} slice "
-                                 f"{list(kp.segment.channels)} of {layer!r} on node {b} are "
-                                 f"kept on other nodes (lent slices of split layers are not "
-                                 f"built)")
             if kp.involves(node):
                 if layer in self.keepers:
                     raise ValueError(f"NodeTop: node {node} keeps or passes on the weights of "
@@ -454,9 +448,10 @@ class NodeTop(wiring.Component):
                 continue
             if layer not in init_master:
                 raise ValueError(f"NodeTop: no initial weights for layer {layer!r}")
+            master = slice_weights(np.asarray(init_master[layer]).astype(np.int64),
+                                   layer_geometry(kp.segment, network))
             lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
-                            master=np.asarray(init_master[layer]).astype(np.int64),
-                            sets=kp.ranges[node])
+                            master=master, sets=kp.ranges[node])
             lender.borrower = kp.borrower
             self.lenders[layer] = lender
         self._members(network, compute, loss_layer)

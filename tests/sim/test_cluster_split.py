@@ -16,6 +16,12 @@ trained against the golden model with the plan's split arithmetic
   weights of conv1 (node 0, no EB) kept on node 2; node 1 passes the set and gradient streams on.
 * ``fc4``: ``tiny`` on 4 ``sim-node`` boards: fc4 cut by input features at a channel boundary,
   [0, 96) on node 2 and [96, 128) on node 3 (partial sums forward, errors back).
+* ``icplend``: ``tiny`` on 3 ``tiny-test-b24d90`` boards, conv2 cut by input channels: the weights
+  of its slice [1, 4) (node 1, which adds node 0's partial sums and completes the layer) kept on
+  node 2 (weight-stationary engines with the partial adder).
+* ``ocplend``: ``tiny`` on 3 ``tiny-test-b18d60`` boards, conv2 cut by output channels: the
+  weights of its slice [0, 4) (node 0, which rounds the partial errors) kept on node 2, two hops
+  away, through node 1 (which holds the slice [4, 8) and borrows conv3's weights from node 2).
 * ``keepers`` (the ``far`` plan edited, the mapper makes no such plan for a small network): the
   weights of conv1 kept by node 0 itself (28), node 1 (40) and node 2 (40): weight sets 0, 1-2
   and 3 of 4; node 1 joins its sets to node 2's, node 0 its own to both, gradients routed back
@@ -45,6 +51,9 @@ CONFIGS = {
     "lend": dict(net="tiny", board="tiny-test", nodes=2),
     "far": dict(net="tiny", board=str(DATA / "tiny-test-far.yaml"), nodes=4),
     "fc4": dict(net="tiny", board="sim-node", nodes=4),
+    "icplend": dict(net="tiny", board=str(DATA / "tiny-test-b24d90.yaml"), nodes=3,
+                    ocp_threshold=1),
+    "ocplend": dict(net="tiny", board=str(DATA / "tiny-test-b18d60.yaml"), nodes=3),
 }
 
 
@@ -73,13 +82,6 @@ def _run(name, images, batch):
     with mock.patch.object(mapper, "map_network", mapped):
         res = train.run(kw.pop("net"), kw.pop("board"), images=images, batch=batch, seed=0,
                         **kw)
-    res["_borrower"] = {lp.layer: lp.borrower for q in res["_prep"]["plan"].node_plans
-                        for lp in q.bpram}
-    # per lent layer: the farthest keeper's distance from the borrower, in links
-    res["_chain"] = {lp.layer: max(abs(j - lp.borrower)
-                                   for j, q in enumerate(res["_prep"]["plan"].node_plans)
-                                   for x in q.bpram if x.layer == lp.layer)
-                     for q in res["_prep"]["plan"].node_plans for lp in q.bpram}
     print(name, {k: res.get(k) for k in ("bit_exact", "cycles", "cycles_per_image",
                                          "predicted_cycles_per_image", "wall_seconds")})
     for lk in res["links"]:
@@ -104,6 +106,12 @@ def _check(res, images, batch, words=True):
     plan's link figures say (not for a hand-edited plan, whose link figures are the mapper's
     for the plan before the edit)."""
     assert res["mismatches"] == [] and res["bit_exact"] is True
+    plan = res["_prep"]["plan"]
+    # per lent layer: its borrower, and the farthest keeper's distance from it, in links
+    res["_borrower"] = {lp.layer: lp.borrower for q in plan.node_plans for lp in q.bpram}
+    res["_chain"] = {lp.layer: max(abs(j - lp.borrower) for j, q in enumerate(plan.node_plans)
+                                   for x in q.bpram if x.layer == lp.layer)
+                     for q in plan.node_plans for lp in q.bpram}
     assert all(v == images // batch for v in res["updates"].values()), res["updates"]
     for lk in res["links"]:
         assert lk["crc_errors"] == 0 and lk["seq_errors"] == 0
@@ -125,10 +133,11 @@ def _check(res, images, batch, words=True):
                 assert s["payload_words_per_image"] == s["predicted_words_per_image"], s
             elif s["path"] == "parameters":
                 # a lender runs ahead of the run's last image (by up to its lag): what the
-                # borrower's side holds at the end -- two weight registers of 4.5 words and the
-                # unpacker's 6.5 words per stream -- was delivered on top of the run's sets
+                # borrower's side holds at the end was delivered on top of the run's sets
                 extra = (s["payload_words_per_image"] - s["predicted_words_per_image"]) * images
-                bound = 16 * len(s["sids"])
+                # up to 4 sets per stream: two weight registers, the unpacker's set, one in flight
+                per_set = s["predicted_words_per_image"] / sum(s["items_per_image"])
+                bound = 4 * per_set * len(s["sids"])
                 if res["_chain"][s["layer"]] > 1:
                     # through a node passing the sets on, they run ahead into the next link's
                     # receive buffer: at most as far as the version rule lets the keepers go,
@@ -230,6 +239,28 @@ def test_split_fc(runs):
     lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (2, 3))
     # channels 6-7 of 16 pixels (16 bits): 8 words; 10 partial sums of 32 bits: 5 words
     assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
+
+
+@pytest.mark.timeout(900)
+def test_lent_icp_slice(runs):
+    res = runs("icplend")
+    _check(res, 2, 2)
+    top = res["_prep"]["top"]
+    nl = top.nodes[1].layers[0]
+    assert (nl.key, nl.geometry.split, nl.lender.ranges) == ("conv2@1", "icp", {2: (0, 8)})
+    assert hasattr(nl.fp, "up") and type(nl.fp).__name__ == "WSFPLayer"
+
+
+@pytest.mark.timeout(900)
+def test_lent_ocp_slice(runs):
+    res = runs("ocplend")
+    _check(res, 2, 2)
+    top = res["_prep"]["top"]
+    nl = top.nodes[0].layers[1]
+    assert (nl.key, nl.geometry.split, nl.lender.ranges) == ("conv2@0", "ocp", {2: (0, 16)})
+    assert hasattr(nl.eb, "up") and type(nl.eb).__name__ == "WSEBLayer"
+    assert {"far_fp_conv2", "far_eb_conv2", "lend_fp_conv2", "w_fp_conv3_next"} <= \
+        set(top.nodes[1].link_ports)
 
 
 @pytest.mark.timeout(900)
