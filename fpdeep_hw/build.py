@@ -231,24 +231,12 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
-    # parameter lending: any keepers, near or far, pass-through nodes, whole layers and slices;
-    # one lending chain per layer through a node
+    # parameter lending: any keepers, near or far, pass-through nodes, whole layers and slices
     from .node.sets import keepers_of
     try:
-        chains = keepers_of(plan, network)
+        keepers_of(plan, network)
     except ValueError as e:
         problems.append((f"{where}.bpram", len(np_.bpram), str(e), "lending"))
-        chains = {}
-    roles = {}
-    for (layer, b), kp in chains.items():
-        if not kp.involves(k):
-            continue
-        if layer in roles:
-            problems.append((f"{where}.bpram", layer,
-                             f"node {k} keeps or passes on the weights of {layer!r} for nodes "
-                             f"{roles[layer]} and {b} (one lending chain per layer and node is "
-                             f"built)", f"two lending chains {layer}"))
-        roles[layer] = b
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
     n = len(plan.node_plans)
@@ -363,6 +351,23 @@ def fix_constant_always(text):
     return "\nendmodule".join(modules), fixed
 
 
+def convert_node(node, name=NODE_MODULE):
+    """Verilog of ``node`` (module ``name``), identical sub-blocks converted once.
+
+    The node is converted to RTLIL inside :func:`fpdeep_hw.compute.shared.sharing` (every
+    :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
+    the shared modules' RTLIL is appended, and Yosys writes the Verilog as
+    ``amaranth.back.verilog.convert`` does.
+    """
+    from amaranth.back import rtlil, verilog
+
+    from .compute.shared import sharing
+    with sharing(f"{name}_m") as modules:
+        text = rtlil.convert(node, name=name, emit_src=False)
+    text += "".join(modules.rtlil.values())
+    return verilog._convert_rtlil_text(text)
+
+
 def node_yaml(plan, k):
     """This node's part of the plan: global fields, its node entry and its links."""
     d = plan.to_dict()
@@ -399,14 +404,50 @@ def synth_counts(verilog_file, family, workdir):
             "family": family, "cells": cells}
 
 
+def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
+    """The initial master weights node ``k`` needs (its segments' layers and the layers whose
+    weight sets it keeps), equal to ``sim.golden.train.init_weights(network, seed,
+    plan.numerics)`` for those layers.
+
+    ``init_weights`` draws every layer of the network in order from one generator and quantizes
+    it element by element (VGG-16: 138 M weights, a minute and 7 GB); here the layers the node
+    does not need are still drawn, to advance the generator identically, but in chunks and
+    without quantizing (``Generator.normal`` fills arrays element by element from the bit
+    stream, so chunked draws consume it exactly as one draw does).
+    """
+    import math
+
+    import numpy as np
+
+    from sim import fixed
+    from sim.golden.train import weight_shape
+
+    from .node.sets import keepers_of
+    need = {s.layer for s in plan.node_plans[k].segments}
+    try:
+        need |= {layer for (layer, _), kp in keepers_of(plan, network).items()
+                 if k in kp.ranges}
+    except ValueError:
+        pass                                # NodeTop reports it
+    rng = np.random.default_rng(seed)
+    out = {}
+    for layer in network.compute_layers():
+        shape = weight_shape(layer)
+        sd = math.sqrt(2.0 / int(np.prod(shape[1:])))
+        if layer.name in need:
+            out[layer.name], _ = fixed.quantize(rng.normal(0.0, sd, shape), plan.numerics.master)
+        else:
+            left = int(np.prod(shape))
+            while left:
+                rng.normal(0.0, sd, min(left, chunk))
+                left -= min(left, chunk)
+    return out
+
+
 def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
                progress=None, label=""):
     """Build node ``k``; returns ``(folder, report)``. Writes only the final folder."""
-    from amaranth.back import verilog
-
     from boards.platforms import platform_for
-    from sim.golden.train import init_weights
-
     from .board_top import BoardTop, LinkedNode
     from .node.top import NodeTop
 
@@ -416,12 +457,11 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     with progress.stage("generate NodeTop"):
         try:
             top = NodeTop(plan, k, network, lr=lr,
-                          init_master=init_weights(network, seed, plan.numerics))
+                          init_master=node_init_weights(plan, k, network, seed))
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
-        node_v, fixups = fix_constant_always(verilog.convert(LinkedNode(top), name=NODE_MODULE,
-                                                            emit_src=False))
+        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top)))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)

@@ -7,7 +7,9 @@ so that both build the same framers from a plan:
 - per stream the plan lists for a link direction (``plan.links[*].streams``, in order), the
   node ports whose :attr:`NodeTop.link_ports` entry is ``(peer, path, layer)`` of that stream
   (sending ports ``Out`` on the source node, receiving ports ``In`` on the destination), in
-  name order -- one port, or two for a lent layer's ``parameters`` (FP and EB weight sets);
+  the order of their :attr:`NodeTop.link_tags` (lending chains: borrower, then FP / EB), then
+  of their names -- one port, or two for a lent layer's ``parameters`` (FP and EB weight sets),
+  two per lending chain where several chains of one layer share the link;
 - one :class:`~fpdeep_hw.link.framer.LinkStream` per such port, **stream id = its position
   on the link + 1**, path from the plan, 64-bit words (``width=64, words=1``): the port's items
   (``bits`` each, ``NodeTop.link_items`` per image) are packed densely into link words by a
@@ -101,7 +103,9 @@ def link_end(node, src, dst, *, depth=DEPTH):
     flow = wiring.Flow.Out if k == src else wiring.Flow.In
     end = LinkEnd(src, dst, e)
     for j, s in enumerate(e.streams):
-        names = [name for name, key in sorted(node.link_ports.items())
+        tags = getattr(node, "link_tags", {})
+        names = [name for name, key in sorted(node.link_ports.items(),
+                                              key=lambda kv: (tags.get(kv[0], ()), kv[0]))
                  if key == (peer, s.path, s.layer) and node.signature.members[name].flow == flow]
         if not names:
             raise ValueError(f"stream {s.path} of {s.layer!r} on link {src} -> {dst} is not "

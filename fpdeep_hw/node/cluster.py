@@ -203,7 +203,8 @@ class Cluster(wiring.Component):
                 if nl.lender is not None:
                     # monitors find the borrowed segment's updates and BGBs on its keepers:
                     # [(Lender, (lo, hi))] in address order
-                    nl.parts = [(self.nodes[j].lenders[nl.name], r)
+                    nl.parts = [(self.nodes[j].lenders[
+                                    self.nodes[j].chain_names[(nl.name, nl.node)]], r)
                                 for j, r in sorted(nl.lender.ranges.items())]
         self.words_per_cycle = Fraction(words_per_cycle).limit_denominator(4096)
         self.link_latency = link_latency
@@ -315,9 +316,10 @@ class Cluster(wiring.Component):
         # finished every image that entered the cluster (the end-of-run side band)
         for node in self.nodes:
             for n, lender in node.lenders.items():
-                if lender.borrower == node.node:
+                b = self.nodes[lender.borrower]
+                if b is node:
                     continue                # the borrower's own share: NodeTop's flush
-                done = getattr(self.nodes[lender.borrower], f"ws_images_{n}")
+                done = getattr(b, f"ws_images_{b.chain_names[(lender.geometry.name, b.node)]}")
                 m.d.comb += getattr(node, f"lend_flush_{n}").eq(
                     self.flush & (done == first.images_in))
         for lk in self.links:

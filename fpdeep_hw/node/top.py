@@ -272,9 +272,17 @@ class NodeTop(wiring.Component):
         A keeper other than the borrower: end of run (the borrower's FP has finished every
         image), see :class:`~fpdeep_hw.node.lend.Lender`.
     keepers : dict
-        ``{layer: Keepers}`` of every lending chain through this node (plain attribute).
+        ``{chain: Keepers}`` of every lending chain through this node (plain attribute); a
+        chain is named by its layer, or ``<layer>_for<borrower>`` where two chains of one layer
+        (two borrowing slices of a split layer) pass the node; the ``<layer>`` of the port
+        names above is the chain's name.
+    chain_names : dict
+        ``{(layer, borrower): chain}``.
     lenders : dict
-        ``{layer: Lender}`` for the set ranges this node keeps (plain attribute).
+        ``{chain: Lender}`` for the set ranges this node keeps (plain attribute).
+    link_tags : dict
+        ``{member: (borrower, "fp" | "eb" | "g")}`` of the lending ports: the order in which both
+        ends of a link pair the ports of one plan stream (``fpdeep_hw/link/streams.py``).
     x_in : property
         ``images`` or ``a_in``.
     first, last : bool
@@ -337,16 +345,19 @@ class NodeTop(wiring.Component):
             chains = keepers_of(plan, network)
         except ValueError as e:
             raise ValueError(f"NodeTop: {e}") from None
-        self.keepers = {}
-        for (layer, b), kp in chains.items():
-            if kp.involves(node):
-                if layer in self.keepers:
-                    raise ValueError(f"NodeTop: node {node} keeps or passes on the weights of "
-                                     f"{layer!r} for two nodes (one lending chain per layer and "
-                                     f"node is built)")
-                self.keepers[layer] = kp
+        # a chain's name: its layer, or layer_for<borrower> where two chains of one layer (two
+        # borrowing slices of a split layer) pass this node
+        mine = [(key, kp) for key, kp in chains.items() if kp.involves(node)]
+        count = {}
+        for (layer, _), _ in mine:
+            count[layer] = count.get(layer, 0) + 1
+        self.keepers, self.chain_names = {}, {}
+        for (layer, b), kp in mine:
+            name = layer if count[layer] == 1 else f"{layer}_for{b}"
+            self.keepers[name] = kp
+            self.chain_names[(layer, b)] = name
         for s in segs:
-            if s.weights_borrowed and s.layer not in self.keepers:
+            if s.weights_borrowed and (s.layer, node) not in self.chain_names:
                 raise ValueError(f"NodeTop: no node keeps the weights of {s.layer!r} for "
                                  f"node {node}")
         self._first = i0 == 0
@@ -430,7 +441,7 @@ class NodeTop(wiring.Component):
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
             pg = PGLayer(seg, network, num, batch=batch, lgb=not borrowed)
             upd = gate = None
-            lender = self.keepers[seg.layer] if borrowed else None
+            lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:
                 upd = WeightUpdate(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
                                    depth=geo.weight_sets, lr_q=lr_q,
@@ -443,7 +454,8 @@ class NodeTop(wiring.Component):
         # the weight sets this node keeps (for a borrower, or its own share of a borrowed
         # segment): BPRAM, BGB, update, version rule
         self.lenders = {}
-        for layer, kp in self.keepers.items():
+        for name, kp in self.keepers.items():
+            layer = kp.layer
             if node not in kp.ranges:
                 continue
             if layer not in init_master:
@@ -453,7 +465,7 @@ class NodeTop(wiring.Component):
             lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
                             master=master, sets=kp.ranges[node])
             lender.borrower = kp.borrower
-            self.lenders[layer] = lender
+            self.lenders[name] = lender
         self._members(network, compute, loss_layer)
 
     # ---- neighbour ports ------------------------------------------------------------------------
@@ -529,6 +541,7 @@ class NodeTop(wiring.Component):
             port("e_in", In, ew, OCz, "next", "errors", z.name, z_out)
         # parameter lending (fpdeep_hw/node/sets.py): per segment whose weight sets this node
         # uses (borrower), keeps for another node or passes on, the set and gradient streams
+        tags = {}
         for n, kp in self.keepers.items():
             g = layer_geometry(kp.segment, network)
             set_sig = stream.Signature(weight_set_layout(num.weight, g.kernel, g.p * g.s))
@@ -544,8 +557,12 @@ class NodeTop(wiring.Component):
                     if name == eb and not g.has_eb:
                         continue
                     members[name] = f(sg)
-                    ports[name] = (peer, "gradients" if name == grad else "parameters", n)
+                    ports[name] = (peer, "gradients" if name == grad else "parameters",
+                                   kp.layer)
                     items[name] = count
+                    # both ends of a link order the ports of one plan stream by this tag
+                    tags[name] = (kp.borrower, "fp" if name == fp else "eb" if name == eb
+                                  else "g")
             if kp.borrower == self._node:
                 for side in ("prev", "next"):
                     if kp.side(side):
@@ -576,6 +593,7 @@ class NodeTop(wiring.Component):
         super().__init__(members)
         self.link_ports = ports
         self.link_items = items
+        self.link_tags = tags
 
     plan = property(lambda self: self._plan)
     node = property(lambda self: self._node)
@@ -645,7 +663,7 @@ class NodeTop(wiring.Component):
             port = lambda name: wiring.flipped(getattr(self, name))  # noqa: E731
             has_eb = layer_geometry(kp.segment, self._network).has_eb
             if kp.borrower == node:
-                nl = next(x for x in self.layers if x.name == n)
+                nl = next(x for x in self.layers if x.name == kp.layer)
                 # (set source per phase, count) and (gradient sink, address range), address order
                 srcs, sinks, lo = [], [], 0
                 for side in ("prev", "next"):
@@ -885,7 +903,7 @@ class NodeTop(wiring.Component):
                     produce(("err", prv), eb.o, lo_in, C, ew)
             if borrowed:
                 # weight sets from their keepers, gradients back to them: _lending
-                n_ = nl.name
+                n_ = self.chain_names[(nl.name, self._node)]
                 ws_images = getattr(self, f"ws_images_{n_}")
                 with m.If(fp.done):
                     m.d.sync += ws_images.eq(ws_images + 1)

@@ -22,6 +22,9 @@ trained against the golden model with the plan's split arithmetic
 * ``ocplend``: ``tiny`` on 3 ``tiny-test-b18d60`` boards, conv2 cut by output channels: the
   weights of its slice [0, 4) (node 0, which rounds the partial errors) kept on node 2, two hops
   away, through node 1 (which holds the slice [4, 8) and borrows conv3's weights from node 2).
+* ``twochains``: ``digits`` on 3 ``tiny-test`` boards, conv2 cut by output channels over the three
+  nodes: node 1 keeps the weights of both other slices (two lending chains of one layer, one to
+  each side; ports ``*_conv2_for0`` / ``*_conv2_for2``).
 * ``keepers`` (the ``far`` plan edited, the mapper makes no such plan for a small network): the
   weights of conv1 kept by node 0 itself (28), node 1 (40) and node 2 (40): weight sets 0, 1-2
   and 3 of 4; node 1 joins its sets to node 2's, node 0 its own to both, gradients routed back
@@ -54,6 +57,7 @@ CONFIGS = {
     "icplend": dict(net="tiny", board=str(DATA / "tiny-test-b24d90.yaml"), nodes=3,
                     ocp_threshold=1),
     "ocplend": dict(net="tiny", board=str(DATA / "tiny-test-b18d60.yaml"), nodes=3),
+    "twochains": dict(net="digits", board="tiny-test", nodes=3),
 }
 
 
@@ -313,32 +317,23 @@ def test_bit_flips_on_the_wire():
     assert train.compare(prep, rec, final) != []
 
 
-@pytest.mark.parametrize("nodes, message", [
-    (3, r"^NodeTop: the weights of the ocp slice \[0, 5\] of 'conv2' on node 0 are kept on "
-        r"other nodes \(lent slices of split layers are not built\)$"),
-    (5, r"^NodeTop: the weights of the ocp slice \[7, 11\] of 'conv2' on node 2 are kept on "
-        r"other nodes \(lent slices of split layers are not built\)$")])
-def test_unbuilt_lending_is_refused(nodes, message):
-    from fpdeep_hw.node.cluster import Cluster
+@pytest.mark.timeout(900)
+def test_two_chains_of_one_layer(runs):
+    res = runs("twochains")
+    _check(res, 2, 2)
+    top = res["_prep"]["top"]
+    assert top.nodes[1].chain_names == {("conv2", 0): "conv2_for0", ("conv2", 2): "conv2_for2"}
+    assert sorted(top.nodes[1].lenders) == ["conv2_for0", "conv2_for2"]
+
+
+def test_lending_to_a_node_without_the_layer_is_refused():
+    from fpdeep_hw.node.sets import keepers_of
     from fpdeep_map.board import load_board
     from fpdeep_map.mapper import map_network
     from fpdeep_map.network import load_network
-    from sim.golden.train import init_weights
-    import gc
-    import re
-    import warnings
-    net = load_network("digits")
-    plan = map_network(net, load_board("tiny-test"), nodes, batch=2, max_row_lanes=1)
-    # the nodes built before the refused one are never elaborated: collect them here, where
-    # their UnusedElaboratable warnings are expected
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            Cluster(plan, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
-                    batch=2)
-        except ValueError as e:
-            msg = str(e)
-        else:
-            msg = None
-        gc.collect()
-    assert msg is not None and re.match(message, msg), msg
+    net = load_network("tiny")
+    plan = map_network(net, load_board("tiny-test"), 2, batch=2, max_row_lanes=1)
+    plan.node_plans[1].bpram[0].borrower = 1
+    with pytest.raises(ValueError, match=r"^node 1 borrows the weights of 'conv2' but holds no "
+                                         r"segment of it$"):
+        keepers_of(plan, net)
