@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from fpdeep_map.numerics import FixedFormat, NumericsConfig
+from fpdeep_hw.compute.shared import shared
 from fpdeep_hw.numerics import OverflowCounter, requantize, saturating_add
 
 __all__ = ["ConvTile", "ConvEngine", "CEArray"]
@@ -339,7 +340,9 @@ class CEArray(wiring.Component):
         for e in range(self._engines):
             eng = ConvEngine(k=self._k, tiles=self._tiles, in_width=self._in_fmt.width,
                              weight_width=self._weight_fmt.width, acc_width=self._acc_width)
-            m.submodules[f"engine{e}"] = eng
+            # identical engines: converted once by the build (fpdeep_hw.compute.shared)
+            m.submodules[f"engine{e}"] = shared(eng, (self._k, self._tiles, self._in_fmt.width,
+                                                      self._weight_fmt.width, self._acc_width))
             m.d.comb += [
                 eng.en.eq(advance),
                 eng.valid.eq(both),
