@@ -337,8 +337,6 @@ def _assert_refused(proc, out, *fragments):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--board", "vc709", "--node", "4"],
-     ["node_plans[4]", "not supported by the hardware generator", "link stream parameters"]),
     (["--board", "vc709", "--node", "15"], ["--node: 15: outside the plan: nodes 0..14"]),
     (["--board", "vc707", "--node", "0"], ["'vc707'", "unknown board"]),
     (["--board", "sim-node", "--net", "tiny", "--nodes", "1", "--node", "0"],
@@ -564,13 +562,16 @@ def test_middle_node_vc709(tmp_path):
     assert proc.returncode == 0 and "%Warning" not in report and "%Error" not in report, report
 
 
-def test_vc709_default_node_4_lanes_fit(tmp_path):
-    """Node 4 of the default plan (VGG-16 on 15 VC709) has two neighbours: refused for other
-    reasons, but no longer for its chain lanes."""
-    out = tmp_path / "out"
-    proc = _cli("--board", "vc709", "--node", "4", "--out", str(out))
-    _assert_refused(proc, out, "node_plans[4]")
-    assert "chain lanes" not in proc.stderr and "chain neighbours" not in proc.stderr
+def test_vc709_default_node_4_is_buildable():
+    """Node 4 of the default plan (VGG-16 on 15 VC709): nothing the generator refuses -- its
+    two chain neighbours fit VC709's SFP+ lanes, its off-chip Act-RAMs and its lending chains
+    (it keeps sets of conv5_2 for node 13, passes conv5_1 / conv5_2 sets on) are built. (The
+    build itself is the benchmark ``bench/bench_build.py``, not a test: minutes of CPU.)"""
+    from fpdeep_hw.build import lane_problems, unsupported
+    vgg = load_network("vgg16")
+    plan = map_network(vgg, load_board("vc709"), 15, batch=128, max_row_lanes=1)
+    assert unsupported(plan, 4, vgg) == []
+    assert lane_problems(plan, 4, "vc709", vgg) == []
 
 
 def test_lane_problems(monkeypatch):
