@@ -43,8 +43,9 @@ class SharedModules:
         ``{module name: number of instances}``.
     """
 
-    def __init__(self, prefix="fpdeep_shared"):
+    def __init__(self, prefix="fpdeep_shared", convert=None):
         self.prefix = prefix
+        self._convert = convert
         self.rtlil = {}
         self.uses = {}
         self._names = {}
@@ -63,7 +64,10 @@ class SharedModules:
         if name not in self.rtlil:
             token = _CURRENT.set(None)         # the shared module itself is converted flat
             try:
-                text = rtlil.convert(block, name=name, emit_src=False)
+                if self._convert is not None:
+                    text = self._convert(block, name=name)
+                else:
+                    text = rtlil.convert(block, name=name, emit_src=False)
             finally:
                 _CURRENT.reset(token)
             text = text.replace("attribute \\top 1\n", "", 1)
@@ -113,10 +117,11 @@ def shared(block, key):
 
 
 @contextlib.contextmanager
-def sharing(prefix="fpdeep_shared"):
+def sharing(prefix="fpdeep_shared", convert=None):
     """Context in which :func:`shared` blocks become instances; yields the
-    :class:`SharedModules` whose ``rtlil`` texts complete the design's RTLIL."""
-    modules = SharedModules(prefix)
+    :class:`SharedModules` whose ``rtlil`` texts complete the design's RTLIL. ``convert(block,
+    name=)``, if given, replaces ``amaranth.back.rtlil.convert`` for the shared modules."""
+    modules = SharedModules(prefix, convert)
     token = _CURRENT.set(modules)
     try:
         yield modules
