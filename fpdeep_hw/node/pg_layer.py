@@ -26,6 +26,7 @@ from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import Geometry
 
 from ..memory.grad_buffer import LGB, _count_flags
+from ..compute.shared import shared
 from ..memory.line_buffer import LineBuffer
 from ..numerics import requantize, saturating_add
 from .fp_layer import layer_geometry
@@ -36,6 +37,58 @@ __all__ = ["PGLayer"]
 def _pos_int(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"PGLayer {name} must be a positive integer, not {value!r}")
+
+
+class _PGLane(wiring.Component):
+    """One element of :class:`PGLayer`'s accumulators: its bank (``depth`` words of
+    ``signed(accw)``; write port, accumulate and drain read ports), the stage-2 registers
+    (product, forwarded old value), the saturating sum and its write-back, and the drain
+    requantisation into the output register ``out`` (loaded when ``adv``). The parent drives
+    every lane with the same control; ``acc_flag`` / ``out_flag`` are the lane's overflow flags.
+    All lanes of a layer are identical (one shared module in the build)."""
+
+    def __init__(self, *, aw, ew, accw, depth, frac_in, out_fmt):
+        self._aw, self._ew, self._accw, self._depth = aw, ew, accw, depth
+        self._frac_in, self._out_fmt = frac_in, out_fmt
+        self.key = (aw, ew, accw, depth, frac_in, out_fmt.width, out_fmt.frac,
+                    out_fmt.rounding)
+        super().__init__({
+            "win": In(signed(aw)), "err": In(signed(ew)),
+            "hit2": In(1), "hitb": In(1), "first": In(1), "valid": In(1),
+            "w_addr": In(range(depth)), "w_en": In(1), "r_addr": In(range(depth)),
+            "d_addr": In(range(depth)), "d_en": In(1), "consume": In(1), "adv": In(1),
+            "acc_flag": Out(1), "out_flag": Out(1), "out": Out(signed(out_fmt.width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        accw = self._accw
+        m.submodules.bank = bank = Memory(shape=signed(accw), depth=self._depth, init=[])
+        wp = bank.write_port()
+        rp = bank.read_port()                 # accumulate: synchronous, non-transparent
+        dp = bank.read_port()                 # drain
+        prod = Signal(signed(self._aw + self._ew))
+        old = Signal(signed(accw))
+        wb_data = Signal(signed(accw))
+        sums = Signal(signed(accw))
+        m.d.sync += [
+            prod.eq(self.win * self.err),
+            old.eq(Mux(self.hit2, sums, Mux(self.hitb, wb_data, rp.data))),
+            wb_data.eq(sums),
+        ]
+        total, ovf = saturating_add(old, prod, accw)
+        m.d.comb += [
+            sums.eq(Mux(self.first, prod, total)),
+            self.acc_flag.eq(self.valid & ~self.first & ovf),
+            wp.addr.eq(self.w_addr), wp.data.eq(sums), wp.en.eq(self.w_en),
+            rp.addr.eq(self.r_addr), rp.en.eq(1),
+            dp.addr.eq(self.d_addr), dp.en.eq(self.d_en),
+        ]
+        value, ovf2 = requantize(dp.data, self._frac_in, self._out_fmt)
+        m.d.comb += self.out_flag.eq(self.consume & ovf2)
+        with m.If(self.adv):
+            m.d.sync += self.out.eq(value)
+        return m
 
 
 class PGLayer(wiring.Component):
@@ -311,22 +364,15 @@ class PGLayer(wiring.Component):
 
         d_addr = Signal(range(depth))
         d_en = Signal()
-        rd_acc = Signal(acc_layout)
-        rd_drain = Signal(acc_layout)
-        w_addr = Signal(range(depth))
-        w_en = Signal()
-        w_data = Signal(acc_layout)
+        frac_in = n.error.frac + n.activation.frac
+        # one accumulator lane per element of a set (bank, multiply-accumulate, drain
+        # requantisation); identical lanes, converted once by the build (shared)
+        lanes = []
         for k in range(nb):
-            bank = Memory(shape=signed(accw), depth=depth, init=[])
-            m.submodules[f"acc_{k}"] = bank
-            wp = bank.write_port()
-            rp = bank.read_port()             # accumulate: synchronous, non-transparent
-            dp = bank.read_port()             # drain
-            m.d.comb += [
-                wp.addr.eq(w_addr), wp.data.eq(w_data[k]), wp.en.eq(w_en),
-                rp.addr.eq(addr0), rp.en.eq(1), rd_acc[k].eq(rp.data),
-                dp.addr.eq(d_addr), dp.en.eq(d_en), rd_drain[k].eq(dp.data),
-            ]
+            lane = _PGLane(aw=aw, ew=ew, accw=accw, depth=depth, frac_in=frac_in,
+                           out_fmt=n.gradient)
+            m.submodules[f"acc_{k}"] = shared(lane, lane.key)
+            lanes.append(lane)
 
         # -- stage 1: operand lanes selected (padding lanes 0) ------------------------------------
         s1_valid = Signal()
@@ -363,30 +409,24 @@ class PGLayer(wiring.Component):
         s2_first = Signal()
         s2_last = Signal()
         s2_half = Signal()
-        s2_prod = Signal(data.ArrayLayout(signed(aw + ew), nb))
-        s2_old = Signal(acc_layout)
         wb_valid = Signal()                   # the write of the previous cycle
         wb_addr = Signal(range(depth))
-        wb_data = Signal(acc_layout)
-        sums = Signal(acc_layout)
         hit2 = s2_valid & (s2_addr == s1_addr)
         hitb = wb_valid & (wb_addr == s1_addr)
         m.d.sync += [s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_first.eq(s1_first),
                      s2_last.eq(s1_last), s2_half.eq(s1_half)]
         acc_flags = Signal(nb)
         for k, (e, s, ky, kx) in enumerate(banks):
-            m.d.sync += [
-                s2_prod[k].eq(s1_win[s][ky][kx] * s1_err[e]),
-                s2_old[k].eq(Mux(hit2, sums[k], Mux(hitb, wb_data[k], rd_acc[k]))),
-            ]
-            total, ovf = saturating_add(s2_old[k], s2_prod[k], accw)
+            lane = lanes[k]
             m.d.comb += [
-                sums[k].eq(Mux(s2_first, s2_prod[k], total)),
-                acc_flags[k].eq(s2_valid & ~s2_first & ovf),
+                lane.win.eq(s1_win[s][ky][kx]), lane.err.eq(s1_err[e]),
+                lane.hit2.eq(hit2), lane.hitb.eq(hitb), lane.first.eq(s2_first),
+                lane.valid.eq(s2_valid),
+                lane.w_addr.eq(s2_addr), lane.w_en.eq(s2_valid), lane.r_addr.eq(addr0),
+                acc_flags[k].eq(lane.acc_flag),
             ]
         _count_flags(m, acc_flags, self.acc_overflow)
-        m.d.comb += [w_addr.eq(s2_addr), w_en.eq(s2_valid), w_data.eq(sums)]
-        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr), wb_data.eq(sums)]
+        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr)]
 
         # -- drain: read the finished half in address order, requantise, into the LGB -----------
         dr_half = Signal()
@@ -434,7 +474,6 @@ class PGLayer(wiring.Component):
             done.eq((done | set_done) & ~clear),
         ]
 
-        frac_in = n.error.frac + n.activation.frac
         out_flags = Signal(nb)
         with m.If(adv):
             m.d.sync += [
@@ -444,9 +483,12 @@ class PGLayer(wiring.Component):
                 q_img_last.eq(h_addr == N - 1),
             ]
         for k, (e, s, ky, kx) in enumerate(banks):
-            value, ovf = requantize(rd_drain[k], frac_in, n.gradient)
-            m.d.comb += out_flags[k].eq(consume & ovf)
-            with m.If(adv):
-                m.d.sync += q.payload.data[e * S + s][ky][kx].eq(value)
+            lane = lanes[k]
+            m.d.comb += [
+                lane.d_addr.eq(d_addr), lane.d_en.eq(d_en), lane.consume.eq(consume),
+                lane.adv.eq(adv),
+                out_flags[k].eq(lane.out_flag),
+                q.payload.data[e * S + s][ky][kx].eq(lane.out),
+            ]
         _count_flags(m, out_flags, self.out_overflow)
         return m
