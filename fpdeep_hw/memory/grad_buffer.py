@@ -18,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
 
+from ..compute.shared import shared
 from ..numerics import requantize, saturating_add
 
 __all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
@@ -224,24 +225,26 @@ class GradBuffer(wiring.Component):
         depth, mem_depth = self._depth, self._mem_depth
         index = self._index()
         n = len(index)
-        acc_shape = signed(self._acc_width)
-        acc_layout = data.ArrayLayout(acc_shape, n)
 
         # One memory (bank) per element of a gradient set, as the parameter RAMs: narrow words
         # map to block RAM as well as one wide word would, and keep every write-enable mask
         # small (a single word of hundreds of accumulators is more than the Python simulator
-        # can compile).
-        w_port = _Ports(acc_layout, mem_depth)    # the banks' ports seen together
-        r_port = _Ports(acc_layout, mem_depth)
+        # can compile). Each bank with its element's datapath is one _GradLane (identical
+        # lanes: one shared module in the build).
+        recip, r = self.reciprocal
+        frac_in = self._in_fmt.frac + r
+        lanes = []
         for k in range(n):
-            bank = Memory(shape=acc_shape, depth=mem_depth, init=[])
-            m.submodules[f"bank_{k}"] = bank
-            bw = bank.write_port()
-            br = bank.read_port()             # synchronous, non-transparent
-            m.d.comb += [
-                bw.addr.eq(w_port.addr), bw.data.eq(w_port.data[k]), bw.en.eq(w_port.en),
-                br.addr.eq(r_port.addr), br.en.eq(r_port.en), r_port.data[k].eq(br.data),
-            ]
+            lane = _GradLane(in_width=self._in_fmt.width, acc_width=self._acc_width,
+                             depth=mem_depth, recip=recip, frac_in=frac_in,
+                             out_fmt=self._out_fmt)
+            m.submodules[f"bank_{k}"] = shared(lane, lane.key)
+            lanes.append(lane)
+        w_addr = Signal(range(mem_depth))
+        w_en = Signal()
+        w_zero = Signal()
+        r_addr = Signal(range(mem_depth))
+        r_en = Signal()
 
         acc_flags = Signal(n)                 # per element: clamped by the accumulation
         out_flags = Signal(n)                 # per element: clamped by the averaging
@@ -258,31 +261,17 @@ class GradBuffer(wiring.Component):
         ]
         s1_valid = Signal()
         s1_addr = Signal(range(mem_depth))
-        s1_data = Signal(data.ArrayLayout(signed(self._in_fmt.width), n))
         m.d.sync += [
             s1_valid.eq(do_accept),
             s1_addr.eq(self.i.payload.addr),
         ]
-        for k, (s, ky, kx) in enumerate(index):
-            m.d.sync += s1_data[k].eq(self.i.payload.data[s][ky][kx])
-
         fwd_valid = Signal()                  # the write of the previous cycle, for forwarding
         fwd_addr = Signal(range(mem_depth))
-        fwd_data = Signal(acc_layout)
         hit = Signal()
         m.d.comb += hit.eq(fwd_valid & (fwd_addr == s1_addr))
-        sums = Signal(acc_layout)
-        for k in range(n):
-            old = Mux(hit, fwd_data[k], r_port.data[k])
-            total, overflow = saturating_add(old, s1_data[k], self._acc_width)
-            m.d.comb += [
-                sums[k].eq(total),
-                acc_flags[k].eq(s1_valid & overflow),
-            ]
         m.d.sync += [
             fwd_valid.eq(s1_valid),
             fwd_addr.eq(s1_addr),
-            fwd_data.eq(sums),
         ]
 
         # -- drain: stage A is the read port's data register, stage B the output register -------
@@ -302,25 +291,24 @@ class GradBuffer(wiring.Component):
 
         with m.If(state == _State.ACCUMULATE):
             m.d.comb += [
-                r_port.addr.eq(self.i.payload.addr),
-                r_port.en.eq(1),
+                r_addr.eq(self.i.payload.addr),
+                r_en.eq(1),
             ]
         with m.Else():
             m.d.comb += [
-                r_port.addr.eq(d_addr),
-                r_port.en.eq(a_advance),
+                r_addr.eq(d_addr),
+                r_en.eq(a_advance),
             ]
         with m.If(state == _State.DRAIN):
             m.d.comb += [                     # read-and-clear
-                w_port.addr.eq(d_addr),
-                w_port.data.eq(0),
-                w_port.en.eq(issue),
+                w_addr.eq(d_addr),
+                w_zero.eq(1),
+                w_en.eq(issue),
             ]
         with m.Else():
             m.d.comb += [                     # accumulate (in FLUSH: the batch's last word)
-                w_port.addr.eq(s1_addr),
-                w_port.data.eq(sums),
-                w_port.en.eq(s1_valid),
+                w_addr.eq(s1_addr),
+                w_en.eq(s1_valid),
             ]
 
         with m.Switch(state):
@@ -349,9 +337,7 @@ class GradBuffer(wiring.Component):
                 a_last.eq(d_addr == depth - 1),
             ]
 
-        # averaging between stage A and stage B
-        recip, r = self.reciprocal
-        frac_in = self._in_fmt.frac + r
+        # averaging between stage A and stage B (in the lanes)
         with m.If(b_advance):
             m.d.sync += [
                 self.o.valid.eq(a_valid),
@@ -359,22 +345,64 @@ class GradBuffer(wiring.Component):
                 self.o.payload.last.eq(a_last),
             ]
         for k, (s, ky, kx) in enumerate(index):
-            acc = r_port.data[k]
-            product = acc if recip == 1 else acc * recip
-            value, overflow = requantize(product, frac_in, self._out_fmt)
-            m.d.comb += out_flags[k].eq(a_valid & b_advance & overflow)
-            with m.If(b_advance):
-                m.d.sync += self.o.payload.data[s][ky][kx].eq(value)
+            lane = lanes[k]
+            m.d.comb += [
+                lane.din.eq(self.i.payload.data[s][ky][kx]),
+                lane.s1_valid.eq(s1_valid), lane.hit.eq(hit),
+                lane.w_addr.eq(w_addr), lane.w_en.eq(w_en), lane.w_zero.eq(w_zero),
+                lane.r_addr.eq(r_addr), lane.r_en.eq(r_en),
+                lane.a_valid.eq(a_valid), lane.b_advance.eq(b_advance),
+                acc_flags[k].eq(lane.acc_flag), out_flags[k].eq(lane.out_flag),
+                self.o.payload.data[s][ky][kx].eq(lane.out),
+            ]
         return m
 
 
-class _Ports:
-    """Address, data and enable of the banks' write (or read) ports, driven together."""
+class _GradLane(wiring.Component):
+    """One element of a :class:`GradBuffer`: its bank (write port, one synchronous
+    non-transparent read port), the input register, the forwarding register and saturating
+    sum of the accumulation (written back; 0 when ``w_zero``, the drain's read-and-clear), and
+    the averaging of the drained value into the output register ``out`` (loaded when
+    ``b_advance``). Every lane of a buffer gets the same control and is identical."""
 
-    def __init__(self, layout, depth):
-        self.addr = Signal(range(depth))
-        self.data = Signal(layout)
-        self.en = Signal()
+    def __init__(self, *, in_width, acc_width, depth, recip, frac_in, out_fmt):
+        self._in_width, self._acc_width, self._depth = in_width, acc_width, depth
+        self._recip, self._frac_in, self._out_fmt = recip, frac_in, out_fmt
+        self.key = (in_width, acc_width, depth, recip, frac_in, out_fmt.width, out_fmt.frac,
+                    out_fmt.rounding)
+        super().__init__({
+            "din": In(signed(in_width)), "s1_valid": In(1), "hit": In(1),
+            "w_addr": In(range(depth)), "w_en": In(1), "w_zero": In(1),
+            "r_addr": In(range(depth)), "r_en": In(1),
+            "a_valid": In(1), "b_advance": In(1),
+            "acc_flag": Out(1), "out_flag": Out(1), "out": Out(signed(out_fmt.width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        accw = self._acc_width
+        m.submodules.bank = bank = Memory(shape=signed(accw), depth=self._depth, init=[])
+        bw = bank.write_port()
+        br = bank.read_port()                 # synchronous, non-transparent
+        s1_data = Signal(signed(self._in_width))
+        fwd_data = Signal(signed(accw))
+        sums = Signal(signed(accw))
+        m.d.sync += [s1_data.eq(self.din), fwd_data.eq(sums)]
+        old = Mux(self.hit, fwd_data, br.data)
+        total, overflow = saturating_add(old, s1_data, accw)
+        m.d.comb += [
+            sums.eq(total),
+            self.acc_flag.eq(self.s1_valid & overflow),
+            bw.addr.eq(self.w_addr), bw.data.eq(Mux(self.w_zero, 0, sums)), bw.en.eq(self.w_en),
+            br.addr.eq(self.r_addr), br.en.eq(self.r_en),
+        ]
+        acc = br.data
+        product = acc if self._recip == 1 else acc * self._recip
+        value, overflow2 = requantize(product, self._frac_in, self._out_fmt)
+        m.d.comb += self.out_flag.eq(self.a_valid & self.b_advance & overflow2)
+        with m.If(self.b_advance):
+            m.d.sync += self.out.eq(value)
+        return m
 
 
 def _count_flags(m, flags, count):

@@ -355,7 +355,6 @@ class PGLayer(wiring.Component):
                  for ky in range(K) for kx in range(K)]
         nb = len(banks)
         depth = 2 * N
-        acc_layout = data.ArrayLayout(signed(accw), nb)
         addr0 = Signal(range(depth))
         if fc:
             m.d.comb += addr0.eq(Mux(half, N, 0) + (r * geo.pixels + pos) * G + g)
