@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import NumericsConfig
 
+from ..compute.shared import shared
 from ..memory.grad_buffer import _count_flags
 from ..numerics import requantize, saturate
 
@@ -185,6 +186,10 @@ class WeightUpdate(wiring.Component):
         w_en = Signal()
         w_data = Signal(m_layout)
         self._banks = []
+        # the per-element datapath (step, master saturation, working weight): one _UpdateLane
+        # per element (identical lanes, one shared module in the build); the banks stay here
+        # (their initial contents differ)
+        lanes = []
         for k, (s, ky, kx) in enumerate(index):
             init = [int(v) for v in self._init[:, s, ky, kx]] + [0] * (mem_depth - depth)
             bank = Memory(shape=signed(mw), depth=mem_depth, init=init)
@@ -196,9 +201,11 @@ class WeightUpdate(wiring.Component):
                 wp.addr.eq(w_addr), wp.data.eq(w_data[k]), wp.en.eq(w_en),
                 rp.addr.eq(r_addr), rp.en.eq(r_en), r_data[k].eq(rp.data),
             ]
+            lane = _UpdateLane(numerics=n, lr_q=self._lr_q)
+            m.submodules[f"lane_{k}"] = shared(lane, lane.key)
+            lanes.append(lane)
 
         flags = Signal(nb)
-        wflags = Signal(nb)                   # working-weight clamps of the word leaving now
         _count_flags(m, flags, self.overflow)
         state = Signal(_State)
         pending = Signal()                    # a start pulse not acted on yet
@@ -211,24 +218,13 @@ class WeightUpdate(wiring.Component):
         ]
         s1_valid = Signal()
         s1_addr = Signal(range(mem_depth))
-        s1_grad = Signal(data.ArrayLayout(signed(n.gradient.width), nb))
         m.d.sync += [s1_valid.eq(take), s1_addr.eq(self.grad.payload.addr)]
-        for k, (s, ky, kx) in enumerate(index):
-            m.d.sync += s1_grad[k].eq(self.grad.payload.data[s][ky][kx])
         fwd_valid = Signal()
         fwd_addr = Signal(range(mem_depth))
-        fwd_data = Signal(m_layout)
-        hit = fwd_valid & (fwd_addr == s1_addr)
-        new = Signal(m_layout)
-        lr = self._lr_q
-        for k in range(nb):
-            old = Mux(hit, fwd_data[k], r_data[k])
-            step, o1 = requantize(s1_grad[k] * lr, n.gradient.frac + LR_FRAC, n.master)
-            value, o2 = saturate(old - step, mw)
-            m.d.comb += [new[k].eq(value)]
-            m.d.comb += flags[k].eq((s1_valid & (o1 | o2)) | wflags[k])
-        m.d.comb += [w_addr.eq(s1_addr), w_en.eq(s1_valid), w_data.eq(new)]
-        m.d.sync += [fwd_valid.eq(s1_valid), fwd_addr.eq(s1_addr), fwd_data.eq(new)]
+        hit = Signal()
+        m.d.comb += hit.eq(fwd_valid & (fwd_addr == s1_addr))
+        m.d.comb += [w_addr.eq(s1_addr), w_en.eq(s1_valid)]
+        m.d.sync += [fwd_valid.eq(s1_valid), fwd_addr.eq(s1_addr)]
 
         # -- pass 2: read master, working weights out ----------------------------------------------
         rd_addr = Signal(range(mem_depth))    # next address to read
@@ -257,10 +253,14 @@ class WeightUpdate(wiring.Component):
         with m.If(adv):
             m.d.sync += [self.wr.valid.eq(h_valid), self.wr.payload.addr.eq(h_addr)]
         for k, (s, ky, kx) in enumerate(index):
-            w, o3 = requantize(r_data[k], n.master.frac, n.weight)
-            m.d.comb += wflags[k].eq(consume & o3)
-            with m.If(adv):
-                m.d.sync += self.wr.payload.data[s][ky][kx].eq(w)
+            lane = lanes[k]
+            m.d.comb += [
+                lane.grad.eq(self.grad.payload.data[s][ky][kx]), lane.old.eq(r_data[k]),
+                lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
+                lane.adv.eq(adv),
+                w_data[k].eq(lane.new), flags[k].eq(lane.flag),
+                self.wr.payload.data[s][ky][kx].eq(lane.wr),
+            ]
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)
@@ -275,4 +275,44 @@ class WeightUpdate(wiring.Component):
         with m.Else():
             with m.If(self.done):
                 m.d.sync += state.eq(_State.IDLE)
+        return m
+
+
+class _UpdateLane(wiring.Component):
+    """One element of :class:`WeightUpdate`'s datapath (its master bank stays in the parent):
+    the gradient register, ``new = saturate(master - step)`` with the one-entry forwarding
+    register (``hit``), and the working weight ``requantize(old, master.frac, weight)`` of
+    pass 2 into the output register ``wr`` (loaded when ``adv``); ``flag`` is the element's
+    clamp of this cycle (pass 1 step or saturation, pass 2 working weight). ``old`` is the
+    bank's read data."""
+
+    def __init__(self, *, numerics, lr_q):
+        n = numerics
+        self._numerics, self._lr_q = n, lr_q
+        self.key = (lr_q, *((f.width, f.frac, f.rounding)
+                            for f in (n.gradient, n.master, n.weight)))
+        super().__init__({
+            "grad": In(signed(n.gradient.width)), "old": In(signed(n.master.width)),
+            "hit": In(1), "s1_valid": In(1), "consume": In(1), "adv": In(1),
+            "new": Out(signed(n.master.width)), "flag": Out(1),
+            "wr": Out(signed(n.weight.width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self._numerics
+        mw = n.master.width
+        s1_grad = Signal(signed(n.gradient.width))
+        fwd_data = Signal(signed(mw))
+        m.d.sync += [s1_grad.eq(self.grad), fwd_data.eq(self.new)]
+        old = Mux(self.hit, fwd_data, self.old)
+        step, o1 = requantize(s1_grad * self._lr_q, n.gradient.frac + LR_FRAC, n.master)
+        value, o2 = saturate(old - step, mw)
+        w, o3 = requantize(self.old, n.master.frac, n.weight)
+        m.d.comb += [
+            self.new.eq(value),
+            self.flag.eq((self.s1_valid & (o1 | o2)) | (self.consume & o3)),
+        ]
+        with m.If(self.adv):
+            m.d.sync += self.wr.eq(w)
         return m
