@@ -25,10 +25,18 @@ from test_cluster_split import CONFIGS, _check
 _RUNS = {}
 
 
+#: images per run where 12 are too few for the steady state: a plan whose first layer's lag D
+#: (``far``: 12) is not small against the run holds the first update until FP of image B + D,
+#: so in a 12-image run the update waits for the end of the run and the next mini-batch's
+#: gradients wait for it (an end-of-run effect, not the steady period the model predicts)
+_IMAGES = {"far": 40}
+
+
 def _run(name):
     if name not in _RUNS:
         kw = dict(CONFIGS[name])
-        res = train.run(kw.pop("net"), kw.pop("board"), images=12, batch=4, seed=0, **kw)
+        images = _IMAGES.get(name, 12)
+        res = train.run(kw.pop("net"), kw.pop("board"), images=images, batch=4, seed=0, **kw)
         print(name, {k: res.get(k) for k in (
             "cycles_per_image_first_batch", "predicted_cycles_per_image_steady",
             "cycles_per_image_whole_batches", "predicted_cycles_per_image_with_updates",
@@ -42,7 +50,7 @@ def _run(name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_whole_mini_batches(name):
     res = _run(name)
-    _check(res, 12, 4)
+    _check(res, _IMAGES.get(name, 12), 4)
     s = res["_prep"]["plan"].summary
     assert res["cycles_per_image_whole_batches"] == pytest.approx(
         s["cycles_per_image_with_updates"], rel=0.05)

@@ -14,8 +14,9 @@ trained against the golden model with the plan's split arithmetic
   (BPRAM, BGB, update there; weight sets forward to node 0 twice per image, gradients back).
 * ``far``: ``tiny`` on 4 ``tiny-test-far`` boards (``tests/sim/data/tiny-test-far.yaml``): the
   weights of conv1 (node 0, no EB) kept on node 2; node 1 passes the set and gradient streams on.
-* ``fc4``: ``tiny`` on 4 ``sim-node`` boards: fc4 cut by input features at a channel boundary,
-  [0, 96) on node 2 and [96, 128) on node 3 (partial sums forward, errors back).
+* ``icpfc``: ``tiny`` on 3 ``sim-node`` boards with ``ocp_threshold=1``: conv2 cut by input
+  channels [0, 3) | [3, 4) and fc4 by input features at a channel boundary, [0, 96) on node 1
+  and [96, 128) on node 2 with the loss (partial sums forward, errors back).
 * ``icplend``: ``tiny`` on 3 ``tiny-test-b24d90`` boards, conv2 cut by input channels: the weights
   of its slice [1, 4) (node 1, which adds node 0's partial sums and completes the layer) kept on
   node 2 (weight-stationary engines with the partial adder).
@@ -53,7 +54,7 @@ CONFIGS = {
     "icp2": dict(net="tiny", board="sim-node", nodes=2, ocp_threshold=1),
     "lend": dict(net="tiny", board="tiny-test", nodes=2),
     "far": dict(net="tiny", board=str(DATA / "tiny-test-far.yaml"), nodes=4),
-    "fc4": dict(net="tiny", board="sim-node", nodes=4),
+    "icpfc": dict(net="tiny", board="sim-node", nodes=3, ocp_threshold=1),
     "icplend": dict(net="tiny", board=str(DATA / "tiny-test-b24d90.yaml"), nodes=3,
                     ocp_threshold=1),
     "ocplend": dict(net="tiny", board=str(DATA / "tiny-test-b18d60.yaml"), nodes=3),
@@ -231,16 +232,16 @@ def test_far_lending(runs):
 @pytest.mark.timeout(900)
 def test_split_fc(runs):
     """fc4 cut by input features at a channel boundary: [0, 96) (channels 0-5 of the 8 x 4 x 4
-    map) on node 2, [96, 128) on node 3 with the loss; 10 partial sums per image forward, the
-    10 output errors back."""
-    res = runs("fc4")
+    map) on node 1, [96, 128) on node 2 with the loss; 10 partial sums per image forward, the
+    10 output errors back (conv2 split by input channels too)."""
+    res = runs("icpfc")
     _check(res, 2, 2)
-    assert _layers(res) == [["conv1", "conv2@0"], ["conv2@1"], ["conv3", "fc4@2"], ["fc4@3"]]
-    assert _streams(res)[(2, 3)] == [("activations", "fc4"), ("partial_sums", "fc4")]
+    assert _layers(res) == [["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4@1"], ["fc4@2"]]
+    assert _streams(res)[(1, 2)] == [("activations", "fc4"), ("partial_sums", "fc4")]
     top = res["_prep"]["top"]
-    g2, g3 = top.nodes[2].layers[-1].geometry, top.nodes[3].layers[0].geometry
-    assert (g2.in_lo, g2.in_channels, g3.in_lo, g3.in_channels) == (0, 6, 6, 2)
-    lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (2, 3))
+    g1, g2 = top.nodes[1].layers[-1].geometry, top.nodes[2].layers[0].geometry
+    assert (g1.in_lo, g1.in_channels, g2.in_lo, g2.in_channels) == (0, 6, 6, 2)
+    lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (1, 2))
     # channels 6-7 of 16 pixels (16 bits): 8 words; 10 partial sums of 32 bits: 5 words
     assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
 
