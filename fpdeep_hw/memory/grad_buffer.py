@@ -344,10 +344,15 @@ class GradBuffer(wiring.Component):
                 self.o.payload.addr.eq(a_addr),
                 self.o.payload.last.eq(a_last),
             ]
+        # element k of a set field straight from the payload signal: a nested view would slice the
+        # whole field again in every statement (Amaranth's back end rebuilds the slices of each
+        # statement, so the field's bits are built once per element: quadratic in the lanes)
+        i_bits = self.i.payload.as_value()
+        i0, iw = self._in_layout["data"].offset, self._in_fmt.width
         for k, (s, ky, kx) in enumerate(index):
             lane = lanes[k]
             m.d.comb += [
-                lane.din.eq(self.i.payload.data[s][ky][kx]),
+                lane.din.eq(i_bits[i0 + iw * k:i0 + iw * (k + 1)]),
                 lane.s1_valid.eq(s1_valid), lane.hit.eq(hit),
                 lane.w_addr.eq(w_addr), lane.w_en.eq(w_en), lane.w_zero.eq(w_zero),
                 lane.r_addr.eq(r_addr), lane.r_en.eq(r_en),

@@ -12,7 +12,7 @@ Golden model: :mod:`sim.golden.param_ram`. Test: ``tests/hw/test_param_ram.py``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -179,6 +179,13 @@ class _ParamRAM(wiring.Component):
 
         m.d.comb += self.wr.ready.eq(1)
         do_write = self.wr.valid & self.wr.ready
+        # element k of a set field straight from the payload signal: a nested view would slice the
+        # whole field again in every statement (Amaranth's back end rebuilds the slices of each
+        # statement, so the field's bits are built once per element: quadratic in the lanes)
+        wr_bits = self.wr.payload.as_value()
+        d0 = self._write_layout["data"].offset
+        fw = self._fmt.width
+        out = []
         for s in range(self._lanes):
             for ky in range(self._kernel):
                 for kx in range(self._kernel):
@@ -189,14 +196,18 @@ class _ParamRAM(wiring.Component):
                     r_port = bank.read_port()      # synchronous, non-transparent
                     m.d.comb += [
                         w_port.addr.eq(self.wr.payload.addr),
-                        w_port.data.eq(self.wr.payload.data[s][ky][kx]),
+                        w_port.data.eq(wr_bits[d0 + fw * len(out):d0 + fw * (len(out) + 1)]),
                         w_port.en.eq(do_write),
                         r_port.addr.eq(rd_addr),
                         r_port.en.eq(advance),
-                        self.rd_data.payload[s][ky][kx].eq(r_port.data),
                     ]
-                    if self._lend:
-                        m.d.comb += self.lend.payload.data[s][ky][kx].eq(r_port.data)
+                    out.append(r_port.data)
+        # the read data as one assignment per word, banks in (s, ky, kx) order (the layout's
+        # bit order): piecewise assignments to a wide combinational signal cost the back end
+        # the whole word per piece
+        m.d.comb += self.rd_data.payload.as_value().eq(Cat(*out))
+        if self._lend:
+            m.d.comb += self.lend.payload.data.as_value().eq(Cat(*out))
         return m
 
 

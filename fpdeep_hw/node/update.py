@@ -252,10 +252,15 @@ class WeightUpdate(wiring.Component):
             m.d.sync += h_valid.eq(0)
         with m.If(adv):
             m.d.sync += [self.wr.valid.eq(h_valid), self.wr.payload.addr.eq(h_addr)]
+        # element k of a set field straight from the payload signal: a nested view would slice the
+        # whole field again in every statement (Amaranth's back end rebuilds the slices of each
+        # statement, so the field's bits are built once per element: quadratic in the lanes)
+        g_bits = self.grad.payload.as_value()
+        g0, gw = self._grad_layout["data"].offset, n.gradient.width
         for k, (s, ky, kx) in enumerate(index):
             lane = lanes[k]
             m.d.comb += [
-                lane.grad.eq(self.grad.payload.data[s][ky][kx]), lane.old.eq(r_data[k]),
+                lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]), lane.old.eq(r_data[k]),
                 lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
                 lane.adv.eq(adv),
                 w_data[k].eq(lane.new), flags[k].eq(lane.flag),
