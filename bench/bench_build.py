@@ -4,10 +4,12 @@ Each case runs the command in a child process (``resource.getrusage(RUSAGE_CHILD
 the peak resident memory of the largest child so far, so the cases run in separate
 ``bench_build.py --case`` processes):
 
-- ``vgg16-node4``: the issue's command, ``--board vc709 --node 4`` (VGG-16 on 15 VC709). Today
-  it is refused (split segments, off-chip Act-RAM, lent parameters, partial-sum link streams,
-  a middle node on VC709's single SFP+ reference clock): the time to the refusal is measured
-  and the error line printed.
+- ``vgg16-node4``: the issue's command, ``--board vc709 --node 4`` (VGG-16 on 15 VC709: ICP
+  slices of conv2_2 and conv3_1 with off-chip Act-RAMs, a lender of conv5_2 weight sets, a
+  pass-through of conv5_1 / conv5_2 sets), built (aim: under 60 s and 4 GB). The child runs
+  with an address-space limit of ``--mem-limit-gb`` (default 12) so that a runaway build fails
+  instead of exhausting the machine; the per-stage seconds of its progress lines are kept
+  (``stages``).
 - ``tiny-small``: ``tiny`` on 1 VC709 mapped with a 4 % DSP budget (the sim-node engines,
   105 multipliers), built with ``--synth``: Yosys' DSP and BRAM counts against the plan.
 - ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
@@ -52,7 +54,14 @@ def _plan_file(tmp, net, budget, nodes=1, **kw):
     return f
 
 
-def run_case(case):
+def _limit(gb):
+    def apply():
+        limit = int(gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def run_case(case, mem_limit_gb=12.0):
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
     out = tmp / "out"
     if case == "vgg16-node4":
@@ -66,13 +75,19 @@ def run_case(case):
         args = ["--plan", str(_plan_file(tmp, case, None)), "--all", "--jobs", "1"]
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "fpdeep_hw.build", *args, "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT,
+                          preexec_fn=_limit(mem_limit_gb) if mem_limit_gb else None)
     seconds = time.monotonic() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     res = {"case": case, "args": args, "exit": proc.returncode, "seconds": round(seconds, 1),
            "peak_mb": round(peak_mb, 1),
            "stdout": proc.stdout.strip().splitlines(),
-           "error": [l for l in proc.stderr.splitlines() if l.startswith("error:")]}
+           "error": [l for l in proc.stderr.splitlines() if l.startswith("error:")],
+           "stages": [l.split("] ", 1)[1] for l in proc.stderr.splitlines()
+                      if l.startswith("[") and " done (" in l]}
+    if proc.returncode not in (0, 2):
+        res["error"].append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                            else f"exit {proc.returncode}")
     reports = sorted(out.glob("*/node*/report.json"))
     if reports:
         r = json.loads(reports[0].read_text())
@@ -93,14 +108,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", choices=CASES)
     p.add_argument("--json", default=str(ROOT / "bench" / "build.json"))
+    p.add_argument("--mem-limit-gb", type=float, default=12.0,
+                   help="address-space limit of each build process (0: none)")
     args = p.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case)))
+        print(json.dumps(run_case(args.case, args.mem_limit_gb)))
         return 0
     results = []
     for case in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True,
-                              text=True)
+        proc = subprocess.run([sys.executable, __file__, "--case", case, "--mem-limit-gb",
+                               str(args.mem_limit_gb)], capture_output=True, text=True)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
         extra = ""
@@ -108,7 +125,7 @@ def main(argv=None):
             extra = (f"  Yosys DSP {r['yosys']['dsp']} / plan {r['predicted']['dsp']}, "
                      f"BRAM36 {r['yosys']['bram36']} / plan {r['predicted']['bram36']}")
         print(f"{case:12s} exit {r['exit']}  {r['seconds']:8.1f} s  {r['peak_mb']:8.1f} MB{extra}")
-        for line in r["error"]:
+        for line in r["error"] + (r["stages"] if case == "vgg16-node4" else []):
             print("   ", line)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
