@@ -212,24 +212,6 @@ def test_parameter_lending(runs):
 
 
 @pytest.mark.timeout(900)
-def test_far_lending(runs):
-    """conv1's weights on node 2 for node 0: node 1 passes the FP sets (4 per image; conv1 has
-    no EB) and the gradients on."""
-    res = runs("far")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
-    assert top.nodes[0].layers[0].lender.ranges == {2: (0, 4)}
-    assert list(top.nodes[2].lenders) == ["conv1"] and not top.nodes[1].lenders
-    assert {"far_fp_conv1", "far_g_conv1", "lend_fp_conv1", "lend_g_conv1"} <= \
-        set(top.nodes[1].link_ports)
-    for src, dst in ((2, 1), (1, 0)):
-        lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (src, dst))
-        par = next(s for s in lk["streams"] if s["path"] == "parameters")
-        # 4 sets of 27 weights (FP only) per image: 27 words
-        assert par["items_per_image"] == [4] and par["predicted_words_per_image"] == 27
-
-
-@pytest.mark.timeout(900)
 def test_split_fc(runs):
     """fc4 cut by input features at a channel boundary: [0, 96) (channels 0-5 of the 8 x 4 x 4
     map) on node 1, [96, 128) on node 2 with the loss; 10 partial sums per image forward, the
@@ -246,43 +228,15 @@ def test_split_fc(runs):
     assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
 
 
-@pytest.mark.timeout(900)
-def test_lent_icp_slice(runs):
-    res = runs("icplend")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
-    nl = top.nodes[1].layers[0]
-    assert (nl.key, nl.geometry.split, nl.lender.ranges) == ("conv2@1", "icp", {2: (0, 8)})
-    assert hasattr(nl.fp, "up") and type(nl.fp).__name__ == "WSFPLayer"
-
-
-@pytest.mark.timeout(900)
-def test_lent_ocp_slice(runs):
-    res = runs("ocplend")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
-    nl = top.nodes[0].layers[1]
-    assert (nl.key, nl.geometry.split, nl.lender.ranges) == ("conv2@0", "ocp", {2: (0, 16)})
-    assert hasattr(nl.eb, "up") and type(nl.eb).__name__ == "WSEBLayer"
-    assert {"far_fp_conv2", "far_eb_conv2", "lend_fp_conv2", "w_fp_conv3_next"} <= \
-        set(top.nodes[1].link_ports)
-
-
-@pytest.mark.timeout(900)
-def test_several_keepers(runs):
-    res = runs("keepers")
-    _check(res, 2, 2, words=False)
-    top = res["_prep"]["top"]
-    assert top.nodes[0].layers[0].lender.ranges == {0: (0, 1), 1: (1, 3), 2: (3, 4)}
-    assert [lender.sets for lender, _ in top.nodes[0].layers[0].parts] == \
-        [(0, 1), (1, 3), (3, 4)]
-    assert top.nodes[1].link_items["lend_fp_conv1"] == 3
-    assert top.nodes[0].link_items["w_fp_conv1_next"] == 3
+#: the plans co-simulated over two mini-batches in the default run (``slow``); the others
+#: (tests/sim/test_cluster_lending.py's) only with ``-m long``
+TWO_BATCHES = ["ocp2", "ocp3", "icp2", "lend", "icpfc"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", list(CONFIGS) + ["keepers"])
+@pytest.mark.parametrize("name", [n if n in TWO_BATCHES else pytest.param(n, marks=pytest.mark.long)
+                                  for n in list(CONFIGS) + ["keepers"]])
 def test_two_mini_batches(runs, name):
     _check(runs(name, images=4, batch=2), 4, 2, words=name != "keepers")
 
@@ -316,25 +270,3 @@ def test_bit_flips_on_the_wire():
     sent = sum(len(rec[("link", lk.name, j)]) for j in range(len(lk.streams)))
     assert 0 < delivered < sent
     assert train.compare(prep, rec, final) != []
-
-
-@pytest.mark.timeout(900)
-def test_two_chains_of_one_layer(runs):
-    res = runs("twochains")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
-    assert top.nodes[1].chain_names == {("conv2", 0): "conv2_for0", ("conv2", 2): "conv2_for2"}
-    assert sorted(top.nodes[1].lenders) == ["conv2_for0", "conv2_for2"]
-
-
-def test_lending_to_a_node_without_the_layer_is_refused():
-    from fpdeep_hw.node.sets import keepers_of
-    from fpdeep_map.board import load_board
-    from fpdeep_map.mapper import map_network
-    from fpdeep_map.network import load_network
-    net = load_network("tiny")
-    plan = map_network(net, load_board("tiny-test"), 2, batch=2, max_row_lanes=1)
-    plan.node_plans[1].bpram[0].borrower = 1
-    with pytest.raises(ValueError, match=r"^node 1 borrows the weights of 'conv2' but holds no "
-                                         r"segment of it$"):
-        keepers_of(plan, net)
