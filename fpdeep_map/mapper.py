@@ -25,6 +25,7 @@ import math
 from . import costs
 from .board import Board
 from .errors import FpdeepError
+from .framing import StreamTiming, link_frames
 from .network import Network
 from .numerics import NumericsConfig
 from .partition import PartitionError, Work, partition
@@ -33,6 +34,9 @@ from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, S
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 TOPOLOGIES = ("chain", "ring", "mesh")
+#: Link streams whose producers wait for the last layer's update at a mini-batch boundary
+#: (the backward pass): their frames restart from an idle link (fpdeep_map/framing.py).
+BACKWARD_PATHS = ("errors", "partial_errors", "gradients")
 
 
 # ---- 1. the work line ---------------------------------------------------------------------------
@@ -558,15 +562,25 @@ class _Context:
         """Words per image on every link direction, per data path."""
         num = self.num
         flows = {}          # (src, dst) -> {(path, layer, width): words}
+        items = {}          # (src, dst) -> {(path, layer, width): items per image and port}
+        bursts = {}         # (src, dst) -> {(path, layer, width): items emitted together}
 
-        def add(a, b, path, layer, width, words):
-            """`words` per image from node a to node b, hop by hop."""
+        def add(a, b, path, layer, width, words, n_items, burst=1):
+            """`words` per image from node a to node b, hop by hop, in `n_items` items per
+            image (pixels of the map, weight sets), emitted `burst` at a time (a row of
+            pixels): how the link packer and framer see them."""
             if a == b or words <= 0:
                 return
             key = (path, layer, width)
             for hop in self._hops(a, b):
                 d = flows.setdefault(hop, {})
                 d[key] = d.get(key, 0) + words
+                # one port per stream and hop carries every producer's lanes of a map; lent
+                # weight sets of several keepers add up
+                i = items.setdefault(hop, {})
+                i[key] = (i.get(key, 0) + n_items if path in ("parameters", "gradients")
+                          else max(i.get(key, 0), n_items))
+                bursts.setdefault(hop, {})[key] = burst
 
         segs_of = {w.index: [] for w in self.works}
         for k, segs in enumerate(self.segplans):
@@ -586,6 +600,8 @@ class _Context:
             prod = producers[w.index]
             first, last = segs[0][0], segs[-1][0]
             name = w.name
+            # pixels of the layer's input map: items of its activations and errors
+            pix_in = w.fc_pixels if w.kind == "fc" else w.in_hw[0] * w.in_hw[1]
             # errors this layer's EB computes are the errors of the previous layer's output
             below = self.works[w.index - 1].name if w.index else None
             if w.split == "icp":
@@ -594,9 +610,9 @@ class _Context:
                     for c0, c1, k in consumers:
                         n = min(b, c1) - max(a, c0)
                         if n > 0:
-                            add(p, k, "activations", name, num.activation.width, n)
+                            add(p, k, "activations", name, num.activation.width, n, pix_in)
                             if w.macs["eb"]:
-                                add(k, p, "errors", below, num.error.width, n)
+                                add(k, p, "errors", below, num.error.width, n, pix_in)
                 # partial sums forward and output errors backward, per group
                 per_in, per_out = w.cin // w.groups, w.cout // w.groups
                 hw_out = w.out_hw[0] * w.out_hw[1]
@@ -604,16 +620,22 @@ class _Context:
                     holders = [k for k, s in segs
                                if s.channels[0] < (g + 1) * per_in and s.channels[1] > g * per_in]
                     lo_k, hi_k = min(holders), max(holders)
-                    add(lo_k, hi_k, "partial_sums", name, num.partial.width, per_out * hw_out)
-                    add(hi_k, lo_k, "errors", name, num.error.width, per_out * hw_out)
+                    # the slice's FP emits a row of partial sums at a time; the output errors
+                    # come back a row of the pooled map at a time (the pool's backward
+                    # expands it to `pool` rows of the map)
+                    row = 1 if w.kind == "fc" else w.out_hw[1]
+                    add(lo_k, hi_k, "partial_sums", name, num.partial.width, per_out * hw_out,
+                        hw_out, row)
+                    add(hi_k, lo_k, "errors", name, num.error.width, per_out * hw_out, hw_out,
+                        row * self._pool_rows_after(w))
             else:
                 # every node of the span needs the whole input: it streams on to the last one
                 for a, b, p in prod:
-                    add(p, last, "activations", name, num.activation.width, b - a)
+                    add(p, last, "activations", name, num.activation.width, b - a, pix_in)
                 if w.macs["eb"]:
-                    add(last, first, "partial_errors", below, num.partial.width, size)
+                    add(last, first, "partial_errors", below, num.partial.width, size, pix_in)
                     for a, b, p in prod:
-                        add(first, p, "errors", below, num.error.width, b - a)
+                        add(first, p, "errors", below, num.error.width, b - a, pix_in)
 
         # balanced parameters: weights to the user for FP and for EB (FP only for a layer
         # without EB, the network's first), gradients back
@@ -630,9 +652,19 @@ class _Context:
             sets = total * l.weights / seg.weights
             abits = max(1, (max(total, 2) - 1).bit_length())
             add(l.lender, l.borrower, "parameters", l.layer, num.weight.width,
-                uses[l.layer] * sets * per_set)
+                uses[l.layer] * sets * per_set, math.ceil(sets - 1e-9))
             add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width,
-                sets * (per_set + abits / num.gradient.width))
+                sets * (per_set + abits / num.gradient.width), math.ceil(sets - 1e-9))
+        # the framing model (fpdeep_map/framing.py): per stream and hop, its ports (a lent
+        # layer's parameters: FP and EB), items per image and port, bits per item
+        self.flow_items = {}
+        for hop, d in flows.items():
+            for (path, layer, width), words in d.items():
+                n = uses[layer] if path == "parameters" else 1
+                k = items[hop][(path, layer, width)]
+                self.flow_items.setdefault(hop, {})[(path, layer, width)] = (
+                    n, k, math.ceil(words / n * width / k - 1e-9),
+                    bursts[hop][(path, layer, width)])
         # the link packer pads each stream to whole 64-bit words per image (a lent layer's
         # parameters are two streams, FP and EB)
         for d in flows.values():
@@ -641,6 +673,17 @@ class _Context:
                 d[(path, layer, width)] = n * math.ceil(words / n * width / 64 - 1e-9) \
                     * 64 / width
         self.flows = flows
+
+    def _pool_rows_after(self, w):
+        """Rows of ``w``'s output map behind one row of the pooled map (max-pools between it
+        and the next compute layer)."""
+        rows = 1
+        for l in self.net.layers[self.net.index(w.name) + 1:]:
+            if l.kind in ("conv", "fc", "loss"):
+                break
+            if l.kind == "maxpool":
+                rows *= l.stride
+        return rows
 
     def _hops(self, a, b):
         """Links walked from node a to node b. The training data path is the chain 0..N-1 (in a
@@ -709,6 +752,31 @@ class _Context:
         usable_mem = board.offchip_gbps * 1e9 * costs.OFFCHIP_EFFICIENCY
         mem_ips = min((usable_mem / b for b in self.offchip_bits if b), default=math.inf)
         return cap, link_bits, wire_bits, link_ips, mem_ips
+
+    def link_frames(self, steady, engines):
+        """Frames per image of every link direction as ``LinkTx`` cuts them, ``{(src, dst):
+        fpdeep_map.framing.LinkFrames}`` (:func:`fpdeep_map.framing.link_frames`).
+
+        Every stream's producer emits an image's items (pixels, weight sets; bits per item as
+        the link packer sees them) evenly over the engines' cycles per image ``engines``, one
+        image per ``steady`` cycles; the backward streams (errors, partial errors, gradients)
+        start a mini-batch's first image :meth:`boundary_cycles` late (the last layer's update
+        round trip, at the steady period) and catch up at the engines' pace."""
+        rate = min(1.0, self.link_capacity_gbps() * 1e9
+                   / (self.board.clock_mhz * 1e6 * costs.LINK_WORD_BITS))
+        late = self.boundary_cycles(steady)
+        out = {}
+        for key, d in self.flow_items.items():
+            streams = []
+            for (path, _, _), (ports, n, bits, burst) in d.items():
+                streams += [StreamTiming(items=n, item_bits=bits, active=min(engines, steady),
+                                         boundary=path in BACKWARD_PATHS,
+                                         burst=min(burst, n))] * ports
+            out[key] = link_frames(streams, rate=rate, period=steady, batch=self.batch,
+                                   boundary=late, engine_period=engines,
+                                   max_payload=costs.LINK_FRAME_PAYLOAD_WORDS,
+                                   overhead=costs.LINK_FRAME_OVERHEAD_WORDS)
+        return out
 
     def bound_period(self, period):
         """Cycles per image: the engines' ``period`` or what the links or memories allow."""
@@ -878,9 +946,16 @@ class _Context:
         boundary = (with_updates - steady) * self.batch
         ips = clock_hz / with_updates
         steady_ips = clock_hz / steady
-        # on the wire, per image at the steady rate: frames and the credit frames
-        wire_bits = {key: bits + max(self.credit_bps[key] / steady_ips,
-                                     self.urgent_credit_bits.get(key, 0.0))
+        # on the wire, per image at the steady rate: the payload in frames as LinkTx cuts them
+        # (short frames unless the link is backlogged, fpdeep_map/framing.py) and the credit
+        # frames; the link bound above counts full frames (a saturated link sends them)
+        credit = {key: max(self.credit_bps[key] / steady_ips,
+                           self.urgent_credit_bits.get(key, 0.0)) for key in wire_bits}
+        full_wire_bits = {key: bits + credit[key] for key, bits in wire_bits.items()}
+        frames = self.link_frames(steady, engines)
+        wire_bits = {key: link_bits[key] + credit[key]
+                     + (frames[key].frames * costs.LINK_FRAME_OVERHEAD_WORDS
+                        * costs.LINK_WORD_BITS if key in frames else bits - link_bits[key])
                      for key, bits in wire_bits.items()}
         if steady == timing["engine_cycles"]:
             bottleneck = "compute"
@@ -937,6 +1012,10 @@ class _Context:
             "dsp_utilization": round(dsp_total / (self.nodes * board.dsp), 4),
             "idle_fraction": round(idle, 5),
             "max_link_gbps": round(max((l.gbps for l in links), default=0.0), 4),
+            # the same if every frame were full (as on a saturated link)
+            "max_link_gbps_full_frames": round(max(
+                (full_wire_bits[key] * steady_ips / 1e9 for key in full_wire_bits),
+                default=0.0), 4),
             "link_capacity_gbps": round(cap, 4),
             "bottleneck": bottleneck,
             "train_macs_per_image": total_macs,

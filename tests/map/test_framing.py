@@ -1,0 +1,144 @@
+"""The framing model (:mod:`fpdeep_map.framing`): frames per image as ``LinkTx`` cuts them.
+
+Figures from the co-simulation (``tests/sim/test_cluster.py``): ``tiny`` on two ``sim-node``
+boards, the board's link (1 word per cycle): every 2-word pixel leaves in its own 4-word frame,
+16 frames per image each way; at 0.2 Gb/s (1 word in 32 cycles) the backward link's first image
+leaves in frames of 2, 2, 4, 8, 12, 4 words (EB of conv3: 16 pixels over 527 cycles).
+"""
+
+import pytest
+
+from fpdeep_map import costs
+from fpdeep_map.board import load_board
+from fpdeep_map.framing import LinkFrames, StreamTiming, frame_stream, link_frames, word_times
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+
+PIXELS = StreamTiming(items=16, item_bits=128, active=527)      # tiny's conv2 map, 8 lanes
+
+
+def _lengths(frames):
+    return [n for _, _, n in frames]
+
+
+def test_word_times_of_wide_and_narrow_items():
+    # a pixel of 128 bits is two words back to back, one cycle after the pixel
+    assert word_times(PIXELS, 0)[:6] == [1, 2, 33, 34, 66, 67]
+    assert len(word_times(PIXELS, 0)) == PIXELS.words == 32
+    # 16-bit items one per cycle: a word every 4 items; 10 of them are 3 words, the last one
+    # padded and sent with the last item
+    narrow = StreamTiming(items=10, item_bits=16, active=10)
+    assert narrow.words == 3
+    assert word_times(narrow, 100) == [104, 108, 110]
+    # 96-bit items: 1.5 words each, a word after the first, two after the second
+    odd = StreamTiming(items=4, item_bits=96, active=40)
+    assert word_times(odd, 0) == [1, 11, 12, 21, 31, 32]
+    # items faster than one word per cycle queue up behind each other
+    dense = StreamTiming(items=4, item_bits=192, active=4)
+    assert word_times(dense, 0) == list(range(1, 13))
+
+
+def test_frame_stream_cuts_at_a_dry_cycle():
+    # a lone word: a frame of one word
+    assert _lengths(frame_stream([[5]], rate=1.0)) == [1]
+    # a word every 5 cycles: each its own frame (3 cycles on the wire, the bank free again
+    # before the next word)
+    assert _lengths(frame_stream([list(range(0, 50, 5))], rate=1.0)) == [1] * 10
+    # a word every other cycle: both banks fill, and words that wait are taken back to back
+    assert _lengths(frame_stream([list(range(0, 20, 2))], rate=1.0))[:3] == [1, 1, 2]
+    # 70 words back to back on a fast link: 32, 32, 6
+    assert _lengths(frame_stream([list(range(70))], rate=1.0)) == [32, 32, 6]
+    # the first frame closes in the cycle of its 32nd word, the second in the first cycle
+    # without one
+    assert [c for c, _, _ in frame_stream([list(range(40))], rate=1.0)] == [31, 40]
+
+
+def test_frame_stream_two_banks_on_a_slow_link():
+    # 100 words waiting at once: full frames
+    assert _lengths(frame_stream([[0] * 1 + list(range(1, 100))], rate=1 / 32)) == \
+        [32, 32, 32, 4]
+    # tiny's backward link at 0.2 Gb/s from idle: the first pixel leaves alone, the second is
+    # gathered while the first is on the wire, then both banks are full and the pixels that
+    # come meanwhile wait and leave together (measured 2, 2, 4, 8, 12, 4 words; the model's
+    # evenly spaced pixels give 2, 2, 6, 8, 14)
+    got = _lengths(frame_stream([word_times(PIXELS, 0)], rate=1 / 32))
+    assert got == [2, 2, 6, 8, 14]
+
+
+def test_frame_stream_round_robin():
+    # two streams with words waiting: frames alternate between them
+    a = list(range(0, 64))
+    b = list(range(0, 64))
+    frames = frame_stream([a, b], rate=1 / 4)
+    assert [s for _, s, _ in frames][:4] == [0, 1, 0, 1]
+    assert _lengths(frames) == [32, 32, 32, 32]
+
+
+def test_frame_stream_rejects_a_bad_rate():
+    with pytest.raises(ValueError, match=r"^link rate must be in \(0, 1\]"):
+        frame_stream([[0]], rate=0)
+
+
+def test_link_frames_fast_link_one_frame_per_pixel():
+    # the board's link: 16 frames of 2 words per image (measured: 32 frames for 2 images)
+    f = link_frames([PIXELS], rate=1.0, period=527)
+    assert f == LinkFrames(frames=16.0, payload_words=32.0, overhead_words=2, full_frames=1.0)
+    assert f.wire_words == 64.0
+    assert f.payload_per_frame == 2.0
+
+
+def test_link_frames_slow_link():
+    # 0.2 Gb/s, one image per 1100.9 cycles (the full-frame bound): the link drains each
+    # image before the next one's first pixel, which leaves alone; the other 15 follow in one
+    # frame of 30 words
+    f = link_frames([PIXELS], rate=1 / 32, period=1100.9, batch=4, engine_period=527)
+    assert f.frames == pytest.approx(2.0)
+    assert f.wire_words == pytest.approx(36.0)
+
+
+def test_link_frames_backlogged_link_sends_full_frames():
+    # a producer far faster than the link: a frame of 32 words, with only 32 words per image
+    fast = StreamTiming(items=64, item_bits=128, active=128)
+    f = link_frames([fast], rate=1 / 32, period=128 * 34 * 32 / 128, batch=1)
+    assert f.frames == pytest.approx(f.full_frames, rel=0.05)
+
+
+def test_link_frames_boundary_restart():
+    # backward streams start a mini-batch late and catch up at the engines' pace: the images
+    # after the boundary come back to back and share frames, fewer per image than without
+    late = StreamTiming(items=16, item_bits=128, active=527, boundary=True)
+    base = link_frames([late], rate=1 / 32, period=1100.9, batch=4, engine_period=527)
+    held = link_frames([late], rate=1 / 32, period=1100.9, batch=4, boundary=1728,
+                       engine_period=527)
+    assert held.frames < base.frames
+    # the boundary stretches a mini-batch only by what the engines' slack cannot hide
+    assert held.payload_words == base.payload_words == 32
+
+
+def test_link_frames_window_for_large_images():
+    # beyond the budget the middle of the image is simulated: the same frames per word
+    big = StreamTiming(items=4000, item_bits=128, active=40_000)
+    whole = link_frames([big], rate=1.0, period=40_000, budget=100_000)
+    window = link_frames([big], rate=1.0, period=40_000, budget=2_000)
+    assert window.frames == pytest.approx(whole.frames, rel=0.02)
+    assert window.frames == pytest.approx(4000)
+
+
+def test_mapper_wire_words_follow_the_framing():
+    net = load_network("tiny")
+    # the board's link: 64 payload and overhead words per image each way, and the credit frames
+    plan = map_network(net, load_board("sim-node"), 2, batch=4, max_row_lanes=1, split="layers")
+    for lk in plan.links:
+        assert lk.bits_per_image == 32 * 64
+        assert 64 * 64 < lk.wire_bits_per_image < 64.5 * 64
+    s = plan.summary
+    assert s["max_link_gbps"] > s["max_link_gbps_full_frames"]
+    # the link bound still counts full frames: 34 words per image at 32 cycles each
+    slow = map_network(net, load_board("sim-node").with_overrides(link_gbps=0.2), 2, batch=4,
+                       max_row_lanes=1, split="layers")
+    assert slow.summary["cycles_per_image_steady"] == pytest.approx(
+        34 * 32 / (1 - costs.LINK_CREDIT_FRAME_WORDS * 32 / costs.LINK_CREDIT_INTERVAL_CYCLES),
+        abs=0.01)
+    for lk in slow.links:
+        # 2 frames per image: 36 words, and 0.4 of credit frames
+        assert lk.wire_bits_per_image / 64 == pytest.approx(36.4, abs=0.01)
