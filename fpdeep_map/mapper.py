@@ -580,7 +580,8 @@ class _Context:
                 i = items.setdefault(hop, {})
                 i[key] = (i.get(key, 0) + n_items if path in ("parameters", "gradients")
                           else max(i.get(key, 0), n_items))
-                bursts.setdefault(hop, {})[key] = burst
+                b = bursts.setdefault(hop, {})
+                b[key] = b.get(key, 0) + burst if path in ("parameters", "gradients") else burst
 
         segs_of = {w.index: [] for w in self.works}
         for k, segs in enumerate(self.segplans):
@@ -651,10 +652,13 @@ class _Context:
             per_set = e.p * e.s * e.kernel * e.kernel
             sets = total * l.weights / seg.weights
             abits = max(1, (max(total, 2) - 1).bit_length())
+            # the lender streams an image's sets as far ahead as the credits allow, the
+            # gradient sets leave together: both in bursts of every set
+            n_sets = math.ceil(sets - 1e-9)
             add(l.lender, l.borrower, "parameters", l.layer, num.weight.width,
-                uses[l.layer] * sets * per_set, math.ceil(sets - 1e-9))
+                uses[l.layer] * sets * per_set, n_sets, n_sets)
             add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width,
-                sets * (per_set + abits / num.gradient.width), math.ceil(sets - 1e-9))
+                sets * (per_set + abits / num.gradient.width), n_sets, n_sets)
         # the framing model (fpdeep_map/framing.py): per stream and hop, its ports (a lent
         # layer's parameters: FP and EB), items per image and port, bits per item
         self.flow_items = {}
