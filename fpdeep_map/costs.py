@@ -49,9 +49,15 @@ LUT_PER_SFU_LANE = 60
 FF_PER_SFU_LANE = 80
 
 # --- link framing (fpdeep_hw/link/framer.py) ------------------------------------------------------
-#: Payload words per frame at most, and the header + trailer (CRC) words every frame adds.
+#: Payload words per frame at most, and the header + trailer (CRC) words every frame adds. The link
+#: bound on the period counts full frames (a saturated link sends them); the wire words per image
+#: count the frames as ``LinkTx`` cuts them (short ones when the link keeps up with its producers:
+#: ``fpdeep_map/framing.py``).
 LINK_FRAME_PAYLOAD_WORDS = 32
 LINK_FRAME_OVERHEAD_WORDS = 2
+#: Staging banks of ``LinkTx`` (gathered in turn while another one is on the wire): the framing
+#: model's (the co-simulation figures of docs/mapping.md section 5 were measured with 2).
+LINK_TX_BANKS = 2
 
 # --- lent parameters (fpdeep_hw/node/lend.py) ------------------------------------------------------
 #: The weight-stationary engines of a layer whose parameters are lent sweep the *padded* map once

@@ -2,8 +2,8 @@
 
 The framer (``fpdeep_hw/link/framer.py``, ``LinkTx``) gathers the words of one stream into a
 staging bank one per cycle until ``max_payload`` words, or until its input has no word in a
-cycle (the frame is cut short there); two banks alternate, one being gathered while the other is
-on the wire (header, payload, CRC trailer). A link that keeps up with its producers therefore
+cycle (the frame is cut short there); its staging banks (two as built, ``LINK_TX_BANKS``) are
+used in turn, one being gathered while another is on the wire (header, payload, CRC trailer). A link that keeps up with its producers therefore
 sends each burst of words as it comes, in a short frame, and only a backlogged link sends full
 frames. This module predicts the frames from how the producing engines emit their items and
 from the link rate, by a small deterministic event simulation of the framer (pure Python; the
@@ -27,7 +27,7 @@ mapper must not import Amaranth):
   chosen stream one per cycle while the next one is there by then, up to ``max_payload``; the
   frame's bank goes on the wire the cycle after it closes once the sender is free, and takes
   ``(length + 2) / rate`` cycles (``rate``: link words per cycle); the bank is free for the
-  next-but-one frame after that. Credits (receive buffers of ``LINK_RECEIVE_BUFFER_WORDS``, many
+  frame ``banks`` later after that. Credits (receive buffers of ``LINK_RECEIVE_BUFFER_WORDS``, many
   frames) and credit frames are left out here (the mapper adds the credit frames).
 
 :func:`link_frames` simulates a few mini-batches from an idle link and counts the frames of the
@@ -121,18 +121,21 @@ def word_times(timing, start, first=0, last=None):
     return out
 
 
-def frame_stream(arrivals, *, rate, max_payload=32, overhead=2):
+def frame_stream(arrivals, *, rate, max_payload=32, overhead=2, banks=2):
     """Frames ``LinkTx`` sends for words arriving at the given cycles.
 
     ``arrivals``: per stream, the increasing cycles at which its words are on the transmitter's
-    input. Returns ``[(close_cycle, stream, length)]`` in the order the frames are gathered.
+    input; ``banks``: the transmitter's staging banks, used in turn. Returns ``[(close_cycle,
+    stream, length)]`` in the order the frames are gathered.
     """
     if not 0 < rate <= 1:
         raise ValueError(f"link rate must be in (0, 1] words per cycle, not {rate!r}")
+    if not isinstance(banks, int) or banks < 2:
+        raise ValueError(f"banks must be an integer of at least 2, not {banks!r}")
     n = len(arrivals)
     idx = [0] * n
     frames = []
-    bank_free = [0.0, 0.0]      # cycle from which each staging bank can be gathered again
+    bank_free = [0.0] * banks   # cycle from which each staging bank can be gathered again
     sender_free = 0.0
     close_prev = -1
     rr = n - 1
@@ -141,7 +144,7 @@ def frame_stream(arrivals, *, rate, max_payload=32, overhead=2):
         waiting = [arrivals[s][idx[s]] for s in range(n) if idx[s] < len(arrivals[s])]
         if not waiting:
             return frames
-        t = max(close_prev + 1, math.ceil(bank_free[k % 2]), min(waiting))
+        t = max(close_prev + 1, math.ceil(bank_free[k % banks]), min(waiting))
         # round robin: the first stream after the last one served with a word by cycle t
         s = next(s for s in ((rr + off) % n for off in range(1, n + 1))
                  if idx[s] < len(arrivals[s]) and arrivals[s][idx[s]] <= t)
@@ -158,7 +161,7 @@ def frame_stream(arrivals, *, rate, max_payload=32, overhead=2):
         start = max(close + 1, sender_free)
         end = start + (count + overhead) / rate
         sender_free = end
-        bank_free[k % 2] = end
+        bank_free[k % banks] = end
         frames.append((close, s, count))
         close_prev = close
         k += 1
@@ -181,7 +184,7 @@ def _starts(timing, images, *, period, batch, boundary, engine_period):
 
 
 def link_frames(streams, *, rate, period, batch=1, boundary=0.0, engine_period=None,
-                max_payload=32, overhead=2, budget=20_000):
+                max_payload=32, overhead=2, banks=2, budget=20_000):
     """Frames per image of one link direction in the steady state.
 
     Parameters
@@ -198,6 +201,8 @@ def link_frames(streams, *, rate, period, batch=1, boundary=0.0, engine_period=N
         Cycles the backward streams' first image of a mini-batch starts late.
     engine_period : float, optional
         The engines' cycles per image (how fast late images catch up; default ``period``).
+    max_payload, overhead, banks : int
+        The framer's largest payload, header + trailer words, staging banks.
     budget : int
         Most words per image simulated in full; larger images are simulated over a window.
 
@@ -216,7 +221,7 @@ def link_frames(streams, *, rate, period, batch=1, boundary=0.0, engine_period=N
     engine_period = period if engine_period is None else min(engine_period, period)
     if payload > budget:
         return _window(streams, rate=rate, max_payload=max_payload, overhead=overhead,
-                       budget=budget, payload=payload, full=full)
+                       banks=banks, budget=budget, payload=payload, full=full)
     # mini-batches to simulate: enough for a few whole periods of the link to settle
     per_batch = max(1, batch)
     batches = max(3, -(-6 // per_batch))
@@ -234,7 +239,8 @@ def link_frames(streams, *, rate, period, batch=1, boundary=0.0, engine_period=N
         for j in range(1, len(words)):
             words[j] = max(words[j], words[j - 1] + 1)
         arrivals.append(words)
-    frames = frame_stream(arrivals, rate=rate, max_payload=max_payload, overhead=overhead)
+    frames = frame_stream(arrivals, rate=rate, max_payload=max_payload, overhead=overhead,
+                          banks=banks)
     # the last mini-batch: the frames closed from its start on (a link that fell behind also
     # sends the previous batch's tail then, in full frames), per word carried
     lo = (batches - 1) * batch_len
@@ -243,7 +249,7 @@ def link_frames(streams, *, rate, period, batch=1, boundary=0.0, engine_period=N
     return LinkFrames(max(per_image, float(full)), float(payload), overhead, float(full))
 
 
-def _window(streams, *, rate, max_payload, overhead, budget, payload, full):
+def _window(streams, *, rate, max_payload, overhead, banks, budget, payload, full):
     """Large images: a window of ``budget`` words from the middle of one image, all streams
     over the same cycles, frames counted over its second half (frames per word scale)."""
     span = max(s.active for s in streams)
@@ -254,7 +260,8 @@ def _window(streams, *, rate, max_payload, overhead, budget, payload, full):
         a = int(s.items * (0.5 - frac / 2))
         b = max(a + 1, min(s.items, int(math.ceil(s.items * (0.5 + frac / 2)))))
         arrivals.append(word_times(s, 0, a, b))
-    frames = frame_stream(arrivals, rate=rate, max_payload=max_payload, overhead=overhead)
+    frames = frame_stream(arrivals, rate=rate, max_payload=max_payload, overhead=overhead,
+                          banks=banks)
     mid = lo_t + span * frac / 2
     half = [n for c, _, n in frames if c >= mid]
     if not half or sum(half) == 0:

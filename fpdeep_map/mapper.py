@@ -779,7 +779,8 @@ class _Context:
             out[key] = link_frames(streams, rate=rate, period=steady, batch=self.batch,
                                    boundary=late, engine_period=engines,
                                    max_payload=costs.LINK_FRAME_PAYLOAD_WORDS,
-                                   overhead=costs.LINK_FRAME_OVERHEAD_WORDS)
+                                   overhead=costs.LINK_FRAME_OVERHEAD_WORDS,
+                                   banks=costs.LINK_TX_BANKS)
         return out
 
     def bound_period(self, period):

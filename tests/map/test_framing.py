@@ -77,6 +77,18 @@ def test_frame_stream_round_robin():
 def test_frame_stream_rejects_a_bad_rate():
     with pytest.raises(ValueError, match=r"^link rate must be in \(0, 1\]"):
         frame_stream([[0]], rate=0)
+    with pytest.raises(ValueError, match=r"^banks must be an integer of at least 2, not 1$"):
+        frame_stream([[0]], rate=1.0, banks=1)
+
+
+def test_frame_stream_more_banks_gather_further_ahead():
+    # a word every other cycle on a fast link: with two banks the waiting words share frames,
+    # with three the gatherer is a frame further ahead and each word leaves alone longer
+    words = [list(range(0, 40, 2))]
+    two = frame_stream(words, rate=1.0)
+    three = frame_stream(words, rate=1.0, banks=3)
+    assert len(three) > len(two)
+    assert sum(n for _, _, n in three) == sum(n for _, _, n in two) == 20
 
 
 def test_link_frames_fast_link_one_frame_per_pixel():
