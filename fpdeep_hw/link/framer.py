@@ -207,8 +207,14 @@ def crc16_header(top48):
 class LinkTx(wiring.Component):
     """Frame N typed streams onto one 64-bit word stream, round-robin, limited by credits.
 
-    Gathering and sending overlap through two staging banks of ``max_payload`` words (one
-    ``Memory`` with a synchronous read port): while one bank is sent, the other is filled.
+    Gathering and sending overlap through ``banks`` staging banks of ``max_payload`` words
+    (one ``Memory`` with a synchronous read port), used in turn: while one bank is sent, the
+    others are filled. Three banks (the default) keep a saturated link busy when streams of
+    different pace share it: a short frame of a slow stream is on the wire for a few cycles
+    only, and with two banks the next long frame could only start gathering (one word per
+    cycle) once that short frame's bank was free, leaving the link idle for most of the long
+    frame's gathering (two streams, one of short frames, one backlogged: the backlogged one
+    got half the link). With three, the gatherer works up to two frames ahead of the sender.
 
     - **Arbitration.** When the gathering bank is free, the next stream in round-robin order
       after the last one served that has a word on its input *and* at least one credit is chosen,
@@ -250,6 +256,8 @@ class LinkTx(wiring.Component):
     credit_urgent : bool
         Also send a credit frame before the interval has passed once a stream of the opposite
         direction has half its receive buffer freed and unreported (default ``False``).
+    banks : int
+        Staging banks of ``max_payload`` words, 2..4 (default 3, see above).
 
     Members
     -------
@@ -266,8 +274,11 @@ class LinkTx(wiring.Component):
     LATENCY = 2
 
     def __init__(self, streams, *, max_payload=32, reverse=None, credit_interval=0,
-                 credit_urgent=False):
+                 credit_urgent=False, banks=3):
         self._streams = _check_streams("LinkTx", streams)
+        if not _is_int(banks) or not 2 <= banks <= 4:
+            raise ValueError(f"LinkTx banks must be an integer in 2..4, not {banks!r}")
+        self._banks = banks
         _check_max_payload("LinkTx", max_payload)
         self._reverse = None if reverse is None else _check_streams("LinkTx reverse", reverse)
         if not _is_int(credit_interval) or credit_interval < 0:
@@ -289,6 +300,7 @@ class LinkTx(wiring.Component):
     max_payload = property(lambda self: self._max_payload)
     reverse = property(lambda self: self._reverse)
     credit_interval = property(lambda self: self._credit_interval)
+    banks = property(lambda self: self._banks)
 
     @property
     def inputs(self):
@@ -328,16 +340,21 @@ class LinkTx(wiring.Component):
         m.d.comb += eligible.eq(Cat(*(src_valid[k] & (credit[k] != 0) for k in range(n))))
 
         # Staging banks.
-        m.submodules.staging = staging = Memory(shape=64, depth=max(2 * P, 2), init=[])
+        NB = self._banks
+        m.submodules.staging = staging = Memory(shape=64, depth=max(NB * P, 2), init=[])
         wr = staging.write_port()
         rd = staging.read_port()
 
-        full = [Signal(name=f"full{b}") for b in range(2)]
-        bank_len = [Signal(range(P + 1), name=f"len{b}") for b in range(2)]
-        bank_sid = [Signal(range(max(n, 2)), name=f"sid{b}") for b in range(2)]
+        full = [Signal(name=f"full{b}") for b in range(NB)]
+        bank_len = [Signal(range(P + 1), name=f"len{b}") for b in range(NB)]
+        bank_sid = [Signal(range(max(n, 2)), name=f"sid{b}") for b in range(NB)]
+        bases = [Const(b * P, range(NB * P + 1)) for b in range(NB)]
+
+        def next_bank(b):
+            return Mux(b == NB - 1, 0, b + 1)
 
         # Gatherer.
-        g_bank = Signal()
+        g_bank = Signal(range(NB))
         g_active = Signal()
         g_sid = Signal(range(max(n, 2)))
         g_count = Signal(range(P + 1))
@@ -353,7 +370,7 @@ class LinkTx(wiring.Component):
 
         cur = Signal(range(max(n, 2)))              # stream taken from this cycle
         taking = Signal()
-        bank_free = ~Mux(g_bank, full[1], full[0])
+        bank_free = ~_pick(g_bank, full)
         with m.If(~g_active):
             m.d.comb += [cur.eq(choice), taking.eq(bank_free & eligible.any())]
         with m.Else():
@@ -363,7 +380,7 @@ class LinkTx(wiring.Component):
             m.d.comb += src_take[k].eq(taking & (cur == k))
         count = Mux(g_active, g_count, 0)
         m.d.comb += [
-            wr.addr.eq(Mux(g_bank, P, 0) + count),
+            wr.addr.eq(_pick(g_bank, bases) + count),
             wr.data.eq(_pick(cur, src_word)),
             wr.en.eq(taking),
         ]
@@ -374,10 +391,10 @@ class LinkTx(wiring.Component):
             m.d.comb += close.eq(g_active)
         new_len = Mux(taking, count + 1, count)
         with m.If(close):
-            for b in range(2):
+            for b in range(NB):
                 with m.If(g_bank == b):
                     m.d.sync += [full[b].eq(1), bank_len[b].eq(new_len), bank_sid[b].eq(cur)]
-            m.d.sync += [g_bank.eq(~g_bank), g_active.eq(0)]
+            m.d.sync += [g_bank.eq(next_bank(g_bank)), g_active.eq(0)]
         with m.Elif(taking):
             m.d.sync += [g_active.eq(1), g_count.eq(count + 1), g_sid.eq(cur)]
         with m.If(taking & ~g_active):
@@ -386,12 +403,12 @@ class LinkTx(wiring.Component):
         # Sender: HEADER (waiting for a full bank), PAYLOAD, TRAILER.
         HEADER, PAYLOAD, TRAILER = 0, 1, 2
         state = Signal(2)
-        s_bank = Signal()
+        s_bank = Signal(range(NB))
         s_idx = Signal(range(P + 1))
         crc = Signal(32)
         seq = [Signal(16, name=f"seq{k}") for k in range(n)]
-        s_len = Mux(s_bank, bank_len[1], bank_len[0])
-        s_sid = Mux(s_bank, bank_sid[1], bank_sid[0])
+        s_len = _pick(s_bank, bank_len)
+        s_sid = _pick(s_bank, bank_sid)
         len8 = Signal(8)
         top = Signal(48)
         m.d.comb += [len8.eq(s_len),
@@ -401,8 +418,8 @@ class LinkTx(wiring.Component):
         header = Signal(64)
         m.d.comb += header.eq(Cat(crc16_header(top), top))
         sent = self.o.valid & self.o.ready
-        base = Mux(s_bank, P, 0)
-        bank_full = Mux(s_bank, full[1], full[0])
+        base = _pick(s_bank, bases)
+        bank_full = _pick(s_bank, full)
         m.d.comb += rd.en.eq(1)
 
         # Credit frames for the opposite direction (cumulative totals, see the class docstring).
@@ -482,13 +499,13 @@ class LinkTx(wiring.Component):
                     m.d.sync += credit_turn.eq(0)
                 with m.Else():
                     m.d.sync += credit_turn.eq(1)
-                    for b in range(2):
+                    for b in range(NB):
                         with m.If(s_bank == b):
                             m.d.sync += full[b].eq(0)
                     for k in range(n):
                         with m.If(s_sid == k):
                             m.d.sync += seq[k].eq(seq[k] + s_len)
-                    m.d.sync += s_bank.eq(~s_bank)
+                    m.d.sync += s_bank.eq(next_bank(s_bank))
                 m.d.sync += state.eq(HEADER)
         # The gatherer closing bank g_bank and the sender freeing s_bank in the same cycle
         # touch different banks (a bank is closed only while free, freed only while full).
