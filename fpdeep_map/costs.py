@@ -55,9 +55,10 @@ FF_PER_SFU_LANE = 80
 #: ``fpdeep_map/framing.py``).
 LINK_FRAME_PAYLOAD_WORDS = 32
 LINK_FRAME_OVERHEAD_WORDS = 2
-#: Staging banks of ``LinkTx`` (gathered in turn while another one is on the wire): the framing
-#: model's (the co-simulation figures of docs/mapping.md section 5 were measured with 2).
-LINK_TX_BANKS = 2
+#: Staging banks of ``LinkTx`` (gathered in turn while another one is on the wire), as built
+#: (``LinkTx(banks=3)``, the default since three keep a saturated link busy beside a slow
+#: stream): the framing model's.
+LINK_TX_BANKS = 3
 
 # --- lent parameters (fpdeep_hw/node/lend.py) ------------------------------------------------------
 #: The weight-stationary engines of a layer whose parameters are lent sweep the *padded* map once

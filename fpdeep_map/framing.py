@@ -2,8 +2,9 @@
 
 The framer (``fpdeep_hw/link/framer.py``, ``LinkTx``) gathers the words of one stream into a
 staging bank one per cycle until ``max_payload`` words, or until its input has no word in a
-cycle (the frame is cut short there); its staging banks (two as built, ``LINK_TX_BANKS``) are
-used in turn, one being gathered while another is on the wire (header, payload, CRC trailer). A link that keeps up with its producers therefore
+cycle (the frame is cut short there); its staging banks (``costs.LINK_TX_BANKS``, three as
+built) are used in turn, one being gathered while another is on the wire (header, payload, CRC
+trailer). A link that keeps up with its producers therefore
 sends each burst of words as it comes, in a short frame, and only a backlogged link sends full
 frames. This module predicts the frames from how the producing engines emit their items and
 from the link rate, by a small deterministic event simulation of the framer (pure Python; the

@@ -100,12 +100,16 @@ def test_link_frames_fast_link_one_frame_per_pixel():
 
 
 def test_link_frames_slow_link():
-    # 0.2 Gb/s, one image per 1100.9 cycles (the full-frame bound): the link drains each
-    # image before the next one's first pixel, which leaves alone; the other 15 follow in one
-    # frame of 30 words
+    # 0.2 Gb/s, one image per 1100.9 cycles (the full-frame bound), two banks: the link drains
+    # each image before the next one's first pixel, which leaves alone; the other 15 follow in
+    # one frame of 30 words
     f = link_frames([PIXELS], rate=1 / 32, period=1100.9, batch=4, engine_period=527)
     assert f.frames == pytest.approx(2.0)
     assert f.wire_words == pytest.approx(36.0)
+    # three banks: a little fewer (the third bank holds a burst that two would have queued)
+    three = link_frames([PIXELS], rate=1 / 32, period=1100.9, batch=4, engine_period=527,
+                        banks=3)
+    assert three.frames == pytest.approx(1.946, abs=0.001)
 
 
 def test_link_frames_backlogged_link_sends_full_frames():
@@ -140,6 +144,7 @@ def test_mapper_wire_words_follow_the_framing():
     net = load_network("tiny")
     # the board's link: 64 payload and overhead words per image each way, and the credit frames
     plan = map_network(net, load_board("sim-node"), 2, batch=4, max_row_lanes=1, split="layers")
+    assert costs.LINK_TX_BANKS == 3
     for lk in plan.links:
         assert lk.bits_per_image == 32 * 64
         assert 64 * 64 < lk.wire_bits_per_image < 64.5 * 64
@@ -151,6 +156,8 @@ def test_mapper_wire_words_follow_the_framing():
     assert slow.summary["cycles_per_image_steady"] == pytest.approx(
         34 * 32 / (1 - costs.LINK_CREDIT_FRAME_WORDS * 32 / costs.LINK_CREDIT_INTERVAL_CYCLES),
         abs=0.01)
-    for lk in slow.links:
-        # 2 frames per image: 36 words, and 0.4 of credit frames
-        assert lk.wire_bits_per_image / 64 == pytest.approx(36.4, abs=0.01)
+    # three staging banks (as built): about 2 frames per image, 36 words, and 0.4 of credit
+    # frames; the backward errors start a mini-batch a little late (measured with three banks:
+    # see docs/mapping.md section 5)
+    assert [lk.wire_bits_per_image / 64 for lk in slow.links] == pytest.approx(
+        [36.30, 36.77], abs=0.01)

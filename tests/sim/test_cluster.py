@@ -202,9 +202,13 @@ def test_slow_link_bit_exact(slow_link_small):
     assert res["link_gbps"] == 0.2
     plan = res["_prep"]["plan"]
     assert plan.summary["bottleneck"] == "link"
+    # the period's link bound counts full frames (a saturated link sends them) ...
+    full = 34 * 32 / (1 - 3 * 32 / 8192)
+    assert plan.summary["cycles_per_image_steady"] == pytest.approx(full, rel=1e-3)
+    # ... the plan's wire words per image the frames as the framer cuts them (the first pixel
+    # of an image leaves alone): they would take longer than that
     bound = max(lk["link_bound_cycles_per_image"] for lk in res["links"])
-    assert bound == pytest.approx(34 * 32 / (1 - 3 * 32 / 8192), rel=1e-3)
-    assert plan.summary["cycles_per_image_steady"] == pytest.approx(bound, rel=1e-3)
+    assert bound > full
     _check_links(res, 0.02)
     # the lags cover two slow hops (docs/mapping.md section 4: link transit in the residency)
     assert res["lags"] == {"conv1": 6, "conv2": 5, "conv3": 2, "fc4": 1}
@@ -219,9 +223,10 @@ def test_slow_link_throughput_follows_link(slow_link):
     the engines' boundary stall, 527 + 1728 / 4 per image, fits inside the link's time, the
     receive buffers and lags keep the link busy). The first mini-batch (1312 measured) is the
     links' start-up (the first images leave in short frames before node 0 is ahead of the
-    link), not the steady state, so it is not compared. Forward wire words: 35.7 measured over
-    the whole run, start-up included, against 36.4 (the framing model: the first pixel of every
-    image leaves alone in a 4-word frame, then one frame of 30 words; and the credit frames)."""
+    link), not the steady state, so it is not compared. Forward wire words: 36.9 measured over
+    the whole run, start-up included, against 36.3 (the framing model, three staging banks: the
+    first pixel of most images leaves alone in a 4-word frame, then one frame of 30 words; and
+    the credit frames). With two banks (before): 35.7 measured, 36.4 modelled."""
     res = slow_link
     s = res["_prep"]["plan"].summary
     assert s["cycles_per_image_with_updates"] == s["cycles_per_image_steady"]
@@ -236,11 +241,11 @@ def test_slow_link_throughput_follows_link(slow_link):
 @pytest.mark.long
 @pytest.mark.timeout(3600)
 def test_slow_link_backward_wire_words(slow_link):
-    """Backward wire words: 37.0 measured over the whole run (54 frames for 24 images, the
-    links' start-up included; about 35.1 + 0.4 of credit frames over the last four mini-batches)
-    against 36.4 (the framing model: EB of conv3 emits an image's 16 pixels over 527 cycles,
-    one image per 1100.9; the first pixel leaves alone while the link drains the previous
-    image, 2 frames per image). Full frames would be 34.4."""
+    """Backward wire words: 38.3 measured over the whole run (70 frames for 24 images, the
+    links' start-up included) against 36.8 (the framing model, three staging banks: EB of conv3
+    emits an image's 16 pixels over 527 cycles, one image per 1100.9; the first pixel leaves
+    alone while the link drains the previous image, about 2 frames per image). Full frames
+    would be 34.4. With two banks (before): 37.0 measured (54 frames), 36.4 modelled."""
     bwd = slow_link["links"][1]
     assert bwd["direction"] == "backward"
     assert bwd["wire_words_per_image"] == pytest.approx(
