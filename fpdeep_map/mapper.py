@@ -580,8 +580,8 @@ class _Context:
                 i = items.setdefault(hop, {})
                 i[key] = (i.get(key, 0) + n_items if path in ("parameters", "gradients")
                           else max(i.get(key, 0), n_items))
-                b = bursts.setdefault(hop, {})
-                b[key] = b.get(key, 0) + burst if path in ("parameters", "gradients") else burst
+                bs = bursts.setdefault(hop, {})
+                bs[key] = bs.get(key, 0) + burst if path in ("parameters", "gradients") else burst
 
         segs_of = {w.index: [] for w in self.works}
         for k, segs in enumerate(self.segplans):
