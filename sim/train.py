@@ -192,7 +192,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     ``mem_prefetch``: the off-chip Act-RAMs' burst (words) and prefetch (bursts). Returns a dict
     with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden``.
     """
-    from fpdeep_hw.node.cluster import Cluster
+    from fpdeep_hw.node.cluster import Cluster, active_nodes
     from fpdeep_hw.node.top import NodeTop
     from fpdeep_map.mapper import map_network
     from sim.golden.train import GoldenTrainer, init_weights, lags_from_plan
@@ -209,7 +209,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
-        if nodes == 1:
+        if active_nodes(plan) == 1:
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, mem_burst=mem_burst,
                           mem_prefetch=mem_prefetch)
@@ -807,6 +807,11 @@ def _check_dram(latency, words_per_cycle, stall, burst=16, prefetch=4):
         raise TrainError(f"--dram-stall must be in [0, 1), not {stall!r}")
 
 
+def _active(plan):
+    from fpdeep_hw.node.cluster import active_nodes
+    return active_nodes(plan)
+
+
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
         stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
         split="channels", ocp_threshold=None, offchip_act_ram=None, dram_latency=20,
@@ -842,6 +847,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
            "images": images, "batch": batch,
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
+           # nodes at the end of the chain the plan leaves without a layer (not simulated)
+           "idle_nodes": list(range(_active(prep["plan"]), nodes)),
            "updates": {nl.key: min(len(rec[(nl.key, "update_done" + sfx)])
                                    for sfx, *_ in update_parts(nl))
                        for nl in prep["top"].layers},
@@ -951,6 +958,9 @@ def main(argv=None):
               f"{pub['cycles_per_image']} cycles/image (plan {pub['plan_cycles_per_image']}, "
               f"ideal {pub['ideal_cycles_per_image']}, model "
               f"{pub['predicted_cycles_per_image']}), CE utilisation {pub['ce_utilization']}")
+        if pub.get("idle_nodes"):
+            print(f"  nodes {', '.join(map(str, pub['idle_nodes']))}: no layer in the plan "
+                  f"(idle, not simulated)")
         for lk in pub["links"]:
             print(f"  link {lk['src']}->{lk['dst']}: {lk['payload_words_per_image']:.2f} payload "
                   f"words/image (model {lk['predicted_payload_words_per_image']:.2f}), "

@@ -63,7 +63,7 @@ from ..link.framer import LinkRx, LinkTx
 from ..link.streams import connect_receive, connect_send, link_end
 from .top import NodeTop
 
-__all__ = ["Cluster", "ClusterLink"]
+__all__ = ["Cluster", "ClusterLink", "active_nodes"]
 
 
 @dataclass
@@ -123,6 +123,23 @@ class ClusterLink:
         return self.entry.wire_bits_per_image / 64
 
 
+def active_nodes(plan):
+    """Nodes of the chain that take part: up to the last one that holds a layer. The mapper can
+    leave nodes at the end of the chain empty (a small network on many boards: ``tiny`` on 4
+    ``sim-node`` at batch 4 fills 3); no plan stream reaches them, so they are idle. An empty
+    node *before* one that holds layers would have to relay the chain's streams, which is not
+    built: ``ValueError``."""
+    held = [k for k, np_ in enumerate(plan.node_plans) if np_.segments]
+    if not held:
+        raise ValueError("Cluster: no node of the plan holds a layer")
+    n = held[-1] + 1
+    gaps = [k for k in range(n) if not plan.node_plans[k].segments]
+    if gaps:
+        raise ValueError(f"Cluster: node {gaps[0]} holds no layer but node {n - 1} after it "
+                         f"does (a relay node is not built)")
+    return n
+
+
 class Cluster(wiring.Component):
     """Every node of a plan, chained through link models (see the module docstring).
 
@@ -167,6 +184,9 @@ class Cluster(wiring.Component):
     updates : ``Out(32)``
         Node 0's first layer's weight updates.
     nodes : list of NodeTop
+        The nodes that hold layers (:func:`active_nodes`).
+    idle_nodes : list of int
+        Nodes at the end of the chain that the plan leaves empty (not built).
     links : list of ClusterLink
     layers : list of NodeLayer
         Every node's layers in network order (plain attribute, as :attr:`NodeTop.layers`).
@@ -186,11 +206,15 @@ class Cluster(wiring.Component):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
             raise TypeError(f"Cluster network must be a Network, not {network!r}")
-        n = len(plan.node_plans)
+        n = active_nodes(plan)
         if n < 2:
-            raise ValueError(f"Cluster needs a plan of at least 2 nodes, not {n} (use NodeTop)")
+            raise ValueError(f"Cluster needs a plan of at least 2 nodes that hold layers, not {n} "
+                             f"(use NodeTop)")
         if plan.topology != "chain":
             raise ValueError(f"Cluster: only chain plans are built, not {plan.topology!r}")
+        #: nodes at the end of the chain the plan leaves without a layer: nothing reaches them
+        #: (no plan link), they are not built
+        self.idle_nodes = list(range(n, len(plan.node_plans)))
         if words_per_cycle is None:
             words_per_cycle = min(Fraction(plan.link_gbps * 1e9 / (64 * plan.clock_mhz * 1e6))
                                   .limit_denominator(4096), Fraction(1))

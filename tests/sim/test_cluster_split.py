@@ -30,6 +30,8 @@ trained against the golden model with the plan's split arithmetic
   weights of conv1 kept by node 0 itself (28), node 1 (40) and node 2 (40): weight sets 0, 1-2
   and 3 of 4; node 1 joins its sets to node 2's, node 0 its own to both, gradients routed back
   by address.
+* idle node: ``tiny`` on 4 ``sim-node`` boards at batch 4 fills nodes 0-2; node 3, empty, is
+  reported idle and not simulated (an empty node between busy ones, a relay, is refused).
 
 Each: every activation, mask, argmax, partial sum / partial error that crossed a link, error,
 gradient, weight version, final master weight (per slice) and overflow count equals the golden
@@ -270,3 +272,34 @@ def test_bit_flips_on_the_wire():
     sent = sum(len(rec[("link", lk.name, j)]) for j in range(len(lk.streams)))
     assert 0 < delivered < sent
     assert train.compare(prep, rec, final) != []
+
+
+@pytest.mark.timeout(900)
+def test_idle_trailing_node():
+    """``tiny`` on 4 ``sim-node`` boards at batch 4: the mapper fills 3 nodes (conv1 and conv2
+    [0, 3), conv2 [3, 8), conv3 and fc4) and leaves node 3 empty; no stream reaches it, so the
+    cluster is nodes 0-2 and node 3 is reported idle (``idle_nodes``)."""
+    res = train.run("tiny", "sim-node", nodes=4, images=2, batch=4, seed=0)
+    assert res["idle_nodes"] == [3]
+    assert len(res["_prep"]["top"].nodes) == 3
+    assert [(lk["src"], lk["dst"]) for lk in res["links"]] == [(0, 1), (1, 0), (1, 2), (2, 1)]
+    _check(res, 2, 4)
+
+
+def test_empty_node_between_busy_ones_is_refused():
+    from fpdeep_hw.node.cluster import active_nodes
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    plan = map_network(load_network("tiny"), load_board("sim-node"), 4, batch=4, max_row_lanes=1)
+    assert active_nodes(plan) == 3
+    nps = list(plan.node_plans)
+    nps[1], nps[3] = dataclasses.replace(nps[1], segments=[]), nps[1]
+    gap = dataclasses.replace(plan, node_plans=nps)
+    with pytest.raises(ValueError, match=r"^Cluster: node 1 holds no layer but node 3 after it "
+                                         r"does \(a relay node is not built\)$"):
+        active_nodes(gap)
+    empty = dataclasses.replace(plan, node_plans=[dataclasses.replace(n, segments=[])
+                                                  for n in nps])
+    with pytest.raises(ValueError, match=r"^Cluster: no node of the plan holds a layer$"):
+        active_nodes(empty)
