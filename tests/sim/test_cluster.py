@@ -122,8 +122,8 @@ def test_cluster_rejects():
     network = load_network("tiny")
     init = init_weights(network, 0, None)
     one = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
-    with pytest.raises(ValueError, match=r"^Cluster needs a plan of at least 2 nodes, not 1 "
-                                         r"\(use NodeTop\)$"):
+    with pytest.raises(ValueError, match=r"^Cluster needs a plan of at least 2 nodes that hold "
+                                         r"layers, not 1 \(use NodeTop\)$"):
         Cluster(one, network, lr=0.125, init_master=init)
     with pytest.raises(TypeError, match=r"^Cluster plan must be a Plan"):
         Cluster("plan", network, lr=0.125, init_master=init)
