@@ -56,16 +56,9 @@ def test_whole_mini_batches(name):
         s["cycles_per_image_with_updates"], rel=0.05)
 
 
-_ICP_FIRST = pytest.mark.xfail(strict=True, reason=(
-    "icp2: the first mini-batch runs at 528 cycles per image, the later ones at 496 and 480 "
-    "(the model's steady period, fc4's 480 CE words); the split conv2 and everything after it "
-    "follow conv2's 528-cycle pace only before the first update. Not found yet"))
-
-
 @pytest.mark.long
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_ICP_FIRST) if n == "icp2" else n
-                                  for n in CONFIGS])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_first_mini_batch(name):
     res = _run(name)
     s = res["_prep"]["plan"].summary

@@ -230,9 +230,9 @@ def test_split_fc(runs):
     assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
 
 
-#: the plans co-simulated over two mini-batches in the default run (``slow``); the others
-#: (tests/sim/test_cluster_lending.py's) only with ``-m long``
-TWO_BATCHES = ["ocp2", "ocp3", "icp2", "lend", "icpfc"]
+#: the plans co-simulated over two mini-batches in the default run (``slow``: one OCP split, one
+#: ICP split, one lending plan); the others only with ``-m long`` (CI time)
+TWO_BATCHES = ["ocp2", "icp2", "lend"]
 
 
 @pytest.mark.slow
