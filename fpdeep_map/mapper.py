@@ -872,24 +872,30 @@ class _Context:
         plus its padding, EB's output error plus ``K - 1 - P``, zeros inserted for a stride).
         PG (its window FIFO hides the gap), FC engines and weight-stationary engines of lent
         layers (their sweeps are in ``period`` already) add nothing."""
+        slowest = max([period] + list(self.layer_cycles().values()))
+        return {"engine_cycles": slowest}
+
+    def layer_cycles(self):
+        """``{layer index: cycles per image}``: the slowest engine of each layer's segments as
+        built (its CE words, plus the line-buffer start-up of conv FP and EB engines, see
+        :meth:`timing`)."""
         borrowed = {(l.borrower, l.layer) for l in self.lends}
-        slowest = period
+        out = {}
         for k, segs in enumerate(self.segplans):
             for seg in segs:
-                if seg.kind != "conv" or (k, seg.layer) in borrowed:
-                    continue
                 w = self.works[seg.index]
                 pad = self.net.layer(w.name).padding
                 for phase, e in seg.engines.items():
-                    if phase == "pg":
-                        continue
-                    if phase == "fp":
-                        wv = w.in_hw[1] + 2 * pad
-                    else:
-                        wv = (w.out_hw[1] - 1) * w.stride + 1 + 2 * (w.k - 1 - pad)
-                    gap = max(0.0, 2 * wv + costs.LINE_BUFFER_IMAGE_GAP - self._passes(seg, e))
-                    slowest = max(slowest, e.cycles_per_image + gap)
-        return {"engine_cycles": slowest}
+                    gap = 0.0
+                    if seg.kind == "conv" and (k, seg.layer) not in borrowed and phase != "pg":
+                        if phase == "fp":
+                            wv = w.in_hw[1] + 2 * pad
+                        else:
+                            wv = (w.out_hw[1] - 1) * w.stride + 1 + 2 * (w.k - 1 - pad)
+                        gap = max(0.0, 2 * wv + costs.LINE_BUFFER_IMAGE_GAP
+                                  - self._passes(seg, e))
+                    out[seg.index] = max(out.get(seg.index, 0.0), e.cycles_per_image + gap)
+        return out
 
     def boundary_cycles(self, period):
         """Cycles a mini-batch boundary adds to the ``B`` periods of its images.
@@ -925,13 +931,53 @@ class _Context:
         rows, pixels = (self._fc_input_rows_pixels(last) if last.kind == "fc"
                         else (last.out_hw[0], 0))
         a = n_pg + 3 * sets + costs.UPDATE_FIXED_CYCLES
+        # the last layer split over several nodes (ICP of an FC: partial sums forward to the
+        # node with the loss): the loss error of image j crosses back to every slice's node
+        # before its PG and update, and the held image's partial sums cross forward again, a
+        # short message each way per hop
+        span = sorted({k for k, ss in enumerate(self.segplans) for s in ss
+                       if s.index == last.index})
+        hops = span[-1] - span[0]
+        a += 2 * hops * (costs.LINK_HOP_LATENCY_CYCLES + costs.LINK_FRAMER_LATENCY_CYCLES)
         # the held image enters the FC's store from the FIFO one pixel per cycle, then its
         # replay and the loss
         f = pixels + fill + costs.FC_OUTPUT_CYCLES + lam
+        stall = a + f - (lag + 1) * period
         # the image after the held one: the layer below has one output row of it ready, but the
         # FC replays every image for N_fp cycles, so it follows after max((1 - 1/H) T, N_fp)
         catch_up = min(period / rows, max(0.0, period - fill))
-        return max(0.0, a + f - (lag + 1) * period - catch_up)
+        return max(0.0, stall - max(catch_up, self._stall_catch_up(period, stall, last)))
+
+    def _stall_catch_up(self, period, stall, last):
+        """Cycles of the last layer's boundary stall that the rest of the mini-batch makes up
+        when the slowest engine is upstream, on another node.
+
+        During the stall the slowest layer (period ``T``) works on while there is room for its
+        output between it and the last layer: on one node there is none beyond the held image
+        (the FIFO before L holds that one), so the stall reaches it; across a link the receive
+        buffer (``LINK_RECEIVE_BUFFER_WORDS`` per stream) holds its output of several images. It
+        gets ``b = min(stall / T, room)`` images ahead; after the release the layers after it,
+        faster (``T_down``), bring each of the batch's other ``B - 1`` images up to ``T - T_down``
+        early, until the backlog is used up: ``min(b T, (B - 1)(T - T_down))``. Measured: tiny
+        on 3 ``tiny-test-b24d90`` (conv2's lent slice at 800 on node 1, conv3 / fc4 at 512 on
+        node 2): a 1,197-cycle stall, then three images 288 early, 333 net."""
+        cycles = self.layer_cycles()
+        slow = max((i for i, c in cycles.items() if c >= period - 1e-9), default=last.index)
+        if slow >= last.index:
+            return 0.0
+        down = max((c for i, c in cycles.items() if i > slow), default=period)
+        node_of = {}
+        for k, ss in enumerate(self.segplans):
+            for seg in ss:
+                node_of.setdefault(seg.index, set()).add(k)
+        if max(node_of.get(slow, {0})) >= min(node_of.get(last.index, {0})):
+            return 0.0
+        nxt = self.works[slow + 1]
+        words = (nxt.cin * nxt.in_hw[0] * nxt.in_hw[1] * self.num.activation.width
+                 / costs.LINK_WORD_BITS)
+        room = math.floor(costs.LINK_RECEIVE_BUFFER_WORDS / words) if words else 0
+        backlog = min(max(0.0, stall) / period, room)
+        return min(backlog * period, (self.batch - 1) * max(0.0, period - down))
 
     # -- results ---------------------------------------------------------------------------------
     def finish(self, period):
