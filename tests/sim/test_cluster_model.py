@@ -14,7 +14,8 @@ Measured (this machine, seed 0, three-bank link transmitter; first batch / whole
 against the model): ocp2 464.33 / 615.5 against 464 / 635.25; ocp3 275 / 437.75 against 275 /
 433.75; icp2 480 / 781.25 against 480 / 779.25; icpfc 399.67 / 668.5 against 401 / 665.25; lend
 1600 / 1600 against 1600 / 1600; icplend 800 / 883.25 against 800 / 883.25; ocplend 2304 /
-2315.25 against 2304 / 2304; far 400 / 437.53 against 400 / 400 (xfail below). The table and
+2315.25 against 2304 / 2304; twochains 2054.33 / 2578.25 against 2000 / 2534.25; far 400 /
+437.53 against 400 / 400 (xfail below). The table and
 the model's terms: ``docs/mapping.md`` section 6. Marked ``long`` (2-6 minutes per plan): not in
 the default run, ``python -m pytest -m long`` runs them.
 """
