@@ -935,8 +935,7 @@ class _Context:
         # node with the loss): the loss error of image j crosses back to every slice's node
         # before its PG and update, and the held image's partial sums cross forward again, a
         # short message each way per hop
-        span = sorted({k for k, ss in enumerate(self.segplans) for s in ss
-                       if s.index == last.index})
+        span = self._nodes_of(last.index)
         hops = span[-1] - span[0]
         a += 2 * hops * (costs.LINK_HOP_LATENCY_CYCLES + costs.LINK_FRAMER_LATENCY_CYCLES)
         # the held image enters the FC's store from the FIFO one pixel per cycle, then its
@@ -947,6 +946,10 @@ class _Context:
         # FC replays every image for N_fp cycles, so it follows after max((1 - 1/H) T, N_fp)
         catch_up = min(period / rows, max(0.0, period - fill))
         return max(0.0, stall - max(catch_up, self._stall_catch_up(period, stall, last)))
+
+    def _nodes_of(self, index):
+        """The nodes holding segments of layer ``index``, in order."""
+        return sorted({k for k, ss in enumerate(self.segplans) for s in ss if s.index == index})
 
     def _stall_catch_up(self, period, stall, last):
         """Cycles of the last layer's boundary stall that the rest of the mini-batch makes up
@@ -966,11 +969,7 @@ class _Context:
         if slow >= last.index:
             return 0.0
         down = max((c for i, c in cycles.items() if i > slow), default=period)
-        node_of = {}
-        for k, ss in enumerate(self.segplans):
-            for seg in ss:
-                node_of.setdefault(seg.index, set()).add(k)
-        if max(node_of.get(slow, {0})) >= min(node_of.get(last.index, {0})):
+        if self._nodes_of(slow)[-1] >= self._nodes_of(last.index)[0]:
             return 0.0
         nxt = self.works[slow + 1]
         words = (nxt.cin * nxt.in_hw[0] * nxt.in_hw[1] * self.num.activation.width

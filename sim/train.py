@@ -190,7 +190,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     ``link_gbps``). ``offchip_act_ram`` (``"all"``, a list of layers or a comma-separated
     string): :func:`force_offchip_act_ram` on the mapped plan before building; ``mem_burst``,
     ``mem_prefetch``: the off-chip Act-RAMs' burst (words) and prefetch (bursts). Returns a dict
-    with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden``.
+    with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden`` and
+    ``idle_nodes`` (nodes at the end of the chain the plan leaves empty, not built).
     """
     from fpdeep_hw.node.cluster import Cluster, active_nodes
     from fpdeep_hw.node.top import NodeTop
@@ -209,7 +210,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
-        if active_nodes(plan) == 1:
+        active = active_nodes(plan)
+        if active == 1:
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, mem_burst=mem_burst,
                           mem_prefetch=mem_prefetch)
@@ -223,7 +225,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
                          plan=plan)
     gold.run(x, y)
     return {"network": network, "plan": plan, "top": top, "x": x, "y": y, "data": source,
-            "init": init, "golden": gold}
+            "init": init, "golden": gold, "idle_nodes": list(range(active, nodes))}
 
 
 def update_parts(nl):
@@ -807,11 +809,6 @@ def _check_dram(latency, words_per_cycle, stall, burst=16, prefetch=4):
         raise TrainError(f"--dram-stall must be in [0, 1), not {stall!r}")
 
 
-def _active(plan):
-    from fpdeep_hw.node.cluster import active_nodes
-    return active_nodes(plan)
-
-
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
         stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
         split="channels", ocp_threshold=None, offchip_act_ram=None, dram_latency=20,
@@ -848,7 +845,7 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
            "seed": seed, "lr": lr, "data": prep["data"], "bit_exact": not bad,
            "mismatches": bad[:20], "lags": prep["top"].lags,
            # nodes at the end of the chain the plan leaves without a layer (not simulated)
-           "idle_nodes": list(range(_active(prep["plan"]), nodes)),
+           "idle_nodes": prep["idle_nodes"],
            "updates": {nl.key: min(len(rec[(nl.key, "update_done" + sfx)])
                                    for sfx, *_ in update_parts(nl))
                        for nl in prep["top"].layers},
