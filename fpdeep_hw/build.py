@@ -380,7 +380,8 @@ def _rtlil_emitter():
 
 def rtlil_convert(elaboratable, name="top"):
     """``amaranth.back.rtlil.convert(elaboratable, name=name, emit_src=False)`` with the fast
-    memory initialisation of :func:`_rtlil_emitter` (same text)."""
+    memory initialisation of :func:`_rtlil_emitter` and the fast combinational-cycle check of
+    :mod:`fpdeep_hw.combcheck` (same text, same verdict)."""
     from amaranth.back import rtlil
     from amaranth.hdl import _ast, _ir
     from amaranth.lib import wiring
@@ -393,8 +394,10 @@ def rtlil_convert(elaboratable, name="top"):
             ports["__".join(map(str, path))] = (
                 value, _ir.PortDirection.Input if member.flow == wiring.In
                 else _ir.PortDirection.Output)
+    from .combcheck import fast_comb_check
     fragment = _ir.Fragment.get(elaboratable, None)
-    netlist = _ir.build_netlist(fragment, ports=ports, name=name)
+    with fast_comb_check():
+        netlist = _ir.build_netlist(fragment, ports=ports, name=name)
     empty = rtlil.EmptyModuleChecker(netlist)
     builder = rtlil.Design(emit_src=False)
     emitter = _rtlil_emitter()
