@@ -11,7 +11,7 @@ Golden model: :mod:`sim.golden.grad_buffer`. Test: ``tests/hw/test_grad_buffer.p
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,6 +20,7 @@ from fpdeep_map.numerics import FixedFormat
 
 from ..compute.shared import shared
 from ..numerics import requantize, saturating_add
+from ..wide import join
 
 __all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
 
@@ -357,9 +358,14 @@ class GradBuffer(wiring.Component):
                 lane.w_addr.eq(w_addr), lane.w_en.eq(w_en), lane.w_zero.eq(w_zero),
                 lane.r_addr.eq(r_addr), lane.r_en.eq(r_en),
                 lane.a_valid.eq(a_valid), lane.b_advance.eq(b_advance),
-                acc_flags[k].eq(lane.acc_flag), out_flags[k].eq(lane.out_flag),
-                self.o.payload.data[s][ky][kx].eq(lane.out),
             ]
+        # the wide signals in one statement each (fpdeep_hw/wide.py)
+        o_data = self.o.payload.data
+        m.d.comb += [
+            acc_flags.eq(join((lane.acc_flag for lane in lanes), 1)),
+            out_flags.eq(join((lane.out_flag for lane in lanes), 1)),
+            o_data.eq(join((lane.out for lane in lanes), len(Value.cast(o_data)) // n)),
+        ]
         return m
 
 

@@ -13,6 +13,8 @@ from amaranth.lib.wiring import In, Out
 
 from sim.golden.line_buffer import Geometry, eb_geometry, normalize_pad
 
+from ..wide import join
+
 __all__ = ["LineBuffer"]
 
 
@@ -294,9 +296,9 @@ class LineBuffer(wiring.Component):
         def window(ky, kx):             # natural orientation, kx = K - 1 newest
             return chain[(K - 1 - kx) * G][ky]
 
-        for s_ in range(S):
-            for ky in range(K):
-                for kx in range(K):
-                    src = window(K - 1 - ky, K - 1 - kx) if self._flip else window(ky, kx)
-                    m.d.comb += self.o.payload[s_][ky][kx].eq(src[s_])
+        # one statement for the whole window (element [s][ky][kx], s outermost): see wide.py
+        w = Shape.cast(self._shape).width
+        m.d.comb += self.o.payload.eq(join(
+            ((window(K - 1 - ky, K - 1 - kx) if self._flip else window(ky, kx))[s_]
+             for s_ in range(S) for ky in range(K) for kx in range(K)), w))
         return m

@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
+
+from .fast_init import memory
 
 __all__ = ["weight_set_layout", "LPRAM", "BPRAM"]
 
@@ -189,7 +190,7 @@ class _ParamRAM(wiring.Component):
         for s in range(self._lanes):
             for ky in range(self._kernel):
                 for kx in range(self._kernel):
-                    bank = Memory(shape=signed(self._fmt.width), depth=mem_depth,
+                    bank = memory(shape=signed(self._fmt.width), depth=mem_depth,
                                   init=[int(v) for v in self._init[:, s, ky, kx]])
                     m.submodules[f"bank_{s}_{ky}_{kx}"] = bank
                     w_port = bank.write_port()

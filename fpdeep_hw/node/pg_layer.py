@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -29,6 +29,7 @@ from ..memory.grad_buffer import LGB, _count_flags
 from ..compute.shared import shared
 from ..memory.line_buffer import LineBuffer
 from ..numerics import requantize, saturating_add
+from ..wide import join
 from .fp_layer import layer_geometry
 
 __all__ = ["PGLayer"]
@@ -319,8 +320,7 @@ class PGLayer(wiring.Component):
             ]
         else:
             m.d.comb += [src_valid.eq(self.a.valid), self.a.ready.eq(src_ready)]
-            for c in range(C):
-                m.d.comb += src_win[c][0][0].eq(self.a.payload[c])
+            m.d.comb += src_win.eq(join((self.a.payload[c] for c in range(C)), aw))
 
         # -- issue (stage 0): window x error group x input group ---------------------------------
         g = Signal(range(max(G, 2)))
@@ -389,18 +389,15 @@ class PGLayer(wiring.Component):
         with m.Switch(g):
             for gi in range(G):
                 with (m.Case(gi) if gi < G - 1 else m.Default()):
-                    for s in range(S):
-                        c = gi * S + s
-                        for ky in range(K):
-                            for kx in range(K):
-                                m.d.sync += s1_win[s][ky][kx].eq(
-                                    src_win[c][ky][kx] if c < C else 0)
+                    m.d.sync += s1_win.eq(join(
+                        (src_win[gi * S + s][ky][kx] if gi * S + s < C else 0
+                         for s in range(S) for ky in range(K) for kx in range(K)), aw))
         with m.Switch(r):
             for ri in range(R):
                 with (m.Case(ri) if ri < R - 1 else m.Default()):
-                    for e in range(P):
-                        o = ri * P + e
-                        m.d.sync += s1_err[e].eq(self.e.payload[o] if o < OC else 0)
+                    m.d.sync += s1_err.eq(join(
+                        (self.e.payload[ri * P + e] if ri * P + e < OC else 0
+                         for e in range(P)), ew))
 
         # -- stage 2: products and old values (forwarded); write-back ----------------------------
         s2_valid = Signal()
@@ -422,8 +419,8 @@ class PGLayer(wiring.Component):
                 lane.hit2.eq(hit2), lane.hitb.eq(hitb), lane.first.eq(s2_first),
                 lane.valid.eq(s2_valid),
                 lane.w_addr.eq(s2_addr), lane.w_en.eq(s2_valid), lane.r_addr.eq(addr0),
-                acc_flags[k].eq(lane.acc_flag),
             ]
+        m.d.comb += acc_flags.eq(join((lane.acc_flag for lane in lanes), 1))
         _count_flags(m, acc_flags, self.acc_overflow)
         m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr)]
 
@@ -486,8 +483,11 @@ class PGLayer(wiring.Component):
             m.d.comb += [
                 lane.d_addr.eq(d_addr), lane.d_en.eq(d_en), lane.consume.eq(consume),
                 lane.adv.eq(adv),
-                out_flags[k].eq(lane.out_flag),
-                q.payload.data[e * S + s][ky][kx].eq(lane.out),
             ]
+        q_data = q.payload.data
+        m.d.comb += [
+            out_flags.eq(join((lane.out_flag for lane in lanes), 1)),
+            q_data.eq(join((lane.out for lane in lanes), len(Value.cast(q_data)) // nb)),
+        ]
         _count_flags(m, out_flags, self.out_overflow)
         return m

@@ -13,16 +13,17 @@ Golden model: :func:`sim.golden.layers.update` / ``working_weight``. Test:
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import NumericsConfig
 
 from ..compute.shared import shared
+from ..memory.fast_init import memory
 from ..memory.grad_buffer import _count_flags
 from ..numerics import requantize, saturate
+from ..wide import join
 
 __all__ = ["WeightUpdate", "LR_FRAC"]
 
@@ -190,20 +191,24 @@ class WeightUpdate(wiring.Component):
         # per element (identical lanes, one shared module in the build); the banks stay here
         # (their initial contents differ)
         lanes = []
+        reads = []
         for k, (s, ky, kx) in enumerate(index):
             init = [int(v) for v in self._init[:, s, ky, kx]] + [0] * (mem_depth - depth)
-            bank = Memory(shape=signed(mw), depth=mem_depth, init=init)
+            bank = memory(shape=signed(mw), depth=mem_depth, init=init)
             self._banks.append(bank)
             m.submodules[f"master_{k}"] = bank
             wp = bank.write_port()
             rp = bank.read_port()
             m.d.comb += [
                 wp.addr.eq(w_addr), wp.data.eq(w_data[k]), wp.en.eq(w_en),
-                rp.addr.eq(r_addr), rp.en.eq(r_en), r_data[k].eq(rp.data),
+                rp.addr.eq(r_addr), rp.en.eq(r_en),
             ]
+            reads.append(rp.data)
             lane = _UpdateLane(numerics=n, lr_q=self._lr_q)
             m.submodules[f"lane_{k}"] = shared(lane, lane.key)
             lanes.append(lane)
+        # the wide signals in one statement each (fpdeep_hw/wide.py)
+        m.d.comb += r_data.eq(join(reads, mw))
 
         flags = Signal(nb)
         _count_flags(m, flags, self.overflow)
@@ -263,9 +268,13 @@ class WeightUpdate(wiring.Component):
                 lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]), lane.old.eq(r_data[k]),
                 lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
                 lane.adv.eq(adv),
-                w_data[k].eq(lane.new), flags[k].eq(lane.flag),
-                self.wr.payload.data[s][ky][kx].eq(lane.wr),
             ]
+        wr_data = self.wr.payload.data
+        m.d.comb += [
+            w_data.eq(join((lane.new for lane in lanes), mw)),
+            flags.eq(join((lane.flag for lane in lanes), 1)),
+            wr_data.eq(join((lane.wr for lane in lanes), len(Value.cast(wr_data)) // nb)),
+        ]
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)

@@ -6,9 +6,12 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
+from amaranth.hdl import Fragment, signed, unsigned
+from amaranth.lib import data
+from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
+from fpdeep_hw.memory.fast_init import memory
 from fpdeep_hw.memory.param_ram import BPRAM, LPRAM
 from fpdeep_map.numerics import FixedFormat
 from sim.golden.param_ram import ParamRAMModel, lend_sequence
@@ -284,3 +287,35 @@ def test_synthesis_maps_banks_to_block_ram(cls, fmt, kernel, lanes, depth, ramb1
     assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == ramb18, stats
     assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]
     assert stats["FF"] <= 40, stats
+
+
+def _used(mem):
+    mem._MustUse__silence = True            # built for its contents only, never elaborated
+    return mem
+
+
+@pytest.mark.parametrize("shape", [signed(16), unsigned(8), signed(24)])
+def test_fast_init_equals_amaranths(shape):
+    """fpdeep_hw/memory/fast_init.py: the words it stores are those ``Memory(init=...)``
+    stores, for lists, numpy arrays and short inits; a word out of range, a non-integer or a
+    layout shape goes Amaranth's way (same words, same errors)."""
+    rng = np.random.default_rng(3)
+    lo, hi = (-(1 << (shape.width - 1)), 1 << (shape.width - 1)) if shape.signed \
+        else (0, 1 << shape.width)
+    for init in (rng.integers(lo, hi, 40), [int(v) for v in rng.integers(lo, hi, 17)], [],
+                 [hi - 1, lo]):
+        fast = _used(memory(shape=shape, depth=40, init=init))
+        slow = _used(Memory(shape=shape, depth=40, init=[int(v) for v in init]))
+        assert list(fast.init) == list(slow.init)
+        assert list(fast.init._raw) == list(slow.init._raw)
+    # out of range: Amaranth truncates it, with its warning
+    with pytest.warns(Warning, match="truncated"):
+        fast = list(_used(memory(shape=shape, depth=4, init=[hi + 5])).init)
+    with pytest.warns(Warning, match="truncated"):
+        slow = list(_used(Memory(shape=shape, depth=4, init=[hi + 5])).init)
+    assert fast == slow
+    layout = data.ArrayLayout(signed(4), 2)
+    assert list(_used(memory(shape=layout, depth=2, init=[[1, -2]])).init._raw) == \
+        list(_used(Memory(shape=layout, depth=2, init=[[1, -2]])).init._raw)
+    with pytest.raises(TypeError, match="Memory initialization value at address 0"):
+        _used(memory(shape=shape, depth=4, init=[1.5]))
