@@ -351,16 +351,44 @@ def fix_constant_always(text):
     return "\nendmodule".join(modules), fixed
 
 
+#: An all-zero initial content of a memory with more bits than this is not written to the RTLIL
+#: (nor to the Verilog): Xilinx block RAM and UltraRAM power up to zero without an INIT, and
+#: Yosys would otherwise carry (and ``write_verilog`` print, one ``initial`` line per word) a
+#: string of zeros as long as the memory -- VGG-16 node 4's deep FIFOs make 650 Mbit of them,
+#: most of a 700 MB RTLIL text. Smaller memories keep Amaranth's text exactly (the Icarus
+#: comparison of the small node relies on zero-initialised words).
+ZERO_INIT_OMIT_BITS = 1 << 20
+
+_MEMORY_LINE = re.compile(r"^  memory width (\d+) size (\d+) (\S+)$", re.M)
+
+
+def rtl_memories(rtlil_text):
+    """Every memory of an RTLIL text: ``[(module, memory, width, depth)]``."""
+    out = []
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"^module (\S+)$", rtlil_text, re.M)]
+    import bisect
+    pos = [s for s, _ in starts]
+    for m in _MEMORY_LINE.finditer(rtlil_text):
+        i = bisect.bisect_right(pos, m.start()) - 1
+        out.append((starts[i][1].lstrip("\\") if i >= 0 else "", m.group(3).lstrip("\\"),
+                    int(m.group(1)), int(m.group(2))))
+    return out
+
+
 def _rtlil_emitter():
     from amaranth.back import rtlil
 
     class Emitter(rtlil.ModuleEmitter):
         """Amaranth's RTLIL module emitter with the initial contents of a memory written as
         one string (Amaranth builds them net by net: ~2 us per bit, and a VGG-16 node holds
-        tens of millions of initial weight bits). The text is identical."""
+        tens of millions of initial weight bits). The text is identical, except that an
+        all-zero initial content of a memory larger than :data:`ZERO_INIT_OMIT_BITS` is left
+        out (see there)."""
 
         def emit_memory(self, cell_idx, cell):
             w = cell.width
+            if w * cell.depth > ZERO_INIT_OMIT_BITS and not any(cell.init):
+                return
             mask = (1 << w) - 1
             fmt = f"0{w}b"
             bits = "".join(format(row & mask, fmt) for row in reversed(cell.init))
@@ -411,13 +439,14 @@ def rtlil_convert(elaboratable, name="top"):
     return str(builder)
 
 
-def convert_node(node, name=NODE_MODULE):
+def convert_node(node, name=NODE_MODULE, stats=None):
     """Verilog of ``node`` (module ``name``), identical sub-blocks converted once.
 
     The node is converted to RTLIL inside :func:`fpdeep_hw.compute.shared.sharing` (every
     :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
     the shared modules' RTLIL is appended, and Yosys writes the Verilog as
-    ``amaranth.back.verilog.convert`` does.
+    ``amaranth.back.verilog.convert`` does. With a dict ``stats``, ``stats["memories"]`` lists
+    every memory as ``(module, memory, width, depth, instances)``.
     """
     from amaranth.back import verilog
 
@@ -425,6 +454,15 @@ def convert_node(node, name=NODE_MODULE):
     with sharing(f"{name}_m", convert=rtlil_convert) as modules:
         text = rtlil_convert(node, name=name)
     text += "".join(modules.rtlil.values())
+    if stats is not None:
+        # a shared module's memories once per instance
+        uses = modules.uses
+        mems = []
+        for mod, mem, w, d in rtl_memories(text):
+            n = next((u for shared, u in uses.items()
+                      if mod == shared or mod.startswith(shared + ".")), 1)
+            mems.append((mod, mem, w, d, n))
+        stats["memories"] = mems
     return verilog._convert_rtlil_text(text)
 
 
@@ -521,7 +559,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
-        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top)))
+        stats = {}
+        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
@@ -552,6 +591,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "mac_units": top.mac_units,
             "notes": notes,
             "verilog_fixups": fixups,
+            "rtl_memory": (mem := _memory_report(stats["memories"], plan)),
             "files": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
         }
         if synth:
@@ -559,6 +599,13 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                 report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.v",
                                                SYNTH_FAMILY.get(board, "xc7"), tmp)
             report["files"] = sorted(set(report["files"]) | {"yosys.log"})
+        if not mem["fits_in_bram"]:
+            big = mem["largest"][0]
+            notes.append(f"the RTL holds {mem['bits'] / 2**20:.1f} Mbit of memories on chip, "
+                         f"more than the board's {mem['board_bram_bits'] / 2**20:.1f} Mbit of "
+                         f"block RAM (largest: {big['module']}.{big['memory']}, "
+                         f"{big['width']} x {big['depth']}): queues the plan sizes for images in "
+                         f"flight are on chip in the RTL; only the Act-RAMs go off chip")
         report["seconds"] = round(time.monotonic() - t0, 2)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if folder.exists():
@@ -574,6 +621,22 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     return folder, report
 
 
+def _memory_report(memories, plan):
+    """The RTL's memory bits against the board's block RAM (what ``report.json`` shows as
+    ``rtl_memory``), the largest memories first."""
+    bits = sum(w * d * n for _, _, w, d, n in memories)
+    board_bits = plan.available["bram36"] * 36 * 1024
+    largest = sorted(memories, key=lambda m: -m[2] * m[3] * m[4])[:8]
+    return {
+        "memories": sum(n for *_, n in memories),
+        "bits": bits,
+        "board_bram_bits": board_bits,
+        "fits_in_bram": bits <= board_bits,
+        "largest": [{"module": mod, "memory": mem, "width": w, "depth": d, "instances": n,
+                     "bits": w * d * n} for mod, mem, w, d, n in largest],
+    }
+
+
 def _summary(folder, report):
     p, y = report["predicted"], report.get("yosys")
     line = (f"{report['network']} on {report['nodes']} x {report['board']}, node "
@@ -582,6 +645,11 @@ def _summary(folder, report):
     if y:
         line += (f"; Yosys DSP {y['dsp']}, BRAM36 {y['bram36']:g}, LUT {y['lut']}, "
                  f"FF {y['ff']}")
+    mem = report.get("rtl_memory")
+    if mem:
+        line += (f"\n  RTL memories {mem['bits'] / 2**20:.1f} Mbit, board block RAM "
+                 f"{mem['board_bram_bits'] / 2**20:.1f} Mbit"
+                 + ("" if mem["fits_in_bram"] else " (does not fit: see report.json notes)"))
     return f"{line}\n  -> {folder}"
 
 
