@@ -14,6 +14,8 @@ the peak resident memory of the largest child so far, so the cases run in separa
   105 multipliers), built with ``--synth``: Yosys' DSP and BRAM counts against the plan.
 - ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
   with the full budget (``max_row_lanes=1``), ``--all`` (the whole 1-node cluster).
+- ``vgg16-all``: the whole default cluster, ``--board vc709 --all --jobs 2`` (15 nodes in two
+  worker processes; the peak is the largest worker's).
 - ``tiny-2nodes``: ``tiny`` on 2 VC709 with whole layers per node (``split="layers"``, 4 % DSP
   budget: node 0 ``conv1 conv2``, node 1 ``conv3 fc4``), ``--all --jobs 1``: both nodes with
   their chain links (framers in the node, Aurora black box and clock crossing in the top).
@@ -38,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes")
+CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes", "vgg16-all")
 
 
 def _plan_file(tmp, net, budget, nodes=1, **kw):
@@ -66,6 +68,8 @@ def run_case(case, mem_limit_gb=12.0):
     out = tmp / "out"
     if case == "vgg16-node4":
         args = ["--board", "vc709", "--node", "4"]
+    elif case == "vgg16-all":
+        args = ["--board", "vc709", "--all", "--jobs", "2"]
     elif case == "tiny-2nodes":
         args = ["--plan", str(_plan_file(tmp, "tiny", 0.04, 2, split="layers")), "--all",
                 "--jobs", "1"]
