@@ -7,7 +7,7 @@ it drives (``_dsl.Module._add_statement``: a loop over ``len(signal)`` per state
 elements) and update units that was most of the node's elaboration (a minute of the build).
 ``wide.eq(Cat(fit(x_0, w), ..., fit(x_(n-1), w)))`` drives the same bits in one statement;
 :func:`fit` gives each part the width of its element with ``.eq``'s own rule (truncated, or
-extended by its own signedness), so the circuit is unchanged.
+extended by its own signedness), so the circuit is unchanged. Test: ``tests/hw/test_wide.py``.
 """
 
 from __future__ import annotations
