@@ -37,6 +37,7 @@ Documentation: ``docs/build.md``. Test: ``tests/hw/test_build.py``. Benchmark:
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -366,7 +367,6 @@ def rtl_memories(rtlil_text):
     """Every memory of an RTLIL text: ``[(module, memory, width, depth)]``."""
     out = []
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"^module (\S+)$", rtlil_text, re.M)]
-    import bisect
     pos = [s for s, _ in starts]
     for m in _MEMORY_LINE.finditer(rtlil_text):
         i = bisect.bisect_right(pos, m.start()) - 1
