@@ -50,12 +50,14 @@ def _run(name):
 
 
 _FAR = pytest.mark.xfail(strict=True, reason=(
-    "far: from the second mini-batch on every batch of 4 takes 1,799 cycles (437.53 per image "
-    "over the run) against the model's 400: the lent conv1 (two hops from its keeper, no EB) "
-    "keeps its 400 per image (traced: conv1's output every 400 cycles all run), but the layers "
-    "after it (256 per image) work off conv2's queued images in bursts of 256 and then wait "
-    "770 cycles for fc4's update: the FC's lag covers the round trip at 400 per image, not at "
-    "256, so the stall has to be computed at the downstream pace (docs/mapping.md section 6)"))
+    "far: from the sixth mini-batch on every batch of 4 takes 1,799 cycles (437.53 per image "
+    "over the run) against the model's 400. Traced over 40 images: two version gates coupled "
+    "by back-pressure -- conv3 (lag 8) can write update M only after its FP of image "
+    "(M+1)B + 7, which cannot pass fc4's gate (lag 4, about two images of room between them) "
+    "until fc4's update M; conv3's EB of image (M+1)B then waits for conv3's update, fc4's EB "
+    "backs up behind it and fc4's update M+1 waits for that EB: 1,088 + 8 + 37 + 159 + 256 + "
+    "251 cycles. The model treats each layer's lag as covering its own round trip "
+    "(docs/mapping.md section 6)"))
 
 
 @pytest.mark.long
