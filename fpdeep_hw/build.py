@@ -60,6 +60,14 @@ DEFAULT_NET = "vgg16"
 DEFAULT_NODES = 15
 #: Verilog module name of the node.
 NODE_MODULE = "fpdeep_node"
+#: Rows of its map that a decoupling FIFO of a built node holds (``NodeTop(fifo_rows=)``) where
+#: one image of it is more than ``BUILD_FIFO_WHOLE_BITS`` (``fifo_whole_bits``); smaller ones
+#: keep one image, as in the simulations (``fifo_images=1``), so a small node is built exactly
+#: as simulated. At ImageNet scale an image of a map is tens of Mbit (VGG-16 node 4: 144 Mbit
+#: of such FIFOs against 51.7 Mbit of VC709 block RAM), two rows are kilobits. What rows cost:
+#: ``docs/hw-node.md``, "Node top" (``tests/sim/test_fifo_rows.py``).
+BUILD_FIFO_ROWS = 2
+BUILD_FIFO_WHOLE_BITS = 1 << 16
 #: Yosys ``synth_xilinx -family`` per board.
 SYNTH_FAMILY = {"vc709": "xc7", "kcu105": "xcu", "alveo-u280": "xcup"}
 
@@ -555,7 +563,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     with progress.stage("generate NodeTop"):
         try:
             top = NodeTop(plan, k, network, lr=lr,
-                          init_master=node_init_weights(plan, k, network, seed))
+                          init_master=node_init_weights(plan, k, network, seed),
+                          fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
@@ -589,6 +598,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "batch": plan.batch, "lr": lr, "seed": seed,
             "predicted": {"dsp": np_.dsp, "bram36": np_.bram36, "lut": np_.lut, "ff": np_.ff},
             "mac_units": top.mac_units,
+            "fifo_rows": BUILD_FIFO_ROWS, "fifo_whole_bits": BUILD_FIFO_WHOLE_BITS,
             "notes": notes,
             "verilog_fixups": fixups,
             "rtl_memory": (mem := _memory_report(stats["memories"], plan)),
@@ -605,7 +615,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                          f"more than the board's {mem['board_bram_bits'] / 2**20:.1f} Mbit of "
                          f"block RAM (largest: {big['module']}.{big['memory']}, "
                          f"{big['width']} x {big['depth']}): queues the plan sizes for images in "
-                         f"flight are on chip in the RTL; only the Act-RAMs go off chip")
+                         f"flight are on chip in the RTL; only the Act-RAMs and the ReLU-mask "
+                         f"and argmax stores the plan keeps off chip go off chip")
         report["seconds"] = round(time.monotonic() - t0, 2)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if folder.exists():

@@ -9,7 +9,9 @@
    channel granularity, engines as P x S x X arrays of K x K tiles.
 3. **Storage** per node: LPRAM (master weights) and LGB (gradient accumulators), line buffers,
    link FIFOs, Act-RAM sized from the pipeline timing model (:func:`residency`), FC weights in
-   off-chip memory with an FC micro-batch that keeps that traffic within the memory's bandwidth.
+   off-chip memory with an FC micro-batch that keeps that traffic within the memory's bandwidth;
+   ReLU-mask and argmax stores of lag + 1 images (:meth:`_Context.place_stores`), on chip where
+   BRAM is left after the Act-RAMs, else off chip.
 4. **Parameter balancing**: parameters of a node whose BRAM cannot hold them are kept in the
    nearest nodes with room (their BPRAM/BGB); the weights then stream to the user once per use
    (FP and EB) per image, and gradients stream back once per image.
@@ -247,6 +249,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
             ctx.balance_parameters()
             ctx.resize_act_ram_for_lending()
             ctx.place_act_ram()
+            ctx.place_stores()
             # a larger FC micro-batch when a node's off-chip traffic (FC weights, spilled
             # Act-RAM and gradient accumulators, master weights) would hold back the
             # compute-bound rate
@@ -554,6 +557,68 @@ class _Context:
                                              depth=a.words, bram18=0, offchip_words=a.words)
                     nin = seg.in_channels[1] - seg.in_channels[0] if w.split == "icp" else w.cin
                     per_image = nin * w.in_hw[0] * w.in_hw[1]
+                    self.offchip_bits[k] += 2 * per_image * a.width
+                    self.offchip_bytes[k] += a.words * a.width / 8
+
+    def _placed_bram18(self, k):
+        """RAMB18 of node ``k``'s Act-RAMs, mask and argmax stores kept on chip."""
+        return sum(m.bram18 for s in self.segplans[k]
+                   for m in (s.act_ram, s.mask_store, s.arg_store) if m is not None)
+
+    def layer_lags(self):
+        """``{layer index: D_l}``: the lag the hardware builds, ``floor(act_ram_images)``, the
+        smallest over a split layer's segments (as ``sim.golden.train.lags_from_plan``)."""
+        lags = {}
+        for segs in self.segplans:
+            for s in segs:
+                d = math.floor(s.act_ram_images)
+                lags[s.index] = min(d, lags.get(s.index, d))
+        return lags
+
+    def _stores(self, seg, lag):
+        """The ``(mask_store, arg_store)`` of a segment, unplaced, and their words per image.
+
+        As the node builds them (``fpdeep_hw/node/top.py``): the ReLU masks of the convolution's
+        output pixels (``H_conv x W_conv``, 1 for an FC) of the segment's output channels, one
+        bit each; the max-pool argmaxes of the pooled pixels, ``arg_bits(kernel)`` bits per
+        output channel (``fpdeep_hw.compute.sfu.arg_bits``); ``lag + 1`` images of each (FP
+        runs up to ``lag`` images ahead of BP). ``words = width = 0`` without a ReLU / pool."""
+        w = self.works[seg.index]
+        nout = seg.out_channels[1] - seg.out_channels[0]
+        conv_px = w.out_hw[0] * w.out_hw[1] if w.kind == "conv" else 1
+        posts = [self.net.layer(n) for n in seg.post]
+        relu = any(p.kind == "relu" for p in posts)
+        pool = next((p for p in posts if p.kind == "maxpool"), None)
+        pool_px = pool.out_shape[1] * pool.out_shape[2] if pool is not None else 0
+        arg_bits = max((pool.kernel ** 2 - 1).bit_length(), 1) if pool is not None else 0
+        mask = (MemoryPlan(words=(lag + 1) * conv_px, width=nout) if relu
+                else MemoryPlan(words=0, width=0))
+        arg = (MemoryPlan(words=(lag + 1) * pool_px, width=nout * arg_bits) if pool is not None
+               else MemoryPlan(words=0, width=0))
+        return (mask, conv_px if relu else 0), (arg, pool_px)
+
+    def place_stores(self):
+        """The ReLU-mask and argmax stores, after the Act-RAMs: on chip where BRAM is left,
+        the others in off-chip memory (written once and read once per image)."""
+        lags = self.layer_lags()
+        for k in range(self.nodes):
+            room = max(0, self.bram18_budget - self._mandatory_bram18(k)
+                       - sum(s.act_ram.bram18 for s in self.segplans[k]))
+            stores = []
+            for seg in self.segplans[k]:
+                (mask, mpx), (arg, apx) = self._stores(seg, lags[seg.index])
+                stores += [(seg, "mask_store", mask, mpx), (seg, "arg_store", arg, apx)]
+            # smaller stores first: they fit whole
+            for seg, attr, a, per_image in sorted(stores, key=lambda t: t[2].words * t[2].width):
+                need = -(-a.words * a.width // (costs.FIFO_BITS_PER_BRAM36 // 2))
+                if need <= room:
+                    setattr(seg, attr, MemoryPlan(words=a.words, width=a.width, banks=1,
+                                                  depth=a.words, bram18=need))
+                    room -= need
+                else:
+                    setattr(seg, attr, MemoryPlan(words=a.words, width=a.width, banks=1,
+                                                  depth=a.words, bram18=0,
+                                                  offchip_words=a.words))
                     self.offchip_bits[k] += 2 * per_image * a.width
                     self.offchip_bytes[k] += a.words * a.width / 8
 
@@ -1029,7 +1094,7 @@ class _Context:
             segs = self.segplans[k]
             dsp = sum(e.dsp for s in segs for e in s.engines.values())
             dsp_total += dsp
-            bram18 = self._mandatory_bram18(k) + sum(s.act_ram.bram18 for s in segs)
+            bram18 = self._mandatory_bram18(k) + self._placed_bram18(k)
             lut, ff = self._logic(k, segs)
             macs = sum(e.macs_per_image for s in segs for e in s.engines.values())
             gin = sum(l.gbps for l in links if l.dst == k)

@@ -73,6 +73,12 @@ class SegmentPlan:
     lpram: MemoryPlan           # parameters (master copy)
     lgb: MemoryPlan             # gradient accumulators
     line_buffers: MemoryPlan    # FP, PG (activations) and EB (errors) line buffers
+    # the ReLU masks and max-pool argmaxes kept from FP until BP of the same image, (lag + 1)
+    # images' worth (words: output pixels of the convolution / of the pool, width: output
+    # channels bits / their argmax bits; words = 0 without a ReLU / pool). None: a plan saved
+    # before these stores were planned (the hardware keeps them on chip, sized as its lag asks)
+    mask_store: MemoryPlan | None = None
+    arg_store: MemoryPlan | None = None
 
 
 @dataclass
@@ -121,7 +127,8 @@ class NodePlan:
     gops: float
     link_gbps_in: float
     link_gbps_out: float
-    offchip_gbps: float         # off-chip memory traffic (FC weights, spilled Act-RAM)
+    offchip_gbps: float         # off-chip memory traffic (FC weights, spilled Act-RAM and
+                                # mask / argmax stores, ...)
     offchip_mbytes: float
     bpram: list = field(default_factory=list)   # [LendPlan] kept here for others
 
@@ -200,6 +207,9 @@ def _seg_from(d):
     d["engines"] = {k: EnginePlan(**e) for k, e in d["engines"].items()}
     for k in ("act_ram", "lpram", "lgb", "line_buffers"):
         d[k] = MemoryPlan(**d[k])
+    for k in ("mask_store", "arg_store"):       # absent from plans of before: None
+        if d.get(k) is not None:
+            d[k] = MemoryPlan(**d[k])
     return SegmentPlan(**d)
 
 

@@ -1,6 +1,7 @@
 """Cycle-level model of an external memory (DRAM behind its controller) on the burst port.
 
-Serves the burst port of :class:`fpdeep_hw.memory.offchip_act_ram.OffchipActRAM`
+Serves the burst port of :class:`fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` (or of any
+:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO`: the off-chip mask and argmax stores)
 (``MEMORY_PORTS`` there: ``aw``/``w`` write bursts, ``b`` write acknowledgements, ``ar`` read
 requests, ``r`` read data) from an async testbench, in simulation, where the board has the
 memory controller black box (``MemoryControllerBlackBox``).

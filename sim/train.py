@@ -4,7 +4,8 @@
 
     python -m sim.train --net tiny --board sim-node --nodes 1 --images 4 --batch 2 --seed 0 \\
         --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2] \\
-        [--offchip-act-ram all|LAYER,...] [--dram-latency 20] [--dram-words-per-cycle 2]
+        [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...] [--dram-latency 20]
+        [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536]]
 
 Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
 max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
@@ -17,8 +18,8 @@ its cycle). Then every activation, mask, argmax, loss error, layer error, averag
 weight version written to the LPRAMs, final master copy and overflow count of the RTL is
 compared with the golden model's.
 
-**External memory.** Every off-chip Act-RAM of a node (its burst port ``mem_*``,
-:attr:`fpdeep_hw.node.top.NodeTop.memory_map`) is served by its own
+**External memory.** Every off-chip Act-RAM, ReLU-mask or argmax store of a node (its burst
+port ``mem_*``, :attr:`fpdeep_hw.node.top.NodeTop.memory_map`) is served by its own
 :class:`sim.dram_model.DRAMModel` (an async background testbench driving the node's port
 directly, in the single-node and the ``--nodes N`` runs alike: :class:`Cluster` leaves the ports
 on its nodes), with ``--dram-latency`` cycles (default 20), ``--dram-words-per-cycle`` (default
@@ -29,6 +30,9 @@ layers) is a **test / debug option** that rewrites the mapped plan's ``act_ram``
 those layers to off chip before building, as the mapper writes a layer that does not fit
 (:func:`force_offchip_act_ram`; the nodes' BRAM and off-chip traffic figures are not
 recomputed). The golden model does not change: the Act-RAM's capacity and the lags stay.
+``--offchip-stores all|LAYER,...`` does the same for those layers' ReLU-mask and argmax stores
+(``mask_store``, ``arg_store``; :func:`force_offchip_stores`); the words read back from an
+off-chip store (into ``BPFront``) are compared too.
 
 Writes ``DIR/result.npz`` (inputs, quantized inputs, labels, every layer's weights before and
 after as floats, the golden model's weights after) and, with ``--waves``, ``DIR/waves.vcd`` and
@@ -38,7 +42,7 @@ Bad arguments: a one-line error on stderr, exit status 2, nothing written.
 
 Members
 -------
-run, main, TrainError, force_offchip_act_ram
+run, main, TrainError, force_offchip_act_ram, force_offchip_stores
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "main", "TrainError", "force_offchip_act_ram"]
+__all__ = ["run", "main", "TrainError", "force_offchip_act_ram", "force_offchip_stores"]
 
 
 class TrainError(ValueError):
@@ -151,16 +155,7 @@ def force_offchip_act_ram(plan, layers):
     ``(node, layer)`` of the segments changed. Unknown layer: :class:`TrainError`.
     """
     from fpdeep_map.plan import MemoryPlan
-    segs = [(np_.node, s) for np_ in plan.node_plans for s in np_.segments]
-    held = list(dict.fromkeys(s.layer for _, s in segs))
-    if layers == "all":
-        want = set(held)
-    else:
-        want = set(layers)
-        unknown = sorted(want - set(held))
-        if unknown or not want:
-            raise TrainError(f"--offchip-act-ram: no layer {', '.join(map(repr, unknown))} in "
-                             f"the plan (layers: {', '.join(held)}, or all)")
+    segs, want = _forced_segments(plan, layers, "--offchip-act-ram")
     changed = []
     for node, s in segs:
         if s.layer in want:
@@ -171,8 +166,51 @@ def force_offchip_act_ram(plan, layers):
     return changed
 
 
+def force_offchip_stores(plan, layers):
+    """Test / debug: keep the ReLU-mask and argmax stores of ``layers`` off chip in ``plan``
+    (changed in place), as :func:`force_offchip_act_ram` does for the Act-RAMs.
+
+    Each ``mask_store`` / ``arg_store`` with words (a segment with a ReLU / pool) becomes what
+    the mapper writes for a store that does not fit (``fpdeep_map.mapper``, ``place_stores``):
+    ``MemoryPlan(words, width, banks=1, depth=words, bram18=0, offchip_words=words)``; the
+    nodes' BRAM and off-chip traffic figures are not recomputed. Returns the ``(node, layer,
+    store)`` changed (``store`` ``"mask"`` or ``"arg"``). Unknown layer: :class:`TrainError`.
+    """
+    from fpdeep_map.plan import MemoryPlan
+    segs, want = _forced_segments(plan, layers, "--offchip-stores")
+    changed = []
+    for node, s in segs:
+        if s.layer not in want:
+            continue
+        for store in ("mask", "arg"):
+            a = getattr(s, f"{store}_store")
+            if a is None or a.words == 0:
+                continue
+            setattr(s, f"{store}_store", MemoryPlan(words=a.words, width=a.width, banks=1,
+                                                    depth=a.words, bram18=0,
+                                                    offchip_words=a.words))
+            changed.append((node, s.layer, store))
+    return changed
+
+
+def _forced_segments(plan, layers, option):
+    """``([(node, segment)], layers wanted)`` for ``layers`` (``"all"`` or names) of
+    ``option``."""
+    segs = [(np_.node, s) for np_ in plan.node_plans for s in np_.segments]
+    held = list(dict.fromkeys(s.layer for _, s in segs))
+    if layers == "all":
+        return segs, set(held)
+    want = set(layers)
+    unknown = sorted(want - set(held))
+    if unknown or not want:
+        raise TrainError(f"{option}: no layer {', '.join(map(repr, unknown))} in "
+                         f"the plan (layers: {', '.join(held)}, or all)")
+    return segs, want
+
+
 def _offchip_arg(value):
-    """``--offchip-act-ram`` as given: ``None``, ``"all"`` or a list of layer names."""
+    """``--offchip-act-ram`` / ``--offchip-stores`` as given: ``None``, ``"all"`` or a list of
+    layer names."""
     if value is None or value == "all":
         return value
     if isinstance(value, str):
@@ -181,15 +219,17 @@ def _offchip_arg(value):
 
 
 def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
+            fifo_rows=None, fifo_whole_bits=0,
             link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
-            offchip_act_ram=None, mem_burst=16, mem_prefetch=4):
+            offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
     by link models of ``link_latency`` cycles at the plan's link rate (the board's, or
     ``link_gbps``). ``offchip_act_ram`` (``"all"``, a list of layers or a comma-separated
-    string): :func:`force_offchip_act_ram` on the mapped plan before building; ``mem_burst``,
-    ``mem_prefetch``: the off-chip Act-RAMs' burst (words) and prefetch (bursts). Returns a dict
+    string): :func:`force_offchip_act_ram` on the mapped plan before building;
+    ``offchip_stores`` (the same forms): :func:`force_offchip_stores`; ``mem_burst``,
+    ``mem_prefetch``: the off-chip stores' burst (words) and prefetch (bursts). Returns a dict
     with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden`` and
     ``idle_nodes`` (nodes at the end of the chain the plan leaves empty, not built).
     """
@@ -207,17 +247,22 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     offchip = _offchip_arg(offchip_act_ram)
     if offchip is not None:
         force_offchip_act_ram(plan, offchip)
+    offchip = _offchip_arg(offchip_stores)
+    if offchip is not None:
+        force_offchip_stores(plan, offchip)
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
         active = active_nodes(plan)
         if active == 1:
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
-                          fifo_images=fifo_images, mem_burst=mem_burst,
+                          fifo_images=fifo_images, fifo_rows=fifo_rows,
+                          fifo_whole_bits=fifo_whole_bits, mem_burst=mem_burst,
                           mem_prefetch=mem_prefetch)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
-                          fifo_images=fifo_images, link_latency=link_latency, flips=flips,
+                          fifo_images=fifo_images, fifo_rows=fifo_rows,
+                          fifo_whole_bits=fifo_whole_bits, link_latency=link_latency, flips=flips,
                           mem_burst=mem_burst, mem_prefetch=mem_prefetch)
     except ValueError as e:
         raise TrainError(str(e)) from None
@@ -270,6 +315,11 @@ def _probes(top):
         if nl.arg_fifo is not None:
             bits = len(nl.fp.arg.payload.as_value()) // g.out_channels
             stream_probe((n, "arg"), nl.fp.arg, vec(bits, g.out_channels, False))
+        # an off-chip store: the words read back from the memory, into BPFront
+        if nl.mem_mask is not None:
+            stream_probe((n, "mask_mem"), nl.bp.mask, vec(1, g.out_channels, False))
+        if nl.mem_arg is not None:
+            stream_probe((n, "arg_mem"), nl.bp.arg, vec(bits, g.out_channels, False))
         stream_probe((n, "e_out"), nl.pg.e, arr(nl.pg.e))
         if nl.eb is not None:
             stream_probe((n, "e_in"), nl.eb.o, arr(nl.eb.o))
@@ -307,23 +357,31 @@ def _probes(top):
 
 
 def memory_ports(top):
-    """``[(NodeTop, NodeLayer, port)]``: every off-chip Act-RAM burst port of ``top`` (a
-    :class:`NodeTop`, or each node of a :class:`Cluster`)."""
-    return [(node, nl, getattr(node, nl.mem)) for node in getattr(top, "nodes", [top])
-            for nl in node.layers if nl.mem is not None]
+    """``[(NodeTop, NodeLayer, store, port)]``: every off-chip store's burst port of ``top``
+    (a :class:`NodeTop`, or each node of a :class:`Cluster`); ``store`` ``"act"`` (the
+    Act-RAM), ``"mask"`` or ``"arg"``."""
+    return [(node, nl, store, getattr(node, member)) for node in getattr(top, "nodes", [top])
+            for nl in node.layers for store, member, _ in nl.memories()]
+
+
+def memory_key(nl, store):
+    """The key of an off-chip store in :func:`dram_models` and the run's figures: the segment
+    key (``NodeLayer.key``) for its Act-RAM, ``<key>/mask`` and ``<key>/arg`` for the
+    others."""
+    return nl.key if store == "act" else f"{nl.key}/{store}"
 
 
 def dram_models(top, *, latency=20, words_per_cycle=2, p_stall=0.0, seed=0):
-    """``{segment key: DRAMModel}``, one :class:`sim.dram_model.DRAMModel` per off-chip
-    Act-RAM port of ``top`` (:func:`memory_ports`), holding the ring's address range
+    """``{key: DRAMModel}`` (:func:`memory_key`), one :class:`sim.dram_model.DRAMModel` per
+    off-chip store's port of ``top`` (:func:`memory_ports`), holding the ring's address range
     (``base + ext_words`` words); add each ``run`` as a background testbench."""
     from sim.dram_model import DRAMModel
     models = {}
-    for j, (_, nl, port) in enumerate(memory_ports(top)):
-        ram = nl.act_ram
-        models[nl.key] = DRAMModel(port, burst=ram.burst, words=ram.base + ram.ext_words,
-                                   latency=latency, words_per_cycle=words_per_cycle,
-                                   p_stall=p_stall, seed=seed + 101 * (j + 1))
+    for j, (_, nl, store, port) in enumerate(memory_ports(top)):
+        ram = {"act": nl.act_ram, "mask": nl.mask_fifo, "arg": nl.arg_fifo}[store]
+        models[memory_key(nl, store)] = DRAMModel(
+            port, burst=ram.burst, words=ram.base + ram.ext_words, latency=latency,
+            words_per_cycle=words_per_cycle, p_stall=p_stall, seed=seed + 101 * (j + 1))
     return models
 
 
@@ -331,7 +389,7 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
              dram_words_per_cycle=2, dram_stall=0.0):
     """Run the node on ``prep``'s data; returns the monitor records and the final state.
 
-    Every off-chip Act-RAM port gets a :class:`sim.dram_model.DRAMModel` of ``dram_latency``
+    Every off-chip store's port gets a :class:`sim.dram_model.DRAMModel` of ``dram_latency``
     cycles, ``dram_words_per_cycle`` and ``dram_stall`` (:func:`dram_models`); ``final["dram"]``
     holds each model's counters."""
     from amaranth.sim import Simulator
@@ -572,6 +630,10 @@ def expected_streams(prep):
             exp[(key, "mask")] = mask
         if nl.arg_fifo is not None:
             exp[(key, "arg")] = arg
+        if nl.mem_mask is not None:
+            exp[(key, "mask_mem")] = mask
+        if nl.mem_arg is not None:
+            exp[(key, "arg_mem")] = arg
         exp[(key, "e_out")] = eout
         if nl.eb is not None:
             exp[(key, "e_in")] = ein
@@ -810,22 +872,26 @@ def _check_dram(latency, words_per_cycle, stall, burst=16, prefetch=4):
 
 
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
-        stall=0.0, perturb=None, fifo_images=1, link_gbps=None, link_latency=54,
-        split="channels", ocp_threshold=None, offchip_act_ram=None, dram_latency=20,
-        dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4):
+        stall=0.0, perturb=None, fifo_images=1, fifo_rows=None, fifo_whole_bits=0,
+        link_gbps=None, link_latency=54,
+        split="channels", ocp_threshold=None, offchip_act_ram=None, offchip_stores=None,
+        dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
-    (tests use it to show that the comparison can fail). ``offchip_act_ram``: see
-    :func:`prepare`; ``dram_*``: the memory models of the off-chip Act-RAMs (:func:`simulate`).
+    (tests use it to show that the comparison can fail). ``offchip_act_ram``,
+    ``offchip_stores``: see :func:`prepare`; ``dram_*``: the memory models of the off-chip
+    stores (:func:`simulate`).
     """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TrainError(f"--out {out}: exists and is not a directory")
     _check_dram(dram_latency, dram_words_per_cycle, dram_stall, mem_burst, mem_prefetch)
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
-                   stall=stall, fifo_images=fifo_images, link_gbps=link_gbps,
+                   stall=stall, fifo_images=fifo_images, fifo_rows=fifo_rows,
+                   fifo_whole_bits=fifo_whole_bits, link_gbps=link_gbps,
                    link_latency=link_latency, split=split, ocp_threshold=ocp_threshold,
-                   offchip_act_ram=offchip_act_ram, mem_burst=mem_burst,
+                   offchip_act_ram=offchip_act_ram, offchip_stores=offchip_stores,
+                   mem_burst=mem_burst,
                    mem_prefetch=mem_prefetch)
     if perturb is not None:
         perturb(prep["golden"])
@@ -850,7 +916,13 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
                                    for sfx, *_ in update_parts(nl))
                        for nl in prep["top"].layers},
            # off-chip Act-RAMs: segment key -> burst port and its memory model's counters
-           "offchip_act_ram": {nl.key: nl.mem for _, nl, _ in memory_ports(prep["top"])},
+           "offchip_act_ram": {nl.key: nl.mem for _, nl, store, _ in memory_ports(prep["top"])
+                               if store == "act"},
+           # off-chip ReLU-mask and argmax stores: <segment key>/<store> -> burst port
+           "offchip_stores": {memory_key(nl, store): member
+                              for node in getattr(prep["top"], "nodes", [prep["top"]])
+                              for nl in node.layers for store, member, _ in nl.memories()
+                              if store != "act"},
            "dram": dict(final["dram"], latency=dram_latency,
                         words_per_cycle=dram_words_per_cycle, stall=dram_stall,
                         burst=mem_burst, prefetch=mem_prefetch)}
@@ -916,6 +988,10 @@ def main(argv=None):
                     help="test/debug: keep these layers' Act-RAMs off chip (rewrites the mapped "
                          "plan as the mapper does for an Act-RAM that does not fit; default: "
                          "the mapper's placement)")
+    ap.add_argument("--offchip-stores", default=None, metavar="all|LAYER[,LAYER...]",
+                    help="test/debug: keep these layers' ReLU-mask and argmax stores off chip "
+                         "(rewrites the mapped plan as the mapper does for a store that does "
+                         "not fit; default: the mapper's placement)")
     ap.add_argument("--dram-latency", type=int, default=20,
                     help="external memory model of each off-chip Act-RAM: cycles from a "
                          "request to its service (default 20)")
@@ -931,6 +1007,12 @@ def main(argv=None):
                          "(default 16)")
     ap.add_argument("--offchip-prefetch", type=int, default=4,
                     help="off-chip Act-RAM prefetch FIFO in bursts, at least 2 (default 4)")
+    ap.add_argument("--fifo-rows", type=int, default=None,
+                    help="decoupling FIFOs of this many rows of their map instead of one image "
+                         "(as python -m fpdeep_hw.build builds them; default: one image)")
+    ap.add_argument("--fifo-whole-bits", type=int, default=0,
+                    help="with --fifo-rows: FIFOs whose image is at most this many bits keep "
+                         "the image (the build: 65536; default 0)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--waves", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -940,7 +1022,8 @@ def main(argv=None):
                   seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall,
                   link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split,
                   ocp_threshold=args.ocp_threshold, offchip_act_ram=args.offchip_act_ram,
-                  dram_latency=args.dram_latency, dram_words_per_cycle=args.dram_words_per_cycle,
+                  offchip_stores=args.offchip_stores, fifo_rows=args.fifo_rows,
+                  fifo_whole_bits=args.fifo_whole_bits, dram_latency=args.dram_latency, dram_words_per_cycle=args.dram_words_per_cycle,
                   dram_stall=args.dram_stall, mem_burst=args.offchip_burst,
                   mem_prefetch=args.offchip_prefetch)
     except TrainError as e:
@@ -966,6 +1049,10 @@ def main(argv=None):
         for key, port in pub["offchip_act_ram"].items():
             d = pub["dram"][key]
             print(f"  off-chip Act-RAM {key} ({port}): {d['words_written']} words written, "
+                  f"{d['words_read']} read back ({pub['dram']['latency']}-cycle memory)")
+        for key, port in pub["offchip_stores"].items():
+            d = pub["dram"][key]
+            print(f"  off-chip store {key} ({port}): {d['words_written']} words written, "
                   f"{d['words_read']} read back ({pub['dram']['latency']}-cycle memory)")
         for b in pub["mismatches"]:
             print("  mismatch:", b)

@@ -6,7 +6,10 @@ VC709). :class:`OffchipActRAM` has the stream interface of
 :class:`fpdeep_hw.memory.act_ram.ActRAM` (``i``, ``o``, ``level``, ``full``, ``empty``), and
 keeps its words in a ring of bursts in an external memory reached through a vendor-neutral burst
 port (:data:`MEMORY_PORTS`), with small on-chip FIFOs on both sides. :func:`act_ram_for` picks
-one or the other from a plan entry.
+one or the other from a plan entry. The same FIFO for words of any shape is
+:class:`OffchipFIFO` (its base class): the node keeps the ReLU-mask and argmax stores of a
+segment in it where the plan keeps them off chip (``SegmentPlan.mask_store`` /
+``arg_store.offchip_words > 0``; :func:`store_for` picks it or an on-chip ``SyncFIFOBuffered``).
 
 Golden model: a FIFO (:mod:`sim.golden.act_ram` ``act_ram_order``: words out in order, none lost
 or duplicated). External memory model for simulation: :mod:`sim.dram_model`. Board-side black
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import ClockSignal, Instance, Module, Mux, ResetSignal, Signal, signed
+from amaranth.hdl import (ClockSignal, Instance, Module, Mux, ResetSignal, Shape, Signal, Value,
+                          signed)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -27,11 +31,12 @@ from fpdeep_map.numerics import FixedFormat
 
 from .act_ram import ActRAM
 
-__all__ = ["OffchipActRAM", "MemoryControllerBlackBox", "memory_port_signature", "act_ram_for",
-           "MEMORY_PORTS", "MEMORY_CONTROLLER"]
+__all__ = ["OffchipFIFO", "OffchipActRAM", "MemoryControllerBlackBox", "memory_port_signature",
+           "act_ram_for", "store_for", "MEMORY_PORTS", "MEMORY_CONTROLLER"]
 
-#: The burst port between an :class:`OffchipActRAM` and the memory controller (all in the
-#: Act-RAM's clock domain; ``W`` = ``lanes * fmt.width`` bits, ``A`` = ``addr_width``).
+#: The burst port between an :class:`OffchipFIFO` (e.g. an :class:`OffchipActRAM`) and the
+#: memory controller (all in the FIFO's clock domain; ``W`` = the word's bits, ``lanes *
+#: fmt.width`` for an Act-RAM, ``A`` = ``addr_width``).
 MEMORY_PORTS = {
     "aw": "out, stream of A bits: word address of a write burst's first word (bursts of "
           "`burst` consecutive words)",
@@ -62,11 +67,10 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-class OffchipActRAM(wiring.Component):
-    """FIFO activation store in external memory, streaming in and out at one word per cycle.
+class OffchipFIFO(wiring.Component):
+    """FIFO of words of any shape in external memory, streaming in and out at one word per cycle.
 
-    Words (``lanes`` activations of ``fmt.width`` bits) pass through three places, always in
-    order:
+    Words (of ``shape``) pass through three places, always in order:
 
     - the **write-combining FIFO** (on chip, ``2 * burst`` words) behind ``i``;
     - the **external ring**: ``ext_bursts = ceil(depth / burst)`` bursts of ``burst`` words at
@@ -90,23 +94,23 @@ class OffchipActRAM(wiring.Component):
     FIFO refuses the next word; once a burst is in the ring, words follow it through the ring
     (the order is kept) until the ring has drained.
 
-    Capacity: ``depth`` words, as :class:`ActRAM`. ``level`` counts the words transferred on
+    Capacity: ``depth`` words (as :class:`ActRAM`, or a ``SyncFIFOBuffered`` of that depth).
+    ``level`` counts the words transferred on
     ``i`` and not yet on ``o``; ``i.ready`` is ``level != depth`` and the write-combining FIFO
     not full (it is full only while the memory refuses or delays writes: the ring holds at least
     ``depth`` words). ``full`` is ``level == depth``, ``empty`` is ``level == 0``.
 
     Timing: through the bypass a word transferred on ``i`` in cycle ``t`` into an empty
-    Act-RAM is valid on ``o`` from cycle ``t + LATENCY`` (``LATENCY = 4``: two cycles through
+    FIFO is valid on ``o`` from cycle ``t + LATENCY`` (``LATENCY = 4``: two cycles through
     each on-chip FIFO). Through the ring a
     burst's first word is valid on ``o`` one cycle after it arrives on ``mem.r``; one word per
     cycle in and out needs a memory that moves two words per cycle (one written, one read).
 
     Parameters
     ----------
-    fmt : FixedFormat
-        Activation format (only its width is used).
-    lanes : int
-        Activations per word, at least 1.
+    shape : shape-castable
+        Shape of a word (e.g. ``unsigned(W)``, an ``ArrayLayout``); the memory port carries its
+        bits (``Shape.cast(shape).width``, at least 1).
     depth : int
         Capacity in words, at least 1.
     burst : int
@@ -120,62 +124,65 @@ class OffchipActRAM(wiring.Component):
 
     Members
     -------
-    i : ``In(stream.Signature(ArrayLayout(signed(fmt.width), lanes)))``
-        Words written during forward propagation.
-    o : ``Out(stream.Signature(ArrayLayout(signed(fmt.width), lanes)))``
-        The same words, in order, for backward propagation.
+    i : ``In(stream.Signature(shape))``
+        Words in (an Act-RAM: written during forward propagation).
+    o : ``Out(stream.Signature(shape))``
+        The same words, in order (an Act-RAM: for backward propagation).
     level : ``Out(range(depth + 1))``
     full, empty : ``Out(1)``
-    mem : ``Out(memory_port_signature(lanes * fmt.width, addr_width))``
-        The burst port to the memory controller (:data:`MEMORY_PORTS`).
+    mem : ``Out(memory_port_signature(W, addr_width))``
+        The burst port to the memory controller (:data:`MEMORY_PORTS`; ``W`` the word's bits).
     """
 
     LATENCY = 4
+    #: How error messages name the block.
+    _WHAT = "Off-chip FIFO"
 
-    def __init__(self, *, fmt, lanes, depth, burst=16, base=0, addr_width=32, prefetch=4):
-        if not isinstance(fmt, FixedFormat):
-            raise TypeError(f"Off-chip Act-RAM format must be a FixedFormat, not {fmt!r}")
-        if not _is_int(lanes) or lanes < 1:
-            raise ValueError(f"Off-chip Act-RAM lanes must be a positive integer, not {lanes!r}")
+    def __init__(self, *, shape, depth, burst=16, base=0, addr_width=32, prefetch=4):
+        what = self._WHAT
+        try:
+            width = Shape.cast(shape).width
+        except TypeError:
+            raise TypeError(f"{what} shape must be a shape, not {shape!r}") from None
+        if width < 1:
+            raise ValueError(f"{what} words must have at least 1 bit, not {width}")
         if not _is_int(depth) or depth < 1:
-            raise ValueError(f"Off-chip Act-RAM depth must be a positive integer, not {depth!r}")
+            raise ValueError(f"{what} depth must be a positive integer, not {depth!r}")
         if not _is_int(burst) or not 2 <= burst <= 256 or burst & (burst - 1):
-            raise ValueError(f"Off-chip Act-RAM burst must be a power of two from 2 to 256, "
+            raise ValueError(f"{what} burst must be a power of two from 2 to 256, "
                              f"not {burst!r}")
         if not _is_int(base) or base < 0 or base % burst:
-            raise ValueError(f"Off-chip Act-RAM base must be a non-negative multiple of the "
+            raise ValueError(f"{what} base must be a non-negative multiple of the "
                              f"burst ({burst}), not {base!r}")
         if not _is_int(prefetch) or prefetch < 2:
-            raise ValueError(f"Off-chip Act-RAM prefetch must be an integer of at least 2 "
+            raise ValueError(f"{what} prefetch must be an integer of at least 2 "
                              f"bursts, not {prefetch!r}")
         if not _is_int(addr_width) or addr_width < 1:
-            raise ValueError(f"Off-chip Act-RAM address width must be a positive integer, "
+            raise ValueError(f"{what} address width must be a positive integer, "
                              f"not {addr_width!r}")
         ext_bursts = math.ceil(depth / burst)
         if base + ext_bursts * burst > 1 << addr_width:
-            raise ValueError(f"Off-chip Act-RAM ring of {ext_bursts * burst} words at {base} "
+            raise ValueError(f"{what} ring of {ext_bursts * burst} words at {base} "
                              f"does not fit in {addr_width} address bits")
-        self._fmt, self._lanes, self._depth = fmt, lanes, depth
+        self._shape, self._width, self._depth = shape, width, depth
         self._burst, self._base, self._addr_width = burst, base, addr_width
         self._ext_bursts = ext_bursts
         self._prefetch = prefetch
-        self._layout = data.ArrayLayout(signed(fmt.width), lanes)
         super().__init__({
-            "i": In(stream.Signature(self._layout)),
-            "o": Out(stream.Signature(self._layout)),
+            "i": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
             "level": Out(range(depth + 1)),
             "full": Out(1),
             "empty": Out(1),
-            "mem": Out(memory_port_signature(lanes * fmt.width, addr_width)),
+            "mem": Out(memory_port_signature(width, addr_width)),
         })
 
-    fmt = property(lambda self: self._fmt)
-    lanes = property(lambda self: self._lanes)
+    shape = property(lambda self: self._shape)
+    width = property(lambda self: self._width)
     depth = property(lambda self: self._depth)
     burst = property(lambda self: self._burst)
     base = property(lambda self: self._base)
     addr_width = property(lambda self: self._addr_width)
-    layout = property(lambda self: self._layout)
     latency = property(lambda self: self.LATENCY)
 
     @property
@@ -206,7 +213,7 @@ class OffchipActRAM(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B, N, D = self._burst, self._ext_bursts, self._depth
-        W = self._lanes * self._fmt.width
+        W = self._width
         F = self._prefetch * B
         mem = self.mem
 
@@ -220,7 +227,7 @@ class OffchipActRAM(wiring.Component):
         m.d.comb += [
             self.i.ready.eq((level != D) & wc.w_rdy),
             wc.w_en.eq(take_i),
-            wc.w_data.eq(self.i.payload.as_value()),
+            wc.w_data.eq(Value.cast(self.i.payload)),
             self.o.valid.eq(pf.r_rdy),
             self.o.payload.eq(pf.r_data),
             pf.r_en.eq(self.o.ready),
@@ -310,6 +317,47 @@ class OffchipActRAM(wiring.Component):
         return m
 
 
+class OffchipActRAM(OffchipFIFO):
+    """FIFO activation store in external memory: an :class:`OffchipFIFO` of words of ``lanes``
+    activations (``ArrayLayout(signed(fmt.width), lanes)``), the stream interface of
+    :class:`ActRAM`.
+
+    Parameters
+    ----------
+    fmt : FixedFormat
+        Activation format (only its width is used).
+    lanes : int
+        Activations per word, at least 1.
+    depth, burst, base, addr_width, prefetch
+        As :class:`OffchipFIFO`.
+
+    Members
+    -------
+    i : ``In(stream.Signature(ArrayLayout(signed(fmt.width), lanes)))``
+        Words written during forward propagation.
+    o : ``Out(stream.Signature(ArrayLayout(signed(fmt.width), lanes)))``
+        The same words, in order, for backward propagation.
+    level, full, empty, mem
+        As :class:`OffchipFIFO` (``mem``: ``memory_port_signature(lanes * fmt.width,
+        addr_width)``).
+    """
+
+    _WHAT = "Off-chip Act-RAM"
+
+    def __init__(self, *, fmt, lanes, depth, burst=16, base=0, addr_width=32, prefetch=4):
+        if not isinstance(fmt, FixedFormat):
+            raise TypeError(f"Off-chip Act-RAM format must be a FixedFormat, not {fmt!r}")
+        if not _is_int(lanes) or lanes < 1:
+            raise ValueError(f"Off-chip Act-RAM lanes must be a positive integer, not {lanes!r}")
+        self._fmt, self._lanes = fmt, lanes
+        super().__init__(shape=data.ArrayLayout(signed(fmt.width), lanes), depth=depth,
+                         burst=burst, base=base, addr_width=addr_width, prefetch=prefetch)
+
+    fmt = property(lambda self: self._fmt)
+    lanes = property(lambda self: self._lanes)
+    layout = property(lambda self: self._shape)
+
+
 class MemoryControllerBlackBox(wiring.Component):
     """The board's memory controller (e.g. Xilinx MIG with an AXI4 slave) as a black box.
 
@@ -373,3 +421,15 @@ def act_ram_for(seg, fmt, lanes, depth, **kwargs):
     if seg.act_ram.offchip_words > 0:
         return OffchipActRAM(fmt=fmt, lanes=lanes, depth=depth, **kwargs)
     return ActRAM(fmt=fmt, lanes=lanes, depth=depth)
+
+
+def store_for(entry, shape, depth, **kwargs):
+    """A store of ``depth`` words of ``shape`` (a segment's ReLU masks or pool argmaxes) for
+    the plan entry ``entry`` (``SegmentPlan.mask_store`` / ``arg_store``; ``None`` for a plan
+    of before these entries): :class:`OffchipFIFO` (``kwargs``: ``burst``, ``base``,
+    ``addr_width``, ``prefetch``) when the plan keeps it off chip (``entry.offchip_words >
+    0``), else an on-chip ``SyncFIFOBuffered(width=Shape.cast(shape).width, depth=depth)``
+    (its payloads are bits). The caller connects the off-chip one's ``mem`` port."""
+    if entry is not None and entry.offchip_words > 0:
+        return OffchipFIFO(shape=shape, depth=depth, **kwargs)
+    return SyncFIFOBuffered(width=Shape.cast(shape).width, depth=depth)

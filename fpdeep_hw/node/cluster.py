@@ -27,9 +27,10 @@ as many images have entered it as entered node 0 (``images_in``), and a lender o
 borrower's weight-stationary FP has finished that many: a simulation-level side band standing
 for an end-of-run marker that would travel behind the data on the link (not built).
 
-**External memory.** A node's off-chip Act-RAMs (``NodeTop`` members ``mem_*``, one burst port
-per Act-RAM the plan keeps off chip) stay ports of that node: the cluster does not bring them
-out nor drive them; the simulation serves each with its own memory model
+**External memory.** A node's off-chip Act-RAMs, ReLU-mask and argmax stores (``NodeTop``
+members ``mem_*``, one burst port per store the plan keeps off chip) stay ports of that node:
+the cluster does not bring them out nor drive them; the simulation serves each with its own
+memory model
 (:class:`sim.dram_model.DRAMModel` as a background testbench on the node's port,
 :func:`sim.train.dram_models`). :attr:`Cluster.memory_ports` lists them.
 
@@ -153,7 +154,7 @@ class Cluster(wiring.Component):
         ``{compute layer: int array}`` initial master weights.
     batch : int, optional
         Mini-batch size (default ``plan.batch``).
-    fifo_images : int
+    fifo_images, fifo_rows, fifo_whole_bits : int
         Passed to every :class:`NodeTop`.
     link_latency : int
         Cycles of each :class:`LinkModel` (54: Aurora 64B/66B per hop).
@@ -195,12 +196,12 @@ class Cluster(wiring.Component):
     numerics, batch, lags, mac_units
         As :class:`NodeTop`'s (``mac_units`` summed over the nodes).
     memory_ports : list of (int, str, Interface)
-        ``(node, member, port)`` of every node's off-chip Act-RAM burst port (``mem_*``; not
-        ports of the cluster, see the module docstring).
+        ``(node, member, port)`` of every node's off-chip store burst port (``mem_*``: Act-RAMs,
+        mask and argmax stores; not ports of the cluster, see the module docstring).
     """
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
-                 link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
+                 fifo_rows=None, fifo_whole_bits=0, link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
                  credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
@@ -219,7 +220,8 @@ class Cluster(wiring.Component):
             words_per_cycle = min(Fraction(plan.link_gbps * 1e9 / (64 * plan.clock_mhz * 1e6))
                                   .limit_denominator(4096), Fraction(1))
         self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
-                              fifo_images=fifo_images, mem_burst=mem_burst,
+                              fifo_images=fifo_images, fifo_rows=fifo_rows,
+                              fifo_whole_bits=fifo_whole_bits, mem_burst=mem_burst,
                               mem_prefetch=mem_prefetch) for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:
@@ -299,9 +301,10 @@ class Cluster(wiring.Component):
 
     @property
     def memory_ports(self):
-        """``[(node, member, port)]``: every node's off-chip Act-RAM burst port."""
-        return [(k, nl.mem, getattr(node, nl.mem)) for k, node in enumerate(self.nodes)
-                for nl in node.layers if nl.mem is not None]
+        """``[(node, member, port)]``: every node's off-chip store burst port (Act-RAMs, mask
+        and argmax stores, :meth:`~fpdeep_hw.node.top.NodeLayer.memories`)."""
+        return [(k, member, getattr(node, member)) for k, node in enumerate(self.nodes)
+                for nl in node.layers for _, member, _ in nl.memories()]
 
     def link(self, src, dst):
         """The :class:`ClusterLink` of direction ``src -> dst``."""

@@ -6,7 +6,9 @@ compute layer with its ReLU / max-pool, or the node's slice of a layer the plan 
 several nodes (ICP: input channels, OCP: output channels) -- an
 :class:`~fpdeep_hw.node.fp_layer.FPLayer`, its :class:`~fpdeep_hw.memory.act_ram.ActRAM` (an
 :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` with a burst port ``mem_*`` where the
-plan keeps it off chip), the mask and argmax FIFOs, a
+plan keeps it off chip), the mask and argmax stores (``SyncFIFOBuffered``, or an
+:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO` with a burst port ``mem_*_mask`` /
+``mem_*_arg`` where the plan keeps them off chip), a
 :class:`~fpdeep_hw.node.eb_layer.BPFront` (not on an ICP slice that does not complete the
 layer), an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for the first layer), a
 :class:`~fpdeep_hw.node.pg_layer.PGLayer`, a :class:`~fpdeep_hw.node.update.WeightUpdate` and a
@@ -72,8 +74,9 @@ from sim.golden import layers as golden
 from sim.golden.train import lags_from_plan, weight_shape
 
 from ..compute.loss import LossUnit
+from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
-from ..memory.offchip_act_ram import OffchipActRAM, act_ram_for
+from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import weight_set_layout
 from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
@@ -84,14 +87,24 @@ from .pg_layer import PGLayer
 from .update import WeightUpdate
 from .version_gate import VersionGate
 
-__all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name"]
+__all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name", "STORES"]
 
 
-def mem_port_name(key):
-    """The :class:`NodeTop` member of the off-chip Act-RAM of segment ``key`` (a
-    :attr:`NodeLayer.key`): ``mem_<layer>`` for a whole layer, ``mem_<layer>_at<node>`` for a
-    slice (``@`` is not an identifier character; the same form as the segment's submodules)."""
-    return "mem_" + key.replace("@", "_at")
+#: The stores of a segment that the plan may keep off chip: the Act-RAM
+#: (``SegmentPlan.act_ram``), the ReLU masks (``mask_store``) and the pool argmaxes
+#: (``arg_store``).
+STORES = ("act", "mask", "arg")
+
+
+def mem_port_name(key, store="act"):
+    """The :class:`NodeTop` member of the burst port of segment ``key``'s (a
+    :attr:`NodeLayer.key`) off-chip ``store``: the Act-RAM (``"act"``) ``mem_<layer>`` for a
+    whole layer, ``mem_<layer>_at<node>`` for a slice (``@`` is not an identifier character;
+    the same form as the segment's submodules); the ReLU-mask (``"mask"``) and argmax
+    (``"arg"``) stores the same with ``_mask`` / ``_arg`` appended."""
+    if store not in STORES:
+        raise ValueError(f"mem_port_name store must be one of {STORES}, not {store!r}")
+    return "mem_" + key.replace("@", "_at") + ("" if store == "act" else f"_{store}")
 
 
 def slice_weights(w, geometry):
@@ -128,8 +141,10 @@ class NodeLayer:
         that does not complete the layer; ``act_ram`` an
         :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM` where the plan keeps it off
         chip).
-    mask_fifo, arg_fifo : SyncFIFOBuffered or None
-        The stores of the ReLU masks and pool argmaxes between FP and BPFront.
+    mask_fifo, arg_fifo : SyncFIFOBuffered, OffchipFIFO or None
+        The stores of the ReLU masks and pool argmaxes between FP and BPFront (payloads as
+        bits; an :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO` where the plan keeps
+        the store off chip, ``mask_store`` / ``arg_store.offchip_words > 0``).
     act_images : float
         Act-RAM capacity in images of the layer's input.
     lender : Keepers or None
@@ -141,6 +156,8 @@ class NodeLayer:
     mem : str or None
         The :class:`NodeTop` member of the off-chip Act-RAM's burst port
         (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
+    mem_mask, mem_arg : str or None
+        The same for the mask and argmax stores (``None``: on chip, or no such store).
     """
 
     name: str
@@ -151,8 +168,8 @@ class NodeLayer:
     lag: int
     fp: FPLayer
     act_ram: ActRAM | OffchipActRAM
-    mask_fifo: SyncFIFOBuffered | None
-    arg_fifo: SyncFIFOBuffered | None
+    mask_fifo: SyncFIFOBuffered | OffchipFIFO | None
+    arg_fifo: SyncFIFOBuffered | OffchipFIFO | None
     bp: BPFront | None
     eb: EBLayer | None
     pg: PGLayer
@@ -161,6 +178,20 @@ class NodeLayer:
     act_images: float
     lender: int | None = None
     mem: str | None = None
+    mem_mask: str | None = None
+    mem_arg: str | None = None
+
+    def memories(self):
+        """``[(store, member, module)]``: the segment's off-chip stores (``store`` in
+        :data:`STORES`), their :class:`NodeTop` burst-port members and the
+        :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO` (or ``OffchipActRAM``) of each."""
+        out = []
+        for store, member, module in (("act", self.mem, self.act_ram),
+                                      ("mask", self.mem_mask, self.mask_fifo),
+                                      ("arg", self.mem_arg, self.arg_fifo)):
+            if member is not None:
+                out.append((store, member, module))
+        return out
 
 
 class NodeTop(wiring.Component):
@@ -192,6 +223,14 @@ class NodeTop(wiring.Component):
         Depth, in images, of the decoupling FIFOs in front of every consumer of a stream
         between modules (default 1; 0 connects the modules directly where a stream has one
         consumer, which costs throughput: ``docs/hw-node.md``, "Node top").
+    fifo_rows : int, optional
+        Instead of ``fifo_images``: every decoupling FIFO holds this many rows of its map (the
+        whole map where it has fewer rows). At ImageNet scale one image of a map is tens of
+        Mbit (VGG-16 conv2_2's partial sums: 51 Mbit), far more than a device's block RAM;
+        :mod:`fpdeep_hw.build` builds boards with rows (``docs/hw-node.md``, "Node top").
+    fifo_whole_bits : int, optional
+        With ``fifo_rows``: a decoupling FIFO whose image is at most this many bits keeps the
+        image (default 0: every one in rows).
     mem_burst, mem_prefetch : int, optional
         ``burst`` (words, a power of two from 2 to 256; default 16) and ``prefetch`` (bursts, at
         least 2; default 4) of every off-chip Act-RAM
@@ -246,15 +285,23 @@ class NodeTop(wiring.Component):
         memory controller (``MemoryControllerBlackBox`` on a board, ``sim.dram_model.DRAMModel``
         in simulation). Bursts of ``mem_burst`` words; each ring has its own address range,
         see :attr:`memory_map`.
+    mem_<layer>_mask, mem_<layer>_arg : ``Out(memory_port_signature(W, A))``
+        The same (``mem_<layer>_at<node>_mask``, ... for a slice) for a segment whose ReLU-mask
+        store (``mask_store.offchip_words > 0``; ``W`` its output channels, one bit each) or
+        argmax store (``arg_store``; ``W`` the argmax bits of its output channels) the plan
+        keeps off chip: the burst port of that store's
+        :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO`.
     memory_map : dict
-        ``{member: {"layer", "base", "words", "word_bits", "word_bytes", "bytes"}}`` for each
-        ``mem_*`` port (plain attribute): the ring's first word address ``base`` and size
+        ``{member: {"layer", "store", "base", "words", "word_bits", "word_bytes", "bytes"}}``
+        for each ``mem_*`` port (plain attribute; ``store`` ``"act"``, ``"mask"`` or
+        ``"arg"``, see :data:`STORES`): the ring's first word address ``base`` and size
         ``words`` on the port, the word width, and its byte range ``bytes = [lo, hi)`` when the
         word address ``a`` is byte address ``a * word_bytes`` (``word_bytes`` the word's bytes
-        rounded up to a power of two). The segments' rings lie one after the other in that byte
-        space, in segment order, each starting on a boundary of ``mem_burst * word_bytes``
-        bytes: disjoint, so the ports may share one memory (or use one each). ``A``, the
-        port's address width, just covers ``base + words``.
+        rounded up to a power of two). The rings lie one after the other in that byte
+        space, in segment order (per segment: Act-RAM, masks, argmaxes), each starting on a
+        boundary of ``mem_burst * word_bytes`` bytes: disjoint, so the ports may share one
+        memory (or use one each). ``A``, the port's address width, just covers ``base +
+        words``.
     w_fp_<layer>_<side>, w_eb_<layer>_<side> : ``In(stream.Signature(weight set))``
         Borrower: the weight sets of a borrowed segment kept on the ``prev`` / ``next`` side,
         per image for FP and for EB (EB only for a layer with EB), lowest addresses first.
@@ -302,7 +349,7 @@ class NodeTop(wiring.Component):
     """
 
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
-                 mem_burst=16, mem_prefetch=4):
+                 fifo_rows=None, fifo_whole_bits=0, mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -320,6 +367,16 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop fifo_images must be a non-negative integer, not "
                              f"{fifo_images!r}")
         self.fifo_images = fifo_images
+        if fifo_rows is not None and (isinstance(fifo_rows, bool) or not isinstance(
+                fifo_rows, int) or fifo_rows < 0):
+            raise ValueError(f"NodeTop fifo_rows must be None or a non-negative integer, not "
+                             f"{fifo_rows!r}")
+        self.fifo_rows = fifo_rows
+        if isinstance(fifo_whole_bits, bool) or not isinstance(fifo_whole_bits, int) or \
+                fifo_whole_bits < 0:
+            raise ValueError(f"NodeTop fifo_whole_bits must be a non-negative integer, not "
+                             f"{fifo_whole_bits!r}")
+        self.fifo_whole_bits = fifo_whole_bits
         if isinstance(mem_burst, bool) or not isinstance(mem_burst, int) or \
                 not 2 <= mem_burst <= 256 or mem_burst & (mem_burst - 1):
             raise ValueError(f"NodeTop mem_burst must be a power of two from 2 to 256, not "
@@ -379,6 +436,33 @@ class NodeTop(wiring.Component):
         self.layers = []
         self.memory_map = {}
         mem_end = 0            # bytes of the node's external memory used by the rings so far
+        # the plan's mask and argmax stores, checked before anything is built (a segment whose
+        # geometry is refused is reported by the loop below, in order)
+        store_words = {}
+        for k, seg in enumerate(segs):
+            try:
+                geo = layer_geometry(seg, network)
+            except ValueError:
+                continue
+            store_words[k] = _stores_of(seg, geo, lags[seg.layer])
+
+        def ring(key, store, bits, depth):
+            """The next ring of the node's external memory (:attr:`memory_map`) for an off-chip
+            store of ``depth`` words of ``bits``: its member and the store's keywords."""
+            nonlocal mem_end
+            wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
+            ext = math.ceil(depth / mem_burst) * mem_burst
+            base = math.ceil(mem_end / (wbytes * mem_burst)) * mem_burst
+            mem_end = (base + ext) * wbytes
+            mem = mem_port_name(key, store)
+            if mem in self.memory_map:
+                raise ValueError(f"NodeTop: two off-chip stores of node {node} would have the "
+                                 f"burst port {mem!r}")
+            self.memory_map[mem] = {"layer": key, "store": store, "base": base, "words": ext,
+                                    "word_bits": bits, "word_bytes": wbytes,
+                                    "bytes": [base * wbytes, mem_end]}
+            return mem, {"burst": mem_burst, "base": base, "prefetch": mem_prefetch,
+                         "addr_width": max(1, (base + ext - 1).bit_length())}
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)
             geo = layer_geometry(seg, network)
@@ -411,27 +495,20 @@ class NodeTop(wiring.Component):
             key = seg.layer if seg.split == "whole" else f"{seg.layer}@{node}"
             mem_kw, mem = {}, None
             if seg.act_ram.offchip_words > 0:
-                # the ring after the previous segments' rings (memory_map)
-                bits = C * num.activation.width
-                wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
-                ext = math.ceil(depth / mem_burst) * mem_burst
-                base = math.ceil(mem_end / (wbytes * mem_burst)) * mem_burst
-                mem_end = (base + ext) * wbytes
-                mem = mem_port_name(key)
-                mem_kw = {"burst": mem_burst, "base": base, "prefetch": mem_prefetch,
-                          "addr_width": max(1, (base + ext - 1).bit_length())}
-                self.memory_map[mem] = {"layer": key, "base": base, "words": ext,
-                                        "word_bits": bits, "word_bytes": wbytes,
-                                        "bytes": [base * wbytes, mem_end]}
+                # the ring after the previous rings (memory_map)
+                mem, mem_kw = ring(key, "act", C * num.activation.width, depth)
             act = act_ram_for(seg, num.activation, C, depth, **mem_kw)
-            conv_px = geo.conv_height * geo.conv_width
-            out_px = geo.out_height * geo.out_width
-            mask_fifo = arg_fifo = None
-            if geo.relu:
-                mask_fifo = SyncFIFOBuffered(width=geo.out_channels, depth=(lag + 1) * conv_px)
-            if geo.pool is not None:
-                arg_fifo = SyncFIFOBuffered(width=len(fp.arg.payload.as_value()),
-                                            depth=(lag + 1) * out_px)
+            # the stores on chip, or in rings of their own after the Act-RAM's
+            stores = {"mask": None, "arg": None}
+            mems = {"mask": None, "arg": None}
+            for store, (bits, words) in store_words[k].items():
+                assert bits == len(getattr(fp, store).payload.as_value())
+                entry = getattr(seg, f"{store}_store")
+                kw = {}
+                if entry is not None and entry.offchip_words > 0:
+                    mems[store], kw = ring(key, store, bits, words)
+                stores[store] = store_for(entry, bits, words, **kw)
+            mask_fifo, arg_fifo = stores["mask"], stores["arg"]
             bp = BPFront(seg, network, num) if geo.completes else None
             eb = None
             if geo.has_eb:
@@ -450,7 +527,8 @@ class NodeTop(wiring.Component):
             self.layers.append(NodeLayer(
                 name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
-                update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem))
+                update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem,
+                mem_mask=mems["mask"], mem_arg=mems["arg"]))
         # the weight sets this node keeps (for a borrower, or its own share of a borrowed
         # segment): BPRAM, BGB, update, version rule
         self.lenders = {}
@@ -588,8 +666,8 @@ class NodeTop(wiring.Component):
         members["updates"] = Out(32)
         members["images_in"] = Out(32)
         for nl in L:
-            if nl.mem is not None:       # an off-chip Act-RAM's burst port
-                members[nl.mem] = nl.act_ram.signature.members["mem"]
+            for _, mem, store in nl.memories():     # an off-chip store's burst port
+                members[mem] = store.signature.members["mem"]
         super().__init__(members)
         self.link_ports = ports
         self.link_items = items
@@ -619,9 +697,15 @@ class NodeTop(wiring.Component):
             total += arrays * nl.geometry.p * nl.geometry.s * k2
         return total
 
-    @staticmethod
-    def _fifo(m, name, src, dst, depth):
-        """``src -> SyncFIFOBuffered(depth) -> dst`` (payloads as bits; 0: a direct connection)."""
+    def _fifo(self, m, name, src, dst, depth):
+        """``src -> SyncFIFOBuffered(depth) -> dst`` (payloads as bits; 0: a direct connection).
+
+        ``depth`` ``(image, rows)`` (a decoupling FIFO with ``fifo_rows``): one image where that
+        is at most ``fifo_whole_bits``, else the rows."""
+        if isinstance(depth, tuple):
+            image, rows = depth
+            whole = image * len(src.payload.as_value()) <= self.fifo_whole_bits
+            depth = image if whole else rows
         if depth == 0:
             wiring.connect(m, src, dst)
             return
@@ -631,14 +715,18 @@ class NodeTop(wiring.Component):
 
     @staticmethod
     def _through(m, fifo, src, dst):
-        """``src -> fifo -> dst`` (a ``SyncFIFOBuffered`` holding the payloads as bits)."""
+        """``src -> fifo -> dst`` (a ``SyncFIFOBuffered``, or an
+        :class:`~fpdeep_hw.memory.offchip_act_ram.OffchipFIFO` of ``unsigned`` words, holding
+        the payloads as bits)."""
+        w, r = ((fifo.i, fifo.o) if isinstance(fifo, OffchipFIFO)
+                else (fifo.w_stream, fifo.r_stream))
         m.d.comb += [
-            fifo.w_stream.valid.eq(src.valid),
-            fifo.w_stream.payload.eq(src.payload.as_value()),
-            src.ready.eq(fifo.w_stream.ready),
-            dst.valid.eq(fifo.r_stream.valid),
-            dst.payload.eq(fifo.r_stream.payload),
-            fifo.r_stream.ready.eq(dst.ready),
+            w.valid.eq(src.valid),
+            w.payload.eq(src.payload.as_value()),
+            src.ready.eq(w.ready),
+            dst.valid.eq(r.valid),
+            dst.payload.eq(r.payload),
+            r.ready.eq(dst.ready),
         ]
 
     # ---- parameter lending ----------------------------------------------------------------------
@@ -765,7 +853,18 @@ class NodeTop(wiring.Component):
         def member(name):
             return getattr(self, name)
 
-        fi = self.fifo_images
+        fi, rows = self.fifo_images, self.fifo_rows
+
+        def dq(h, w, whole=False):
+            """Depth of a decoupling FIFO in front of a consumer of an ``h x w`` map:
+            ``fifo_images`` images of it; with ``fifo_rows``, ``(one image, fifo_rows rows)``
+            (:meth:`_fifo` picks by ``fifo_whole_bits``), but one image where ``whole`` (an
+            FC's input: small, and at a mini-batch boundary it holds the image the FC's version
+            gate keeps back, so that the layers below run on)."""
+            if rows is None:
+                return fi * h * w
+            image = max(fi, 1) * h * w
+            return image if whole else (image, min(h, rows) * w)
         # image counter at the first FP input (for the per-layer flush)
         fp0 = L[0].fp
         px = L[0].geometry.pixels
@@ -832,26 +931,31 @@ class NodeTop(wiring.Component):
             if eb is not None:
                 m.submodules[f"{key}_eb"] = eb
             conv_px, out_px = g.conv_height * g.conv_width, g.out_height * g.out_width
+            # depths of the decoupling FIFOs in front of this layer's blocks (``dq``)
+            whole = g.kind == "fc"
+            q_in = dq(g.height, g.width, whole)
+            q_conv = dq(g.conv_height, g.conv_width, whole)
+            q_out = dq(g.out_height, g.out_width, whole)
             C = g.layer_in_channels or g.in_channels
             OC = g.layer_out_channels or g.out_channels
             nxt = names[names.index(n) + 1] if names.index(n) + 1 < len(names) else None
             prv = names[names.index(n) - 1] if names.index(n) > 0 else None
             # ---- forward
             lo_in = g.in_lo if g.split == "icp" else 0
-            consume(("act", n), fp.i, lo_in, lo_in + g.in_channels, fi * g.pixels if k > 0 else 0)
+            consume(("act", n), fp.i, lo_in, lo_in + g.in_channels, q_in if k > 0 else 0)
             wiring.connect(m, fp.act, act.i)
             wiring.connect(m, act.o, pg.a)
-            if nl.mem is not None:
-                wiring.connect(m, act.mem, wiring.flipped(getattr(self, nl.mem)))
+            for _, mem, store in nl.memories():
+                wiring.connect(m, store.mem, wiring.flipped(getattr(self, mem)))
             if g.split == "icp" and not g.icp_first:
-                self._fifo(m, f"{key}_up", wiring.flipped(self.p_in), fp.up, fi * conv_px)
+                self._fifo(m, f"{key}_up", wiring.flipped(self.p_in), fp.up, q_conv)
             if g.split == "icp" and not g.completes:
                 wiring.connect(m, fp.o, wiring.flipped(self.p_out))
             elif g.split == "ocp" and g.out_lo > 0:
                 cat = LaneConcat(width=aw, parts=[g.out_lo, g.out_channels])
                 m.submodules[f"{key}_cat"] = cat
-                self._fifo(m, f"{key}_part", wiring.flipped(self.a_part), cat.i[0], fi * out_px)
-                self._fifo(m, f"{key}_own", fp.o, cat.i[1], fi * out_px)
+                self._fifo(m, f"{key}_part", wiring.flipped(self.a_part), cat.i[0], q_out)
+                self._fifo(m, f"{key}_own", fp.o, cat.i[1], q_out)
                 produce(("act", nxt), cat.o, 0, g.out_lo + g.out_channels, aw)
             elif nxt is None:
                 wiring.connect(m, fp.o, self.loss.z)
@@ -866,27 +970,27 @@ class NodeTop(wiring.Component):
             if bp is not None:
                 lo = g.out_lo if g.split == "ocp" else 0
                 consume(("err", n), bp.i, lo, lo + g.out_channels,
-                        fi * out_px if k + 1 < len(L) else 0)
+                        q_out if k + 1 < len(L) else 0)
                 if g.split == "icp":
                     produce(("eout", n), bp.o, 0, OC, ew)
-                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, fi * conv_px)
+                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, q_conv)
                 elif eb is not None:
-                    self._fifo(m, f"{key}_eout_eb", bp.o, eb.i, fi * conv_px)
-                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, fi * conv_px)
+                    self._fifo(m, f"{key}_eout_eb", bp.o, eb.i, q_conv)
+                    self._fifo(m, f"{key}_eout_pg", bp.pg, pg.e, q_conv)
                 else:
                     m.d.comb += bp.o.ready.eq(1)       # the first layer's E_out feeds PG only
                     wiring.connect(m, bp.pg, pg.e)
             if g.split == "icp":
                 if eb is not None:
-                    consume(("eout", n), eb.i, 0, OC, fi * conv_px)
+                    consume(("eout", n), eb.i, 0, OC, q_conv)
                 if bp is None:
-                    consume(("eout", n), pg.e, 0, OC, fi * conv_px)
+                    consume(("eout", n), pg.e, 0, OC, q_conv)
             # ---- EB output: errors of the layer below's output
             if eb is not None:
                 if g.split == "ocp":
                     if not g.ocp_eb_first:
                         self._fifo(m, f"{key}_pe", wiring.flipped(self.pe_in), eb.up,
-                                   fi * g.pixels)
+                                   q_in)
                     if g.out_lo > 0:
                         wiring.connect(m, eb.o, wiring.flipped(self.pe_out))
                     else:
@@ -895,9 +999,9 @@ class NodeTop(wiring.Component):
                     hi = g.in_lo + g.in_channels
                     cat = LaneConcat(width=ew, parts=[g.in_channels, C - hi])
                     m.submodules[f"{key}_ecat"] = cat
-                    self._fifo(m, f"{key}_eown", eb.o, cat.i[0], fi * g.pixels)
+                    self._fifo(m, f"{key}_eown", eb.o, cat.i[0], q_in)
                     self._fifo(m, f"{key}_epart", wiring.flipped(self.e_part), cat.i[1],
-                               fi * g.pixels)
+                               q_in)
                     produce(("err", prv), cat.o, g.in_lo, C, ew)
                 else:
                     produce(("err", prv), eb.o, lo_in, C, ew)
@@ -958,11 +1062,48 @@ class NodeTop(wiring.Component):
             wiring.connect(m, src, fork.i)
             for j, ((port, lo, hi, depth), o) in enumerate(zip(cons, fork.o)):
                 # a fork's outputs move in lock step: a FIFO before each consumer
-                self._fifo(m, f"{tag}_q{j}", o, port, max(depth, 4))
+                self._fifo(m, f"{tag}_q{j}", o, port, tuple(max(d, 4) for d in depth)
+                           if isinstance(depth, tuple) else max(depth, 4))
         gates = [nl.gate for nl in L if nl.gate is not None]
         if gates:
             m.d.comb += self.updates.eq(gates[0].updates)
         return m
+
+
+def _stores_of(seg, geo, lag):
+    """``{store: (bits, words)}`` of segment ``seg``'s ReLU masks (``"mask"``: the conv's
+    output pixels, one bit per output channel) and pool argmaxes (``"arg"``: the pooled pixels,
+    ``arg_bits(pool_k)`` per output channel) of ``lag + 1`` images (FP runs up to ``lag``
+    images ahead of BP), from the plan's ``mask_store`` / ``arg_store`` (:func:`_store_words`)."""
+    out = {}
+    if geo.relu:
+        out["mask"] = (geo.out_channels, _store_words(
+            seg, "mask", seg.mask_store, geo.out_channels, lag,
+            geo.conv_height * geo.conv_width))
+    if geo.pool is not None:
+        bits = geo.out_channels * arg_bits(geo.pool[0])
+        out["arg"] = (bits, _store_words(seg, "arg", seg.arg_store, bits, lag,
+                                         geo.out_height * geo.out_width))
+    return out
+
+
+def _store_words(seg, store, entry, bits, lag, pixels):
+    """Words of segment ``seg``'s ``store`` (``"mask"`` / ``"arg"``) from its plan entry
+    ``entry`` (``SegmentPlan.mask_store`` / ``arg_store``), checked against what the hardware
+    needs: words of ``bits`` (the FP layer's mask / argmax payload), at least ``(lag + 1) *
+    pixels`` of them (FP runs up to ``lag`` images ahead of BP). A plan of before these entries
+    (``entry`` ``None``): an on-chip store of exactly that size."""
+    need = (lag + 1) * pixels
+    if entry is None:
+        return need
+    what = {"mask": "ReLU-mask", "arg": "argmax"}[store]
+    if entry.words < need:
+        raise ValueError(f"NodeTop: the {what} store of {seg.layer!r} ({entry.words} words) "
+                         f"cannot hold the lag of {lag} images plus one, of {pixels} pixels")
+    if entry.width != bits:
+        raise ValueError(f"NodeTop: the {what} store of {seg.layer!r} in the plan holds words of "
+                         f"{entry.width} bits; its FP layer's are {bits} bits wide")
+    return entry.words
 
 
 def _span_before(seg, geo=None):

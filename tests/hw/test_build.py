@@ -279,12 +279,15 @@ def _compare(build, n_images, tmp_path):
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog is not installed")
     from fpdeep_hw.board_top import LinkedNode
+    from fpdeep_hw.build import BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS
     from fpdeep_hw.node.top import NodeTop
     from sim.golden.train import init_weights
     plan = Plan.from_yaml(build["plan_file"].read_text())
     net = load_network("tiny")
-    # the build's defaults: lr 0.125, seed 0
-    node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics))
+    # the build's defaults: lr 0.125, seed 0, decoupling FIFOs of BUILD_FIFO_ROWS rows above
+    # BUILD_FIFO_WHOLE_BITS
+    node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
+                   fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS)
     top = LinkedNode(node)
     pixels, labels = _stimulus(top, net, plan.numerics, n_images, seed=3)
     outputs = _outputs(top)
@@ -920,12 +923,14 @@ def test_split_layer_nodes_build_and_lint(tmp_path):
 
 
 def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
-    """tiny on 2 VC709 with conv2's and conv3's Act-RAMs forced off chip (the plan rewritten
-    by ``sim.train.force_offchip_act_ram``, saved and built with ``--plan``): each node has a
-    ``mem_<layer>`` burst port, the board top a ``fpdeep_mem_ctrl`` black box for it; the
-    board tops elaborate with their nodes and the nodes' Verilog lints."""
+    """tiny on 2 VC709 with conv2's and conv3's Act-RAMs and conv2's mask and argmax stores
+    forced off chip (the plan rewritten by ``sim.train.force_offchip_act_ram`` and
+    ``force_offchip_stores``, saved and built with ``--plan``): each node has a ``mem_<layer>``
+    burst port per Act-RAM (node 0 also ``mem_conv2_mask``, ``mem_conv2_arg``), the board top a
+    ``fpdeep_mem_ctrl`` black box for each; the board tops elaborate with their nodes and the
+    nodes' Verilog lints."""
     from fpdeep_hw.build import unsupported
-    from sim.train import force_offchip_act_ram
+    from sim.train import force_offchip_act_ram, force_offchip_stores
     # the default VGG-16 node 4 keeps every Act-RAM off chip: no longer a refusal
     vgg = load_network("vgg16")
     default = map_network(vgg, load_board("vc709"), 15, batch=128, max_row_lanes=1)
@@ -934,6 +939,7 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
     plan = two_node_plan()
     assert all(s.act_ram.offchip_words == 0 for n in plan.node_plans for s in n.segments)
     assert force_offchip_act_ram(plan, ["conv2", "conv3"]) == [(0, "conv2"), (1, "conv3")]
+    assert force_offchip_stores(plan, ["conv2"]) == [(0, "conv2", "mask"), (0, "conv2", "arg")]
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(plan.to_yaml())
     out = tmp_path / "out"
@@ -946,9 +952,11 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
         head = node_v[node_v.index("module fpdeep_node("):]
         head = head[:head.index(");")]
         ports = set(re.findall(r"\b(mem_\w+?)__(?:aw|w|b|ar|r)__\w+", head))
-        assert ports == {f"mem_{layer}"}, ports
+        want = {f"mem_{layer}"} | ({"mem_conv2_mask", "mem_conv2_arg"} if k == 0 else set())
+        assert ports == want, ports
         top_v = (folder / "top.v").read_text()
-        assert top_v.count("fpdeep_mem_ctrl ") == 1 and f"ctrl_mem_{layer}" in top_v
+        assert top_v.count("fpdeep_mem_ctrl ") == len(want)
+        assert all(f"ctrl_{p}" in top_v for p in want)
         work = tmp_path / f"n{k}"
         work.mkdir()
         assert "fpdeep_mem_ctrl" in check_top_elaborates(folder, work)

@@ -7,7 +7,8 @@ below one word per cycle: the output list equals the input list (nothing lost, d
 reordered or corrupted), the memory model checks that no burst is read before its write is
 acknowledged nor overwritten before it was read, and the ring is used (bursts written and read
 back). Latency of the bypass to the cycle, capacity exactly ``depth``, ``act_ram_for`` on plan
-entries, Verilator lint.
+entries, Verilator lint. The same for the generic :class:`OffchipFIFO` (words of any shape: the
+ReLU-mask and argmax stores) and ``store_for`` on the plan's ``mask_store`` / ``arg_store``.
 """
 
 import random
@@ -17,7 +18,7 @@ from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from fpdeep_hw.memory.act_ram import ActRAM
-from fpdeep_hw.memory.offchip_act_ram import OffchipActRAM, act_ram_for
+from fpdeep_hw.memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from fpdeep_map.numerics import FixedFormat
 from sim.dram_model import DRAMModel
 from sim.golden.act_ram import act_ram_order
@@ -58,6 +59,22 @@ def test_rejects_bad_arguments(kw, exc, msg):
         OffchipActRAM(**args)
 
 
+@pytest.mark.parametrize("kw, exc, msg", [
+    (dict(shape="x"), TypeError, "Off-chip FIFO shape must be a shape, not 'x'"),
+    (dict(shape=0), ValueError, "Off-chip FIFO words must have at least 1 bit, not 0"),
+    (dict(depth=0), ValueError, "Off-chip FIFO depth must be a positive integer, not 0"),
+    (dict(burst=3), ValueError, "Off-chip FIFO burst must be a power of two from 2 to 256, "
+                                "not 3"),
+    (dict(depth=100, addr_width=6), ValueError, "Off-chip FIFO ring of 112 words at 0 does "
+                                                "not fit in 6 address bits"),
+])
+def test_fifo_rejects_bad_arguments(kw, exc, msg):
+    args = dict(shape=8, depth=64)
+    args.update(kw)
+    with pytest.raises(exc, match="^" + msg.replace("(", r"\(").replace(")", r"\)") + "$"):
+        OffchipFIFO(**args)
+
+
 def test_geometry():
     ram = OffchipActRAM(fmt=ACT, lanes=3, depth=100, burst=8, base=64)
     assert (ram.ext_bursts, ram.ext_words, ram.wc_words, ram.prefetch_words) == (13, 104, 16, 32)
@@ -67,12 +84,17 @@ def test_geometry():
 # -- FIFO behaviour with the memory model -------------------------------------------------------
 
 def run_fifo(*, lanes, depth, burst, n, p_in, p_out, p_mem, latency, rate, seed,
-             hold_out=0, prefetch=2):
-    """Send ``n`` random words through, with stalls everywhere; returns (got, words, model)."""
+             hold_out=0, prefetch=2, bits=None):
+    """Send ``n`` random words through, with stalls everywhere; returns (got, words, model).
+    ``bits``: an :class:`OffchipFIFO` of ``unsigned(bits)`` words instead of the Act-RAM."""
     rng = random.Random(seed)
-    dut = OffchipActRAM(fmt=ACT, lanes=lanes, depth=depth, burst=burst, base=2 * burst,
-                        addr_width=16, prefetch=prefetch)
-    words = random_words(rng, n, lanes)
+    kw = dict(depth=depth, burst=burst, base=2 * burst, addr_width=16, prefetch=prefetch)
+    if bits is None:
+        dut = OffchipActRAM(fmt=ACT, lanes=lanes, **kw)
+        words = random_words(rng, n, lanes)
+    else:
+        dut = OffchipFIFO(shape=bits, **kw)
+        words = [rng.randrange(1 << bits) for _ in range(n)]
     model = DRAMModel(dut.mem, burst=burst, words=dut.ext_words + 2 * burst, latency=latency,
                       words_per_cycle=rate, p_stall=p_mem, seed=seed + 1)
     got = []
@@ -132,6 +154,24 @@ def test_fifo_with_random_stalls_and_latency(case):
         assert model.bursts_written == 0
     if hold:
         assert max(levels) == depth            # filled to capacity while o was held
+
+
+@pytest.mark.parametrize("bits, depth, burst, seed, hold", [
+    (1, 64, 4, 11, 300),         # one output channel's ReLU mask
+    (37, 90, 8, 12, 0),          # masks of 37 channels
+    (256, 200, 16, 13, 800),     # argmaxes of 128 channels (2 bits each), filled to capacity
+])
+def test_offchip_fifo_of_any_width(bits, depth, burst, seed, hold):
+    """The generic FIFO (the mask and argmax stores): plain words of any width, in order, none
+    lost, through the ring."""
+    got, words, model, levels, dut = run_fifo(
+        lanes=None, depth=depth, burst=burst, n=3 * depth, p_in=0.2, p_out=0.4, p_mem=0.3,
+        latency=(5, 40), rate=1.5, seed=seed, hold_out=hold, prefetch=2, bits=bits)
+    assert type(dut) is OffchipFIFO and dut.width == bits and len(dut.mem.w.payload) == bits
+    assert got == act_ram_order(words)
+    assert model.bursts_written > 0 and model.words_read == model.words_written
+    if hold:
+        assert max(levels) == depth
 
 
 def test_capacity_is_depth():
@@ -283,12 +323,38 @@ def test_act_ram_for_follows_the_plan():
     Fragment.get(ram, None)
 
 
+def test_store_for_follows_the_plan():
+    """The mask / argmax store of a plan entry: off chip where ``offchip_words > 0`` (VGG-16's
+    large ones), else on chip, and on chip for a plan of before the entries (``None``)."""
+    from amaranth.lib.fifo import SyncFIFOBuffered
+
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    vgg = map_network(load_network("vgg16"), load_board("vc709"), 15, max_row_lanes=1)
+    seg = next(s for s in vgg.node_plans[4].segments if s.layer == "conv2_2")
+    store = store_for(seg.mask_store, seg.mask_store.width, 1000, burst=32)
+    assert type(store) is OffchipFIFO and (store.width, store.depth, store.burst) == (128, 1000,
+                                                                                       32)
+    Fragment.get(store, None)
+    tiny = map_network(load_network("tiny"), load_board("vc709"), 1, max_row_lanes=1)
+    seg = next(s for s in tiny.node_plans[0].segments if s.layer == "conv2")
+    for entry in (seg.arg_store, None):
+        fifo = store_for(entry, 16, 64)
+        assert type(fifo) is SyncFIFOBuffered and (fifo.width, fifo.depth) == (16, 64)
+        Fragment.get(fifo, None)
+
+
 # -- Verilog ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lanes, depth, burst", [(1, 1, 2), (4, 300, 16)])
 def test_verilator_lint(lanes, depth, burst, tmp_path):
     verilator_lint(OffchipActRAM(fmt=ACT, lanes=lanes, depth=depth, burst=burst),
                    "offchip_act_ram", tmp_path)
+
+
+def test_verilator_lint_of_a_store(tmp_path):
+    verilator_lint(OffchipFIFO(shape=256, depth=300, burst=16), "offchip_fifo", tmp_path)
 
 
 def test_memory_controller_black_box_in_a_platform_build():

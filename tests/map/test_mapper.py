@@ -373,3 +373,132 @@ def test_timing_keys_round_trip():
                 "cycles_per_image_with_updates", "steady_images_per_second",
                 "engine_cycles_per_image"):
         assert back.summary[key] == plan.summary[key]
+
+
+# ---- ReLU-mask and argmax stores ------------------------------------------------------------
+
+def _without_stores(monkeypatch, *args, **kw):
+    """The plan as mapped before the stores were planned (``place_stores`` left out)."""
+    from fpdeep_map import mapper
+    with monkeypatch.context() as mp:
+        mp.setattr(mapper._Context, "place_stores", lambda self: None)
+        return map_network(*args, **kw)
+
+
+def _lags(plan):
+    """``floor(act_ram_images)``, the smallest over a layer's segments (the hardware's lag)."""
+    lags = {}
+    for n in plan.node_plans:
+        for s in n.segments:
+            lags[s.layer] = min(math.floor(s.act_ram_images), lags.get(s.layer, 10 ** 9))
+    return lags
+
+
+def test_vgg16_keeps_the_big_mask_and_argmax_stores_off_chip(monkeypatch):
+    """The plan the build maps (VGG-16 on 15 VC709, ``max_row_lanes=1``): every segment with a
+    ReLU / pool has a mask / argmax store of (lag + 1) images, as the node builds them; the
+    big ones (conv2_2's on node 4: 128 x 2,546,432 and 256 x 636,608 bits) are off chip, and
+    their bytes and traffic (written and read once per image) are in the node's figures."""
+    net, board = load_network("vgg16"), load_board("vc709")
+    args = (net, board, 15)
+    kw = dict(batch=128, max_row_lanes=1)
+    plan = map_network(*args, **kw)
+    lags = _lags(plan)
+    for n in plan.node_plans:
+        for s in n.segments:
+            posts = [net.layer(p) for p in s.post]
+            lag, oc = lags[s.layer], s.out_channels[1] - s.out_channels[0]
+            layer = net.layer(s.layer)
+            conv_px = layer.out_shape[1] * layer.out_shape[2] if s.kind == "conv" else 1
+            pool = next((p for p in posts if p.kind == "maxpool"), None)
+            if any(p.kind == "relu" for p in posts):
+                assert (s.mask_store.words, s.mask_store.width) == ((lag + 1) * conv_px, oc)
+            else:
+                assert s.mask_store.words == 0
+            if pool is not None:
+                assert pool.kernel == 2
+                assert (s.arg_store.words, s.arg_store.width) == (
+                    (lag + 1) * pool.out_shape[1] * pool.out_shape[2], 2 * oc)
+            else:
+                assert s.arg_store.words == 0
+            for m in (s.mask_store, s.arg_store):
+                assert m.depth == m.words and m.banks == 1
+                assert m.offchip_words in (0, m.words)
+                assert (m.bram18 == 0) == (m.offchip_words > 0 or m.words == 0)
+    s = next(s for s in plan.node_plans[4].segments if s.layer == "conv2_2")
+    assert lags["conv2_2"] == 202
+    assert (s.mask_store.words, s.mask_store.width) == (203 * 112 * 112, 128) == (2_546_432, 128)
+    assert (s.arg_store.words, s.arg_store.width) == (203 * 56 * 56, 256) == (636_608, 256)
+    assert s.mask_store.offchip_words == s.mask_store.words
+    assert s.arg_store.offchip_words == s.arg_store.words
+    # the same plan without the stores: the difference is exactly theirs
+    old = _without_stores(monkeypatch, *args, **kw)
+    ips = plan.summary["steady_images_per_second"]
+    assert ips == old.summary["steady_images_per_second"]
+    assert plan.summary["bottleneck"] == "compute"
+    for n, o in zip(plan.node_plans, old.node_plans):
+        off = [(m, px) for s in n.segments
+               for m, px in ((s.mask_store, s.mask_store.words // (lags[s.layer] + 1)),
+                             (s.arg_store, s.arg_store.words // (lags[s.layer] + 1)))
+               if m.offchip_words]
+        on = sum(m.bram18 for s in n.segments for m in (s.mask_store, s.arg_store))
+        assert n.bram36 == o.bram36 + on / 2
+        assert n.bram36 <= board.bram36 * plan.budgets["bram"]
+        mbytes = sum(m.words * m.width for m, _ in off) / 8 / 1e6
+        gbps = sum(2 * px * m.width for m, px in off) * ips / 1e9
+        assert n.offchip_mbytes == pytest.approx(o.offchip_mbytes + mbytes, abs=2e-3)
+        assert n.offchip_gbps == pytest.approx(o.offchip_gbps + gbps, abs=2e-4)
+    n4, o4 = plan.node_plans[4], old.node_plans[4]
+    # 40.7 + 20.4 MB, 2 x (12,544 x 128 + 3,136 x 256) bits per image
+    assert n4.offchip_mbytes - o4.offchip_mbytes == pytest.approx(61.12, abs=0.01)
+    assert n4.offchip_gbps - o4.offchip_gbps == pytest.approx(
+        2 * (12544 * 128 + 3136 * 256) * ips / 1e9, abs=2e-4)
+
+
+def test_small_stores_on_chip_count_in_the_bram(monkeypatch):
+    """tiny on one sim-node: every store fits in the BRAM left; each counts its RAMB18s in the
+    node's BRAM36 as an Act-RAM does (ceil(bits / 16 Kbit))."""
+    plan = _sim_plan("tiny", batch=2)
+    segs = {s.layer: s for s in plan.node_plans[0].segments}
+    lags = _lags(plan)
+    want = {"conv1": (64, 4, 0, 0), "conv2": (64, 8, 16, 16), "conv3": (16, 8, 0, 0),
+            "fc4": (0, 0, 0, 0)}
+    total = 0
+    for layer, (mpx, mw, apx, aw) in want.items():
+        s, d = segs[layer], lags[layer] + 1
+        assert (s.mask_store.words, s.mask_store.width) == (d * mpx, mw)
+        assert (s.arg_store.words, s.arg_store.width) == (d * apx, aw)
+        for m in (s.mask_store, s.arg_store):
+            assert m.offchip_words == 0 and m.bram18 == -(-m.words * m.width // 16384)
+            total += m.bram18
+    assert total == 4
+    old = _without_stores(monkeypatch, load_network("tiny"), load_board("sim-node"), 1,
+                          batch=2, max_row_lanes=1)
+    assert plan.node_plans[0].bram36 == old.node_plans[0].bram36 + total / 2
+    assert plan.node_plans[0].offchip_gbps == old.node_plans[0].offchip_gbps
+
+
+def test_plans_saved_before_the_stores_still_load():
+    """A plan written before ``mask_store`` / ``arg_store`` existed (no such keys), as YAML or
+    as JSON: loads, with ``None`` entries (the hardware then keeps both stores on chip, sized
+    for its lag as before), and round-trips."""
+    import json
+
+    import yaml
+    plan = _sim_plan("tiny", nodes=2, batch=2)
+    d = plan.to_dict()
+    for n in d["node_plans"]:
+        for s in n["segments"]:
+            assert s["mask_store"]["words"] >= 0 and "arg_store" in s
+            del s["mask_store"], s["arg_store"]
+    for old in (Plan.from_yaml(yaml.safe_dump(d)), Plan.from_dict(json.loads(json.dumps(d)))):
+        segs = [s for n in old.node_plans for s in n.segments]
+        assert segs and all(s.mask_store is None and s.arg_store is None for s in segs)
+        assert Plan.from_yaml(old.to_yaml()) == old
+        # everything else as mapped
+        for s, t in zip(segs, [s for n in plan.node_plans for s in n.segments]):
+            assert (s.act_ram, s.lpram, s.lgb, s.act_ram_images) == (
+                t.act_ram, t.lpram, t.lgb, t.act_ram_images)
+    # a plan with them keeps them exactly
+    back = Plan.from_dict(json.loads(json.dumps(d | {"node_plans": plan.to_dict()["node_plans"]})))
+    assert back == plan

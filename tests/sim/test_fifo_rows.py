@@ -1,0 +1,110 @@
+# amaranth: UnusedElaboratable=no
+"""Decoupling FIFOs of a few rows (``NodeTop(fifo_rows=)``, what ``python -m fpdeep_hw.build``
+builds, ``BUILD_FIFO_ROWS``) instead of whole images (``fifo_images``, the simulations'
+default): ``docs/hw-node.md``, "Node top".
+
+* every decoupling FIFO holds ``fifo_rows`` rows of its map, the FC's input FIFO one image, the
+  mask and argmax stores are untouched;
+* bad values are refused;
+* ``tiny`` on one ``sim-node`` and split over two (``icp2``) trains bit-exact with 2-row FIFOs;
+* ``-m long``: 12 images, B = 4: the same cycles as with one-image FIFOs (measured: 18,618
+  cycles, 1,031 per image in a mini-batch, 1,303.25 over whole mini-batches, both ways).
+"""
+
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.lib.fifo import SyncFIFOBuffered
+
+from fpdeep_hw.build import BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS
+from fpdeep_hw.node.top import NodeTop
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim import train
+from sim.golden.train import init_weights
+
+
+def _fifos(**kw):
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    top = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics), **kw)
+    m = top.elaborate(None)
+    Fragment.get(m, None)                       # every block elaborated (none left unused)
+    return top, {name: f.depth for name, (f, _) in m._named_submodules.items()
+                 if isinstance(f, SyncFIFOBuffered)}
+
+
+def test_depths_in_rows():
+    top, images = _fifos()
+    _, rows = _fifos(fifo_rows=2)
+    assert set(images) == set(rows)
+    g = {nl.name: nl.geometry for nl in top.layers}
+    # tiny: conv1 8x8 -> conv2 8x8 (pool to 4x4) -> conv3 4x4 -> fc4 (4x4 input)
+    expect = {
+        "act_conv2_q": 2 * g["conv2"].width, "act_conv3_q": 2 * g["conv3"].width,
+        "act_fc4_q": g["fc4"].pixels,                       # an FC's input: one image
+        "err_conv1_q": 2 * g["conv1"].out_width, "err_conv2_q": 2 * g["conv2"].out_width,
+        "err_conv3_q": 2 * g["conv3"].out_width,
+        "conv2_eout_eb": 2 * g["conv2"].conv_width, "conv2_eout_pg": 2 * g["conv2"].conv_width,
+        "conv3_eout_eb": 2 * g["conv3"].conv_width, "conv3_eout_pg": 2 * g["conv3"].conv_width,
+        "fc4_eout_eb": 1, "fc4_eout_pg": 1,
+    }
+    assert {n: rows[n] for n in expect} == expect
+    assert expect["act_conv2_q"] < images["act_conv2_q"] == g["conv2"].pixels
+    # the stores of the images in flight are not decoupling FIFOs
+    for n in rows:
+        if n.endswith(("_mask", "_arg")):
+            assert rows[n] == images[n]
+    # one row: never deeper than one image's FIFOs
+    _, one = _fifos(fifo_rows=1)
+    assert all(one[n] <= rows[n] <= images[n] for n in rows)
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "2"])
+def test_bad_fifo_rows(bad):
+    with pytest.raises(ValueError, match="fifo_rows must be None or a non-negative integer"):
+        _fifos(fifo_rows=bad)
+
+
+def test_whole_bits():
+    """FIFOs whose image is small keep it: the build's threshold keeps every one of ``tiny``'s
+    (a small node is built as simulated); a threshold between picks per FIFO."""
+    _, images = _fifos()
+    _, build = _fifos(fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS)
+    assert build == images
+    _, rows = _fifos(fifo_rows=2)
+    # conv2's output errors into EB / PG: 64 pixels of 8 lanes x 16 bits = 8,192 bits; conv3's
+    # 16 pixels of 8 lanes: 2,048 bits
+    _, mixed = _fifos(fifo_rows=2, fifo_whole_bits=4096)
+    assert mixed["conv3_eout_eb"] == images["conv3_eout_eb"] == 16
+    assert mixed["conv2_eout_eb"] == rows["conv2_eout_eb"] == 16 < images["conv2_eout_eb"]
+    with pytest.raises(ValueError, match="fifo_whole_bits must be a non-negative integer"):
+        _fifos(fifo_rows=2, fifo_whole_bits=-1)
+
+
+def test_build_uses_rows():
+    assert isinstance(BUILD_FIFO_ROWS, int) and BUILD_FIFO_ROWS >= 1
+    # VGG-16's maps: one image of conv2_2's 112 x 112 partial sums is far above the threshold
+    assert 112 * 112 * 128 * 16 > BUILD_FIFO_WHOLE_BITS
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_bit_exact_with_rows(nodes):
+    kw = dict(board="sim-node", nodes=nodes)
+    if nodes == 2:
+        kw["ocp_threshold"] = 1                 # conv2 cut by input channels (icp2)
+    res = train.run("tiny", images=2, batch=2, seed=0, fifo_rows=BUILD_FIFO_ROWS, **kw)
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    assert all(v == 1 for v in res["updates"].values())
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_rows_cost_no_cycles():
+    got = {}
+    for kw in ({}, {"fifo_rows": BUILD_FIFO_ROWS}):
+        res = train.run("tiny", "sim-node", images=12, batch=4, seed=0, **kw)
+        assert res["bit_exact"] is True
+        got[bool(kw)] = (res["cycles"], res["cycles_per_image_first_batch"],
+                         res["cycles_per_image_whole_batches"])
+    assert got[True] == got[False]
