@@ -15,7 +15,10 @@ the peak resident memory of the largest child so far, so the cases run in separa
 - ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
   with the full budget (``max_row_lanes=1``), ``--all`` (the whole 1-node cluster).
 - ``vgg16-all``: the whole default cluster, ``--board vc709 --all --jobs 2`` (15 nodes in two
-  worker processes; the peak is the largest worker's).
+  worker processes; the peak is the largest worker's). Refused today, before anything is
+  built: node 14's fc6 / fc7 / fc8 weights, which the plan streams from off-chip memory, would
+  be in block RAM (1,568 Mbit for fc6 alone).
+- ``vgg16-0to13``: the nodes that build, ``--board vc709 --node 0:13 --jobs 2``.
 - ``tiny-2nodes``: ``tiny`` on 2 VC709 with whole layers per node (``split="layers"``, 4 % DSP
   budget: node 0 ``conv1 conv2``, node 1 ``conv3 fc4``), ``--all --jobs 1``: both nodes with
   their chain links (framers in the node, Aurora black box and clock crossing in the top).
@@ -40,7 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes", "vgg16-all")
+CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes", "vgg16-all",
+         "vgg16-0to13")
 
 
 def _plan_file(tmp, net, budget, nodes=1, **kw):
@@ -70,6 +74,8 @@ def run_case(case, mem_limit_gb=12.0):
         args = ["--board", "vc709", "--node", "4"]
     elif case == "vgg16-all":
         args = ["--board", "vc709", "--all", "--jobs", "2"]
+    elif case == "vgg16-0to13":
+        args = ["--board", "vc709", "--node", "0:13", "--jobs", "2"]
     elif case == "tiny-2nodes":
         args = ["--plan", str(_plan_file(tmp, "tiny", 0.04, 2, split="layers")), "--all",
                 "--jobs", "1"]
@@ -92,7 +98,16 @@ def run_case(case, mem_limit_gb=12.0):
     if proc.returncode not in (0, 2):
         res["error"].append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                             else f"exit {proc.returncode}")
-    reports = sorted(out.glob("*/node*/report.json"))
+    reports = sorted(out.glob("*/node*/report.json"), key=lambda f: int(f.parent.name[4:]))
+    if len(reports) > 1:
+        res["nodes"] = []
+        for f in reports:
+            r = json.loads(f.read_text())
+            mem = r.get("rtl_memory", {})
+            res["nodes"].append({"node": r["node"], "seconds": r.get("seconds"),
+                                 "rtl_mbit": round(mem.get("bits", 0) / 2**20, 1),
+                                 "fits_in_bram": mem.get("fits_in_bram"),
+                                 "plan_bram36": r["predicted"]["bram36"]})
     if reports:
         r = json.loads(reports[0].read_text())
         res["predicted"] = r["predicted"]

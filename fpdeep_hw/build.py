@@ -83,6 +83,25 @@ _int_min = _int_at_least
 _positive = _positive_float
 
 
+def _nodes_arg(text):
+    """``--node``: ``K``, ``A:B`` (A to B inclusive, as the mapper's ``--nodes``) or a comma list
+    of those -> the sorted node indices."""
+    if "," not in text and ":" not in text:
+        return [_int_min("--node", 0)(text)]
+    out = set()
+    for part in text.split(","):
+        try:
+            nums = [int(p) for p in part.split(":")]
+        except ValueError:
+            raise FpdeepError("command line", "--node", text, "must be K, A:B or a comma list "
+                                                              "of those (integers)") from None
+        if len(nums) > 2 or min(nums) < 0 or nums[-1] < nums[0]:
+            raise FpdeepError("command line", "--node", text, "must be K, A:B (0 <= A <= B) or "
+                                                              "a comma list of those")
+        out.update(range(nums[0], nums[-1] + 1))
+    return sorted(out)
+
+
 def _budget(text):
     v = _positive_float("--dsp-budget")(text)
     if v > 1:
@@ -96,7 +115,8 @@ def build_parser():
                             "a Vivado project script per FPGA.")
     p.add_argument("--board", help="board with an Amaranth platform: vc709, kcu105, alveo-u280 "
                                    "(default: the plan's board with --plan)")
-    p.add_argument("--node", type=_int_min("--node", 0), help="node index to build")
+    p.add_argument("--node", type=_nodes_arg, help="node index to build (or several: A:B, "
+                                                  "K,K,...; built in parallel as with --all)")
     p.add_argument("--all", action="store_true", help="build every node of the plan")
     p.add_argument("--jobs", type=_int_min("--jobs", 1), default=os.cpu_count() or 1,
                    help="worker processes for --all (default: the CPU count)")
@@ -240,6 +260,17 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
+        # weights the plan streams from off-chip memory (an FC's, at ImageNet scale): the
+        # generator keeps every layer's weights in block RAM, which only works while they fit
+        bits = s.lpram.offchip_words * plan.numerics.weight.width
+        bram = plan.available["bram36"] * 36 * 1024
+        if bits > bram:
+            problems.append((f"{f}.lpram.offchip_words", s.lpram.offchip_words,
+                             f"the {s.lpram.offchip_words:,} weights of {s.layer!r}, which the "
+                             f"plan keeps in off-chip memory, would be in block RAM "
+                             f"({bits / 2**20:,.1f} Mbit against the device's {bram / 2**20:.1f} "
+                             f"Mbit): weights streamed from off-chip memory are not built",
+                             f"off-chip weights {s.layer}"))
     # parameter lending: any keepers, near or far, pass-through nodes, whole layers and slices
     from .node.sets import keepers_of
     try:
@@ -681,28 +712,31 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     progress = Progress(args.quiet)
     if args.all == (args.node is not None):
-        raise FpdeepError("command line", "--node", args.node,
+        raise FpdeepError("command line", "--node",
+                          None if args.node is None else ",".join(map(str, args.node)),
                           "give exactly one of --node K and --all")
     with progress.stage("plan"):
         plan, network, board, label = resolve_plan(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FpdeepError("command line", "--out", args.out, "exists and is not a folder")
-    if not args.all:
-        check_node(plan, args.node, network, label, board)
-        progress.prefix = f"node {args.node}: "
-        folder, report = build_node(plan, args.node, network, board, out, lr=args.lr,
+    if not args.all and len(args.node) == 1:
+        (k,) = args.node
+        check_node(plan, k, network, label, board)
+        progress.prefix = f"node {k}: "
+        folder, report = build_node(plan, k, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
                                     label=label)
         print(_summary(folder, report))
         return 0
-    # --all: check every node first, then build in worker processes
-    for k in range(len(plan.node_plans)):
+    # --all (or several --node): check every node first, then build in worker processes
+    nodes = list(range(len(plan.node_plans))) if args.all else args.node
+    for k in nodes:
         check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
-             args.synth, label) for k in range(len(plan.node_plans))]
-    status = {k: "queued" for k in range(len(jobs))}
+             args.synth, label) for k in nodes]
+    status = {k: "queued" for k in nodes}
     t0 = time.monotonic()
     failed = 0
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as ex:

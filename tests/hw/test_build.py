@@ -353,10 +353,26 @@ def _assert_refused(proc, out, *fragments):
      ["--dsp-budget: '1.5': must be a number in (0, 1]"]),
     (["--board", "vc709"], ["give exactly one of --node K and --all"]),
     (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be an integer >= 0"]),
+    (["--board", "vc709", "--node", "3:1"], ["--node: '3:1': must be K, A:B (0 <= A <= B)"]),
+    (["--board", "vc709", "--node", "1,x"], ["--node: '1,x': must be K, A:B or a comma list"]),
+    # node 14 of the default plan: fc6 / fc7 / fc8, whose weights the plan streams from DRAM;
+    # several nodes, or --all, are all checked before any is built
+    (["--board", "vc709", "--node", "14"],
+     ["node_plans[14].segments[1].lpram.offchip_words: 102760448", "weights of 'fc6'",
+      "(1,568.0 Mbit against the device's 51.7 Mbit)", "also: off-chip weights fc7"]),
+    (["--board", "vc709", "--node", "12:14"], ["node_plans[14].segments[1].lpram"]),
+    (["--board", "vc709", "--all"], ["node_plans[14].segments[1].lpram"]),
 ])
 def test_refused(tmp_path, args, fragments):
     out = tmp_path / "out"
     _assert_refused(_cli(*args, "--out", str(out)), out, *fragments)
+
+
+def test_node_lists():
+    from fpdeep_hw.build import _nodes_arg
+    assert _nodes_arg("4") == [4]
+    assert _nodes_arg("0:2") == [0, 1, 2]
+    assert _nodes_arg("5,1:2,2") == [1, 2, 5]
 
 
 def test_refused_plan_for_other_board(built, tmp_path):
