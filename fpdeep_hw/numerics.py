@@ -22,7 +22,23 @@ from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
 
-__all__ = ["saturate", "requantize", "saturating_add", "OverflowCounter"]
+__all__ = ["saturate", "requantize", "saturating_add", "tree_sum", "OverflowCounter"]
+
+
+def tree_sum(terms, start=None):
+    """The exact sum of ``terms`` (values or integers) as a balanced adder tree.
+
+    Python's ``sum`` builds a chain as deep as there are terms: Amaranth's transformers recurse
+    once per level (about 500 terms exhaust Python's recursion limit when a node is converted:
+    VGG-16's larger nodes) and the hardware gets a carry chain through every adder. Each ``+``
+    widens by one bit, so the tree's result is the same number, in fewer bits."""
+    terms = list(terms) + ([] if start is None else [start])
+    if not terms:
+        return 0
+    while len(terms) > 1:
+        terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                 for k in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def _as_signed_value(value) -> Value:
@@ -137,7 +153,7 @@ class OverflowCounter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ones = sum((self.inc[i] for i in range(self._inputs)), start=C(0, 1))
+        ones = tree_sum((self.inc[i] for i in range(self._inputs)), start=C(0, 1))
         total = Signal(self._width + self._inputs.bit_length() + 1)
         m.d.comb += total.eq(self.count + ones)
         with m.If(self.clear):

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_map.numerics import FixedFormat
 
 from ..compute.shared import shared
-from ..numerics import requantize, saturating_add
+from ..numerics import requantize, saturating_add, tree_sum
 from ..wide import join
 
 __all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
@@ -418,15 +418,10 @@ class _GradLane(wiring.Component):
 
 def _count_flags(m, flags, count):
     """Add the number of set bits of ``flags`` to the register ``count`` every cycle, sticking at
-    its maximum. The population count is a balanced adder tree: a gradient set has up to
-    ``lanes * K * K`` (hundreds of) flags, and :class:`fpdeep_hw.numerics.OverflowCounter` sums
-    its inputs as one linear chain, which the simulator cannot compile at that size."""
-    terms = [flags[k] for k in range(len(flags))]
-    while len(terms) > 1:
-        terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
-                 for k in range(0, len(terms), 2)]
+    its maximum. The population count is a balanced adder tree (:func:`~fpdeep_hw.numerics.
+    tree_sum`): a gradient set has up to ``lanes * K * K`` (hundreds of) flags."""
     total = Signal(len(count) + 1 + len(flags).bit_length())
-    m.d.comb += total.eq(count + terms[0])
+    m.d.comb += total.eq(count + tree_sum(flags[k] for k in range(len(flags))))
     m.d.sync += count.eq(Mux(total >= 1 << len(count), (1 << len(count)) - 1, total))
 
 

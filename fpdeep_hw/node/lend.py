@@ -45,7 +45,7 @@ from fpdeep_hw.memory.line_buffer import LineBuffer
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
 from fpdeep_hw.node.update import WeightUpdate
-from fpdeep_hw.numerics import requantize, saturate
+from fpdeep_hw.numerics import requantize, saturate, tree_sum
 from sim.golden.line_buffer import Geometry, eb_geometry
 
 __all__ = ["Lender", "WSFPLayer", "WSEBLayer"]
@@ -221,7 +221,7 @@ class _WSLayer(wiring.Component):
             s, ovf = saturate(Mux(first_q, 0, arp.data[lane]) + dot_q[lane], aw_acc)
             m.d.comb += awp.data[lane].eq(s)
             ovf_bits.append(ovf)
-        m.d.comb += acc_ovf.eq(sum(ovf_bits))
+        m.d.comb += acc_ovf.eq(tree_sum(ovf_bits))
         with m.If(wen_q):
             m.d.sync += self.acc_overflows.eq(self.acc_overflows + acc_ovf)
         wh = Signal()                                   # half of the write in flight
@@ -255,7 +255,7 @@ class _WSLayer(wiring.Component):
             m.d.comb += word.payload[lane].eq(v)
             out_bits.append(ovf)
         with m.If(word.valid & word.ready):
-            m.d.sync += self.out_overflows.eq(self.out_overflows + sum(out_bits))
+            m.d.sync += self.out_overflows.eq(self.out_overflows + tree_sum(out_bits))
         d_last = Signal()                               # the word in the read stage ends the image
         with m.If(d_adv):
             m.d.sync += d_last.eq(d_issue & dlast)
@@ -401,7 +401,7 @@ class WSFPLayer(_WSLayer):
         for e in range(P):
             terms = [sel[s][ky][kx] * wset[e * S + s][ky][kx]
                      for s in range(S) for ky in range(K) for kx in range(K)]
-            out.append(sum(terms))
+            out.append(tree_sum(terms))
         return out
 
     def elaborate(self, platform):
@@ -529,7 +529,7 @@ class WSEBLayer(_WSLayer):
         for s in range(S):
             terms = [sel[e][ky][kx] * wset[e * S + s][ky][kx]
                      for e in range(P) for ky in range(K) for kx in range(K)]
-            out.append(sum(terms))
+            out.append(tree_sum(terms))
         return out
 
     def elaborate(self, platform):
