@@ -68,6 +68,9 @@ NODE_MODULE = "fpdeep_node"
 #: ``docs/hw-node.md``, "Node top" (``tests/sim/test_fifo_rows.py``).
 BUILD_FIFO_ROWS = 2
 BUILD_FIFO_WHOLE_BITS = 1 << 16
+#: Widest engine window the generator builds: Amaranth's netlist numbers the bits of a value
+#: with 16 bits (VGG-16's conv3_3 EB: 256 lanes x 9 x 32 bits = 73,728).
+MAX_WINDOW_BITS = (1 << 16) - 1
 #: Yosys ``synth_xilinx -family`` per board.
 SYNTH_FAMILY = {"vc709": "xc7", "kcu105": "xcu", "alveo-u280": "xcup"}
 
@@ -260,6 +263,22 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
+        # a conv engine array's window (FP: the segment's input lanes, EB: the layer's output
+        # errors, K x K each) is held in one signal, and an Amaranth netlist value has at most
+        # 65,536 bits
+        if s.kind == "conv":
+            k2, num = s.engines["fp"].kernel ** 2, plan.numerics
+            for phase, lanes, width in (
+                    ("fp", s.in_channels[1] - s.in_channels[0], num.activation.width),
+                    ("eb", s.out_channels[1] - s.out_channels[0], num.error.width)):
+                wbits = lanes * k2 * width
+                if phase in s.engines and wbits > MAX_WINDOW_BITS:
+                    problems.append((f"{f}.engines.{phase}", lanes,
+                                     f"{s.layer!r} {phase.upper()} window of {lanes} lanes x "
+                                     f"{k2} x {width} bits = {wbits:,} bits, above the "
+                                     f"{MAX_WINDOW_BITS:,} an Amaranth netlist value holds (a "
+                                     f"window held per lane group is not built)",
+                                     f"{phase} window {s.layer}"))
         # weights the plan streams from off-chip memory (an FC's, at ImageNet scale): the
         # generator keeps every layer's weights in block RAM, which only works while they fit
         bits = s.lpram.offchip_words * plan.numerics.weight.width

@@ -355,17 +355,34 @@ def _assert_refused(proc, out, *fragments):
     (["--board", "vc709", "--node", "-1"], ["--node: '-1': must be an integer >= 0"]),
     (["--board", "vc709", "--node", "3:1"], ["--node: '3:1': must be K, A:B (0 <= A <= B)"]),
     (["--board", "vc709", "--node", "1,x"], ["--node: '1,x': must be K, A:B or a comma list"]),
-    # node 14 of the default plan: fc6 / fc7 / fc8, whose weights the plan streams from DRAM;
-    # several nodes, or --all, are all checked before any is built
+    # nodes 8-14 of the default plan: an EB window of 512 lanes is above Amaranth's 65,536
+    # bits per value; node 14 also holds fc6 / fc7 / fc8, whose weights the plan streams from
+    # DRAM; several nodes, or --all, are all checked before any is built
+    (["--board", "vc709", "--node", "8"],
+     ["node_plans[8].segments[", "].engines.eb: 512", "'conv4_1' EB window of 512 lanes x 9 x "
+      "16 bits = 73,728 bits, above the 65,535"]),
     (["--board", "vc709", "--node", "14"],
-     ["node_plans[14].segments[1].lpram.offchip_words: 102760448", "weights of 'fc6'",
-      "(1,568.0 Mbit against the device's 51.7 Mbit)", "also: off-chip weights fc7"]),
-    (["--board", "vc709", "--node", "12:14"], ["node_plans[14].segments[1].lpram"]),
-    (["--board", "vc709", "--all"], ["node_plans[14].segments[1].lpram"]),
+     ["node_plans[14]", "also: off-chip weights fc6, off-chip weights fc7, off-chip weights "
+      "fc8"]),
+    (["--board", "vc709", "--node", "12:14"], ["node_plans[12]"]),
+    (["--board", "vc709", "--all"], ["node_plans[8]"]),
 ])
 def test_refused(tmp_path, args, fragments):
     out = tmp_path / "out"
     _assert_refused(_cli(*args, "--out", str(out)), out, *fragments)
+
+
+def test_offchip_weights_refused():
+    """Node 14 of the default plan: the plan streams fc6 / fc7 / fc8's weights from DRAM."""
+    from fpdeep_hw.build import DEFAULT_NODES, unsupported
+    net = load_network("vgg16")
+    plan = map_network(net, load_board("vc709"), DEFAULT_NODES, max_row_lanes=1)
+    probs = {p[3]: p for p in unsupported(plan, 14, net)}
+    field, value, problem, _ = probs["off-chip weights fc6"]
+    assert field.endswith(".lpram.offchip_words") and value == 102_760_448
+    assert ("the 102,760,448 weights of 'fc6', which the plan keeps in off-chip memory, would be "
+            "in block RAM (1,568.0 Mbit against the device's 51.7 Mbit)") in problem
+    assert [unsupported(plan, k, net) for k in range(8)] == [[]] * 8
 
 
 def test_node_lists():
