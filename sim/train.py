@@ -886,6 +886,9 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TrainError(f"--out {out}: exists and is not a directory")
     _check_dram(dram_latency, dram_words_per_cycle, dram_stall, mem_burst, mem_prefetch)
+    for flag, v in (("--fifo-rows", fifo_rows), ("--fifo-whole-bits", fifo_whole_bits)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise TrainError(f"{flag} must be a non-negative integer, not {v!r}")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images, fifo_rows=fifo_rows,
                    fifo_whole_bits=fifo_whole_bits, link_gbps=link_gbps,

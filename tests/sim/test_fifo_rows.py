@@ -82,6 +82,15 @@ def test_whole_bits():
         _fifos(fifo_rows=2, fifo_whole_bits=-1)
 
 
+@pytest.mark.parametrize("kw, flag", [({"fifo_rows": -1}, "--fifo-rows"),
+                                      ({"fifo_rows": 2, "fifo_whole_bits": -5},
+                                       "--fifo-whole-bits")])
+def test_train_refuses_bad_rows(kw, flag, tmp_path):
+    with pytest.raises(train.TrainError, match=f"^{flag} must be a non-negative integer"):
+        train.run("tiny", "sim-node", images=2, batch=2, out=tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_uses_rows():
     assert isinstance(BUILD_FIFO_ROWS, int) and BUILD_FIFO_ROWS >= 1
     # VGG-16's maps: one image of conv2_2's 112 x 112 partial sums is far above the threshold
