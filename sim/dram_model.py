@@ -104,6 +104,8 @@ class DRAMModel:
         r_ready_at = 0          # the next read is served no earlier than this
         pending_reads = set()   # addresses of reads taken and not yet served
         t = 0
+        outs = (p.aw.ready, p.w.ready, p.ar.ready, p.b.valid, p.r.valid, p.r.payload)
+        last = [None] * len(outs)
         while True:
             tokens = min(tokens + self.rate, Fraction(2))
             # writes reaching the storage
@@ -130,12 +132,13 @@ class DRAMModel:
             w_ready = bool(aw_q) and tokens >= 1 + (1 if r_valid else 0) and \
                 self.rng.random() >= self.p_stall
             ar_ready = len(ar_q) < self.queue and self.rng.random() >= self.p_stall
-            ctx.set(p.aw.ready, aw_ready)
-            ctx.set(p.w.ready, w_ready)
-            ctx.set(p.ar.ready, ar_ready)
-            ctx.set(p.b.valid, b_valid)
-            ctx.set(p.r.valid, r_valid)
-            ctx.set(p.r.payload, r_out[0] if r_out else 0)
+            # drive only what changed: a ``ctx.set`` costs the simulator a signal update even
+            # when the value is the same, and an idle port would otherwise pay six every cycle
+            out = (aw_ready, w_ready, ar_ready, b_valid, r_valid, r_out[0] if r_out else 0)
+            for k, (sig, v) in enumerate(zip(outs, out)):
+                if v != last[k]:
+                    ctx.set(sig, v)
+                    last[k] = v
             (_, _, aw_v, aw_a, w_v, w_d, ar_v, ar_a, r_rdy, b_rdy) = await ctx.tick().sample(
                 p.aw.valid, p.aw.payload, p.w.valid, p.w.payload, p.ar.valid, p.ar.payload,
                 p.r.ready, p.b.ready)
