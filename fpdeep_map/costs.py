@@ -13,6 +13,28 @@ BRAM36_BITS = 36 * 1024
 #: Words of an 18-bit-or-narrower FIFO packed two per 36-bit row: 16-bit data use 32 of every 36 bits.
 FIFO_BITS_PER_BRAM36 = 32 * 1024
 
+#: Aspect ratios of a RAMB18 (depth, width), simple dual port: one write and one read port.
+RAMB18_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: Aspect ratios of a RAMB36 (two RAMB18 units), simple dual port.
+RAMB36_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
+#: Memories this shallow or shallower go to distributed RAM (LUTRAM: RAM64M, 64 deep), as
+#: Vivado and Yosys ``synth_xilinx`` place them by default.
+LUTRAM_MAX_DEPTH = 64
+
+
+def bram18_tiles(width, depth):
+    """RAMB18 units (a RAMB36 counts 2) of one memory of ``depth`` words of ``width`` bits,
+    built from one kind of primitive in one aspect ratio, tiled side by side and stacked, the
+    fewest units over the ratios of :data:`RAMB18_SHAPES` and :data:`RAMB36_SHAPES` (no mixed
+    ratios, no cascades). 0 for a memory of :data:`LUTRAM_MAX_DEPTH` words or fewer, which goes
+    to distributed RAM. An estimate of what synthesis infers: it also packs two narrow RAMB18s
+    into one RAMB36 site, which the count of units includes as halves."""
+    if width <= 0 or depth <= 0 or depth <= LUTRAM_MAX_DEPTH:
+        return 0
+    best = min(-(-width // w) * -(-depth // d) for d, w in RAMB18_SHAPES)
+    return min(best, min(2 * -(-width // w) * -(-depth // d) for d, w in RAMB36_SHAPES))
+
+
 # --- fractions of a device the mapper may fill ----------------------------------------------------
 #: DSP slices given to convolution engines (the rest: timing closure, FC helpers, address arithmetic).
 DSP_BUDGET = 0.90

@@ -497,9 +497,8 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             index = [(s, ky, kx) for s in range(lanes) for ky in range(k) for kx in range(k)]
             for _, upd, lo, hi in update_parts(nl):
                 for b, (s, ky, kx) in enumerate(index):
-                    mem = upd.banks[b]
                     for a in range(hi - lo):
-                        sets[lo + a, s, ky, kx] = ctx.get(mem.data[a])
+                        sets[lo + a, s, ky, kx] = upd.master_of(ctx, b, a)
             masters[nl.key] = g.unpack_weights(sets)
         final["masters"] = masters
 

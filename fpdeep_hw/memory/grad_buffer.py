@@ -21,6 +21,7 @@ from fpdeep_map.numerics import FixedFormat
 from ..compute.shared import shared
 from ..numerics import requantize, saturating_add, tree_sum
 from ..wide import join
+from .packing import lanes_per_memory, packed_granularity
 
 __all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
 
@@ -50,11 +51,11 @@ class GradBuffer(wiring.Component):
     """Mini-batch gradient accumulator and averager.
 
     Storage: the accumulators of ``depth`` gradient sets (``lanes x kernel x kernel`` signed
-    ``acc_width``-bit integers with ``in_fmt.frac`` fractional bits), one
-    :class:`~amaranth.lib.memory.Memory` (bank) of ``depth`` accumulators per element of a set,
-    all banks sharing addresses and enables, each with one write port and one synchronous
-    non-transparent read port (block RAM). Address ``a`` is the gradient of weight set ``a`` of
-    the matching parameter RAM (same ``depth``, ``kernel``, ``lanes``).
+    ``acc_width``-bit integers with ``in_fmt.frac`` fractional bits): ``depth`` rows of the
+    elements of a set side by side, in :class:`~amaranth.lib.memory.Memory` banks of at most
+    ``PACK_LANES`` elements (:mod:`fpdeep_hw.memory.packing`), each with one write port and
+    one synchronous non-transparent read port (block RAM). Address ``a`` is the gradient of
+    weight set ``a`` of the matching parameter RAM (same ``depth``, ``kernel``, ``lanes``).
 
     Accumulation: each word on ``i`` (``addr``, ``data``: a gradient set in ``in_fmt``) is added
     to the accumulators at ``addr``: read in the cycle it is accepted, added (saturating at
@@ -227,25 +228,39 @@ class GradBuffer(wiring.Component):
         index = self._index()
         n = len(index)
 
-        # One memory (bank) per element of a gradient set, as the parameter RAMs: narrow words
-        # map to block RAM as well as one wide word would, and keep every write-enable mask
-        # small (a single word of hundreds of accumulators is more than the Python simulator
-        # can compile). Each bank with its element's datapath is one _GradLane (identical
-        # lanes: one shared module in the build).
+        # Each element's datapath is one _GradLane (identical lanes: one shared module in the
+        # build); the accumulators are memories of the lanes side by side (all lanes share the
+        # addresses), rows of at most PACK_LANES lanes: a shallow bank of one element would
+        # take a whole block RAM, a row of lanes fills its width (docs/hw-node.md).
         recip, r = self.reciprocal
         frac_in = self._in_fmt.frac + r
+        accw = self._acc_width
         lanes = []
         for k in range(n):
-            lane = _GradLane(in_width=self._in_fmt.width, acc_width=self._acc_width,
-                             depth=mem_depth, recip=recip, frac_in=frac_in,
-                             out_fmt=self._out_fmt)
-            m.submodules[f"bank_{k}"] = shared(lane, lane.key)
+            lane = _GradLane(in_width=self._in_fmt.width, acc_width=accw, recip=recip,
+                             frac_in=frac_in, out_fmt=self._out_fmt)
+            m.submodules[f"lane_{k}"] = shared(lane, lane.key)
             lanes.append(lane)
         w_addr = Signal(range(mem_depth))
         w_en = Signal()
         w_zero = Signal()
         r_addr = Signal(range(mem_depth))
         r_en = Signal()
+        per = lanes_per_memory(accw, n)
+        for c, lo in enumerate(range(0, n, per)):
+            part = lanes[lo:lo + per]
+            mem = Memory(shape=len(part) * accw, depth=mem_depth, init=[])
+            m.submodules[f"bank_{c}"] = mem
+            # all enables equal (packed_granularity)
+            gran = packed_granularity(accw, len(part))
+            wp, rp = mem.write_port(granularity=gran), mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(w_addr), wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
+                wp.data.eq(join((lane.wd for lane in part), accw)),
+                rp.addr.eq(r_addr), rp.en.eq(r_en),
+            ]
+            for j, lane in enumerate(part):
+                m.d.comb += lane.rd.eq(rp.data[j * accw:(j + 1) * accw])
 
         acc_flags = Signal(n)                 # per element: clamped by the accumulation
         out_flags = Signal(n)                 # per element: clamped by the averaging
@@ -354,9 +369,7 @@ class GradBuffer(wiring.Component):
             lane = lanes[k]
             m.d.comb += [
                 lane.din.eq(i_bits[i0 + iw * k:i0 + iw * (k + 1)]),
-                lane.s1_valid.eq(s1_valid), lane.hit.eq(hit),
-                lane.w_addr.eq(w_addr), lane.w_en.eq(w_en), lane.w_zero.eq(w_zero),
-                lane.r_addr.eq(r_addr), lane.r_en.eq(r_en),
+                lane.s1_valid.eq(s1_valid), lane.hit.eq(hit), lane.w_zero.eq(w_zero),
                 lane.a_valid.eq(a_valid), lane.b_advance.eq(b_advance),
             ]
         # the wide signals in one statement each (fpdeep_hw/wide.py)
@@ -370,21 +383,21 @@ class GradBuffer(wiring.Component):
 
 
 class _GradLane(wiring.Component):
-    """One element of a :class:`GradBuffer`: its bank (write port, one synchronous
-    non-transparent read port), the input register, the forwarding register and saturating
-    sum of the accumulation (written back; 0 when ``w_zero``, the drain's read-and-clear), and
-    the averaging of the drained value into the output register ``out`` (loaded when
-    ``b_advance``). Every lane of a buffer gets the same control and is identical."""
+    """One element of a :class:`GradBuffer`: the input register, the forwarding register and
+    saturating sum of the accumulation (``wd``, written back into the lane's word of the row;
+    0 when ``w_zero``, the drain's read-and-clear), and the averaging of the drained value
+    into the output register ``out`` (loaded when ``b_advance``). ``rd`` is the lane's word of
+    the row read (synchronous, non-transparent). Every lane of a buffer gets the same control
+    and is identical; the parent keeps the memories."""
 
-    def __init__(self, *, in_width, acc_width, depth, recip, frac_in, out_fmt):
-        self._in_width, self._acc_width, self._depth = in_width, acc_width, depth
+    def __init__(self, *, in_width, acc_width, recip, frac_in, out_fmt):
+        self._in_width, self._acc_width = in_width, acc_width
         self._recip, self._frac_in, self._out_fmt = recip, frac_in, out_fmt
-        self.key = (in_width, acc_width, depth, recip, frac_in, out_fmt.width, out_fmt.frac,
+        self.key = (in_width, acc_width, recip, frac_in, out_fmt.width, out_fmt.frac,
                     out_fmt.rounding)
         super().__init__({
-            "din": In(signed(in_width)), "s1_valid": In(1), "hit": In(1),
-            "w_addr": In(range(depth)), "w_en": In(1), "w_zero": In(1),
-            "r_addr": In(range(depth)), "r_en": In(1),
+            "din": In(signed(in_width)), "s1_valid": In(1), "hit": In(1), "w_zero": In(1),
+            "rd": In(signed(acc_width)), "wd": Out(signed(acc_width)),
             "a_valid": In(1), "b_advance": In(1),
             "acc_flag": Out(1), "out_flag": Out(1), "out": Out(signed(out_fmt.width)),
         })
@@ -392,22 +405,18 @@ class _GradLane(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         accw = self._acc_width
-        m.submodules.bank = bank = Memory(shape=signed(accw), depth=self._depth, init=[])
-        bw = bank.write_port()
-        br = bank.read_port()                 # synchronous, non-transparent
         s1_data = Signal(signed(self._in_width))
         fwd_data = Signal(signed(accw))
         sums = Signal(signed(accw))
         m.d.sync += [s1_data.eq(self.din), fwd_data.eq(sums)]
-        old = Mux(self.hit, fwd_data, br.data)
+        old = Mux(self.hit, fwd_data, self.rd)
         total, overflow = saturating_add(old, s1_data, accw)
         m.d.comb += [
             sums.eq(total),
             self.acc_flag.eq(self.s1_valid & overflow),
-            bw.addr.eq(self.w_addr), bw.data.eq(Mux(self.w_zero, 0, sums)), bw.en.eq(self.w_en),
-            br.addr.eq(self.r_addr), br.en.eq(self.r_en),
+            self.wd.eq(Mux(self.w_zero, 0, sums)),
         ]
-        acc = br.data
+        acc = self.rd
         product = acc if self._recip == 1 else acc * self._recip
         value, overflow2 = requantize(product, self._frac_in, self._out_fmt)
         m.d.comb += self.out_flag.eq(self.a_valid & self.b_advance & overflow2)

@@ -12,13 +12,14 @@ Golden model: :mod:`sim.golden.param_ram`. Test: ``tests/hw/test_param_ram.py``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
 
 from .fast_init import memory
+from .packing import lanes_per_memory, pack_rows, packed_granularity
 
 __all__ = ["weight_set_layout", "LPRAM", "BPRAM"]
 
@@ -186,23 +187,28 @@ class _ParamRAM(wiring.Component):
         wr_bits = self.wr.payload.as_value()
         d0 = self._write_layout["data"].offset
         fw = self._fmt.width
+        # the elements of a set side by side in rows of at most PACK_LANES (a shallow bank of
+        # one element would take a whole block RAM): bank c holds elements [lo, lo + width) in
+        # (s, ky, kx) order, the layout's bit order
+        nb = self._lanes * self._kernel ** 2
+        flat = self._init.reshape(depth, nb)
+        per = lanes_per_memory(fw, nb)
         out = []
-        for s in range(self._lanes):
-            for ky in range(self._kernel):
-                for kx in range(self._kernel):
-                    bank = memory(shape=signed(self._fmt.width), depth=mem_depth,
-                                  init=[int(v) for v in self._init[:, s, ky, kx]])
-                    m.submodules[f"bank_{s}_{ky}_{kx}"] = bank
-                    w_port = bank.write_port()
-                    r_port = bank.read_port()      # synchronous, non-transparent
-                    m.d.comb += [
-                        w_port.addr.eq(self.wr.payload.addr),
-                        w_port.data.eq(wr_bits[d0 + fw * len(out):d0 + fw * (len(out) + 1)]),
-                        w_port.en.eq(do_write),
-                        r_port.addr.eq(rd_addr),
-                        r_port.en.eq(advance),
-                    ]
-                    out.append(r_port.data)
+        for c, lo in enumerate(range(0, nb, per)):
+            width = min(per, nb - lo)
+            bank = memory(shape=unsigned(width * fw), depth=mem_depth,
+                          init=pack_rows(flat[:, lo:lo + width], fw))
+            m.submodules[f"bank_{c}"] = bank
+            w_port = bank.write_port(granularity=packed_granularity(fw, width))
+            r_port = bank.read_port()      # synchronous, non-transparent
+            m.d.comb += [
+                w_port.addr.eq(self.wr.payload.addr),
+                w_port.data.eq(wr_bits[d0 + fw * lo:d0 + fw * (lo + width)]),
+                w_port.en.eq(Mux(do_write, (1 << len(w_port.en)) - 1, 0)),
+                r_port.addr.eq(rd_addr),
+                r_port.en.eq(advance),
+            ]
+            out.append(r_port.data)
         # the read data as one assignment per word, banks in (s, ky, kx) order (the layout's
         # bit order): piecewise assignments to a wide combinational signal cost the back end
         # the whole word per piece
@@ -217,8 +223,9 @@ class LPRAM(_ParamRAM):
     cycle.
 
     Weight set ``a`` (``0 <= a < depth``) is ``set[s][ky][kx]`` for channel lane ``s`` and kernel
-    position ``(ky, kx)``; bank ``(s, ky, kx)`` is one :class:`~amaranth.lib.memory.Memory` of
-    ``depth`` signed ``fmt.width``-bit words with one write port and one synchronous,
+    position ``(ky, kx)``; the elements ``(s, ky, kx)`` of a set sit side by side in rows of
+    :class:`~amaranth.lib.memory.Memory` banks of at most ``PACK_LANES`` elements
+    (:mod:`fpdeep_hw.memory.packing`), each with one write port and one synchronous,
     non-transparent read port (block RAM). For the plan's LPRAM of a node computing ``P`` output
     channels per cycle over ``S`` input-channel lanes, a CE's LPRAM has ``lanes = S`` and
     ``depth`` = (output channels it computes) x (input-channel groups of ``S``), the address

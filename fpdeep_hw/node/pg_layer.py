@@ -26,6 +26,7 @@ from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import Geometry
 
 from ..memory.grad_buffer import LGB, _count_flags
+from ..memory.packing import lanes_per_memory, packed_granularity
 from ..compute.shared import shared
 from ..memory.line_buffer import LineBuffer
 from ..numerics import requantize, saturating_add
@@ -41,51 +42,50 @@ def _pos_int(name, value):
 
 
 class _PGLane(wiring.Component):
-    """One element of :class:`PGLayer`'s accumulators: its bank (``depth`` words of
-    ``signed(accw)``; write port, accumulate and drain read ports), the stage-2 registers
-    (product, forwarded old value), the saturating sum and its write-back, and the drain
-    requantisation into the output register ``out`` (loaded when ``adv``). The parent drives
-    every lane with the same control; ``acc_flag`` / ``out_flag`` are the lane's overflow flags.
-    All lanes of a layer are identical (one shared module in the build)."""
+    """One element of :class:`PGLayer`'s accumulators: the stage-2 registers (product, forwarded
+    old value), the saturating sum (``wd``, written back into the lane's word of the accumulate
+    half's row) and the drain requantisation into the output register ``out`` (loaded when
+    ``adv``). ``rd`` is the lane's word of each half's read data (the half the accumulate read
+    came from: ``r_half`` at the read; the drained half: ``d_half``). The parent drives every
+    lane with the same control and keeps the banks; ``acc_flag`` / ``out_flag`` are the lane's
+    overflow flags. All lanes of a layer are identical (one shared module in the build)."""
 
-    def __init__(self, *, aw, ew, accw, depth, frac_in, out_fmt):
-        self._aw, self._ew, self._accw, self._depth = aw, ew, accw, depth
+    def __init__(self, *, aw, ew, accw, frac_in, out_fmt):
+        self._aw, self._ew, self._accw = aw, ew, accw
         self._frac_in, self._out_fmt = frac_in, out_fmt
-        self.key = (aw, ew, accw, depth, frac_in, out_fmt.width, out_fmt.frac,
-                    out_fmt.rounding)
+        self.key = (aw, ew, accw, frac_in, out_fmt.width, out_fmt.frac, out_fmt.rounding)
         super().__init__({
             "win": In(signed(aw)), "err": In(signed(ew)),
             "hit2": In(1), "hitb": In(1), "first": In(1), "valid": In(1),
-            "w_addr": In(range(depth)), "w_en": In(1), "r_addr": In(range(depth)),
-            "d_addr": In(range(depth)), "d_en": In(1), "consume": In(1), "adv": In(1),
+            "r_half": In(1), "d_half": In(1), "rd0": In(signed(accw)), "rd1": In(signed(accw)),
+            "consume": In(1), "adv": In(1),
+            "wd": Out(signed(accw)),
             "acc_flag": Out(1), "out_flag": Out(1), "out": Out(signed(out_fmt.width)),
         })
 
     def elaborate(self, platform):
         m = Module()
         accw = self._accw
-        m.submodules.bank = bank = Memory(shape=signed(accw), depth=self._depth, init=[])
-        wp = bank.write_port()
-        rp = bank.read_port()                 # accumulate: synchronous, non-transparent
-        dp = bank.read_port()                 # drain
         prod = Signal(signed(self._aw + self._ew))
         old = Signal(signed(accw))
         wb_data = Signal(signed(accw))
         sums = Signal(signed(accw))
+        r_half = Signal()                     # the half the accumulate read came from
         m.d.sync += [
+            r_half.eq(self.r_half),
             prod.eq(self.win * self.err),
-            old.eq(Mux(self.hit2, sums, Mux(self.hitb, wb_data, rp.data))),
+            old.eq(Mux(self.hit2, sums, Mux(self.hitb, wb_data,
+                                            Mux(r_half, self.rd1, self.rd0)))),
             wb_data.eq(sums),
         ]
         total, ovf = saturating_add(old, prod, accw)
         m.d.comb += [
             sums.eq(Mux(self.first, prod, total)),
+            self.wd.eq(sums),
             self.acc_flag.eq(self.valid & ~self.first & ovf),
-            wp.addr.eq(self.w_addr), wp.data.eq(sums), wp.en.eq(self.w_en),
-            rp.addr.eq(self.r_addr), rp.en.eq(1),
-            dp.addr.eq(self.d_addr), dp.en.eq(self.d_en),
         ]
-        value, ovf2 = requantize(dp.data, self._frac_in, self._out_fmt)
+        value, ovf2 = requantize(Mux(self.d_half, self.rd1, self.rd0), self._frac_in,
+                                 self._out_fmt)
         m.d.comb += self.out_flag.eq(self.consume & ovf2)
         with m.If(self.adv):
             m.d.sync += self.out.eq(value)
@@ -115,9 +115,11 @@ class PGLayer(wiring.Component):
       ``acc[r*G + g][e*S + s][ky][kx] += window[g*S + s][ky][kx] * E[r*P + e]`` (lanes past ``C``
       or ``OC`` multiply by 0, so padding lanes get gradient 0); the error word is held for the
       position's ``R * G`` steps and taken with the last one;
-    - the accumulator memory (one bank per element, ``P*S*K*K`` banks of signed ``acc_width``)
-      has two halves of ``N = R * G`` words used by alternate images: each image accumulates in
-      one half while the previous image's half drains; the first position of an image writes
+    - the accumulators (``P*S*K*K`` lanes of signed ``acc_width``) are two halves of ``N = R *
+      G`` rows, used by alternate images: each image accumulates in one half while the previous
+      image's half drains. A half is one memory of all lanes side by side (split in rows of at
+      most ``packing.PACK_LANES`` lanes), with one write and one read port: a simple dual-port block RAM, as
+      the plan counts memories (``docs/hw-node.md``). The first position of an image writes
       the product instead of adding (no clearing pass). Read-modify-write in three stages with
       forwarding of the two writes in flight (so ``N`` of 1 or 2 works);
     - drain: every word of a finished image is requantised (``error.frac + activation.frac`` ->
@@ -354,12 +356,12 @@ class PGLayer(wiring.Component):
         banks = [(e, s, ky, kx) for e in range(P) for s in range(S)
                  for ky in range(K) for kx in range(K)]
         nb = len(banks)
-        depth = 2 * N
+        depth = N                             # words per half (one bank per half)
         addr0 = Signal(range(depth))
         if fc:
-            m.d.comb += addr0.eq(Mux(half, N, 0) + (r * geo.pixels + pos) * G + g)
+            m.d.comb += addr0.eq((r * geo.pixels + pos) * G + g)
         else:
-            m.d.comb += addr0.eq(Mux(half, N, 0) + r * G + g)
+            m.d.comb += addr0.eq(r * G + g)
 
         d_addr = Signal(range(depth))
         d_en = Signal()
@@ -368,8 +370,7 @@ class PGLayer(wiring.Component):
         # requantisation); identical lanes, converted once by the build (shared)
         lanes = []
         for k in range(nb):
-            lane = _PGLane(aw=aw, ew=ew, accw=accw, depth=depth, frac_in=frac_in,
-                           out_fmt=n.gradient)
+            lane = _PGLane(aw=aw, ew=ew, accw=accw, frac_in=frac_in, out_fmt=n.gradient)
             m.submodules[f"acc_{k}"] = shared(lane, lane.key)
             lanes.append(lane)
 
@@ -407,8 +408,9 @@ class PGLayer(wiring.Component):
         s2_half = Signal()
         wb_valid = Signal()                   # the write of the previous cycle
         wb_addr = Signal(range(depth))
-        hit2 = s2_valid & (s2_addr == s1_addr)
-        hitb = wb_valid & (wb_addr == s1_addr)
+        wb_half = Signal()
+        hit2 = s2_valid & (s2_addr == s1_addr) & (s2_half == s1_half)
+        hitb = wb_valid & (wb_addr == s1_addr) & (wb_half == s1_half)
         m.d.sync += [s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_first.eq(s1_first),
                      s2_last.eq(s1_last), s2_half.eq(s1_half)]
         acc_flags = Signal(nb)
@@ -418,11 +420,11 @@ class PGLayer(wiring.Component):
                 lane.win.eq(s1_win[s][ky][kx]), lane.err.eq(s1_err[e]),
                 lane.hit2.eq(hit2), lane.hitb.eq(hitb), lane.first.eq(s2_first),
                 lane.valid.eq(s2_valid),
-                lane.w_addr.eq(s2_addr), lane.w_en.eq(s2_valid), lane.r_addr.eq(addr0),
+                lane.r_half.eq(half),
             ]
         m.d.comb += acc_flags.eq(join((lane.acc_flag for lane in lanes), 1))
         _count_flags(m, acc_flags, self.acc_overflow)
-        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr)]
+        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr), wb_half.eq(s2_half)]
 
         # -- drain: read the finished half in address order, requantise, into the LGB -----------
         dr_half = Signal()
@@ -441,7 +443,7 @@ class PGLayer(wiring.Component):
             adv.eq(~q.valid | q.ready),
             consume.eq(h_valid & adv),
             load.eq(dr_active & dr_left & (~h_valid | consume)),
-            d_addr.eq(Mux(dr_half, N, 0) + dr_addr),
+            d_addr.eq(dr_addr),
             d_en.eq(load),
             end_drain.eq(consume & (h_addr == N - 1)),
             self.pg_done.eq(q.valid & q.ready & q_img_last),
@@ -480,10 +482,29 @@ class PGLayer(wiring.Component):
             ]
         for k, (e, s, ky, kx) in enumerate(banks):
             lane = lanes[k]
-            m.d.comb += [
-                lane.d_addr.eq(d_addr), lane.d_en.eq(d_en), lane.consume.eq(consume),
-                lane.adv.eq(adv),
-            ]
+            m.d.comb += [lane.d_half.eq(dr_half), lane.consume.eq(consume), lane.adv.eq(adv)]
+
+        # -- the accumulator banks: per half, the lanes' words side by side in rows of at most
+        # PACK_BITS (all lanes share the addresses); a half's read port serves the accumulate
+        # reads or, while the half drains, the drain (no step is issued to a draining half) ---
+        per = lanes_per_memory(accw, nb)
+        for h in range(2):
+            drain = dr_active & (dr_half == h)
+            for c, lo in enumerate(range(0, nb, per)):
+                part = lanes[lo:lo + per]
+                mem = Memory(shape=len(part) * accw, depth=depth, init=[])
+                m.submodules[f"bank{h}_{c}"] = mem
+                # all enables equal (packing.packed_granularity)
+                gran = packed_granularity(accw, len(part))
+                wp, rp = mem.write_port(granularity=gran), mem.read_port()
+                m.d.comb += [
+                    wp.addr.eq(s2_addr),
+                    wp.en.eq(Mux(s2_valid & (s2_half == h), (1 << len(wp.en)) - 1, 0)),
+                    wp.data.eq(join((lane.wd for lane in part), accw)),
+                    rp.addr.eq(Mux(drain, d_addr, addr0)), rp.en.eq(Mux(drain, d_en, 1)),
+                ]
+                for j, lane in enumerate(part):
+                    m.d.comb += getattr(lane, f"rd{h}").eq(rp.data[j * accw:(j + 1) * accw])
         q_data = q.payload.data
         m.d.comb += [
             out_flags.eq(join((lane.out_flag for lane in lanes), 1)),

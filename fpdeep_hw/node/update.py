@@ -13,7 +13,7 @@ Golden model: :func:`sim.golden.layers.update` / ``working_weight``. Test:
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,6 +22,7 @@ from fpdeep_map.numerics import NumericsConfig
 from ..compute.shared import shared
 from ..memory.fast_init import memory
 from ..memory.grad_buffer import _count_flags
+from ..memory.packing import lanes_per_memory, pack_rows, packed_granularity
 from ..numerics import requantize, saturate
 from ..wide import join
 
@@ -46,7 +47,8 @@ class WeightUpdate(wiring.Component):
     """Master-copy update and working-weight write-back of one layer (one mini-batch at a time).
 
     Storage: the master copy, ``depth`` weight sets of ``lanes x kernel x kernel`` in the master
-    format (Q4.20), one :class:`~amaranth.lib.memory.Memory` bank per element (one write port, one
+    format (Q4.20), the elements of a set side by side in :class:`~amaranth.lib.memory.Memory`
+    rows of at most ``PACK_LANES`` elements (``packing.lanes_per_memory``; one write port, one
     synchronous non-transparent read port). On a board the master copy of a large layer lives
     off chip; here it is this on-chip memory standing in for it (same ports: one set per cycle).
     Initial contents: ``init`` (``quantize(w0, master)`` of the golden model).
@@ -166,9 +168,17 @@ class WeightUpdate(wiring.Component):
 
     @property
     def banks(self):
-        """The master memories of the last elaboration, bank ``(s, ky, kx)`` in
-        ``s*K*K + ky*K + kx`` order (for reading the master copy in simulation)."""
+        """Where the last elaboration keeps each element's master copy: ``(memory, bit
+        offset)`` per element ``(s, ky, kx)`` in ``s*K*K + ky*K + kx`` order (for reading the
+        master copy in simulation: :meth:`master_of`)."""
         return self._banks
+
+    def master_of(self, ctx, k, a):
+        """The master weight of element ``k`` of set ``a``, read in a testbench ``ctx``."""
+        mem, off = self._banks[k]
+        mw = self._numerics.master.width
+        v = (ctx.get(mem.data[a]) >> off) & ((1 << mw) - 1)
+        return v - (1 << mw) if v >> (mw - 1) else v
 
     def elaborate(self, platform):
         m = Module()
@@ -188,27 +198,34 @@ class WeightUpdate(wiring.Component):
         w_data = Signal(m_layout)
         self._banks = []
         # the per-element datapath (step, master saturation, working weight): one _UpdateLane
-        # per element (identical lanes, one shared module in the build); the banks stay here
-        # (their initial contents differ)
+        # per element (identical lanes, one shared module in the build); the master copy stays
+        # here (initial contents differ), the elements of a set side by side in rows of at most
+        # PACK_LANES (a shallow bank of one element would take a whole block RAM)
         lanes = []
         reads = []
-        for k, (s, ky, kx) in enumerate(index):
-            init = [int(v) for v in self._init[:, s, ky, kx]] + [0] * (mem_depth - depth)
-            bank = memory(shape=signed(mw), depth=mem_depth, init=init)
-            self._banks.append(bank)
-            m.submodules[f"master_{k}"] = bank
-            wp = bank.write_port()
-            rp = bank.read_port()
-            m.d.comb += [
-                wp.addr.eq(w_addr), wp.data.eq(w_data[k]), wp.en.eq(w_en),
-                rp.addr.eq(r_addr), rp.en.eq(r_en),
-            ]
-            reads.append(rp.data)
+        for k in range(nb):
             lane = _UpdateLane(numerics=n, lr_q=self._lr_q)
             m.submodules[f"lane_{k}"] = shared(lane, lane.key)
             lanes.append(lane)
+        per = lanes_per_memory(mw, nb)
+        flat = self._init.reshape(depth, nb)
+        for c, lo in enumerate(range(0, nb, per)):
+            width = min(per, nb - lo)
+            init = pack_rows(flat[:, lo:lo + width], mw) + [0] * (mem_depth - depth)
+            bank = memory(shape=unsigned(width * mw), depth=mem_depth, init=init)
+            m.submodules[f"master_{c}"] = bank
+            self._banks += [(bank, j * mw) for j in range(width)]
+            gran = packed_granularity(mw, width)
+            wp = bank.write_port(granularity=gran)
+            rp = bank.read_port()
+            m.d.comb += [
+                wp.addr.eq(w_addr), wp.data.eq(w_data.as_value()[lo * mw:(lo + width) * mw]),
+                wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
+                rp.addr.eq(r_addr), rp.en.eq(r_en),
+            ]
+            reads.append(rp.data)
         # the wide signals in one statement each (fpdeep_hw/wide.py)
-        m.d.comb += r_data.eq(join(reads, mw))
+        m.d.comb += r_data.eq(Cat(*reads))
 
         flags = Signal(nb)
         _count_flags(m, flags, self.overflow)

