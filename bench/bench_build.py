@@ -107,12 +107,18 @@ def run_case(case, mem_limit_gb=12.0):
             mem = r.get("rtl_memory", {})
             res["nodes"].append({"node": r["node"], "seconds": r.get("seconds"),
                                  "rtl_mbit": round(mem.get("bits", 0) / 2**20, 1),
+                                 "rtl_bram36": mem.get("bram36"),
                                  "fits_in_bram": mem.get("fits_in_bram"),
                                  "plan_bram36": r["predicted"]["bram36"]})
     if reports:
         r = json.loads(reports[0].read_text())
         res["predicted"] = r["predicted"]
         res["mac_units"] = r["mac_units"]
+        if "rtl_memory" in r:
+            res["rtl_bram36"] = r["rtl_memory"]["bram36"]
+            if r["predicted"]["bram36"]:
+                res["rtl_bram36_vs_plan"] = round(r["rtl_memory"]["bram36"]
+                                                  / r["predicted"]["bram36"], 3)
         if "yosys" in r:
             y = {k: v for k, v in r["yosys"].items() if k != "cells"}
             res["yosys"] = y

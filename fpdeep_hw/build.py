@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import re
@@ -421,15 +422,30 @@ ZERO_INIT_OMIT_BITS = 1 << 20
 _MEMORY_LINE = re.compile(r"^  memory width (\d+) size (\d+) (\S+)$", re.M)
 
 
+_MEMRD_CELL = re.compile(r"^  cell \$memrd_v2 \S+\n((?:    .*\n)*)", re.M)
+_PARAM = re.compile(r'^    parameter \\(MEMID|CLK_ENABLE) (.*)$', re.M)
+
+
 def rtl_memories(rtlil_text):
-    """Every memory of an RTLIL text: ``[(module, memory, width, depth)]``."""
+    """Every memory of an RTLIL text: ``[(module, memory, width, depth, sync_reads,
+    async_reads)]``, with the number of its synchronous and asynchronous read ports."""
     out = []
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"^module (\S+)$", rtlil_text, re.M)]
     pos = [s for s, _ in starts]
+
+    def module_of(at):
+        i = bisect.bisect_right(pos, at) - 1
+        return starts[i][1].lstrip("\\") if i >= 0 else ""
+    reads = {}
+    for m in _MEMRD_CELL.finditer(rtlil_text):
+        params = dict(_PARAM.findall(m.group(1)))
+        memid = params.get("MEMID", '""').strip('"').replace("\\\\", "\\").lstrip("\\")
+        key = (module_of(m.start()), memid, params.get("CLK_ENABLE", "1").strip() != "0")
+        reads[key] = reads.get(key, 0) + 1
     for m in _MEMORY_LINE.finditer(rtlil_text):
-        i = bisect.bisect_right(pos, m.start()) - 1
-        out.append((starts[i][1].lstrip("\\") if i >= 0 else "", m.group(3).lstrip("\\"),
-                    int(m.group(1)), int(m.group(2))))
+        mod, mem = module_of(m.start()), m.group(3).lstrip("\\")
+        out.append((mod, mem, int(m.group(1)), int(m.group(2)),
+                    reads.get((mod, mem, True), 0), reads.get((mod, mem, False), 0)))
     return out
 
 
@@ -464,6 +480,29 @@ def _rtlil_emitter():
     return Emitter
 
 
+@contextlib.contextmanager
+def _unchecked_nir_values():
+    """Inside the block, ``amaranth.hdl._nir.Value(nets)`` takes its nets as given.
+
+    Amaranth's constructor passes every net through ``Net.ensure`` (an ``isinstance``
+    assertion) in a generator, one Python frame per bit; building VGG-16 node 4's netlist makes
+    hundreds of millions of them (py-spy: 31 of the build's 136 s). The nets Amaranth's netlist
+    emitter passes are already ``Net``\\ s, so the values are the same tuples; the RTLIL text is
+    identical (``tests/hw/test_build.py::test_unchecked_nir_values_same_text``)."""
+    from amaranth.hdl import _nir
+    saved = _nir.Value.__new__
+
+    def new(cls, nets=()):
+        if isinstance(nets, _nir.Net):
+            return tuple.__new__(cls, (nets,))
+        return tuple.__new__(cls, nets)
+    _nir.Value.__new__ = new
+    try:
+        yield
+    finally:
+        _nir.Value.__new__ = saved
+
+
 def rtlil_convert(elaboratable, name="top"):
     """``amaranth.back.rtlil.convert(elaboratable, name=name, emit_src=False)`` with the fast
     memory initialisation of :func:`_rtlil_emitter` and the fast combinational-cycle check of
@@ -482,7 +521,7 @@ def rtlil_convert(elaboratable, name="top"):
                 else _ir.PortDirection.Output)
     from .combcheck import fast_comb_check
     fragment = _ir.Fragment.get(elaboratable, None)
-    with fast_comb_check():
+    with fast_comb_check(), _unchecked_nir_values():
         netlist = _ir.build_netlist(fragment, ports=ports, name=name)
     empty = rtlil.EmptyModuleChecker(netlist)
     builder = rtlil.Design(emit_src=False)
@@ -504,7 +543,7 @@ def convert_node(node, name=NODE_MODULE, stats=None):
     :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
     the shared modules' RTLIL is appended, and Yosys writes the Verilog as
     ``amaranth.back.verilog.convert`` does. With a dict ``stats``, ``stats["memories"]`` lists
-    every memory as ``(module, memory, width, depth, instances)``.
+    every memory as ``(module, memory, width, depth, instances, sync_reads, async_reads)``.
     """
     from amaranth.back import verilog
 
@@ -516,10 +555,10 @@ def convert_node(node, name=NODE_MODULE, stats=None):
         # a shared module's memories once per instance
         uses = modules.uses
         mems = []
-        for mod, mem, w, d in rtl_memories(text):
+        for mod, mem, w, d, rs, ra in rtl_memories(text):
             n = next((u for shared, u in uses.items()
                       if mod == shared or mod.startswith(shared + ".")), 1)
-            mems.append((mod, mem, w, d, n))
+            mems.append((mod, mem, w, d, n, rs, ra))
         stats["memories"] = mems
     return verilog._convert_rtlil_text(text)
 
@@ -661,12 +700,12 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             report["files"] = sorted(set(report["files"]) | {"yosys.log"})
         if not mem["fits_in_bram"]:
             big = mem["largest"][0]
-            notes.append(f"the RTL holds {mem['bits'] / 2**20:.1f} Mbit of memories on chip, "
-                         f"more than the board's {mem['board_bram_bits'] / 2**20:.1f} Mbit of "
-                         f"block RAM (largest: {big['module']}.{big['memory']}, "
-                         f"{big['width']} x {big['depth']}): queues the plan sizes for images in "
-                         f"flight are on chip in the RTL; only the Act-RAMs and the ReLU-mask "
-                         f"and argmax stores the plan keeps off chip go off chip")
+            notes.append(f"the RTL's memories take {mem['bram36']:g} BRAM36 "
+                         f"({mem['bits'] / 2**20:.1f} Mbit), more than the board's "
+                         f"{mem['board_bram36']:g} (largest: {big['module']}.{big['memory']}, "
+                         f"{big['width']} x {big['depth']}, {big['instances']} x, "
+                         f"{big['bram36']:g} BRAM36); what the plan does not count yet: "
+                         f"docs/build.md, 'VGG-16 node 4'")
         report["seconds"] = round(time.monotonic() - t0, 2)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if folder.exists():
@@ -682,19 +721,53 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     return folder, report
 
 
+def _bram18_units(width, depth, sync_reads, async_reads):
+    """RAMB18 units of one RTL memory: none if a read port is asynchronous (distributed RAM
+    only), else :func:`fpdeep_map.costs.bram18_tiles` once per synchronous read port (each
+    copy a simple dual-port memory: the write port and one read port)."""
+    from fpdeep_map.costs import bram18_tiles
+    if async_reads:
+        return 0
+    return bram18_tiles(width, depth) * max(1, sync_reads)
+
+
 def _memory_report(memories, plan):
-    """The RTL's memory bits against the board's block RAM (what ``report.json`` shows as
-    ``rtl_memory``), the largest memories first."""
-    bits = sum(w * d * n for _, _, w, d, n in memories)
-    board_bits = plan.available["bram36"] * 36 * 1024
-    largest = sorted(memories, key=lambda m: -m[2] * m[3] * m[4])[:8]
+    """The RTL's memories against the board's block RAM (what ``report.json`` shows as
+    ``rtl_memory``), the largest memories first.
+
+    ``bram36``: the block RAM the memories take, counted per memory in whole primitives
+    (:func:`_bram18_units`: one aspect ratio per memory, RAMB36 = 2 RAMB18 units, a copy per
+    synchronous read port); memories of at most ``LUTRAM_MAX_DEPTH`` words or with an
+    asynchronous read port are distributed RAM (``lutram_bits``). ``fits_in_bram`` compares
+    ``bram36`` with the board's BRAM36. ``bits``: every memory bit, the lower bound a perfect
+    packing would reach (``bits_fit``). ``by_block``: the 16 blocks (RTLIL module, last name)
+    taking the most. An estimate of what synthesis infers, see ``docs/build.md``."""
+    bits = sum(w * d * n for _, _, w, d, n, *_ in memories)
+    board = plan.available["bram36"]
+    board_bits = board * 36 * 1024
+    units = [_bram18_units(w, d, rs, ra) * n for _, _, w, d, n, rs, ra in memories]
+    lutram = sum(m[2] * m[3] * m[4] for m, u in zip(memories, units) if not u)
+    largest = sorted(range(len(memories)), key=lambda i: (-units[i], -memories[i][2]
+                                                          * memories[i][3] * memories[i][4]))[:8]
+    blocks = {}
+    for m, u in zip(memories, units):
+        b = blocks.setdefault(m[0].rsplit(".", 1)[-1], [0, 0])
+        b[0] += u
+        b[1] += m[2] * m[3] * m[4]
     return {
-        "memories": sum(n for *_, n in memories),
+        "memories": sum(m[4] for m in memories),
         "bits": bits,
         "board_bram_bits": board_bits,
-        "fits_in_bram": bits <= board_bits,
+        "bits_fit": bits <= board_bits,
+        "bram36": sum(units) / 2,
+        "lutram_bits": lutram,
+        "board_bram36": board,
+        "fits_in_bram": sum(units) / 2 <= board,
         "largest": [{"module": mod, "memory": mem, "width": w, "depth": d, "instances": n,
-                     "bits": w * d * n} for mod, mem, w, d, n in largest],
+                     "read_ports": rs + ra, "bits": w * d * n, "bram36": units[i] / 2}
+                    for i in largest for mod, mem, w, d, n, rs, ra in [memories[i]]],
+        "by_block": [{"block": k, "bram36": u / 2, "bits": b}
+                     for k, (u, b) in sorted(blocks.items(), key=lambda kv: -kv[1][0])[:16]],
     }
 
 
@@ -708,8 +781,9 @@ def _summary(folder, report):
                  f"FF {y['ff']}")
     mem = report.get("rtl_memory")
     if mem:
-        line += (f"\n  RTL memories {mem['bits'] / 2**20:.1f} Mbit, board block RAM "
-                 f"{mem['board_bram_bits'] / 2**20:.1f} Mbit"
+        line += (f"\n  RTL memories {mem['bits'] / 2**20:.1f} Mbit in "
+                 f"{mem['bram36']:g} BRAM36 (plan {p['bram36']:g}), board "
+                 f"{mem['board_bram36']:g} BRAM36"
                  + ("" if mem["fits_in_bram"] else " (does not fit: see report.json notes)"))
     return f"{line}\n  -> {folder}"
 

@@ -90,6 +90,63 @@ def test_files(built):
     assert "plan DSP 105" in built["proc"].stdout
 
 
+def test_rtl_memory_report(built):
+    """``rtl_memory`` counts block RAM per memory in whole primitives, a copy per synchronous
+    read port. Measured on the small node at B = 128 (``bench/bench_build.py --case
+    tiny-small``): estimate 16 BRAM36, Yosys ``synth_xilinx`` 13 RAMB18 + 8 RAMB36 = 14.5."""
+    report = json.loads((built["folder"] / "report.json").read_text())
+    mem = report["rtl_memory"]
+    assert mem["board_bram36"] == 1470 and mem["fits_in_bram"] is True
+    assert 0 < mem["lutram_bits"] < mem["bits"]
+    # every memory has one read port; the per-element blocks keep rows of lanes
+    assert all(m["read_ports"] == 1 for m in mem["largest"])
+    big = mem["largest"][0]
+    assert mem["bram36"] >= sum(m["bram36"] for m in mem["largest"]) >= big["bram36"] > 0
+    assert mem["bram36"] == sum(b["bram36"] for b in mem["by_block"]) or \
+        len(mem["by_block"]) == 16
+    assert "in %g BRAM36 (plan %g)" % (mem["bram36"], report["predicted"]["bram36"]) in \
+        built["proc"].stdout
+
+
+def test_bram_tiles():
+    from fpdeep_hw.build import _bram18_units, _memory_report
+    from fpdeep_map.costs import bram18_tiles
+    assert bram18_tiles(16, 64) == 0                       # distributed RAM
+    assert bram18_tiles(16, 65) == 1
+    assert bram18_tiles(36, 512) == bram18_tiles(18, 1024) == 1
+    assert bram18_tiles(72, 512) == 2                      # one RAMB36 512 x 72
+    assert bram18_tiles(48, 640) == 3                      # three RAMB18 1K x 18
+    assert bram18_tiles(48, 320) == 2                      # two RAMB18 512 x 36
+    assert bram18_tiles(1, 32768) == 2                     # one RAMB36 32K x 1
+    assert _bram18_units(48, 640, 2, 0) == 6               # a copy per read port
+    assert _bram18_units(48, 640, 1, 1) == 0               # asynchronous read: LUTRAM
+    plan = small_plan()
+    rep = _memory_report([("a", "m", 48, 640, 10, 2, 0), ("b", "n", 16, 32, 4, 1, 0)], plan)
+    assert rep["bram36"] == 30 and rep["lutram_bits"] == 16 * 32 * 4
+    assert rep["bits"] == 48 * 640 * 10 + 16 * 32 * 4
+    assert [m["module"] for m in rep["largest"]] == ["a", "b"]
+    assert rep["by_block"] == [{"block": "a", "bram36": 30, "bits": 48 * 640 * 10},
+                               {"block": "b", "bram36": 0, "bits": 16 * 32 * 4}]
+    assert rep["largest"][0]["bram36"] == 30 and rep["largest"][0]["read_ports"] == 2
+
+
+def test_rtl_memories_read_ports():
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib.memory import Memory
+
+    from fpdeep_hw.build import rtl_memories
+    m = Module()
+    m.submodules.mem = mem = Memory(shape=8, depth=100, init=[])
+    wp, r1, r2, r3 = mem.write_port(), mem.read_port(), mem.read_port(domain="comb"), \
+        mem.read_port()
+    a, o1, o2, o3 = Signal(7), Signal(8), Signal(8), Signal(8)
+    m.d.comb += [wp.addr.eq(a), r1.addr.eq(a + 1), r2.addr.eq(a + 2), r3.addr.eq(a + 3),
+                 o1.eq(r1.data), o2.eq(r2.data), o3.eq(r3.data)]
+    assert rtl_memories(rtlil.convert(m, ports=[a, o1, o2, o3])) == [
+        ("top", "mem", 8, 100, 2, 1)]
+
+
 def test_lint(built, tmp_path):
     exe = shutil.which("verilator")
     if exe is None:
@@ -408,6 +465,23 @@ def test_unsupported_x_and_lending():
     probs = unsupported(plan, 0, net)
     assert any(".engines." in f and f.endswith(".x") and v > 1 for f, v, _, _ in probs)
     assert unsupported(small_plan(), 0, net) == []
+
+
+def test_unchecked_nir_values_same_text(monkeypatch):
+    """The build's netlist without Amaranth's per-net checks gives the same RTLIL text."""
+    import contextlib
+
+    from fpdeep_hw import build
+    from fpdeep_hw.node.top import NodeTop
+    plan, net = small_plan(batch=1), load_network("tiny")
+
+    def node():
+        return NodeTop(plan, 0, net, lr=0.125,
+                       init_master=build.node_init_weights(plan, 0, net, 0))
+    fast = build.rtlil_convert(node(), name="n")
+    monkeypatch.setattr(build, "_unchecked_nir_values", contextlib.nullcontext)
+    slow = build.rtlil_convert(node(), name="n")
+    assert fast == slow and len(fast) > 1_000_000
 
 
 def test_fix_constant_always():
