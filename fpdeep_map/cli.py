@@ -1,4 +1,4 @@
-"""Command line: ``python -m fpdeep_map {check,plan,sweep} ...``.
+"""Command line: ``python -m fpdeep_map {check,plan,sweep,evaluate} ...``.
 
 Bad input never ends in a traceback: it prints one line ``error: <file>: <field>: <value>:
 <problem>`` on standard error, exits with code 2 and writes no output file.
@@ -15,7 +15,7 @@ import tempfile
 from .board import load_board
 from .check import check_json, check_report
 from .errors import FpdeepError
-from .mapper import TOPOLOGIES, map_network
+from .mapper import TOPOLOGIES, evaluate_plan, map_network
 from .network import load_network
 from .report import plan_json, plan_table, sweep_table
 
@@ -103,7 +103,43 @@ def build_parser():
     sw = sub.add_parser("sweep", help="throughput against cluster size")
     common(sw)
     sw.add_argument("--nodes", required=True, type=_node_range, help="A:B[:STEP]")
+
+    ev = sub.add_parser("evaluate", help="the figures of a saved plan whose parameter lending "
+                                         "was edited by hand")
+    ev.add_argument("--plan", required=True, metavar="FILE", help="a plan written by 'plan --out'")
+    ev.add_argument("--out", metavar="FILE", help="write the plan with its new figures as YAML")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _load_plan(path):
+    """``(plan, network, board)`` of a saved plan (one-line errors naming the file)."""
+    from .plan import Plan
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise FpdeepError(path, "--plan", path, f"cannot read: {e.strerror}") from None
+    try:
+        plan = Plan.from_yaml(text)
+    except FpdeepError:
+        raise
+    except Exception as e:                  # noqa: BLE001 -- any malformed plan, one line
+        raise FpdeepError(path, "plan", type(e).__name__,
+                          f"not a plan file: {' '.join(str(e).split())}") from None
+    src = plan.network_source
+    try:
+        net = load_network(src[4:] if src.startswith("zoo:") else src)
+    except FpdeepError as e:
+        raise FpdeepError(path, "network_source", src,
+                          f"cannot load the plan's network: {e.problem}") from None
+    try:
+        board = load_board(plan.board_source if os.path.exists(plan.board_source)
+                           else plan.board)
+    except FpdeepError as e:
+        raise FpdeepError(path, "board", plan.board,
+                          f"cannot load the plan's board: {e.problem}") from None
+    return plan, net, board
 
 
 def _atomic_write(path, data: bytes):
@@ -188,6 +224,19 @@ def main(argv=None):
     if args.command == "check":
         net = load_network(args.net)
         print(json.dumps(check_json(net)) if args.json else check_report(net))
+        return 0
+
+    if args.command == "evaluate":
+        plan, net, board = _load_plan(args.plan)
+        over = []
+        new = evaluate_plan(plan, net, board, where=args.plan, over_budget=over)
+        for k, need in over:
+            print(f"warning: {args.plan}: node {k} needs {need:.1f} BRAM36 with this lending, "
+                  f"above its budget of {new.available['bram36'] * new.budgets['bram']:.1f}",
+                  file=sys.stderr)
+        if args.out:
+            _atomic_write(args.out, new.to_yaml().encode())
+        print(json.dumps(plan_json(new)) if args.json else plan_table(new))
         return 0
 
     if args.plot:

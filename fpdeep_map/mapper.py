@@ -31,7 +31,7 @@ from .framing import StreamTiming, link_frames
 from .network import Network
 from .numerics import NumericsConfig
 from .partition import PartitionError, Work, partition
-from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan,
+from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan, set_ranges,
                    StreamPlan)
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -195,8 +195,12 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
                 dsp_budget: float = costs.DSP_BUDGET, bram_budget: float = costs.BRAM_BUDGET,
                 lut_budget: float = costs.LUT_BUDGET, ff_budget: float = costs.FF_BUDGET,
                 fc_microbatch: int | None = None, max_row_lanes: int = 8,
-                split: str = "channels", ws_scans_padding: bool = costs.WS_SCANS_PADDING) -> Plan:
+                split: str = "channels", ws_scans_padding: bool = costs.WS_SCANS_PADDING,
+                lending=None, _over_budget=None, _where="lending") -> Plan:
     """Map the training of ``net`` onto ``nodes`` boards of kind ``board``.
+
+    ``lending``: ``[(layer, lender, borrower, weights)]`` to use instead of the mapper's own
+    parameter balancing (:meth:`_Context.impose_lending`; :func:`evaluate_plan`).
 
     Raises :class:`FpdeepError` for bad arguments and for a network that does not fit.
     """
@@ -246,7 +250,12 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     def storage():
         while True:
             ctx.size_memories()
-            ctx.balance_parameters()
+            if lending is None:
+                ctx.balance_parameters()
+            else:
+                ctx.impose_lending(lending, where=_where, strict=_over_budget is None)
+                if _over_budget is not None:
+                    _over_budget[:] = ctx.over_budget
             ctx.resize_act_ram_for_lending()
             ctx.place_act_ram()
             ctx.place_stores()
@@ -420,6 +429,50 @@ class _Context:
 
     NEAR = 2
 
+    def impose_lending(self, lending, where="lending", strict=True):
+        """Lend as ``lending`` says (``[(layer, lender, borrower, weights)]``, e.g. a hand-edited
+        plan's ``bpram`` entries, each optionally with a fifth item: its field name in the
+        errors, which name the file ``where``) instead of :meth:`balance_parameters`; then move gradient
+        accumulators off chip where a node is still over its BRAM budget, as balancing does.
+        Raises :class:`FpdeepError` for a lend the plan cannot hold, and, if ``strict``, when a
+        node does not fit its BRAM budget (else ``over_budget`` lists ``(node, BRAM36)``)."""
+        for i, (layer, lender, borrower, weights, *label) in enumerate(lending):
+            field = label[0] if label else f"lending[{i}]"
+            for name, v in (("lender", lender), ("borrower", borrower)):
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.nodes:
+                    raise FpdeepError(where, f"{field}.{name}", v,
+                                      f"must be a node of the plan (0-{self.nodes - 1})")
+            if isinstance(weights, bool) or not isinstance(weights, int) or weights < 1:
+                raise FpdeepError(where, f"{field}.weights", weights, "must be an integer >= 1")
+            if lender == borrower:
+                raise FpdeepError(where, f"{field}.lender", lender,
+                                  f"lends {layer!r} to itself (its own share is the segment's "
+                                  f"weights less weights_borrowed)")
+            segs = [s for s in self.segplans[borrower] if s.layer == layer and s.kind == "conv"]
+            if not segs:
+                raise FpdeepError(where, f"{field}.layer", layer,
+                                  f"node {borrower} holds no conv segment of {layer!r} to borrow "
+                                  f"its weights for")
+            seg = segs[0]
+            if seg.weights_borrowed + weights > seg.weights:
+                raise FpdeepError(where, f"{field}.weights", weights,
+                                  f"node {borrower}'s segment of {layer!r} has "
+                                  f"{seg.weights} weights, {seg.weights_borrowed} of them "
+                                  f"borrowed already")
+            self._shrink(seg, seg.weights_borrowed + weights)
+            self._lend(layer, lender, borrower, weights)
+        self.over_budget = []
+        for k in range(self.nodes):
+            self._spill_lgb(k)
+            if self._mandatory_bram18(k) > self.bram18_budget and not strict:
+                self.over_budget.append((k, self._mandatory_bram18(k) / 2))
+            elif self._mandatory_bram18(k) > self.bram18_budget:
+                raise FpdeepError(
+                    self.board.source, "bram36", self.board.bram36,
+                    f"with this lending node {k} needs {self._mandatory_bram18(k) / 2:.1f} "
+                    f"BRAM36 for parameters, gradients and buffers but may use "
+                    f"{self.bram18_budget / 2:.1f}")
+
     def _lend_from(self, k, max_distance):
         budget = self.bram18_budget
         bits = self.param_bits
@@ -477,8 +530,15 @@ class _Context:
         return self.bram18_budget - self._mandatory_bram18(j)
 
     def _shrink(self, seg, borrowed):
+        gone = borrowed - seg.weights_borrowed
         seg.weights_borrowed = borrowed
         local = seg.weights - borrowed
+        if seg.lgb.offchip_words and gone:
+            # accumulators spilled before these weights were lent: their off-chip traffic
+            # goes with them (``_spill_lgb`` counted it)
+            k = next(j for j, segs in enumerate(self.segplans) if any(x is seg for x in segs))
+            self.offchip_bits[k] -= 2 * gone * seg.lgb.width
+            self.offchip_bytes[k] -= gone * seg.lgb.width / 8
         b18, depth = _bram18_for(local, self.num.weight.width, seg.lpram.banks)
         seg.lpram = MemoryPlan(words=local, width=seg.lpram.width, banks=seg.lpram.banks,
                                depth=depth, bram18=b18)
@@ -506,11 +566,32 @@ class _Context:
                 seg.act_ram = MemoryPlan(words=words, width=seg.act_ram.width)
                 seg.act_ram_images = round(images, 4)
 
+    def _lent_sets(self, borrower, layer):
+        """``(total, {keeper: sets})`` of ``borrower``'s segment of ``layer``: its weight sets
+        and how many each keeper holds, as the hardware cuts them (whole sets in proportion to
+        the weights, :func:`~fpdeep_map.plan.set_ranges`; the borrower keeps its own share)."""
+        seg = next(s for s in self.segplans[borrower] if s.layer == layer)
+        w = self.works[seg.index]
+        e = seg.engines["fp"]
+        lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
+        total = sum(-(-o // e.p) * -(-c // e.s) for c, o in w.group_dims(lo, hi))
+        keep = {}
+        for l in self.lends:
+            if (l.borrower, l.layer) == (borrower, layer):
+                keep[l.lender] = keep.get(l.lender, 0) + l.weights
+        own = seg.weights - seg.weights_borrowed
+        if own > 0:
+            keep[borrower] = own
+        nodes = sorted(keep)
+        ranges = set_ranges(total, [keep[j] for j in nodes])
+        return total, {j: (r[1] - r[0] if r else 0) for j, r in zip(nodes, ranges)}
+
     def weight_stationary_cycles(self):
         """Engines of segments whose parameters are lent sweep the whole (padded) map once per
         streamed weight set: ``passes * (H + 2P) * (W + 2P)`` cycles per image instead of
-        ``passes * Ho * Wo`` (fpdeep_hw/node/lend.py). Updates those engines in the plan and
-        returns the slowest (0 without lending)."""
+        ``passes * Ho * Wo`` (fpdeep_hw/node/lend.py), for all the segment's sets, the ones the
+        borrower keeps itself included (they stream from a lender on the borrower). Updates
+        those engines in the plan and returns the slowest (0 without lending)."""
         borrowed = {(l.borrower, l.layer) for l in self.lends}
         slowest = 0
         for k, segs in enumerate(self.segplans):
@@ -531,11 +612,10 @@ class _Context:
                     passes = sum(-(-o // e.p) * -(-c // e.s) for c, o in dims)
                     rows = -(-(w.in_hw[0] + 2 * pad) // e.x)
                     ws = passes * rows * (w.in_hw[1] + 2 * pad)
-                    # a partly lent segment: its engine splits in proportion to the weights, the
-                    # lent share working weight-stationary
-                    share = seg.weights_borrowed / seg.weights
-                    e.cycles_per_image = max(e.cycles_per_image, math.ceil(
-                        e.cycles_per_image * (1 - share) + ws * share))
+                    # as built, a borrowed segment is weight-stationary as a whole: the
+                    # borrower keeps its own share of the sets (if any) in a lender of its own
+                    # and streams them to the same engines (fpdeep_hw/node/lend.py)
+                    e.cycles_per_image = max(e.cycles_per_image, ws)
                     slowest = max(slowest, e.cycles_per_image)
         return slowest
 
@@ -710,12 +790,12 @@ class _Context:
         uses = {w.name: 2 if w.macs["eb"] else 1 for w in self.works}
         for l in self.lends:
             seg = next(s for s in self.segplans[l.borrower] if s.layer == l.layer)
-            w = self.works[seg.index]
             e = seg.engines["fp"]
-            lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
-            total = sum(-(-o // e.p) * -(-c // e.s) for c, o in w.group_dims(lo, hi))
+            total, kept = self._lent_sets(l.borrower, l.layer)
             per_set = e.p * e.s * e.kernel * e.kernel
-            sets = total * l.weights / seg.weights
+            sets = kept[l.lender]           # whole sets, as the hardware lends them
+            if not sets:
+                continue
             abits = max(1, (max(total, 2) - 1).bit_length())
             # the lender streams an image's sets as far ahead as the credits allow, the
             # gradient sets leave together: both in bursts of every set
@@ -1200,3 +1280,42 @@ def mesh_shape(n):
     while n % rows:
         rows -= 1
     return rows, n // rows
+
+
+def evaluate_plan(plan: Plan, net: Network, board: Board, where: str = "plan",
+                  over_budget: list | None = None) -> Plan:
+    """The figures of ``plan`` as it stands, e.g. after its parameter lending was edited by
+    hand: the mapper is run again with the plan's own settings (board with its link rate and
+    clock, topology, batch, numerics, budgets, FC micro-batch) and the plan's ``bpram``
+    entries as the lending (:meth:`_Context.impose_lending`), and the new plan is returned
+    with its own summary and link figures. Everything else must be what the mapper makes of
+    those settings: a plan whose segments differ is refused (:class:`FpdeepError` naming
+    ``where``). A node the lending leaves above its BRAM budget is refused too, unless a list
+    ``over_budget`` is given: it then receives ``(node, BRAM36 needed)`` for each such node."""
+    lending = [(lp.layer, lp.lender, lp.borrower, lp.weights, f"node_plans[{k}].bpram[{i}]")
+               for k, q in enumerate(plan.node_plans) for i, lp in enumerate(q.bpram)]
+    b = plan.budgets
+    board = board.with_overrides(link_gbps=plan.link_gbps, clock_mhz=plan.clock_mhz)
+    new = map_network(net, board, plan.nodes, topology=plan.topology, batch=plan.batch,
+                      numerics=plan.numerics, ocp_threshold=b["ocp_threshold"],
+                      dsp_budget=b["dsp"], bram_budget=b["bram"], lut_budget=b["lut"],
+                      ff_budget=b["ff"], fc_microbatch=plan.fc_microbatch,
+                      max_row_lanes=b["max_row_lanes"], split=b.get("split", "channels"),
+                      lending=lending, _over_budget=over_budget, _where=where)
+
+    def cut(p):
+        return [[(s.layer, s.split, list(s.channels)) for s in q.segments] for q in p.node_plans]
+    if cut(new) != cut(plan):
+        k = next(i for i, (x, y) in enumerate(zip(cut(new), cut(plan))) if x != y)
+        raise FpdeepError(where, f"node_plans[{k}].segments", cut(plan)[k],
+                          f"differ from the mapper's cut for the plan's settings "
+                          f"({cut(new)[k]}): only the parameter lending of a plan can be "
+                          f"edited and evaluated")
+    for k, (q, r) in enumerate(zip(plan.node_plans, new.node_plans)):
+        for i, (s, t) in enumerate(zip(q.segments, r.segments)):
+            if s.weights_borrowed != t.weights_borrowed:
+                raise FpdeepError(where, f"node_plans[{k}].segments[{i}].weights_borrowed",
+                                  s.weights_borrowed,
+                                  f"the plan's bpram entries lend {t.weights_borrowed} of "
+                                  f"{s.layer!r}'s weights to node {k}")
+    return new

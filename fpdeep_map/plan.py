@@ -224,3 +224,19 @@ def _link_from(d):
     d = dict(d)
     d["streams"] = [StreamPlan(**s) for s in d["streams"]]
     return LinkPlan(**d)
+
+
+def set_ranges(total, shares):
+    """Contiguous set ranges for keepers holding ``shares`` (weights, any unit) of ``total``
+    sets, in order: boundaries at the cumulative shares rounded to whole sets (half up). A
+    keeper whose share rounds to no set gets ``None``. The hardware lends these ranges
+    (``fpdeep_hw.node.sets.keepers_of``) and the mapper counts them (link traffic, the
+    weight-stationary share of a borrowed segment)."""
+    whole = sum(shares)
+    out, acc, lo = [], 0, 0
+    for s in shares:
+        acc += s
+        hi = (2 * acc * total + whole) // (2 * whole) if whole else 0
+        out.append((lo, hi) if hi > lo else None)
+        lo = hi
+    return out

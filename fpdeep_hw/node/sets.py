@@ -29,21 +29,9 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from fpdeep_map.plan import set_ranges   # one rule for the mapper and the hardware
+
 __all__ = ["SetConcat", "SetRoute", "set_ranges", "Keepers", "keepers_of"]
-
-
-def set_ranges(total, shares):
-    """Contiguous set ranges for keepers holding ``shares`` (weights, any unit) of ``total``
-    sets, in order: boundaries at the cumulative shares rounded to whole sets (half up). A
-    keeper whose share rounds to no set gets ``None``."""
-    whole = sum(shares)
-    out, acc, lo = [], 0, 0
-    for s in shares:
-        acc += s
-        hi = (2 * acc * total + whole) // (2 * whole) if whole else 0
-        out.append((lo, hi) if hi > lo else None)
-        lo = hi
-    return out
 
 
 @dataclass

@@ -155,3 +155,107 @@ def test_no_traceback_from_a_real_process(tmp_path):
 def test_main_returns_zero(capsys):
     assert main(["check", "--net", "tiny"]) == 0
     assert "conv1" in capsys.readouterr().out
+
+
+# -- evaluate: the figures of a plan whose lending was edited by hand --------------------------
+
+FAR_BOARD = "tests/sim/data/tiny-test-far.yaml"
+
+
+def _far_plan(tmp_path, capsys):
+    f = tmp_path / "far.yaml"
+    code, _, err = cli(capsys, "plan", "--net", "tiny", "--board", FAR_BOARD, "--nodes", "4",
+                       "--batch", "4", "--max-row-lanes", "1", "--out", str(f))
+    assert code == 0, err
+    return f
+
+
+@pytest.mark.parametrize("net,board,nodes,extra", [
+    ("tiny", "tiny-test", 2, ()),                       # lending near
+    ("tiny", FAR_BOARD, 4, ()),                         # lending 2 hops, LGB spilled first
+    ("tiny", "tests/sim/data/tiny-test-b24d90.yaml", 3, ("--ocp-threshold", "1")),
+    ("digits", "tiny-test", 3, ()),                     # two chains of one layer
+    ("vgg16", "vc709", 15, ()),
+])
+def test_evaluate_reproduces_the_mapper(capsys, tmp_path, net, board, nodes, extra):
+    """An unedited plan evaluates to itself: same segments, lending, memories, links (the
+    streams of a link as a set: lends are listed by lender) and summary."""
+    f = tmp_path / "p.yaml"
+    code, _, err = cli(capsys, "plan", "--net", net, "--board", board, "--nodes", str(nodes),
+                       "--batch", "4", "--max-row-lanes", "1", *extra, "--out", str(f))
+    assert code == 0, err
+    out = tmp_path / "e.yaml"
+    code, _, err = cli(capsys, "evaluate", "--plan", str(f), "--out", str(out))
+    assert code == 0 and err == "", err
+    a, b = Plan.from_yaml(f.read_text()).to_dict(), Plan.from_yaml(out.read_text()).to_dict()
+    for d in (a, b):
+        for lk in d["links"]:
+            lk["streams"] = sorted(lk["streams"], key=json.dumps)
+    assert a == b
+
+
+def test_evaluate_edited_lending(capsys, tmp_path):
+    """The ``far`` plan with conv1's 108 weights kept by nodes 0 (28), 1 (40) and 2 (40), as
+    ``tests/sim/test_cluster_split.py``'s ``keepers``: its own link figures and period, and a
+    warning for node 0, which keeps 28 weights over its budget (the default simulation board
+    has room; this made-up board does not)."""
+    import yaml
+    f = _far_plan(tmp_path, capsys)
+    d = yaml.safe_load(f.read_text())
+    (lp,) = d["node_plans"][2]["bpram"]
+    assert (lp["layer"], lp["lender"], lp["borrower"], lp["weights"]) == ("conv1", 2, 0, 108)
+    lp["weights"] = 40
+    d["node_plans"][1]["bpram"].append(dict(lp, lender=1))
+    d["node_plans"][0]["segments"][0]["weights_borrowed"] = 80
+    f.write_text(yaml.safe_dump(d))
+    out = tmp_path / "e.yaml"
+    code, _, err = cli(capsys, "evaluate", "--plan", str(f), "--out", str(out))
+    assert code == 0
+    assert err.strip() == (f"warning: {f}: node 0 needs 17.0 BRAM36 with this lending, above "
+                           f"its budget of 13.6")
+    res = Plan.from_yaml(out.read_text())
+    # conv1 stays weight-stationary as a whole (node 0 streams its own set from a lender of
+    # its own, as built): 400 cycles per image, as the unedited plan; measured in the
+    # co-simulation of this plan, 12 images, B = 4: 400 over the first mini-batch
+    assert res.summary["cycles_per_image"] == 400
+    assert [[(lp.lender, lp.weights) for lp in q.bpram] for q in res.node_plans] == \
+        [[], [(1, 40)], [(2, 40)], []]
+    par = {(lk.src, lk.dst): sum(s.words_per_image for s in lk.streams
+                                 if s.path == "parameters") for lk in res.links}
+    # whole sets of 27 weights: 2 kept by node 1 and 1 passed on from node 2 (81 words), 1
+    # from node 2 (27), each stream padded to whole 64-bit link words
+    assert par[(1, 0)] == 84 and par[(2, 1)] == 28
+
+
+@pytest.mark.parametrize("edit,field,needle", [
+    (lambda d: d["node_plans"][2]["bpram"][0].update(borrower=1),
+     "node_plans[2].bpram[0].layer", "node 1 holds no conv segment of 'conv1'"),
+    (lambda d: d["node_plans"][2]["bpram"][0].update(weights=109),
+     "node_plans[2].bpram[0].weights", "has 108 weights, 0 of them borrowed already"),
+    (lambda d: d["node_plans"][0]["segments"][0].update(weights_borrowed=100),
+     "node_plans[0].segments[0].weights_borrowed", "lend 108 of 'conv1'"),
+    (lambda d: d["node_plans"][0]["segments"][1].update(channels=[0, 7]),
+     "node_plans[0].segments", "only the parameter lending of a plan can be edited"),
+])
+def test_evaluate_refuses(capsys, tmp_path, edit, field, needle):
+    import yaml
+    f = _far_plan(tmp_path, capsys)
+    d = yaml.safe_load(f.read_text())
+    edit(d)
+    f.write_text(yaml.safe_dump(d))
+    out = tmp_path / "e.yaml"
+    code, _, err = cli(capsys, "evaluate", "--plan", str(f), "--out", str(out))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {f}: ") and field in lines[0], err
+    assert needle in lines[0], err
+    assert not out.exists()
+
+
+def test_evaluate_bad_files(capsys, tmp_path):
+    code, _, err = cli(capsys, "evaluate", "--plan", str(tmp_path / "none.yaml"))
+    assert code == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("just: text\n")
+    code, _, err = cli(capsys, "evaluate", "--plan", str(bad))
+    assert code == 2 and "not a plan file" in err and len(err.strip().splitlines()) == 1
