@@ -31,8 +31,8 @@ from .framing import StreamTiming, link_frames
 from .network import Network
 from .numerics import NumericsConfig
 from .partition import PartitionError, Work, partition
-from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan, set_ranges,
-                   StreamPlan)
+from .plan import (EnginePlan, LendPlan, LinkPlan, MemoryPlan, NodePlan, Plan, SegmentPlan,
+                   StreamPlan, set_ranges)
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 TOPOLOGIES = ("chain", "ring", "mesh")
@@ -432,8 +432,9 @@ class _Context:
     def impose_lending(self, lending, where="lending", strict=True):
         """Lend as ``lending`` says (``[(layer, lender, borrower, weights)]``, e.g. a hand-edited
         plan's ``bpram`` entries, each optionally with a fifth item: its field name in the
-        errors, which name the file ``where``) instead of :meth:`balance_parameters`; then move gradient
-        accumulators off chip where a node is still over its BRAM budget, as balancing does.
+        errors, which name the file ``where``) instead of :meth:`balance_parameters`; then
+        move gradient accumulators off chip where a node is still over its BRAM budget, as
+        balancing does.
         Raises :class:`FpdeepError` for a lend the plan cannot hold, and, if ``strict``, when a
         node does not fit its BRAM budget (else ``over_budget`` lists ``(node, BRAM36)``)."""
         for i, (layer, lender, borrower, weights, *label) in enumerate(lending):
