@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
@@ -21,7 +20,7 @@ from fpdeep_map.numerics import FixedFormat
 from ..compute.shared import shared
 from ..numerics import requantize, saturating_add, tree_sum
 from ..wide import join
-from .packing import lanes_per_memory, packed_granularity
+from .packing import lanes_per_memory, packed_memory
 
 __all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
 
@@ -249,18 +248,12 @@ class GradBuffer(wiring.Component):
         per = lanes_per_memory(accw, n)
         for c, lo in enumerate(range(0, n, per)):
             part = lanes[lo:lo + per]
-            mem = Memory(shape=len(part) * accw, depth=mem_depth, init=[])
-            m.submodules[f"bank_{c}"] = mem
-            # all enables equal (packed_granularity)
-            gran = packed_granularity(accw, len(part))
-            wp, rp = mem.write_port(granularity=gran), mem.read_port()
-            m.d.comb += [
-                wp.addr.eq(w_addr), wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
-                wp.data.eq(join((lane.wd for lane in part), accw)),
-                rp.addr.eq(r_addr), rp.en.eq(r_en),
-            ]
+            _, rd = packed_memory(m, f"bank_{c}", width=accw, lanes=len(part), depth=mem_depth,
+                               w_addr=w_addr, w_en=w_en,
+                               w_data=join((lane.wd for lane in part), accw),
+                               r_addr=r_addr, r_en=r_en)
             for j, lane in enumerate(part):
-                m.d.comb += lane.rd.eq(rp.data[j * accw:(j + 1) * accw])
+                m.d.comb += lane.rd.eq(rd[j * accw:(j + 1) * accw])
 
         acc_flags = Signal(n)                 # per element: clamped by the accumulation
         out_flags = Signal(n)                 # per element: clamped by the averaging

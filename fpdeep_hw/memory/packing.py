@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PACK_LANES", "lanes_per_memory", "packed_granularity", "pack_rows"]
+__all__ = ["PACK_LANES", "lanes_per_memory", "packed_granularity", "pack_rows", "packed_memory"]
 
 #: Most lanes in one packed memory: its rows stay far below Amaranth's
 #: 65,536 bits per value, and the simulator's code for a row (one term per lane) below Python's
@@ -51,3 +51,25 @@ def pack_rows(words, width):
     for j in range(words.shape[1]):
         rows |= (words[:, j].astype(object) & mask) << (j * width)
     return [int(v) for v in rows]
+
+
+def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr, r_en,
+                  init=None):
+    """Add memory ``name`` to module ``m``: ``depth`` rows of ``lanes`` words of ``width`` bits,
+    one write port (``w_data`` the whole row, enables all equal to ``w_en``, in groups of
+    :func:`packed_granularity`) and one synchronous, non-transparent read port. ``init``: the
+    rows (:func:`pack_rows`), default zeros. Returns ``(memory, read data)`` (lane ``j`` in
+    bits ``[j*width, (j+1)*width)``)."""
+    from amaranth.hdl import Mux, unsigned
+
+    from .fast_init import memory
+    mem = memory(shape=unsigned(lanes * width), depth=depth, init=init or [])
+    m.submodules[name] = mem
+    wp = mem.write_port(granularity=packed_granularity(width, lanes))
+    rp = mem.read_port()
+    m.d.comb += [
+        wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
+        rp.addr.eq(r_addr), rp.en.eq(r_en),
+    ]
+    return mem, rp.data
+

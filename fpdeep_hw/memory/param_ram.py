@@ -12,14 +12,13 @@ Golden model: :mod:`sim.golden.param_ram`. Test: ``tests/hw/test_param_ram.py``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import FixedFormat
 
-from .fast_init import memory
-from .packing import lanes_per_memory, pack_rows, packed_granularity
+from .packing import lanes_per_memory, pack_rows, packed_memory
 
 __all__ = ["weight_set_layout", "LPRAM", "BPRAM"]
 
@@ -196,19 +195,13 @@ class _ParamRAM(wiring.Component):
         out = []
         for c, lo in enumerate(range(0, nb, per)):
             width = min(per, nb - lo)
-            bank = memory(shape=unsigned(width * fw), depth=mem_depth,
-                          init=pack_rows(flat[:, lo:lo + width], fw))
-            m.submodules[f"bank_{c}"] = bank
-            w_port = bank.write_port(granularity=packed_granularity(fw, width))
-            r_port = bank.read_port()      # synchronous, non-transparent
-            m.d.comb += [
-                w_port.addr.eq(self.wr.payload.addr),
-                w_port.data.eq(wr_bits[d0 + fw * lo:d0 + fw * (lo + width)]),
-                w_port.en.eq(Mux(do_write, (1 << len(w_port.en)) - 1, 0)),
-                r_port.addr.eq(rd_addr),
-                r_port.en.eq(advance),
-            ]
-            out.append(r_port.data)
+            _, rd = packed_memory(
+                m, f"bank_{c}", width=fw, lanes=width, depth=mem_depth,
+                init=pack_rows(flat[:, lo:lo + width], fw),
+                w_addr=self.wr.payload.addr, w_en=do_write,
+                w_data=wr_bits[d0 + fw * lo:d0 + fw * (lo + width)],
+                r_addr=rd_addr, r_en=advance)
+            out.append(rd)
         # the read data as one assignment per word, banks in (s, ky, kx) order (the layout's
         # bit order): piecewise assignments to a wide combinational signal cost the back end
         # the whole word per piece

@@ -19,14 +19,13 @@ import math
 from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import Geometry
 
 from ..memory.grad_buffer import LGB, _count_flags
-from ..memory.packing import lanes_per_memory, packed_granularity
+from ..memory.packing import lanes_per_memory, packed_memory
 from ..compute.shared import shared
 from ..memory.line_buffer import LineBuffer
 from ..numerics import requantize, saturating_add
@@ -485,26 +484,19 @@ class PGLayer(wiring.Component):
             m.d.comb += [lane.d_half.eq(dr_half), lane.consume.eq(consume), lane.adv.eq(adv)]
 
         # -- the accumulator banks: per half, the lanes' words side by side in rows of at most
-        # PACK_BITS (all lanes share the addresses); a half's read port serves the accumulate
+        # PACK_LANES (all lanes share the addresses); a half's read port serves the accumulate
         # reads or, while the half drains, the drain (no step is issued to a draining half) ---
         per = lanes_per_memory(accw, nb)
         for h in range(2):
             drain = dr_active & (dr_half == h)
             for c, lo in enumerate(range(0, nb, per)):
                 part = lanes[lo:lo + per]
-                mem = Memory(shape=len(part) * accw, depth=depth, init=[])
-                m.submodules[f"bank{h}_{c}"] = mem
-                # all enables equal (packing.packed_granularity)
-                gran = packed_granularity(accw, len(part))
-                wp, rp = mem.write_port(granularity=gran), mem.read_port()
-                m.d.comb += [
-                    wp.addr.eq(s2_addr),
-                    wp.en.eq(Mux(s2_valid & (s2_half == h), (1 << len(wp.en)) - 1, 0)),
-                    wp.data.eq(join((lane.wd for lane in part), accw)),
-                    rp.addr.eq(Mux(drain, d_addr, addr0)), rp.en.eq(Mux(drain, d_en, 1)),
-                ]
+                _, rd = packed_memory(m, f"bank{h}_{c}", width=accw, lanes=len(part), depth=depth,
+                                   w_addr=s2_addr, w_en=s2_valid & (s2_half == h),
+                                   w_data=join((lane.wd for lane in part), accw),
+                                   r_addr=Mux(drain, d_addr, addr0), r_en=Mux(drain, d_en, 1))
                 for j, lane in enumerate(part):
-                    m.d.comb += getattr(lane, f"rd{h}").eq(rp.data[j * accw:(j + 1) * accw])
+                    m.d.comb += getattr(lane, f"rd{h}").eq(rd[j * accw:(j + 1) * accw])
         q_data = q.payload.data
         m.d.comb += [
             out_flags.eq(join((lane.out_flag for lane in lanes), 1)),

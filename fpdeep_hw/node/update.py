@@ -13,16 +13,15 @@ Golden model: :func:`sim.golden.layers.update` / ``working_weight``. Test:
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_map.numerics import NumericsConfig
 
 from ..compute.shared import shared
-from ..memory.fast_init import memory
 from ..memory.grad_buffer import _count_flags
-from ..memory.packing import lanes_per_memory, pack_rows, packed_granularity
+from ..memory.packing import lanes_per_memory, pack_rows, packed_memory
 from ..numerics import requantize, saturate
 from ..wide import join
 
@@ -212,18 +211,12 @@ class WeightUpdate(wiring.Component):
         for c, lo in enumerate(range(0, nb, per)):
             width = min(per, nb - lo)
             init = pack_rows(flat[:, lo:lo + width], mw) + [0] * (mem_depth - depth)
-            bank = memory(shape=unsigned(width * mw), depth=mem_depth, init=init)
-            m.submodules[f"master_{c}"] = bank
+            bank, rd = packed_memory(
+                m, f"master_{c}", width=mw, lanes=width, depth=mem_depth, init=init,
+                w_addr=w_addr, w_en=w_en, w_data=w_data.as_value()[lo * mw:(lo + width) * mw],
+                r_addr=r_addr, r_en=r_en)
             self._banks += [(bank, j * mw) for j in range(width)]
-            gran = packed_granularity(mw, width)
-            wp = bank.write_port(granularity=gran)
-            rp = bank.read_port()
-            m.d.comb += [
-                wp.addr.eq(w_addr), wp.data.eq(w_data.as_value()[lo * mw:(lo + width) * mw]),
-                wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
-                rp.addr.eq(r_addr), rp.en.eq(r_en),
-            ]
-            reads.append(rp.data)
+            reads.append(rd)
         # the wide signals in one statement each (fpdeep_hw/wide.py)
         m.d.comb += r_data.eq(Cat(*reads))
 
