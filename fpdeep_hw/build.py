@@ -69,9 +69,10 @@ NODE_MODULE = "fpdeep_node"
 #: ``docs/hw-node.md``, "Node top" (``tests/sim/test_fifo_rows.py``).
 BUILD_FIFO_ROWS = 2
 BUILD_FIFO_WHOLE_BITS = 1 << 16
-#: Widest engine window the generator builds: Amaranth's netlist numbers the bits of a value
-#: with 16 bits (VGG-16's conv3_3 EB: 256 lanes x 9 x 32 bits = 73,728).
-MAX_WINDOW_BITS = (1 << 16) - 1
+#: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
+#: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
+#: of all channels is one value.
+MAX_VALUE_BITS = (1 << 16) - 1      # = fpdeep_hw.wide.MAX_VALUE_BITS (not imported: no Amaranth here)
 #: Yosys ``synth_xilinx -family`` per board.
 SYNTH_FAMILY = {"vc709": "xc7", "kcu105": "xcu", "alveo-u280": "xcup"}
 
@@ -264,22 +265,27 @@ def unsupported(plan, k, network):
                                  f"layer {s.layer!r} {phase} engines compute {e.x} output rows "
                                  f"side by side (x > 1 is not built; map with max_row_lanes=1)",
                                  f"x={e.x} engines {s.layer}.{phase}"))
-        # a conv engine array's window (FP: the segment's input lanes, EB: the layer's output
-        # errors, K x K each) is held in one signal, and an Amaranth netlist value has at most
-        # 65,536 bits
-        if s.kind == "conv":
-            k2, num = s.engines["fp"].kernel ** 2, plan.numerics
-            for phase, lanes, width in (
-                    ("fp", s.in_channels[1] - s.in_channels[0], num.activation.width),
-                    ("eb", s.out_channels[1] - s.out_channels[0], num.error.width)):
-                wbits = lanes * k2 * width
-                if phase in s.engines and wbits > MAX_WINDOW_BITS:
-                    problems.append((f"{f}.engines.{phase}", lanes,
-                                     f"{s.layer!r} {phase.upper()} window of {lanes} lanes x "
-                                     f"{k2} x {width} bits = {wbits:,} bits, above the "
-                                     f"{MAX_WINDOW_BITS:,} an Amaranth netlist value holds (a "
-                                     f"window held per lane group is not built)",
-                                     f"{phase} window {s.layer}"))
+        # a pixel word (all channels of one position) is one value, and a value has at most
+        # MAX_VALUE_BITS bits (windows wider than that are held in runs of lanes; a pixel is
+        # not cut): VGG-16's fc6 / fc7 with 4,096 outputs of 16 bits are one bit too wide
+        num = plan.numerics
+        width = max(num.activation.width, num.error.width,
+                    num.partial.width if s.split != "whole" else 0)
+        cin = s.in_channels[1] - s.in_channels[0]
+        if s.kind == "fc":            # an FC layer takes its input map pixel by pixel
+            idx = network.index(s.layer)
+            if idx > 0:
+                _, h, w = network.layers[idx - 1].out_shape
+                cin //= h * w
+        field, lanes = max((("in_channels", cin),
+                            ("out_channels", s.out_channels[1] - s.out_channels[0])),
+                           key=lambda x: x[1])
+        if lanes * width > MAX_VALUE_BITS:
+            problems.append((f"{f}.{field}", lanes,
+                             f"{s.layer!r} pixels of {lanes} channels x {width} bits = "
+                             f"{lanes * width:,} bits, above the {MAX_VALUE_BITS:,} bits one "
+                             f"Amaranth value holds (pixels cut into several words are not "
+                             f"built)", f"pixel width {s.layer}"))
         # weights the plan streams from off-chip memory (an FC's, at ImageNet scale): the
         # generator keeps every layer's weights in block RAM, which only works while they fit
         bits = s.lpram.offchip_words * plan.numerics.weight.width

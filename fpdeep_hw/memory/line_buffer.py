@@ -13,9 +13,9 @@ from amaranth.lib.wiring import In, Out
 
 from sim.golden.line_buffer import Geometry, eb_geometry, normalize_pad
 
-from ..wide import join
+from ..wide import Lanes, join, lane_runs
 
-__all__ = ["LineBuffer"]
+__all__ = ["LineBuffer", "LineBufferRuns"]
 
 
 def _check_int(name, value, minimum):
@@ -302,3 +302,38 @@ class LineBuffer(wiring.Component):
             ((window(K - 1 - ky, K - 1 - kx) if self._flip else window(ky, kx))[s_]
              for s_ in range(S) for ky in range(K) for kx in range(K)), w))
         return m
+
+
+class LineBufferRuns:
+    """One line buffer's windows held by several :class:`LineBuffer` s, each over a run of the
+    pixel's lanes, where a window of all lanes is wider than one value can be
+    (:data:`~fpdeep_hw.wide.MAX_VALUE_BITS`: VGG-16's 512-lane 3 x 3 windows of 16 bits).
+
+    ``make(channels)`` builds one line buffer (the same geometry for every run, ``k x k``
+    windows of ``width``-bit elements). They are added
+    to ``m`` as ``name`` (one run: the same circuit as one line buffer) or ``name0``, ``name1``...
+    Every run's line buffer gets the same ``i.valid`` and ``o.ready``; having the same geometry
+    and the same control inputs, they step in lockstep, so ``i_ready`` and ``o_valid`` are the
+    first one's. :attr:`window` reads lane ``c`` of the window (``window[c][ky][kx]``).
+    """
+
+    def __init__(self, m, name, *, channels, k, width, make):
+        self.runs = lane_runs(channels, k * k * width)
+        self.parts = [make(hi - lo) for lo, hi in self.runs]
+        for j, lb in enumerate(self.parts):
+            m.submodules[name if len(self.parts) == 1 else f"{name}{j}"] = lb
+        self.latency = LineBuffer.latency
+        self.i_ready = self.parts[0].i.ready
+        self.o_valid = self.parts[0].o.valid
+        self.window = Lanes((lo, lb.o.payload) for (lo, _), lb in zip(self.runs, self.parts))
+
+    def connect_input(self, m, valid, pixel):
+        """Drive every run's ``i`` from ``valid`` and the lanes of ``pixel`` (an array view)."""
+        raw = pixel.as_value()
+        w = len(raw) // len(pixel)
+        for (lo, hi), lb in zip(self.runs, self.parts):
+            m.d.comb += [lb.i.valid.eq(valid), lb.i.payload.eq(raw[lo * w:hi * w])]
+
+    def connect_ready(self, m, ready):
+        for lb in self.parts:
+            m.d.comb += lb.o.ready.eq(ready)

@@ -34,8 +34,9 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_hw.compute.conv_engine import CEArray
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPoolBackward, ReLUBackward, arg_bits
-from fpdeep_hw.memory.line_buffer import LineBuffer
+from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.param_ram import LPRAM
+from fpdeep_hw.wide import Lanes, lane_runs
 from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import eb_geometry
 
@@ -227,23 +228,28 @@ class EBLayer(wiring.Component):
             gate.transfer.eq(self.i.valid & self.i.ready),
         ]
         if g.kind == "conv":
-            m.submodules.lb = lb = LineBuffer.transposed(
-                height=g.height, width=g.width, channels=OC, k=K, stride=g.stride, pad=g.pad,
-                shape=signed(ew))
-            m.d.comb += [
-                lb.i.valid.eq(self.i.valid & gate.ok),
-                lb.i.payload.eq(self.i.payload),
-                inner_ready.eq(lb.i.ready),
-            ]
-            _replay(m, src_valid=lb.o.valid, src_ready=lb.o.ready, src_payload=lb.o.payload,
+            lb = LineBufferRuns(m, "lb", channels=OC, k=K, width=ew,
+                                make=lambda c: LineBuffer.transposed(
+                                    height=g.height, width=g.width, channels=c, k=K,
+                                    stride=g.stride, pad=g.pad, shape=signed(ew)))
+            lb.connect_input(m, self.i.valid & gate.ok, self.i.payload)
+            m.d.comb += inner_ready.eq(lb.i_ready)
+            lb_ready = Signal(name="lb_o_ready")
+            lb.connect_ready(m, lb_ready)
+            _replay(m, src_valid=lb.o_valid, src_ready=lb_ready, src_payload=lb.window,
                     dst=ce.win, k=K, lanes_in=OC, group_lanes=P, counts=[G, R], sel=1,
                     name="replay")
             counts, strides, acc_from = [g.height * g.width, G, R], [0, 1, G], 2
         else:
             HW = g.pixels
-            win = Signal(_win(ew, 1, OC))
-            for c in range(OC):
-                m.d.comb += win[c][0][0].eq(self.i.payload[c])
+            # the error word as 1 x 1 windows (runs of lanes where OC x ew exceeds one value)
+            wins = []
+            for j, (lo, hi) in enumerate(lane_runs(OC, ew)):
+                w = Signal(_win(ew, 1, hi - lo), name="win" if lo == 0 and hi == OC
+                           else f"win{j}")
+                m.d.comb += w.eq(self.i.payload.as_value()[lo * ew:hi * ew])
+                wins.append((lo, w))
+            win = Lanes(wins)
             _replay(m, src_valid=self.i.valid & gate.ok, src_ready=inner_ready, src_payload=win,
                     dst=ce.win, k=1, lanes_in=OC, group_lanes=P, counts=[HW, G, R], sel=2,
                     name="replay")

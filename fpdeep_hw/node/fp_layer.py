@@ -49,8 +49,9 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_hw.compute.conv_engine import CEArray
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPool, ReLU, arg_bits, pooled_size
-from fpdeep_hw.memory.line_buffer import LineBuffer
+from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.param_ram import LPRAM
+from fpdeep_hw.wide import Lanes
 from fpdeep_map.network import Network
 from fpdeep_map.numerics import NumericsConfig
 from fpdeep_map.plan import SegmentPlan
@@ -439,9 +440,14 @@ def _replay(m, *, src_valid, src_ready, src_payload, dst, k, lanes_in, group_lan
             name):
     """Hold each source window and offer it ``prod(counts)`` times on ``dst``, lane group
     ``idx[sel]`` (``group_lanes`` lanes; lanes past ``lanes_in`` read 0). Full rate: the next
-    window is taken in the cycle the last word of the current one leaves."""
-    cur = Signal(_win(len(src_payload[0][0][0]), k, lanes_in), name=f"{name}_cur",
-                 reset_less=True)
+    window is taken in the cycle the last word of the current one leaves. ``src_payload`` is
+    one array view of windows or a :class:`~fpdeep_hw.wide.Lanes` of several (a window wider
+    than one value), held in as many registers."""
+    width = len(src_payload[0][0][0])
+    parts = src_payload.parts if isinstance(src_payload, Lanes) else [(0, src_payload)]
+    regs = [Signal(_win(width, k, len(view)), name=f"{name}_cur" if len(parts) == 1
+                   else f"{name}_cur{j}", reset_less=True) for j, (_, view) in enumerate(parts)]
+    cur = Lanes((lo, reg) for (lo, _), reg in zip(parts, regs))
     full = Signal(name=f"{name}_full")
     loops = _Loops(m, counts, name)
     at_last = loops.all_max(0)
@@ -456,7 +462,7 @@ def _replay(m, *, src_valid, src_ready, src_payload, dst, k, lanes_in, group_lan
     with m.If(take):
         m.d.sync += full.eq(src_valid)
         with m.If(src_valid):
-            m.d.sync += cur.eq(src_payload)
+            m.d.sync += [reg.eq(view) for reg, (_, view) in zip(regs, parts)]
     n_groups = counts[sel]
     gidx = loops.idx[sel]
 
@@ -672,14 +678,14 @@ class FPLayer(wiring.Component):
 
         # ---- windows into the CE array ---------------------------------------------------------
         if g.kind == "conv":
-            m.submodules.lb = lb = LineBuffer(height=g.height, width=g.width, channels=C, k=K,
-                                              stride=g.stride, pad=g.pad, shape=signed(aw))
-            m.d.comb += [
-                lb.i.valid.eq(inner_valid),
-                lb.i.payload.eq(self.i.payload),
-                inner_ready.eq(lb.i.ready),
-            ]
-            _replay(m, src_valid=lb.o.valid, src_ready=lb.o.ready, src_payload=lb.o.payload,
+            lb = LineBufferRuns(m, "lb", channels=C, k=K, width=aw, make=lambda c: LineBuffer(
+                height=g.height, width=g.width, channels=c, k=K, stride=g.stride, pad=g.pad,
+                shape=signed(aw)))
+            lb.connect_input(m, inner_valid, self.i.payload)
+            m.d.comb += inner_ready.eq(lb.i_ready)
+            lb_ready = Signal(name="lb_o_ready")
+            lb.connect_ready(m, lb_ready)
+            _replay(m, src_valid=lb.o_valid, src_ready=lb_ready, src_payload=lb.window,
                     dst=ce.win, k=K, lanes_in=C, group_lanes=S, counts=[R, G], sel=1,
                     name="replay")
             n_pos = g.conv_height * g.conv_width

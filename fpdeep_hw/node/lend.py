@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
 from fpdeep_hw.memory.grad_buffer import BGB
-from fpdeep_hw.memory.line_buffer import LineBuffer
+from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
 from fpdeep_hw.node.update import WeightUpdate
@@ -151,11 +151,11 @@ class _WSLayer(wiring.Component):
             with m.If(wlast):
                 m.d.sync += wbank.eq(~wbank)
 
-        m.submodules.lb = lb = self._line_buffer(iw)
+        lb = self._line_buffer(m, iw)
         rbank = Signal()
         rloops = _Loops(m, [RG, NPIX], "replay")
         r_valid = Signal()
-        advance = ~r_valid | lb.i.ready
+        advance = ~r_valid | lb.i_ready
         issue = advance & Mux(rbank, full[1], full[0])
         rloops.step(issue)
         rlast = rloops.all_max(0)
@@ -168,8 +168,8 @@ class _WSLayer(wiring.Component):
                 m.d.sync += full[b].eq(0)
         with m.If(advance):
             m.d.sync += r_valid.eq(issue)
-        m.d.comb += [srp.addr.eq(rbank * NPIX + rloops.idx[1]), srp.en.eq(advance),
-                     lb.i.valid.eq(r_valid), lb.i.payload.eq(srp.data)]
+        m.d.comb += [srp.addr.eq(rbank * NPIX + rloops.idx[1]), srp.en.eq(advance)]
+        lb.connect_input(m, r_valid, srp.data)
 
         # ---- weight registers: current set and one prefetched set -------------------------------
         cur = Signal(self._set_layout, name="w_cur")
@@ -189,8 +189,9 @@ class _WSLayer(wiring.Component):
         mh = Signal()                                   # half the sweeps write
         sloops = _Loops(m, [R, G, NPOS], "sweep")
         r_i, g_i, pos_i = sloops.idx
-        take = lb.o.valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
-        m.d.comb += [lb.o.ready.eq(take), self.busy.eq(take)]
+        take = lb.o_valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
+        m.d.comb += self.busy.eq(take)
+        lb.connect_ready(m, take)
         sloops.step(take)
         set_last = sloops.all_max(2)
         img_last = sloops.all_max(0)
@@ -199,7 +200,7 @@ class _WSLayer(wiring.Component):
         with m.Elif(take & set_last):
             m.d.sync += cur_valid.eq(0)
         q_i, first = self._acc_index(r_i, g_i)
-        dot = self._mac(m, lb.o.payload, cur, r_i, g_i)
+        dot = self._mac(m, lb.window, cur, r_i, g_i)
         dot_q = [Signal(signed(len(d) + 1), name=f"dot_q{lane}") for lane, d in enumerate(dot)]
         addr = Signal(range(2 * Q * NPOS))
         m.d.comb += addr.eq(mh * (Q * NPOS) + q_i * NPOS + pos_i)
@@ -379,10 +380,12 @@ class WSFPLayer(_WSLayer):
         n1 = (min(pk, g.conv_height) - 1) * g.conv_width + min(pk, g.conv_width) - 1
         return t + (n1 + 1) * R + (2 if g.relu else 0) + MaxPool.LATENCY + 1
 
-    def _line_buffer(self, iw):
+    def _line_buffer(self, m, iw):
         g = self._geom
-        return LineBuffer(height=g.height, width=g.width, channels=g.in_channels, k=g.kernel,
-                          stride=g.stride, pad=g.pad, shape=signed(iw))
+        return LineBufferRuns(m, "lb", channels=g.in_channels, k=g.kernel, width=iw,
+                              make=lambda c: LineBuffer(height=g.height, width=g.width,
+                                                        channels=c, k=g.kernel, stride=g.stride,
+                                                        pad=g.pad, shape=signed(iw)))
 
     def _acc_index(self, r, g):
         return r, (g == 0) if self._geom.groups > 1 else Const(1, 1)
@@ -507,10 +510,12 @@ class WSEBLayer(_WSLayer):
         to the first drained word, ``G`` words gathered."""
         return self._sweep_end() + 3 + self._geom.groups
 
-    def _line_buffer(self, iw):
+    def _line_buffer(self, m, iw):
         g = self._geom
-        return LineBuffer.transposed(height=g.height, width=g.width, channels=g.out_channels,
-                                     k=g.kernel, stride=g.stride, pad=g.pad, shape=signed(iw))
+        return LineBufferRuns(m, "lb", channels=g.out_channels, k=g.kernel, width=iw,
+                              make=lambda c: LineBuffer.transposed(
+                                  height=g.height, width=g.width, channels=c, k=g.kernel,
+                                  stride=g.stride, pad=g.pad, shape=signed(iw)))
 
     def _acc_index(self, r, g):
         return g, (r == 0) if self._geom.out_groups > 1 else Const(1, 1)

@@ -27,9 +27,9 @@ from sim.golden.line_buffer import Geometry
 from ..memory.grad_buffer import LGB, _count_flags
 from ..memory.packing import lanes_per_memory, packed_memory
 from ..compute.shared import shared
-from ..memory.line_buffer import LineBuffer
+from ..memory.line_buffer import LineBuffer, LineBufferRuns
 from ..numerics import requantize, saturating_add
-from ..wide import join
+from ..wide import Lanes, join
 from .fp_layer import layer_geometry
 
 __all__ = ["PGLayer"]
@@ -303,23 +303,35 @@ class PGLayer(wiring.Component):
         # -- window source ----------------------------------------------------------------------
         src_valid = Signal()
         src_ready = Signal()
-        src_win = Signal(win_layout)
         if not fc:
-            lb = LineBuffer(height=geo.height, width=geo.width, channels=C, k=K,
-                            stride=geo.stride, pad=geo.pad, shape=signed(aw))
-            m.submodules.lb = lb
-            wiring.connect(m, wiring.flipped(self.a), lb.i)
-            m.submodules.fifo = fifo = SyncFIFOBuffered(width=win_layout.size,
-                                                        depth=self._fifo_depth)
-            m.d.comb += [
-                fifo.w_data.eq(lb.o.payload.as_value()),
-                fifo.w_en.eq(lb.o.valid),
-                lb.o.ready.eq(fifo.w_rdy),
-                src_valid.eq(fifo.r_rdy),
-                src_win.eq(fifo.r_data),
-                fifo.r_en.eq(src_ready),
-            ]
+            # windows of all C lanes, in runs of lanes where one value cannot hold them; each
+            # run's line buffer and FIFO see the same control, so the runs step in lockstep
+            lb = LineBufferRuns(m, "lb", channels=C, k=K, width=aw, make=lambda c: LineBuffer(
+                height=geo.height, width=geo.width, channels=c, k=K, stride=geo.stride,
+                pad=geo.pad, shape=signed(aw)))
+            lb.connect_input(m, self.a.valid, self.a.payload)
+            m.d.comb += self.a.ready.eq(lb.i_ready)
+            lb_ready = Signal(name="lb_o_ready")
+            lb.connect_ready(m, lb_ready)
+            wins = []
+            for j, ((lo, hi), part) in enumerate(zip(lb.runs, lb.parts)):
+                fifo = SyncFIFOBuffered(width=len(part.o.payload.as_value()),
+                                        depth=self._fifo_depth)
+                m.submodules["fifo" if len(lb.runs) == 1 else f"fifo{j}"] = fifo
+                w = Signal(data.ArrayLayout(win_layout.elem_shape, hi - lo),
+                           name="src_win" if len(lb.runs) == 1 else f"src_win{j}")
+                m.d.comb += [
+                    fifo.w_data.eq(part.o.payload.as_value()),
+                    fifo.w_en.eq(lb.o_valid),
+                    w.eq(fifo.r_data),
+                    fifo.r_en.eq(src_ready),
+                ]
+                if j == 0:
+                    m.d.comb += [lb_ready.eq(fifo.w_rdy), src_valid.eq(fifo.r_rdy)]
+                wins.append((lo, w))
+            src_win = Lanes(wins)
         else:
+            src_win = Signal(win_layout)
             m.d.comb += [src_valid.eq(self.a.valid), self.a.ready.eq(src_ready)]
             m.d.comb += src_win.eq(join((self.a.payload[c] for c in range(C)), aw))
 

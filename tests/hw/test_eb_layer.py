@@ -15,8 +15,11 @@ import zlib
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
+from fpdeep_hw import wide
 from fpdeep_hw.node.eb_layer import BPFront, EBLayer
 from fpdeep_hw.node.fp_layer import layer_geometry
 from fpdeep_map.board import load_board
@@ -439,3 +442,29 @@ def test_edge_bp_front(waves):
     run_simulation(sim, waves, traces=[dut])
     assert got_o == exp and got_pg == exp
     assert count == [ovf] and ovf > 0
+
+
+@pytest.mark.parametrize("layer,lanes,runs", [
+    ("conv2", 3, ["lb0", "lb1", "lb2"]),            # OC = 8: 3 + 3 + 2 error lanes
+    ("fc4", 4, None)])                              # OC = 10: the 1 x 1 window in 4 + 3 + 3
+def test_window_in_runs(layer, lanes, runs, monkeypatch, waves):
+    """The EB window (all ``OC`` error lanes) held in runs of lanes where it is wider than one
+    value can be (VGG-16 conv4 / conv5: 512 x 3 x 3 x 16 bits): the limit lowered to ``lanes``
+    lanes' windows, bit-exact under random stalls."""
+    seg, network, numerics = _segment("tiny", layer)
+    geom = layer_geometry(seg, network)
+    k2 = geom.kernel ** 2 if geom.kind == "conv" else 1
+    monkeypatch.setattr(wide, "MAX_VALUE_BITS", lanes * k2 * numerics.error.width)
+    rng = np.random.default_rng(_seed("runs", layer))
+    w = _weights(geom, rng)
+    errors = _errors(geom, rng, 2)
+    dut = EBLayer(seg, network, numerics, weights=w)
+    if runs is not None:
+        names = [name for _, name, _ in Fragment.get(dut, None).subfragments]
+        assert [n for n in names if n.startswith("lb")] == runs
+    else:   # the held error word in three registers
+        text = rtlil.convert(EBLayer(seg, network, numerics, weights=w))
+        assert all(f"replay_cur{j} " in text for j in range(3))
+        assert "replay_cur3 " not in text
+    got, trace = run_eb(dut, errors, seed=6, p_stall=0.3, gate="random", waves=waves)
+    _check(dut, errors, w, got, trace)

@@ -15,8 +15,10 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
+from fpdeep_hw import wide
 from fpdeep_hw.node.fp_layer import FPLayer, layer_geometry
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -350,4 +352,28 @@ def test_edge_shapes(layer, waves):
     images = _images(geom, rng, 2)
     dut = FPLayer(seg, network, numerics, weights=w)
     got, trace = run_fp(dut, images, seed=13, p_stall=0.3, gate="random", waves=waves)
+    _check(dut, images, w, got, trace)
+
+
+def _subfragments(dut):
+    return [name for _, name, _ in Fragment.get(dut, None).subfragments]
+
+
+@pytest.mark.parametrize("layer,runs", [("conv2", ["lb0", "lb1"]),
+                                        ("conv3", ["lb0", "lb1", "lb2"])])
+def test_window_in_runs(layer, runs, monkeypatch, waves):
+    """A window wider than one value (VGG-16's conv4 / conv5: 512 lanes x 3 x 3 x 16 bits) is
+    held by line buffers over runs of lanes, in lockstep: here the limit is lowered to three
+    lanes' windows (tiny conv2: C = 4 -> runs of 2 + 2; conv3: C = 8 -> 3 + 3 + 2), and the
+    layer stays bit-exact under random stalls."""
+    seg, network, numerics = _segment("tiny", layer)
+    geom = layer_geometry(seg, network)
+    monkeypatch.setattr(wide, "MAX_VALUE_BITS",
+                        3 * geom.kernel ** 2 * numerics.activation.width)
+    rng = np.random.default_rng(zlib.crc32(f"runs/{layer}".encode()))
+    w = _weights(geom, rng)
+    images = _images(geom, rng, 2)
+    dut = FPLayer(seg, network, numerics, weights=w)
+    assert [n for n in _subfragments(dut) if n.startswith("lb")] == runs
+    got, trace = run_fp(dut, images, seed=5, p_stall=0.3, gate="random", waves=waves)
     _check(dut, images, w, got, trace)

@@ -18,11 +18,12 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Fragment, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
+from fpdeep_hw import wide
 from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer
 from fpdeep_hw.node.sets import SetConcat, SetRoute
 from fpdeep_hw.node.pg_layer import PGLayer
@@ -389,3 +390,16 @@ def test_lend_plan_lag(waves):
     would otherwise wait for FP of image 9)."""
     exp, final = check_pair(8, 2, int(SEG.act_ram_images), seed=2, waves=waves)
     assert exp["updates"] == final["updates"] == 4
+
+
+def test_window_in_runs(monkeypatch, waves):
+    """The weight-stationary engines' windows in runs of lanes where one value cannot hold them
+    (a lent VGG-16 conv5 segment: 512 x 3 x 3 x 16 bits): the limit lowered to three lanes'
+    windows (conv2's FP window: C = 4 -> 2 + 2; EB: OC = 8 -> 3 + 3 + 2), the pair bit-exact
+    over two mini-batches."""
+    monkeypatch.setattr(wide, "MAX_VALUE_BITS", 3 * 9 * NUM.activation.width)
+    assert NUM.error.width == NUM.activation.width
+    for cls, runs in ((WSFPLayer, ["lb0", "lb1"]), (WSEBLayer, ["lb0", "lb1", "lb2"])):
+        names = [name for _, name, _ in Fragment.get(cls(SEG, NET, NUM), None).subfragments]
+        assert [n for n in names if n.startswith("lb")] == runs
+    check_pair(4, 2, 1, seed=8, waves=waves)

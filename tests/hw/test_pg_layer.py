@@ -14,8 +14,10 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
+from fpdeep_hw import wide
 from fpdeep_hw.node.pg_layer import PGLayer
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -300,3 +302,23 @@ def test_synthesis_block_ram(tmp_path):
     expect = 2 * bram18_tiles(9 * 48, n) + bram18_tiles(9 * 24, n)
     assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == expect == 30, stats
     assert stats["DSP48E1"] >= 9, stats
+
+
+def test_window_in_runs(monkeypatch, waves):
+    """PG's ``C x K x K`` activation windows in runs of lanes (line buffer and window FIFO per
+    run, in lockstep) where one value cannot hold them (VGG-16 conv4 / conv5): the limit
+    lowered to three lanes' windows, tiny conv3 (C = 8: 3 + 3 + 2), bit-exact under stalls."""
+    seg, plan, network = segment("tiny", "conv3")
+    monkeypatch.setattr(wide, "MAX_VALUE_BITS",
+                        3 * seg.engines["pg"].kernel ** 2 * plan.numerics.activation.width)
+    dut = PGLayer(seg, network, plan.numerics, batch=plan.batch)
+    names = [name for _, name, _ in Fragment.get(dut, None).subfragments]
+    assert [n for n in names if n.startswith(("lb", "fifo"))] == \
+        ["lb0", "lb1", "lb2", "fifo0", "fifo1", "fifo2"]
+    dut = PGLayer(seg, network, plan.numerics, batch=plan.batch)
+    rng = random.Random(7)
+    acts, errs, a_words, e_words = make_data(dut, 2, rng)
+    words, avgs, overflow, model = golden(dut, acts, errs, plan.numerics)
+    rec = simulate(dut, a_words, e_words, len(avgs), seed=7, waves=waves)
+    assert rec["lgb_in"] == words
+    assert rec["grad"] == avgs
