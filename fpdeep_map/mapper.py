@@ -278,6 +278,7 @@ def map_network(net: Network, board: Board, nodes: int, *, topology: str = "chai
     ctx.fc_times = ctx.fc_timing(t0)
     if nodes > 1:
         ctx.link_delay = ctx.link_transit(t0)
+        ctx.transit_period = t0
     storage()
     return ctx.finish(max(period, ctx.weight_stationary_cycles()))
 
@@ -549,14 +550,44 @@ class _Context:
         seg.lgb = MemoryPlan(words=local, width=seg.lgb.width, banks=seg.lgb.banks,
                              depth=depth, bram18=b18, offchip_words=local if b18 == 0 else 0)
 
+    def lending_trips(self):
+        """``{layer index: periods}``: the update round trip of each borrowed layer beyond its
+        PG, at the period of :meth:`link_transit` -- its gradient sets to the farthest keeper,
+        the keeper's update (``3 N`` cycles for ``N`` sets, as :meth:`boundary_cycles`, plus
+        ``UPDATE_FIXED_CYCLES``) and the new weight sets back, ``2 d`` hops for a keeper ``d``
+        links away. Empty on the first pass (no link transit yet)."""
+        if self.link_delay is None or not self.lends:
+            return {}
+        hop = self.hop_transit_cycles()
+        trips = {}
+        for l in self.lends:
+            i = next(w.index for w in self.works if w.name == l.layer)
+            total, _ = self._lent_sets(l.borrower, l.layer)
+            d = self._distance(l.lender, l.borrower)
+            cycles = 2 * d * hop + 3 * total + costs.UPDATE_FIXED_CYCLES
+            trips[i] = max(trips.get(i, 0.0), cycles / self.transit_period)
+        return trips
+
     def resize_act_ram_for_lending(self):
         """Layers using lent parameters wait for whole maps: their timing, and so the Act-RAM
-        residency of every layer below them, grows (see :func:`residency`)."""
+        residency of every layer below them, grows (see :func:`residency`). A borrowed layer's
+        own residency also covers its lending round trip (:meth:`lending_trips`): its lag
+        ``D = floor(act_ram_images)`` is how far its FP runs ahead of the update, and that update
+        comes back from the keeper only after the trip (``far``: conv1's weights two links away,
+        12.41 + 1.00 images, lag 13 instead of 12; with 12 every mini-batch waited for it,
+        ``docs/mapping.md`` section 6)."""
         borrowed = {l.layer for l in self.lends}
         if not borrowed:
             return
+        delay = self.link_delay
+        trips = self.lending_trips()
+        if trips:
+            own = list(delay[2]) if len(delay) > 2 else [0.0] * len(self.works)
+            for i, t in trips.items():
+                own[i] += t
+            delay = (delay[0], delay[1], own)
         self.res = residency(self.net, self.works, self.fc_microbatch, whole_image=borrowed,
-                             link_delay=self.link_delay, fc_timing=self.fc_times)
+                             link_delay=delay, fc_timing=self.fc_times)
         for segs in self.segplans:
             for seg in segs:
                 w = self.works[seg.index]
