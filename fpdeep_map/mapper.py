@@ -784,13 +784,17 @@ class _Context:
             below = self.works[w.index - 1].name if w.index else None
             if w.split == "icp":
                 consumers = [(s.channels[0] * per_ch, s.channels[1] * per_ch, k) for k, s in segs]
+                borrowers = {l.borrower for l in self.lends if l.layer == name}
                 for a, b, p in prod:
                     for c0, c1, k in consumers:
                         n = min(b, c1) - max(a, c0)
                         if n > 0:
                             add(p, k, "activations", name, num.activation.width, n, pix_in)
                             if w.macs["eb"]:
-                                add(k, p, "errors", below, num.error.width, n, pix_in)
+                                # a borrowed slice's weight-stationary EB drains its input
+                                # errors a row of the map at a time
+                                add(k, p, "errors", below, num.error.width, n, pix_in,
+                                    w.in_hw[1] if k in borrowers and w.kind == "conv" else 1)
                 # partial sums forward and output errors backward, per group
                 per_in, per_out = w.cin // w.groups, w.cout // w.groups
                 hw_out = w.out_hw[0] * w.out_hw[1]
