@@ -6,6 +6,8 @@ boards, the board's link (1 word per cycle): every 2-word pixel leaves in its ow
 leaves in frames of 2, 2, 4, 8, 12, 4 words (EB of conv3: 16 pixels over 527 cycles).
 """
 
+from pathlib import Path
+
 import pytest
 
 from fpdeep_map import costs
@@ -161,3 +163,18 @@ def test_mapper_wire_words_follow_the_framing():
     # see docs/mapping.md section 5)
     assert [lk.wire_bits_per_image / 64 for lk in slow.links] == pytest.approx(
         [36.30, 36.77], abs=0.01)
+
+
+def test_borrowed_icp_slice_errors_leave_in_rows():
+    """``icplend`` (tiny on 3 ``tiny-test-b24d90``, an ICP slice of conv2 lent to node 1): the
+    slice's weight-stationary EB drains conv1's output errors a row of 8 pixels at a time,
+    which share frames. Link 1 -> 0 measured 211.0 wire words per image in the co-simulation
+    (2 images, B = 2; ``docs/mapping.md`` section 5); modelled one pixel at a time it was
+    273.5."""
+    board = load_board(str(Path(__file__).parents[1] / "sim" / "data" / "tiny-test-b24d90.yaml"))
+    plan = map_network(load_network("tiny"), board, 3, batch=2, ocp_threshold=1)
+    assert [(lp.layer, lp.lender, lp.borrower) for q in plan.node_plans for lp in q.bpram] == \
+        [("conv2", 2, 1)]
+    back = next(lk for lk in plan.links if (lk.src, lk.dst) == (1, 0))
+    assert back.wire_bits_per_image / 64 == pytest.approx(209.5)
+    assert 211.0 / (back.wire_bits_per_image / 64) - 1 < 0.01
