@@ -312,9 +312,10 @@ class LineBufferRuns:
     ``make(channels)`` builds one line buffer (the same geometry for every run, ``k x k``
     windows of ``width``-bit elements). They are added
     to ``m`` as ``name`` (one run: the same circuit as one line buffer) or ``name0``, ``name1``...
-    Every run's line buffer gets the same ``i.valid`` and ``o.ready``; having the same geometry
-    and the same control inputs, they step in lockstep, so ``i_ready`` and ``o_valid`` are the
-    first one's. :attr:`window` reads lane ``c`` of the window (``window[c][ky][kx]``).
+    Every run's line buffer gets the same ``i.valid`` and ``o.ready`` (:attr:`o_ready`, a signal
+    for the caller to drive); having the same geometry and the same control inputs, they step
+    in lockstep, so ``i_ready`` and ``o_valid`` are the first one's. :attr:`window` reads lane
+    ``c`` of the window (``window[c][ky][kx]``).
     """
 
     def __init__(self, m, name, *, channels, k, width, make):
@@ -322,9 +323,10 @@ class LineBufferRuns:
         self.parts = [make(hi - lo) for lo, hi in self.runs]
         for j, lb in enumerate(self.parts):
             m.submodules[name if len(self.parts) == 1 else f"{name}{j}"] = lb
-        self.latency = LineBuffer.latency
         self.i_ready = self.parts[0].i.ready
         self.o_valid = self.parts[0].o.valid
+        self.o_ready = Signal(name=f"{name}_o_ready")
+        m.d.comb += [lb.o.ready.eq(self.o_ready) for lb in self.parts]
         self.window = Lanes((lo, lb.o.payload) for (lo, _), lb in zip(self.runs, self.parts))
 
     def connect_input(self, m, valid, pixel):
@@ -333,7 +335,3 @@ class LineBufferRuns:
         w = len(raw) // len(pixel)
         for (lo, hi), lb in zip(self.runs, self.parts):
             m.d.comb += [lb.i.valid.eq(valid), lb.i.payload.eq(raw[lo * w:hi * w])]
-
-    def connect_ready(self, m, ready):
-        for lb in self.parts:
-            m.d.comb += lb.o.ready.eq(ready)

@@ -234,9 +234,7 @@ class EBLayer(wiring.Component):
                                     stride=g.stride, pad=g.pad, shape=signed(ew)))
             lb.connect_input(m, self.i.valid & gate.ok, self.i.payload)
             m.d.comb += inner_ready.eq(lb.i_ready)
-            lb_ready = Signal(name="lb_o_ready")
-            lb.connect_ready(m, lb_ready)
-            _replay(m, src_valid=lb.o_valid, src_ready=lb_ready, src_payload=lb.window,
+            _replay(m, src_valid=lb.o_valid, src_ready=lb.o_ready, src_payload=lb.window,
                     dst=ce.win, k=K, lanes_in=OC, group_lanes=P, counts=[G, R], sel=1,
                     name="replay")
             counts, strides, acc_from = [g.height * g.width, G, R], [0, 1, G], 2

@@ -683,9 +683,7 @@ class FPLayer(wiring.Component):
                 shape=signed(aw)))
             lb.connect_input(m, inner_valid, self.i.payload)
             m.d.comb += inner_ready.eq(lb.i_ready)
-            lb_ready = Signal(name="lb_o_ready")
-            lb.connect_ready(m, lb_ready)
-            _replay(m, src_valid=lb.o_valid, src_ready=lb_ready, src_payload=lb.window,
+            _replay(m, src_valid=lb.o_valid, src_ready=lb.o_ready, src_payload=lb.window,
                     dst=ce.win, k=K, lanes_in=C, group_lanes=S, counts=[R, G], sel=1,
                     name="replay")
             n_pos = g.conv_height * g.conv_width

@@ -190,8 +190,7 @@ class _WSLayer(wiring.Component):
         sloops = _Loops(m, [R, G, NPOS], "sweep")
         r_i, g_i, pos_i = sloops.idx
         take = lb.o_valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
-        m.d.comb += self.busy.eq(take)
-        lb.connect_ready(m, take)
+        m.d.comb += [lb.o_ready.eq(take), self.busy.eq(take)]
         sloops.step(take)
         set_last = sloops.all_max(2)
         img_last = sloops.all_max(0)

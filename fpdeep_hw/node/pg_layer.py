@@ -311,8 +311,6 @@ class PGLayer(wiring.Component):
                 pad=geo.pad, shape=signed(aw)))
             lb.connect_input(m, self.a.valid, self.a.payload)
             m.d.comb += self.a.ready.eq(lb.i_ready)
-            lb_ready = Signal(name="lb_o_ready")
-            lb.connect_ready(m, lb_ready)
             wins = []
             for j, ((lo, hi), part) in enumerate(zip(lb.runs, lb.parts)):
                 fifo = SyncFIFOBuffered(width=len(part.o.payload.as_value()),
@@ -327,7 +325,7 @@ class PGLayer(wiring.Component):
                     fifo.r_en.eq(src_ready),
                 ]
                 if j == 0:
-                    m.d.comb += [lb_ready.eq(fifo.w_rdy), src_valid.eq(fifo.r_rdy)]
+                    m.d.comb += [lb.o_ready.eq(fifo.w_rdy), src_valid.eq(fifo.r_rdy)]
                 wins.append((lo, w))
             src_win = Lanes(wins)
         else:
