@@ -353,6 +353,10 @@ def _probes(top):
                            Value.cast(port.payload), None))
         for j, (_, dst) in enumerate(lk.ports):
             probes.append((("link_dst", lk.name, j), dst.valid & dst.ready, Const(0, 1), None))
+        # the words on the wire (frames: header, payload, trailer; credit frames), for the
+        # wire words per image of the steady images (wire_images)
+        probes.append((("wire", lk.name), lk.model.i.valid & lk.model.i.ready,
+                       Value.cast(lk.model.i.payload), None))
     return probes
 
 
@@ -705,6 +709,57 @@ def predicted_cycles_per_image(plan):
     return plan.summary["cycles_per_image_with_updates"]
 
 
+def wire_window(n_img, batch):
+    """Images ``[lo, hi)`` whose wire words are the steady figure: without the first mini-batch
+    (the links' and the pipeline's start-up) and, in runs of at least three mini-batches,
+    without the last one (the drain: a producer that stops cuts its last frames short);
+    every image of a shorter run."""
+    nb = n_img // batch if batch else 0
+    if nb >= 3:
+        return batch, (nb - 1) * batch
+    if nb == 2:
+        return batch, n_img
+    return 0, n_img
+
+
+def wire_images(words, streams, words_per_image, lo, hi, max_payload, n_credit):
+    """Wire words that carried images ``lo .. hi - 1`` of a link direction, per image.
+
+    ``words``: the ``(cycle, word)`` the link model accepted; ``streams``: ``{sid: stream}``;
+    ``words_per_image``: ``{sid: 64-bit words of one image}`` (the packer pads each image);
+    ``n_credit``: streams of the opposite direction (the credit frames' totals).
+    Every data frame's header gives its stream and the position of its first word in the
+    stream (``seq``, ``sim.golden.framer``); each payload word belonging to an image of the
+    window counts ``(length + 2) / length`` wire words (its share of the frame's header and
+    trailer), so frames spanning two images are shared. Credit frames are counted per image of
+    the run. A lender that runs ahead sends sets of images past the run: they fall outside the
+    window. The words are the transmitter's (the link model's input, before any bit flips);
+    returns ``None`` if they do not parse as frames."""
+    from sim.golden.framer import SEQ_BITS, parse_header
+    sids = set(streams)
+    pos = dict.fromkeys(sids, 0)     # words of each stream before the next frame
+    total = credit = 0.0
+    k = 0
+    ws = [w for _, w in words]
+    while k < len(ws):
+        head = parse_header(ws[k], sids, max_payload, n_credit)
+        if head is None:
+            return None
+        sid, length, seq = head
+        if sid is None:
+            credit += length + 2
+        else:
+            # seq counts the stream's words modulo 2**SEQ_BITS: extend it from the position
+            start = pos[sid] + ((seq - pos[sid]) % (1 << SEQ_BITS))
+            pos[sid] = start + length
+            per = words_per_image[sid]
+            inside = max(0, min(start + length, hi * per) - max(start, lo * per))
+            total += inside * (length + 2) / length
+        k += length + 2
+    n_img = hi - lo
+    return total / n_img + credit / max(1, n_img)
+
+
 def _link_figures(prep, rec, final, n_img, cpi):
     """Per link direction: payload and wire words per image, measured and predicted."""
     out = []
@@ -734,6 +789,13 @@ def _link_figures(prep, rec, final, n_img, cpi):
                             "plan_width": sp.width})
         wire = c["sent"] / n_img
         pw = payload / n_img
+        lo, hi = wire_window(n_img, prep["top"].batch)
+        steady = wire_images(rec[("wire", lk.name)],
+                             {s.sid: s for s in lk.streams},
+                             {s.sid: -(-n * b // 64) for s, n, b in
+                              zip(lk.streams, lk.items, lk.bits)},
+                             lo, hi, lk.tx.max_payload,
+                             len(prep["top"].link(lk.dst, lk.src).streams))
         pred = lk.predicted_payload_words
         out.append({
             "src": lk.src, "dst": lk.dst, "direction": lk.direction,
@@ -747,6 +809,12 @@ def _link_figures(prep, rec, final, n_img, cpi):
             "predicted_wire_words_per_image": lk.predicted_wire_words,
             "wire_error": (round(wire / lk.predicted_wire_words - 1, 4)
                            if lk.predicted_wire_words else None),
+            # the same over the steady images only (wire_window: start-up, drain and a
+            # lender's run-ahead left out): what the framing model predicts
+            "wire_images": [lo, hi],
+            "wire_words_per_image_steady": steady,
+            "wire_error_steady": (round(steady / lk.predicted_wire_words - 1, 4)
+                                  if steady is not None and lk.predicted_wire_words else None),
             "link_bound_cycles_per_image": (lk.predicted_wire_words / float(lk.model.rate)),
             "busy_fraction": round(wire / float(lk.model.rate) / cpi, 4) if cpi else None,
             "frames": c["frames"], "crc_errors": c["crc_errors"], "seq_errors": c["seq_errors"],
@@ -1046,8 +1114,11 @@ def main(argv=None):
         for lk in pub["links"]:
             print(f"  link {lk['src']}->{lk['dst']}: {lk['payload_words_per_image']:.2f} payload "
                   f"words/image (model {lk['predicted_payload_words_per_image']:.2f}), "
-                  f"{lk['wire_words_per_image']:.2f} on the wire (model "
-                  f"{lk['predicted_wire_words_per_image']:.2f})")
+                  f"{lk['wire_words_per_image']:.2f} on the wire"
+                  + (f", {lk['wire_words_per_image_steady']:.2f} over images "
+                     f"{lk['wire_images'][0]}-{lk['wire_images'][1] - 1}"
+                     if lk["wire_words_per_image_steady"] is not None else "")
+                  + f" (model {lk['predicted_wire_words_per_image']:.2f})")
         for key, port in pub["offchip_act_ram"].items():
             d = pub["dram"][key]
             print(f"  off-chip Act-RAM {key} ({port}): {d['words_written']} words written, "

@@ -273,3 +273,34 @@ def test_cli_json_waves(tmp_path, capsys):
     gtkw = (tmp_path / "waves.gtkw").read_text()
     for group in ("node0", "node1", "link0to1_tx", "link1to0_rx", "wires"):
         assert group in gtkw, group
+
+
+def test_wire_images_shares_frames_among_images():
+    """``sim.train.wire_images``: the wire words of the window's images only, each frame's
+    header and trailer shared among the images its words belong to (positions from ``seq``),
+    credit frames per image of the window; a flipped header gives ``None``."""
+    from sim.golden.framer import encode
+    # stream 1: 3 words per image; stream 2: 2 words per image; 4 images each
+    data = {1: list(range(100, 112)), 2: list(range(200, 208))}
+    # frames: s1 [0,3) image 0 | s1 [3,7) images 1 and 2 | s2 [0,4) images 0-1 | credit (2
+    # opposite streams: 1 payload word) | s1 [7,12) images 2-3 | s2 [4,8) images 2-3
+    schedule = [(1, 3), (1, 4), (2, 4), (None, (5, 6)), (1, 5), (2, 4)]
+    words = list(enumerate(encode(data, schedule)))
+    streams = {1: None, 2: None}
+    per = {1: 3, 2: 2}
+    got = train.wire_images(words, streams, per, 1, 3, 32, 2)
+    # images 1 and 2: s1 frame [3,7) all 4 words (6/4 each), s1 frame [7,12) 2 of 5 words
+    # (7/5 each: words 7, 8 of image 2), s2 frame [0,4) 2 words of image 1 (6/4 each), s2
+    # frame [4,8) 2 words of image 2 (6/4 each); the credit frame (3 words) over 2 images
+    want = (4 * 6 / 4 + 2 * 7 / 5 + 2 * 6 / 4 + 2 * 6 / 4) / 2 + 3 / 2
+    assert got == pytest.approx(want)
+    # the whole run: every wire word, per image
+    assert train.wire_images(words, streams, per, 0, 4, 32, 2) == pytest.approx(
+        (len(words) - 3) / 4 + 3 / 4)
+    # a header with a flipped bit does not parse: no figure
+    bad = list(words)
+    bad[0] = (0, words[0][1] ^ 1 << 60)
+    assert train.wire_images(bad, streams, per, 1, 3, 32, 2) is None
+    assert train.wire_window(12, 4) == (4, 8)
+    assert train.wire_window(8, 4) == (4, 8)
+    assert train.wire_window(2, 2) == (0, 2)

@@ -8,7 +8,11 @@ co-simulation, 12 images in mini-batches of 4 (three whole mini-batches).
   within 5 %;
 * the spacing over the first mini-batch against the plan's steady period
   (``summary.cycles_per_image_steady``), within 5 %;
-* payload words per link stream and image against the plan's (as in the default tests).
+* payload words per link stream and image against the plan's (as in the default tests);
+* wire words per link direction and image over the steady images (``sim.train.wire_window``:
+  start-up, drain and a lender's run-ahead left out) against the framing model, within 5 %
+  except the directions of ``KNOWN_WIRE_MISSES`` (an expected failure that fails once they
+  come within 5 %).
 
 Measured (this machine, seed 0, three-bank link transmitter; first batch / whole batches
 against the model): ocp2 464.33 / 615.5 against 464 / 635.25; ocp3 275 / 437.75 against 275 /
@@ -69,3 +73,56 @@ def test_first_mini_batch(name):
     s = res["_prep"]["plan"].summary
     assert res["cycles_per_image_first_batch"] == pytest.approx(
         s["cycles_per_image_steady"], rel=0.05)
+
+
+#: link directions whose steady wire words the framing model misses by more than 5 %, and why
+#: (``docs/mapping.md`` section 5). The test fails when one of them comes within 5 % (take it
+#: off the list) as well as on any other miss.
+KNOWN_WIRE_MISSES = {
+    ("icp2", 0, 1): "the first ICP slice's partial sums, a pixel (4 words) every R x G = 6 "
+                    "cycles beside 1-lane activations: the link falls behind and frames merge "
+                    "(about 34 frames per image measured); the model sends them a row at a time "
+                    "(23)",
+    ("icplend", 0, 1): "the first ICP slice's partial sums, a pixel every 8 cycles, each its "
+                       "own frame (about 98 frames per image with the activations); the model "
+                       "sends them a row at a time (48)",
+    ("far", 2, 1): "the keeper's conv1 weight sets, relayed by node 1, beside conv3's "
+                   "errors: 280 wire words per image measured against 313 (not traced)",
+    ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
+                   "frames than the model's evenly spread pixels)",
+    ("twochains", 1, 2): "weight sets of two lending chains from node 1 beside conv2's "
+                         "activations: 468.5 wire words per image measured against 515.5 "
+                         "(not traced)",
+    ("twochains", 2, 1): "node 2's slice's gradients and partial errors: 449.75 against 557.05 "
+                         "(not traced)",
+    ("ocp2", 1, 0): "the last OCP node's partial errors, 2-word pixels 2 to 7 cycles apart, "
+                    "share frames (about 70 frames per image); the model spreads them evenly "
+                    "(80)",
+}
+
+
+@pytest.mark.long
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_wire_words(name):
+    """Every link direction's wire words per image (payload, frame headers and trailers,
+    credit frames) over the steady images (``wire_window``: the second mini-batch to the one
+    before the last; a lender's run-ahead left out) against the framing model
+    (``fpdeep_map/framing.py``), within 5 %."""
+    res = _run(name)
+    lo, hi = train.wire_window(_IMAGES.get(name, 12), 4)
+    misses = []
+    for lk in res["links"]:
+        assert lk["wire_images"] == [lo, hi]
+        got, want = lk["wire_words_per_image_steady"], lk["predicted_wire_words_per_image"]
+        print(f"{name} {lk['src']} -> {lk['dst']}: {got:.2f} measured, {want:.2f} modelled, "
+              f"{got / want - 1:+.1%} (whole run {lk['wire_words_per_image']:.2f})")
+        if got != pytest.approx(want, rel=0.05):
+            misses.append((name, lk["src"], lk["dst"]))
+    unexpected = [m for m in misses if m not in KNOWN_WIRE_MISSES]
+    fixed = [k for k in KNOWN_WIRE_MISSES if k[0] == name and k not in misses]
+    assert not unexpected, unexpected
+    assert not fixed, f"{fixed} within 5 % now: take them off KNOWN_WIRE_MISSES"
+    if misses:
+        pytest.xfail("; ".join(f"{a} -> {b}: {KNOWN_WIRE_MISSES[(n, a, b)]}"
+                               for n, a, b in misses))
