@@ -19,7 +19,8 @@ mapper must not import Amaranth):
   leaves one cycle after the item that completes it, at most one word per cycle, and the image's
   last word is padded and leaves with its last item. A pixel of 128 bits is two words back to
   back; four 16-bit items make one word.
-- **Images.** Image ``i`` of a mini-batch of ``B`` starts every ``period`` cycles; a stream
+- **Images.** Image ``i`` of a mini-batch of ``B`` starts every ``period`` cycles (every
+  ``pace`` cycles for a producer that runs ahead within the mini-batch); a stream
   that waits for the update at a mini-batch boundary (errors, partial errors, gradients: the
   backward pass waits for the last layer's update, ``docs/mapping.md`` section 6) starts the
   batch's first image ``boundary`` cycles late and the next ones as soon as the engines
@@ -67,6 +68,10 @@ class StreamTiming:
         The producer waits for the update at every mini-batch boundary (backward streams).
     burst : int
         Items emitted together, one per cycle (a row of pixels); the bursts are evenly spaced.
+    pace : float, optional
+        Cycles from one image's start to the next within a mini-batch for a producer that runs
+        ahead of the period (a node that is not the bottleneck); default: the period.
+        Backward streams keep their schedule (**Images** in the module docstring).
     """
 
     items: int
@@ -74,6 +79,7 @@ class StreamTiming:
     active: float
     boundary: bool = False
     burst: int = 1
+    pace: float | None = None
 
     @property
     def words(self):
@@ -176,7 +182,7 @@ def _starts(timing, images, *, period, batch, boundary, engine_period):
         m, j = divmod(i, batch)
         base = m * batch_len
         if not timing.boundary:
-            out.append(base + j * batch_len / batch)
+            out.append(base + j * (timing.pace if timing.pace else batch_len / batch))
         elif j == 0:
             out.append(base + boundary)
         else:

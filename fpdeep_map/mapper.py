@@ -741,15 +741,21 @@ class _Context:
         flows = {}          # (src, dst) -> {(path, layer, width): words}
         items = {}          # (src, dst) -> {(path, layer, width): items per image and port}
         bursts = {}         # (src, dst) -> {(path, layer, width): items emitted together}
+        makers = {}         # (src, dst) -> {(path, layer, width): (node, layer index, phase)}
 
-        def add(a, b, path, layer, width, words, n_items, burst=1):
+        def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None):
             """`words` per image from node a to node b, hop by hop, in `n_items` items per
             image (pixels of the map, weight sets), emitted `burst` at a time (a row of
-            pixels): how the link packer and framer see them."""
+            pixels), by the engines of phase `made_by` = (layer index, phase) of node a (of
+            each hop's sending node for partial sums, which every slice adds to and passes
+            on): how the link packer and framer see them."""
             if a == b or words <= 0:
                 return
             key = (path, layer, width)
             for hop in self._hops(a, b):
+                if made_by is not None:
+                    node = hop[0] if path == "partial_sums" else a
+                    makers.setdefault(hop, {}).setdefault(key, (node, *made_by))
                 d = flows.setdefault(hop, {})
                 d[key] = d.get(key, 0) + words
                 # one port per stream and hop carries every producer's lanes of a map; lent
@@ -789,7 +795,8 @@ class _Context:
                     for c0, c1, k in consumers:
                         n = min(b, c1) - max(a, c0)
                         if n > 0:
-                            add(p, k, "activations", name, num.activation.width, n, pix_in)
+                            add(p, k, "activations", name, num.activation.width, n, pix_in,
+                                made_by=(w.index - 1, "fp") if w.index else None)
                             if w.macs["eb"]:
                                 # a borrowed slice's weight-stationary EB drains its input
                                 # errors a row of the map at a time
@@ -802,18 +809,19 @@ class _Context:
                     holders = [k for k, s in segs
                                if s.channels[0] < (g + 1) * per_in and s.channels[1] > g * per_in]
                     lo_k, hi_k = min(holders), max(holders)
-                    # the slice's FP emits a row of partial sums at a time; the output errors
-                    # come back a row of the pooled map at a time (the pool's backward
-                    # expands it to `pool` rows of the map)
+                    # the slice's FP emits a pixel of partial sums every R x G cycles; the
+                    # output errors come back a row of the pooled map at a time (the pool's
+                    # backward expands it to `pool` rows of the map)
                     row = 1 if w.kind == "fc" else w.out_hw[1]
                     add(lo_k, hi_k, "partial_sums", name, num.partial.width, per_out * hw_out,
-                        hw_out, row)
+                        hw_out, made_by=(w.index, "fp"))
                     add(hi_k, lo_k, "errors", name, num.error.width, per_out * hw_out, hw_out,
                         row * self._pool_rows_after(w))
             else:
                 # every node of the span needs the whole input: it streams on to the last one
                 for a, b, p in prod:
-                    add(p, last, "activations", name, num.activation.width, b - a, pix_in)
+                    add(p, last, "activations", name, num.activation.width, b - a, pix_in,
+                        made_by=(w.index - 1, "fp") if w.index else None)
                 if w.macs["eb"]:
                     add(last, first, "partial_errors", below, num.partial.width, size, pix_in)
                     for a, b, p in prod:
@@ -849,7 +857,8 @@ class _Context:
                 k = items[hop][(path, layer, width)]
                 self.flow_items.setdefault(hop, {})[(path, layer, width)] = (
                     n, k, math.ceil(words / n * width / k - 1e-9),
-                    bursts[hop][(path, layer, width)])
+                    bursts[hop][(path, layer, width)],
+                    makers.get(hop, {}).get((path, layer, width)))
         # the link packer pads each stream to whole 64-bit words per image (a lent layer's
         # parameters are two streams, FP and EB)
         for d in flows.values():
@@ -946,15 +955,28 @@ class _Context:
         the link packer sees them) evenly over the engines' cycles per image ``engines``, one
         image per ``steady`` cycles; the backward streams (errors, partial errors, gradients)
         start a mini-batch's first image :meth:`boundary_cycles` late (the last layer's update
-        round trip, at the steady period) and catch up at the engines' pace."""
+        round trip, at the steady period) and catch up at the engines' pace. The forward
+        streams of a layer's engines (activations: the FP of the layer before; ICP partial
+        sums: the slice's FP) are emitted over those engines' CE cycles on the sending node (a
+        pixel every ``R x G`` cycles), an image every time the sending node's engines are done
+        with one (:meth:`node_cycles`, at most ``steady``): a node that is not the bottleneck
+        runs ahead within a mini-batch until the boundary holds it."""
         rate = min(1.0, self.link_capacity_gbps() * 1e9
                    / (self.board.clock_mhz * 1e6 * costs.LINK_WORD_BITS))
         late = self.boundary_cycles(steady)
+        ce = self.engine_phase_cycles(gaps=False)
+        own = self.node_cycles()
         out = {}
         for key, d in self.flow_items.items():
             streams = []
-            for (path, _, _), (ports, n, bits, burst) in d.items():
-                streams += [StreamTiming(items=n, item_bits=bits, active=min(engines, steady),
+            for (path, _, _), (ports, n, bits, burst, made_by) in d.items():
+                active, pace = min(engines, steady), None
+                if made_by is not None:
+                    k, index, phase = made_by
+                    layer = max(v for (_, i, ph), v in ce.items() if (i, ph) == (index, phase))
+                    active = min(ce.get(made_by, layer), steady)
+                    pace = max(active, min(own[k], steady))
+                streams += [StreamTiming(items=n, item_bits=bits, active=active, pace=pace,
                                          boundary=path in BACKWARD_PATHS,
                                          burst=min(burst, n))] * ports
             out[key] = link_frames(streams, rate=rate, period=steady, batch=self.batch,
@@ -1060,6 +1082,22 @@ class _Context:
         """``{layer index: cycles per image}``: the slowest engine of each layer's segments as
         built (its CE words, plus the line-buffer start-up of conv FP and EB engines, see
         :meth:`timing`)."""
+        out = {}
+        for (_, index, _), v in self.engine_phase_cycles().items():
+            out[index] = max(out.get(index, 0.0), v)
+        return out
+
+    def node_cycles(self):
+        """``{node: cycles per image}``: the slowest engine of each node as built (0 for an
+        empty node)."""
+        out = dict.fromkeys(range(len(self.segplans)), 0.0)
+        for (k, _, _), v in self.engine_phase_cycles().items():
+            out[k] = max(out[k], v)
+        return out
+
+    def engine_phase_cycles(self, gaps=True):
+        """``{(node, layer index, phase): cycles per image}`` of every segment's engines as
+        built: the CE words plus (``gaps``) the line-buffer start-up of :meth:`timing`."""
         borrowed = {(l.borrower, l.layer) for l in self.lends}
         out = {}
         for k, segs in enumerate(self.segplans):
@@ -1075,7 +1113,7 @@ class _Context:
                             wv = (w.out_hw[1] - 1) * w.stride + 1 + 2 * (w.k - 1 - pad)
                         gap = max(0.0, 2 * wv + costs.LINE_BUFFER_IMAGE_GAP
                                   - self._passes(seg, e))
-                    out[seg.index] = max(out.get(seg.index, 0.0), e.cycles_per_image + gap)
+                    out[(k, seg.index, phase)] = e.cycles_per_image + (gap if gaps else 0.0)
         return out
 
     def boundary_cycles(self, period):
