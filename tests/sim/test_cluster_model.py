@@ -88,9 +88,10 @@ KNOWN_WIRE_MISSES = {
                          "(not traced)",
     ("twochains", 2, 1): "node 2's slice's gradients and partial errors: 449.75 against 557.05 "
                          "(not traced)",
-    ("ocp2", 1, 0): "the last OCP node's partial errors, 2-word pixels 2 to 7 cycles apart, "
-                    "share frames (about 70 frames per image); the model spreads them evenly "
-                    "(80)",
+    ("ocp2", 1, 0): "the last OCP node's partial errors, a 2-word pixel every 4 cycles along "
+                    "a row (the link's pace for 2-word frames), share frames behind conv2's "
+                    "errors (about 70 frames per image); the model spreads them over the "
+                    "period (80)",
 }
 
 
