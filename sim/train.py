@@ -722,12 +722,13 @@ def wire_window(n_img, batch):
     return 0, n_img
 
 
-def wire_images(words, streams, words_per_image, lo, hi, max_payload, n_credit):
+def wire_images(words, streams, words_per_image, lo, hi, max_payload, n_credit, images=None):
     """Wire words that carried images ``lo .. hi - 1`` of a link direction, per image.
 
     ``words``: the ``(cycle, word)`` the link model accepted; ``streams``: ``{sid: stream}``;
     ``words_per_image``: ``{sid: 64-bit words of one image}`` (the packer pads each image);
-    ``n_credit``: streams of the opposite direction (the credit frames' totals).
+    ``n_credit``: streams of the opposite direction (the credit frames' totals); ``images``:
+    the run's images (default ``hi``).
     Every data frame's header gives its stream and the position of its first word in the
     stream (``seq``, ``sim.golden.framer``); each payload word belonging to an image of the
     window counts ``(length + 2) / length`` wire words (its share of the frame's header and
@@ -756,8 +757,7 @@ def wire_images(words, streams, words_per_image, lo, hi, max_payload, n_credit):
             inside = max(0, min(start + length, hi * per) - max(start, lo * per))
             total += inside * (length + 2) / length
         k += length + 2
-    n_img = hi - lo
-    return total / n_img + credit / max(1, n_img)
+    return total / (hi - lo) + credit / (images or hi)
 
 
 def _link_figures(prep, rec, final, n_img, cpi):
@@ -795,7 +795,7 @@ def _link_figures(prep, rec, final, n_img, cpi):
                              {s.sid: -(-n * b // 64) for s, n, b in
                               zip(lk.streams, lk.items, lk.bits)},
                              lo, hi, lk.tx.max_payload,
-                             len(prep["top"].link(lk.dst, lk.src).streams))
+                             len(prep["top"].link(lk.dst, lk.src).streams), n_img)
         pred = lk.predicted_payload_words
         out.append({
             "src": lk.src, "dst": lk.dst, "direction": lk.direction,

@@ -288,11 +288,11 @@ def test_wire_images_shares_frames_among_images():
     words = list(enumerate(encode(data, schedule)))
     streams = {1: None, 2: None}
     per = {1: 3, 2: 2}
-    got = train.wire_images(words, streams, per, 1, 3, 32, 2)
+    got = train.wire_images(words, streams, per, 1, 3, 32, 2, 4)
     # images 1 and 2: s1 frame [3,7) all 4 words (6/4 each), s1 frame [7,12) 2 of 5 words
     # (7/5 each: words 7, 8 of image 2), s2 frame [0,4) 2 words of image 1 (6/4 each), s2
-    # frame [4,8) 2 words of image 2 (6/4 each); the credit frame (3 words) over 2 images
-    want = (4 * 6 / 4 + 2 * 7 / 5 + 2 * 6 / 4 + 2 * 6 / 4) / 2 + 3 / 2
+    # frame [4,8) 2 words of image 2 (6/4 each); the credit frame (3 words) over the run's 4
+    want = (4 * 6 / 4 + 2 * 7 / 5 + 2 * 6 / 4 + 2 * 6 / 4) / 2 + 3 / 4
     assert got == pytest.approx(want)
     # the whole run: every wire word, per image
     assert train.wire_images(words, streams, per, 0, 4, 32, 2) == pytest.approx(
