@@ -13,8 +13,9 @@ mapper must not import Amaranth):
 - **Producer.** A stream carries ``items`` items per image of ``item_bits`` bits each (a pixel
   of ``C`` lanes, a weight set), emitted evenly spaced over the producer's ``active`` cycles of
   each image (``floor(k * active / items)`` after the image's start), or ``burst`` at a time,
-  one per cycle (an ICP slice's partial sums leave a row of the map at a time, the output
-  errors behind a max-pool two rows), the bursts evenly spaced.
+  one per cycle (the output errors behind a max-pool leave two rows of the map at a time, a
+  borrowed slice's weight-stationary EB drains its input errors a row at a time), the bursts
+  evenly spaced.
 - **Packer** (``fpdeep_hw/link/packer.py``): items are packed densely into 64-bit words; a word
   leaves one cycle after the item that completes it, at most one word per cycle, and the image's
   last word is padded and leaves with its last item. A pixel of 128 bits is two words back to
