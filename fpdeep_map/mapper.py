@@ -971,11 +971,9 @@ class _Context:
             streams = []
             for (path, _, _), (ports, n, bits, burst, made_by) in d.items():
                 active, pace = min(engines, steady), None
-                if made_by is not None:
-                    k, index, phase = made_by
-                    layer = max(v for (_, i, ph), v in ce.items() if (i, ph) == (index, phase))
-                    active = min(ce.get(made_by, layer), steady)
-                    pace = max(active, min(own[k], steady))
+                if made_by is not None:     # the sending node holds (a slice of) that layer
+                    active = min(ce[made_by], steady)
+                    pace = max(active, min(own[made_by[0]], steady))
                 streams += [StreamTiming(items=n, item_bits=bits, active=active, pace=pace,
                                          boundary=path in BACKWARD_PATHS,
                                          burst=min(burst, n))] * ports
