@@ -13,9 +13,10 @@ mapper must not import Amaranth):
 - **Producer.** A stream carries ``items`` items per image of ``item_bits`` bits each (a pixel
   of ``C`` lanes, a weight set), emitted evenly spaced over the producer's ``active`` cycles of
   each image (``floor(k * active / items)`` after the image's start), or ``burst`` at a time,
-  one per cycle (the output errors behind a max-pool leave two rows of the map at a time, a
-  borrowed slice's weight-stationary EB drains its input errors a row at a time), the bursts
-  evenly spaced.
+  ``spacing`` cycles apart (the output errors behind a max-pool leave two rows of the map at a
+  time; a borrowed slice's weight-stationary EB drains its errors after the image's last weight
+  set, a pixel every ``G`` cycles: an ICP slice's input errors a row at a time, an OCP slice's
+  partial errors the whole map at once), the bursts evenly spaced.
 - **Packer** (``fpdeep_hw/link/packer.py``): items are packed densely into 64-bit words; a word
   leaves one cycle after the item that completes it, at most one word per cycle, and the image's
   last word is padded and leaves with its last item. A pixel of 128 bits is two words back to
@@ -69,6 +70,12 @@ class StreamTiming:
         The producer waits for the update at every mini-batch boundary (backward streams).
     burst : int
         Items emitted together, one per cycle (a row of pixels); the bursts are evenly spaced.
+    spacing : int
+        Cycles from one item of a burst to the next (default 1; a weight-stationary EB drains a
+        pixel every ``G`` cycles, one word of ``S`` lanes gathered per cycle).
+    drained : bool
+        Each burst ends where its share of ``active`` ends instead of starting where it starts
+        (results drained after the computation that makes them: a weight-stationary EB's).
     pace : float, optional
         Cycles from one image's start to the next within a mini-batch for a producer that runs
         ahead of the period (a node that is not the bottleneck); default: the period.
@@ -81,6 +88,8 @@ class StreamTiming:
     boundary: bool = False
     burst: int = 1
     pace: float | None = None
+    spacing: int = 1
+    drained: bool = False
 
     @property
     def words(self):
@@ -117,7 +126,10 @@ def word_times(timing, start, first=0, last=None):
     prev = -math.inf
     done = first * b // WORD_BITS        # words completed before item `first`
     for k in range(first, last):
-        t = start + math.floor(k // g * timing.active / groups) + k % g + 1
+        j = k // g + (1 if timing.drained else 0)
+        t = start + math.floor(j * timing.active / groups) + k % g * timing.spacing + 1
+        if timing.drained:
+            t = max(start + 1, t - min(g, n - k // g * g) * timing.spacing)
         bits = (k + 1) * b
         if k == n - 1:
             bits = -(-bits // WORD_BITS) * WORD_BITS

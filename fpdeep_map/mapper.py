@@ -742,17 +742,25 @@ class _Context:
         items = {}          # (src, dst) -> {(path, layer, width): items per image and port}
         bursts = {}         # (src, dst) -> {(path, layer, width): items emitted together}
         makers = {}         # (src, dst) -> {(path, layer, width): (node, layer index, phase)}
+        spacings = {}       # (src, dst) -> {(path, layer, width): cycles between burst items}
 
-        def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None):
+        def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None, drains=None,
+                spacing=1):
             """`words` per image from node a to node b, hop by hop, in `n_items` items per
             image (pixels of the map, weight sets), emitted `burst` at a time (a row of
             pixels), by the engines of phase `made_by` = (layer index, phase) of node a (of
             each hop's sending node for partial sums, which every slice adds to and passes
-            on): how the link packer and framer see them."""
+            on): how the link packer and framer see them, items of a burst `spacing` cycles
+            apart. A hop whose sending node is a key of `drains` sends the whole image in one
+            burst, an item every `drains[node]` cycles (the weight-stationary EB of a borrowed
+            slice drains its errors after the image's last weight set)."""
             if a == b or words <= 0:
                 return
             key = (path, layer, width)
             for hop in self._hops(a, b):
+                hop_burst, hop_spacing, drained = burst, spacing, False
+                if drains and hop[0] in drains:
+                    hop_burst, hop_spacing, drained = n_items, drains[hop[0]], True
                 if made_by is not None:
                     node = hop[0] if path == "partial_sums" else a
                     makers.setdefault(hop, {}).setdefault(key, (node, *made_by))
@@ -764,7 +772,9 @@ class _Context:
                 i[key] = (i.get(key, 0) + n_items if path in ("parameters", "gradients")
                           else max(i.get(key, 0), n_items))
                 bs = bursts.setdefault(hop, {})
-                bs[key] = bs.get(key, 0) + burst if path in ("parameters", "gradients") else burst
+                bs[key] = (bs.get(key, 0) + hop_burst if path in ("parameters", "gradients")
+                           else hop_burst)
+                spacings.setdefault(hop, {})[key] = (hop_spacing, drained)
 
         segs_of = {w.index: [] for w in self.works}
         for k, segs in enumerate(self.segplans):
@@ -799,9 +809,11 @@ class _Context:
                                 made_by=(w.index - 1, "fp") if w.index else None)
                             if w.macs["eb"]:
                                 # a borrowed slice's weight-stationary EB drains its input
-                                # errors a row of the map at a time
+                                # errors a row of the map at a time, a pixel every G cycles
+                                ws = k in borrowers and w.kind == "conv"
                                 add(k, p, "errors", below, num.error.width, n, pix_in,
-                                    w.in_hw[1] if k in borrowers and w.kind == "conv" else 1)
+                                    w.in_hw[1] if ws else 1,
+                                    spacing=self._eb_groups(dict(segs)[k]) if ws else 1)
                 # partial sums forward and output errors backward, per group
                 per_in, per_out = w.cin // w.groups, w.cout // w.groups
                 hw_out = w.out_hw[0] * w.out_hw[1]
@@ -823,9 +835,17 @@ class _Context:
                     add(p, last, "activations", name, num.activation.width, b - a, pix_in,
                         made_by=(w.index - 1, "fp") if w.index else None)
                 if w.macs["eb"]:
-                    add(last, first, "partial_errors", below, num.partial.width, size, pix_in)
+                    # a borrowed slice's weight-stationary EB sums its partial errors over
+                    # every weight set of the image and drains them at the end, the whole map
+                    # in one burst, a pixel every G cycles (a slice that adds its own to them
+                    # passes them on at its own pace)
+                    ws = {k: self._eb_groups(s) for k, s in segs
+                          if any(l.layer == name and l.borrower == k for l in self.lends)}
+                    add(last, first, "partial_errors", below, num.partial.width, size, pix_in,
+                        drains=ws)
                     for a, b, p in prod:
-                        add(first, p, "errors", below, num.error.width, b - a, pix_in)
+                        add(first, p, "errors", below, num.error.width, b - a, pix_in,
+                            drains=ws)
 
         # balanced parameters: weights to the user for FP and for EB (FP only for a layer
         # without EB, the network's first), gradients back
@@ -858,7 +878,8 @@ class _Context:
                 self.flow_items.setdefault(hop, {})[(path, layer, width)] = (
                     n, k, math.ceil(words / n * width / k - 1e-9),
                     bursts[hop][(path, layer, width)],
-                    makers.get(hop, {}).get((path, layer, width)))
+                    makers.get(hop, {}).get((path, layer, width)),
+                    spacings[hop][(path, layer, width)])
         # the link packer pads each stream to whole 64-bit words per image (a lent layer's
         # parameters are two streams, FP and EB)
         for d in flows.values():
@@ -867,6 +888,13 @@ class _Context:
                 d[(path, layer, width)] = n * math.ceil(words / n * width / 64 - 1e-9) \
                     * 64 / width
         self.flows = flows
+
+    @staticmethod
+    def _eb_groups(seg):
+        """``G``: the input-channel groups of a segment's EB engines (a weight-stationary EB
+        drains a pixel of its input errors every ``G`` cycles, one group of ``S`` lanes per
+        cycle)."""
+        return max(1, -(-(seg.in_channels[1] - seg.in_channels[0]) // seg.engines["eb"].s))
 
     def _pool_rows_after(self, w):
         """Rows of ``w``'s output map behind one row of the pooled map (max-pools between it
@@ -969,14 +997,15 @@ class _Context:
         out = {}
         for key, d in self.flow_items.items():
             streams = []
-            for (path, _, _), (ports, n, bits, burst, made_by) in d.items():
+            for (path, _, _), (ports, n, bits, burst, made_by, spacing) in d.items():
                 active, pace = min(engines, steady), None
                 if made_by is not None:     # the sending node holds (a slice of) that layer
                     active = min(ce[made_by], steady)
                     pace = max(active, min(own[made_by[0]], steady))
                 streams += [StreamTiming(items=n, item_bits=bits, active=active, pace=pace,
                                          boundary=path in BACKWARD_PATHS,
-                                         burst=min(burst, n))] * ports
+                                         burst=min(burst, n), spacing=spacing[0],
+                                         drained=spacing[1])] * ports
             out[key] = link_frames(streams, rate=rate, period=steady, batch=self.batch,
                                    boundary=late, engine_period=engines,
                                    max_payload=costs.LINK_FRAME_PAYLOAD_WORDS,

@@ -179,3 +179,42 @@ def test_borrowed_icp_slice_errors_leave_in_rows():
     back = next(lk for lk in plan.links if (lk.src, lk.dst) == (1, 0))
     assert back.wire_bits_per_image / 64 == pytest.approx(209.5)
     assert 211.0 / (back.wire_bits_per_image / 64) - 1 < 0.01
+
+
+def test_word_times_drained_bursts_with_spacing():
+    # the whole image in one burst, an item every 4 cycles, ending where `active` ends: a
+    # weight-stationary EB draining its sums after the image's last weight set
+    drained = StreamTiming(items=4, item_bits=64, active=100, burst=4, spacing=4, drained=True)
+    assert word_times(drained, 0) == [85, 89, 93, 97]
+    # the same burst from the image's start; spacing 1 is the old burst
+    assert word_times(StreamTiming(items=4, item_bits=64, active=100, burst=4, spacing=4),
+                      0) == [1, 5, 9, 13]
+    assert word_times(StreamTiming(items=4, item_bits=64, active=100, burst=4), 0) == [1, 2, 3, 4]
+    # 4-word pixels every 4 cycles are back to back on the link: one frame of 16 words
+    wide = StreamTiming(items=4, item_bits=256, active=100, burst=4, spacing=4, drained=True)
+    assert _lengths(frame_stream([word_times(wide, 0)], rate=1.0)) == [16]
+
+
+def _split_plan(name):
+    configs = {"twochains": ("digits", "tiny-test", 3)}
+    net, board, nodes = configs[name]
+    return map_network(load_network(net), load_board(board), nodes, batch=4, max_row_lanes=1)
+
+
+def test_borrowed_ocp_slice_partial_errors_leave_in_one_burst():
+    """``twochains`` (digits on 3 ``tiny-test``, conv2 cut by output channels, node 1 keeps the
+    weights of nodes 0 and 2): node 2's weight-stationary EB sums conv1's partial errors over
+    every weight set of the image and drains the whole map at the end, a 4-word pixel every
+    G = 4 cycles, in 8 full frames per image. The co-simulation measured 447.25 wire words per
+    image on link 2 -> 1 over the steady images (12 images, B = 4; ``docs/mapping.md`` section
+    5); modelled a pixel at a time (before) it was 557.05."""
+    plan = _split_plan("twochains")
+    assert sorted((lp.layer, lp.lender, lp.borrower) for q in plan.node_plans
+                  for lp in q.bpram) == [("conv2", 1, 0), ("conv2", 1, 2)]
+    back = next(lk for lk in plan.links if (lk.src, lk.dst) == (2, 1))
+    assert back.wire_bits_per_image / 64 == pytest.approx(446.46, abs=0.01)
+    assert abs(447.25 / (back.wire_bits_per_image / 64) - 1) < 0.01
+    # node 1 adds its own partial errors (a normal EB) and passes them on at its own pace:
+    # the next hop is not one burst (measured 598.03)
+    on = next(lk for lk in plan.links if (lk.src, lk.dst) == (1, 0))
+    assert abs(598.03 / (on.wire_bits_per_image / 64) - 1) < 0.05

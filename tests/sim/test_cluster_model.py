@@ -83,14 +83,15 @@ KNOWN_WIRE_MISSES = {
                    "errors: 279.9 wire words per image measured against 313.4 (not traced)",
     ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
                    "frames than the model's evenly spread pixels)",
-    ("twochains", 1, 2): "weight sets of two lending chains from node 1 beside conv2's "
-                         "activations: 465.0 wire words per image measured against 508.0 "
-                         "(not traced)",
-    ("twochains", 2, 1): "node 2's slice's gradients and partial errors: 447.25 against 557.05 "
-                         "(not traced)",
-    ("ocplend", 1, 2): "fc4's activations beside two gradient streams (conv2's relayed from "
-                       "node 0, conv3's own): 251.2 wire words per image measured against "
-                       "266.7, the gradient sets in fewer frames than modelled (not traced)",
+    ("twochains", 1, 2): "conv2's input passed on by node 1 as its line buffer takes it in "
+                         "(three pixels at a row's start, then one every R x G = 16 cycles) "
+                         "and backed up behind the lender's weight-set frames, which come a "
+                         "mini-batch at a time after the update: 465.0 wire words per image "
+                         "measured against 508.0 (traced)",
+    ("ocplend", 1, 2): "fc4's activations, drained by node 1's weight-stationary conv3 at the "
+                       "end of each image (a pixel every 8 cycles), back up behind conv3's "
+                       "gradient frames: 251.2 wire words per image measured against 266.7; "
+                       "the model has neither the drain's phase nor back-pressure (traced)",
     ("ocp2", 1, 0): "the last OCP node's partial errors, a 2-word pixel every 4 cycles along "
                     "a row (the link's pace for 2-word frames), share frames behind conv2's "
                     "errors (about 70 frames per image); the model spreads them over the "
