@@ -824,7 +824,7 @@ class _Context:
         spacings = {}       # (src, dst) -> {(path, layer, width): cycles between burst items}
 
         def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None, drains=None,
-                spacing=1):
+                spacing=1, rows=None):
             """`words` per image from node a to node b, hop by hop, in `n_items` items per
             image (pixels of the map, weight sets), emitted `burst` at a time (a row of
             pixels), by the engines of phase `made_by` = (layer index, phase) of node a (of
@@ -832,7 +832,8 @@ class _Context:
             on): how the link packer and framer see them, items of a burst `spacing` cycles
             apart. A hop whose sending node is a key of `drains` sends the whole image in one
             burst, an item every `drains[node]` cycles (the weight-stationary EB of a borrowed
-            slice drains its errors after the image's last weight set)."""
+            slice drains its errors after the image's last weight set); one that is a key of
+            `rows` sends bursts of `rows[node] = (items, spacing)`."""
             if a == b or words <= 0:
                 return
             key = (path, layer, width)
@@ -840,6 +841,8 @@ class _Context:
                 hop_burst, hop_spacing, drained = burst, spacing, False
                 if drains and hop[0] in drains:
                     hop_burst, hop_spacing, drained = n_items, drains[hop[0]], True
+                elif rows and hop[0] in rows:
+                    hop_burst, hop_spacing = rows[hop[0]]
                 if made_by is not None:
                     node = hop[0] if path == "partial_sums" else a
                     makers.setdefault(hop, {}).setdefault(key, (node, *made_by))
@@ -920,11 +923,17 @@ class _Context:
                     # passes them on at its own pace)
                     ws = {k: self._eb_groups(s) for k, s in segs
                           if any(l.layer == name and l.borrower == k for l in self.lends)}
+                    # the other slices' EBs emit them a row of the map at a time, a pixel
+                    # every R x G cycles, each adding its own to what it passes on (and the
+                    # span's first node the finished errors)
+                    rows = {k: (w.in_hw[1], max(1, round(s.engines["eb"].cycles_per_image
+                                                          / (w.in_hw[0] * w.in_hw[1]))))
+                            for k, s in segs if k not in ws} if w.kind == "conv" else None
                     add(last, first, "partial_errors", below, num.partial.width, size, pix_in,
-                        drains=ws)
+                        drains=ws, rows=rows)
                     for a, b, p in prod:
                         add(first, p, "errors", below, num.error.width, b - a, pix_in,
-                            drains=ws)
+                            drains=ws, rows=rows)
 
         # balanced parameters: weights to the user for FP and for EB (FP only for a layer
         # without EB, the network's first), gradients back

@@ -196,7 +196,7 @@ def test_word_times_drained_bursts_with_spacing():
 
 
 def _split_plan(name):
-    configs = {"twochains": ("digits", "tiny-test", 3)}
+    configs = {"twochains": ("digits", "tiny-test", 3), "ocp2": ("tiny", "sim-node", 2)}
     net, board, nodes = configs[name]
     return map_network(load_network(net), load_board(board), nodes, batch=4, max_row_lanes=1)
 
@@ -218,3 +218,16 @@ def test_borrowed_ocp_slice_partial_errors_leave_in_one_burst():
     # the next hop is not one burst (measured 598.03)
     on = next(lk for lk in plan.links if (lk.src, lk.dst) == (1, 0))
     assert abs(598.03 / (on.wire_bits_per_image / 64) - 1) < 0.05
+
+
+def test_ocp_partial_errors_leave_a_row_at_a_time():
+    """``ocp2`` (tiny on 2 ``sim-node``, conv2 cut by output channels): node 1's EB emits conv1's
+    partial errors a row of the 8 x 8 map at a time, a 2-word pixel every R x G = 4 cycles
+    (traced: the link's pace for 2-word frames, so a row backs up behind any other frame and
+    shares frames). The co-simulation measured 295.00 wire words per image on link 1 -> 0 over
+    the steady images (12 images, B = 4; ``docs/mapping.md`` section 5); with the pixels
+    spread over the period (before) the model gave 316.38."""
+    plan = _split_plan("ocp2")
+    back = next(lk for lk in plan.links if (lk.src, lk.dst) == (1, 0))
+    assert back.wire_bits_per_image / 64 == pytest.approx(292.38, abs=0.01)
+    assert abs(295.00 / (back.wire_bits_per_image / 64) - 1) < 0.01
