@@ -88,7 +88,8 @@ def build_parser():
         sp.add_argument("--ocp-threshold", type=_int_at_least("--ocp-threshold", 1), default=16,
                         help="layers with fewer input channels per group use output-channel partition")
         sp.add_argument("--max-row-lanes", type=_int_at_least("--max-row-lanes", 1), default=8,
-                        help="most output rows an engine computes side by side (default 8)")
+                        help="most output rows an engine computes side by side (default 8); "
+                             "smaller powers of two are tried too and the fastest plan kept")
         sp.add_argument("--split", choices=("channels", "layers"), default="channels",
                         help="channels: cut inside layers (FPDeep, default); layers: whole layers "
                              "per FPGA (the layer-granular baseline as a plan)")
