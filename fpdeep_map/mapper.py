@@ -285,13 +285,8 @@ def _best_row_lanes(plan, net, board, nodes, max_row_lanes, args):
 
 def _images_per_second(ctx, period, clock_hz):
     """The ``images_per_second`` :meth:`_Context.finish` reports for ``ctx`` at ``period``,
-    unrounded, without its link framing (which only sizes the wire words): the steady period
-    (engines as built, links, memories) and the mini-batch boundary, as there."""
-    engines = ctx.timing(period)["engine_cycles"]
-    _, _, _, link_ips, mem_ips = ctx._rates()
-    steady = max(engines, clock_hz / link_ips, clock_hz / mem_ips)
-    with_updates = max(steady, engines + ctx.boundary_cycles(engines) / ctx.batch)
-    return clock_hz / with_updates
+    unrounded, without its link framing (:meth:`_Context.periods`, as there)."""
+    return clock_hz / ctx.periods(period)[3]
 
 
 def _map_with_cap(net, board, nodes, max_row_lanes, *, numerics, topology, batch, ocp_threshold,
@@ -823,26 +818,22 @@ class _Context:
         makers = {}         # (src, dst) -> {(path, layer, width): (node, layer index, phase)}
         spacings = {}       # (src, dst) -> {(path, layer, width): cycles between burst items}
 
-        def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None, drains=None,
-                spacing=1, rows=None):
+        def add(a, b, path, layer, width, words, n_items, burst=1, made_by=None, spacing=1,
+                senders=None):
             """`words` per image from node a to node b, hop by hop, in `n_items` items per
             image (pixels of the map, weight sets), emitted `burst` at a time (a row of
             pixels), by the engines of phase `made_by` = (layer index, phase) of node a (of
             each hop's sending node for partial sums, which every slice adds to and passes
             on): how the link packer and framer see them, items of a burst `spacing` cycles
-            apart. A hop whose sending node is a key of `drains` sends the whole image in one
-            burst, an item every `drains[node]` cycles (the weight-stationary EB of a borrowed
-            slice drains its errors after the image's last weight set); one that is a key of
-            `rows` sends bursts of `rows[node] = (items, spacing)`."""
+            apart. A hop whose sending node is a key of `senders` emits as
+            `senders[node] = (burst, spacing, drained)` says (``StreamTiming``'s fields: the
+            slices of an OCP span, each adding its own and passing the sum on)."""
             if a == b or words <= 0:
                 return
             key = (path, layer, width)
             for hop in self._hops(a, b):
-                hop_burst, hop_spacing, drained = burst, spacing, False
-                if drains and hop[0] in drains:
-                    hop_burst, hop_spacing, drained = n_items, drains[hop[0]], True
-                elif rows and hop[0] in rows:
-                    hop_burst, hop_spacing = rows[hop[0]]
+                hop_burst, hop_spacing, drained = (senders or {}).get(hop[0],
+                                                                      (burst, spacing, False))
                 if made_by is not None:
                     node = hop[0] if path == "partial_sums" else a
                     makers.setdefault(hop, {}).setdefault(key, (node, *made_by))
@@ -917,23 +908,24 @@ class _Context:
                     add(p, last, "activations", name, num.activation.width, b - a, pix_in,
                         made_by=(w.index - 1, "fp") if w.index else None)
                 if w.macs["eb"]:
-                    # a borrowed slice's weight-stationary EB sums its partial errors over
-                    # every weight set of the image and drains them at the end, the whole map
-                    # in one burst, a pixel every G cycles (a slice that adds its own to them
-                    # passes them on at its own pace)
-                    ws = {k: self._eb_groups(s) for k, s in segs
-                          if any(l.layer == name and l.borrower == k for l in self.lends)}
-                    # the other slices' EBs emit them a row of the map at a time, a pixel
-                    # every R x G cycles, each adding its own to what it passes on (and the
-                    # span's first node the finished errors)
-                    rows = {k: (w.in_hw[1], max(1, round(s.engines["eb"].cycles_per_image
-                                                          / (w.in_hw[0] * w.in_hw[1]))))
-                            for k, s in segs if k not in ws} if w.kind == "conv" else None
+                    # how each slice sends on its partial errors (its own added to what came
+                    # in; the span's first node: the finished errors): a borrowed slice's
+                    # weight-stationary EB sums them over every weight set of the image and
+                    # drains them at the end, the whole map in one burst, a pixel every G
+                    # cycles; the other slices' EBs a row of the map at a time, a pixel every
+                    # R x G cycles
+                    senders = {}
+                    for k, s in segs:
+                        if any(l.layer == name and l.borrower == k for l in self.lends):
+                            senders[k] = (pix_in, self._eb_groups(s), True)
+                        elif w.kind == "conv":
+                            senders[k] = (w.in_hw[1], max(1, round(
+                                s.engines["eb"].cycles_per_image / pix_in)), False)
                     add(last, first, "partial_errors", below, num.partial.width, size, pix_in,
-                        drains=ws, rows=rows)
+                        senders=senders)
                     for a, b, p in prod:
                         add(first, p, "errors", below, num.error.width, b - a, pix_in,
-                            drains=ws, rows=rows)
+                            senders=senders)
 
         # balanced parameters: weights to the user for FP and for EB (FP only for a layer
         # without EB, the network's first), gradients back
@@ -1313,20 +1305,31 @@ class _Context:
         return min(backlog * period, (self.batch - 1) * max(0.0, period - down))
 
     # -- results ---------------------------------------------------------------------------------
-    def finish(self, period):
-        board, num = self.board, self.num
-        clock_hz = board.clock_mhz * 1e6
-        cap, link_bits, wire_bits, link_ips, mem_ips = self._rates()
+    def periods(self, period):
+        """``(rates, timing, steady, with_updates)``: :meth:`_rates`, :meth:`timing` at
+        ``period``, the steady cycles per image within a mini-batch and over whole ones (what
+        :meth:`finish` reports; the link framing only sizes the wire words)."""
+        rates = self._rates()
+        _, _, _, link_ips, mem_ips = rates
+        clock_hz = self.board.clock_mhz * 1e6
         # the period of the engines as built (line-buffer start-up of every image), the
         # steady-state period within a mini-batch and the update round trip at its end
         timing = self.timing(period)
-        compute_ips = clock_hz / timing["engine_cycles"]
         engines = timing["engine_cycles"]
         steady = max(engines, clock_hz / link_ips, clock_hz / mem_ips)
         # over a mini-batch the engines do B images plus the boundary's stall, the links and
         # memories B images' traffic; they are decoupled by the receive buffers and by lags
         # sized for the link transit, so the slowest of them sets the mini-batch's period
         with_updates = max(steady, engines + self.boundary_cycles(engines) / self.batch)
+        return rates, timing, steady, with_updates
+
+    def finish(self, period):
+        board, num = self.board, self.num
+        clock_hz = board.clock_mhz * 1e6
+        rates, timing, steady, with_updates = self.periods(period)
+        cap, link_bits, wire_bits, link_ips, mem_ips = rates
+        compute_ips = clock_hz / timing["engine_cycles"]
+        engines = timing["engine_cycles"]
         boundary = (with_updates - steady) * self.batch
         ips = clock_hz / with_updates
         steady_ips = clock_hz / steady
