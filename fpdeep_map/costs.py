@@ -114,10 +114,10 @@ LINK_RECEIVE_BUFFER_WORDS = 1024
 #: image more than the CE words (measured: tiny conv2 1031 = 1024 + 7, digits conv1 527 = 512 + 15).
 LINE_BUFFER_IMAGE_GAP = 3
 #: From the transfer of an image's last error word into ``PGLayer`` to its ``pg_done`` (``LATENCY``
-#: 6, the per-image accumulator drain of ``N`` sets is counted apart), the LGB's 2 extra drain
+#: 3, the per-image accumulator drain of ``N`` sets is counted apart), the LGB's 2 extra drain
 #: cycles, the version gate twice (``update_start``, then ``fp_go`` after ``update_done``) and
 #: ``WeightUpdate.LATENCY`` 3: the fixed part of a mini-batch's update round trip.
-UPDATE_FIXED_CYCLES = 13
+UPDATE_FIXED_CYCLES = 10
 #: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
 #: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
 FC_OUTPUT_CYCLES = 6

@@ -4,7 +4,8 @@ The layer's input activations, replayed from its Act-RAM, pass through a line bu
 geometry; each window meets the output errors of its position (the ``K x K`` decomposition of
 the large gradient convolution, ``docs/hw-compute.md``). ``P x S`` tiles of ``K x K``
 multipliers form ``window[s] * E[p]`` and add it into a per-image accumulator memory
-(read-modify-write, exact). When an image is complete its gradients are requantised to the
+(read-modify-write, exact; one memory: an image drains while the next one's first position
+writes). When an image is complete its gradients are requantised to the
 gradient format and added into the layer's :class:`~fpdeep_hw.memory.grad_buffer.LGB`; at the end
 of a mini-batch the LGB hands the averages to the weight update (``grad``).
 
@@ -42,12 +43,12 @@ def _pos_int(name, value):
 
 class _PGLane(wiring.Component):
     """One element of :class:`PGLayer`'s accumulators: the stage-2 registers (product, forwarded
-    old value), the saturating sum (``wd``, written back into the lane's word of the accumulate
-    half's row) and the drain requantisation into the output register ``out`` (loaded when
-    ``adv``). ``rd`` is the lane's word of each half's read data (the half the accumulate read
-    came from: ``r_half`` at the read; the drained half: ``d_half``). The parent drives every
-    lane with the same control and keeps the banks; ``acc_flag`` / ``out_flag`` are the lane's
-    overflow flags. All lanes of a layer are identical (one shared module in the build)."""
+    old value), the saturating sum (``wd``, written back into the lane's word of the
+    accumulator row) and the drain requantisation into the output register ``out`` (loaded when
+    ``adv``). ``rd`` is the lane's word of the accumulator memory's read data (an accumulate
+    read or a drain read: they never share a cycle). The parent drives every lane with the same
+    control and keeps the memory; ``acc_flag`` / ``out_flag`` are the lane's overflow flags.
+    All lanes of a layer are identical (one shared module in the build)."""
 
     def __init__(self, *, aw, ew, accw, frac_in, out_fmt):
         self._aw, self._ew, self._accw = aw, ew, accw
@@ -56,7 +57,7 @@ class _PGLane(wiring.Component):
         super().__init__({
             "win": In(signed(aw)), "err": In(signed(ew)),
             "hit2": In(1), "hitb": In(1), "first": In(1), "valid": In(1),
-            "r_half": In(1), "d_half": In(1), "rd0": In(signed(accw)), "rd1": In(signed(accw)),
+            "rd": In(signed(accw)),
             "consume": In(1), "adv": In(1),
             "wd": Out(signed(accw)),
             "acc_flag": Out(1), "out_flag": Out(1), "out": Out(signed(out_fmt.width)),
@@ -69,12 +70,9 @@ class _PGLane(wiring.Component):
         old = Signal(signed(accw))
         wb_data = Signal(signed(accw))
         sums = Signal(signed(accw))
-        r_half = Signal()                     # the half the accumulate read came from
         m.d.sync += [
-            r_half.eq(self.r_half),
             prod.eq(self.win * self.err),
-            old.eq(Mux(self.hit2, sums, Mux(self.hitb, wb_data,
-                                            Mux(r_half, self.rd1, self.rd0)))),
+            old.eq(Mux(self.hit2, sums, Mux(self.hitb, wb_data, self.rd))),
             wb_data.eq(sums),
         ]
         total, ovf = saturating_add(old, prod, accw)
@@ -83,8 +81,7 @@ class _PGLane(wiring.Component):
             self.wd.eq(sums),
             self.acc_flag.eq(self.valid & ~self.first & ovf),
         ]
-        value, ovf2 = requantize(Mux(self.d_half, self.rd1, self.rd0), self._frac_in,
-                                 self._out_fmt)
+        value, ovf2 = requantize(self.rd, self._frac_in, self._out_fmt)
         m.d.comb += self.out_flag.eq(self.consume & ovf2)
         with m.If(self.adv):
             m.d.sync += self.out.eq(value)
@@ -114,33 +111,41 @@ class PGLayer(wiring.Component):
       ``acc[r*G + g][e*S + s][ky][kx] += window[g*S + s][ky][kx] * E[r*P + e]`` (lanes past ``C``
       or ``OC`` multiply by 0, so padding lanes get gradient 0); the error word is held for the
       position's ``R * G`` steps and taken with the last one;
-    - the accumulators (``P*S*K*K`` lanes of signed ``acc_width``) are two halves of ``N = R *
-      G`` rows, used by alternate images: each image accumulates in one half while the previous
-      image's half drains. A half is one memory of all lanes side by side (split in rows of at
-      most ``packing.PACK_LANES`` lanes), with one write and one read port: a simple dual-port block RAM, as
-      the plan counts memories (``docs/hw-node.md``). The first position of an image writes
-      the product instead of adding (no clearing pass). Read-modify-write in three stages with
-      forwarding of the two writes in flight (so ``N`` of 1 or 2 works);
-    - drain: every word of a finished image is requantised (``error.frac + activation.frac`` ->
-      ``gradient``) and added into the :class:`LGB` at its address (the LPRAM weight-set address
-      ``r*G + g``, lanes ``e*S + s``), one word per cycle; ``batch_done`` on the last word of the
-      last image of each mini-batch of ``batch``.
+    - the accumulators (``P*S*K*K`` lanes of signed ``acc_width``) are one memory of ``N = R *
+      G`` rows, all lanes side by side (split in rows of at most ``packing.PACK_LANES`` lanes),
+      with one write and one read port: a simple dual-port block RAM. The first position of an
+      image writes the product instead of adding (no clearing pass). Read-modify-write in
+      three stages with forwarding of the two writes in flight (so ``N`` of 1 or 2 works);
+    - drain: once an image's last step is issued, its words are read in step order
+      (:attr:`drain_order`), requantised (``error.frac + activation.frac`` -> ``gradient``) and
+      added into the :class:`LGB` at their address (the LPRAM weight-set address ``r*G + g``,
+      lanes ``e*S + s``), one word per cycle; ``batch_done`` on the last word of the last image
+      of each mini-batch of ``batch``. The drain runs under the next image's first position:
+      those steps write their products without reading, one word per step in the same order,
+      so step ``j`` is issued once the drain has read word ``j`` (or reads it in that cycle), and
+      steps that read (later positions) wait until the drained words have left the read port.
+      One memory therefore serves two images at once, where two halves used by alternate images
+      were needed before (``docs/hw-node.md``, PGLayer).
 
     FC (``kind: fc``, kernel 1): ``a`` brings the pixels of the layer below (``C`` lanes), ``e``
     one word of ``OC`` errors per image (held for the whole image); each pixel ``pix`` is a
     ``1 x 1`` window used for ``R * G`` steps at address ``(r*H*W + pix)*G + g``
-    (``N = R*H*W*G``); every weight gets exactly one product per image (no adds).
+    (``N = R*H*W*G``); every weight gets exactly one product per image (no adds). The drain
+    follows the steps' order, so the LGB receives an FC layer's words in that order.
 
     Rounding and saturation: ``docs/training-spec.md`` (PG, gradient buffer): exact per-image
     sums saturating at ``acc_width`` (``acc_overflow``, zero in a bit-exact run), one
     requantisation (``out_overflow``), the LGB's accumulation and averaging
     (``lgb_acc_overflow``, ``lgb_out_overflow``).
 
-    Timing: :attr:`latency` = 6 cycles from the transfer of an image's last ``e`` word (it is
+    Timing: :attr:`latency` = 3 cycles from the transfer of an image's last ``e`` word (it is
     taken with the image's last multiply step) to its first gradient word valid at the LGB input
-    (the other half drained). One multiply step per cycle whenever a window and its errors are
-    there; the drain (``N`` words, one per cycle) overlaps the next image. ``busy_cycles`` counts
-    multiply steps (CE utilisation = steps / cycles, ``docs/hw-node.md``).
+    (``N >= 3``; with ``N`` of 1 or 2 the drain waits up to two more cycles for the image's last
+    writes). One multiply step per cycle whenever a window and its errors are there; the drain
+    (``N`` words, one per cycle) overlaps the next image's first position, which it holds back
+    only when the LGB (or the link, ``lgb=False``) does not take its words.
+    ``busy_cycles`` counts multiply steps (CE utilisation = steps / cycles,
+    ``docs/hw-node.md``).
 
     Parameters
     ----------
@@ -239,6 +244,18 @@ class PGLayer(wiring.Component):
         return self._geom.weight_sets
 
     @property
+    def drain_order(self):
+        """The accumulator addresses in the order an image's gradient words leave for the LGB:
+        the order of the image's steps, ``0 .. N-1`` for conv; FC ``(r*H*W + pix)*G + g`` for
+        each pixel ``pix``, then ``r``, then ``g`` (the LGB accumulates by address, so any order
+        gives the same sums; the last word is address ``N - 1`` either way)."""
+        geo = self._geom
+        if geo.kind != "fc":
+            return list(range(geo.weight_sets))
+        G, R, hw = geo.groups, geo.out_groups, geo.pixels
+        return [(r * hw + pix) * G + g for pix in range(hw) for r in range(R) for g in range(G)]
+
+    @property
     def steps_per_image(self):
         """Multiply steps per image: ``positions * R * G`` (the ideal cycles per image)."""
         return self._positions * self._geom.out_groups * self._geom.groups
@@ -248,14 +265,14 @@ class PGLayer(wiring.Component):
         """The :class:`LGB` of the last elaboration (for monitoring in simulation)."""
         return self._lgb
 
-    LATENCY = 6
+    LATENCY = 3
 
     @property
     def latency(self):
         """Cycles from the transfer of an image's last ``e`` word (with its last multiply step)
-        to its first gradient word valid at the LGB input, the other accumulator half being
-        drained already: two stages to the write-back, the drain start, the read and the output
-        register (``LATENCY = 6``)."""
+        to its first gradient word valid at the LGB input, for ``N >= 3``: the drain starts in
+        the next cycle (the image's last step issued), then the read and the output register
+        (``LATENCY = 3``)."""
         return self.LATENCY
 
     def _default_fifo_depth(self):
@@ -334,24 +351,28 @@ class PGLayer(wiring.Component):
             m.d.comb += src_win.eq(join((self.a.payload[c] for c in range(C)), aw))
 
         # -- issue (stage 0): window x error group x input group ---------------------------------
+        # ``idx`` numbers the steps of one sweep of the accumulators, the order in which the
+        # drain reads them: conv ``r*G + g`` within a position (= the address), FC the step of
+        # the image (pixel outer, then ``r``, then ``g``)
         g = Signal(range(max(G, 2)))
         r = Signal(range(max(R, 2)))
         pos = Signal(range(max(self._positions, 2)))
-        half = Signal()
-        busy = Signal(2)                      # half in use (first step .. end of its drain)
-        done = Signal(2)                      # half's image complete
-        image_start = (pos == 0) & (r == 0) & (g == 0)
+        idx = Signal(range(max(N, 2)))
         window_last = (r == R - 1) & (g == G - 1)
         image_last = window_last & (pos == self._positions - 1)
+        first = Signal()                      # the step writes its product (no old value read)
+        m.d.comb += first.eq(1 if fc else pos == 0)
         issue = Signal()
+        ok = Signal()                         # the drain allows this step (below)
         m.d.comb += [
-            issue.eq(src_valid & self.e.valid & (~image_start | ~busy.bit_select(half, 1))),
+            issue.eq(src_valid & self.e.valid & ok),
             src_ready.eq(issue & window_last),
             self.e.ready.eq(issue & (image_last if fc else window_last)),
         ]
         with m.If(issue):
             m.d.sync += [
                 g.eq(Mux(g == G - 1, 0, g + 1)),
+                idx.eq(Mux(idx == N - 1, 0, idx + 1)),
                 self.busy_cycles.eq(Mux(self.busy_cycles == 2**32 - 1, self.busy_cycles,
                                         self.busy_cycles + 1)),
             ]
@@ -359,24 +380,20 @@ class PGLayer(wiring.Component):
                 m.d.sync += r.eq(Mux(r == R - 1, 0, r + 1))
                 with m.If(r == R - 1):
                     m.d.sync += pos.eq(Mux(pos == self._positions - 1, 0, pos + 1))
-                    with m.If(pos == self._positions - 1):
-                        m.d.sync += half.eq(~half)
 
         banks = [(e, s, ky, kx) for e in range(P) for s in range(S)
                  for ky in range(K) for kx in range(K)]
         nb = len(banks)
-        depth = N                             # words per half (one bank per half)
+        depth = N                             # accumulator words (one per weight set)
         addr0 = Signal(range(depth))
         if fc:
             m.d.comb += addr0.eq((r * geo.pixels + pos) * G + g)
         else:
-            m.d.comb += addr0.eq(r * G + g)
+            m.d.comb += addr0.eq(idx)
 
-        d_addr = Signal(range(depth))
-        d_en = Signal()
         frac_in = n.error.frac + n.activation.frac
-        # one accumulator lane per element of a set (bank, multiply-accumulate, drain
-        # requantisation); identical lanes, converted once by the build (shared)
+        # one accumulator lane per element of a set (multiply-accumulate, drain requantisation);
+        # identical lanes, converted once by the build (shared)
         lanes = []
         for k in range(nb):
             lane = _PGLane(aw=aw, ew=ew, accw=accw, frac_in=frac_in, out_fmt=n.gradient)
@@ -387,15 +404,9 @@ class PGLayer(wiring.Component):
         s1_valid = Signal()
         s1_addr = Signal(range(depth))
         s1_first = Signal()
-        s1_last = Signal()
-        s1_half = Signal()
         s1_win = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), S))
         s1_err = Signal(data.ArrayLayout(signed(ew), P))
-        m.d.sync += [
-            s1_valid.eq(issue), s1_addr.eq(addr0),
-            s1_first.eq(1 if fc else pos == 0),
-            s1_last.eq(image_last), s1_half.eq(half),
-        ]
+        m.d.sync += [s1_valid.eq(issue), s1_addr.eq(addr0), s1_first.eq(first)]
         with m.Switch(g):
             for gi in range(G):
                 with (m.Case(gi) if gi < G - 1 else m.Default()):
@@ -413,15 +424,11 @@ class PGLayer(wiring.Component):
         s2_valid = Signal()
         s2_addr = Signal(range(depth))
         s2_first = Signal()
-        s2_last = Signal()
-        s2_half = Signal()
         wb_valid = Signal()                   # the write of the previous cycle
         wb_addr = Signal(range(depth))
-        wb_half = Signal()
-        hit2 = s2_valid & (s2_addr == s1_addr) & (s2_half == s1_half)
-        hitb = wb_valid & (wb_addr == s1_addr) & (wb_half == s1_half)
-        m.d.sync += [s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_first.eq(s1_first),
-                     s2_last.eq(s1_last), s2_half.eq(s1_half)]
+        hit2 = s2_valid & (s2_addr == s1_addr)
+        hitb = wb_valid & (wb_addr == s1_addr)
+        m.d.sync += [s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_first.eq(s1_first)]
         acc_flags = Signal(nb)
         for k, (e, s, ky, kx) in enumerate(banks):
             lane = lanes[k]
@@ -429,84 +436,95 @@ class PGLayer(wiring.Component):
                 lane.win.eq(s1_win[s][ky][kx]), lane.err.eq(s1_err[e]),
                 lane.hit2.eq(hit2), lane.hitb.eq(hitb), lane.first.eq(s2_first),
                 lane.valid.eq(s2_valid),
-                lane.r_half.eq(half),
             ]
         m.d.comb += acc_flags.eq(join((lane.acc_flag for lane in lanes), 1))
         _count_flags(m, acc_flags, self.acc_overflow)
-        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr), wb_half.eq(s2_half)]
+        m.d.sync += [wb_valid.eq(s2_valid), wb_addr.eq(s2_addr)]
 
-        # -- drain: read the finished half in address order, requantise, into the LGB -----------
-        dr_half = Signal()
+        # -- drain under the next image's first position ------------------------------------------
+        # Once an image's last step is issued its words are read in step order (``dr_idx``),
+        # requantised and sent into the LGB, one per cycle. The next image's first position
+        # writes its products without reading (``first``), one word per step in the same
+        # order, so it follows the drain: a step of index ``idx`` is issued only once the drain
+        # has read word ``idx`` (or reads it in the same cycle). Steps that read (later
+        # positions) wait until the drain's last word has left the read register. A word is read
+        # only when none of the image's last writes to it is still in the pipeline (``N`` of 1
+        # or 2).
+        dr_left = Signal()                    # words of a finished image not read yet
+        dr_idx = Signal(range(max(N, 2)))
         dr_addr = Signal(range(max(N, 2)))
-        dr_left = Signal()
-        dr_active = Signal()
-        h_valid = Signal()                    # rd_drain holds address h_addr
+        h_valid = Signal()                    # the read data holds word h_addr
         h_addr = Signal(range(max(N, 2)))
+        h_last = Signal()
         img = Signal(range(max(self._batch, 2)))
         q_img_last = Signal()
         adv = Signal()
         consume = Signal()
         load = Signal()
-        end_drain = Signal()
+        hazard = Signal()
+        if fc:
+            dr_g = Signal(range(max(G, 2)))
+            dr_r = Signal(range(max(R, 2)))
+            dr_pos = Signal(range(max(self._positions, 2)))
+            m.d.comb += dr_addr.eq((dr_r * geo.pixels + dr_pos) * G + dr_g)
+            with m.If(load):
+                m.d.sync += dr_g.eq(Mux(dr_g == G - 1, 0, dr_g + 1))
+                with m.If(dr_g == G - 1):
+                    m.d.sync += dr_r.eq(Mux(dr_r == R - 1, 0, dr_r + 1))
+                    with m.If(dr_r == R - 1):
+                        m.d.sync += dr_pos.eq(Mux(dr_pos == self._positions - 1, 0,
+                                                  dr_pos + 1))
+        else:
+            m.d.comb += dr_addr.eq(dr_idx)
         m.d.comb += [
+            hazard.eq((s1_valid & (s1_addr == dr_addr)) | (s2_valid & (s2_addr == dr_addr))),
             adv.eq(~q.valid | q.ready),
             consume.eq(h_valid & adv),
-            load.eq(dr_active & dr_left & (~h_valid | consume)),
-            d_addr.eq(dr_addr),
-            d_en.eq(load),
-            end_drain.eq(consume & (h_addr == N - 1)),
+            load.eq(dr_left & (~h_valid | consume) & ~hazard),
+            ok.eq(Mux(first,
+                      ~dr_left | (dr_idx > idx) | (load & (dr_idx == idx)),
+                      ~dr_left & ~(h_valid & ~consume))),
             self.pg_done.eq(q.valid & q.ready & q_img_last),
         ]
         with m.If(load):
-            m.d.sync += [h_valid.eq(1), h_addr.eq(dr_addr),
-                         dr_addr.eq(Mux(dr_addr == N - 1, 0, dr_addr + 1)),
-                         dr_left.eq(dr_addr != N - 1)]
+            m.d.sync += [h_valid.eq(1), h_addr.eq(dr_addr), h_last.eq(dr_idx == N - 1),
+                         dr_idx.eq(Mux(dr_idx == N - 1, 0, dr_idx + 1))]
+            with m.If(dr_idx == N - 1):
+                m.d.sync += dr_left.eq(0)
         with m.Elif(consume):
             m.d.sync += h_valid.eq(0)
-        with m.If(~dr_active & done.bit_select(dr_half, 1)):
-            m.d.sync += [dr_active.eq(1), dr_left.eq(1)]
-        with m.If(end_drain):
-            m.d.sync += [dr_active.eq(0), dr_half.eq(~dr_half),
-                         img.eq(Mux(img == self._batch - 1, 0, img + 1))]
-        set_busy = Signal(2)
-        set_done = Signal(2)
-        clear = Signal(2)
-        m.d.comb += [
-            set_busy.eq(Mux(issue & image_start, Mux(half, 0b10, 0b01), 0)),
-            set_done.eq(Mux(s2_valid & s2_last, Mux(s2_half, 0b10, 0b01), 0)),
-            clear.eq(Mux(end_drain, Mux(dr_half, 0b10, 0b01), 0)),
-        ]
-        m.d.sync += [
-            busy.eq((busy | set_busy) & ~clear),
-            done.eq((done | set_done) & ~clear),
-        ]
+        with m.If(issue & image_last):
+            m.d.sync += dr_left.eq(1)         # the drain indices are at 0 again already
+        with m.If(consume & h_last):
+            m.d.sync += img.eq(Mux(img == self._batch - 1, 0, img + 1))
 
         out_flags = Signal(nb)
         with m.If(adv):
             m.d.sync += [
                 q.valid.eq(h_valid),
                 q.payload.addr.eq(h_addr),
-                q.payload.batch_done.eq((h_addr == N - 1) & (img == self._batch - 1)),
-                q_img_last.eq(h_addr == N - 1),
+                q.payload.batch_done.eq(h_last & (img == self._batch - 1)),
+                q_img_last.eq(h_last),
             ]
-        for k, (e, s, ky, kx) in enumerate(banks):
-            lane = lanes[k]
-            m.d.comb += [lane.d_half.eq(dr_half), lane.consume.eq(consume), lane.adv.eq(adv)]
+        for lane in lanes:
+            m.d.comb += [lane.consume.eq(consume), lane.adv.eq(adv)]
 
-        # -- the accumulator banks: per half, the lanes' words side by side in rows of at most
-        # PACK_LANES (all lanes share the addresses); a half's read port serves the accumulate
-        # reads or, while the half drains, the drain (no step is issued to a draining half) ---
+        # -- the accumulator memory: the lanes' words side by side in rows of at most PACK_LANES
+        # (all lanes share the addresses), one write and one read port (a simple dual-port block
+        # RAM); the read port serves the accumulate reads or the drain. Its read data holds
+        # while a drained word waits for the output register (the port reads only for a drain
+        # load or an accumulating step then) ---
+        r_en = Signal()
+        m.d.comb += r_en.eq(load | (issue & ~first) | ~(dr_left | h_valid))
         per = lanes_per_memory(accw, nb)
-        for h in range(2):
-            drain = dr_active & (dr_half == h)
-            for c, lo in enumerate(range(0, nb, per)):
-                part = lanes[lo:lo + per]
-                _, rd = packed_memory(m, f"bank{h}_{c}", width=accw, lanes=len(part), depth=depth,
-                                   w_addr=s2_addr, w_en=s2_valid & (s2_half == h),
-                                   w_data=join((lane.wd for lane in part), accw),
-                                   r_addr=Mux(drain, d_addr, addr0), r_en=Mux(drain, d_en, 1))
-                for j, lane in enumerate(part):
-                    m.d.comb += getattr(lane, f"rd{h}").eq(rd[j * accw:(j + 1) * accw])
+        for c, lo in enumerate(range(0, nb, per)):
+            part = lanes[lo:lo + per]
+            _, rd = packed_memory(m, f"bank_{c}", width=accw, lanes=len(part), depth=depth,
+                                  w_addr=s2_addr, w_en=s2_valid,
+                                  w_data=join((lane.wd for lane in part), accw),
+                                  r_addr=Mux(load, dr_addr, addr0), r_en=r_en)
+            for j, lane in enumerate(part):
+                m.d.comb += lane.rd.eq(rd[j * accw:(j + 1) * accw])
         q_data = q.payload.data
         m.d.comb += [
             out_flags.eq(join((lane.out_flag for lane in lanes), 1)),
