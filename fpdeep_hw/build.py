@@ -412,13 +412,17 @@ ZERO_INIT_OMIT_BITS = 1 << 20
 _MEMORY_LINE = re.compile(r"^  memory width (\d+) size (\d+) (\S+)$", re.M)
 
 
-_MEMRD_CELL = re.compile(r"^  cell \$memrd_v2 \S+\n((?:    .*\n)*)", re.M)
+_MEM_PORT_CELL = re.compile(r"^  cell \$mem(rd|wr)_v2 \S+\n((?:    .*\n)*)", re.M)
 _PARAM = re.compile(r'^    parameter \\(MEMID|CLK_ENABLE) (.*)$', re.M)
+_ADDR = re.compile(r'^    connect \\ADDR (.*)$', re.M)
 
 
 def rtl_memories(rtlil_text):
     """Every memory of an RTLIL text: ``[(module, memory, width, depth, sync_reads,
-    async_reads)]``, with the number of its synchronous and asynchronous read ports."""
+    async_reads, shared_reads)]``, with the number of its synchronous and asynchronous read
+    ports, and how many of the synchronous ones have the address of a write port
+    (``shared_reads``, at most one per write port): synthesis merges such a pair into one
+    read/write port of a true dual-port block RAM (``packing.packed_memory``'s ``r2_addr``)."""
     out = []
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"^module (\S+)$", rtlil_text, re.M)]
     pos = [s for s, _ in starts]
@@ -426,16 +430,31 @@ def rtl_memories(rtlil_text):
     def module_of(at):
         i = bisect.bisect_right(pos, at) - 1
         return starts[i][1].lstrip("\\") if i >= 0 else ""
-    reads = {}
-    for m in _MEMRD_CELL.finditer(rtlil_text):
-        params = dict(_PARAM.findall(m.group(1)))
+    reads, sync_addrs, write_addrs = {}, {}, {}
+    for m in _MEM_PORT_CELL.finditer(rtlil_text):
+        params = dict(_PARAM.findall(m.group(2)))
         memid = params.get("MEMID", '""').strip('"').replace("\\\\", "\\").lstrip("\\")
-        key = (module_of(m.start()), memid, params.get("CLK_ENABLE", "1").strip() != "0")
+        mod = module_of(m.start())
+        addr = _ADDR.search(m.group(2))
+        addr = addr.group(1).strip() if addr else None
+        if m.group(1) == "wr":
+            write_addrs.setdefault((mod, memid), []).append(addr)
+            continue
+        sync = params.get("CLK_ENABLE", "1").strip() != "0"
+        key = (mod, memid, sync)
         reads[key] = reads.get(key, 0) + 1
+        if sync:
+            sync_addrs.setdefault((mod, memid), []).append(addr)
     for m in _MEMORY_LINE.finditer(rtlil_text):
         mod, mem = module_of(m.start()), m.group(3).lstrip("\\")
+        writes = list(write_addrs.get((mod, mem), []))
+        shared = 0
+        for addr in sync_addrs.get((mod, mem), []):
+            if addr is not None and addr in writes:
+                writes.remove(addr)
+                shared += 1
         out.append((mod, mem, int(m.group(1)), int(m.group(2)),
-                    reads.get((mod, mem, True), 0), reads.get((mod, mem, False), 0)))
+                    reads.get((mod, mem, True), 0), reads.get((mod, mem, False), 0), shared))
     return out
 
 
@@ -545,10 +564,10 @@ def convert_node(node, name=NODE_MODULE, stats=None):
         # a shared module's memories once per instance
         uses = modules.uses
         mems = []
-        for mod, mem, w, d, rs, ra in rtl_memories(text):
+        for mod, mem, w, d, rs, ra, rw in rtl_memories(text):
             n = next((u for shared, u in uses.items()
                       if mod == shared or mod.startswith(shared + ".")), 1)
-            mems.append((mod, mem, w, d, n, rs, ra))
+            mems.append((mod, mem, w, d, n, rs, ra, rw))
         stats["memories"] = mems
     return verilog._convert_rtlil_text(text)
 
@@ -711,14 +730,18 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     return folder, report
 
 
-def _bram18_units(width, depth, sync_reads, async_reads):
+def _bram18_units(width, depth, sync_reads, async_reads, shared_reads=0):
     """RAMB18 units of one RTL memory: none if a read port is asynchronous (distributed RAM
-    only), else :func:`fpdeep_map.costs.bram18_tiles` once per synchronous read port (each
-    copy a simple dual-port memory: the write port and one read port)."""
+    only), else :func:`fpdeep_map.costs.bram18_tiles` once per copy: a copy per synchronous
+    read port (a simple dual-port memory: the write port and one read port), except that a
+    read port with a write port's address shares that port (``shared_reads``: a true dual-port
+    memory serves it and one more read port, in the narrower true dual-port ratios, so it saves
+    block RAM only beyond 512 words)."""
     from fpdeep_map.costs import bram18_tiles
     if async_reads:
         return 0
-    return bram18_tiles(width, depth) * max(1, sync_reads)
+    return (bram18_tiles(width, depth, true_dual_port=shared_reads > 0)
+            * max(1, sync_reads - shared_reads))
 
 
 def _memory_report(memories, plan):
@@ -727,15 +750,17 @@ def _memory_report(memories, plan):
 
     ``bram36``: the block RAM the memories take, counted per memory in whole primitives
     (:func:`_bram18_units`: one aspect ratio per memory, RAMB36 = 2 RAMB18 units, a copy per
-    synchronous read port); memories of at most ``LUTRAM_MAX_DEPTH`` words or with an
+    synchronous read port not sharing a write port's address); memories of at most
+    ``LUTRAM_MAX_DEPTH`` words or with an
     asynchronous read port are distributed RAM (``lutram_bits``). ``fits_in_bram`` compares
     ``bram36`` with the board's BRAM36. ``bits``: every memory bit, the lower bound a perfect
     packing would reach (``bits_fit``). ``by_block``: the 16 blocks (RTLIL module, last name)
     taking the most. An estimate of what synthesis infers, see ``docs/build.md``."""
+    memories = [(*m, 0) if len(m) == 7 else tuple(m) for m in memories]
     bits = sum(w * d * n for _, _, w, d, n, *_ in memories)
     board = plan.available["bram36"]
     board_bits = board * 36 * 1024
-    units = [_bram18_units(w, d, rs, ra) * n for _, _, w, d, n, rs, ra in memories]
+    units = [_bram18_units(w, d, rs, ra, rw) * n for _, _, w, d, n, rs, ra, rw in memories]
     lutram = sum(m[2] * m[3] * m[4] for m, u in zip(memories, units) if not u)
     largest = sorted(range(len(memories)), key=lambda i: (-units[i], -memories[i][2]
                                                           * memories[i][3] * memories[i][4]))[:8]
@@ -754,8 +779,9 @@ def _memory_report(memories, plan):
         "board_bram36": board,
         "fits_in_bram": sum(units) / 2 <= board,
         "largest": [{"module": mod, "memory": mem, "width": w, "depth": d, "instances": n,
-                     "read_ports": rs + ra, "bits": w * d * n, "bram36": units[i] / 2}
-                    for i in largest for mod, mem, w, d, n, rs, ra in [memories[i]]],
+                     "read_ports": rs + ra, "shared_reads": rw, "bits": w * d * n,
+                     "bram36": units[i] / 2}
+                    for i in largest for mod, mem, w, d, n, rs, ra, rw in [memories[i]]],
         "by_block": [{"block": k, "bram36": u / 2, "bits": b}
                      for k, (u, b) in sorted(blocks.items(), key=lambda kv: -kv[1][0])[:16]],
     }

@@ -22,17 +22,23 @@ RAMB36_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024
 LUTRAM_MAX_DEPTH = 64
 
 
-def bram18_tiles(width, depth):
+def bram18_tiles(width, depth, true_dual_port=False):
     """RAMB18 units (a RAMB36 counts 2) of one memory of ``depth`` words of ``width`` bits,
     built from one kind of primitive in one aspect ratio, tiled side by side and stacked, the
     fewest units over the ratios of :data:`RAMB18_SHAPES` and :data:`RAMB36_SHAPES` (no mixed
     ratios, no cascades). 0 for a memory of :data:`LUTRAM_MAX_DEPTH` words or fewer, which goes
     to distributed RAM. An estimate of what synthesis infers: it also packs two narrow RAMB18s
-    into one RAMB36 site, which the count of units includes as halves."""
+    into one RAMB36 site, which the count of units includes as halves.
+
+    ``true_dual_port``: both ports of the primitive read (one also writes), which rules out the
+    widest ratios (512 x 36 and 512 x 72 are simple dual port only), so a memory of 512 words
+    or fewer takes as many units as two simple dual-port copies."""
     if width <= 0 or depth <= 0 or depth <= LUTRAM_MAX_DEPTH:
         return 0
-    best = min(-(-width // w) * -(-depth // d) for d, w in RAMB18_SHAPES)
-    return min(best, min(2 * -(-width // w) * -(-depth // d) for d, w in RAMB36_SHAPES))
+    s18, s36 = (RAMB18_SHAPES[:-1], RAMB36_SHAPES[:-1]) if true_dual_port else \
+        (RAMB18_SHAPES, RAMB36_SHAPES)
+    best = min(-(-width // w) * -(-depth // d) for d, w in s18)
+    return min(best, min(2 * -(-width // w) * -(-depth // d) for d, w in s36))
 
 
 # --- fractions of a device the mapper may fill ----------------------------------------------------

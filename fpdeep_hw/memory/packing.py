@@ -54,12 +54,18 @@ def pack_rows(words, width):
 
 
 def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr, r_en,
-                  init=None):
+                  init=None, r2_addr=None, r2_en=None):
     """Add memory ``name`` to module ``m``: ``depth`` rows of ``lanes`` words of ``width`` bits,
     one write port (``w_data`` the whole row, enables all equal to ``w_en``, in groups of
     :func:`packed_granularity`) and one synchronous, non-transparent read port. ``init``: the
     rows (:func:`pack_rows`), default zeros. Returns ``(memory, read data)`` (lane ``j`` in
-    bits ``[j*width, (j+1)*width)``)."""
+    bits ``[j*width, (j+1)*width)``).
+
+    ``r2_addr`` / ``r2_en``: a second synchronous, non-transparent read port; then the result is
+    ``(memory, read data, second read data)``. Give the first read port the write port's
+    address signal (``r_addr is w_addr``, the caller muxing reads and writes) and synthesis
+    builds one true dual-port block RAM (port A writes or reads, port B reads) instead of a
+    copy per read port (``fpdeep_hw.build.rtl_memories`` counts it so)."""
     from amaranth.hdl import Mux, unsigned
 
     from .fast_init import memory
@@ -71,5 +77,9 @@ def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr,
         wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(Mux(w_en, (1 << len(wp.en)) - 1, 0)),
         rp.addr.eq(r_addr), rp.en.eq(r_en),
     ]
-    return mem, rp.data
+    if r2_addr is None:
+        return mem, rp.data
+    rp2 = mem.read_port()
+    m.d.comb += [rp2.addr.eq(r2_addr), rp2.en.eq(r2_en)]
+    return mem, rp.data, rp2.data
 

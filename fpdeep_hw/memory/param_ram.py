@@ -33,8 +33,12 @@ def weight_set_layout(fmt, kernel, lanes):
 class _ParamRAM(wiring.Component):
     _lend = False
 
-    def __init__(self, *, fmt, kernel, lanes, depth, init=None):
+    def __init__(self, *, fmt, kernel, lanes, depth, init=None, readers=1):
         name = type(self).__name__
+        if readers not in (1, 2) or isinstance(readers, bool) or (readers == 2 and self._lend):
+            raise ValueError(f"{name} readers must be 1" + ("" if self._lend else " or 2")
+                             + f", not {readers!r}")
+        self._readers = readers
         if not isinstance(fmt, FixedFormat):
             raise TypeError(f"{name} format must be a FixedFormat, not {fmt!r}")
         for arg, value in (("kernel size", kernel), ("lanes", lanes), ("depth", depth)):
@@ -69,6 +73,9 @@ class _ParamRAM(wiring.Component):
             "rd_data": Out(stream.Signature(self._set_layout)),
             "wr": In(stream.Signature(self._write_layout)),
         }
+        if readers == 2:
+            members["rd2_addr"] = In(stream.Signature(addr))
+            members["rd2_data"] = Out(stream.Signature(self._set_layout))
         if self._lend:
             self._lend_req_layout = data.StructLayout({
                 "first": addr, "count": range(depth + 1)})
@@ -111,6 +118,11 @@ class _ParamRAM(wiring.Component):
     @property
     def set_layout(self):
         return self._set_layout
+
+    @property
+    def readers(self):
+        """Read ports: 1, or 2 (an LPRAM shared by a layer's FP and EB modules)."""
+        return self._readers
 
     @property
     def write_layout(self):
@@ -168,10 +180,12 @@ class _ParamRAM(wiring.Component):
                     o_last.eq(l_left == 1),
                 ]
         else:
+            # with a second reader, the first reader's port also writes: it yields to a write
+            writing = self.wr.valid if self._readers == 2 else 0
             m.d.comb += [
                 advance.eq(~o_valid | self.rd_data.ready),
-                self.rd_addr.ready.eq(advance),
-                issue.eq(advance & self.rd_addr.valid),
+                self.rd_addr.ready.eq(advance & ~writing),
+                issue.eq(advance & self.rd_addr.valid & ~writing),
                 rd_addr.eq(self.rd_addr.payload),
                 self.rd_data.valid.eq(o_valid),
             ]
@@ -180,6 +194,24 @@ class _ParamRAM(wiring.Component):
 
         m.d.comb += self.wr.ready.eq(1)
         do_write = self.wr.valid & self.wr.ready
+        w_addr = self.wr.payload.addr
+        read2 = {}
+        if self._readers == 2:
+            # port A: the write, or the first reader's read (one address signal, so synthesis
+            # makes one true dual-port block RAM); port B: the second reader
+            a_addr = Signal(range(mem_depth))
+            m.d.comb += a_addr.eq(Mux(do_write, self.wr.payload.addr, rd_addr))
+            w_addr = rd_addr = a_addr
+            o2_valid = Signal()
+            advance2 = Signal()
+            m.d.comb += [
+                advance2.eq(~o2_valid | self.rd2_data.ready),
+                self.rd2_addr.ready.eq(advance2),
+                self.rd2_data.valid.eq(o2_valid),
+            ]
+            with m.If(advance2):
+                m.d.sync += o2_valid.eq(self.rd2_addr.valid)
+            read2 = {"r2_addr": self.rd2_addr.payload, "r2_en": advance2}
         # element k of a set field straight from the payload signal: a nested view would slice the
         # whole field again in every statement (Amaranth's back end rebuilds the slices of each
         # statement, so the field's bits are built once per element: quadratic in the lanes)
@@ -192,20 +224,23 @@ class _ParamRAM(wiring.Component):
         nb = self._lanes * self._kernel ** 2
         flat = self._init.reshape(depth, nb)
         per = lanes_per_memory(fw, nb)
-        out = []
+        out, out2 = [], []
         for c, lo in enumerate(range(0, nb, per)):
             width = min(per, nb - lo)
-            _, rd = packed_memory(
+            _, rd, *rd2 = packed_memory(
                 m, f"bank_{c}", width=fw, lanes=width, depth=mem_depth,
                 init=pack_rows(flat[:, lo:lo + width], fw),
-                w_addr=self.wr.payload.addr, w_en=do_write,
+                w_addr=w_addr, w_en=do_write,
                 w_data=wr_bits[d0 + fw * lo:d0 + fw * (lo + width)],
-                r_addr=rd_addr, r_en=advance)
+                r_addr=rd_addr, r_en=advance, **read2)
             out.append(rd)
+            out2 += rd2
         # the read data as one assignment per word, banks in (s, ky, kx) order (the layout's
         # bit order): piecewise assignments to a wide combinational signal cost the back end
         # the whole word per piece
         m.d.comb += self.rd_data.payload.as_value().eq(Cat(*out))
+        if out2:
+            m.d.comb += self.rd2_data.payload.as_value().eq(Cat(*out2))
         if self._lend:
             m.d.comb += self.lend.payload.data.as_value().eq(Cat(*out))
         return m
@@ -249,6 +284,13 @@ class LPRAM(_ParamRAM):
         ``range(max(depth, 2))`` (at least 1 bit: Verilog has no zero-width nets).
     init : array of shape ``(depth, lanes, kernel, kernel)``, optional
         Initial weights as integers of ``fmt`` (default all zero).
+    readers : int
+        ``1`` (default) or ``2``: a second read port (``rd2_addr`` / ``rd2_data``, the same
+        timing and ordering) for a layer's FP and EB modules sharing one LPRAM. The first read
+        port then shares its address with the write port (port A of a true dual-port block RAM,
+        the second reader port B): a read on ``rd_addr`` is not taken in a cycle with a write
+        (``rd_addr.ready`` is low while ``wr.valid``), reads on ``rd2_addr`` are. The node writes
+        only while neither module reads (the version gate), so neither waits there.
 
     Members
     -------
@@ -256,6 +298,8 @@ class LPRAM(_ParamRAM):
         Addresses of the weight sets to read.
     rd_data : ``Out(stream.Signature(weight_set_layout(fmt, kernel, lanes)))``
         The weight sets, in request order.
+    rd2_addr, rd2_data : as ``rd_addr`` / ``rd_data``, with ``readers=2`` only
+        The second reader.
     wr : ``In(stream.Signature(StructLayout({"addr": range(max(depth, 2)), "data": set layout})))``
         Weight-set writes (updates).
     """

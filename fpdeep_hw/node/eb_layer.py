@@ -7,7 +7,8 @@
 * :class:`EBLayer` -- ``E_out`` (raster order, ``OC`` lanes) -> transposed line buffer (all
   ``OC`` channels) -> window replay (input-channel group ``g`` outer, output-channel group ``r``
   of ``P`` lanes inner) -> :class:`CEArray` ``.eb`` (``S`` engines of ``P`` tiles, the FP weight
-  sets read from the EB module's own copy of the LPRAM, written by the same update stream) ->
+  sets, read from the EB module's own LPRAM written by the same update stream, or with
+  ``shared_weights`` from the second read port of the layer's one LPRAM in the node) ->
   requantise to the error format -> gather (``G`` words of ``S`` lanes -> one pixel of ``C``
   lanes) -> input errors out (raster order). FC: the one error word of ``OC`` lanes per image is
   held and replayed for every pixel and lane group of the layer below, which receives its
@@ -35,13 +36,12 @@ from fpdeep_hw.compute.conv_engine import CEArray
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPoolBackward, ReLUBackward, arg_bits
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
-from fpdeep_hw.memory.param_ram import LPRAM
 from fpdeep_hw.wide import Lanes, lane_runs
 from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import eb_geometry
 
-from .fp_layer import (_ImageGate, _WeightSequencer, _check_args, _fork, _gather, _pack_init,
-                       _replay, _vec, _win)
+from .fp_layer import (_ImageGate, _WeightSequencer, _check_args, _fork, _gather, _lpram_reader,
+                       _own_lpram, _pack_init, _replay, _vec, _weight_members, _win)
 
 __all__ = ["BPFront", "EBLayer"]
 
@@ -132,6 +132,8 @@ class EBLayer(wiring.Component):
         first compute layer) equal in shape to its FP engines.
     weights : array, optional
         Initial working weights, as for ``FPLayer`` (same address map).
+    shared_weights : bool
+        As for ``FPLayer``: the weights come from a shared LPRAM (``w_addr`` / ``w_data``).
 
     Members
     -------
@@ -149,12 +151,16 @@ class EBLayer(wiring.Component):
         OCP segments: the partial adder's clamps.
     wr : ``In(stream.Signature(StructLayout({"addr", "data"})))``
         Write port of this module's LPRAM copy; feed it the same writes as the FP module's.
+        With ``shared_weights=True`` there is no LPRAM inside and, instead of ``wr``,
+        ``w_addr`` (out: weight-set addresses) and ``w_data`` (in: the sets one cycle later) go
+        to a shared ``LPRAM(readers=2)`` (``NodeTop``: EB on its second read port).
     go, start, done, busy, acc_overflows, out_overflows, clear_overflows
         As :class:`~fpdeep_hw.node.fp_layer.FPLayer` (the gate counts ``E_out`` images;
         ``out_overflows`` counts error-format clamps).
     """
 
-    def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None):
+    def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None,
+                 shared_weights=False):
         self._geom = geom = _check_args("EBLayer", segment, network, numerics)
         if not geom.has_eb:
             raise ValueError(f"EBLayer: layer {geom.name!r} has no EB engines")
@@ -165,13 +171,11 @@ class EBLayer(wiring.Component):
         ocp = geom.split == "ocp"
         self._ce = CEArray.eb(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
                               out_fmt="partial" if ocp else "error")
-        self._lp = LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
-                         depth=geom.weight_sets, init=self._init)
+        self._lp = _own_lpram("EBLayer", geom, numerics, self._init, shared_weights)
         ow = pw if ocp and not geom.ocp_eb_last else ew
         members = {
             "i": In(stream.Signature(_vec(ew, geom.out_channels))),
             "o": Out(stream.Signature(_vec(ow, geom.in_channels))),
-            "wr": In(stream.Signature(self._lp.write_layout)),
             "go": In(1),
             "start": Out(1),
             "done": Out(1),
@@ -184,6 +188,7 @@ class EBLayer(wiring.Component):
             members["add_overflows"] = Out(32)
             if not geom.ocp_eb_first:
                 members["up"] = In(stream.Signature(_vec(pw, geom.in_channels)))
+        members.update(_weight_members(geom, numerics, self._lp))
         super().__init__(members)
 
     geometry = property(lambda self: self._geom)
@@ -212,8 +217,7 @@ class EBLayer(wiring.Component):
         K, C, OC, P, S = g.kernel, g.in_channels, g.out_channels, g.p, g.s
         R, G = g.out_groups, g.groups
         m.submodules.ce = ce = self._ce
-        m.submodules.lpram = lp = self._lp
-        wiring.connect(m, wiring.flipped(self.wr), lp.wr)
+        lp = _lpram_reader(m, self)
         m.d.comb += [
             self.acc_overflows.eq(ce.acc_overflows),
             self.out_overflows.eq(ce.out_overflows),

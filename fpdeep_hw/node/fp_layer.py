@@ -38,6 +38,7 @@ and measured utilisation: ``docs/hw-node.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from amaranth.hdl import Const, Module, Mux, Signal, signed
@@ -50,7 +51,7 @@ from fpdeep_hw.compute.conv_engine import CEArray
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.sfu import MaxPool, ReLU, arg_bits, pooled_size
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
-from fpdeep_hw.memory.param_ram import LPRAM
+from fpdeep_hw.memory.param_ram import LPRAM, weight_set_layout
 from fpdeep_hw.wide import Lanes
 from fpdeep_map.network import Network
 from fpdeep_map.numerics import NumericsConfig
@@ -341,6 +342,43 @@ def _pack_init(geom, weights, fmt, owner):
     return sets
 
 
+def _own_lpram(owner, geom, numerics, init, shared):
+    """The module's own LPRAM, or ``None`` with ``shared_weights`` (the node's LPRAM shared by
+    the layer's FP and EB modules, ``LPRAM(readers=2)``)."""
+    if not isinstance(shared, bool):
+        raise TypeError(f"{owner} shared_weights must be a bool, not {shared!r}")
+    if shared:
+        if init is not None:
+            raise ValueError(f"{owner}: with shared_weights the initial weights belong to the "
+                             f"shared LPRAM, not to the module")
+        return None
+    return LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
+                 depth=geom.weight_sets, init=init)
+
+
+def _weight_members(geom, numerics, lp):
+    """``wr`` (the own LPRAM's write port), or with a shared LPRAM its read port: ``w_addr``
+    (weight-set addresses out) and ``w_data`` (the sets in, ``LPRAM.LATENCY`` later)."""
+    if lp is not None:
+        return {"wr": In(stream.Signature(lp.write_layout))}
+    return {
+        "w_addr": Out(stream.Signature(range(max(geom.weight_sets, 2)))),
+        "w_data": In(stream.Signature(weight_set_layout(numerics.weight, geom.kernel,
+                                                        geom.p * geom.s))),
+    }
+
+
+def _lpram_reader(m, module):
+    """What the module's weight sequencer reads: its own LPRAM (added to ``m``, ``wr`` connected)
+    or the shared LPRAM's port (``w_addr`` / ``w_data``) under the same names."""
+    lp = module._lp
+    if lp is None:
+        return SimpleNamespace(rd_addr=module.w_addr, rd_data=module.w_data)
+    m.submodules.lpram = lp
+    wiring.connect(m, wiring.flipped(module.wr), lp.wr)
+    return lp
+
+
 def _vec(width, lanes):
     return data.ArrayLayout(signed(width), lanes)
 
@@ -541,6 +579,10 @@ class FPLayer(wiring.Component):
         Initial working weights in the weight format, ``(OC, C, K, K)`` (conv) or
         ``(OC, C*H*W)`` (fc), of the segment's slice (ICP ``w[:, c0:c1]``, OCP ``w[o0:o1]``);
         default zero.
+    shared_weights : bool
+        ``True``: no LPRAM inside; the weight sets come from a shared ``LPRAM(readers=2)``
+        through ``w_addr`` / ``w_data`` (``NodeTop``: FP on its first read port, EB on the
+        second; ``weights`` must then be ``None``, the LPRAM holds them). Default ``False``.
 
     Members
     -------
@@ -563,7 +605,10 @@ class FPLayer(wiring.Component):
     arg : ``Out(stream.Signature(ArrayLayout(arg_bits(pool_k), OC)))``
         Argmax of every pooled pixel (only with a max-pool).
     wr : ``In(stream.Signature(StructLayout({"addr", "data"})))``
-        LPRAM write port (whole weight sets, ``docs/hw-node.md``); always ready.
+        LPRAM write port (whole weight sets, ``docs/hw-node.md``); always ready. Not with
+        ``shared_weights``.
+    w_addr, w_data : ``Out(stream.Signature(range(max(weight_sets, 2))))``, ``In(stream.Signature(set layout))``
+        With ``shared_weights`` only: the shared LPRAM's read port (``rd_addr`` / ``rd_data``).
     go : ``In(1)``
         The version gate allows the next image.
     start : ``Out(1)``
@@ -580,7 +625,8 @@ class FPLayer(wiring.Component):
         Clears the CE array's counters (not the partial adder's).
     """
 
-    def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None):
+    def __init__(self, segment, network, numerics=NumericsConfig(), *, weights=None,
+                 shared_weights=False):
         self._geom = geom = _check_args("FPLayer", segment, network, numerics)
         self._numerics = numerics
         self._init = _pack_init(geom, weights, numerics.weight, "FPLayer")
@@ -589,14 +635,12 @@ class FPLayer(wiring.Component):
         icp = geom.split == "icp"
         self._ce = CEArray.fp(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
                               out_fmt="partial" if icp else "activation")
-        self._lp = LPRAM(fmt=numerics.weight, kernel=geom.kernel, lanes=geom.p * geom.s,
-                         depth=geom.weight_sets, init=self._init)
+        self._lp = _own_lpram("FPLayer", geom, numerics, self._init, shared_weights)
         ow = aw if geom.completes else pw
         members = {
             "i": In(stream.Signature(_vec(aw, geom.in_channels))),
             "o": Out(stream.Signature(_vec(ow, geom.out_channels))),
             "act": Out(stream.Signature(_vec(aw, geom.in_channels))),
-            "wr": In(stream.Signature(self._lp.write_layout)),
             "go": In(1),
             "start": Out(1),
             "done": Out(1),
@@ -614,6 +658,7 @@ class FPLayer(wiring.Component):
         if geom.pool is not None:
             members["arg"] = Out(stream.Signature(
                 data.ArrayLayout(arg_bits(geom.pool[0]), geom.out_channels)))
+        members.update(_weight_members(geom, numerics, self._lp))
         super().__init__(members)
 
     geometry = property(lambda self: self._geom)
@@ -649,8 +694,7 @@ class FPLayer(wiring.Component):
         K, C, OC, P, S = g.kernel, g.in_channels, g.out_channels, g.p, g.s
         R, G = g.out_groups, g.groups
         m.submodules.ce = ce = self._ce
-        m.submodules.lpram = lp = self._lp
-        wiring.connect(m, wiring.flipped(self.wr), lp.wr)
+        lp = _lpram_reader(m, self)
         m.d.comb += [
             self.acc_overflows.eq(ce.acc_overflows),
             self.out_overflows.eq(ce.out_overflows),

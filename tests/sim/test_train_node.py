@@ -124,6 +124,29 @@ def test_cli_errors(tmp_path, capsys):
     assert f.read_text() == "x"
 
 
+def test_fp_and_eb_share_one_lpram():
+    """In the node every layer with EB has one LPRAM that FP (first read port, with the
+    update's writes) and EB (second read port) read, one true dual-port memory per bank in the
+    RTL; the first layer (no EB) keeps FP's own. The bit-exact runs above train through it."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    network = load_network("tiny")
+    plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    top = NodeTop(plan, 0, network, lr=0.125, init_master=init_weights(network, 0,
+                                                                       plan.numerics))
+    shared = {nl.name: nl.lpram is not None for nl in top.layers}
+    assert shared == {"conv1": False, "conv2": True, "conv3": True, "fc4": True}
+    for nl in top.layers:
+        if nl.lpram is not None:
+            assert nl.lpram.readers == 2 and nl.fp._lp is None and nl.eb._lp is None
+            assert not hasattr(nl.fp, "wr") and not hasattr(nl.eb, "wr")
+    banks = {mod: (rs, rw) for mod, mem, w, d, rs, ra, rw in rtl_memories(rtlil.convert(top))
+             if "lpram" in mod}
+    assert banks == {"top.conv1_fp.lpram": (1, 0), "top.conv2_lpram": (2, 1),
+                     "top.conv3_lpram": (2, 1), "top.fc4_lpram": (2, 1)}
+
+
 def test_node_top_rejects():
     network = load_network("tiny")
     plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
