@@ -93,8 +93,8 @@ def test_files(built):
 def test_rtl_memory_report(built):
     """``rtl_memory`` counts block RAM per memory in whole primitives, a copy per synchronous
     read port that does not share a write port's address. Measured on the small node at B = 128
-    (``bench/bench_build.py --case tiny-small``): estimate 16 BRAM36, Yosys ``synth_xilinx``
-    13 RAMB18 + 8 RAMB36 = 14.5 (before FP and EB shared their LPRAMs)."""
+    (``bench/bench_build.py --case tiny-small``): estimate 12 BRAM36, Yosys ``synth_xilinx``
+    13 RAMB18 + 4 RAMB36 = 10.5."""
     report = json.loads((built["folder"] / "report.json").read_text())
     mem = report["rtl_memory"]
     assert mem["board_bram36"] == 1470 and mem["fits_in_bram"] is True
