@@ -182,14 +182,23 @@ class _WSLayer(wiring.Component):
             m.d.sync += [nxt.eq(w.payload), nxt_full.eq(1)]
 
         # ---- MAC and read-modify-write accumulation --------------------------------------------
-        acc = Memory(shape=_vec(aw_acc, L), depth=2 * Q * NPOS, init=[])
-        m.submodules.acc = acc
-        awp, arp, drp = acc.write_port(), acc.read_port(), acc.read_port()
+        # two halves used by alternate images, each its own memory with one read port that
+        # serves the sweeps' reads or, while the half drains, the drain (a second read port on
+        # one memory of both halves would make synthesis build the memory twice)
+        HALF = Q * NPOS
+        halves = []
+        for h in range(2):
+            mem = Memory(shape=_vec(aw_acc, L), depth=HALF, init=[])
+            m.submodules[f"acc{h}"] = mem
+            halves.append((mem.write_port(), mem.read_port()))
         acc_full = [Signal(name=f"acc_full{h}") for h in range(2)]
         mh = Signal()                                   # half the sweeps write
         sloops = _Loops(m, [R, G, NPOS], "sweep")
         r_i, g_i, pos_i = sloops.idx
-        take = lb.o_valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
+        d_valid = Signal()                              # the drain's read stage holds a word
+        dh_q = Signal()                                 # of this half
+        take = (lb.o_valid & cur_valid & ~Mux(mh, acc_full[1], acc_full[0])
+                & ~(d_valid & (dh_q == mh)))
         m.d.comb += [lb.o_ready.eq(take), self.busy.eq(take)]
         sloops.step(take)
         set_last = sloops.all_max(2)
@@ -201,25 +210,28 @@ class _WSLayer(wiring.Component):
         q_i, first = self._acc_index(r_i, g_i)
         dot = self._mac(m, lb.window, cur, r_i, g_i)
         dot_q = [Signal(signed(len(d) + 1), name=f"dot_q{lane}") for lane, d in enumerate(dot)]
-        addr = Signal(range(2 * Q * NPOS))
-        m.d.comb += addr.eq(mh * (Q * NPOS) + q_i * NPOS + pos_i)
+        addr = Signal(range(max(HALF, 2)))
+        m.d.comb += addr.eq(q_i * NPOS + pos_i)
         addr_q = Signal.like(addr)
+        mh_q = Signal()                                 # the half of the write in flight
         first_q = Signal()
         wen_q = Signal()
         ilast_q = Signal()
         m.d.sync += [wen_q.eq(take), ilast_q.eq(take & img_last)]
         with m.If(take):
-            m.d.sync += [addr_q.eq(addr), first_q.eq(first)]
+            m.d.sync += [addr_q.eq(addr), mh_q.eq(mh), first_q.eq(first)]
             for lane in range(L):
                 m.d.sync += dot_q[lane].eq(dot[lane])
         with m.If(take & img_last):
             m.d.sync += mh.eq(~mh)
-        m.d.comb += [arp.addr.eq(addr), arp.en.eq(take), awp.addr.eq(addr_q), awp.en.eq(wen_q)]
+        sums = Signal(_vec(aw_acc, L))
+        acc_rd = Signal(_vec(aw_acc, L))                # the sweep's read (half mh_q)
+        drain_rd = Signal(_vec(aw_acc, L))              # the drain's read (half dh_q)
         acc_ovf = Signal(range(L + 1))
         ovf_bits = []
         for lane in range(L):
-            s, ovf = saturate(Mux(first_q, 0, arp.data[lane]) + dot_q[lane], aw_acc)
-            m.d.comb += awp.data[lane].eq(s)
+            s, ovf = saturate(Mux(first_q, 0, acc_rd[lane]) + dot_q[lane], aw_acc)
+            m.d.comb += sums[lane].eq(s)
             ovf_bits.append(ovf)
         m.d.comb += acc_ovf.eq(tree_sum(ovf_bits))
         with m.If(wen_q):
@@ -234,7 +246,6 @@ class _WSLayer(wiring.Component):
         # ---- drain: per position the Q words of L lanes, requantised, gathered -----------------
         dh = Signal()
         dloops = _Loops(m, [NPOS, Q], "drain")
-        d_valid = Signal()
         word = stream.Signature(_vec(self._out_fmt.width, L)).create(path=("drained",))
         d_adv = ~d_valid | word.ready
         d_issue = d_adv & Mux(dh, acc_full[1], acc_full[0])
@@ -246,12 +257,25 @@ class _WSLayer(wiring.Component):
                 with m.If(dh == h):
                     m.d.sync += acc_full[h].eq(0)
         with m.If(d_adv):
-            m.d.sync += d_valid.eq(d_issue)
-        m.d.comb += [drp.addr.eq(dh * (Q * NPOS) + dloops.idx[1] * NPOS + dloops.idx[0]),
-                     drp.en.eq(d_adv), word.valid.eq(d_valid)]
+            m.d.sync += [d_valid.eq(d_issue), dh_q.eq(dh)]
+        d_addr = Signal.like(addr)
+        m.d.comb += [d_addr.eq(dloops.idx[1] * NPOS + dloops.idx[0]), word.valid.eq(d_valid)]
+        for h, (wp, rp) in enumerate(halves):
+            # the drain owns the half's read port from its first read until its last word has
+            # left the read stage (the sweeps do not take into the half until then)
+            drains = (acc_full[h] & (dh == h)) | (d_valid & (dh_q == h))
+            m.d.comb += [
+                wp.addr.eq(addr_q), wp.en.eq(wen_q & (mh_q == h)), wp.data.eq(sums),
+                rp.addr.eq(Mux(drains, d_addr, addr)),
+                rp.en.eq(Mux(drains, d_adv, take & (mh == h))),
+            ]
+        m.d.comb += [
+            acc_rd.eq(Mux(mh_q, halves[1][1].data, halves[0][1].data)),
+            drain_rd.eq(Mux(dh_q, halves[1][1].data, halves[0][1].data)),
+        ]
         out_bits = []
         for lane in range(L):
-            v, ovf = requantize(drp.data[lane], self._frac_in, self._out_fmt)
+            v, ovf = requantize(drain_rd[lane], self._frac_in, self._out_fmt)
             m.d.comb += word.payload[lane].eq(v)
             out_bits.append(ovf)
         with m.If(word.valid & word.ready):
@@ -278,8 +302,9 @@ class WSFPLayer(_WSLayer):
        :class:`LineBuffer` (FP geometry, all ``C`` lanes); each of the ``Ho x Wo`` windows is
        multiplied with the set (``P x S x K x K`` multipliers, one window per cycle):
        ``acc[r][pos][e] (+)= sum_{s,ky,kx} win[g*S+s][ky][kx] * set[e*S+s][ky][kx]``, written
-       (``g = 0``) or added (read-modify-write) into an accumulator memory of
-       ``2 x R x Ho*Wo`` words of ``P`` lanes (two halves for alternate images);
+       (``g = 0``) or added (read-modify-write) into accumulators of ``2 x R x Ho*Wo``
+       words of ``P`` lanes (two halves for alternate images, each its own memory whose one
+       read port serves the sweeps or, while the half drains, the drain);
     3. the finished half drains position by position (``R`` words of ``P`` lanes), each
        requantised to the activation format and gathered into one ``OC``-lane word, then ReLU
        and max-pool as in :class:`~fpdeep_hw.node.fp_layer.FPLayer`.
@@ -442,7 +467,8 @@ class WSEBLayer(_WSLayer):
     (``LineBuffer.transposed``: zero insertion, padding ``K-1-P``, flipped windows, all ``OC``
     lanes) and each of the ``H x W`` windows is multiplied with the set:
     ``acc[g][pos][s] (+)= sum_{e,ky,kx} win[r*P+e][ky][kx] * set[e*S+s][ky][kx]`` (written for
-    ``r = 0``, added after), in an accumulator memory of ``2 x G x H*W`` words of ``S`` lanes.
+    ``r = 0``, added after), in accumulators of ``2 x G x H*W`` words of ``S`` lanes (two
+    halves in two memories, as :class:`WSFPLayer`).
     The finished half drains position by position (``G`` words of ``S`` lanes) requantised
     from ``error.frac + weight.frac`` to the error format and gathered to ``C`` lanes.
 

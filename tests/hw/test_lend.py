@@ -338,6 +338,21 @@ def _no_stall_timing(cls, n_images=3):
 
 
 @pytest.mark.parametrize("cls", [WSFPLayer, WSEBLayer])
+def test_accumulator_halves_one_read_port_each(cls):
+    """The accumulators' two halves (alternate images) are two memories, each with one read
+    port shared by the sweeps and the drain: no memory is built twice for a second read port
+    (``fpdeep_hw.build.rtl_memories``). Before, one memory of both halves had a drain port:
+    VGG-16 node 13's borrowed conv5_1 / conv5_2 took 588 + 556 BRAM36 each that way."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    mems = {mem: (d, rs) for mod, mem, w, d, rs, ra, rw in
+            rtl_memories(rtlil.convert(cls(SEG, NET, NUM))) if mem.startswith("acc")}
+    dut = cls(SEG, NET, NUM)
+    assert mems == {"acc0": (dut._q * dut._npos, 1), "acc1": (dut._q * dut._npos, 1)}
+
+
+@pytest.mark.parametrize("cls", [WSFPLayer, WSEBLayer])
 def test_cycles_per_image(cls):
     """Steady state without stalls: one image per ``cycles_per_image`` (``R * G`` replays of
     the line buffer's virtual map: 16 x 10 x 10 = 1600 for tiny conv2); ``latency`` to the
