@@ -82,7 +82,7 @@ KNOWN_WIRE_MISSES = {
     ("far", 2, 1): "node 2's conv1 partial errors, a 2-word pixel every R x G = 4 cycles "
                    "along a row (the link's pace for 2-word frames), merge behind conv2's "
                    "errors and the relayed conv1 weight sets: 36.5 frames per image (traced "
-                   "over 40 images) against the model's 45; 279.9 wire words per image "
+                   "over 40 images) against the model's 45; 278.5 wire words per image "
                    "measured against 299.4",
     ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
                    "frames than the model's evenly spread pixels)",
