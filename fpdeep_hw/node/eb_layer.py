@@ -166,12 +166,13 @@ class EBLayer(wiring.Component):
             raise ValueError(f"EBLayer: layer {geom.name!r} has no EB engines")
         self._numerics = numerics
         self._init = _pack_init(geom, weights, numerics.weight, "EBLayer")
+        # before any sub-block exists (a refused argument leaves no unused elaboratable)
+        self._lp = _own_lpram("EBLayer", geom, numerics, self._init, shared_weights)
         ew = numerics.error.width
         pw = numerics.partial.width
         ocp = geom.split == "ocp"
         self._ce = CEArray.eb(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
                               out_fmt="partial" if ocp else "error")
-        self._lp = _own_lpram("EBLayer", geom, numerics, self._init, shared_weights)
         ow = pw if ocp and not geom.ocp_eb_last else ew
         members = {
             "i": In(stream.Signature(_vec(ew, geom.out_channels))),

@@ -630,12 +630,13 @@ class FPLayer(wiring.Component):
         self._geom = geom = _check_args("FPLayer", segment, network, numerics)
         self._numerics = numerics
         self._init = _pack_init(geom, weights, numerics.weight, "FPLayer")
+        # before any sub-block exists (a refused argument leaves no unused elaboratable)
+        self._lp = _own_lpram("FPLayer", geom, numerics, self._init, shared_weights)
         aw = numerics.activation.width
         pw = numerics.partial.width
         icp = geom.split == "icp"
         self._ce = CEArray.fp(k=geom.kernel, s=geom.s, p=geom.p, numerics=numerics,
                               out_fmt="partial" if icp else "activation")
-        self._lp = _own_lpram("FPLayer", geom, numerics, self._init, shared_weights)
         ow = aw if geom.completes else pw
         members = {
             "i": In(stream.Signature(_vec(aw, geom.in_channels))),

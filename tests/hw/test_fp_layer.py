@@ -309,6 +309,34 @@ def test_constructor_errors():
     assert geom.out_groups == 4 and geom.groups == 4
 
 
+def test_shared_weights_ports():
+    """``shared_weights=True`` (``NodeTop``: FP and EB on one ``LPRAM(readers=2)``): no LPRAM
+    inside, the read port ``w_addr`` / ``w_data`` instead of ``wr``; the initial weights
+    belong to the shared LPRAM. The node's bit-exact training runs go through this path."""
+    from fpdeep_hw.memory.param_ram import weight_set_layout
+    from fpdeep_hw.node.eb_layer import EBLayer
+    seg, network, numerics = _segment("tiny", "conv2")
+    geom = layer_geometry(seg, network)
+    for cls in (FPLayer, EBLayer):
+        dut = cls(seg, network, numerics, shared_weights=True)
+        assert dut._lp is None and "wr" not in dut.signature.members
+        assert dut.signature.members["w_addr"].flow.name == "Out"
+        assert dut.signature.members["w_data"].flow.name == "In"
+        assert dut.w_data.payload.shape() == weight_set_layout(numerics.weight, 3, geom.p * geom.s)
+        names = [name for _, name, _ in Fragment.get(dut, None).subfragments]
+        assert "lpram" not in names
+        assert "lpram" in [n for _, n, _ in Fragment.get(cls(seg, network, numerics),
+                                                          None).subfragments]
+        with pytest.raises(TypeError, match=rf"^{cls.__name__} shared_weights must be a bool, "
+                                            rf"not 1$"):
+            cls(seg, network, numerics, shared_weights=1)
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}: with shared_weights the "
+                                             rf"initial weights belong to the shared LPRAM, "
+                                             rf"not to the module$"):
+            cls(seg, network, numerics, shared_weights=True,
+                weights=np.zeros((8, 4, 3, 3), dtype=int))
+
+
 @pytest.mark.parametrize("net,layer", [("tiny", "conv2"), ("tiny", "fc4"), ("digits", "conv1")])
 def test_lint(net, layer, tmp_path):
     seg, network, numerics = _segment(net, layer)
