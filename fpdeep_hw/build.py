@@ -552,7 +552,8 @@ def convert_node(node, name=NODE_MODULE, stats=None):
     :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
     the shared modules' RTLIL is appended, and Yosys writes the Verilog as
     ``amaranth.back.verilog.convert`` does. With a dict ``stats``, ``stats["memories"]`` lists
-    every memory as ``(module, memory, width, depth, instances, sync_reads, async_reads)``.
+    every memory as ``(module, memory, width, depth, instances, sync_reads, async_reads,
+    shared_reads)`` (:func:`rtl_memories`).
     """
     from amaranth.back import verilog
 
@@ -756,7 +757,6 @@ def _memory_report(memories, plan):
     ``bram36`` with the board's BRAM36. ``bits``: every memory bit, the lower bound a perfect
     packing would reach (``bits_fit``). ``by_block``: the 16 blocks (RTLIL module, last name)
     taking the most. An estimate of what synthesis infers, see ``docs/build.md``."""
-    memories = [(*m, 0) if len(m) == 7 else tuple(m) for m in memories]
     bits = sum(w * d * n for _, _, w, d, n, *_ in memories)
     board = plan.available["bram36"]
     board_bits = board * 36 * 1024

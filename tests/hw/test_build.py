@@ -125,7 +125,8 @@ def test_bram_tiles():
     assert _bram18_units(48, 640, 1, 1) == 0               # asynchronous read: LUTRAM
     assert _bram18_units(48, 640, 2, 0, 1) == 3            # one read port on the write's port
     plan = small_plan()
-    rep = _memory_report([("a", "m", 48, 640, 10, 2, 0), ("b", "n", 16, 32, 4, 1, 0)], plan)
+    rep = _memory_report([("a", "m", 48, 640, 10, 2, 0, 0), ("b", "n", 16, 32, 4, 1, 0, 0)],
+                         plan)
     assert rep["bram36"] == 30 and rep["lutram_bits"] == 16 * 32 * 4
     assert rep["bits"] == 48 * 640 * 10 + 16 * 32 * 4
     assert [m["module"] for m in rep["largest"]] == ["a", "b"]
