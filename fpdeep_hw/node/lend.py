@@ -20,6 +20,9 @@ Blocks:
   the version rule of ``docs/training-spec.md`` enforced on the lender's side.
 * :class:`WSFPLayer` -- weight-stationary FP of a borrowed conv segment (with its ReLU/max-pool).
 * :class:`WSEBLayer` -- weight-stationary EB of a borrowed conv segment.
+* :class:`WSPGLayer` -- weight-stationary PG of a borrowed conv segment: one gradient set per
+  sweep of the stored activations and errors, for the lender's BGB (no accumulator of every
+  borrowed weight).
 
 Golden model: :mod:`sim.golden.layers` (``conv_fp``, ``fp_output``, ``relu``, ``maxpool``,
 ``conv_eb``, ``conv_pg``, ``accumulate_gradient``, ``average_gradient``, ``update``).
@@ -32,23 +35,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from fpdeep_hw.compute.partial_adder import PartialAdder
+from fpdeep_hw.compute.shared import shared
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
-from fpdeep_hw.memory.grad_buffer import BGB
+from fpdeep_hw.memory.grad_buffer import BGB, _count_flags
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
 from fpdeep_hw.node.update import WeightUpdate
-from fpdeep_hw.numerics import requantize, saturate, tree_sum
+from fpdeep_hw.wide import join
+from fpdeep_hw.numerics import requantize, saturate, saturating_add, tree_sum
 from sim.golden.line_buffer import Geometry, eb_geometry
 
-__all__ = ["Lender", "WSFPLayer", "WSEBLayer"]
+__all__ = ["Lender", "WSFPLayer", "WSEBLayer", "WSPGLayer"]
 
 
 def _pos_int(owner, name, value, low=1):
@@ -581,6 +586,345 @@ class WSEBLayer(_WSLayer):
             wiring.connect(m, wiring.flipped(self.up), adder.upstream)
         m.d.comb += self.add_overflows.eq(adder.overflows)
         wiring.connect(m, adder.o, wiring.flipped(self.o))
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# weight-stationary PG
+
+class _WSPGLane(wiring.Component):
+    """One element of :class:`WSPGLayer`'s gradient registers: the product register (``win *
+    err`` when ``en``), the exact sum over an image's positions (``acc``: the product for the
+    sweep's first position, ``first``, added after; saturating at ``accw``) and the output
+    register, the finished sum requantised (loaded when ``en & done``). ``acc_flag`` /
+    ``out_flag`` are the lane's overflow flags. All lanes of a layer are identical (one shared
+    module in the build)."""
+
+    def __init__(self, *, aw, ew, accw, frac_in, out_fmt):
+        self._aw, self._ew, self._accw = aw, ew, accw
+        self._frac_in, self._out_fmt = frac_in, out_fmt
+        self.key = ("wspg", aw, ew, accw, frac_in, out_fmt.width, out_fmt.frac,
+                    out_fmt.rounding)
+        super().__init__({
+            "win": In(signed(aw)), "err": In(signed(ew)),
+            "en": In(1), "valid": In(1), "first": In(1), "done": In(1),
+            "out": Out(signed(out_fmt.width)), "acc_flag": Out(1), "out_flag": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        prod = Signal(signed(self._aw + self._ew))
+        acc = Signal(signed(self._accw))
+        total, ovf = saturating_add(acc, prod, self._accw)
+        value, ovf2 = requantize(acc, self._frac_in, self._out_fmt)
+        with m.If(self.en):
+            m.d.sync += prod.eq(self.win * self.err)
+            with m.If(self.valid):
+                m.d.sync += acc.eq(Mux(self.first, prod, total))
+            with m.If(self.done):
+                m.d.sync += self.out.eq(value)
+        m.d.comb += [
+            self.acc_flag.eq(self.en & self.valid & ~self.first & ovf),
+            self.out_flag.eq(self.en & self.done & ovf2),
+        ]
+        return m
+
+
+class WSPGLayer(wiring.Component):
+    """Weight-stationary parameter gradients of a borrowed conv segment.
+
+    The drop-in for ``PGLayer(..., lgb=False)`` (same ports, same gradient sets in the same
+    order): where :class:`~fpdeep_hw.node.pg_layer.PGLayer` visits every weight set at every
+    position and so keeps an exact accumulator of every weight of the segment (``R * G`` words
+    of ``P*S*K*K`` lanes of ``acc_width`` bits), this block visits every position for one
+    weight set at a time, as :class:`WSFPLayer` and :class:`WSEBLayer` do, and keeps one set's
+    sums in registers. Per image:
+
+    1. the ``H x W`` input activations (``a``, ``C`` lanes, replayed from the Act-RAM) and the
+       ``Ho x Wo`` output errors (``e``, ``OC`` lanes, after pool/ReLU backward) are written into
+       one bank each of two two-bank frame stores;
+    2. for each weight set ``(r, g)`` in address order ``r*G + g`` the stored activations are
+       replayed through a :class:`LineBuffer` (FP geometry, all ``C`` lanes) and each window
+       meets the error word of its position, read from the error store in lockstep:
+       ``acc[e*S+s][ky][kx] (+)= win[g*S+s][ky][kx] * E[r*P+e]`` (``P x S x K x K``
+       multipliers, one window per cycle; lanes past ``C`` or ``OC`` multiply by 0);
+    3. after the set's last position its sums are requantised (``error.frac + activation.frac``
+       -> ``gradient``) into the output register and leave on ``grad`` with their address,
+       while the next set accumulates.
+
+    The first sweep of an image follows the frames as they arrive (a pixel is replayed, an error
+    word used, once it has been written); the later sweeps need the whole frames, and the next
+    image's frames are written into the other banks meanwhile. Storage: the two frame stores
+    (``2 x H*W`` words of ``C`` activations, ``2 x Ho*Wo`` words of ``OC`` errors) instead of
+    the accumulator memory.
+
+    Rounding and saturation: as :class:`PGLayer` (exact sums saturating at ``acc_width``,
+    counted in ``acc_overflow``, zero in a bit-exact run; one requantisation, counted in
+    ``out_overflow``); golden model :func:`sim.golden.layers.conv_pg`.
+
+    Timing: one window per cycle whenever the line buffer has one, its error word is there and
+    the output register is free or leaving (the pipeline stalls only when a finished set meets
+    a full output register that is not taken). :attr:`cycles_per_image`: ``R * G`` replays of
+    the line buffer's virtual map, as :class:`WSFPLayer`; :attr:`latency`: the first set.
+
+    Parameters
+    ----------
+    segment : SegmentPlan
+        The borrowed ``whole`` conv segment (``engines.pg`` of the FP engines' shape).
+    network : Network
+    numerics : NumericsConfig
+    batch : int
+        Mini-batch size ``B``: ``grad.last`` marks the last set of every ``B``-th image.
+
+    Members
+    -------
+    a : ``In(stream.Signature(ArrayLayout(signed(activation.width), C)))``
+    e : ``In(stream.Signature(ArrayLayout(signed(error.width), OC)))``
+    grad : ``Out(stream.Signature(StructLayout({"addr", "data", "last"})))``
+        Every image's ``R * G`` gradient sets in address order, in the gradient format (the
+        LPRAM set layout), for the lender's BGB.
+    pg_done : ``Out(1)``
+        One-cycle strobe with the transfer of an image's last set.
+    busy_cycles : ``Out(32)``
+        Multiply steps (windows taken) so far (saturating).
+    acc_overflow, out_overflow : ``Out(32)``
+        Saturating counts of clamped elements.
+    """
+
+    def __init__(self, segment, network, numerics, *, batch, src_loc_at=0):
+        geom = _check_args("WSPGLayer", segment, network, numerics)
+        if geom.kind != "conv":
+            raise ValueError(f"WSPGLayer: only conv segments are built, not {geom.kind!r} "
+                             f"({segment.layer!r})")
+        pg = segment.engines.get("pg")
+        if pg is None:
+            raise ValueError(f"WSPGLayer: segment {segment.layer!r} has no PG engines")
+        if (pg.p, pg.s) != (geom.p, geom.s):
+            raise ValueError(f"WSPGLayer: segment {segment.layer!r} PG engines {pg.p}x{pg.s} "
+                             f"differ from FP engines {geom.p}x{geom.s} (the weight address "
+                             f"map is shared)")
+        _pos_int("WSPGLayer", "batch", batch)
+        self._positions = geom.conv_height * geom.conv_width
+        if self._positions < 2:
+            raise ValueError("WSPGLayer: the swept map must have at least 2 positions")
+        self._geom = geom
+        self._numerics = numerics
+        self._batch = batch
+        self._lbgeom = Geometry(geom.height, geom.width, geom.kernel, stride=geom.stride,
+                                pad=geom.pad)
+        K, P, S = geom.kernel, geom.p, geom.s
+        grad_set = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(
+            signed(numerics.gradient.width), K), K), P * S)
+        super().__init__({
+            "a": In(stream.Signature(_vec(numerics.activation.width, geom.in_channels))),
+            "e": In(stream.Signature(_vec(numerics.error.width, geom.out_channels))),
+            "grad": Out(stream.Signature(data.StructLayout({
+                "addr": range(max(geom.weight_sets, 2)), "data": grad_set, "last": 1}))),
+            "pg_done": Out(1),
+            "busy_cycles": Out(32),
+            "acc_overflow": Out(32), "out_overflow": Out(32),
+        }, src_loc_at=1 + src_loc_at)
+
+    geometry = property(lambda self: self._geom)
+    numerics = property(lambda self: self._numerics)
+    batch = property(lambda self: self._batch)
+    positions = property(lambda self: self._positions)
+
+    @property
+    def weight_sets(self):
+        """``N = R * G`` gradient sets per image."""
+        return self._geom.weight_sets
+
+    @property
+    def drain_order(self):
+        """The addresses of an image's gradient sets in the order they leave: ``0 .. N-1``."""
+        return list(range(self._geom.weight_sets))
+
+    @property
+    def steps_per_image(self):
+        """Multiply steps per image: ``positions * R * G`` (as :class:`PGLayer`)."""
+        return self._positions * self._geom.weight_sets
+
+    @property
+    def cycles_per_image(self):
+        """Scan steps per image without stalls: ``R * G`` replays of the virtual map."""
+        lg = self._lbgeom
+        return self._geom.weight_sets * lg.vheight * lg.vwidth
+
+    #: Cycles from the take of a set's last window to the set valid on ``grad``: operand
+    #: registers, product, sum, requantised output.
+    LATENCY = 4
+
+    @property
+    def latency(self):
+        """Cycles from the transfer of the first ``a`` word after reset (in cycle 0) to the first
+        gradient set valid on ``grad`` (no stalls, ``a`` at full rate, every error word written
+        before its window): the line buffer scans the top padding (``p0`` steps) from cycle 0;
+        pixel ``p`` is written in cycle ``p`` and can be replayed from cycle ``p + 1``, so the
+        first pixel meets its scan step in cycle ``max(2, p0)``; the first sweep's last window
+        leaves the line buffer ``LineBuffer.latency`` after its last scan step, then
+        :attr:`LATENCY`. The ``R * G - 1`` later sets follow every ``vheight * vwidth``
+        cycles."""
+        lg = self._lbgeom
+        vw = lg.vwidth
+        p0 = lg.pad[0] * vw + lg.pad[1]
+        k, st = lg.k, lg.stride
+        e_last = ((lg.out_height - 1) * st + k - 1) * vw + (lg.out_width - 1) * st + k - 1
+        return max(2, p0) + (e_last - p0) + LineBuffer.latency + self.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        geo, n = self._geom, self._numerics
+        P, S, K = geo.p, geo.s, geo.kernel
+        C, OC = geo.in_channels, geo.out_channels
+        G, R = geo.groups, geo.out_groups
+        N = geo.weight_sets
+        NPIX, NPOS = geo.pixels, self._positions
+        aw, ew, accw = n.activation.width, n.error.width, n.acc_width
+        q = self.grad
+
+        # ---- frame stores: two banks each, written in arrival order --------------------------
+        def frame_store(name, port, lanes, width, words, **read_kw):
+            mem = Memory(shape=_vec(width, lanes), depth=2 * words, init=[])
+            m.submodules[name] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(**({"transparent_for": (wp,)} if read_kw.get("transparent")
+                                  else {}))
+            full = [Signal(name=f"{name}_full{b}") for b in range(2)]
+            wbank = Signal(name=f"{name}_wbank")
+            wpix = Signal(range(max(words, 2)), name=f"{name}_wpix")
+            m.d.comb += port.ready.eq(~Mux(wbank, full[1], full[0]))
+            write = port.valid & port.ready
+            wlast = wpix == words - 1
+            m.d.comb += [wp.addr.eq(wbank * words + wpix), wp.data.eq(port.payload),
+                         wp.en.eq(write)]
+            with m.If(write):
+                m.d.sync += wpix.eq(Mux(wlast, 0, wpix + 1))
+                with m.If(wlast):
+                    m.d.sync += wbank.eq(~wbank)
+                    for b in range(2):
+                        with m.If(wbank == b):
+                            m.d.sync += full[b].eq(1)
+
+            def written(bank, idx):
+                """Word ``idx`` of ``bank`` holds the image the reader expects: the bank is
+                full, or the writer is filling it (with that image) and is past ``idx``."""
+                return Mux(bank, full[1], full[0]) | ((wbank == bank) & (wpix > idx))
+            return rp, full, written
+
+        arp, a_full, a_written = frame_store("act_store", self.a, C, aw, NPIX)
+        # the error word of a window is read ahead (the address of the next step), so a word
+        # written in the cycle of its read must be seen: a transparent read port
+        erp, e_full, e_written = frame_store("err_store", self.e, OC, ew, NPOS,
+                                             transparent=True)
+
+        # ---- replay: the activations through the line buffer, once per weight set ------------
+        lb = LineBufferRuns(m, "lb", channels=C, k=K, width=aw, make=lambda c: LineBuffer(
+            height=geo.height, width=geo.width, channels=c, k=K, stride=geo.stride,
+            pad=geo.pad, shape=signed(aw)))
+        rbank = Signal()
+        rloops = _Loops(m, [N, NPIX], "replay")
+        r_valid = Signal()
+        advance = ~r_valid | lb.i_ready
+        issue = advance & a_written(rbank, rloops.idx[1])
+        rloops.step(issue)
+        rlast = rloops.all_max(0)
+        with m.If(issue & rlast):
+            m.d.sync += rbank.eq(~rbank)
+            for b in range(2):
+                with m.If(rbank == b):
+                    m.d.sync += a_full[b].eq(0)
+        with m.If(advance):
+            m.d.sync += r_valid.eq(issue)
+        m.d.comb += [arp.addr.eq(rbank * NPIX + rloops.idx[1]), arp.en.eq(advance)]
+        lb.connect_input(m, r_valid, arp.data)
+
+        # ---- sweep: one window per step, the error word of its position ----------------------
+        en = Signal()                   # the pipeline moves (a finished set has room)
+        sloops = _Loops(m, [R, G, NPOS], "sweep")
+        r_i, g_i, pos_i = sloops.idx
+        sbank = Signal()
+        take = lb.o_valid & e_written(sbank, pos_i) & en
+        m.d.comb += lb.o_ready.eq(take)
+        sloops.step(take)
+        pos_last = sloops.at_max[2]
+        img_last = sloops.all_max(0)
+        with m.If(take & img_last):
+            m.d.sync += sbank.eq(~sbank)
+            for b in range(2):
+                with m.If(sbank == b):
+                    m.d.sync += e_full[b].eq(0)
+        # the error store reads the word of the next step's position (the current one while
+        # no window is taken): its data is the word of ``pos_i`` in every cycle
+        pos_next = Mux(take, Mux(pos_last, 0, pos_i + 1), pos_i)
+        bank_next = Mux(take & img_last, ~sbank, sbank)
+        m.d.comb += [erp.addr.eq(bank_next * NPOS + pos_next), erp.en.eq(1)]
+        with m.If(take):
+            m.d.sync += self.busy_cycles.eq(Mux(self.busy_cycles == 2**32 - 1,
+                                                self.busy_cycles, self.busy_cycles + 1))
+
+        # ---- stage 1: operand lanes (padding lanes 0) ----------------------------------------
+        s1_valid, s1_first, s1_last, s1_ilast = (Signal(name=f"s1_{x}")
+                                                 for x in ("valid", "first", "last", "ilast"))
+        s1_addr = Signal(range(max(N, 2)))
+        s1_win = Signal(_win(aw, K, S))
+        s1_err = Signal(_vec(ew, P))
+        win = lb.window
+        with m.If(en):
+            m.d.sync += [s1_valid.eq(take), s1_first.eq(pos_i == 0), s1_last.eq(pos_last),
+                         s1_ilast.eq(img_last), s1_addr.eq(r_i * G + g_i)]
+            with m.Switch(g_i):
+                for gi in range(G):
+                    with (m.Case(gi) if gi < G - 1 else m.Default()):
+                        m.d.sync += s1_win.eq(join(
+                            (win[gi * S + s][ky][kx] if gi * S + s < C else 0
+                             for s in range(S) for ky in range(K) for kx in range(K)), aw))
+            with m.Switch(r_i):
+                for ri in range(R):
+                    with (m.Case(ri) if ri < R - 1 else m.Default()):
+                        m.d.sync += s1_err.eq(join(
+                            (erp.data[ri * P + e] if ri * P + e < OC else 0
+                             for e in range(P)), ew))
+
+        # ---- stage 2 (products) and 3 (sums) in the lanes; the finished set's flags ----------
+        s2_valid, s2_first, s2_last, s2_ilast = (Signal(name=f"s2_{x}")
+                                                 for x in ("valid", "first", "last", "ilast"))
+        s2_addr = Signal.like(s1_addr)
+        s3_done, s3_ilast = Signal(), Signal()
+        s3_addr = Signal.like(s1_addr)
+        with m.If(en):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                         s2_ilast.eq(s1_ilast), s2_addr.eq(s1_addr),
+                         s3_done.eq(s2_valid & s2_last), s3_ilast.eq(s2_ilast),
+                         s3_addr.eq(s2_addr)]
+        frac_in = n.error.frac + n.activation.frac
+        lanes = []
+        for k, (e, s, ky, kx) in enumerate((e, s, ky, kx) for e in range(P) for s in range(S)
+                                           for ky in range(K) for kx in range(K)):
+            lane = _WSPGLane(aw=aw, ew=ew, accw=accw, frac_in=frac_in, out_fmt=n.gradient)
+            m.submodules[f"acc_{k}"] = shared(lane, lane.key)
+            m.d.comb += [lane.win.eq(s1_win[s][ky][kx]), lane.err.eq(s1_err[e]),
+                         lane.en.eq(en), lane.valid.eq(s2_valid), lane.first.eq(s2_first),
+                         lane.done.eq(s3_done)]
+            lanes.append(lane)
+        _count_flags(m, Cat(*(lane.acc_flag for lane in lanes)), self.acc_overflow)
+        _count_flags(m, Cat(*(lane.out_flag for lane in lanes)), self.out_overflow)
+
+        # ---- output register -----------------------------------------------------------------
+        q_ilast = Signal()
+        img = Signal(range(max(self._batch, 2)))
+        m.d.comb += [
+            en.eq(~(s3_done & q.valid & ~q.ready)),
+            q.payload.data.eq(join((lane.out for lane in lanes), n.gradient.width)),
+            self.pg_done.eq(q.valid & q.ready & q_ilast),
+        ]
+        with m.If(q.valid & q.ready):
+            m.d.sync += q.valid.eq(0)
+        with m.If(en & s3_done):
+            m.d.sync += [q.valid.eq(1), q.payload.addr.eq(s3_addr), q_ilast.eq(s3_ilast),
+                         q.payload.last.eq(s3_ilast & (img == self._batch - 1))]
+            with m.If(s3_ilast):
+                m.d.sync += img.eq(Mux(img == self._batch - 1, 0, img + 1))
         return m
 
 

@@ -81,7 +81,7 @@ from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
 from .fp_layer import FPLayer, LayerGeometry, layer_geometry
 from .lanes import LaneConcat, LaneFork
-from .lend import Lender, WSEBLayer, WSFPLayer
+from .lend import Lender, WSEBLayer, WSFPLayer, WSPGLayer
 from .sets import SetConcat, SetRoute, keepers_of
 from .pg_layer import PGLayer
 from .update import WeightUpdate
@@ -177,7 +177,7 @@ class NodeLayer:
     arg_fifo: SyncFIFOBuffered | OffchipFIFO | None
     bp: BPFront | None
     eb: EBLayer | None
-    pg: PGLayer
+    pg: PGLayer | WSPGLayer
     update: WeightUpdate | None
     gate: VersionGate | None
     act_images: float
@@ -529,7 +529,10 @@ class NodeTop(wiring.Component):
                       else EBLayer(seg, network, num, shared_weights=True))
             if k > 0 and eb is None:
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
-            pg = PGLayer(seg, network, num, batch=batch, lgb=not borrowed)
+            # a borrowed segment's PG is weight-stationary too: one gradient set per sweep,
+            # no accumulator of every borrowed weight
+            pg = (WSPGLayer(seg, network, num, batch=batch) if borrowed
+                  else PGLayer(seg, network, num, batch=batch))
             upd = gate = None
             lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:

@@ -14,6 +14,7 @@ counted against the mapper's prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -24,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fpdeep_hw import wide
-from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer
+from fpdeep_hw.node.lend import Lender, WSEBLayer, WSFPLayer, WSPGLayer
 from fpdeep_hw.node.sets import SetConcat, SetRoute
 from fpdeep_hw.node.pg_layer import PGLayer
 from fpdeep_map.board import load_board
@@ -181,7 +182,7 @@ def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend", ranges=No
         lender = _Keepers([Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag,
                                   master=exp["master0"], sets=r) for r in ranges])
     fp, eb = WSFPLayer(SEG, NET, NUM), WSEBLayer(SEG, NET, NUM)
-    pg = PGLayer(SEG, NET, NUM, batch=batch, lgb=False)
+    pg = WSPGLayer(SEG, NET, NUM, batch=batch)
     dut = _Pair(lender, fp, eb, pg)
     OC, C = geom.out_channels, geom.in_channels
     gsets = [geom.pack_weights(g) for g in exp["grads"]]
@@ -390,11 +391,12 @@ def test_lender_defaults():
     assert lender.weight_sets == 16 and lender.weights_per_image == 288
 
 
-@pytest.mark.parametrize("cls", ["lender", "wsfp", "wseb"])
+@pytest.mark.parametrize("cls", ["lender", "wsfp", "wseb", "wspg"])
 def test_lint(cls, tmp_path):
     dut = {"lender": lambda: Lender(SEG, NET, NUM, batch=2, lr_q=100),
            "wsfp": lambda: WSFPLayer(SEG, NET, NUM),
-           "wseb": lambda: WSEBLayer(SEG, NET, NUM)}[cls]()
+           "wseb": lambda: WSEBLayer(SEG, NET, NUM),
+           "wspg": lambda: WSPGLayer(SEG, NET, NUM, batch=2)}[cls]()
     verilator_lint(dut, cls, tmp_path)
 
 
@@ -410,11 +412,179 @@ def test_lend_plan_lag(waves):
 def test_window_in_runs(monkeypatch, waves):
     """The weight-stationary engines' windows in runs of lanes where one value cannot hold them
     (a lent VGG-16 conv5 segment: 512 x 3 x 3 x 16 bits): the limit lowered to three lanes'
-    windows (conv2's FP window: C = 4 -> 2 + 2; EB: OC = 8 -> 3 + 3 + 2), the pair bit-exact
-    over two mini-batches."""
+    windows (conv2's FP and PG windows: C = 4 -> 2 + 2; EB: OC = 8 -> 3 + 3 + 2), the pair
+    bit-exact over two mini-batches."""
     monkeypatch.setattr(wide, "MAX_VALUE_BITS", 3 * 9 * NUM.activation.width)
     assert NUM.error.width == NUM.activation.width
-    for cls, runs in ((WSFPLayer, ["lb0", "lb1"]), (WSEBLayer, ["lb0", "lb1", "lb2"])):
-        names = [name for _, name, _ in Fragment.get(cls(SEG, NET, NUM), None).subfragments]
+    for make, runs in ((lambda: WSFPLayer(SEG, NET, NUM), ["lb0", "lb1"]),
+                       (lambda: WSEBLayer(SEG, NET, NUM), ["lb0", "lb1", "lb2"]),
+                       (lambda: WSPGLayer(SEG, NET, NUM, batch=2), ["lb0", "lb1"])):
+        names = [name for _, name, _ in Fragment.get(make(), None).subfragments]
         assert [n for n in names if n.startswith("lb")] == runs
     check_pair(4, 2, 1, seed=8, waves=waves)
+
+
+# -- weight-stationary PG ------------------------------------------------------------------------
+
+def _pg_segment(net, layer, p=None, s=None):
+    """A conv segment of ``net`` mapped on one sim-node (``p``/``s`` reshape every phase's
+    engines, reaching padding lanes)."""
+    network = load_network(net)
+    plan = map_network(network, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    seg = next(x for x in plan.node_plans[0].segments if x.layer == layer)
+    if p is not None:
+        seg = dataclasses.replace(seg, engines={
+            k: dataclasses.replace(v, p=p, s=s) for k, v in seg.engines.items()})
+    return seg, network, plan.numerics
+
+
+def _pg_data(geo, images, seed, amp=1 << 10):
+    """Random activations ``(C, H, W)`` and errors ``(OC, Hc, Wc)`` per image, with their stream
+    words (one per pixel / position, all channels)."""
+    nrng = np.random.default_rng(seed)
+    acts = [nrng.integers(-amp, amp, size=(geo.in_channels, geo.height, geo.width))
+            for _ in range(images)]
+    errs = [nrng.integers(-amp, amp, size=(geo.out_channels, geo.conv_height, geo.conv_width))
+            for _ in range(images)]
+    a_words = [px for a in acts for px in a.transpose(1, 2, 0).reshape(-1, geo.in_channels)
+               .tolist()]
+    e_words = [px for e in errs for px in e.transpose(1, 2, 0).reshape(-1, geo.out_channels)
+               .tolist()]
+    return acts, errs, a_words, e_words
+
+
+def _pg_golden(dut, acts, errs, num):
+    """The gradient sets ``PGLayer(lgb=False)`` sends (address order, ``last`` on the last set
+    of each mini-batch) and the golden requantisation overflows."""
+    geo, B, N = dut.geometry, dut.batch, dut.weight_sets
+    words, overflow = [], 0
+    for i, (a, e) in enumerate(zip(acts, errs)):
+        g, ovf = gl.conv_pg(e, a, geo.kernel, geo.stride, geo.pad, 1, num)
+        overflow += ovf
+        sets = geo.pack_weights(g)
+        words += [{"addr": j, "data": sets[j].tolist(),
+                   "last": int(j == N - 1 and i % B == B - 1)} for j in range(N)]
+    return words, overflow
+
+
+def _run_ws_pg(dut, a_words, e_words, n_sets, *, p=0.3, seed=0, waves=None):
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    rng = random.Random(seed)
+    r = lambda: random.Random(rng.random())   # noqa: E731
+    rec = {"grad": [], "grad_cycles": [], "a": [], "pg_done": []}
+    sim.add_testbench(stream_source(dut.a, a_words, rng=r(), p_stall=p), background=True)
+    sim.add_testbench(stream_source(dut.e, e_words, rng=r(), p_stall=p), background=True)
+    sim.add_process(_transfers(dut.a, rec["a"]))
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, done in ctx.tick().sample(dut.pg_done):
+            if done:
+                rec["pg_done"].append(cycle)
+            cycle += 1
+
+    async def consumer(ctx):
+        await stream_sink(dut.grad, rec["grad"], count=n_sets, rng=r(), p_stall=p,
+                          on_word=lambda c, _: rec["grad_cycles"].append(c),
+                          max_cycles=400000)(ctx)
+        for _ in range(8):
+            await ctx.tick()
+        for name in ("acc_overflow", "out_overflow", "busy_cycles"):
+            rec[name] = ctx.get(getattr(dut, name))
+
+    sim.add_process(monitor)
+    sim.add_testbench(consumer)
+    run_simulation(sim, waves or "ws_pg", traces=[dut])
+    return rec
+
+
+_WS_PG_CASES = {
+    # the lent conv2 of this file's plan (C = 4, OC = 8, 8 x 8, P x S = 2 x 1: R = 4, G = 4)
+    "lent-conv2": lambda: (SEG, NET, NUM),
+    "tiny-conv1": lambda: _pg_segment("tiny", "conv1"),
+    # padding lanes in the last input group (2 of 3) and the last output group (1 of 3)
+    "tiny-conv2-3x3": lambda: _pg_segment("tiny", "conv2", p=3, s=3),
+    "digits-conv1": lambda: _pg_segment("digits", "conv1"),
+}
+
+
+@pytest.mark.parametrize("case", list(_WS_PG_CASES))
+def test_ws_pg_bit_exact(case, waves):
+    """``WSPGLayer`` against ``conv_pg``: random data, random stalls on ``a``, ``e`` and
+    ``grad``, three images in mini-batches of 2: every gradient set, its address and ``last``
+    bit exact, one ``pg_done`` per image, the overflow counts of the golden model, one multiply
+    step per window and set."""
+    seg, net, num = _WS_PG_CASES[case]()
+    images = 3
+    dut = WSPGLayer(seg, net, num, batch=2)
+    acts, errs, a_words, e_words = _pg_data(dut.geometry, images, seed=len(case))
+    words, overflow = _pg_golden(dut, acts, errs, num)
+    rec = _run_ws_pg(dut, a_words, e_words, len(words), seed=len(case), waves=waves)
+    assert rec["grad"] == words
+    assert len(rec["pg_done"]) == images
+    assert rec["acc_overflow"] == 0
+    assert rec["out_overflow"] == overflow
+    assert rec["busy_cycles"] == images * dut.steps_per_image
+    # the same sets, in the same order, as the position-outer PGLayer(lgb=False) sends
+    assert dut.drain_order == PGLayer(seg, net, num, batch=2, lgb=False).drain_order
+
+
+def test_ws_pg_overflow_counted(waves):
+    """Large operands: gradients beyond the gradient format clamp, counted in
+    ``out_overflow`` exactly as the golden model counts them (and still bit exact)."""
+    dut = WSPGLayer(SEG, NET, NUM, batch=2)
+    acts, errs, a_words, e_words = _pg_data(dut.geometry, 2, seed=5,
+                                            amp=1 << (NUM.activation.width - 1))
+    words, overflow = _pg_golden(dut, acts, errs, NUM)
+    rec = _run_ws_pg(dut, a_words, e_words, len(words), p=0.2, seed=5, waves=waves)
+    assert overflow > 0
+    assert rec["grad"] == words
+    assert rec["out_overflow"] == overflow
+
+
+def test_ws_pg_timing():
+    """No stalls, every error word before its window: the first set valid ``latency`` cycles
+    after the first ``a`` transfer (to the cycle), the later sets one replay of the virtual map
+    (``vheight * vwidth``) apart, and the steady state one image per ``cycles_per_image``
+    (``R * G`` replays: 16 x 10 x 10 = 1,600 for the lent conv2, as its FP and EB)."""
+    dut = WSPGLayer(SEG, NET, NUM, batch=2)
+    acts, errs, a_words, e_words = _pg_data(dut.geometry, 3, seed=1)
+    words, _ = _pg_golden(dut, acts, errs, NUM)
+    rec = _run_ws_pg(dut, a_words, e_words, len(words), p=0)
+    assert rec["grad"] == words
+    N, lg = dut.weight_sets, dut._lbgeom
+    assert rec["a"][0] == 0
+    # the top padding (p0 = 11 scan steps) first, then 88 steps to the first sweep's last
+    # window, the line buffer's 2 and the 4 to the output register
+    assert rec["grad_cycles"][0] == dut.latency == 11 + 88 + 2 + 4
+    assert np.diff(rec["grad_cycles"][:N]).tolist() == [lg.vheight * lg.vwidth] * (N - 1)
+    assert dut.cycles_per_image == 1600 == WSFPLayer(SEG, NET, NUM).cycles_per_image
+    assert np.diff(rec["pg_done"]).tolist() == [dut.cycles_per_image] * 2
+
+
+def test_ws_pg_rejects_bad_arguments():
+    fc = next(s for s in PLAN.node_plans[1].segments if s.kind == "fc")
+    with pytest.raises(ValueError, match=r"^WSPGLayer: only conv segments are built, not 'fc'"):
+        WSPGLayer(fc, NET, NUM, batch=2)
+    with pytest.raises(ValueError, match=r"^WSPGLayer batch must be a positive integer, not 0$"):
+        WSPGLayer(SEG, NET, NUM, batch=0)
+    odd = dataclasses.replace(SEG, engines={**SEG.engines, "pg": dataclasses.replace(
+        SEG.engines["pg"], p=1)})
+    with pytest.raises(ValueError, match=r"PG engines 1x1 differ from FP engines 2x1"):
+        WSPGLayer(odd, NET, NUM, batch=2)
+
+
+def test_ws_pg_storage():
+    """The block keeps two frame stores (activations and errors, two banks each) and no
+    accumulator memory: the memories of its RTL (``fpdeep_hw.build.rtl_memories``)."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    dut = WSPGLayer(SEG, NET, NUM, batch=2)
+    g = dut.geometry
+    mems = {mem: (w, d, rs) for mod, mem, w, d, rs, *_ in rtl_memories(rtlil.convert(dut))
+            if mod == "top"}
+    aw, ew = NUM.activation.width, NUM.error.width
+    assert mems == {"act_store": (g.in_channels * aw, 2 * g.pixels, 1),
+                    "err_store": (g.out_channels * ew, 2 * g.conv_height * g.conv_width, 1)}
