@@ -47,38 +47,30 @@ def check_comb_cycles(netlist, *, _original=_nir.Netlist.check_comb_cycles):
     """Raise ``CombinationalCycle`` (Amaranth's message) if ``netlist`` has one."""
     cells = netlist.cells
     connections = netlist.connections
-    uniform = {}
-
-    def key(net):
-        # the net that stands for ``net`` in the search: bit 0 of a uniform cell
-        if net < 0 or net in (0, 1):
-            return net
-        idx = net >> 16
-        u = uniform.get(idx)
-        if u is None:
-            u = uniform[idx] = _uniform(cells[idx])
-        return _nir.Net(idx << 16) if u and idx else net
+    # uniform[idx]: bit 0 of cell idx stands for all its output bits (never for the top cell)
+    uniform = [False] + [_uniform(cell) for cell in cells[1:]]
 
     def edges(net):
-        if net in (0, 1):
-            return ()
+        # the nets ``net`` depends on combinationally (each mapped to its representative)
         if net < 0:
-            return (connections[net],)
-        return (src for src, _ in cells[net >> 16].comb_edges_to(net & 0xFFFF))
+            srcs = (connections[net],)
+        elif net < 2:
+            return ()
+        else:
+            srcs = [src for src, _ in cells[net >> 16].comb_edges_to(net & 0xFFFF)]
+        return [src if src < 2 or not uniform[src >> 16] else (src >> 16) << 16
+                for src in srcs]
 
     done = set()
     busy = set()
 
     def search(root):
-        root = key(root)
-        if root in done:
-            return False
+        # root is its own representative and not in ``done``
         busy.add(root)
         stack = [(root, iter(edges(root)))]
         while stack:
             net, it = stack[-1]
             for src in it:
-                src = key(src)
                 if src in done:
                     continue
                 if src in busy:
@@ -92,22 +84,24 @@ def check_comb_cycles(netlist, *, _original=_nir.Netlist.check_comb_cycles):
                 done.add(net)
         return False
 
-    found = False
-    for cell_idx, cell in enumerate(cells):
-        for net in cell.output_nets(cell_idx):
-            if search(net):
-                found = True
-                break
-        if found:
-            break
-    if not found:
+    def roots():
+        for cell_idx, cell in enumerate(cells):
+            if uniform[cell_idx]:
+                # every output bit shares bit 0's edges (a cell without outputs adds a root
+                # that no net reaches: it cannot make a cycle)
+                yield cell_idx << 16
+            else:
+                yield from cell.output_nets(cell_idx)
         for value in netlist.signals.values():
-            for net in value:
-                if search(net):
-                    found = True
-                    break
-            if found:
-                break
+            yield from value
+
+    found = False
+    for net in roots():
+        if net >= 2 and uniform[net >> 16]:
+            net = (net >> 16) << 16
+        if net not in done and search(net):
+            found = True
+            break
     if found:
         _original(netlist)                  # raises with the path
         raise AssertionError("fpdeep_hw.combcheck found a combinational cycle that "
