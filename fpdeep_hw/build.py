@@ -462,11 +462,53 @@ def _rtlil_emitter():
     from amaranth.back import rtlil
 
     class Emitter(rtlil.ModuleEmitter):
-        """Amaranth's RTLIL module emitter with the initial contents of a memory written as
-        one string (Amaranth builds them net by net: ~2 us per bit, and a VGG-16 node holds
+        """Amaranth's RTLIL module emitter with a faster ``sigspec`` (the same text) and the
+        initial contents of a memory written as one string (Amaranth builds them net by net: ~2 us per bit, and a VGG-16 node holds
         tens of millions of initial weight bits). The text is identical, except that an
         all-zero initial content of a memory larger than :data:`ZERO_INIT_OMIT_BITS` is left
         out (see there)."""
+
+        def sigspec(self, *parts):
+            # Amaranth's sigspec (the same text) without a property call and a Value slice per
+            # bit: runs of constant nets, and runs of consecutive bits of one wire.
+            value = []
+            for part in parts:
+                if isinstance(part, int):         # a Net
+                    value.append(part)
+                else:
+                    value.extend(part)
+            nets = self.nets
+            chunks = []
+            n = len(value)
+            begin = 0
+            while begin < n:
+                net = value[begin]
+                end = begin + 1
+                if 0 <= net <= 1:
+                    while end < n and 0 <= value[end] <= 1:
+                        end += 1
+                    bits = "".join("1" if v else "0" for v in reversed(value[begin:end]))
+                    chunks.append(f"{end - begin}'{bits}")
+                else:
+                    wire, start = nets[net]
+                    bit = start + 1
+                    while end < n:
+                        net = value[end]
+                        if 0 <= net <= 1:
+                            break
+                        w, b = nets[net]
+                        if w is not wire or b != bit:
+                            break
+                        end += 1
+                        bit += 1
+                    if end - begin == 1:
+                        chunks.append(f"{wire.name} [{start}]")
+                    else:
+                        chunks.append(f"{wire.name} [{bit - 1}:{start}]")
+                begin = end
+            if len(chunks) == 1:
+                return chunks[0]
+            return "{ " + " ".join(reversed(chunks)) + " }"
 
         def emit_memory(self, cell_idx, cell):
             w = cell.width
@@ -491,25 +533,73 @@ def _rtlil_emitter():
 
 @contextlib.contextmanager
 def _unchecked_nir_values():
-    """Inside the block, ``amaranth.hdl._nir.Value(nets)`` takes its nets as given.
+    """Inside the block, Amaranth's netlist values are built without a Python frame per bit.
 
-    Amaranth's constructor passes every net through ``Net.ensure`` (an ``isinstance``
-    assertion) in a generator, one Python frame per bit; building VGG-16 node 4's netlist makes
-    hundreds of millions of them (py-spy: 31 of the build's 136 s). The nets Amaranth's netlist
-    emitter passes are already ``Net``\\ s, so the values are the same tuples; the RTLIL text is
-    identical (``tests/hw/test_build.py::test_unchecked_nir_values_same_text``)."""
+    ``amaranth.hdl._nir.Value(nets)`` passes every net through ``Net.ensure`` (an
+    ``isinstance`` assertion) in a generator, one Python frame per bit; building VGG-16 node 4's
+    netlist makes hundreds of millions of them (py-spy: 31 of the build's 136 s). The nets
+    Amaranth's netlist emitter passes are already ``Net``\\ s, so the values are the same tuples.
+    The values Amaranth builds bit by bit most often -- a cell's outputs
+    (``Netlist.add_value_cell``), a signal's late nets (``Netlist.alloc_late_value``), a
+    constant (``Value.from_const``) and the resolution of late nets (``Netlist.resolve_value``,
+    ``resolve_all_nets``; py-spy: 28 s of node 4's 160 s together) -- are made here from
+    ``range`` / ``map`` in C, with the same nets in the same order and the same
+    ``late_to_signal`` entries. The RTLIL text is identical
+    (``tests/hw/test_build.py::test_unchecked_nir_values_same_text``)."""
+    import itertools
+
     from amaranth.hdl import _nir
-    saved = _nir.Value.__new__
+    Net, Value = _nir.Net, _nir.Value
+    tuple_new = tuple.__new__
+    const_nets = {"0": Net(0), "1": Net(1)}.__getitem__
+    saved = (Value.__new__, Value.__dict__["from_const"], _nir.Netlist.add_value_cell,
+             _nir.Netlist.alloc_late_value, _nir.Netlist.resolve_value)
 
     def new(cls, nets=()):
-        if isinstance(nets, _nir.Net):
-            return tuple.__new__(cls, (nets,))
-        return tuple.__new__(cls, nets)
-    _nir.Value.__new__ = new
+        if isinstance(nets, Net):
+            return tuple_new(cls, (nets,))
+        return tuple_new(cls, nets)
+
+    def from_const(cls, value, width):
+        if width <= 0:
+            return tuple_new(cls, ())
+        bits = format(value & ((1 << width) - 1), f"0{width}b")
+        return tuple_new(cls, map(const_nets, reversed(bits)))
+
+    def add_value_cell(self, width, cell):
+        cell_idx = self.add_cell(cell)
+        assert cell_idx > 0 and width <= 1 << 16  # Net.from_cell's assertions
+        base = cell_idx << 16
+        return tuple_new(Value, map(Net, range(base, base + width)))
+
+    def alloc_late_value(self, signal):
+        width = len(signal)
+        self.last_late_net -= width
+        start = self.last_late_net
+        value = tuple_new(Value, map(Net, range(start, start + width)))
+        self.late_to_signal.update(zip(value, zip(itertools.repeat(signal), range(width))))
+        return value
+
+    def resolve_value(self, value):
+        connections = self.connections
+        nets = [connections[net] if net < 0 else net for net in value]
+        if nets and min(nets) < 0:             # a late net connected to a late net
+            for i, net in enumerate(nets):
+                while net < 0:
+                    net = connections[net]
+                nets[i] = net
+        return tuple_new(Value, nets)
+
+    Value.__new__ = new
+    Value.from_const = classmethod(from_const)
+    _nir.Netlist.add_value_cell = add_value_cell
+    _nir.Netlist.alloc_late_value = alloc_late_value
+    _nir.Netlist.resolve_value = resolve_value
     try:
         yield
     finally:
-        _nir.Value.__new__ = saved
+        (Value.__new__, Value.from_const, _nir.Netlist.add_value_cell,
+         _nir.Netlist.alloc_late_value, _nir.Netlist.resolve_value) = saved
 
 
 def rtlil_convert(elaboratable, name="top"):
@@ -530,18 +620,19 @@ def rtlil_convert(elaboratable, name="top"):
                 else _ir.PortDirection.Output)
     from .combcheck import fast_comb_check
     fragment = _ir.Fragment.get(elaboratable, None)
-    with fast_comb_check(), _unchecked_nir_values():
-        netlist = _ir.build_netlist(fragment, ports=ports, name=name)
-    empty = rtlil.EmptyModuleChecker(netlist)
-    builder = rtlil.Design(emit_src=False)
-    emitter = _rtlil_emitter()
-    for idx, module in enumerate(netlist.modules):
-        if empty.is_empty(idx):
-            continue
-        mb = builder.module(".".join(module.name), src_loc=module.src_loc)
-        if idx == 0:
-            mb.attribute("top", 1)
-        emitter(mb, netlist, module, _ast.SignalDict(), empty_checker=empty).emit()
+    with _unchecked_nir_values():
+        with fast_comb_check():
+            netlist = _ir.build_netlist(fragment, ports=ports, name=name)
+        empty = rtlil.EmptyModuleChecker(netlist)
+        builder = rtlil.Design(emit_src=False)
+        emitter = _rtlil_emitter()
+        for idx, module in enumerate(netlist.modules):
+            if empty.is_empty(idx):
+                continue
+            mb = builder.module(".".join(module.name), src_loc=module.src_loc)
+            if idx == 0:
+                mb.attribute("top", 1)
+            emitter(mb, netlist, module, _ast.SignalDict(), empty_checker=empty).emit()
     return str(builder)
 
 
