@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -459,15 +460,16 @@ def rtl_memories(rtlil_text):
     return out
 
 
-def _rtlil_emitter():
+def _rtlil_emitter(field_wires=True):
     from amaranth.back import rtlil
 
     class Emitter(rtlil.ModuleEmitter):
-        """Amaranth's RTLIL module emitter with a faster ``sigspec`` (the same text) and the
-        initial contents of a memory written as one string (Amaranth builds them net by net: ~2 us per bit, and a VGG-16 node holds
-        tens of millions of initial weight bits). The text is identical, except that an
-        all-zero initial content of a memory larger than :data:`ZERO_INIT_OMIT_BITS` is left
-        out (see there)."""
+        """Amaranth's RTLIL module emitter with a faster ``sigspec`` (the same text), without
+        the fields' alias wires unless ``field_wires`` (:func:`convert_node`), and with the
+        initial contents of a memory written as one string (Amaranth builds them net by net:
+        ~2 us per bit, and a VGG-16 node holds tens of millions of initial weight bits). The
+        text is identical, except that an all-zero initial content of a memory larger than
+        :data:`ZERO_INIT_OMIT_BITS` is left out (see there) and the fields' wires."""
 
         def sigspec(self, *parts):
             # Amaranth's sigspec (the same text) without a property call and a Value slice per
@@ -510,6 +512,12 @@ def _rtlil_emitter():
             if len(chunks) == 1:
                 return chunks[0]
             return "{ " + " ".join(reversed(chunks)) + " }"
+
+        if not field_wires:
+            def emit_signal_fields(self):
+                # no alias wire per field of a signal with a layout (``\\o__payload[0][1]``,
+                # ``\\wr__payload.data``): the signal's own wire carries the same nets
+                pass
 
         def emit_memory(self, cell_idx, cell):
             w = cell.width
@@ -631,11 +639,12 @@ def _frozen_gc():
             gc.enable()
 
 
-def rtlil_convert(elaboratable, name="top", *, settle=False):
+def rtlil_convert(elaboratable, name="top", *, settle=False, field_wires=True):
     """``amaranth.back.rtlil.convert(elaboratable, name=name, emit_src=False)`` with the fast
     memory initialisation of :func:`_rtlil_emitter` and the fast combinational-cycle check of
     :mod:`fpdeep_hw.combcheck` (same text, same verdict). With ``settle`` (inside
-    :func:`_frozen_gc` only) the objects of each stage are frozen (:func:`_settle`)."""
+    :func:`_frozen_gc` only) the objects of each stage are frozen (:func:`_settle`); without
+    ``field_wires`` the text has no alias wires of signals' fields (:func:`convert_node`)."""
     from amaranth.back import rtlil
     from amaranth.hdl import _ast, _ir
     from amaranth.lib import wiring
@@ -659,7 +668,7 @@ def rtlil_convert(elaboratable, name="top", *, settle=False):
             _settle()
         empty = rtlil.EmptyModuleChecker(netlist)
         builder = rtlil.Design(emit_src=False)
-        emitter = _rtlil_emitter()
+        emitter = _rtlil_emitter(field_wires)
         for idx, module in enumerate(netlist.modules):
             if empty.is_empty(idx):
                 continue
@@ -670,8 +679,15 @@ def rtlil_convert(elaboratable, name="top", *, settle=False):
     return str(builder)
 
 
-def convert_node(node, name=NODE_MODULE, stats=None):
+def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False):
     """Verilog of ``node`` (module ``name``), identical sub-blocks converted once.
+
+    Without ``field_wires`` (the build) a signal whose shape is a layout (an array of lanes, a
+    struct of a stream payload) is one wire, without Amaranth's alias wire and ``assign`` per
+    field and element (``\\o__payload[0][0][1]``, ``\\wr__payload.data[2][0][5]``): names
+    only, the same nets and cells; on VGG-16 node 4 they were 351,008 of the Verilog's 821,699
+    lines (21 of 37 MB) and about a fifth of the build's CPU time
+    (``tests/hw/test_build.py::test_field_wires_are_aliases``).
 
     The node is converted to RTLIL inside :func:`fpdeep_hw.compute.shared.sharing` (every
     :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
@@ -683,9 +699,10 @@ def convert_node(node, name=NODE_MODULE, stats=None):
     from amaranth.back import verilog
 
     from .compute.shared import sharing
-    with _frozen_gc(), sharing(f"{name}_m", convert=rtlil_convert) as modules:
+    convert = functools.partial(rtlil_convert, field_wires=field_wires)
+    with _frozen_gc(), sharing(f"{name}_m", convert=convert) as modules:
         _settle()
-        text = rtlil_convert(node, name=name, settle=True)
+        text = convert(node, name=name, settle=True)
     text += "".join(modules.rtlil.values())
     if stats is not None:
         # a shared module's memories once per instance

@@ -494,9 +494,29 @@ def test_unchecked_nir_values_same_text(monkeypatch):
                        init_master=build.node_init_weights(plan, 0, net, 0))
     fast = build.rtlil_convert(node(), name="n")
     monkeypatch.setattr(build, "_unchecked_nir_values", contextlib.nullcontext)
-    monkeypatch.setattr(build, "_rtlil_emitter", lambda: rtlil.ModuleEmitter)
+    monkeypatch.setattr(build, "_rtlil_emitter", lambda field_wires: rtlil.ModuleEmitter)
     slow = build.rtlil_convert(node(), name="n")
     assert fast == slow and len(fast) > 1_000_000
+
+
+def test_field_wires_are_aliases():
+    """Without field wires (the build) the RTLIL text is the one with them minus exactly the
+    fields' alias wires and their ``connect`` lines: names only, the same cells and nets."""
+    from fpdeep_hw import build
+    from fpdeep_hw.node.top import NodeTop
+    plan, net = small_plan(batch=1), load_network("tiny")
+
+    def node():
+        return NodeTop(plan, 0, net, lr=0.125,
+                       init_master=build.node_init_weights(plan, 0, net, 0))
+    with_fields = build.rtlil_convert(node(), name="n", field_wires=True)
+    without = build.rtlil_convert(node(), name="n", field_wires=False)
+    field = r"\\[A-Za-z_][A-Za-z0-9_$]*(?:\[\d+\]|\.[A-Za-z_]\w*)\S*"
+    alias = re.compile(rf"^ *(?:wire (?:width \d+ )?(?:signed )?{field}|connect {field} .*)$")
+    lines = [line for line in with_fields.split("\n") if line]     # blank lines: layout only
+    kept = [line for line in lines if not alias.match(line)]
+    assert len(lines) - len(kept) > 1_000
+    assert kept == [line for line in without.split("\n") if line]
 
 
 def test_fix_constant_always():
