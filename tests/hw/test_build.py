@@ -519,6 +519,25 @@ def test_field_wires_are_aliases():
     assert kept == [line for line in without.split("\n") if line]
 
 
+def test_field_wires_option(monkeypatch, tmp_path):
+    """``--field-wires`` reaches the conversion (``build_node(field_wires=True)``); the default
+    build leaves the fields' alias wires out."""
+    from fpdeep_hw import build
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(small_plan(batch=1).to_yaml())
+    seen = []
+
+    def fake(plan, k, network, board, out, **kw):
+        seen.append(kw["field_wires"])
+        raise SystemExit(0)
+    monkeypatch.setattr(build, "build_node", fake)
+    for extra, want in (([], False), (["--field-wires"], True)):
+        with pytest.raises(SystemExit):
+            build.main(["--plan", str(plan_file), "--node", "0", "--out", str(tmp_path / "o"),
+                        "--quiet", *extra])
+        assert seen[-1] is want
+
+
 def test_fix_constant_always():
     from fpdeep_hw.build import fix_constant_always
     text = ("module a(clk, o);\n  input clk;\n  output [3:0] o;\n  reg [7:0] r;\n"
