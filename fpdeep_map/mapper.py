@@ -626,10 +626,13 @@ class _Context:
 
     def lending_trips(self):
         """``{layer index: periods}``: the update round trip of each borrowed layer beyond its
-        PG, at the period of :meth:`link_transit` -- its gradient sets to the farthest keeper,
-        the keeper's update (``3 N`` cycles for ``N`` sets, as :meth:`boundary_cycles`, plus
-        ``UPDATE_FIXED_CYCLES``) and the new weight sets back, ``2 d`` hops for a keeper ``d``
-        links away. Empty on the first pass (no link transit yet)."""
+        image's last error, at the period of :meth:`link_transit` -- the weight-stationary PG's
+        later sweeps (its first follows the errors as they arrive, the ``N - 1`` others come
+        after: ``(1 - 1/N)`` of its cycles per image, ``WSPGLayer``), its gradient sets to the
+        farthest keeper, the keeper's update (``3 N`` cycles for ``N`` sets, as
+        :meth:`boundary_cycles`, plus ``UPDATE_FIXED_CYCLES``) and the new weight sets back,
+        ``2 d`` hops for a keeper ``d`` links away. Empty on the first pass (no link transit
+        yet)."""
         if self.link_delay is None or not self.lends:
             return {}
         hop = self.hop_transit_cycles()
@@ -638,7 +641,12 @@ class _Context:
             i = next(w.index for w in self.works if w.name == l.layer)
             total, _ = self._lent_sets(l.borrower, l.layer)
             d = self._distance(l.lender, l.borrower)
-            cycles = 2 * d * hop + 3 * total + costs.UPDATE_FIXED_CYCLES
+            seg = next(s for s in self.segplans[l.borrower] if s.layer == l.layer)
+            pg = seg.engines["pg"]
+            sweeps = self._ws_sweeps(seg, pg)
+            pg_cycles = self._ws_cycles(seg, pg) if self.ws_scans_padding else pg.cycles_per_image
+            cycles = (pg_cycles * (1 - 1 / sweeps) + 2 * d * hop + 3 * total
+                      + costs.UPDATE_FIXED_CYCLES)
             trips[i] = max(trips.get(i, 0.0), cycles / self.transit_period)
         return trips
 
@@ -694,8 +702,9 @@ class _Context:
 
     def weight_stationary_cycles(self):
         """Engines of segments whose parameters are lent sweep the whole (padded) map once per
-        streamed weight set: ``passes * (H + 2P) * (W + 2P)`` cycles per image instead of
-        ``passes * Ho * Wo`` (fpdeep_hw/node/lend.py), for all the segment's sets, the ones the
+        streamed weight set (FP, EB) or per gradient set (PG): ``passes * (H + 2P) * (W + 2P)``
+        cycles per image instead of ``passes * Ho * Wo`` (fpdeep_hw/node/lend.py: ``WSFPLayer``,
+        ``WSEBLayer``, ``WSPGLayer``), for all the segment's sets, the ones the
         borrower keeps itself included (they stream from a lender on the borrower). Updates
         those engines in the plan and returns the slowest (0 without lending)."""
         borrowed = {(l.borrower, l.layer) for l in self.lends}
@@ -704,26 +713,33 @@ class _Context:
             for seg in segs:
                 if (k, seg.layer) not in borrowed:
                     continue
-                w = self.works[seg.index]
-                layer = self.net.layer(w.name)
-                pad = layer.padding if w.kind == "conv" else 0
                 if not self.ws_scans_padding:
                     continue            # weight-stationary at the normal rate: nothing changes
-                lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
-                dims = w.group_dims(lo, hi)
-                for phase in ("fp", "eb"):
+                for phase in ("fp", "eb", "pg"):
                     e = seg.engines.get(phase)
                     if e is None:
                         continue
-                    passes = sum(-(-o // e.p) * -(-c // e.s) for c, o in dims)
-                    rows = -(-(w.in_hw[0] + 2 * pad) // e.x)
-                    ws = passes * rows * (w.in_hw[1] + 2 * pad)
+                    ws = self._ws_cycles(seg, e)
                     # as built, a borrowed segment is weight-stationary as a whole: the
                     # borrower keeps its own share of the sets (if any) in a lender of its own
                     # and streams them to the same engines (fpdeep_hw/node/lend.py)
                     e.cycles_per_image = max(e.cycles_per_image, ws)
                     slowest = max(slowest, e.cycles_per_image)
         return slowest
+
+    def _ws_cycles(self, seg, e):
+        """Cycles per image of a weight-stationary engine: its sweeps of the padded map."""
+        w = self.works[seg.index]
+        pad = self.net.layer(w.name).padding if w.kind == "conv" else 0
+        rows = -(-(w.in_hw[0] + 2 * pad) // e.x)
+        return self._ws_sweeps(seg, e) * rows * (w.in_hw[1] + 2 * pad)
+
+    def _ws_sweeps(self, seg, e):
+        """Sweeps of the map per image of a weight-stationary engine: one per weight set
+        (``R * G`` over the segment's channel groups)."""
+        w = self.works[seg.index]
+        lo, hi = (0, w.units) if seg.split == "whole" else seg.channels
+        return sum(-(-o // e.p) * -(-c // e.s) for c, o in w.group_dims(lo, hi))
 
     def place_act_ram(self):
         """Act-RAM on chip where BRAM is left, the rest in off-chip memory."""
@@ -845,8 +861,7 @@ class _Context:
                 i[key] = (i.get(key, 0) + n_items if path in ("parameters", "gradients")
                           else max(i.get(key, 0), n_items))
                 bs = bursts.setdefault(hop, {})
-                bs[key] = (bs.get(key, 0) + hop_burst if path in ("parameters", "gradients")
-                           else hop_burst)
+                bs[key] = (bs.get(key, 0) + hop_burst if path == "parameters" else hop_burst)
                 spacings.setdefault(hop, {})[key] = (hop_spacing, drained)
 
         segs_of = {w.index: [] for w in self.works}
@@ -941,13 +956,15 @@ class _Context:
             if not sets:
                 continue
             abits = max(1, (max(total, 2) - 1).bit_length())
-            # the lender streams an image's sets as far ahead as the credits allow, the
-            # gradient sets leave together: both in bursts of every set
+            # the lender streams an image's sets as far ahead as the credits allow (in bursts
+            # of every set); the weight-stationary PG finishes one gradient set per sweep of
+            # the map (WSPGLayer), evenly over its cycles, each at the end of its sweep
             n_sets = math.ceil(sets - 1e-9)
             add(l.lender, l.borrower, "parameters", l.layer, num.weight.width,
                 uses[l.layer] * sets * per_set, n_sets, n_sets)
             add(l.borrower, l.lender, "gradients", l.layer, num.gradient.width,
-                sets * (per_set + abits / num.gradient.width), n_sets, n_sets)
+                sets * (per_set + abits / num.gradient.width), n_sets,
+                made_by=(seg.index, "pg"), senders={l.borrower: (1, 1, True)})
         # the framing model (fpdeep_map/framing.py): per stream and hop, its ports (a lent
         # layer's parameters: FP and EB), items per image and port, bits per item
         self.flow_items = {}
