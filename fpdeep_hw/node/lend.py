@@ -48,6 +48,7 @@ from fpdeep_hw.memory.grad_buffer import BGB, _count_flags
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
+from fpdeep_hw.node.pg_layer import check_pg_engines, pg_members
 from fpdeep_hw.node.update import WeightUpdate
 from fpdeep_hw.wide import join
 from fpdeep_hw.numerics import requantize, saturate, saturating_add, tree_sum
@@ -696,13 +697,7 @@ class WSPGLayer(wiring.Component):
         if geom.kind != "conv":
             raise ValueError(f"WSPGLayer: only conv segments are built, not {geom.kind!r} "
                              f"({segment.layer!r})")
-        pg = segment.engines.get("pg")
-        if pg is None:
-            raise ValueError(f"WSPGLayer: segment {segment.layer!r} has no PG engines")
-        if (pg.p, pg.s) != (geom.p, geom.s):
-            raise ValueError(f"WSPGLayer: segment {segment.layer!r} PG engines {pg.p}x{pg.s} "
-                             f"differ from FP engines {geom.p}x{geom.s} (the weight address "
-                             f"map is shared)")
+        check_pg_engines("WSPGLayer", segment, geom)
         _pos_int("WSPGLayer", "batch", batch)
         self._positions = geom.conv_height * geom.conv_width
         if self._positions < 2:
@@ -712,18 +707,7 @@ class WSPGLayer(wiring.Component):
         self._batch = batch
         self._lbgeom = Geometry(geom.height, geom.width, geom.kernel, stride=geom.stride,
                                 pad=geom.pad)
-        K, P, S = geom.kernel, geom.p, geom.s
-        grad_set = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(
-            signed(numerics.gradient.width), K), K), P * S)
-        super().__init__({
-            "a": In(stream.Signature(_vec(numerics.activation.width, geom.in_channels))),
-            "e": In(stream.Signature(_vec(numerics.error.width, geom.out_channels))),
-            "grad": Out(stream.Signature(data.StructLayout({
-                "addr": range(max(geom.weight_sets, 2)), "data": grad_set, "last": 1}))),
-            "pg_done": Out(1),
-            "busy_cycles": Out(32),
-            "acc_overflow": Out(32), "out_overflow": Out(32),
-        }, src_loc_at=1 + src_loc_at)
+        super().__init__(pg_members(geom, numerics), src_loc_at=1 + src_loc_at)
 
     geometry = property(lambda self: self._geom)
     numerics = property(lambda self: self._numerics)

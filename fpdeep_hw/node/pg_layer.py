@@ -33,7 +33,7 @@ from ..numerics import requantize, saturating_add
 from ..wide import Lanes, join
 from .fp_layer import layer_geometry
 
-__all__ = ["PGLayer"]
+__all__ = ["PGLayer", "check_pg_engines", "pg_members"]
 
 
 def _pos_int(name, value):
@@ -86,6 +86,38 @@ class _PGLane(wiring.Component):
         with m.If(self.adv):
             m.d.sync += self.out.eq(value)
         return m
+
+
+def check_pg_engines(owner, segment, geom):
+    """The segment has PG engines of the FP engines' shape (one gradient set is one weight set
+    of the shared LPRAM address map)."""
+    pg = segment.engines.get("pg")
+    if pg is None:
+        raise ValueError(f"{owner}: segment {segment.layer!r} has no PG engines")
+    if (pg.p, pg.s) != (geom.p, geom.s):
+        raise ValueError(f"{owner}: segment {segment.layer!r} PG engines {pg.p}x{pg.s} differ "
+                         f"from FP engines {geom.p}x{geom.s} (the weight address map is shared)")
+
+
+def pg_members(geom, numerics):
+    """The ports of a PG module (:class:`PGLayer` and the weight-stationary
+    :class:`~fpdeep_hw.node.lend.WSPGLayer`): ``a``, ``e``, ``grad``, ``pg_done``,
+    ``busy_cycles``, ``acc_overflow``, ``out_overflow``."""
+    K, P, S = geom.kernel, geom.p, geom.s
+    grad_set = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(
+        signed(numerics.gradient.width), K), K), P * S)
+    grad_layout = data.StructLayout({"addr": range(max(geom.weight_sets, 2)),
+                                     "data": grad_set, "last": 1})
+    return {
+        "a": In(stream.Signature(data.ArrayLayout(signed(numerics.activation.width),
+                                                  geom.in_channels))),
+        "e": In(stream.Signature(data.ArrayLayout(signed(numerics.error.width),
+                                                  geom.out_channels))),
+        "grad": Out(stream.Signature(grad_layout)),
+        "pg_done": Out(1),
+        "busy_cycles": Out(32),
+        "acc_overflow": Out(32), "out_overflow": Out(32),
+    }
 
 
 class PGLayer(wiring.Component):
@@ -187,13 +219,7 @@ class PGLayer(wiring.Component):
         if not isinstance(numerics, NumericsConfig):
             raise TypeError(f"PGLayer numerics must be a NumericsConfig, not {numerics!r}")
         geom = layer_geometry(segment, network)
-        pg = segment.engines.get("pg")
-        if pg is None:
-            raise ValueError(f"PGLayer: segment {segment.layer!r} has no PG engines")
-        if (pg.p, pg.s) != (geom.p, geom.s):
-            raise ValueError(f"PGLayer: segment {segment.layer!r} PG engines {pg.p}x{pg.s} differ "
-                             f"from FP engines {geom.p}x{geom.s} (the weight address map is "
-                             f"shared)")
+        check_pg_engines("PGLayer", segment, geom)
         _pos_int("batch", batch)
         if not isinstance(lgb, bool):
             raise TypeError(f"PGLayer lgb must be a bool, not {lgb!r}")
@@ -214,20 +240,8 @@ class PGLayer(wiring.Component):
             fifo_depth = 0
         self._fifo_depth = fifo_depth
         self._lgb = None                      # the LGB of the last elaboration
-        K, P, S = geom.kernel, geom.p, geom.s
-        grad_set = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(
-            signed(numerics.gradient.width), K), K), P * S)
-        grad_layout = data.StructLayout({"addr": range(max(geom.weight_sets, 2)),
-                                         "data": grad_set, "last": 1})
         super().__init__({
-            "a": In(stream.Signature(data.ArrayLayout(signed(numerics.activation.width),
-                                                      geom.in_channels))),
-            "e": In(stream.Signature(data.ArrayLayout(signed(numerics.error.width),
-                                                      geom.out_channels))),
-            "grad": Out(stream.Signature(grad_layout)),
-            "pg_done": Out(1),
-            "busy_cycles": Out(32),
-            "acc_overflow": Out(32), "out_overflow": Out(32),
+            **pg_members(geom, numerics),
             "lgb_acc_overflow": Out(32), "lgb_out_overflow": Out(32),
         }, src_loc_at=1 + src_loc_at)
 
