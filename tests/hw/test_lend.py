@@ -387,7 +387,7 @@ def test_rejects_bad_arguments():
 
 def test_lender_defaults():
     lender = Lender(SEG, NET, NUM, batch=2, lr_q=100)
-    assert lender.lag == int(SEG.act_ram_images) == 4
+    assert lender.lag == int(SEG.act_ram_images) == 5
     assert lender.weight_sets == 16 and lender.weights_per_image == 288
 
 
@@ -402,9 +402,11 @@ def test_lint(cls, tmp_path):
 
 @pytest.mark.slow
 def test_lend_plan_lag(waves):
-    """The plan's own lag (``D = floor(act_ram_images) = 4``), B = 2, 8 images: FP versions
-    0,0,0,0,0,0,1,1; EB versions 0,0,1,1,2,2,3,3, the last two only after ``flush`` (update 2
-    would otherwise wait for FP of image 9)."""
+    """The plan's own lag (``D = floor(act_ram_images) = 5``: conv2's lending round trip holds
+    its weight-stationary PG's later sweeps), B = 2, 8 images: FP versions 0,0,0,0,0,0,0,1; EB
+    versions 0,0,1,1,2,2,3,3, the last four only after ``flush`` (update 1 would otherwise
+    wait for FP of image 8, update 2 for image 10)."""
+    assert int(SEG.act_ram_images) == 5
     exp, final = check_pair(8, 2, int(SEG.act_ram_images), seed=2, waves=waves)
     assert exp["updates"] == final["updates"] == 4
 
