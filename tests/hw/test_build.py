@@ -432,6 +432,10 @@ def _assert_refused(proc, out, *fragments):
       "bits = 65,536 bits, above the 65,535", "also: off-chip weights fc6, pixel width fc7, "
       "off-chip weights fc7, pixel width fc8, off-chip weights fc8"]),
     (["--board", "vc709", "--node", "12:14"], ["node_plans[14]"]),
+    (["--board", "vc709", "--node", "0", "--synth", "--yosys", "no-such-yosys"],
+     ["--yosys: 'no-such-yosys': no such program on the PATH"]),
+    (["--board", "vc709", "--node", "0", "--yosys", "yosys"],
+     ["--yosys: 'yosys': only used with --synth"]),
     (["--board", "vc709", "--all"], ["node_plans[14]"]),
 ])
 def test_refused(tmp_path, args, fragments):
@@ -1131,3 +1135,26 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
             report
     if exe is None:
         pytest.skip("verilator is not installed (the board tops elaborate)")
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="no native Yosys on the PATH")
+def test_synth_counts_native_yosys(tmp_path):
+    """``--yosys PROGRAM`` runs a native Yosys for ``--synth`` (the WebAssembly one stops at
+    4 GB): the counts of a small node module, one DSP48 multiplier and one block RAM."""
+    from fpdeep_hw.build import NODE_MODULE, synth_counts
+    (tmp_path / f"{NODE_MODULE}.v").write_text(f"""
+module {NODE_MODULE}(input clk, input [15:0] a, input [15:0] b, input [9:0] addr,
+                     input we, output reg [31:0] p, output reg [35:0] q);
+  reg [35:0] mem [0:1023];
+  always @(posedge clk) begin
+    p <= $signed(a) * $signed(b);
+    if (we) mem[addr] <= {{a, b, 4'b0}};
+    q <= mem[addr];
+  end
+endmodule
+""")
+    counts = synth_counts(tmp_path / f"{NODE_MODULE}.v", "xc7", tmp_path, "yosys")
+    assert counts["yosys"] == shutil.which("yosys")
+    assert counts["dsp"] == 1
+    assert counts["bram36"] == 1, counts["cells"]
+    assert (tmp_path / "yosys.log").exists()

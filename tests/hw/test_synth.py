@@ -41,10 +41,33 @@ STAT_LOG = """
 """
 
 
+#: the same report as Yosys 0.23 (Debian's native package) prints it: type first.
+STAT_LOG_023 = """
+7. Printing statistics.
+
+=== tile ===
+
+   Number of wires:                 77
+   Number of wire bits:            900
+   Number of cells:                150
+     CARRY4                         36
+     DSP48E1                         9
+     FDRE                          203
+     FDSE                            1
+     LUT2                            2
+     LUT6                          135
+     RAMB18E1                        3
+     RAMB36E1                        1
+
+End of script. Logfile hash: 77966eb020, CPU: user 6.42s system 0.37s, MEM: 135.23 MB peak
+"""
+
+
 def test_parse_stat():
-    s = parse_stat(STAT_LOG)
-    assert (s["DSP48E1"], s["RAMB18E1"], s["RAMB36E1"], s["LUT"], s["FF"], s["CARRY4"]) == \
-        (9, 3, 1, 137, 204, 36)
+    for log in (STAT_LOG, STAT_LOG_023):
+        s = parse_stat(log)
+        assert (s["DSP48E1"], s["RAMB18E1"], s["RAMB36E1"], s["LUT"], s["FF"], s["CARRY4"]) == \
+            (9, 3, 1, 137, 204, 36)
     with pytest.raises(ValueError, match=r"^no 'stat' report in the Yosys log$"):
         parse_stat("nothing here")
 
