@@ -83,6 +83,16 @@ class DRAMModel:
         self.bursts_written = self.bursts_read = 0
         self.max_outstanding_reads = 0
 
+    def load(self, words):
+        """Preload the storage with ``{address: int}`` (e.g. an
+        :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`'s initial master copy,
+        ``init_words()``): what the host writes before training starts."""
+        for addr, v in words.items():
+            if not 0 <= addr < self.words:
+                raise ValueError(f"DRAMModel: preload address {addr} outside the memory of "
+                                 f"{self.words} words")
+            self.storage[addr] = int(v)
+
     def _lat(self):
         return self.rng.randint(*self.latency)
 

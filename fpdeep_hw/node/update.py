@@ -25,7 +25,7 @@ from ..memory.packing import lanes_per_memory, pack_rows, packed_memory
 from ..numerics import requantize, saturate
 from ..wide import join
 
-__all__ = ["WeightUpdate", "LR_FRAC"]
+__all__ = ["WeightUpdate", "OffchipWeightUpdate", "LR_FRAC"]
 
 #: Fractional bits of the learning-rate constant ``lr_q`` (unsigned, 16 bits).
 LR_FRAC = 16
@@ -150,7 +150,11 @@ class WeightUpdate(wiring.Component):
             "done": Out(1),
             "busy": Out(1),
             "overflow": Out(32),
+            **self._extra_members(),
         })
+
+    def _extra_members(self):
+        return {}
 
     numerics = property(lambda self: self._numerics)
     kernel = property(lambda self: self._kernel)
@@ -339,4 +343,280 @@ class _UpdateLane(wiring.Component):
         ]
         with m.If(self.adv):
             m.d.sync += self.wr.eq(w)
+        return m
+
+
+class OffchipWeightUpdate(WeightUpdate):
+    """:class:`WeightUpdate` with the master copy in external memory (the plan's place for it:
+    ``fpdeep_map`` counts the master copies of convolution layers off chip, read, updated and
+    written back once per mini-batch).
+
+    Same ports, same arithmetic, same ``overflow`` count as :class:`WeightUpdate`, plus the burst
+    port ``mem`` (:data:`~fpdeep_hw.memory.offchip_act_ram.MEMORY_PORTS`) to the memory
+    controller. One memory word is one master set, its ``lanes x kernel x kernel`` elements side
+    by side (element ``s*K*K + ky*K + kx`` at bits ``[k*mw, (k+1)*mw)``, two's complement), set
+    ``a`` at word ``base + a``; the region is ``ext_words`` = ``depth`` rounded up to whole
+    bursts (the padding words are read and written back unchanged). The memory must hold the
+    initial master copy before training starts (:meth:`init_words`: the host loads it on a
+    board; in simulation :meth:`sim.dram_model.DRAMModel.load`).
+
+    On chip there are only two small FIFOs: ``prefetch x burst`` words read ahead and two bursts
+    of new masters waiting to be written. The memory is swept in order, for ever:
+
+    * **Pass 1** (gradients): the sweep's words are read ahead, before the gradients come. Each
+      ``grad`` word is taken with the next master word (the gradients must come in address
+      order ``0 .. depth-1``, as the LGB and BGB drain them); the new master goes to the write
+      FIFO, and whole bursts are written back.
+    * **Pass 2** (working weights): its reads are issued once every write burst of pass 1 is
+      acknowledged (so they return the new masters). Once ``start`` has been seen, each word
+      read becomes one ``wr`` set, in address order. ``done`` pulses on the last.
+      The next pass 1's reads follow at once.
+
+    Timing: ``LATENCY = 2``: with pass 1 written and acknowledged and pass 2's first words read
+    ahead, a ``start`` pulse in cycle ``t`` makes the first ``wr`` word valid in cycle ``t + 2``;
+    the sets then follow one per cycle as long as the memory delivers them. Pass 1 takes one
+    gradient word per cycle while the memory reads one word and writes one per cycle. After
+    the last gradient word the update waits for the memory: the last burst is written, then
+    acknowledged, then pass 2's first burst is read (about twice the memory's latency).
+
+    Parameters
+    ----------
+    numerics, kernel, lanes, depth, lr_q, init
+        As :class:`WeightUpdate`; ``init`` is what :meth:`init_words` packs.
+    burst : int
+        Words per burst (``>= 1``).
+    base : int
+        First word of the region in the memory (a multiple of ``burst``).
+    addr_width : int
+        Width of the port's word addresses (holds ``base + ext_words - 1``).
+    prefetch : int
+        Bursts read ahead (``>= 1``; the read FIFO holds ``prefetch x burst`` words).
+
+    Members
+    -------
+    mem : ``Out(memory_port_signature(lanes * kernel * kernel * master.width, addr_width))``
+        The burst port.
+    """
+
+    LATENCY = 2
+
+    def __init__(self, *, numerics, kernel, lanes, depth, lr_q, init=None, burst=16, base=0,
+                 addr_width=32, prefetch=2):
+        for arg, value, low in (("burst", burst, 1), ("base", base, 0),
+                                ("addr_width", addr_width, 1), ("prefetch", prefetch, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"OffchipWeightUpdate {arg} must be an integer >= {low}, "
+                                 f"not {value!r}")
+        if base % burst:
+            raise ValueError(f"OffchipWeightUpdate base must be a multiple of the burst "
+                             f"({burst}), not {base}")
+        if isinstance(depth, int) and depth >= 1:
+            top = base + -(-depth // burst) * burst - 1
+            if top.bit_length() > addr_width:
+                raise ValueError(f"OffchipWeightUpdate addr_width {addr_width} cannot address "
+                                 f"word {top}")
+        self._burst, self._base, self._prefetch = burst, base, prefetch
+        self._addr_width = addr_width
+        super().__init__(numerics=numerics, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
+                         init=init)
+
+    def _extra_members(self):
+        from ..memory.offchip_act_ram import memory_port_signature
+        return {"mem": Out(memory_port_signature(self.word_width, self._addr_width))}
+
+    burst = property(lambda self: self._burst)
+    base = property(lambda self: self._base)
+    prefetch = property(lambda self: self._prefetch)
+    addr_width = property(lambda self: self._addr_width)
+    word_width = property(lambda self: self._lanes * self._kernel ** 2
+                          * self._numerics.master.width)
+    ext_bursts = property(lambda self: -(-self._depth // self._burst))
+    ext_words = property(lambda self: self.ext_bursts * self._burst)
+
+    @property
+    def banks(self):
+        raise AttributeError("OffchipWeightUpdate keeps its master copy in external memory: "
+                             "decode the memory's words with master_sets")
+
+    def master_of(self, ctx, k, a):
+        raise AttributeError("OffchipWeightUpdate keeps its master copy in external memory: "
+                             "decode the memory's words with master_sets")
+
+    def init_words(self):
+        """``{word address: int}``: the initial master copy as the memory must hold it (the
+        region ``base .. base + ext_words - 1``; padding words 0)."""
+        mw = self._numerics.master.width
+        flat = self._init.reshape(self._depth, -1)
+        rows = pack_rows(flat, mw)
+        rows += [0] * (self.ext_words - self._depth)
+        return {self._base + a: int(v) for a, v in enumerate(rows)}
+
+    def master_sets(self, words):
+        """The master copy ``(depth, lanes, kernel, kernel)`` decoded from the memory's words
+        ``{address: int}`` (e.g. ``DRAMModel.storage``)."""
+        mw = self._numerics.master.width
+        nb = self._lanes * self._kernel * self._kernel
+        out = np.zeros((self._depth, nb), dtype=np.int64)
+        for a in range(self._depth):
+            v = int(words[self._base + a])
+            for k in range(nb):
+                e = (v >> (k * mw)) & ((1 << mw) - 1)
+                out[a, k] = e - (1 << mw) if e >> (mw - 1) else e
+        return out.reshape(self._depth, self._lanes, self._kernel, self._kernel)
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+        m = Module()
+        n = self._numerics
+        depth, B, N = self._depth, self._burst, self.ext_bursts
+        E = N * B
+        F = self._prefetch * B
+        nb = self._lanes * self._kernel * self._kernel
+        mw = n.master.width
+        W = self.word_width
+        mem = self.mem
+
+        m.submodules.rf = rf = SyncFIFOBuffered(width=W, depth=F)        # words read ahead
+        m.submodules.wf = wf = SyncFIFOBuffered(width=W, depth=2 * B)    # new masters
+        lanes = []
+        for k in range(nb):
+            lane = _UpdateLane(numerics=n, lr_q=self._lr_q)
+            m.submodules[f"lane_{k}"] = shared(lane, lane.key)
+            lanes.append(lane)
+        flags = Signal(nb)
+        _count_flags(m, flags, self.overflow)
+
+        # -- reader: sweeps of N bursts, for ever; a pass-2 sweep once pass 1 is acknowledged ---
+        rq = Signal(range(N))                  # next burst of the sweep to request
+        sweep2 = Signal()                      # the sweep being requested is a pass 2
+        p1_written = Signal()                  # this mini-batch's pass-1 bursts all acknowledged
+        in_flight = Signal(range(F + 1))       # words requested, not yet received
+        ar_valid = Signal()
+        ar_addr = Signal.like(mem.ar.payload)
+        can_read = Signal()
+        m.d.comb += [
+            mem.ar.valid.eq(ar_valid), mem.ar.payload.eq(ar_addr),
+            can_read.eq(~ar_valid & (rf.level + in_flight + B <= F) & (~sweep2 | p1_written)),
+            mem.r.ready.eq(1),
+            rf.w_en.eq(mem.r.valid), rf.w_data.eq(mem.r.payload),
+        ]
+        with m.If(can_read):
+            m.d.sync += [ar_valid.eq(1), ar_addr.eq(self._base + rq * B)]
+            with m.If(rq == N - 1):
+                m.d.sync += [rq.eq(0), sweep2.eq(~sweep2)]
+                with m.If(sweep2):
+                    m.d.sync += p1_written.eq(0)
+            with m.Else():
+                m.d.sync += rq.eq(rq + 1)
+        with m.If(mem.ar.valid & mem.ar.ready):
+            m.d.sync += ar_valid.eq(0)
+        m.d.sync += in_flight.eq(in_flight + Mux(can_read, B, 0) - mem.r.valid)
+
+        # -- writer: an address, then a burst's words from the write FIFO ----------------------
+        wq = Signal(range(N))                  # next burst to write
+        w_busy = Signal()
+        w_count = Signal(range(B))
+        aw_valid = Signal()
+        aw_addr = Signal.like(mem.aw.payload)
+        acks = Signal(range(N))
+        m.d.comb += [mem.aw.valid.eq(aw_valid), mem.aw.payload.eq(aw_addr)]
+        with m.If(~w_busy & ~aw_valid & (wf.level >= B)):
+            m.d.sync += [aw_valid.eq(1), aw_addr.eq(self._base + wq * B), w_busy.eq(1),
+                         wq.eq(Mux(wq == N - 1, 0, wq + 1))]
+        with m.If(mem.aw.valid & mem.aw.ready):
+            m.d.sync += aw_valid.eq(0)
+        m.d.comb += [mem.w.valid.eq(w_busy & wf.r_rdy), mem.w.payload.eq(wf.r_data),
+                     wf.r_en.eq(mem.w.valid & mem.w.ready)]
+        with m.If(mem.w.valid & mem.w.ready):
+            m.d.sync += w_count.eq(Mux(w_count == B - 1, 0, w_count + 1))
+            with m.If(w_count == B - 1):
+                m.d.sync += w_busy.eq(0)
+        m.d.comb += mem.b.ready.eq(1)
+        with m.If(mem.b.valid):
+            m.d.sync += acks.eq(Mux(acks == N - 1, 0, acks + 1))
+            with m.If(acks == N - 1):
+                m.d.sync += p1_written.eq(1)
+
+        # -- the sweeps' words, in order ---------------------------------------------------------
+        state = Signal(_State)
+        padding = Signal()                     # pass 1 done, its padding words still to go back
+        pending = Signal()                     # a start pulse not acted on yet
+        idx = Signal(range(E))                 # words of the current sweep taken
+        last_word = Signal()
+        m.d.comb += last_word.eq(idx == E - 1)
+        head = rf.r_data
+        s1_valid = Signal()
+        s1_old = Signal(W)
+        room = Signal()
+        m.d.comb += room.eq(wf.level + s1_valid < 2 * B)
+
+        # pass 1: a gradient word and its master word
+        take = Signal()
+        m.d.comb += [
+            self.grad.ready.eq((state == _State.IDLE) & ~padding & rf.r_rdy & room),
+            take.eq(self.grad.valid & self.grad.ready),
+        ]
+        m.d.sync += s1_valid.eq(take)
+        with m.If(take):
+            m.d.sync += s1_old.eq(head)
+        pad_back = Signal()                    # a padding word of pass 1 written back
+        m.d.comb += pad_back.eq(padding & rf.r_rdy & room & ~s1_valid)
+        new = Signal(W)
+        m.d.comb += [
+            wf.w_en.eq(s1_valid | pad_back),
+            wf.w_data.eq(Mux(s1_valid, new, head)),
+        ]
+
+        # pass 2: the working weights of each word
+        adv = Signal()
+        consume = Signal()
+        pad_drop = Signal()
+        popped_all = Signal()
+        m.d.comb += [
+            adv.eq(~self.wr.valid | self.wr.ready),
+            consume.eq((state == _State.WRITE) & ~popped_all & rf.r_rdy & (idx < depth) & adv),
+            pad_drop.eq((state == _State.WRITE) & ~popped_all & rf.r_rdy & (idx >= depth)),
+            rf.r_en.eq(take | pad_back | consume | pad_drop),
+            self.done.eq(self.wr.valid & self.wr.ready & (self.wr.payload.addr == depth - 1)),
+            self.busy.eq((state != _State.IDLE) | padding | s1_valid),
+        ]
+        with m.If(adv):
+            m.d.sync += [self.wr.valid.eq(consume), self.wr.payload.addr.eq(idx)]
+        with m.If(rf.r_en):
+            m.d.sync += idx.eq(Mux(last_word, 0, idx + 1))
+
+        old = Mux(state == _State.WRITE, head, s1_old)
+        g_bits = self.grad.payload.as_value()
+        g0, gw = self._grad_layout["data"].offset, n.gradient.width
+        for k, lane in enumerate(lanes):
+            m.d.comb += [
+                lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]),
+                lane.old.eq(old[k * mw:(k + 1) * mw]),
+                lane.hit.eq(0), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
+                lane.adv.eq(adv),
+            ]
+        wr_data = self.wr.payload.data
+        m.d.comb += [
+            new.eq(join((lane.new for lane in lanes), mw)),
+            flags.eq(join((lane.flag for lane in lanes), 1)),
+            wr_data.eq(join((lane.wr for lane in lanes), len(Value.cast(wr_data)) // nb)),
+        ]
+
+        with m.If(self.start):
+            m.d.sync += pending.eq(1)
+        with m.If(state == _State.IDLE):
+            with m.If(take & self.grad.payload.last):
+                if E > depth:
+                    m.d.sync += padding.eq(1)
+                m.d.sync += state.eq(_State.WAIT)
+        with m.Elif(state == _State.WAIT):
+            with m.If(pad_back & last_word):
+                m.d.sync += padding.eq(0)
+            with m.If((pending | self.start) & ~padding & ~s1_valid):
+                m.d.sync += [state.eq(_State.WRITE), pending.eq(0)]
+        with m.Else():
+            with m.If((consume | pad_drop) & last_word):
+                m.d.sync += popped_all.eq(1)
+            with m.If(popped_all & (~self.wr.valid | self.done)):
+                m.d.sync += [state.eq(_State.IDLE), popped_all.eq(0)]
         return m

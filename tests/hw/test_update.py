@@ -16,7 +16,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from fpdeep_hw.node.fp_layer import layer_geometry
-from fpdeep_hw.node.update import WeightUpdate
+from fpdeep_hw.node.update import OffchipWeightUpdate, WeightUpdate
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
 from fpdeep_map.network import load_network
@@ -64,10 +64,18 @@ def expected(init, grads, lr_q):
     return master, writes, overflow
 
 
-def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="update"):
+def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="update",
+        dram=None):
     """Simulate; returns (writes per update, cycles of start/done/first write, final master,
-    overflow count)."""
+    overflow count). ``dram``: the keywords of the :class:`sim.dram_model.DRAMModel` serving
+    an :class:`OffchipWeightUpdate`'s port (latency, words_per_cycle, p_stall)."""
     depth = dut.depth
+    model = None
+    if isinstance(dut, OffchipWeightUpdate):
+        from sim.dram_model import DRAMModel
+        model = DRAMModel(dut.mem, burst=dut.burst, words=dut.base + dut.ext_words,
+                          seed=rng.randrange(1 << 30), **(dram or {}))
+        model.load(dut.init_words())
     words = [{"addr": a, "data": g[a].tolist(), "last": int(a == depth - 1)}
              for g in grads for a in range(depth)]
     rec = {"writes": [], "start": [], "done": [], "first_wr": []}
@@ -113,6 +121,10 @@ def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="updat
         for _ in range(4):
             await ctx.tick()
         rec["overflow"] = ctx.get(dut.overflow)
+        if model is not None:
+            rec["master"] = dut.master_sets(model.storage)
+            rec["dram"] = model
+            return
         master = np.zeros((depth, dut.lanes, dut.kernel, dut.kernel), dtype=np.int64)
         index = [(s, ky, kx) for s in range(dut.lanes) for ky in range(dut.kernel)
                  for kx in range(dut.kernel)]
@@ -126,19 +138,28 @@ def run(dut, grads, rng, *, p_in=0.3, p_out=0.3, start_delays=None, waves="updat
     sim.add_testbench(stream_source(dut.grad, words, rng=random.Random(rng.random()),
                                     p_stall=p_in), background=True)
     sim.add_testbench(gate, background=True)
+    if model is not None:
+        sim.add_testbench(model.run, background=True)
     sim.add_testbench(sink)
     run_simulation(sim, waves, traces=[dut])
     return rec
 
 
-def check(kernel, lanes, depth, batches, seed, waves, *, big=False, lr=0.05):
+def check(kernel, lanes, depth, batches, seed, waves, *, big=False, lr=0.05, offchip=None,
+          dram=None):
+    """``offchip``: an :class:`OffchipWeightUpdate` with these keywords (burst, prefetch,
+    base), its memory a :class:`DRAMModel` with ``dram``."""
     rng = random.Random(seed)
     init, grads = random_case(rng, kernel, lanes, depth, batches, big=big)
     lr_q = lr_to_q(lr)
-    dut = WeightUpdate(numerics=NUM, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
-                       init=init)
+    if offchip is None:
+        dut = WeightUpdate(numerics=NUM, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
+                           init=init)
+    else:
+        dut = OffchipWeightUpdate(numerics=NUM, kernel=kernel, lanes=lanes, depth=depth,
+                                  lr_q=lr_q, init=init, **offchip)
     master, writes, overflow = expected(init, grads, lr_q)
-    rec = run(dut, grads, rng, waves=waves)
+    rec = run(dut, grads, rng, waves=waves, dram=dram)
     assert rec["writes"] == writes
     assert np.array_equal(rec["master"], master)
     assert rec["overflow"] == overflow
@@ -300,3 +321,97 @@ def test_pg_gate_update_chain(waves):
     sim.add_testbench(sink)
     run_simulation(sim, waves, traces=[pg, upd, gate])
     assert rec["writes"] == writes
+
+
+# ---- the master copy off chip (OffchipWeightUpdate) ---------------------------------------------
+
+#: memories: a fast one, a slow one with random latency and half a word per cycle, one that
+#: stalls every port at random
+DRAMS = {
+    "fast": dict(latency=3, words_per_cycle=2),
+    "slow": dict(latency=(10, 40), words_per_cycle=0.5),
+    "stalls": dict(latency=(1, 12), words_per_cycle=1.5, p_stall=0.3),
+}
+
+
+@pytest.mark.parametrize("dram", sorted(DRAMS))
+@pytest.mark.parametrize("depth,burst,prefetch,base", [
+    (8, 4, 2, 0),       # whole bursts
+    (11, 4, 1, 8),      # padding words, one burst read ahead, a region not at 0
+    (1, 2, 2, 0),       # one set, one padded burst
+    (5, 8, 3, 16),      # fewer sets than a burst
+])
+def test_offchip_bit_exact(depth, burst, prefetch, base, dram, waves):
+    """Three mini-batches, random stalls on ``grad`` and ``wr``, ``start`` at random times:
+    every working-weight set, the master copy left in the memory and the overflow count equal
+    the golden model's, as the on-chip update's do."""
+    check(3, 2, depth, 3, 31 + depth + burst, waves,
+          offchip=dict(burst=burst, prefetch=prefetch, base=base), dram=DRAMS[dram])
+
+
+def test_offchip_saturation(waves):
+    assert check(3, 3, 3, 4, 41, waves, big=True, lr=0.99, offchip=dict(burst=2),
+                 dram=DRAMS["stalls"]) > 0
+
+
+def test_offchip_plan_shape(waves):
+    kernel, lanes, depth = shape_of("tiny", "conv2")
+    check(kernel, lanes, depth, 2, 43, waves, offchip=dict(burst=16, prefetch=2),
+          dram=DRAMS["slow"])
+
+
+def test_offchip_latency_and_traffic(waves):
+    """Gradients long before ``start``: the first write LATENCY (2) cycles after the pulse, one
+    set per cycle, ``done`` on the last; per update the memory reads every burst twice and
+    writes it once (2 x 3 bursts read, 3 written for 10 sets in bursts of 4)."""
+    rng = random.Random(5)
+    init, grads = random_case(rng, 3, 2, 10, 2)
+    dut = OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=10, lr_q=lr_to_q(0.1),
+                              init=init, burst=4, prefetch=3)
+    rec = run(dut, grads, rng, p_in=0, p_out=0, start_delays=[200, 200], waves=waves,
+              dram=dict(latency=20, words_per_cycle=2))
+    assert dut.latency == 2
+    for m_ in range(2):
+        assert rec["first_wr"][m_] - rec["start"][m_] == 2
+        assert rec["done"][m_] - rec["first_wr"][m_] == 10 - 1
+    assert rec["writes"] == expected(init, grads, lr_to_q(0.1))[1]
+    model = rec["dram"]
+    # two updates (each a pass-1 and a pass-2 sweep) and the third mini-batch's read-ahead
+    assert model.bursts_written == 2 * 3
+    assert model.bursts_read >= 4 * 3 and model.bursts_read <= 5 * 3
+
+
+def test_offchip_rejects_bad_arguments():
+    kw = dict(numerics=NUM, kernel=3, lanes=1, depth=4, lr_q=100)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate burst must be an integer >= 1, "
+                                         r"not 0$"):
+        OffchipWeightUpdate(**kw, burst=0)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate base must be a multiple of the "
+                                         r"burst \(4\), not 6$"):
+        OffchipWeightUpdate(**kw, burst=4, base=6)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate addr_width 3 cannot address "
+                                         r"word 11$"):
+        OffchipWeightUpdate(**kw, burst=4, base=8, addr_width=3)
+    dut = OffchipWeightUpdate(**kw, burst=4)
+    assert (dut.ext_words, dut.word_width, len(dut.mem.w.payload)) == (4, 9 * 24, 9 * 24)
+    with pytest.raises(AttributeError, match="external memory"):
+        dut.banks
+
+
+def test_offchip_storage():
+    """No master memory inside: the master copy is only in the external memory; the RTL's
+    memories (``fpdeep_hw.build.rtl_memories``) are the two FIFOs of words in flight,
+    ``prefetch x burst`` read ahead and two bursts to write."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    dut = OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=300, lr_q=100, burst=8,
+                              prefetch=3)
+    mems = sorted((w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut)))
+    # (SyncFIFOBuffered keeps one word of its depth in its output register)
+    assert mems == [(18 * 24, 2 * 8 - 1), (18 * 24, 3 * 8 - 1)], mems
+
+
+def test_offchip_lint(tmp_path):
+    verilator_lint(OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=16, lr_q=3277,
+                                       burst=4, addr_width=8), "offchip_weight_update", tmp_path)
