@@ -71,6 +71,14 @@ NODE_MODULE = "fpdeep_node"
 #: ``docs/hw-node.md``, "Node top" (``tests/sim/test_fifo_rows.py``).
 BUILD_FIFO_ROWS = 2
 BUILD_FIFO_WHOLE_BITS = 1 << 16
+#: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
+#: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
+#: FIFOs (``prefetch x burst`` words read ahead, two bursts to write) stay a few words: 16 words,
+#: distributed RAM, instead of 96 with the Act-RAMs' 16-word bursts. The update then runs at
+#: about a third of a set per cycle against 20 cycles of memory latency (a few thousand cycles
+#: per mini-batch at VGG-16 scale, against periods of about a million).
+BUILD_MASTER_BURST = 4
+BUILD_MASTER_PREFETCH = 2
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
@@ -817,7 +825,9 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         try:
             top = NodeTop(plan, k, network, lr=lr,
                           init_master=node_init_weights(plan, k, network, seed),
-                          fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS)
+                          fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
+                          master_burst=BUILD_MASTER_BURST,
+                          master_prefetch=BUILD_MASTER_PREFETCH)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
@@ -838,6 +848,16 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
         (tmp / "node.yaml").write_text(node_yaml(plan, k))
+        # the initial master copies, which the host writes into their rings of the external
+        # memory before training: one word per line in hex, from the ring's first word
+        memory_map = {name: dict(ring) for name, ring in top.memory_map.items()}
+        for _, store, member, module in top.memories():
+            if store == "master":
+                digits = -(-module.word_width // 4)
+                words = module.init_words()
+                (tmp / f"{member}.hex").write_text("".join(
+                    f"{words[a]:0{digits}x}\n" for a in sorted(words)))
+                memory_map[member]["init"] = f"{member}.hex"
         np_ = plan.node_plans[k]
         notes = [f"{s.layer}: the plan keeps {getattr(s, mem).offchip_words} {what} words off "
                  f"chip; the hardware keeps them all on chip (BRAM above the prediction)"
@@ -853,6 +873,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "predicted": {"dsp": np_.dsp, "bram36": np_.bram36, "lut": np_.lut, "ff": np_.ff},
             "mac_units": top.mac_units,
             "fifo_rows": BUILD_FIFO_ROWS, "fifo_whole_bits": BUILD_FIFO_WHOLE_BITS,
+            "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
+            "memory_map": memory_map,
             "notes": notes,
             "verilog_fixups": fixups,
             "rtl_memory": (mem := _memory_report(stats["memories"], plan)),

@@ -124,6 +124,20 @@ LINE_BUFFER_IMAGE_GAP = 3
 #: cycles, the version gate twice (``update_start``, then ``fp_go`` after ``update_done``) and
 #: ``WeightUpdate.LATENCY`` 3: the fixed part of a mini-batch's update round trip.
 UPDATE_FIXED_CYCLES = 10
+#: The external memory as the model sees it: cycles from a request to its service, and words
+#: per burst (the simulation's ``DRAMModel`` latency default and ``NodeTop``'s ``mem_burst``).
+MEMORY_LATENCY_CYCLES = 20
+MEMORY_BURST_WORDS = 16
+
+
+def offchip_update_cycles(sets, latency=MEMORY_LATENCY_CYCLES, burst=MEMORY_BURST_WORDS):
+    """Cycles an update of ``sets`` weight sets whose master copy is off chip
+    (``OffchipWeightUpdate``, the plan's ``master_store``) takes beyond the on-chip one's, from
+    its last gradient set to its first working-weight set: the last burst's padding words
+    written back, the burst acknowledged, pass 2's first burst read, ``2 * latency + burst + 3
+    + padding`` (measured against the block: ``tests/hw/test_update.py``). Both passes run at
+    one set per cycle, as on chip, when the memory gives two words per cycle."""
+    return 2 * latency + burst + 3 + (-sets % burst)
 #: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
 #: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
 FC_OUTPUT_CYCLES = 6

@@ -289,6 +289,11 @@ def _images_per_second(ctx, period, clock_hz):
     return clock_hz / ctx.periods(period)[3]
 
 
+def _master_offchip(seg):
+    """Whether the plan keeps segment ``seg``'s master copy off chip (``master_store``)."""
+    return seg.master_store is not None and seg.master_store.offchip_words > 0
+
+
 def _map_with_cap(net, board, nodes, max_row_lanes, *, numerics, topology, batch, ocp_threshold,
                   dsp_budget, bram_budget, lut_budget, ff_budget, fc_microbatch, split,
                   ws_scans_padding, lending, over_budget, where, beat=None):
@@ -457,7 +462,9 @@ class _Context:
                     post=[p.name for p in self.post[w.name]] if completes else [],
                     weights=weights, weights_borrowed=0, engines=engines,
                     act_ram=MemoryPlan(words=act_words, width=num.activation.width),
-                    act_ram_images=round(images, 4), lpram=lp, lgb=lg, line_buffers=lb)
+                    act_ram_images=round(images, 4), lpram=lp, lgb=lg, line_buffers=lb,
+                    master_store=MemoryPlan(words=weights, width=num.master.width,
+                                            offchip_words=weights))
                 self.segplans[k].append(sp)
 
     def _mandatory_bram18(self, k):
@@ -646,7 +653,8 @@ class _Context:
             sweeps = self._ws_sweeps(seg, pg)
             pg_cycles = self._ws_cycles(seg, pg) if self.ws_scans_padding else pg.cycles_per_image
             cycles = (pg_cycles * (1 - 1 / sweeps) + 2 * d * hop + 3 * total
-                      + costs.UPDATE_FIXED_CYCLES)
+                      + costs.UPDATE_FIXED_CYCLES
+                      + (costs.offchip_update_cycles(total) if _master_offchip(seg) else 0))
             trips[i] = max(trips.get(i, 0.0), cycles / self.transit_period)
         return trips
 
@@ -1250,7 +1258,8 @@ class _Context:
         per-image accumulators drained into the LGB, the LGB drained through the master update
         (pass 1) and the working weights written (pass 2), ``N`` sets at one per cycle each,
         plus the fixed latencies: ``A = N_pg + 3 N + UPDATE_FIXED_CYCLES`` after ``j``'s loss
-        error. The held image's loss error comes ``F`` after the gate's release (its ``H*W``
+        error (plus :func:`fpdeep_map.costs.offchip_update_cycles` with the master copy off
+        chip). The held image's loss error comes ``F`` after the gate's release (its ``H*W``
         pixels into the FC's store, one per cycle, the ``R*H*W*G = N_fp`` replay cycles,
         ``FC_OUTPUT_CYCLES``, the loss unit), ``A + F - (D_L + 1) T`` later than without the
         update. The next image catches up a little: the layer below has one output row of it
@@ -1274,6 +1283,10 @@ class _Context:
         rows, pixels = (self._fc_input_rows_pixels(last) if last.kind == "fc"
                         else (last.out_hw[0], 0))
         a = n_pg + 3 * sets + costs.UPDATE_FIXED_CYCLES
+        # the master copy off chip (master_store): the update's last burst written back and
+        # acknowledged, then pass 2's first burst read (costs.offchip_update_cycles)
+        a += max((costs.offchip_update_cycles(sets) for s in segs if _master_offchip(s)),
+                 default=0)
         # the last layer split over several nodes (ICP of an FC: partial sums forward to the
         # node with the loss): the loss error of image j crosses back to every slice's node
         # before its PG and update, and the held image's partial sums cross forward again, a

@@ -79,6 +79,10 @@ class SegmentPlan:
     # before these stores were planned (the hardware keeps them on chip, sized as its lag asks)
     mask_store: MemoryPlan | None = None
     arg_store: MemoryPlan | None = None
+    # the master copy of the segment's weights (master format), read, updated and written back
+    # once per mini-batch: off chip (offchip_words = words). None: a plan saved before this
+    # entry (the hardware keeps the master copy on chip)
+    master_store: MemoryPlan | None = None
 
 
 @dataclass
@@ -207,7 +211,7 @@ def _seg_from(d):
     d["engines"] = {k: EnginePlan(**e) for k, e in d["engines"].items()}
     for k in ("act_ram", "lpram", "lgb", "line_buffers"):
         d[k] = MemoryPlan(**d[k])
-    for k in ("mask_store", "arg_store"):       # absent from plans of before: None
+    for k in ("mask_store", "arg_store", "master_store"):   # absent from older plans: None
         if d.get(k) is not None:
             d[k] = MemoryPlan(**d[k])
     return SegmentPlan(**d)

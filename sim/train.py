@@ -361,31 +361,38 @@ def _probes(top):
 
 
 def memory_ports(top):
-    """``[(NodeTop, NodeLayer, store, port)]``: every off-chip store's burst port of ``top``
-    (a :class:`NodeTop`, or each node of a :class:`Cluster`); ``store`` ``"act"`` (the
-    Act-RAM), ``"mask"`` or ``"arg"``."""
-    return [(node, nl, store, getattr(node, member)) for node in getattr(top, "nodes", [top])
-            for nl in node.layers for store, member, _ in nl.memories()]
+    """``[(NodeTop, key, store, module, port)]``: every off-chip store's burst port of ``top``
+    (a :class:`NodeTop`, or each node of a :class:`Cluster`; :meth:`NodeTop.memories`):
+    ``store`` ``"act"`` (the Act-RAM), ``"mask"``, ``"arg"`` or ``"master"`` (the master copy
+    of a segment's weights, or of the weight sets a lender keeps: ``key``
+    ``lend_<chain>@<node>``)."""
+    return [(node, key, store, module, getattr(node, member))
+            for node in getattr(top, "nodes", [top])
+            for key, store, member, module in node.memories()]
 
 
-def memory_key(nl, store):
+def memory_key(key, store):
     """The key of an off-chip store in :func:`dram_models` and the run's figures: the segment
-    key (``NodeLayer.key``) for its Act-RAM, ``<key>/mask`` and ``<key>/arg`` for the
-    others."""
-    return nl.key if store == "act" else f"{nl.key}/{store}"
+    key (``NodeLayer.key``) for its Act-RAM, ``<key>/mask``, ``<key>/arg`` and
+    ``<key>/master`` for the others."""
+    return key if store == "act" else f"{key}/{store}"
 
 
 def dram_models(top, *, latency=20, words_per_cycle=2, p_stall=0.0, seed=0):
     """``{key: DRAMModel}`` (:func:`memory_key`), one :class:`sim.dram_model.DRAMModel` per
     off-chip store's port of ``top`` (:func:`memory_ports`), holding the ring's address range
-    (``base + ext_words`` words); add each ``run`` as a background testbench."""
+    (``base + ext_words`` words); a master copy's ring is loaded with the initial master
+    weights (``OffchipWeightUpdate.init_words``, what the host writes before training). Add
+    each ``run`` as a background testbench."""
     from sim.dram_model import DRAMModel
     models = {}
-    for j, (_, nl, store, port) in enumerate(memory_ports(top)):
-        ram = {"act": nl.act_ram, "mask": nl.mask_fifo, "arg": nl.arg_fifo}[store]
-        models[memory_key(nl, store)] = DRAMModel(
+    for j, (_, key, store, ram, port) in enumerate(memory_ports(top)):
+        model = DRAMModel(
             port, burst=ram.burst, words=ram.base + ram.ext_words, latency=latency,
             words_per_cycle=words_per_cycle, p_stall=p_stall, seed=seed + 101 * (j + 1))
+        if store == "master":
+            model.load(ram.init_words())
+        models[memory_key(key, store)] = model
     return models
 
 
@@ -500,6 +507,9 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             sets = np.zeros((g.weight_sets, lanes, k, k), dtype=np.int64)
             index = [(s, ky, kx) for s in range(lanes) for ky in range(k) for kx in range(k)]
             for _, upd, lo, hi in update_parts(nl):
+                if id(upd) in master_drams:     # the master copy in its external memory
+                    sets[lo:hi] = upd.master_sets(master_drams[id(upd)].storage)
+                    continue
                 for b, (s, ky, kx) in enumerate(index):
                     for a in range(hi - lo):
                         sets[lo + a, s, ky, kx] = upd.master_of(ctx, b, a)
@@ -510,6 +520,8 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
     sim.add_clock(1e-8)
     drams = dram_models(top, latency=dram_latency, words_per_cycle=dram_words_per_cycle,
                         p_stall=dram_stall, seed=stall_seed)
+    master_drams = {id(ram): drams[memory_key(key, store)]
+                    for _, key, store, ram, _ in memory_ports(top) if store == "master"}
     for model in drams.values():
         sim.add_testbench(model.run, background=True)
     sim.add_testbench(host, background=True)
@@ -986,12 +998,13 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
                                    for sfx, *_ in update_parts(nl))
                        for nl in prep["top"].layers},
            # off-chip Act-RAMs: segment key -> burst port and its memory model's counters
-           "offchip_act_ram": {nl.key: nl.mem for _, nl, store, _ in memory_ports(prep["top"])
-                               if store == "act"},
-           # off-chip ReLU-mask and argmax stores: <segment key>/<store> -> burst port
-           "offchip_stores": {memory_key(nl, store): member
+           "offchip_act_ram": {key: member
+                               for node in getattr(prep["top"], "nodes", [prep["top"]])
+                               for key, store, member, _ in node.memories() if store == "act"},
+           # off-chip ReLU-mask, argmax and master-copy stores: <key>/<store> -> burst port
+           "offchip_stores": {memory_key(key, store): member
                               for node in getattr(prep["top"], "nodes", [prep["top"]])
-                              for nl in node.layers for store, member, _ in nl.memories()
+                              for key, store, member, _ in node.memories()
                               if store != "act"},
            "dram": dict(final["dram"], latency=dram_latency,
                         words_per_cycle=dram_words_per_cycle, stall=dram_stall,

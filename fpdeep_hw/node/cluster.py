@@ -197,7 +197,8 @@ class Cluster(wiring.Component):
         As :class:`NodeTop`'s (``mac_units`` summed over the nodes).
     memory_ports : list of (int, str, Interface)
         ``(node, member, port)`` of every node's off-chip store burst port (``mem_*``: Act-RAMs,
-        mask and argmax stores; not ports of the cluster, see the module docstring).
+        mask, argmax and master-copy stores; not ports of the cluster, see the module
+        docstring).
     """
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
@@ -301,10 +302,10 @@ class Cluster(wiring.Component):
 
     @property
     def memory_ports(self):
-        """``[(node, member, port)]``: every node's off-chip store burst port (Act-RAMs, mask
-        and argmax stores, :meth:`~fpdeep_hw.node.top.NodeLayer.memories`)."""
+        """``[(node, member, port)]``: every node's off-chip store burst port (Act-RAMs, mask,
+        argmax and master-copy stores, :meth:`~fpdeep_hw.node.top.NodeTop.memories`)."""
         return [(k, member, getattr(node, member)) for k, node in enumerate(self.nodes)
-                for nl in node.layers for _, member, _ in nl.memories()]
+                for _, _, member, _ in node.memories()]
 
     def link(self, src, dst):
         """The :class:`ClusterLink` of direction ``src -> dst``."""

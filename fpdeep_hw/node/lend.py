@@ -46,10 +46,11 @@ from fpdeep_hw.compute.shared import shared
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
 from fpdeep_hw.memory.grad_buffer import BGB, _count_flags
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
+from fpdeep_hw.memory.offchip_act_ram import memory_port_signature
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
 from fpdeep_hw.node.pg_layer import check_pg_engines, pg_members
-from fpdeep_hw.node.update import WeightUpdate
+from fpdeep_hw.node.update import OffchipWeightUpdate, WeightUpdate
 from fpdeep_hw.wide import join
 from fpdeep_hw.numerics import requantize, saturate, saturating_add, tree_sum
 from sim.golden.line_buffer import Geometry, eb_geometry
@@ -993,8 +994,12 @@ class Lender(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, lr_q, lag=None, master=None,
-                 fifo_depth=2, sets=None):
+                 fifo_depth=2, sets=None, master_mem=None):
         geom = _check_args("Lender", segment, network, numerics)
+        if master_mem is not None and not isinstance(master_mem, dict):
+            raise TypeError(f"Lender master_mem must be None or a dict of OffchipWeightUpdate "
+                            f"keywords, not {master_mem!r}")
+        self._master_mem = master_mem
         total = geom.out_groups * geom.groups
         if sets is None:
             sets = (0, total)
@@ -1044,6 +1049,9 @@ class Lender(wiring.Component):
             "updates": Out(32),
             "bgb_acc_overflow": Out(32), "bgb_out_overflow": Out(32),
             "update_overflow": Out(32),
+            **({"mem": Out(memory_port_signature(
+                PS * K * K * numerics.master.width, master_mem.get("addr_width", 32)))}
+               if master_mem is not None else {}),
         })
 
     geometry = property(lambda self: self._geom)
@@ -1058,8 +1066,9 @@ class Lender(wiring.Component):
             K, PS, RG = g.kernel, g.p * g.s, self.weight_sets
             self._parts = (
                 BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG, init=self._wsets),
-                WeightUpdate(numerics=nm, kernel=K, lanes=PS, depth=RG, lr_q=self._lr_q,
-                             init=self._msets),
+                (WeightUpdate if self._master_mem is None else OffchipWeightUpdate)(
+                    numerics=nm, kernel=K, lanes=PS, depth=RG, lr_q=self._lr_q,
+                    init=self._msets, **(self._master_mem or {})),
                 BGB(in_fmt=nm.gradient, out_fmt=nm.gradient, acc_width=nm.grad_acc_width,
                     kernel=K, lanes=PS, depth=RG, batch=self._batch))
         return self._parts
@@ -1090,6 +1099,8 @@ class Lender(wiring.Component):
         B, D, RG, depth = self._batch, self._lag, self.weight_sets, self._fifo_depth
         m.submodules.bpram = bp = self.bpram
         m.submodules.update = upd = self.update
+        if self._master_mem is not None:
+            wiring.connect(m, upd.mem, wiring.flipped(self.mem))
         m.submodules.bgb = bgb = self.bgb
         wiring.connect(m, upd.wr, bp.wr)
         wiring.connect(m, bgb.o, upd.grad)

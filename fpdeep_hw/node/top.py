@@ -84,24 +84,25 @@ from .lanes import LaneConcat, LaneFork
 from .lend import Lender, WSEBLayer, WSFPLayer, WSPGLayer
 from .sets import SetConcat, SetRoute, keepers_of
 from .pg_layer import PGLayer
-from .update import WeightUpdate
+from .update import OffchipWeightUpdate, WeightUpdate
 from .version_gate import VersionGate
 
 __all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name", "STORES"]
 
 
 #: The stores of a segment that the plan may keep off chip: the Act-RAM
-#: (``SegmentPlan.act_ram``), the ReLU masks (``mask_store``) and the pool argmaxes
-#: (``arg_store``).
-STORES = ("act", "mask", "arg")
+#: (``SegmentPlan.act_ram``), the ReLU masks (``mask_store``), the pool argmaxes
+#: (``arg_store``) and the master copy of the weights (``master_store``).
+STORES = ("act", "mask", "arg", "master")
 
 
 def mem_port_name(key, store="act"):
     """The :class:`NodeTop` member of the burst port of segment ``key``'s (a
     :attr:`NodeLayer.key`) off-chip ``store``: the Act-RAM (``"act"``) ``mem_<layer>`` for a
     whole layer, ``mem_<layer>_at<node>`` for a slice (``@`` is not an identifier character;
-    the same form as the segment's submodules); the ReLU-mask (``"mask"``) and argmax
-    (``"arg"``) stores the same with ``_mask`` / ``_arg`` appended."""
+    the same form as the segment's submodules); the ReLU-mask (``"mask"``), argmax
+    (``"arg"``) and master-copy (``"master"``) stores the same with ``_mask`` / ``_arg`` /
+    ``_master`` appended (a lender's master copy: ``key`` ``lend_<chain>@<node>``)."""
     if store not in STORES:
         raise ValueError(f"mem_port_name store must be one of {STORES}, not {store!r}")
     return "mem_" + key.replace("@", "_at") + ("" if store == "act" else f"_{store}")
@@ -156,8 +157,10 @@ class NodeLayer:
     mem : str or None
         The :class:`NodeTop` member of the off-chip Act-RAM's burst port
         (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
-    mem_mask, mem_arg : str or None
-        The same for the mask and argmax stores (``None``: on chip, or no such store).
+    mem_mask, mem_arg, mem_master : str or None
+        The same for the mask and argmax stores and the master copy (``None``: on chip, or no
+        such store; ``mem_master``: ``update`` is then an
+        :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`).
     lpram : LPRAM or None
         The layer's working weights, read by ``fp`` (``rd_addr`` / ``rd_data``) and ``eb``
         (``rd2_addr`` / ``rd2_data``) and written by ``update`` (``LPRAM(readers=2)``; the two
@@ -186,6 +189,7 @@ class NodeLayer:
     mem_mask: str | None = None
     mem_arg: str | None = None
     lpram: LPRAM | None = None
+    mem_master: str | None = None
 
     def memories(self):
         """``[(store, member, module)]``: the segment's off-chip stores (``store`` in
@@ -194,7 +198,8 @@ class NodeLayer:
         out = []
         for store, member, module in (("act", self.mem, self.act_ram),
                                       ("mask", self.mem_mask, self.mask_fifo),
-                                      ("arg", self.mem_arg, self.arg_fifo)):
+                                      ("arg", self.mem_arg, self.arg_fifo),
+                                      ("master", self.mem_master, self.update)):
             if member is not None:
                 out.append((store, member, module))
         return out
@@ -355,7 +360,8 @@ class NodeTop(wiring.Component):
     """
 
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
-                 fifo_rows=None, fifo_whole_bits=0, mem_burst=16, mem_prefetch=4):
+                 fifo_rows=None, fifo_whole_bits=0, mem_burst=16, mem_prefetch=4,
+                 master_burst=None, master_prefetch=None):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -391,6 +397,17 @@ class NodeTop(wiring.Component):
                 mem_prefetch < 2:
             raise ValueError(f"NodeTop mem_prefetch must be an integer of at least 2, not "
                              f"{mem_prefetch!r}")
+        master_burst = mem_burst if master_burst is None else master_burst
+        master_prefetch = mem_prefetch if master_prefetch is None else master_prefetch
+        if isinstance(master_burst, bool) or not isinstance(master_burst, int) or \
+                not 1 <= master_burst <= mem_burst or mem_burst % master_burst:
+            raise ValueError(f"NodeTop master_burst must be a divisor of mem_burst "
+                             f"({mem_burst}), not {master_burst!r}")
+        if isinstance(master_prefetch, bool) or not isinstance(master_prefetch, int) or \
+                master_prefetch < 1:
+            raise ValueError(f"NodeTop master_prefetch must be a positive integer, not "
+                             f"{master_prefetch!r}")
+        self.master_burst, self.master_prefetch = master_burst, master_prefetch
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
@@ -452,12 +469,13 @@ class NodeTop(wiring.Component):
                 continue
             store_words[k] = _stores_of(seg, geo, lags[seg.layer])
 
-        def ring(key, store, bits, depth):
+        def ring(key, store, bits, depth, burst=mem_burst, prefetch=mem_prefetch):
             """The next ring of the node's external memory (:attr:`memory_map`) for an off-chip
-            store of ``depth`` words of ``bits``: its member and the store's keywords."""
+            store of ``depth`` words of ``bits``: its member and the store's keywords (rings
+            start at a multiple of ``mem_burst`` words, of which ``burst`` is a divisor)."""
             nonlocal mem_end
             wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
-            ext = math.ceil(depth / mem_burst) * mem_burst
+            ext = math.ceil(depth / burst) * burst
             base = math.ceil(mem_end / (wbytes * mem_burst)) * mem_burst
             mem_end = (base + ext) * wbytes
             mem = mem_port_name(key, store)
@@ -467,7 +485,7 @@ class NodeTop(wiring.Component):
             self.memory_map[mem] = {"layer": key, "store": store, "base": base, "words": ext,
                                     "word_bits": bits, "word_bytes": wbytes,
                                     "bytes": [base * wbytes, mem_end]}
-            return mem, {"burst": mem_burst, "base": base, "prefetch": mem_prefetch,
+            return mem, {"burst": burst, "base": base, "prefetch": prefetch,
                          "addr_width": max(1, (base + ext - 1).bit_length())}
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)
@@ -533,21 +551,30 @@ class NodeTop(wiring.Component):
             # no accumulator of every borrowed weight
             pg = (WSPGLayer(seg, network, num, batch=batch) if borrowed
                   else PGLayer(seg, network, num, batch=batch))
-            upd = gate = None
+            upd = gate = mem_master = None
             lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:
-                upd = WeightUpdate(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
-                                   depth=geo.weight_sets, lr_q=lr_q,
-                                   init=geo.pack_weights(master))
+                upd_kw = dict(numerics=num, kernel=geo.kernel, lanes=geo.p * geo.s,
+                              depth=geo.weight_sets, lr_q=lr_q, init=geo.pack_weights(master))
+                if seg.master_store is not None and seg.master_store.offchip_words > 0:
+                    # the master copy in its ring of the external memory
+                    mem_master, kw = ring(key, "master", upd_kw["lanes"] * geo.kernel ** 2
+                                          * num.master.width, geo.weight_sets,
+                                          burst=master_burst, prefetch=master_prefetch)
+                    upd = OffchipWeightUpdate(**upd_kw, **kw)
+                else:
+                    upd = WeightUpdate(**upd_kw)
                 gate = VersionGate(batch=batch, lag=lag, eb=eb is not None)
             self.layers.append(NodeLayer(
                 name=seg.layer, key=key, node=node, segment=seg, geometry=geo, lag=lag, fp=fp,
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
                 update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem,
-                mem_mask=mems["mask"], mem_arg=mems["arg"], lpram=lpram))
+                mem_mask=mems["mask"], mem_arg=mems["arg"], lpram=lpram,
+                mem_master=mem_master))
         # the weight sets this node keeps (for a borrower, or its own share of a borrowed
         # segment): BPRAM, BGB, update, version rule
         self.lenders = {}
+        self.lender_mems = {}
         for name, kp in self.keepers.items():
             layer = kp.layer
             if node not in kp.ranges:
@@ -556,8 +583,16 @@ class NodeTop(wiring.Component):
                 raise ValueError(f"NodeTop: no initial weights for layer {layer!r}")
             master = slice_weights(np.asarray(init_master[layer]).astype(np.int64),
                                    layer_geometry(kp.segment, network))
+            lo, hi = kp.ranges[node]
+            ms = kp.segment.master_store
+            kw = None
+            if ms is not None and ms.offchip_words > 0:
+                g_ = layer_geometry(kp.segment, network)
+                self.lender_mems[name], kw = ring(
+                    f"lend_{name}@{node}", "master", g_.p * g_.s * g_.kernel ** 2 * num.master.width,
+                    hi - lo, burst=master_burst, prefetch=master_prefetch)
             lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
-                            master=master, sets=kp.ranges[node])
+                            master=master, sets=kp.ranges[node], master_mem=kw)
             lender.borrower = kp.borrower
             self.lenders[name] = lender
         self._members(network, compute, loss_layer)
@@ -681,13 +716,24 @@ class NodeTop(wiring.Component):
         members["flush"] = In(1)
         members["updates"] = Out(32)
         members["images_in"] = Out(32)
-        for nl in L:
-            for _, mem, store in nl.memories():     # an off-chip store's burst port
-                members[mem] = store.signature.members["mem"]
+        for _, _, mem, store in self.memories():     # an off-chip store's burst port
+            members[mem] = store.signature.members["mem"]
         super().__init__(members)
         self.link_ports = ports
         self.link_items = items
         self.link_tags = tags
+
+    def memories(self):
+        """``[(key, store, member, module)]``: every off-chip store of the node, each with its
+        burst port: the segments' (:meth:`NodeLayer.memories`, ``key`` the segment's) and the
+        master copies of the weight sets the node keeps for a borrower (``key``
+        ``lend_<chain>@<node>``, ``store`` ``"master"``, ``module`` the lender's
+        :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`)."""
+        out = [(nl.key, store, member, module) for nl in self.layers
+               for store, member, module in nl.memories()]
+        out += [(f"lend_{n}@{self._node}", "master", member, self.lenders[n].update)
+                for n, member in self.lender_mems.items()]
+        return out
 
     plan = property(lambda self: self._plan)
     node = property(lambda self: self._node)
@@ -764,6 +810,9 @@ class NodeTop(wiring.Component):
             lender = self.lenders.get(n)
             if lender is not None:
                 m.submodules[f"lend_{n}"] = lender
+                if n in self.lender_mems:
+                    wiring.connect(m, lender.mem,
+                                   wiring.flipped(getattr(self, self.lender_mems[n])))
             port = lambda name: wiring.flipped(getattr(self, name))  # noqa: E731
             has_eb = layer_geometry(kp.segment, self._network).has_eb
             if kp.borrower == node:

@@ -512,25 +512,28 @@ class OffchipWeightUpdate(WeightUpdate):
             m.d.sync += ar_valid.eq(0)
         m.d.sync += in_flight.eq(in_flight + Mux(can_read, B, 0) - mem.r.valid)
 
-        # -- writer: an address, then a burst's words from the write FIFO ----------------------
+        # -- writer: an address once a burst's words are in the write FIFO (the next address
+        # while the previous burst's words still go out), then the words in order ----------
         wq = Signal(range(N))                  # next burst to write
-        w_busy = Signal()
-        w_count = Signal(range(B))
+        owed = Signal(range(2 * B + 1))        # words of addressed bursts not yet sent
         aw_valid = Signal()
         aw_addr = Signal.like(mem.aw.payload)
         acks = Signal(range(N))
-        m.d.comb += [mem.aw.valid.eq(aw_valid), mem.aw.payload.eq(aw_addr)]
-        with m.If(~w_busy & ~aw_valid & (wf.level >= B)):
-            m.d.sync += [aw_valid.eq(1), aw_addr.eq(self._base + wq * B), w_busy.eq(1),
+        w_send = Signal()
+        issue = Signal()
+        m.d.comb += [
+            mem.aw.valid.eq(aw_valid), mem.aw.payload.eq(aw_addr),
+            issue.eq(~aw_valid & (owed <= B) & (wf.level >= owed + B)),
+            mem.w.valid.eq((owed != 0) & wf.r_rdy), mem.w.payload.eq(wf.r_data),
+            w_send.eq(mem.w.valid & mem.w.ready),
+            wf.r_en.eq(w_send),
+        ]
+        with m.If(issue):
+            m.d.sync += [aw_valid.eq(1), aw_addr.eq(self._base + wq * B),
                          wq.eq(Mux(wq == N - 1, 0, wq + 1))]
         with m.If(mem.aw.valid & mem.aw.ready):
             m.d.sync += aw_valid.eq(0)
-        m.d.comb += [mem.w.valid.eq(w_busy & wf.r_rdy), mem.w.payload.eq(wf.r_data),
-                     wf.r_en.eq(mem.w.valid & mem.w.ready)]
-        with m.If(mem.w.valid & mem.w.ready):
-            m.d.sync += w_count.eq(Mux(w_count == B - 1, 0, w_count + 1))
-            with m.If(w_count == B - 1):
-                m.d.sync += w_busy.eq(0)
+        m.d.sync += owed.eq(owed + Mux(issue, B, 0) - w_send)
         m.d.comb += mem.b.ready.eq(1)
         with m.If(mem.b.valid):
             m.d.sync += acks.eq(Mux(acks == N - 1, 0, acks + 1))
@@ -585,7 +588,9 @@ class OffchipWeightUpdate(WeightUpdate):
         with m.If(rf.r_en):
             m.d.sync += idx.eq(Mux(last_word, 0, idx + 1))
 
-        old = Mux(state == _State.WRITE, head, s1_old)
+        # one signal: a slice per lane of a Mux expression would lower the whole Mux per lane
+        old = Signal(W)
+        m.d.comb += old.eq(Mux(state == _State.WRITE, head, s1_old))
         g_bits = self.grad.payload.as_value()
         g0, gw = self._grad_layout["data"].offset, n.gradient.width
         for k, lane in enumerate(lanes):

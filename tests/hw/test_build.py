@@ -88,6 +88,24 @@ def test_files(built):
     # the summary names the path
     assert str(folder) in built["proc"].stdout
     assert "plan DSP 105" in built["proc"].stdout
+    # every master copy off chip: a ring each, its initial words in a hex file for the host
+    from fpdeep_hw.node.top import NodeTop
+    from sim.golden.train import init_weights
+    net = load_network("tiny")
+    node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
+                   master_burst=report["master_burst"], master_prefetch=report["master_prefetch"])
+    assert (report["master_burst"], report["master_prefetch"]) == (4, 2)
+    masters = [(member, module) for _, store, member, module in node.memories()
+               if store == "master"]
+    assert [m for m, _ in masters] == [f"mem_{layer}_master" for layer in report["layers"]]
+    for member, upd in masters:
+        ring = report["memory_map"][member]
+        assert (ring["store"], ring["base"], ring["words"], ring["word_bits"], ring["init"]) == (
+            "master", upd.base, upd.ext_words, upd.word_width, f"{member}.hex")
+        lines = (folder / ring["init"]).read_text().splitlines()
+        words = upd.init_words()
+        assert [int(x, 16) for x in lines] == [words[a] for a in sorted(words)]
+        assert len(lines) == upd.ext_words and len(lines[0]) == -(-upd.word_width // 4)
 
 
 def test_rtl_memory_report(built):
@@ -238,17 +256,29 @@ def _pack(lanes, width):
     return raw
 
 
-def _outputs(top):
-    from fpdeep_hw.board_top import node_instance_ports
-    return [(name, v) for name, (d, v) in node_instance_ports(top).items() if d == "o"]
+def attach_drams(sim, linked, *, latency=20, seed=0):
+    """A :class:`sim.dram_model.DRAMModel` on every external-memory port of ``linked`` (a
+    ``LinkedNode``; :meth:`NodeTop.memories`), the master copies' rings loaded with their
+    initial words (what the host writes before training)."""
+    from sim.dram_model import DRAMModel
+    for j, (_, store, member, module) in enumerate(linked.node_top.memories()):
+        model = DRAMModel(getattr(linked, member), burst=module.burst,
+                          words=module.base + module.ext_words, latency=latency,
+                          words_per_cycle=2, seed=seed + j)
+        if store == "master":
+            model.load(module.init_words())
+        sim.add_testbench(model.run, background=True)
 
 
 def amaranth_trace(top, pixels, labels, *, p_gap, seed, tail):
-    """Per cycle: the inputs set and every output port's value (before the clock edge)."""
+    """Per cycle: every input port's value (the host's, and the memory models' on the burst
+    ports) and every output port's value, before the clock edge; and the ports."""
+    from amaranth.hdl import Value
     from amaranth.sim import Simulator
+
+    from fpdeep_hw.board_top import node_instance_ports
     rng = random.Random(seed)
-    outputs = _outputs(top)
-    width = top.node_top.numerics.activation.width
+    ports = [(name, d, Value.cast(v)) for name, (d, v) in node_instance_ports(top).items()]
     rec = []
 
     async def bench(ctx):
@@ -258,16 +288,14 @@ def amaranth_trace(top, pixels, labels, *, p_gap, seed, tail):
         while done_at is None or cycle < done_at + tail:
             iv = int(pi < len(pixels) and rng.random() >= p_gap)
             lv = int(li < len(labels) and rng.random() >= p_gap)
-            px = pixels[min(pi, len(pixels) - 1)]
-            lp = labels[min(li, len(labels) - 1)]
-            fl = int(pi >= len(pixels))
             ctx.set(top.images.valid, iv)
-            ctx.set(top.images.payload, px)
+            ctx.set(top.images.payload, pixels[min(pi, len(pixels) - 1)])
             ctx.set(top.labels.valid, lv)
-            ctx.set(top.labels.payload, lp)
-            ctx.set(top.flush, fl)
-            outs = tuple(ctx.get(v) for _, v in outputs)
-            rec.append(((fl, lv, lp, iv, _pack(px, width)), outs))
+            ctx.set(top.labels.payload, labels[min(li, len(labels) - 1)])
+            ctx.set(top.flush, int(pi >= len(pixels)))
+            ins = tuple(ctx.get(v) & ((1 << len(v)) - 1) for _, d, v in ports if d == "i")
+            outs = tuple(ctx.get(v) & ((1 << len(v)) - 1) for _, d, v in ports if d == "o")
+            rec.append((ins, outs))
             if iv and ctx.get(top.images.ready):
                 pi += 1
             if lv and ctx.get(top.labels.ready):
@@ -280,103 +308,49 @@ def amaranth_trace(top, pixels, labels, *, p_gap, seed, tail):
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
+    attach_drams(sim, top, seed=seed)
     sim.add_testbench(bench)
     sim.run()
-    return rec
-
-
-TB = """
-`timescale 1ns/1ps
-module tb;
-  reg clk = 0, rst = 0;
-  reg flush = 0, iv = 0, lv = 0;
-  reg [{IW}-1:0] ip = 0;
-  reg [{LW}-1:0] lp = 0;
-{WIRES}
-  reg [{SW}-1:0] stim [0:{N}-1];
-  integer n, f;
-  fpdeep_node dut(.clk(clk), .rst(rst), .images__valid(iv), .images__payload(ip),
-                  .labels__valid(lv), .labels__payload(lp), .flush(flush),
-{CONNS});
-  always #5 clk = ~clk;
-  initial begin
-    $readmemh("stim.hex", stim);
-    f = $fopen("out.txt", "w");
-    #1;
-    for (n = 0; n < {N}; n = n + 1) begin
-      {{flush, lv, lp, iv, ip}} = stim[n];
-      #1;
-      $fwrite(f, "{FMT}\\n", {OUTS});
-      @(posedge clk);
-      #1;
-    end
-    $fclose(f);
-    $finish;
-  end
-endmodule
-"""
-
-
-def icarus_trace(verilog_file, rec, outputs, iw, lw, workdir):
-    sw = 1 + 1 + lw + 1 + iw
-    lines = []
-    for (fl, lv, lp, iv, ip), _ in rec:
-        word = (((((fl << 1 | lv) << lw) | lp) << 1 | iv) << iw) | ip
-        lines.append(f"{word:x}")
-    (workdir / "stim.hex").write_text("\n".join(lines) + "\n")
-    wires = "\n".join(f"  wire [{len(v) - 1}:0] o_{n};" for n, v in outputs)
-    conns = ",\n".join(f"                  .{n}(o_{n})" for n, _ in outputs)
-    tb = TB.format(IW=iw, LW=lw, SW=sw, N=len(rec), WIRES=wires, CONNS=conns,
-                   FMT=" ".join("%0d" for _ in outputs), OUTS=", ".join(f"o_{n}" for n, _ in outputs))
-    (workdir / "tb.v").write_text(tb)
-    # Verilog-2005 semantics: Yosys' combinational blocks rely on the time-zero event of a
-    # register initializer (`reg t = 0;`), which SystemVerilog (-g2012) does not generate
-    comp = subprocess.run(["iverilog", "-g2005", "-o", "tb.vvp", "-s", "tb", "tb.v",
-                           str(verilog_file)], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
-    assert comp.returncode == 0, comp.stdout + comp.stderr
-    # the build rewrote Yosys' constant `always @*` blocks (fpdeep_hw.build.fix_constant_always)
-    assert "found no sensitivities" not in comp.stdout + comp.stderr, comp.stdout + comp.stderr
-    run = subprocess.run(["vvp", "-n", "tb.vvp"], cwd=workdir, capture_output=True, text=True,
-                         timeout=1200)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return [tuple(int(v) for v in line.split())
-            for line in (workdir / "out.txt").read_text().splitlines()]
+    return ports, rec
 
 
 def _compare(build, n_images, tmp_path):
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog is not installed")
     from fpdeep_hw.board_top import LinkedNode
-    from fpdeep_hw.build import BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS
+    from fpdeep_hw.build import (BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS, BUILD_MASTER_BURST,
+                                 BUILD_MASTER_PREFETCH)
     from fpdeep_hw.node.top import NodeTop
     from sim.golden.train import init_weights
     plan = Plan.from_yaml(build["plan_file"].read_text())
     net = load_network("tiny")
     # the build's defaults: lr 0.125, seed 0, decoupling FIFOs of BUILD_FIFO_ROWS rows above
-    # BUILD_FIFO_WHOLE_BITS
+    # BUILD_FIFO_WHOLE_BITS, the master copies' bursts
     node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
-                   fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS)
+                   fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
+                   master_burst=BUILD_MASTER_BURST, master_prefetch=BUILD_MASTER_PREFETCH)
     top = LinkedNode(node)
     pixels, labels = _stimulus(top, net, plan.numerics, n_images, seed=3)
-    outputs = _outputs(top)
-    names = [n for n, _ in outputs]
+    ports, rec = amaranth_trace(top, pixels, labels, p_gap=0.2, seed=5, tail=40)
+    names = [n for n, d, _ in ports if d == "o"]
+    in_names = [n for n, d, _ in ports if d == "i"]
     assert {"images__ready", "labels__ready", "updates", "loss_valid", "loss_error"} <= set(names)
-    rec = amaranth_trace(top, pixels, labels, p_gap=0.2, seed=5, tail=40)
+    # every master copy is off chip: its burst port is driven by the memory model
+    assert {f"mem_{s.layer}_master__r__valid" for s in plan.node_plans[0].segments} <= \
+        set(in_names)
     outs = [o for _, o in rec]
     up = names.index("updates")
     ir, lr = names.index("images__ready"), names.index("labels__ready")
+    iv, lv_in = in_names.index("images__valid"), in_names.index("labels__valid")
     # the stimulus covers FP of every image, the loss, BP and the mini-batches' updates
     assert outs[-1][up] == n_images // plan.batch >= 1 and outs[0][up] == 0
-    assert sum(1 for (i, o) in rec if i[3] and o[ir]) == len(pixels)
-    assert sum(1 for (i, o) in rec if i[1] and o[lr]) == len(labels)
+    assert sum(1 for (i, o) in rec if i[iv] and o[ir]) == len(pixels)
+    assert sum(1 for (i, o) in rec if i[lv_in] and o[lr]) == len(labels)
     # every loss error word (classes lanes, one per image) is compared, and they are not all 0
     lv, le = names.index("loss_valid"), names.index("loss_error")
     assert sum(o[lv] for o in outs) == len(labels)
     assert any(o[le] for o in outs if o[lv])
-    iw = len(top.images.payload.as_value())
-    lw = len(top.labels.payload)
-    got = icarus_trace(build["folder"] / "fpdeep_node.v", rec, outputs, iw, lw, tmp_path)
+    got = icarus_replay(build["folder"] / "fpdeep_node.v", ports, rec, tmp_path)
     assert len(got) == len(outs)
     first = next((n for n, (a, b) in enumerate(zip(outs, got)) if a != b), None)
     assert first is None, (f"cycle {first} of {len(outs)}: Amaranth {dict(zip(names, outs[first]))}, "
@@ -775,8 +749,11 @@ class _Pair(Elaboratable):
         from sim.golden.train import init_weights
         from sim.link_model import LinkModel
         from amaranth.hdl import Signal
+        from fpdeep_hw.build import BUILD_MASTER_BURST, BUILD_MASTER_PREFETCH
         init = init_weights(network, 0, plan.numerics)
-        self.nodes = [LinkedNode(NodeTop(plan, k, network, lr=0.125, init_master=init))
+        self.nodes = [LinkedNode(NodeTop(plan, k, network, lr=0.125, init_master=init,
+                                         master_burst=BUILD_MASTER_BURST,
+                                         master_prefetch=BUILD_MASTER_PREFETCH))
                       for k in range(2)]
         self.wires = [LinkModel(latency=latency, words_per_cycle=words_per_cycle)
                       for _ in range(2)]
@@ -841,6 +818,8 @@ def pair_trace(pair, pixels, labels, *, p_gap, seed, tail):
 
     sim = Simulator(pair)
     sim.add_clock(1e-8)
+    for k, n in enumerate(pair.nodes):
+        attach_drams(sim, n, seed=seed + 10 * k)
     sim.add_testbench(bench)
     sim.run()
     return ports, recs

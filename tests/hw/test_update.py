@@ -415,3 +415,66 @@ def test_offchip_storage():
 def test_offchip_lint(tmp_path):
     verilator_lint(OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=16, lr_q=3277,
                                        burst=4, addr_width=8), "offchip_weight_update", tmp_path)
+
+
+def _tail(dut, latency):
+    """No stalls, ``start`` pending from the beginning, the read-ahead done: cycles from the
+    last gradient word taken to the first ``wr`` word, and the cycles of each pass (takes of
+    pass 1, ``wr`` words of pass 2)."""
+    from sim.dram_model import DRAMModel
+    depth = dut.depth
+    zero = [[[0] * dut.kernel] * dut.kernel] * dut.lanes
+    rec = {}
+
+    async def tb(ctx):
+        ctx.set(dut.start, 1)
+        ctx.set(dut.wr.ready, 1)
+        for _ in range(4 * latency + 200):
+            await ctx.tick()
+        ctx.set(dut.start, 0)
+        t, a, takes, wrs = 0, 0, [], []
+        ctx.set(dut.grad.valid, 1)
+        ctx.set(dut.grad.payload, {"addr": 0, "data": zero, "last": int(depth == 1)})
+        while True:
+            _, _, v, r, done, wv = await ctx.tick().sample(
+                dut.grad.valid, dut.grad.ready, dut.done, dut.wr.valid)
+            if v and r:
+                takes.append(t)
+                a += 1
+                ctx.set(dut.grad.valid, int(a < depth))
+                ctx.set(dut.grad.payload, {"addr": min(a, depth - 1), "data": zero,
+                                           "last": int(a == depth - 1)})
+            if wv:
+                wrs.append(t)
+            if done:
+                break
+            t += 1
+        rec.update(gap=wrs[0] - takes[-1], pass1=takes[-1] - takes[0] + 1,
+                   pass2=wrs[-1] - wrs[0] + 1)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    if isinstance(dut, OffchipWeightUpdate):
+        model = DRAMModel(dut.mem, burst=dut.burst, words=dut.base + dut.ext_words,
+                          latency=latency, words_per_cycle=2)
+        model.load(dut.init_words())
+        sim.add_testbench(model.run, background=True)
+    sim.add_testbench(tb)
+    sim.run()
+    return rec
+
+
+@pytest.mark.parametrize("depth,latency,burst", [
+    (64, 20, 16), (640, 20, 16), (70, 20, 16), (65, 10, 16), (64, 20, 8), (5, 7, 4)])
+def test_offchip_update_cycles(depth, latency, burst):
+    """The mapper's ``costs.offchip_update_cycles``: from the last gradient word to the first
+    working-weight set an off-chip update takes ``2 * latency + burst + 3 + padding`` cycles
+    more than the on-chip one; both passes run at one set per cycle (memory of two words per
+    cycle, ``prefetch`` 4)."""
+    from fpdeep_map.costs import offchip_update_cycles
+    kw = dict(numerics=NUM, kernel=3, lanes=2, depth=depth, lr_q=100)
+    on = _tail(WeightUpdate(**kw), latency)
+    off = _tail(OffchipWeightUpdate(**kw, burst=burst, prefetch=4), latency)
+    assert on == {"gap": 5, "pass1": depth, "pass2": depth}
+    assert (off["pass1"], off["pass2"]) == (depth, depth)
+    assert off["gap"] - on["gap"] == offchip_update_cycles(depth, latency, burst)

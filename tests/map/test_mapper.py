@@ -5,6 +5,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from fpdeep_map import costs
 from fpdeep_map.board import Board, load_board
 from fpdeep_map.graph import coarse_graph, operator_graph, total_macs
 from fpdeep_map.mapper import build_works, map_network, residency
@@ -273,10 +274,13 @@ def test_boundary_cost_formula(net, batch, n_fc, n_pg, lam, lag, rows, period):
     """boundary = A + F - (D_L + 1 + 1/H) T with A = N_pg + 3 N + 10 (measured 2573 / 5133
     from the last image's loss error to the FC's update with ``PGLayer.LATENCY`` 6, so 3 less
     since the accumulators drain under the next image), F = H*W + N_fp + 6 + loss latency
-    (measured: the held image's loss error 864 / 1504 cycles after the update)."""
+    (measured: the held image's loss error 864 / 1504 cycles after the update); the FC's
+    master copy off chip adds ``costs.offchip_update_cycles`` (59 for 640 or 1280 sets, whole
+    bursts of 16, a 20-cycle memory)."""
     plan = _sim_plan(net, batch=batch)
     s = plan.summary
-    a = n_pg + 3 * n_fc + 10
+    assert costs.offchip_update_cycles(n_fc) == 2 * 20 + 16 + 3 == 59
+    a = n_pg + 3 * n_fc + 10 + 59
     f = 16 + n_fc + 6 + lam             # 16 pixels of 4 x 4 into the FC's store
     boundary = a + f - (lag + 1 + 1 / rows) * period
     assert s["boundary_cycles_per_batch"] == pytest.approx(boundary, abs=0.01)
@@ -296,17 +300,19 @@ def test_boundary_cost_when_the_fc_is_the_pace():
     slowest at 527) had images queued in the link's receive buffer during the stall, so the
     batch's other three images come at 512 too (measured): the catch-up is 3 (T - 512)."""
     s = _sim_plan("tiny", nodes=2, split="layers").summary
-    a = 512 + 3 * 512 + 10
+    a = 512 + 3 * 512 + 10 + costs.offchip_update_cycles(512)
     f = 16 + 512 + 6 + 202
     assert s["boundary_cycles_per_batch"] == pytest.approx(a + f - 3 * 527 - 3 * (527 - 512),
                                                             abs=0.01)
-    assert s["cycles_per_image_with_updates"] == pytest.approx(825.62, rel=0.02)   # measured
+    # measured (12 images, B = 4, seed 0, the master copies off chip; 825.62 on chip)
+    assert s["cycles_per_image_with_updates"] == pytest.approx(837.5, rel=0.02)
 
 
 def test_boundary_cost_against_the_co_simulation():
-    """Measured with ``python -m sim.train`` (12 images, B = 4, seeds 0 / 1): loss-output spacing
-    over the first mini-batch and over whole mini-batches (docs/mapping.md section 6)."""
-    for net, steady, whole in (("tiny", 1031.0, 1303.25), ("digits", 2048.0, 2554.0)):
+    """Measured with ``python -m sim.train`` (12 images, B = 4, seed 0): loss-output spacing
+    over the first mini-batch and over whole mini-batches (docs/mapping.md section 6), with the
+    master copies off chip (memory of 20 cycles)."""
+    for net, steady, whole in (("tiny", 1031.0, 1317.25), ("digits", 2048.0, 2568.0)):
         s = _sim_plan(net).summary
         assert s["cycles_per_image_steady"] == pytest.approx(steady, rel=0.02)
         assert s["cycles_per_image_with_updates"] == pytest.approx(whole, rel=0.02)

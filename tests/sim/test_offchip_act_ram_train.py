@@ -59,14 +59,23 @@ def _node(net, plan, k=0, **kw):
 
 
 def _mem_members(node):
-    return {n for n in node.signature.members if n.startswith("mem_")}
+    """The burst ports of the node's Act-RAMs, mask and argmax stores (the plan keeps every
+    master copy off chip too: those ports, ``mem_*_master``, are tested in
+    ``tests/sim/test_offchip_master.py``)."""
+    return {n for n in node.signature.members if n.startswith("mem_")
+            and not n.endswith("_master")}
+
+
+def _rings(top):
+    """``memory_map`` without the master copies' rings."""
+    return {k: v for k, v in top.memory_map.items() if v["store"] != "master"}
 
 
 def test_mem_members_exactly_for_offchip_segments():
     net, plan = _tiny()
     assert all(s.act_ram.offchip_words == 0 for s in plan.node_plans[0].segments)
     top = _node(net, plan)
-    assert _mem_members(top) == set() and top.memory_map == {}
+    assert _mem_members(top) == set() and _rings(top) == {}
     assert all(type(nl.act_ram) is ActRAM and nl.mem is None for nl in top.layers)
     # the rewrite: as the mapper writes an Act-RAM that does not fit
     assert train.force_offchip_act_ram(plan, ["conv2", "fc4"]) == [(0, "conv2"), (0, "fc4")]
@@ -117,7 +126,8 @@ def test_store_members_exactly_for_offchip_stores():
                 continue
             assert type(fifo) is SyncFIFOBuffered and entry.offchip_words == 0
             assert fifo.depth == entry.words == (nl.lag + 1) * px
-    assert all(nl.memories() == [] for nl in top.layers)
+    assert all(nl.memories() == [("master", f"mem_{nl.key}_master", nl.update)]
+               for nl in top.layers)
     # the rewrite: as the mapper writes a store that does not fit
     assert train.force_offchip_stores(plan, ["conv2", "fc4"]) == [
         (0, "conv2", "mask"), (0, "conv2", "arg")]
@@ -134,7 +144,8 @@ def test_store_members_exactly_for_offchip_stores():
     nl = next(nl for nl in top.layers if nl.name == "conv2")
     assert nl.memories() == [("act", "mem_conv2", nl.act_ram),
                              ("mask", "mem_conv2_mask", nl.mask_fifo),
-                             ("arg", "mem_conv2_arg", nl.arg_fifo)]
+                             ("arg", "mem_conv2_arg", nl.arg_fifo),
+                             ("master", "mem_conv2_master", nl.update)]
     for st, fifo, bits in (("mask", nl.mask_fifo, 8), ("arg", nl.arg_fifo, 8 * 2)):
         assert isinstance(fifo, OffchipFIFO) and not isinstance(fifo, OffchipActRAM)
         member = mem_port_name("conv2", st)
@@ -150,10 +161,10 @@ def test_store_members_exactly_for_offchip_stores():
     assert type(top.layers[0].mask_fifo) is SyncFIFOBuffered
     # every ring in its own byte range, one after the other
     rings = sorted(mm["bytes"] for mm in top.memory_map.values())
-    assert [m["store"] for m in top.memory_map.values()] == ["act", "mask", "arg"]
+    assert [m["store"] for m in _rings(top).values()] == ["act", "mask", "arg"]
     assert all(a[1] <= b[0] for a, b in zip(rings, rings[1:]))
     with pytest.raises(ValueError, match=r"^mem_port_name store must be one of \('act', "
-                                         r"'mask', 'arg'\), not 'lgb'$"):
+                                         r"'mask', 'arg', 'master'\), not 'lgb'$"):
         mem_port_name("conv2", "lgb")
 
 
@@ -245,9 +256,10 @@ def _check_rings(res, keys):
     assert set(res["offchip_act_ram"]) == set(keys)
     # the segments' mask and argmax stores, keys <segment>/<store>
     stores = [f"{key}/{st}" for key in keys for st in STORES.get(key.split("@")[0], [])]
-    assert set(res["offchip_stores"]) == set(stores)
+    masters = [f"{key}/master" for key in keys]
+    assert set(res["offchip_stores"]) == set(stores) | set(masters)
     assert set(res["dram"]) - {"latency", "words_per_cycle", "stall", "burst",
-                               "prefetch"} == set(keys) | set(stores)
+                               "prefetch"} == set(keys) | set(stores) | set(masters)
     for key in keys + stores:
         d = res["dram"][key]
         # every layer's words went through its external ring and came back
@@ -315,10 +327,12 @@ def test_two_nodes_offchip_on_each_node_bit_exact():
          "mem_conv2_at0_arg"},
         {"mem_conv2_at1", "mem_conv3", "mem_fc4", "mem_conv2_at1_mask", "mem_conv2_at1_arg",
          "mem_conv3_mask"}]
-    assert sorted((k, name) for k, name, _ in top.memory_ports) == [
+    assert sorted((k, name) for k, name, _ in top.memory_ports) == sorted([
         (0, "mem_conv1"), (0, "mem_conv1_mask"), (0, "mem_conv2_at0"), (0, "mem_conv2_at0_arg"),
         (0, "mem_conv2_at0_mask"), (1, "mem_conv2_at1"), (1, "mem_conv2_at1_arg"),
-        (1, "mem_conv2_at1_mask"), (1, "mem_conv3"), (1, "mem_conv3_mask"), (1, "mem_fc4")]
+        (1, "mem_conv2_at1_mask"), (1, "mem_conv3"), (1, "mem_conv3_mask"), (1, "mem_fc4"),
+        (0, "mem_conv1_master"), (0, "mem_conv2_at0_master"), (1, "mem_conv2_at1_master"),
+        (1, "mem_conv3_master"), (1, "mem_fc4_master")])
     _check_rings(res, ["conv1", "conv2@0", "conv2@1", "conv3", "fc4"])
     for lk in res["links"]:
         assert lk["payload_words_per_image"] == pytest.approx(
