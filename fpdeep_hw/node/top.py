@@ -400,9 +400,9 @@ class NodeTop(wiring.Component):
         master_burst = mem_burst if master_burst is None else master_burst
         master_prefetch = mem_prefetch if master_prefetch is None else master_prefetch
         if isinstance(master_burst, bool) or not isinstance(master_burst, int) or \
-                not 1 <= master_burst <= mem_burst or mem_burst % master_burst:
+                not 2 <= master_burst <= mem_burst or mem_burst % master_burst:
             raise ValueError(f"NodeTop master_burst must be a divisor of mem_burst "
-                             f"({mem_burst}), not {master_burst!r}")
+                             f"({mem_burst}) of at least 2, not {master_burst!r}")
         if isinstance(master_prefetch, bool) or not isinstance(master_prefetch, int) or \
                 master_prefetch < 1:
             raise ValueError(f"NodeTop master_prefetch must be a positive integer, not "

@@ -384,7 +384,7 @@ class OffchipWeightUpdate(WeightUpdate):
     numerics, kernel, lanes, depth, lr_q, init
         As :class:`WeightUpdate`; ``init`` is what :meth:`init_words` packs.
     burst : int
-        Words per burst (``>= 1``).
+        Words per burst (``>= 2``).
     base : int
         First word of the region in the memory (a multiple of ``burst``).
     addr_width : int
@@ -402,7 +402,7 @@ class OffchipWeightUpdate(WeightUpdate):
 
     def __init__(self, *, numerics, kernel, lanes, depth, lr_q, init=None, burst=16, base=0,
                  addr_width=32, prefetch=2):
-        for arg, value, low in (("burst", burst, 1), ("base", base, 0),
+        for arg, value, low in (("burst", burst, 2), ("base", base, 0),
                                 ("addr_width", addr_width, 1), ("prefetch", prefetch, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"OffchipWeightUpdate {arg} must be an integer >= {low}, "
@@ -476,7 +476,8 @@ class OffchipWeightUpdate(WeightUpdate):
         W = self.word_width
         mem = self.mem
 
-        m.submodules.rf = rf = SyncFIFOBuffered(width=W, depth=F)        # words read ahead
+        # words read ahead (at least 4 entries: a FIFO of fewer has no pointer bits)
+        m.submodules.rf = rf = SyncFIFOBuffered(width=W, depth=max(F, 4))
         m.submodules.wf = wf = SyncFIFOBuffered(width=W, depth=2 * B)    # new masters
         lanes = []
         for k in range(nb):
@@ -487,7 +488,7 @@ class OffchipWeightUpdate(WeightUpdate):
         _count_flags(m, flags, self.overflow)
 
         # -- reader: sweeps of N bursts, for ever; a pass-2 sweep once pass 1 is acknowledged ---
-        rq = Signal(range(N))                  # next burst of the sweep to request
+        rq = Signal(range(max(N, 2)))          # next burst of the sweep to request
         sweep2 = Signal()                      # the sweep being requested is a pass 2
         p1_written = Signal()                  # this mini-batch's pass-1 bursts all acknowledged
         in_flight = Signal(range(F + 1))       # words requested, not yet received
@@ -514,11 +515,11 @@ class OffchipWeightUpdate(WeightUpdate):
 
         # -- writer: an address once a burst's words are in the write FIFO (the next address
         # while the previous burst's words still go out), then the words in order ----------
-        wq = Signal(range(N))                  # next burst to write
+        wq = Signal(range(max(N, 2)))          # next burst to write
         owed = Signal(range(2 * B + 1))        # words of addressed bursts not yet sent
         aw_valid = Signal()
         aw_addr = Signal.like(mem.aw.payload)
-        acks = Signal(range(N))
+        acks = Signal(range(max(N, 2)))
         w_send = Signal()
         issue = Signal()
         m.d.comb += [
@@ -544,7 +545,7 @@ class OffchipWeightUpdate(WeightUpdate):
         state = Signal(_State)
         padding = Signal()                     # pass 1 done, its padding words still to go back
         pending = Signal()                     # a start pulse not acted on yet
-        idx = Signal(range(E))                 # words of the current sweep taken
+        idx = Signal(range(max(E, 2)))         # words of the current sweep taken
         last_word = Signal()
         m.d.comb += last_word.eq(idx == E - 1)
         head = rf.r_data

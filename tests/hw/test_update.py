@@ -383,9 +383,9 @@ def test_offchip_latency_and_traffic(waves):
 
 def test_offchip_rejects_bad_arguments():
     kw = dict(numerics=NUM, kernel=3, lanes=1, depth=4, lr_q=100)
-    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate burst must be an integer >= 1, "
-                                         r"not 0$"):
-        OffchipWeightUpdate(**kw, burst=0)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate burst must be an integer >= 2, "
+                                         r"not 1$"):
+        OffchipWeightUpdate(**kw, burst=1)
     with pytest.raises(ValueError, match=r"^OffchipWeightUpdate base must be a multiple of the "
                                          r"burst \(4\), not 6$"):
         OffchipWeightUpdate(**kw, burst=4, base=6)
@@ -412,9 +412,12 @@ def test_offchip_storage():
     assert mems == [(18 * 24, 2 * 8 - 1), (18 * 24, 3 * 8 - 1)], mems
 
 
-def test_offchip_lint(tmp_path):
-    verilator_lint(OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=16, lr_q=3277,
-                                       burst=4, addr_width=8), "offchip_weight_update", tmp_path)
+@pytest.mark.parametrize("depth,burst,prefetch", [(16, 4, 2), (3, 4, 2), (1, 2, 1)])
+def test_offchip_lint(depth, burst, prefetch, tmp_path):
+    """Several bursts; one burst (counters of one value); the smallest FIFOs."""
+    verilator_lint(OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=depth, lr_q=3277,
+                                       burst=burst, prefetch=prefetch, addr_width=8),
+                   "offchip_weight_update", tmp_path)
 
 
 def _tail(dut, latency):

@@ -71,7 +71,7 @@ def test_master_ports_follow_the_plan():
     assert all(type(nl.update) is WeightUpdate and nl.mem_master is None for nl in top.layers)
     assert top.memories() == [] and top.memory_map == {}
     with pytest.raises(ValueError, match=r"^NodeTop master_burst must be a divisor of mem_burst "
-                                         r"\(16\), not 3$"):
+                                         r"\(16\) of at least 2, not 3$"):
         NodeTop(plan, 0, net, lr=0.125, init_master={}, master_burst=3)
     with pytest.raises(ValueError, match=r"^NodeTop master_prefetch must be a positive integer, "
                                          r"not 0$"):
