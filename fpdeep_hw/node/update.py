@@ -183,6 +183,26 @@ class WeightUpdate(wiring.Component):
         v = (ctx.get(mem.data[a]) >> off) & ((1 << mw) - 1)
         return v - (1 << mw) if v >> (mw - 1) else v
 
+    def _wire_lanes(self, m, lanes, olds, *, hit, s1_valid, consume, adv, new, flags):
+        """Connect the per-element lanes: each one's gradient from ``grad``'s payload, its
+        master word ``olds[k]``, the shared controls; their new masters joined into ``new``,
+        their clamp flags into ``flags``, their working weights into ``wr``'s data."""
+        n = self._numerics
+        g_bits = self.grad.payload.as_value()
+        g0, gw = self._grad_layout["data"].offset, n.gradient.width
+        for k, lane in enumerate(lanes):
+            m.d.comb += [
+                lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]), lane.old.eq(olds[k]),
+                lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
+                lane.adv.eq(adv),
+            ]
+        wr_data = self.wr.payload.data
+        m.d.comb += [
+            new.eq(join((lane.new for lane in lanes), n.master.width)),
+            flags.eq(join((lane.flag for lane in lanes), 1)),
+            wr_data.eq(join((lane.wr for lane in lanes), len(Value.cast(wr_data)) // len(lanes))),
+        ]
+
     def elaborate(self, platform):
         m = Module()
         n = self._numerics
@@ -274,21 +294,8 @@ class WeightUpdate(wiring.Component):
         # element k of a set field straight from the payload signal: a nested view would slice the
         # whole field again in every statement (Amaranth's back end rebuilds the slices of each
         # statement, so the field's bits are built once per element: quadratic in the lanes)
-        g_bits = self.grad.payload.as_value()
-        g0, gw = self._grad_layout["data"].offset, n.gradient.width
-        for k, (s, ky, kx) in enumerate(index):
-            lane = lanes[k]
-            m.d.comb += [
-                lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]), lane.old.eq(r_data[k]),
-                lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
-                lane.adv.eq(adv),
-            ]
-        wr_data = self.wr.payload.data
-        m.d.comb += [
-            w_data.eq(join((lane.new for lane in lanes), mw)),
-            flags.eq(join((lane.flag for lane in lanes), 1)),
-            wr_data.eq(join((lane.wr for lane in lanes), len(Value.cast(wr_data)) // nb)),
-        ]
+        self._wire_lanes(m, lanes, [r_data[k] for k in range(nb)], hit=hit, s1_valid=s1_valid,
+                         consume=consume, adv=adv, new=w_data, flags=flags)
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)
@@ -592,21 +599,8 @@ class OffchipWeightUpdate(WeightUpdate):
         # one signal: a slice per lane of a Mux expression would lower the whole Mux per lane
         old = Signal(W)
         m.d.comb += old.eq(Mux(state == _State.WRITE, head, s1_old))
-        g_bits = self.grad.payload.as_value()
-        g0, gw = self._grad_layout["data"].offset, n.gradient.width
-        for k, lane in enumerate(lanes):
-            m.d.comb += [
-                lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]),
-                lane.old.eq(old[k * mw:(k + 1) * mw]),
-                lane.hit.eq(0), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
-                lane.adv.eq(adv),
-            ]
-        wr_data = self.wr.payload.data
-        m.d.comb += [
-            new.eq(join((lane.new for lane in lanes), mw)),
-            flags.eq(join((lane.flag for lane in lanes), 1)),
-            wr_data.eq(join((lane.wr for lane in lanes), len(Value.cast(wr_data)) // nb)),
-        ]
+        self._wire_lanes(m, lanes, [old[k * mw:(k + 1) * mw] for k in range(nb)], hit=0,
+                         s1_valid=s1_valid, consume=consume, adv=adv, new=new, flags=flags)
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)
