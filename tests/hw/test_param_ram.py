@@ -343,7 +343,8 @@ def test_synthesis_maps_banks_to_block_ram(cls, fmt, kernel, lanes, depth, ramb1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("depth,units", [(1024, 24), (512, 24)])
+@pytest.mark.parametrize("depth,units", [pytest.param(1024, 24, marks=pytest.mark.long),
+                                         (512, 24)])
 def test_synthesis_two_readers_one_copy(depth, units, tmp_path):
     """``LPRAM(readers=2)``: the first reader shares the write port's address, so Yosys builds
     one true dual-port block RAM per bank instead of a copy per read port, and the build's

@@ -103,7 +103,7 @@ def test_random_networks_invariants(net, nodes):
     check_invariants(net, board, plan)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(net=networks(), nodes=st.integers(1, 6))
 def test_more_fpgas_never_lower_throughput(net, nodes):
     board = roomy_board()

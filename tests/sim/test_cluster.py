@@ -187,8 +187,8 @@ def slow_link():
 
 @pytest.fixture(scope="module")
 def slow_link_small():
-    """The slow link at CI's small setting: 8 images in mini-batches of 4."""
-    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=8, batch=4, seed=3,
+    """The slow link at CI's small setting: one mini-batch of 4 images."""
+    res = train.run("tiny", "sim-node", nodes=2, split="layers", images=4, batch=4, seed=3,
                     link_gbps=0.2)
     _show(res)
     return res
@@ -261,7 +261,7 @@ def test_slow_link_backward_wire_words(slow_link):
 @pytest.mark.timeout(1800)
 def test_cli_json_waves(tmp_path, capsys):
     argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "2", "--split", "layers",
-            "--images", "2", "--batch", "2", "--link-latency", "20", "--out", str(tmp_path),
+            "--images", "1", "--batch", "1", "--link-latency", "20", "--out", str(tmp_path),
             "--json", "--waves"]
     assert train.main(argv) == 0
     res = json.loads(capsys.readouterr().out)

@@ -3,12 +3,14 @@
 ``tests/sim/test_cluster_split.py``'s ``CONFIGS``: ``far``, ``keepers``, ``icplend``,
 ``ocplend``, ``twochains``), trained bit-exact against the golden model; a file of its own so
 that the parallel test run spreads these simulations over the workers. Checks as
-``test_cluster_split._check``.
+``test_cluster_split._check``. The training runs of ``ocplend`` and ``twochains`` (3 nodes,
+200-220 s each) are in ``-m long`` only (CI time); ``twochains``'s chains and ports are checked
+on the built cluster in the default run.
 """
 
 import pytest
 
-from test_cluster_split import _check, _run
+from test_cluster_split import CONFIGS, _check, _run
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def test_lent_icp_slice(runs):
     assert hasattr(nl.fp, "up") and type(nl.fp).__name__ == "WSFPLayer"
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_lent_ocp_slice(runs):
     res = runs("ocplend")
@@ -77,13 +80,23 @@ def test_several_keepers(runs):
     assert top.nodes[1].link_items["lend_fp_conv1"] == 3
     assert top.nodes[0].link_items["w_fp_conv1_next"] == 3
 
-@pytest.mark.timeout(900)
-def test_two_chains_of_one_layer(runs):
-    res = runs("twochains")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
+def test_two_chains_of_one_layer():
+    """The chains and ports of the ``twochains`` cluster (built, not simulated); its training
+    run is :func:`test_two_chains_bit_exact`."""
+    from sim import train
+    kw = dict(CONFIGS["twochains"])
+    prep = train.prepare(kw.pop("net"), kw.pop("board"), images=2, batch=2, seed=0, **kw)
+    top = prep["top"]
     assert top.nodes[1].chain_names == {("conv2", 0): "conv2_for0", ("conv2", 2): "conv2_for2"}
     assert sorted(top.nodes[1].lenders) == ["conv2_for0", "conv2_for2"]
+    assert {"lend_fp_conv2_for0", "lend_fp_conv2_for2"} <= set(top.nodes[1].link_ports)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_two_chains_bit_exact(runs):
+    """Only with ``-m long`` (CI time: digits on three nodes, 220 s)."""
+    _check(runs("twochains"), 2, 2)
 
 
 def test_lending_to_a_node_without_the_layer_is_refused():

@@ -37,7 +37,7 @@ Each: every activation, mask, argmax, partial sum / partial error that crossed a
 gradient, weight version, final master weight (per slice) and overflow count equals the golden
 model's; the payload of every link stream equals the plan's words per image (dense packing,
 :class:`fpdeep_hw.link.packer.Packer`). Default runs: 2 images, batch 2 (one update per
-layer); ``-m slow``: 4 images, batch 2. Link integrity: bits flipped on the wire of a cluster
+layer); ``-m long``: 4 images, batch 2. Link integrity: bits flipped on the wire of a cluster
 are caught by the CRC and no corrupted word reaches a node.
 """
 
@@ -235,15 +235,12 @@ def test_split_fc(runs):
     assert [s["payload_words_per_image"] for s in lk["streams"]] == [8, 5]
 
 
-#: the plans co-simulated over two mini-batches in the default run (``slow``: one OCP split, one
-#: ICP split, one lending plan); the others only with ``-m long`` (CI time)
-TWO_BATCHES = ["ocp2", "icp2", "lend"]
-
-
-@pytest.mark.slow
+#: Every plan co-simulated over two mini-batches: only with ``-m long`` (CI time). The default
+#: run's cluster simulations with two updates per layer are ``tests/sim/test_cluster.py``'s
+#: (2 images in mini-batches of 1 on two nodes) and the slow link's (one whole mini-batch of 4).
+@pytest.mark.long
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", [n if n in TWO_BATCHES else pytest.param(n, marks=pytest.mark.long)
-                                  for n in list(CONFIGS) + ["keepers"]])
+@pytest.mark.parametrize("name", list(CONFIGS) + ["keepers"])
 def test_two_mini_batches(runs, name):
     _check(runs(name, images=4, batch=2), 4, 2, words=name != "keepers")
 

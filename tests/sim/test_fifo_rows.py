@@ -97,8 +97,10 @@ def test_build_uses_rows():
     assert 112 * 112 * 128 * 16 > BUILD_FIFO_WHOLE_BITS
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("nodes", [pytest.param(1, marks=pytest.mark.long), 2])
 def test_bit_exact_with_rows(nodes):
+    """The build's row FIFOs on two nodes (every FIFO kind of the one-node case is on one of
+    them); one node only with ``-m long`` (CI time)."""
     kw = dict(board="sim-node", nodes=nodes)
     if nodes == 2:
         kw["ocp_threshold"] = 1                 # conv2 cut by input channels (icp2)

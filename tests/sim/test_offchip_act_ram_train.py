@@ -318,8 +318,10 @@ def test_single_node_all_offchip_bit_exact(single):
     assert train.compare(prep, rec, final) == []
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_two_nodes_offchip_on_each_node_bit_exact():
+    """Only with ``-m long`` (CI time): the one-node test has every store off chip."""
     res = train.run("tiny", "sim-node", nodes=2, images=2, batch=2, seed=0,
                     offchip_act_ram="all", offchip_stores="all", dram_stall=0.1, **SMALL)
     print({k: res[k] for k in ("bit_exact", "cycles", "cycles_per_image", "wall_seconds")},

@@ -102,11 +102,11 @@ def test_keeper_master_off_chip():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_training_bit_exact_with_offchip_masters():
-    """``tiny`` on one node, 4 images in mini-batches of 2 (two updates per layer), memory
+    """``tiny`` on one node, 2 images in mini-batches of 1 (two updates per layer), memory
     models that stall at random: every working weight, the final master copies read back from
     the memory models and every other value equal the golden model's; each ring was read
     twice and written once per update (and read once more ahead of the next mini-batch)."""
-    res = train.run("tiny", "sim-node", images=4, batch=2, seed=1, dram_stall=0.2)
+    res = train.run("tiny", "sim-node", images=2, batch=1, seed=1, dram_stall=0.2)
     assert res["mismatches"] == [] and res["bit_exact"] is True
     top = res["_prep"]["top"]
     assert res["updates"] == {nl.key: 2 for nl in top.layers}

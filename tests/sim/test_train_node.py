@@ -2,12 +2,13 @@
 """Whole-node training in simulation (:mod:`fpdeep_hw.node.top`, ``python -m sim.train``)
 against the golden model (:class:`sim.golden.train.GoldenTrainer`).
 
-The default run trains ``tiny`` on one ``sim-node`` for two mini-batches (4 images, batch 2)
+The default run trains ``tiny`` on one ``sim-node`` for three mini-batches (12 images, batch 4)
 and requires every activation, mask, argmax, loss error, layer error, averaged gradient, weight
 version, final master weight and overflow count to equal the golden model's; it also checks the
 fine-grained pipeline (layer 2 starts before layer 1 has taken all of image 0), the saved
 result file and that the comparison does fail when one golden weight or one RTL word is changed.
-``-m slow``: ``digits``, the CLI with waves and host stalls, and the steady-state utilisation.
+The same run shows the steady-state utilisation and validates the mapper's timing model (one
+simulation for the three, CI time). ``-m slow``: ``digits``, the CLI with waves and host stalls.
 """
 
 import json
@@ -26,7 +27,7 @@ from sim.golden.train import init_weights
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    res = train.run("tiny", "sim-node", images=4, batch=2, seed=0, out=out)
+    res = train.run("tiny", "sim-node", images=12, batch=4, seed=0, out=out)
     return res, out
 
 
@@ -35,7 +36,7 @@ def test_tiny_bit_exact(tiny_run):
     res, out = tiny_run
     assert res["mismatches"] == []
     assert res["bit_exact"] is True
-    assert res["updates"] == {"conv1": 2, "conv2": 2, "conv3": 2, "fc4": 2}
+    assert res["updates"] == {"conv1": 3, "conv2": 3, "conv3": 3, "fc4": 3}
     # the fine-grained pipeline: conv2's first output before conv1 took image 0's last pixel,
     # and every layer starts image 0 before the layer below has finished it
     first, last = res["first_output_cycle"], res["last_input_cycle"]
@@ -57,7 +58,7 @@ def test_tiny_bit_exact(tiny_run):
     assert res["cycles_per_image"] >= 1024
     # result file: weights before / after, golden after, equal after
     z = np.load(out / "result.npz")
-    assert z["inputs"].shape == (4, 3, 8, 8) and z["labels"].shape == (4,)
+    assert z["inputs"].shape == (12, 3, 8, 8) and z["labels"].shape == (12,)
     for layer in ("conv1", "conv2", "conv3", "fc4"):
         assert np.array_equal(z[f"weights_after/{layer}"], z[f"golden_weights_after/{layer}"])
         assert not np.array_equal(z[f"weights_after/{layer}"], z[f"weights_before/{layer}"])
@@ -184,7 +185,8 @@ def test_node_top_rejects():
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_digits_bit_exact(tmp_path):
-    res = train.run("digits", "sim-node", images=4, batch=2, seed=1, out=tmp_path)
+    """``digits`` on one node, 2 images in mini-batches of 1 (two updates per layer)."""
+    res = train.run("digits", "sim-node", images=2, batch=1, seed=1, out=tmp_path)
     assert res["mismatches"] == [] and res["bit_exact"] is True
     assert res["data"] in ("digits", "synthetic")
     assert res["updates"] == {"conv1": 2, "conv2": 2, "fc3": 2}
@@ -197,11 +199,11 @@ def test_digits_bit_exact(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_steady_state_utilisation():
-    """tiny, 8 images in mini-batches of 4: within a mini-batch the node runs at the plan's
+def test_steady_state_utilisation(tiny_run):
+    """tiny, 12 images in mini-batches of 4: within a mini-batch the node runs at the plan's
     period (conv2/conv3, the bottleneck, 1024 CE words per image), every conv engine array busy
     >= 90 % of what the plan allows it."""
-    res = train.run("tiny", "sim-node", images=8, batch=4, seed=2)
+    res, _ = tiny_run
     assert res["bit_exact"] is True
     assert res["cycles_per_image"] <= 1.05 * res["plan_cycles_per_image"]
     assert res["ce_utilization"] >= 0.9
@@ -217,13 +219,13 @@ def test_steady_state_utilisation():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_model_validation_cycles():
+def test_model_validation_cycles(tiny_run):
     """The mapper's timing model (docs/mapping.md section 6) against the node: tiny, 12 images
     in mini-batches of 4. Within the first mini-batch the loss outputs come at the plan's
     steady period (1031: conv2's 1024 CE words + 7 cycles of line-buffer start-up); over whole
     mini-batches at the period with the FC's update round trip, its master copy off chip
     (1324.31 predicted, 1317.25 measured)."""
-    res = train.run("tiny", "sim-node", images=12, batch=4, seed=0)
+    res, _ = tiny_run
     assert res["bit_exact"] is True
     s = res["_prep"]["plan"].summary
     assert res["cycles_per_image_first_batch"] == pytest.approx(
