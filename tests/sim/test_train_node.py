@@ -237,8 +237,9 @@ def test_model_validation_cycles(tiny_run):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_cli_json_waves_stalls(tmp_path, capsys):
-    """The CLI with waves and random host stalls (2 images, batch 1: two updates)."""
-    argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "2",
+    """The CLI with waves and random host stalls (1 image, batch 1: one update; the updates
+    with stalls are ``test_offchip_master``'s memory stalls)."""
+    argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "1",
             "--batch", "1", "--seed", "3", "--out", str(tmp_path), "--waves", "--json",
             "--stall", "0.3"]
     assert train.main(argv) == 0
