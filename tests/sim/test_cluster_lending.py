@@ -10,6 +10,7 @@ on the built cluster in the default run.
 
 import pytest
 
+from sim import train
 from test_cluster_split import CONFIGS, _check, _run
 
 
@@ -83,7 +84,6 @@ def test_several_keepers(runs):
 def test_two_chains_of_one_layer():
     """The chains and ports of the ``twochains`` cluster (built, not simulated); its training
     run is :func:`test_two_chains_bit_exact`."""
-    from sim import train
     kw = dict(CONFIGS["twochains"])
     prep = train.prepare(kw.pop("net"), kw.pop("board"), images=2, batch=2, seed=0, **kw)
     top = prep["top"]

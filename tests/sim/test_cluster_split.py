@@ -236,8 +236,8 @@ def test_split_fc(runs):
 
 
 #: Every plan co-simulated over two mini-batches: only with ``-m long`` (CI time). The default
-#: run's cluster simulations with two updates per layer are ``tests/sim/test_cluster.py``'s
-#: (2 images in mini-batches of 1 on two nodes) and the slow link's (one whole mini-batch of 4).
+#: run's cluster simulation with two updates per layer is ``tests/sim/test_cluster.py``'s
+#: (2 images in mini-batches of 1 on two nodes).
 @pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", list(CONFIGS) + ["keepers"])
