@@ -21,7 +21,8 @@ icpfc 399.67 / 682.5 against 401 / 679.25; lend 1600 / 1600 against 1600 / 1600;
 2304 against 2304 / 2304; twochains 2133.25 against 2548.25 (``KNOWN_BOUNDARY_MISSES``);
 earlier, with the master copies on chip and the weight-stationary PG of the borrowed layers:
 icplend 800.33 / 882.5 against 800 / 882.5; ocplend 2304 / 2304 against 2304 / 2304;
-twochains 2054.33 / 2118.5 against 2000 / 2533.5 (``KNOWN_BOUNDARY_MISSES``); far 400 / 414.34 against 400 / 400
+twochains 2054.33 / 2118.5 against 2000 / 2533.5 (``KNOWN_BOUNDARY_MISSES``); far 400 / 414.34
+against 400 / 400
 (lag 14: the PG's later sweeps are in conv1's lending round trip; 437.53 before conv1's lag
 covered its round trip at all; the rest is two version gates coupled by back-pressure, not
 modelled). The table and
