@@ -1309,30 +1309,62 @@ class _Context:
 
     def _stall_catch_up(self, period, stall, last):
         """Cycles of the last layer's boundary stall that the rest of the mini-batch makes up
-        when the slowest engine is upstream, on another node.
+        when the slowest layer (period ``T``) is upstream of it.
 
-        During the stall the slowest layer (period ``T``) works on while there is room for its
-        output between it and the last layer: on one node there is none beyond the held image
-        (the FIFO before L holds that one), so the stall reaches it; across a link the receive
-        buffer (``LINK_RECEIVE_BUFFER_WORDS`` per stream) holds its output of several images. It
-        gets ``b = min(stall / T, room)`` images ahead; after the release the layers after it,
-        faster (``T_down``), bring each of the batch's other ``B - 1`` images up to ``T - T_down``
-        early, until the backlog is used up: ``min(b T, (B - 1)(T - T_down))``. Measured: tiny
-        on 3 ``tiny-test-b24d90`` (conv2's lent slice at 800 on node 1, conv3 / fc4 at 512 on
-        node 2): a 1,197-cycle stall, then three images 288 early, 333 net."""
+        During the stall the slowest layer works on while there is room for its output between
+        it and the last layer (:meth:`_run_ahead_room`). It gets ``b = min(stall / T, room)``
+        images ahead; after the release the layers after it, faster (``T_down``), bring each of
+        the batch's other ``B - 1`` images up to ``T - T_down`` early, until the backlog is used
+        up: ``min(b T, (B - 1)(T - T_down))``. Measured: tiny on 3 ``tiny-test-b24d90``
+        (conv2's lent slice at 800 on node 1, conv3 / fc4 at 512 on node 2): a 1,197-cycle
+        stall, then three images 288 early, 333 net; digits on 3 ``tiny-test`` (conv2 at 2,000,
+        weight-stationary on nodes 0 and 2, fc3 at 1,280 on node 2): a 2,693-cycle stall, then
+        three images 720 early, 533 net."""
         cycles = self.layer_cycles()
         slow = max((i for i, c in cycles.items() if c >= period - 1e-9), default=last.index)
         if slow >= last.index:
             return 0.0
         down = max((c for i, c in cycles.items() if i > slow), default=period)
-        if self._nodes_of(slow)[-1] >= self._nodes_of(last.index)[0]:
-            return 0.0
+        room = self._run_ahead_room(slow, last)
+        backlog = min(max(0.0, stall) / period, room)
+        return min(backlog * period, (self.batch - 1) * max(0.0, period - down))
+
+    def _run_ahead_room(self, slow, last):
+        """Images the slowest layer ``slow`` can finish past the one the last layer ``L`` holds
+        at a mini-batch boundary: the least room for the output of any of its segments (the
+        next layer needs every slice of an image, so one slice that cannot get ahead holds the
+        others' backlog back), and no more than its version gate allows.
+
+        * A segment on a node before ``L``'s: the receive buffer of the link stream
+          (``LINK_RECEIVE_BUFFER_WORDS``) holds ``floor(buffer / words per image)`` images of
+          the next layer's input.
+        * A weight-stationary segment (borrowed weights) on ``L``'s node: its two accumulator
+          halves (``fpdeep_hw.node.lend.WSFPLayer``) each hold one finished image while the
+          FIFO before ``L`` is full, 2 images.
+        * Any other segment on ``L``'s node: none (the FIFO before ``L`` holds the held image).
+        * The version gate: ``slow``'s FP waits at image ``(M+1) B + D_slow`` for its own update
+          ``M``, which needs the errors of images the held one precedes, so it runs at most
+          ``D_slow - D_L - 1`` images past the held image (``D = floor(act_ram_images)``)."""
+        lags = self.layer_lags()
+        gate = max(0, lags[slow] - lags[last.index] - 1)
+        first = self._nodes_of(last.index)[0]
+        borrowed = {(l.borrower, l.layer) for l in self.lends}
         nxt = self.works[slow + 1]
         words = (nxt.cin * nxt.in_hw[0] * nxt.in_hw[1] * self.num.activation.width
                  / costs.LINK_WORD_BITS)
-        room = math.floor(costs.LINK_RECEIVE_BUFFER_WORDS / words) if words else 0
-        backlog = min(max(0.0, stall) / period, room)
-        return min(backlog * period, (self.batch - 1) * max(0.0, period - down))
+        link_room = math.floor(costs.LINK_RECEIVE_BUFFER_WORDS / words) if words else 0
+        room = gate
+        for k, segs in enumerate(self.segplans):
+            for seg in segs:
+                if seg.index != slow:
+                    continue
+                if k < first:
+                    room = min(room, link_room)
+                elif (k, seg.layer) in borrowed:
+                    room = min(room, costs.WS_ACCUMULATOR_HALVES)
+                else:
+                    room = 0
+        return room
 
     # -- results ---------------------------------------------------------------------------------
     def periods(self, period):

@@ -318,6 +318,26 @@ def test_boundary_cost_against_the_co_simulation():
         assert s["cycles_per_image_with_updates"] == pytest.approx(whole, rel=0.02)
 
 
+def test_boundary_catch_up_of_a_weight_stationary_slice_on_the_last_node():
+    """digits on 3 ``tiny-test`` (``twochains``): conv2, the slowest layer (2,000 cycles,
+    weight-stationary on nodes 0 and 2, 1,024 on node 1), shares node 2 with fc3 (1,280).
+    During fc3's boundary stall conv2 runs ``D_conv2 - D_fc3 - 1 = 4 - 1 - 1 = 2`` images past
+    the held one (its version gate; node 2's slice holds them in its two accumulator halves),
+    so the batch's other three images come 2,000 - 1,280 = 720 cycles early each. Measured
+    (12 images, B = 4, seed 0, ``tests/sim/test_cluster_model.py -m long -k twochains``):
+    2,133.25 cycles per image over whole mini-batches; 2,548.25 modelled without the room."""
+    plan = map_network(load_network("digits"), load_board("tiny-test"), 3, batch=4,
+                       max_row_lanes=1)
+    lags = {s.layer: math.floor(s.act_ram_images) for n in plan.node_plans for s in n.segments}
+    assert (lags["conv2"], lags["fc3"]) == (4, 1)
+    s = plan.summary
+    assert s["cycles_per_image_steady"] == 2000
+    # fc3's stall: A + F - (D_L + 1) T - min(T/H, T - N_fp) = 2,193 with no backlog (the row
+    # term, 500); with two images of backlog the catch-up is min(2 T, 3 x 720) = 2,160
+    assert s["boundary_cycles_per_batch"] == pytest.approx(2193 + 500 - 2160, abs=0.01)
+    assert s["cycles_per_image_with_updates"] == pytest.approx(2133.25, abs=0.01)
+
+
 def test_residency_includes_link_transit():
     """Two sim-nodes with whole layers: conv1 and conv2 (node 0) wait for errors that cross the
     link twice; each hop costs a frame of 34 words at the link rate + 6 + 54 cycles."""

@@ -18,10 +18,11 @@ Measured (this machine, seed 0, three-bank link transmitter; first batch / whole
 against the model; with the master copies off chip, 2026-12-07): ocp2 464.33 / 629.5 against
 464 / 649.25; ocp3 275 / 451.75 against 275 / 447.75; icp2 480 / 794.5 against 480 / 793.25;
 icpfc 399.67 / 682.5 against 401 / 679.25; lend 1600 / 1600 against 1600 / 1600; ocplend 2304 /
-2304 against 2304 / 2304; twochains 2133.25 against 2548.25 (``KNOWN_BOUNDARY_MISSES``);
+2304 against 2304 / 2304; twochains 2054.33 / 2133.25 against 2000 / 2133.25 (2548.25 before
+the slowest layer's run-ahead room, ``_Context._run_ahead_room``);
 earlier, with the master copies on chip and the weight-stationary PG of the borrowed layers:
 icplend 800.33 / 882.5 against 800 / 882.5; ocplend 2304 / 2304 against 2304 / 2304;
-twochains 2054.33 / 2118.5 against 2000 / 2533.5 (``KNOWN_BOUNDARY_MISSES``); far 400 / 414.34
+twochains 2054.33 / 2118.5 against 2000 / 2533.5 (then a boundary miss); far 400 / 414.34
 against 400 / 400
 (lag 14: the PG's later sweeps are in conv1's lending round trip; 437.53 before conv1's lag
 covered its round trip at all; the rest is two version gates coupled by back-pressure, not
@@ -74,16 +75,7 @@ def test_whole_mini_batches(name):
 
 #: plans whose cycles per image over whole mini-batches the model misses by more than 5 %, and
 #: why (``docs/mapping.md`` section 6); an expected failure while they miss
-KNOWN_BOUNDARY_MISSES = {
-    "twochains": "the model's boundary (fc3's update round trip, 2,134 cycles a mini-batch) "
-                 "assumes no backlog when the slowest layer (conv2, 2,000 cycles, weight-"
-                 "stationary on nodes 0 and 2) shares fc3's node; with the weight-stationary "
-                 "PG conv2's lending round trip, and so its lag, grew from 3 to 4 images, and "
-                 "during fc3's stall conv2 gets two images ahead (its FP may run D_conv2 - D_fc3 "
-                 "- 1 images past the held one; its two accumulator halves hold them): the "
-                 "three images after the held one follow at fc3's 1,280 cycles, and a "
-                 "boundary costs 474 cycles, not 2,134 (loss outputs traced)",
-}
+KNOWN_BOUNDARY_MISSES = {}
 
 
 @pytest.mark.long
@@ -106,12 +98,6 @@ KNOWN_WIRE_MISSES = {
                    "wire words per image measured against 272.8 (not traced)",
     ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
                    "frames than the model's evenly spread pixels)",
-    ("twochains", 1, 2): "conv2's input passed on by node 1 as its line buffer takes it in "
-                         "(three pixels at a row's start, then one every R x G = 16 cycles) "
-                         "and backed up behind the lender's weight-set frames, which come a "
-                         "mini-batch at a time after the update: 458.1 wire words per image "
-                         "measured against 508.0 (traced at 465.0 before the weight-"
-                         "stationary PG)",
 }
 
 
