@@ -374,8 +374,11 @@ def test_icarus_matches_amaranth(built, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_icarus_matches_amaranth_batch2(tmp_path):
-    """2 images, batch 2 (a separate build): the pipeline overlap of two images as well."""
+    """2 images, batch 2 (a separate build): the pipeline overlap of two images as well. In
+    ``-m long`` (CI time, 100 s): the default run compares one image on one node
+    (:func:`test_icarus_matches_amaranth`) and on two (``test_multi_node_icarus_...``)."""
     build = _build(tmp_path / "build", small_plan(batch=2))
     (tmp_path / "sim").mkdir()
     assert _compare(build, 2, tmp_path / "sim") > 5000

@@ -674,8 +674,8 @@ def test_urgent_credit_frames():
     credit frame; with it, a credit frame goes out as soon as half a buffer is freed. Same data,
     bit-exact, buffers never overflow, at least 4 times faster."""
     rng = random.Random(7)
-    items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (120, 120, 40))]
-    items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (20, 20, 20, 20, 20))]
+    items_ab = [_items(s, c, rng) for s, c in zip(DUPLEX_AB, (60, 60, 20))]
+    items_ba = [_items(s, c, rng) for s, c in zip(DUPLEX_BA, (10, 10, 10, 10, 10))]
     cycles = {}
     for urgent in (False, True):
         res = simulate_duplex(DUPLEX_AB, DUPLEX_BA, items_ab, items_ba, p_src=0.0, p_sink=0.0,

@@ -263,7 +263,10 @@ def check_pair(n_images, batch, lag, seed, **kw):
     return exp, final
 
 
-@pytest.mark.parametrize("ranges", [[(0, 3), (3, 10), (10, 16)], [(0, 15), (15, 16)]])
+@pytest.mark.parametrize("ranges", [
+    [(0, 3), (3, 10), (10, 16)],
+    # 75 s: in -m long (CI time; three keepers above cover joining and routing by address)
+    pytest.param([(0, 15), (15, 16)], marks=pytest.mark.long)])
 def test_lend_by_several_keepers(ranges):
     """The segment's 16 sets kept in contiguous ranges by several lenders (FP / EB streams
     joined in address order, gradients routed back by address): the same results, bit for bit,

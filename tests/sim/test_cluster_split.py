@@ -45,6 +45,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Fragment
 
 from sim import train
 
@@ -170,8 +171,30 @@ def _streams(res):
             for lk in res["links"]}
 
 
+def _built_streams(prep):
+    """``_streams`` of a built cluster, from its links' plan entries (no simulation)."""
+    return {(lk.src, lk.dst): [(sp.path, sp.layer) for sp in lk.entry.streams]
+            for lk in prep["top"].links}
+
+
+def test_ocp_two_nodes_built():
+    """``ocp2``'s nodes and link streams (built, not simulated); its training run is
+    :func:`test_ocp_two_nodes` (``-m long``: OCP over a link is trained in the default run by
+    :func:`test_ocp_three_nodes`)."""
+    kw = dict(CONFIGS["ocp2"])
+    prep = train.prepare(kw.pop("net"), kw.pop("board"), images=2, batch=2, seed=0, **kw)
+    Fragment.get(prep["top"], None)   # elaborated: no block left unused (-W error)
+    assert [[nl.key for nl in node.layers] for node in prep["top"].nodes] == [
+        ["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4"]]
+    assert _built_streams(prep) == {
+        (0, 1): [("activations", "conv2"), ("activations", "conv3")],
+        (1, 0): [("partial_errors", "conv1"), ("errors", "conv2")]}
+
+
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_ocp_two_nodes(runs):
+    """Only with ``-m long`` (CI time, 90 s)."""
     res = runs("ocp2")
     _check(res, 2, 2)
     assert _layers(res) == [["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4"]]
@@ -280,7 +303,19 @@ def test_bit_flips_on_the_wire():
 def test_idle_trailing_node():
     """``tiny`` on 4 ``sim-node`` boards at batch 4: the mapper fills 3 nodes (conv1 and conv2
     [0, 3), conv2 [3, 8), conv3 and fc4) and leaves node 3 empty; no stream reaches it, so the
-    cluster is nodes 0-2 and node 3 is reported idle (``idle_nodes``)."""
+    cluster is nodes 0-2 and node 3 is reported idle (``idle_nodes``). Built, not simulated:
+    a 3-node cluster of this shape trains in :func:`test_ocp_three_nodes`; the run of this one
+    is :func:`test_idle_trailing_node_trains` (``-m long``)."""
+    prep = train.prepare("tiny", "sim-node", nodes=4, images=2, batch=4, seed=0)
+    Fragment.get(prep["top"], None)   # elaborated: no block left unused (-W error)
+    assert prep["idle_nodes"] == [3]
+    assert [[nl.key for nl in node.layers] for node in prep["top"].nodes] == [
+        ["conv1", "conv2@0"], ["conv2@1"], ["conv3", "fc4"]]
+    assert [(lk.src, lk.dst) for lk in prep["top"].links] == [(0, 1), (1, 0), (1, 2), (2, 1)]
+
+
+@pytest.mark.long
+def test_idle_trailing_node_trains():
     res = train.run("tiny", "sim-node", nodes=4, images=2, batch=4, seed=0)
     assert res["idle_nodes"] == [3]
     assert len(res["_prep"]["top"].nodes) == 3
