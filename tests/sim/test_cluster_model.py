@@ -92,10 +92,11 @@ def test_first_mini_batch(name):
 #: (``docs/mapping.md`` section 5). The test fails when one of them comes within 5 % (take it
 #: off the list) as well as on any other miss.
 KNOWN_WIRE_MISSES = {
-    ("far", 1, 2): "conv1's gradient sets relayed by node 1 towards their keeper (node 2): the "
-                   "model spreads them over the borrower's PG sweeps on every hop, as on the "
-                   "first (0 -> 1, +0.9 %); on the relay hop they make fewer frames: 251.3 "
-                   "wire words per image measured against 272.8 (not traced)",
+    ("far", 1, 2): "streams node 1 passes on (traced, 12 images, 2026-12-07): its receiver "
+                   "hands on each frame whole at its trailer, so node 0's conv1 output for "
+                   "node 2 leaves in 51.2 frames per image (58 modelled, the producer's even "
+                   "spread), the gradient sets in 2.8 (4), conv3's merged input in 13.4 (16): "
+                   "251.3 wire words per image measured against 272.8",
     ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
                    "frames than the model's evenly spread pixels)",
 }
