@@ -22,7 +22,8 @@ icpfc 399.67 / 682.5 against 401 / 679.25; lend 1600 / 1600 against 1600 / 1600;
 the slowest layer's run-ahead room, ``_Context._run_ahead_room``);
 earlier, with the master copies on chip and the weight-stationary PG of the borrowed layers:
 icplend 800.33 / 882.5 against 800 / 882.5; ocplend 2304 / 2304 against 2304 / 2304;
-twochains 2054.33 / 2118.5 against 2000 / 2533.5 (then a boundary miss); far 400 / 414.34
+twochains 2054.33 / 2118.5 against 2000 / 2533.5 (then a boundary miss); far (re-measured
+with the master copies off chip, 2026-12-07: 400 / 418.84 against 400 / 400) 400 / 414.34
 against 400 / 400
 (lag 14: the PG's later sweeps are in conv1's lending round trip; 437.53 before conv1's lag
 covered its round trip at all; the rest is two version gates coupled by back-pressure, not
@@ -96,9 +97,12 @@ KNOWN_WIRE_MISSES = {
                    "hands on each frame whole at its trailer, so node 0's conv1 output for "
                    "node 2 leaves in 51.2 frames per image (58 modelled, the producer's even "
                    "spread), the gradient sets in 2.8 (4), conv3's merged input in 13.4 (16): "
-                   "251.3 wire words per image measured against 272.8",
+                   "250.6 wire words per image measured against 272.8 (251.3 on chip)",
     ("far", 2, 3): "conv3's activations leave two pixels at a time (4-word runs, fewer "
                    "frames than the model's evenly spread pixels)",
+    ("far", 2, 1): "since the master copies went off chip (2026-12-07): 282.3 wire words per "
+                   "image measured against 299.4 (-5.7 %; -4.8 % on chip), with far's "
+                   "mini-batches 4.5 cycles per image slower than before (418.84); not traced",
 }
 
 
