@@ -112,7 +112,7 @@ LINK_CREDIT_INTERVAL_CYCLES = 8192
 #: leaves as soon as a stream has half of it freed (``LinkTx(credit_urgent=True)``): a stream of
 #: ``w`` words per image adds ``w / 512`` credit frames per image on the opposite direction.
 LINK_RECEIVE_BUFFER_WORDS = 1024
-#: A weight-stationary FP engine (``fpdeep_hw.node.lend.LentFPLayer``) accumulates alternate
+#: A weight-stationary FP engine (``fpdeep_hw.node.lend.WSFPLayer``) accumulates alternate
 #: images in two halves: with its output held back it finishes two images before it stops.
 WS_ACCUMULATOR_HALVES = 2
 
