@@ -19,7 +19,8 @@ against the model; with the master copies off chip, 2026-12-07): ocp2 464.33 / 6
 464 / 649.25; ocp3 275 / 451.75 against 275 / 447.75; icp2 480 / 794.5 against 480 / 793.25;
 icpfc 399.67 / 682.5 against 401 / 679.25; lend 1600 / 1600 against 1600 / 1600; ocplend 2304 /
 2304 against 2304 / 2304; twochains 2054.33 / 2133.25 against 2000 / 2133.25 (2548.25 before
-the slowest layer's run-ahead room, ``_Context._run_ahead_room``);
+the slowest layer's run-ahead room, ``_Context._run_ahead_room``); icplend 800.33 / 897.25
+against 800 / 897.25;
 earlier, with the master copies on chip and the weight-stationary PG of the borrowed layers:
 icplend 800.33 / 882.5 against 800 / 882.5; ocplend 2304 / 2304 against 2304 / 2304;
 twochains 2054.33 / 2118.5 against 2000 / 2533.5 (then a boundary miss); far (re-measured
