@@ -404,6 +404,7 @@ def test_lint(cls, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long     # 85 s: in -m long (CI time; test_lend_three_batches gates versions too)
 def test_lend_plan_lag(waves):
     """The plan's own lag (``D = floor(act_ram_images) = 5``: conv2's lending round trip holds
     its weight-stationary PG's later sweeps), B = 2, 8 images: FP versions 0,0,0,0,0,0,0,1; EB
