@@ -9,10 +9,8 @@ on the built cluster in the default run.
 """
 
 import pytest
-from amaranth.hdl import Fragment
 
-from sim import train
-from test_cluster_split import CONFIGS, _check, _run
+from test_cluster_split import _built, _check, _run
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +83,7 @@ def test_several_keepers(runs):
 def test_two_chains_of_one_layer():
     """The chains and ports of the ``twochains`` cluster (built, not simulated); its training
     run is :func:`test_two_chains_bit_exact`."""
-    kw = dict(CONFIGS["twochains"])
-    prep = train.prepare(kw.pop("net"), kw.pop("board"), images=2, batch=2, seed=0, **kw)
-    Fragment.get(prep["top"], None)   # elaborated: no block left unused (-W error)
-    top = prep["top"]
+    top = _built("twochains")["top"]
     assert top.nodes[1].chain_names == {("conv2", 0): "conv2_for0", ("conv2", 2): "conv2_for2"}
     assert sorted(top.nodes[1].lenders) == ["conv2_for0", "conv2_for2"]
     assert {"lend_fp_conv2_for0", "lend_fp_conv2_for2"} <= set(top.nodes[1].link_ports)

@@ -163,7 +163,22 @@ def _check(res, images, batch, words=True):
 
 
 def _layers(res):
-    return [[nl.key for nl in node.layers] for node in res["_prep"]["top"].nodes]
+    return _node_layers(res["_prep"]["top"])
+
+
+def _node_layers(top):
+    return [[nl.key for nl in node.layers] for node in top.nodes]
+
+
+def _built(name, images=2, batch=2):
+    """``train.prepare`` of ``CONFIGS[name]``: the cluster built and elaborated, not simulated
+    (elaborated so that no block is left unused: under ``-W error`` the warning would fail
+    whichever test runs when it is collected)."""
+    kw = dict(CONFIGS[name])
+    prep = train.prepare(kw.pop("net"), kw.pop("board"), images=images, batch=batch, seed=0,
+                         **kw)
+    Fragment.get(prep["top"], None)
+    return prep
 
 
 def _streams(res):
@@ -181,11 +196,8 @@ def test_ocp_two_nodes_built():
     """``ocp2``'s nodes and link streams (built, not simulated); its training run is
     :func:`test_ocp_two_nodes` (``-m long``: OCP over a link is trained in the default run by
     :func:`test_ocp_three_nodes`)."""
-    kw = dict(CONFIGS["ocp2"])
-    prep = train.prepare(kw.pop("net"), kw.pop("board"), images=2, batch=2, seed=0, **kw)
-    Fragment.get(prep["top"], None)   # elaborated: no block left unused (-W error)
-    assert [[nl.key for nl in node.layers] for node in prep["top"].nodes] == [
-        ["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4"]]
+    prep = _built("ocp2")
+    assert _node_layers(prep["top"]) == [["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4"]]
     assert _built_streams(prep) == {
         (0, 1): [("activations", "conv2"), ("activations", "conv3")],
         (1, 0): [("partial_errors", "conv1"), ("errors", "conv2")]}
@@ -307,10 +319,9 @@ def test_idle_trailing_node():
     a 3-node cluster of this shape trains in :func:`test_ocp_three_nodes`; the run of this one
     is :func:`test_idle_trailing_node_trains` (``-m long``)."""
     prep = train.prepare("tiny", "sim-node", nodes=4, images=2, batch=4, seed=0)
-    Fragment.get(prep["top"], None)   # elaborated: no block left unused (-W error)
+    Fragment.get(prep["top"], None)             # see _built
     assert prep["idle_nodes"] == [3]
-    assert [[nl.key for nl in node.layers] for node in prep["top"].nodes] == [
-        ["conv1", "conv2@0"], ["conv2@1"], ["conv3", "fc4"]]
+    assert _node_layers(prep["top"]) == [["conv1", "conv2@0"], ["conv2@1"], ["conv3", "fc4"]]
     assert [(lk.src, lk.dst) for lk in prep["top"].links] == [(0, 1), (1, 0), (1, 2), (2, 1)]
 
 
