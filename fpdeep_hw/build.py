@@ -71,6 +71,11 @@ NODE_MODULE = "fpdeep_node"
 #: ``docs/hw-node.md``, "Node top" (``tests/sim/test_fifo_rows.py``).
 BUILD_FIFO_ROWS = 2
 BUILD_FIFO_WHOLE_BITS = 1 << 16
+#: Most rows per word of a built node's row FIFOs (``NodeTop(fifo_fold=)``): a shallow FIFO
+#: of wide words is kept as narrower, deeper rows where its words come slowly enough and that
+#: takes fewer block RAM primitives (``fpdeep_hw.memory.folded_fifo``; VGG-16 node 4: 305 ->
+#: 106.5 BRAM36 of row FIFOs). Small nodes keep their FIFOs in distributed RAM and unfolded.
+BUILD_FIFO_FOLD = 64
 #: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
 #: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
 #: FIFOs (``prefetch x burst`` words read ahead, two bursts to write) stay a few words: 16 words,
@@ -826,7 +831,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             top = NodeTop(plan, k, network, lr=lr,
                           init_master=node_init_weights(plan, k, network, seed),
                           fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
-                          master_burst=BUILD_MASTER_BURST,
+                          fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
                           master_prefetch=BUILD_MASTER_PREFETCH)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
@@ -873,6 +878,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "predicted": {"dsp": np_.dsp, "bram36": np_.bram36, "lut": np_.lut, "ff": np_.ff},
             "mac_units": top.mac_units,
             "fifo_rows": BUILD_FIFO_ROWS, "fifo_whole_bits": BUILD_FIFO_WHOLE_BITS,
+            "fifo_fold": BUILD_FIFO_FOLD, "fold_limit": top.fold_limit,
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
             "memory_map": memory_map,
             "notes": notes,

@@ -5,7 +5,7 @@
     python -m sim.train --net tiny --board sim-node --nodes 1 --images 4 --batch 2 --seed 0 \\
         --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2] \\
         [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...] [--dram-latency 20]
-        [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536]]
+        [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536] [--fifo-fold 64]]
 
 Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
 max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
@@ -219,7 +219,7 @@ def _offchip_arg(value):
 
 
 def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
-            fifo_rows=None, fifo_whole_bits=0,
+            fifo_rows=None, fifo_whole_bits=0, fifo_fold=1,
             link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
             offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4):
     """Map, build the node (or the cluster), make the data and train the golden model.
@@ -257,12 +257,13 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
         if active == 1:
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, fifo_rows=fifo_rows,
-                          fifo_whole_bits=fifo_whole_bits, mem_burst=mem_burst,
-                          mem_prefetch=mem_prefetch)
+                          fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
+                          mem_burst=mem_burst, mem_prefetch=mem_prefetch)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, fifo_rows=fifo_rows,
-                          fifo_whole_bits=fifo_whole_bits, link_latency=link_latency, flips=flips,
+                          fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
+                          link_latency=link_latency, flips=flips,
                           mem_burst=mem_burst, mem_prefetch=mem_prefetch)
     except ValueError as e:
         raise TrainError(str(e)) from None
@@ -952,7 +953,7 @@ def _check_dram(latency, words_per_cycle, stall, burst=16, prefetch=4):
 
 def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves=False,
         stall=0.0, perturb=None, fifo_images=1, fifo_rows=None, fifo_whole_bits=0,
-        link_gbps=None, link_latency=54,
+        fifo_fold=1, link_gbps=None, link_latency=54,
         split="channels", ocp_threshold=None, offchip_act_ram=None, offchip_stores=None,
         dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4):
     """The whole flow; returns the result dict (the ``--json`` figures).
@@ -968,9 +969,11 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
     for flag, v in (("--fifo-rows", fifo_rows), ("--fifo-whole-bits", fifo_whole_bits)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise TrainError(f"{flag} must be a non-negative integer, not {v!r}")
+    if isinstance(fifo_fold, bool) or not isinstance(fifo_fold, int) or fifo_fold < 1:
+        raise TrainError(f"--fifo-fold must be a positive integer, not {fifo_fold!r}")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images, fifo_rows=fifo_rows,
-                   fifo_whole_bits=fifo_whole_bits, link_gbps=link_gbps,
+                   fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold, link_gbps=link_gbps,
                    link_latency=link_latency, split=split, ocp_threshold=ocp_threshold,
                    offchip_act_ram=offchip_act_ram, offchip_stores=offchip_stores,
                    mem_burst=mem_burst,
@@ -1096,6 +1099,9 @@ def main(argv=None):
     ap.add_argument("--fifo-whole-bits", type=int, default=0,
                     help="with --fifo-rows: FIFOs whose image is at most this many bits keep "
                          "the image (the build: 65536; default 0)")
+    ap.add_argument("--fifo-fold", type=int, default=1,
+                    help="with --fifo-rows: keep a row FIFO's words as up to this many rows "
+                         "where that saves block RAM (the build: 64; default 1, none)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--waves", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -1106,7 +1112,9 @@ def main(argv=None):
                   link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split,
                   ocp_threshold=args.ocp_threshold, offchip_act_ram=args.offchip_act_ram,
                   offchip_stores=args.offchip_stores, fifo_rows=args.fifo_rows,
-                  fifo_whole_bits=args.fifo_whole_bits, dram_latency=args.dram_latency, dram_words_per_cycle=args.dram_words_per_cycle,
+                  fifo_whole_bits=args.fifo_whole_bits, fifo_fold=args.fifo_fold,
+                  dram_latency=args.dram_latency,
+                  dram_words_per_cycle=args.dram_words_per_cycle,
                   dram_stall=args.dram_stall, mem_burst=args.offchip_burst,
                   mem_prefetch=args.offchip_prefetch)
     except TrainError as e:

@@ -154,7 +154,7 @@ class Cluster(wiring.Component):
         ``{compute layer: int array}`` initial master weights.
     batch : int, optional
         Mini-batch size (default ``plan.batch``).
-    fifo_images, fifo_rows, fifo_whole_bits : int
+    fifo_images, fifo_rows, fifo_whole_bits, fifo_fold : int
         Passed to every :class:`NodeTop`.
     link_latency : int
         Cycles of each :class:`LinkModel` (54: Aurora 64B/66B per hop).
@@ -202,7 +202,7 @@ class Cluster(wiring.Component):
     """
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
-                 fifo_rows=None, fifo_whole_bits=0, link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
+                 fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
                  credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
@@ -222,8 +222,9 @@ class Cluster(wiring.Component):
                                   .limit_denominator(4096), Fraction(1))
         self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
                               fifo_images=fifo_images, fifo_rows=fifo_rows,
-                              fifo_whole_bits=fifo_whole_bits, mem_burst=mem_burst,
-                              mem_prefetch=mem_prefetch) for k in range(n)]
+                              fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
+                              mem_burst=mem_burst, mem_prefetch=mem_prefetch)
+                      for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:
             for nl in node.layers:

@@ -76,6 +76,7 @@ from sim.golden.train import lags_from_plan, weight_shape
 from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
+from ..memory.folded_fifo import FoldedFIFO, row_fifo_fold
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
@@ -242,6 +243,13 @@ class NodeTop(wiring.Component):
     fifo_whole_bits : int, optional
         With ``fifo_rows``: a decoupling FIFO whose image is at most this many bits keeps the
         image (default 0: every one in rows).
+    fifo_fold : int, optional
+        With ``fifo_rows``: the most rows per word a FIFO kept in rows may store each word as
+        (:class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO`, default 1: none). Each such FIFO
+        takes the fold :func:`~fpdeep_hw.memory.folded_fifo.row_fifo_fold` gives for its words,
+        its rows and half the fewest engine cycles per pixel of any layer of the node
+        (:attr:`fold_limit`: a word every ``fold`` cycles is then faster than any block of the
+        node takes or makes pixels); ``python -m fpdeep_hw.build`` folds (``BUILD_FIFO_FOLD``).
     mem_burst, mem_prefetch : int, optional
         ``burst`` (words, a power of two from 2 to 256; default 16) and ``prefetch`` (bursts, at
         least 2; default 4) of every off-chip Act-RAM
@@ -360,8 +368,8 @@ class NodeTop(wiring.Component):
     """
 
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
-                 fifo_rows=None, fifo_whole_bits=0, mem_burst=16, mem_prefetch=4,
-                 master_burst=None, master_prefetch=None):
+                 fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, mem_burst=16,
+                 mem_prefetch=4, master_burst=None, master_prefetch=None):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -389,6 +397,10 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop fifo_whole_bits must be a non-negative integer, not "
                              f"{fifo_whole_bits!r}")
         self.fifo_whole_bits = fifo_whole_bits
+        if isinstance(fifo_fold, bool) or not isinstance(fifo_fold, int) or fifo_fold < 1:
+            raise ValueError(f"NodeTop fifo_fold must be a positive integer, not "
+                             f"{fifo_fold!r}")
+        self.fifo_fold = fifo_fold
         if isinstance(mem_burst, bool) or not isinstance(mem_burst, int) or \
                 not 2 <= mem_burst <= 256 or mem_burst & (mem_burst - 1):
             raise ValueError(f"NodeTop mem_burst must be a power of two from 2 to 256, not "
@@ -759,19 +771,32 @@ class NodeTop(wiring.Component):
             total += arrays * nl.geometry.p * nl.geometry.s * k2
         return total
 
+    @property
+    def fold_limit(self):
+        """Most rows per word of a folded row FIFO (``fifo_fold``) for this node's rates: half
+        the fewest CE-array cycles per pixel (``R * G``) of its layers, at least 1."""
+        return max(1, min(nl.geometry.out_groups * nl.geometry.groups for nl in self.layers)
+                   // 2)
+
     def _fifo(self, m, name, src, dst, depth):
         """``src -> SyncFIFOBuffered(depth) -> dst`` (payloads as bits; 0: a direct connection).
 
         ``depth`` ``(image, rows)`` (a decoupling FIFO with ``fifo_rows``): one image where that
-        is at most ``fifo_whole_bits``, else the rows."""
+        is at most ``fifo_whole_bits``, else the rows, stored folded where ``fifo_fold`` allows
+        and it saves block RAM (a :class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO`)."""
+        width = len(src.payload.as_value())
+        fold = 1
         if isinstance(depth, tuple):
             image, rows = depth
-            whole = image * len(src.payload.as_value()) <= self.fifo_whole_bits
+            whole = image * width <= self.fifo_whole_bits
             depth = image if whole else rows
+            if not whole and self.fifo_fold > 1:
+                fold = row_fifo_fold(width, depth, min(self.fifo_fold, self.fold_limit))
         if depth == 0:
             wiring.connect(m, src, dst)
             return
-        fifo = SyncFIFOBuffered(width=len(src.payload.as_value()), depth=depth)
+        fifo = (FoldedFIFO(width=width, depth=depth, fold=fold) if fold > 1
+                else SyncFIFOBuffered(width=width, depth=depth))
         m.submodules[name] = fifo
         NodeTop._through(m, fifo, src, dst)
 

@@ -8,14 +8,20 @@ default): ``docs/hw-node.md``, "Node top".
 * bad values are refused;
 * ``tiny`` on one ``sim-node`` and split over two (``icp2``) trains bit-exact with 2-row FIFOs;
 * ``-m long``: 12 images, B = 4: the same cycles as with one-image FIFOs (measured: 18,618
-  cycles, 1,031 per image in a mini-batch, 1,303.25 over whole mini-batches, both ways).
+  cycles, 1,031 per image in a mini-batch, 1,303.25 over whole mini-batches, both ways);
+* folded row FIFOs (``fifo_fold``, the build's ``BUILD_FIFO_FOLD``): ``tiny``'s are all in
+  distributed RAM, so none is folded; with every row FIFO forced to the node's
+  ``fold_limit`` (a word every 6 cycles), ``tiny`` trains bit-exact in the same cycles.
 """
+
+from unittest import mock
 
 import pytest
 from amaranth.hdl import Fragment
 from amaranth.lib.fifo import SyncFIFOBuffered
 
-from fpdeep_hw.build import BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS
+from fpdeep_hw.build import BUILD_FIFO_FOLD, BUILD_FIFO_ROWS, BUILD_FIFO_WHOLE_BITS
+from fpdeep_hw.memory.folded_fifo import FoldedFIFO
 from fpdeep_hw.node.top import NodeTop
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -24,14 +30,24 @@ from sim import train
 from sim.golden.train import init_weights
 
 
-def _fifos(**kw):
+def _blocks(**kw):
     net = load_network("tiny")
     plan = map_network(net, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
     top = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics), **kw)
     m = top.elaborate(None)
     Fragment.get(m, None)                       # every block elaborated (none left unused)
-    return top, {name: f.depth for name, (f, _) in m._named_submodules.items()
-                 if isinstance(f, SyncFIFOBuffered)}
+    return top, {name: f for name, (f, _) in m._named_submodules.items()
+                 if isinstance(f, (SyncFIFOBuffered, FoldedFIFO))}
+
+
+def _fifos(**kw):
+    top, blocks = _blocks(**kw)
+    return top, {name: f.depth for name, f in blocks.items()}
+
+
+def _force_fold():
+    """Every row FIFO at the most rows per word the node's rates allow."""
+    return mock.patch("fpdeep_hw.node.top.row_fifo_fold", lambda width, depth, limit: limit)
 
 
 def test_depths_in_rows():
@@ -119,3 +135,55 @@ def test_rows_cost_no_cycles():
         got[bool(kw)] = (res["cycles"], res["cycles_per_image_first_batch"],
                          res["cycles_per_image_whole_batches"])
     assert got[True] == got[False]
+
+
+def test_fold_only_where_it_saves_block_ram():
+    """``tiny``'s row FIFOs are all small enough for distributed RAM: the build's fold limit
+    folds none of them (the same blocks as without)."""
+    top, blocks = _blocks(fifo_rows=2, fifo_fold=BUILD_FIFO_FOLD)
+    _, plain = _fifos(fifo_rows=2)
+    assert {n: f.depth for n, f in blocks.items()} == plain
+    assert not any(isinstance(f, FoldedFIFO) for f in blocks.values())
+    # half the fewest CE cycles per pixel of tiny's layers (conv1: R*G = 12)
+    assert top.fold_limit == 6
+    with pytest.raises(ValueError, match="fifo_fold must be a positive integer"):
+        _fifos(fifo_rows=2, fifo_fold=0)
+
+
+def test_forced_folds():
+    """Forced to fold, every FIFO kept in rows is a ``FoldedFIFO`` of the same depth at the
+    node's fold limit; one-image FIFOs (the FC's input) and the stores are not folded; without
+    ``fifo_rows`` nothing is."""
+    _, rows = _fifos(fifo_rows=2)
+    _, images = _fifos()
+    with _force_fold():
+        top, blocks = _blocks(fifo_rows=2, fifo_fold=64)
+        _, unfolded = _blocks(fifo_fold=64)
+    assert {n: f.depth for n, f in blocks.items()} == rows
+    folded = {n for n, f in blocks.items() if isinstance(f, FoldedFIFO)}
+    assert all(blocks[n].fold == top.fold_limit == 6 for n in folded)
+    assert {n for n in rows if rows[n] < images[n]} == folded
+    assert "act_fc4_q" not in folded and not any(n.endswith(("_mask", "_arg")) for n in folded)
+    assert not any(isinstance(f, FoldedFIFO) for f in unfolded.values())
+
+
+@pytest.mark.parametrize("images", [2, pytest.param(12, marks=pytest.mark.long)])
+def test_bit_exact_with_folded_rows(images):
+    """Every row FIFO folded six ways (a word every 6 cycles where conv1 takes a pixel every
+    12): bit-exact; the folds' latency (``fold - 1`` cycles more per FIFO, 9 of them) and the
+    words they hold back at row starts cost under 1 % (measured, 2 images: 6,225 cycles
+    against 6,172); with ``-m long`` (12 images, B = 4) the mini-batches take the same cycles
+    per image."""
+    kw = dict(images=images, batch=2 if images == 2 else 4, seed=0, fifo_rows=BUILD_FIFO_ROWS)
+    plain = train.run("tiny", "sim-node", **kw)
+    with _force_fold():
+        folded = train.run("tiny", "sim-node", fifo_fold=64, **kw)
+        top, blocks = _blocks(fifo_rows=BUILD_FIFO_ROWS, fifo_fold=64)
+    assert folded["mismatches"] == [] and folded["bit_exact"] is True
+    assert sum(isinstance(f, FoldedFIFO) for f in blocks.values()) == 9
+    assert top.fold_limit == 6
+    extra = folded["cycles"] - plain["cycles"]
+    assert 0 <= extra < 0.01 * plain["cycles"], (extra, plain["cycles"])
+    if images > 2:
+        assert folded["cycles_per_image_whole_batches"] == \
+            plain["cycles_per_image_whole_batches"]

