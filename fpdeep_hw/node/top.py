@@ -88,6 +88,10 @@ from .pg_layer import PGLayer
 from .update import OffchipWeightUpdate, WeightUpdate
 from .version_gate import VersionGate
 
+#: A folded row FIFO may cost a layer at most ``1 / FOLD_COST`` of its cycles per image
+#: (:attr:`NodeTop.fold_limit`).
+FOLD_COST = 200
+
 __all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name", "STORES"]
 
 
@@ -247,9 +251,9 @@ class NodeTop(wiring.Component):
         With ``fifo_rows``: the most rows per word a FIFO kept in rows may store each word as
         (:class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO`, default 1: none). Each such FIFO
         takes the fold :func:`~fpdeep_hw.memory.folded_fifo.row_fifo_fold` gives for its words,
-        its rows and half the fewest engine cycles per pixel of any layer of the node
-        (:attr:`fold_limit`: a word every ``fold`` cycles is then faster than any block of the
-        node takes or makes pixels); ``python -m fpdeep_hw.build`` folds (``BUILD_FIFO_FOLD``).
+        its rows and :attr:`fold_limit` (the node's rates: a fold costs at most
+        ``1 / FOLD_COST`` of a layer's cycles); ``python -m fpdeep_hw.build`` folds
+        (``BUILD_FIFO_FOLD``).
     mem_burst, mem_prefetch : int, optional
         ``burst`` (words, a power of two from 2 to 256; default 16) and ``prefetch`` (bursts, at
         least 2; default 4) of every off-chip Act-RAM
@@ -773,10 +777,18 @@ class NodeTop(wiring.Component):
 
     @property
     def fold_limit(self):
-        """Most rows per word of a folded row FIFO (``fifo_fold``) for this node's rates: half
-        the fewest CE-array cycles per pixel (``R * G``) of its layers, at least 1."""
-        return max(1, min(nl.geometry.out_groups * nl.geometry.groups for nl in self.layers)
-                   // 2)
+        """Most rows per word of a folded row FIFO (``fifo_fold``) for this node's rates, the
+        least over its conv layers of ``R * G // 2`` (a folded FIFO gives a word in at most
+        half the cycles an engine takes per pixel) and ``1 + R * G * H // FOLD_COST``: a line
+        buffer fills about a row of its map at each image's start at the FIFO's rate, so a fold
+        costs about ``fold - 1`` cycles per pixel of a row per image (measured on ``tiny``:
+        8 cycles per image per fold step, conv2's 8-pixel rows; ``docs/hw-node.md``), at most
+        ``1 / FOLD_COST`` of the layer's ``R * G * H * W`` cycles per image. At least 1 (no
+        fold); FC layers, whose FIFOs keep whole images, do not count."""
+        limits = [min(g.out_groups * g.groups // 2,
+                      1 + g.out_groups * g.groups * min(g.height, g.conv_height) // FOLD_COST)
+                  for g in (nl.geometry for nl in self.layers) if g.kind == "conv"]
+        return max(1, min(limits, default=1))
 
     def _fifo(self, m, name, src, dst, depth):
         """``src -> SyncFIFOBuffered(depth) -> dst`` (payloads as bits; 0: a direct connection).
