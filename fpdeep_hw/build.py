@@ -76,6 +76,11 @@ BUILD_FIFO_WHOLE_BITS = 1 << 16
 #: takes fewer block RAM primitives (``fpdeep_hw.memory.folded_fifo``; VGG-16 node 4: 305 ->
 #: 106.5 BRAM36 of row FIFOs). Small nodes keep their FIFOs in distributed RAM and unfolded.
 BUILD_FIFO_FOLD = 64
+#: Share of the board's LUTs the build may spend on packed memories moved to distributed RAM
+#: (``fpdeep_hw.memory.packing.distributed_ram``; 7-series SLICEMs, whose LUTs can be RAM,
+#: are about 40 % of the LUTs: VC709 174,200 of 433,200), and never more than the LUTs the
+#: plan leaves under its own LUT budget (``fpdeep_map.costs.LUT_BUDGET``).
+BUILD_LUTRAM_SHARE = 0.4
 #: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
 #: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
 #: FIFOs (``prefetch x burst`` words read ahead, two bursts to write) stay a few words: 16 words,
@@ -820,7 +825,10 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
     ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
     from boards.platforms import platform_for
+    from fpdeep_map.costs import LUT_BUDGET
+
     from .board_top import BoardTop, LinkedNode
+    from .memory.packing import distributed_ram
     from .node.top import NodeTop
 
     progress = progress or Progress(quiet=True)
@@ -837,8 +845,12 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
         stats = {}
-        node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
-                                                             field_wires=field_wires))
+        board_luts = plan.available["lut"]
+        lut_budget = max(0, min(int(BUILD_LUTRAM_SHARE * board_luts),
+                                int(LUT_BUDGET * board_luts) - plan.node_plans[k].lut))
+        with distributed_ram(lut_budget) as dram:
+            node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
+                                                                 field_wires=field_wires))
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
@@ -879,6 +891,11 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "mac_units": top.mac_units,
             "fifo_rows": BUILD_FIFO_ROWS, "fifo_whole_bits": BUILD_FIFO_WHOLE_BITS,
             "fifo_fold": BUILD_FIFO_FOLD, "fold_limit": top.fold_limit,
+            "distributed_ram": {
+                "lut_budget": lut_budget, "luts": dram.luts, "memories": len(dram.taken),
+                "bram36_saved": sum(t[3] for t in dram.taken),
+                "taken": [{"rows": d, "row_bits": b, "read_ports": r, "bram36_saved": u,
+                           "luts": lu} for d, b, r, u, lu in dram.taken]},
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
             "memory_map": memory_map,
             "notes": notes,
@@ -936,7 +953,9 @@ def _memory_report(memories, plan):
     (:func:`_bram18_units`: one aspect ratio per memory, RAMB36 = 2 RAMB18 units, a copy per
     synchronous read port not sharing a write port's address); memories of at most
     ``LUTRAM_MAX_DEPTH`` words or with an
-    asynchronous read port are distributed RAM (``lutram_bits``). ``fits_in_bram`` compares
+    asynchronous read port are distributed RAM (``lutram_bits``; ``lutram_luts`` by
+    :func:`fpdeep_map.costs.lutram_luts`, against ``board_lutram_luts``, the
+    ``BUILD_LUTRAM_SHARE`` of the board's LUTs that can be RAM). ``fits_in_bram`` compares
     ``bram36`` with the board's BRAM36. ``bits``: every memory bit, the lower bound a perfect
     packing would reach (``bits_fit``). ``by_block``: the 16 blocks (RTLIL module, last name)
     taking the most. An estimate of what synthesis infers, see ``docs/build.md``."""
@@ -945,6 +964,9 @@ def _memory_report(memories, plan):
     board_bits = board * 36 * 1024
     units = [_bram18_units(w, d, rs, ra, rw) * n for _, _, w, d, n, rs, ra, rw in memories]
     lutram = sum(m[2] * m[3] * m[4] for m, u in zip(memories, units) if not u)
+    from fpdeep_map.costs import lutram_luts
+    lutram_lut = sum(lutram_luts(w, d, rs + ra, rw > 0) * n
+                     for (_, _, w, d, n, rs, ra, rw), u in zip(memories, units) if not u)
     largest = sorted(range(len(memories)), key=lambda i: (-units[i], -memories[i][2]
                                                           * memories[i][3] * memories[i][4]))[:8]
     blocks = {}
@@ -959,6 +981,9 @@ def _memory_report(memories, plan):
         "bits_fit": bits <= board_bits,
         "bram36": sum(units) / 2,
         "lutram_bits": lutram,
+        "lutram_luts": lutram_lut,
+        "board_lutram_luts": (lut_ram := int(BUILD_LUTRAM_SHARE * plan.available["lut"])),
+        "fits_in_lutram": lutram_lut <= lut_ram,
         "board_bram36": board,
         "fits_in_bram": sum(units) / 2 <= board,
         "largest": [{"module": mod, "memory": mem, "width": w, "depth": d, "instances": n,
@@ -983,7 +1008,12 @@ def _summary(folder, report):
         line += (f"\n  RTL memories {mem['bits'] / 2**20:.1f} Mbit in "
                  f"{mem['bram36']:g} BRAM36 (plan {p['bram36']:g}), board "
                  f"{mem['board_bram36']:g} BRAM36"
-                 + ("" if mem["fits_in_bram"] else " (does not fit: see report.json notes)"))
+                 + ("" if mem["fits_in_bram"] else " (does not fit: see report.json notes)")
+                 + (f"; distributed RAM {mem['lutram_bits'] / 2**20:.1f} Mbit in about "
+                    f"{mem['lutram_luts']} LUTs ("
+                    + ("within" if mem["fits_in_lutram"] else "over")
+                    + f" the board's LUT RAM, about {mem['board_lutram_luts']})"
+                    if mem.get("lutram_luts") else ""))
     return f"{line}\n  -> {folder}"
 
 

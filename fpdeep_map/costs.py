@@ -41,6 +41,31 @@ def bram18_tiles(width, depth, true_dual_port=False):
     return min(best, min(2 * -(-width // w) * -(-depth // d) for d, w in s36))
 
 
+#: Rows of one distributed-RAM primitive (RAM64M / RAM64X1D).
+LUTRAM_ROWS = 64
+#: LUTs per stored bit of a distributed-RAM piece of up to 32 / 64 rows, as Yosys
+#: ``synth_xilinx`` maps it (``tests/hw/test_distributed_ram.py``): one read port: RAM32M
+#: (32 rows x 6 bits in 4 LUTs) / RAM64M (64 x 3); a second read port at the write address
+#: (``LPRAM(readers=2)``): RAM32M (32 x 4) / RAM64X1D (64 x 1 in 2 LUTs).
+LUTRAM_LUTS_PER_BIT = {(1, False): {32: 2 / 3, 64: 4 / 3}, (2, True): {32: 1, 64: 2}}
+
+
+def lutram_luts(width, depth, read_ports=1, shared=False):
+    """LUTs of a memory of ``depth`` words of ``width`` bits built from distributed RAM in
+    pieces of :data:`LUTRAM_ROWS` rows (the last one shorter; a piece of at most 32 rows takes
+    the 32-row primitives), with ``read_ports`` synchronous read ports, ``shared``: the first
+    at the write port's address (:data:`LUTRAM_LUTS_PER_BIT`; other port sets count a copy
+    of one-port pieces per read port)."""
+    if width <= 0 or depth <= 0:
+        return 0
+    key = (read_ports, bool(shared))
+    per, copies = (LUTRAM_LUTS_PER_BIT[key], 1) if key in LUTRAM_LUTS_PER_BIT else \
+        (LUTRAM_LUTS_PER_BIT[(1, False)], max(1, read_ports))
+    full, rest = divmod(depth, LUTRAM_ROWS)
+    pieces = [LUTRAM_ROWS] * full + ([rest] if rest else [])
+    sixths = sum(round(6 * per[32 if d <= 32 else 64]) for d in pieces)
+    return copies * -(-width * sixths // 6)
+
 # --- fractions of a device the mapper may fill ----------------------------------------------------
 #: DSP slices given to convolution engines (the rest: timing closure, FC helpers, address arithmetic).
 DSP_BUDGET = 0.90

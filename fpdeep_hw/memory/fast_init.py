@@ -18,15 +18,15 @@ from amaranth.lib.memory import Memory
 __all__ = ["memory"]
 
 
-def memory(*, shape, depth, init):
-    """``Memory(shape=shape, depth=depth, init=init)``."""
+def memory(*, shape, depth, init, attrs=None):
+    """``Memory(shape=shape, depth=depth, init=init, attrs=attrs)``."""
     words = init.tolist() if isinstance(init, np.ndarray) else list(init)
     if (isinstance(shape, Shape) and not isinstance(shape, ShapeCastable) and len(words) <= depth
             and all(type(v) is int for v in words)):
         lo, hi = ((-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed
                   else (0, (1 << shape.width) - 1))
         if not words or (min(words) >= lo and max(words) <= hi):
-            mem = Memory(shape=shape, depth=depth, init=[], src_loc_at=1)
+            mem = Memory(shape=shape, depth=depth, init=[], attrs=attrs, src_loc_at=1)
             mem.init._elems[:len(words)] = words   # aliased with the raw words (plain shape)
             return mem
-    return Memory(shape=shape, depth=depth, init=words, src_loc_at=1)
+    return Memory(shape=shape, depth=depth, init=words, attrs=attrs, src_loc_at=1)

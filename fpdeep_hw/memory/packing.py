@@ -11,11 +11,15 @@ takes: :func:`fpdeep_map.costs.bram18_tiles`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
 
-__all__ = ["PACK_LANES", "lanes_per_memory", "packed_granularity", "pack_rows", "packed_memory"]
+__all__ = ["PACK_LANES", "lanes_per_memory", "packed_granularity", "pack_rows", "packed_memory",
+           "DistributedRAM", "distributed_ram", "DISTRIBUTED_MAX_DEPTH",
+           "DISTRIBUTED_LUTS_PER_BRAM36"]
 
 #: Most lanes in one packed memory: its rows stay far below Amaranth's
 #: 65,536 bits per value, and the simulator's code for a row (one term per lane) below Python's
@@ -53,8 +57,70 @@ def pack_rows(words, width):
     return [int(v) for v in rows]
 
 
+#: Deepest packed memory :class:`DistributedRAM` moves to distributed RAM.
+DISTRIBUTED_MAX_DEPTH = 128
+#: Most LUTs :class:`DistributedRAM` spends per BRAM36 it saves (the VC709 has 295 LUTs per
+#: BRAM36; a 65- to 128-row memory costs 144 to 192, a 129- to 192-row one 288).
+DISTRIBUTED_LUTS_PER_BRAM36 = 200
+
+
+class DistributedRAM:
+    """Which packed memories go to distributed RAM (build time, :func:`distributed_ram`).
+
+    A packed memory of at most :data:`DISTRIBUTED_MAX_DEPTH` rows that takes block RAM (more
+    than ``LUTRAM_MAX_DEPTH`` rows, so synthesis would not put it in LUTs by itself) is built
+    from pieces of at most 64 rows, each marked ``ram_style = "distributed"`` (RAM64M / RAM32M;
+    the rows of a piece are the memory's rows ``[base, base + 64)``), where the LUTs that takes
+    (:func:`fpdeep_map.costs.lutram_luts`) are at most ``luts_per_bram36`` per BRAM36 it saves
+    (:func:`fpdeep_map.costs.bram18_tiles`, as the build counts it) and fit in what is left of
+    ``lut_budget``; memories are taken in elaboration order. ``taken`` lists them as
+    ``(rows, row bits, read ports, BRAM36 saved, LUTs)``; ``luts`` is their total.
+    """
+
+    def __init__(self, lut_budget, luts_per_bram36=DISTRIBUTED_LUTS_PER_BRAM36,
+                 max_depth=DISTRIBUTED_MAX_DEPTH):
+        self.lut_budget, self.luts_per_bram36, self.max_depth = (lut_budget, luts_per_bram36,
+                                                                 max_depth)
+        self.taken = []
+        self.luts = 0
+
+    def pieces(self, bits, depth, reads, shared):
+        """Rows of each piece for a memory of ``depth`` rows of ``bits`` bits with ``reads``
+        synchronous read ports (``shared``: the first has the write port's address), or
+        ``None`` to keep it one memory."""
+        from fpdeep_map.costs import LUTRAM_MAX_DEPTH, LUTRAM_ROWS, bram18_tiles, lutram_luts
+        if not LUTRAM_MAX_DEPTH < depth <= self.max_depth:
+            return None
+        units = (bram18_tiles(bits, depth, true_dual_port=shared)
+                 * max(1, reads - (1 if shared else 0)))
+        luts = lutram_luts(bits, depth, reads, shared)
+        if not units or luts > self.luts_per_bram36 * units / 2 \
+                or self.luts + luts > self.lut_budget:
+            return None
+        self.luts += luts
+        self.taken.append((depth, bits, reads, units / 2, luts))
+        full, rest = divmod(depth, LUTRAM_ROWS)
+        return [LUTRAM_ROWS] * full + ([rest] if rest else [])
+
+
+_POLICY = contextvars.ContextVar("fpdeep_distributed_ram", default=None)
+
+
+@contextlib.contextmanager
+def distributed_ram(lut_budget, **kw):
+    """Inside: :func:`packed_memory` moves shallow memories to distributed RAM by the rules of
+    a :class:`DistributedRAM` (yielded), until ``lut_budget`` LUTs are spent. Outside (every
+    simulation and test by default) a packed memory is always one memory."""
+    policy = DistributedRAM(lut_budget, **kw)
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
+
+
 def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr, r_en,
-                  init=None, r2_addr=None, r2_en=None):
+                  init=None, r2_addr=None, r2_en=None, distributable=True):
     """Add memory ``name`` to module ``m``: ``depth`` rows of ``lanes`` words of ``width`` bits,
     one write port (``w_data`` the whole row, enables all equal to ``w_en``, in groups of
     :func:`packed_granularity`) and one synchronous, non-transparent read port. ``init``: the
@@ -65,10 +131,24 @@ def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr,
     ``(memory, read data, second read data)``. Give the first read port the write port's
     address signal (``r_addr is w_addr``, the caller muxing reads and writes) and synthesis
     builds one true dual-port block RAM (port A writes or reads, port B reads) instead of a
-    copy per read port (``fpdeep_hw.build.rtl_memories`` counts it so)."""
+    copy per read port (``fpdeep_hw.build.rtl_memories`` counts it so).
+
+    Inside :func:`distributed_ram` a shallow memory may be built as pieces of at most 64 rows
+    in distributed RAM (:class:`DistributedRAM`; ``distributable=False`` keeps it whole): the
+    same ports, timing and contents (each read port's data comes from the piece its address
+    fell in when it was read); the first piece is returned as the memory."""
     from amaranth.hdl import Mux, unsigned
 
     from .fast_init import memory
+    policy = _POLICY.get()
+    pieces = None
+    if policy is not None and distributable:
+        pieces = policy.pieces(lanes * width, depth, 1 if r2_addr is None else 2,
+                               r_addr is w_addr)
+    if pieces is not None:
+        return _pieces(m, name, pieces, width=width, lanes=lanes, w_addr=w_addr, w_en=w_en,
+                       w_data=w_data, r_addr=r_addr, r_en=r_en, init=init, r2_addr=r2_addr,
+                       r2_en=r2_en)
     mem = memory(shape=unsigned(lanes * width), depth=depth, init=init or [])
     m.submodules[name] = mem
     wp = mem.write_port(granularity=packed_granularity(width, lanes))
@@ -83,3 +163,57 @@ def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr,
     m.d.comb += [rp2.addr.eq(r2_addr), rp2.en.eq(r2_en)]
     return mem, rp.data, rp2.data
 
+
+
+def _pieces(m, name, pieces, *, width, lanes, w_addr, w_en, w_data, r_addr, r_en, init,
+            r2_addr, r2_en):
+    """:func:`packed_memory` as pieces of ``pieces`` rows (distributed RAM)."""
+    from amaranth.hdl import Mux, Signal, unsigned
+
+    from .fast_init import memory
+    rows = list(init or [])
+    bases = [sum(pieces[:i]) for i in range(len(pieces))]
+    sels = []
+    ports = [(r_addr, r_en)] + ([] if r2_addr is None else [(r2_addr, r2_en)])
+    for j, (addr, en) in enumerate(ports):
+        sel = Signal(range(max(len(pieces), 2)), name=f"{name}_sel{j}")
+        which = 0
+        for i, base in enumerate(bases[1:], 1):
+            which = Mux(addr >= base, i, which)
+        with m.If(en):
+            m.d.sync += sel.eq(which)
+        sels.append(sel)
+    outs = [[] for _ in ports]
+    first = None
+    for i, (base, d) in enumerate(zip(bases, pieces)):
+        mem = memory(shape=unsigned(lanes * width), depth=d, init=rows[base:base + d],
+                     attrs={"ram_style": "distributed"})
+        m.submodules[f"{name}_p{i}"] = mem
+        first = first if first is not None else mem
+        # one address signal for the write and a read with the write port's address, so the
+        # piece stays one memory with a shared read/write port
+        wa = Signal(range(max(d, 2)), name=f"{name}_p{i}_waddr")
+        m.d.comb += wa.eq(w_addr - base)
+        wp = mem.write_port(granularity=packed_granularity(width, lanes))
+        inside = (w_addr >= base) & (w_addr < base + d)
+        m.d.comb += [wp.addr.eq(wa), wp.data.eq(w_data),
+                     wp.en.eq(Mux(w_en & inside, (1 << len(wp.en)) - 1, 0))]
+        for j, (addr, en) in enumerate(ports):
+            rp = mem.read_port()
+            if addr is w_addr:
+                m.d.comb += rp.addr.eq(wa)
+            else:
+                m.d.comb += rp.addr.eq(addr - base)
+            m.d.comb += rp.en.eq(en)
+            outs[j].append(rp.data)
+    data = []
+    for j, sel in enumerate(sels):
+        d = outs[j][0]
+        for i in range(1, len(pieces)):
+            d = Mux(sel == i, outs[j][i], d)
+        # one signal: the users slice the row lane by lane, and a slice of an expression
+        # rebuilds the whole expression in Amaranth's back end (quadratic in the lanes)
+        row = Signal(lanes * width, name=f"{name}_rd{j}")
+        m.d.comb += row.eq(d)
+        data.append(row)
+    return (first, *data)
