@@ -955,7 +955,9 @@ def _memory_report(memories, plan):
     ``LUTRAM_MAX_DEPTH`` words or with an
     asynchronous read port are distributed RAM (``lutram_bits``; ``lutram_luts`` by
     :func:`fpdeep_map.costs.lutram_luts`, against ``board_lutram_luts``, the
-    ``BUILD_LUTRAM_SHARE`` of the board's LUTs that can be RAM). ``fits_in_bram`` compares
+    ``BUILD_LUTRAM_SHARE`` of the board's LUTs that can be RAM; ``largest_lutram``), except
+    memories of one word, which synthesis builds from flip-flops (``register_bits``).
+    ``fits_in_bram`` compares
     ``bram36`` with the board's BRAM36. ``bits``: every memory bit, the lower bound a perfect
     packing would reach (``bits_fit``). ``by_block``: the 16 blocks (RTLIL module, last name)
     taking the most. An estimate of what synthesis infers, see ``docs/build.md``."""
@@ -963,10 +965,14 @@ def _memory_report(memories, plan):
     board = plan.available["bram36"]
     board_bits = board * 36 * 1024
     units = [_bram18_units(w, d, rs, ra, rw) * n for _, _, w, d, n, rs, ra, rw in memories]
-    lutram = sum(m[2] * m[3] * m[4] for m, u in zip(memories, units) if not u)
     from fpdeep_map.costs import lutram_luts
-    lutram_lut = sum(lutram_luts(w, d, rs + ra, rw > 0) * n
-                     for (_, _, w, d, n, rs, ra, rw), u in zip(memories, units) if not u)
+    # a memory of one word is a register (Yosys synth_xilinx: flip-flops, tests/hw/
+    # test_folded_fifo.py), the other memories without block RAM distributed RAM
+    regs = [not u and m[3] == 1 for m, u in zip(memories, units)]
+    lutram = sum(m[2] * m[3] * m[4] for m, u, r in zip(memories, units, regs) if not u and not r)
+    luts = [0 if u or r else lutram_luts(w, d, rs + ra, rw > 0) * n
+            for (_, _, w, d, n, rs, ra, rw), u, r in zip(memories, units, regs)]
+    lutram_lut = sum(luts)
     largest = sorted(range(len(memories)), key=lambda i: (-units[i], -memories[i][2]
                                                           * memories[i][3] * memories[i][4]))[:8]
     blocks = {}
@@ -982,6 +988,12 @@ def _memory_report(memories, plan):
         "bram36": sum(units) / 2,
         "lutram_bits": lutram,
         "lutram_luts": lutram_lut,
+        "register_bits": sum(m[2] * m[4] for m, r in zip(memories, regs) if r),
+        "largest_lutram": [{"module": mod, "memory": mem, "width": w, "depth": d,
+                            "instances": n, "read_ports": rs + ra, "luts": luts[i]}
+                           for i in sorted(range(len(memories)), key=lambda i: -luts[i])[:8]
+                           if luts[i]
+                           for mod, mem, w, d, n, rs, ra, rw in [memories[i]]],
         "board_lutram_luts": (lut_ram := int(BUILD_LUTRAM_SHARE * plan.available["lut"])),
         "fits_in_lutram": lutram_lut <= lut_ram,
         "board_bram36": board,

@@ -120,3 +120,25 @@ def test_synthesis_lut_ram_only(tmp_path):
     cells = {c: n for c, n in lgb["cells"].items() if c.startswith("RAM")}
     assert cells == {"RAM64M": 24, "RAM32M": 12}, lgb["cells"]
     assert 4 * 24 + 4 * 12 == lutram_luts(72, 77) == 144
+
+
+def test_memory_report_counts_lut_ram_and_registers():
+    """``report.json`` ``rtl_memory``: a memory of one word is flip-flops (``register_bits``,
+    as Yosys builds a two-word FIFO's storage: tests/hw/test_folded_fifo.py), a shallow one
+    LUT RAM (``lutram_luts``, against the board's LUT RAM), a deep one block RAM."""
+    from fpdeep_hw.build import BUILD_LUTRAM_SHARE, _memory_report
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    plan = map_network(load_network("tiny"), load_board("vc709"), 1, max_row_lanes=1)
+    mems = [("top.a", "storage", 7501, 1, 1, 1, 0, 1),      # one word: a register
+            ("top.b", "storage", 15552, 7, 1, 1, 0, 0),     # 7 words: RAM32M
+            ("top.c", "rows", 72, 512, 2, 1, 0, 0)]         # block RAM, two instances
+    r = _memory_report(mems, plan)
+    assert r["register_bits"] == 7501
+    assert r["lutram_bits"] == 15552 * 7
+    assert r["lutram_luts"] == lutram_luts(15552, 7) == 10368
+    assert r["board_lutram_luts"] == int(BUILD_LUTRAM_SHARE * plan.available["lut"])
+    assert r["fits_in_lutram"] is True
+    assert r["bram36"] == 2 * bram18_tiles(72, 512) / 2 == 2
+    assert [x["memory"] for x in r["largest_lutram"]] == ["storage"]
