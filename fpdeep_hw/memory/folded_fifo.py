@@ -22,8 +22,9 @@ So a word is accepted every ``fold`` cycles at most and offered every ``fold`` c
 ``fold = 1`` is exactly a ``SyncFIFOBuffered(width, depth)``. Capacity: ``depth`` whole words
 in the inner FIFO. Latency (both sides always ready, empty FIFO): a word offered in cycle ``t``
 is taken with its last row in cycle ``t + fold - 1`` and offered on ``r_stream`` from cycle
-``t + fold + 1`` (:attr:`latency`; for ``fold = 1`` the two cycles of ``SyncFIFOBuffered``). Same members as
-``SyncFIFOBuffered`` (``w_stream``, ``r_stream``), so it drops in where one is.
+``t + fold + 1`` (:attr:`latency`; for ``fold = 1`` the two cycles of ``SyncFIFOBuffered``).
+Same members as ``SyncFIFOBuffered`` (``w_stream``, ``r_stream``), so it drops in where one
+is.
 
 Golden model: a FIFO passes its words on unchanged and in order (the identity), which is what
 the test checks, word by word, under random stalls on both sides. Where it is used:

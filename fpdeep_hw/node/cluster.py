@@ -202,7 +202,8 @@ class Cluster(wiring.Component):
     """
 
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
-                 fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, link_latency=54, words_per_cycle=None, max_payload=32, depth=1024,
+                 fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, link_latency=54,
+                 words_per_cycle=None, max_payload=32, depth=1024,
                  credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
