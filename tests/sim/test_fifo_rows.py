@@ -173,20 +173,26 @@ def test_forced_folds():
     assert not any(isinstance(f, FoldedFIFO) for f in unfolded.values())
 
 
-@pytest.mark.parametrize("images, fold", [(2, 6), pytest.param(12, 2, marks=pytest.mark.long)])
-def test_bit_exact_with_folded_rows(images, fold):
-    """Every row FIFO of ``tiny`` (9 of them) forced to fold: bit-exact, and the cost the
-    fold limit bounds: about ``fold - 1`` cycles per image for each pixel of a row a line
-    buffer fills at an image's start (2 images folded 6 ways: 6,225 cycles against 6,172;
-    12 images, B = 4 (``-m long``): 1,039 / 1,315.25 cycles per image in the first mini-batch
-    / over whole ones folded 2 ways against 1,031 / 1,317.25, 1,047 / 1,313.25 folded 3 ways)."""
+@pytest.mark.parametrize("images, fold, compare", [
+    (2, 6, False),
+    pytest.param(2, 6, True, marks=pytest.mark.long),
+    pytest.param(12, 2, True, marks=pytest.mark.long)])
+def test_bit_exact_with_folded_rows(images, fold, compare):
+    """Every row FIFO of ``tiny`` (9 of them) forced to fold: bit-exact; and (``-m long``,
+    against the same run unfolded: CI time) the cost the fold limit bounds, about ``fold - 1``
+    cycles per image for each pixel of a row a line buffer fills at an image's start
+    (2 images folded 6 ways: 6,225 cycles against 6,172; 12 images, B = 4: 1,039 / 1,315.25
+    cycles per image in the first mini-batch / over whole ones folded 2 ways against
+    1,031 / 1,317.25, 1,047 / 1,313.25 folded 3 ways)."""
     kw = dict(images=images, batch=2 if images == 2 else 4, seed=0, fifo_rows=BUILD_FIFO_ROWS)
-    plain = train.run("tiny", "sim-node", **kw)
     with _force_fold(fold):
         folded = train.run("tiny", "sim-node", fifo_fold=64, **kw)
         _, blocks = _blocks(fifo_rows=BUILD_FIFO_ROWS, fifo_fold=64)
     assert folded["mismatches"] == [] and folded["bit_exact"] is True
     assert sum(isinstance(f, FoldedFIFO) and f.fold == fold for f in blocks.values()) == 9
+    if not compare:
+        return
+    plain = train.run("tiny", "sim-node", **kw)
     extra = folded["cycles"] - plain["cycles"]
     assert 0 <= extra < 0.01 * plain["cycles"], (extra, plain["cycles"])
     if images > 2:
