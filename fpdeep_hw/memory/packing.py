@@ -193,9 +193,11 @@ def _pieces(m, name, pieces, *, width, lanes, w_addr, w_en, w_data, r_addr, r_en
         # one address signal for the write and a read with the write port's address, so the
         # piece stays one memory with a shared read/write port
         wa = Signal(range(max(d, 2)), name=f"{name}_p{i}_waddr")
-        m.d.comb += wa.eq(w_addr - base)
+        m.d.comb += wa.eq(w_addr - base if base else w_addr)
         wp = mem.write_port(granularity=packed_granularity(width, lanes))
-        inside = (w_addr >= base) & (w_addr < base + d)
+        inside = w_addr < base + d
+        if base:
+            inside = inside & (w_addr >= base)
         m.d.comb += [wp.addr.eq(wa), wp.data.eq(w_data),
                      wp.en.eq(Mux(w_en & inside, (1 << len(wp.en)) - 1, 0))]
         for j, (addr, en) in enumerate(ports):
@@ -203,7 +205,7 @@ def _pieces(m, name, pieces, *, width, lanes, w_addr, w_en, w_data, r_addr, r_en
             if addr is w_addr:
                 m.d.comb += rp.addr.eq(wa)
             else:
-                m.d.comb += rp.addr.eq(addr - base)
+                m.d.comb += rp.addr.eq(addr - base if base else addr)
             m.d.comb += rp.en.eq(en)
             outs[j].append(rp.data)
     data = []

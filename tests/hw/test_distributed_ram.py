@@ -142,3 +142,15 @@ def test_memory_report_counts_lut_ram_and_registers():
     assert r["fits_in_lutram"] is True
     assert r["bram36"] == 2 * bram18_tiles(72, 512) / 2 == 2
     assert [x["memory"] for x in r["largest_lutram"]] == ["storage"]
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_verilator_lint(readers, tmp_path):
+    """An LPRAM of 77 sets in pieces passes the lint of every block (the reviewed waivers), and
+    its Verilog marks every piece ``ram_style = "distributed"``."""
+    from sim.lint import verilator_lint
+    init = random_sets(random.Random(2), 77, 2, 3)
+    with distributed_ram(10**9, luts_per_bram36=10**9):
+        text = verilator_lint(LPRAM(fmt=W, kernel=3, lanes=2, depth=77, init=init,
+                                    readers=readers), f"lpram_pieces{readers}", tmp_path)
+    assert text.count('ram_style = "distributed"') == 2, text.count("ram_style")
