@@ -79,7 +79,8 @@ BUILD_FIFO_FOLD = 64
 #: Share of the board's LUTs the build may spend on packed memories moved to distributed RAM
 #: (``fpdeep_hw.memory.packing.distributed_ram``; 7-series SLICEMs, whose LUTs can be RAM,
 #: are about 40 % of the LUTs: VC709 174,200 of 433,200), and never more than the LUTs the
-#: plan leaves under its own LUT budget (``fpdeep_map.costs.LUT_BUDGET``).
+#: plan leaves under its own LUT budget (``fpdeep_map.costs.LUT_BUDGET``). A node that fits
+#: its block RAM without the memories moved is converted again with none moved.
 BUILD_LUTRAM_SHARE = 0.4
 #: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
 #: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
@@ -828,7 +829,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     from fpdeep_map.costs import LUT_BUDGET
 
     from .board_top import BoardTop, LinkedNode
-    from .memory.packing import distributed_ram
+    from .memory.packing import DistributedRAM, distributed_ram
     from .node.top import NodeTop
 
     progress = progress or Progress(quiet=True)
@@ -849,6 +850,15 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         lut_budget = max(0, min(int(BUILD_LUTRAM_SHARE * board_luts),
                                 int(LUT_BUDGET * board_luts) - plan.node_plans[k].lut))
         with distributed_ram(lut_budget) as dram:
+            node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
+                                                                 field_wires=field_wires))
+        units = sum(_bram18_units(w, d, rs, ra, rw) * n
+                    for _, _, w, d, n, rs, ra, rw in stats["memories"])
+        unneeded = 0.0
+        if dram.taken and units / 2 + sum(t[3] for t in dram.taken) <= plan.available["bram36"]:
+            # the node fits its block RAM without them: convert again and keep the LUTs
+            unneeded = sum(t[3] for t in dram.taken)
+            stats, dram = {}, DistributedRAM(0)
             node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
                                                                  field_wires=field_wires))
     with progress.stage(f"platform build ({board}, do_build=False)"):
@@ -893,6 +903,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "fifo_fold": BUILD_FIFO_FOLD, "fold_limit": top.fold_limit,
             "distributed_ram": {
                 "lut_budget": lut_budget, "luts": dram.luts, "memories": len(dram.taken),
+                "not_needed_bram36": unneeded,
                 "bram36_saved": sum(t[3] for t in dram.taken),
                 "taken": [{"rows": d, "row_bits": b, "read_ports": r, "bram36_saved": u,
                            "luts": lu} for d, b, r, u, lu in dram.taken]},

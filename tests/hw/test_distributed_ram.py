@@ -154,3 +154,35 @@ def test_verilator_lint(readers, tmp_path):
         text = verilator_lint(LPRAM(fmt=W, kernel=3, lanes=2, depth=77, init=init,
                                     readers=readers), f"lpram_pieces{readers}", tmp_path)
     assert text.count('ram_style = "distributed"') == 2, text.count("ram_style")
+
+
+def test_build_moves_nothing_where_block_ram_suffices(tmp_path):
+    """``build_node``: a node that fits its block RAM without the memories the policy moved is
+    converted again with none moved (its LUTs kept); here the policy is made to take the small
+    node's 640-row FC weight memory (``pieces`` patched), which the node does not need."""
+    from unittest import mock
+
+    from fpdeep_hw.build import build_node
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    net = load_network("tiny")
+    plan = map_network(net, load_board("vc709"), 1, batch=2, max_row_lanes=1, dsp_budget=0.04)
+    calls = []
+
+    def take_deep(self, bits, depth, reads, shared):
+        calls.append(depth)
+        if depth != 640:
+            return None
+        self.taken.append((depth, bits, reads, 3.0, 100))
+        self.luts += 100
+        return [64] * 10
+    with mock.patch.object(DistributedRAM, "pieces", take_deep):
+        _, report = build_node(plan, 0, net, "vc709", tmp_path)
+    d = report["distributed_ram"]
+    # the FC's weights in three banks (at most 256 lanes each), each "saving" 3 BRAM36; the
+    # second conversion runs without a policy (no calls)
+    assert calls.count(640) == 3 and d["not_needed_bram36"] == 9.0
+    assert d["memories"] == 0 and d["luts"] == 0 and d["taken"] == []
+    verilog = next(tmp_path.rglob("fpdeep_node.v")).read_text()
+    assert 'ram_style = "distributed"' not in verilog
