@@ -943,17 +943,10 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
 
 
 def _bram18_units(width, depth, sync_reads, async_reads, shared_reads=0):
-    """RAMB18 units of one RTL memory: none if a read port is asynchronous (distributed RAM
-    only), else :func:`fpdeep_map.costs.bram18_tiles` once per copy: a copy per synchronous
-    read port (a simple dual-port memory: the write port and one read port), except that a
-    read port with a write port's address shares that port (``shared_reads``: a true dual-port
-    memory serves it and one more read port, in the narrower true dual-port ratios, so it saves
-    block RAM only beyond 512 words)."""
-    from fpdeep_map.costs import bram18_tiles
-    if async_reads:
-        return 0
-    return (bram18_tiles(width, depth, true_dual_port=shared_reads > 0)
-            * max(1, sync_reads - shared_reads))
+    """RAMB18 units of one RTL memory: :func:`fpdeep_map.costs.memory_bram18` (the rule the
+    distributed-RAM policy uses too)."""
+    from fpdeep_map.costs import memory_bram18
+    return memory_bram18(width, depth, sync_reads, async_reads, shared_reads)
 
 
 def _memory_report(memories, plan):

@@ -41,6 +41,19 @@ def bram18_tiles(width, depth, true_dual_port=False):
     return min(best, min(2 * -(-width // w) * -(-depth // d) for d, w in s36))
 
 
+
+def memory_bram18(width, depth, sync_reads=1, async_reads=0, shared_reads=0):
+    """RAMB18 units of one memory: none if a read port is asynchronous (distributed RAM only),
+    else :func:`bram18_tiles` once per copy: a copy per synchronous read port (a simple
+    dual-port memory: the write port and one read port), except that a read port with a write
+    port's address shares that port (``shared_reads``: a true dual-port memory serves it and
+    one more read port, in the narrower true dual-port ratios, so it saves block RAM only
+    beyond 512 words)."""
+    if async_reads:
+        return 0
+    return (bram18_tiles(width, depth, true_dual_port=shared_reads > 0)
+            * max(1, sync_reads - shared_reads))
+
 #: Rows of one distributed-RAM primitive (RAM64M / RAM64X1D).
 LUTRAM_ROWS = 64
 #: LUTs per stored bit of a distributed-RAM piece of up to 32 / 64 rows, as Yosys

@@ -72,7 +72,7 @@ class DistributedRAM:
     from pieces of at most 64 rows, each marked ``ram_style = "distributed"`` (RAM64M / RAM32M;
     the rows of a piece are the memory's rows ``[base, base + 64)``), where the LUTs that takes
     (:func:`fpdeep_map.costs.lutram_luts`) are at most ``luts_per_bram36`` per BRAM36 it saves
-    (:func:`fpdeep_map.costs.bram18_tiles`, as the build counts it) and fit in what is left of
+    (:func:`fpdeep_map.costs.memory_bram18`, as the build counts it) and fit in what is left of
     ``lut_budget``; memories are taken in elaboration order. ``taken`` lists them as
     ``(rows, row bits, read ports, BRAM36 saved, LUTs)``; ``luts`` is their total.
     """
@@ -88,11 +88,10 @@ class DistributedRAM:
         """Rows of each piece for a memory of ``depth`` rows of ``bits`` bits with ``reads``
         synchronous read ports (``shared``: the first has the write port's address), or
         ``None`` to keep it one memory."""
-        from fpdeep_map.costs import LUTRAM_MAX_DEPTH, LUTRAM_ROWS, bram18_tiles, lutram_luts
+        from fpdeep_map.costs import LUTRAM_MAX_DEPTH, LUTRAM_ROWS, lutram_luts, memory_bram18
         if not LUTRAM_MAX_DEPTH < depth <= self.max_depth:
             return None
-        units = (bram18_tiles(bits, depth, true_dual_port=shared)
-                 * max(1, reads - (1 if shared else 0)))
+        units = memory_bram18(bits, depth, reads, 0, 1 if shared else 0)
         luts = lutram_luts(bits, depth, reads, shared)
         if not units or luts > self.luts_per_bram36 * units / 2 \
                 or self.luts + luts > self.lut_budget:
@@ -162,7 +161,6 @@ def packed_memory(m, name, *, width, lanes, depth, w_addr, w_en, w_data, r_addr,
     rp2 = mem.read_port()
     m.d.comb += [rp2.addr.eq(r2_addr), rp2.en.eq(r2_en)]
     return mem, rp.data, rp2.data
-
 
 
 def _pieces(m, name, pieces, *, width, lanes, w_addr, w_en, w_data, r_addr, r_en, init,

@@ -238,7 +238,7 @@ class WeightUpdate(wiring.Component):
             bank, rd = packed_memory(
                 m, f"master_{c}", width=mw, lanes=width, depth=mem_depth, init=init,
                 w_addr=w_addr, w_en=w_en, w_data=w_data.as_value()[lo * mw:(lo + width) * mw],
-                r_addr=r_addr, r_en=r_en)
+                r_addr=r_addr, r_en=r_en, distributable=False)   # read back by master_of
             self._banks += [(bank, j * mw) for j in range(width)]
             reads.append(rd)
         # the wide signals in one statement each (fpdeep_hw/wide.py)
