@@ -373,6 +373,11 @@ class BoardTop(wiring.Component):
             raise ValueError(f"BoardTop node_module must be a Verilog identifier, not {node_module!r}")
         self.node_top = node_top
         self.linked = LinkedNode(node_top)
+        if node_module is not None:
+            # only its ports are used (the node itself is an Instance of its own Verilog): not
+            # an elaboratable left unused
+            self.linked._MustUse__silence = True
+            self.linked.observed._MustUse__silence = True
         self.has_prev = "prev" in self.linked.sides
         self.has_next = "next" in self.linked.sides
         self.host = host
