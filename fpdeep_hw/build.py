@@ -90,6 +90,13 @@ BUILD_LUTRAM_SHARE = 0.4
 #: per mini-batch at VGG-16 scale, against periods of about a million).
 BUILD_MASTER_BURST = 4
 BUILD_MASTER_PREFETCH = 2
+#: Most rows per set of the off-chip updates' FIFOs of whole weight sets (``NodeTop(
+#: master_fold=)``, ``OffchipWeightUpdate(fold=)``): 8 words of 10,368 to 15,552 bits on
+#: VGG-16 node 4 are kept in distributed RAM, a quarter of the LUTs folded by 4. Each update's
+#: fold is also at most its set's bits over the board's peak memory bits per cycle
+#: (``memory_word_bits`` in ``report.json``: ``offchip_gbps`` over the clock; VC709 1,194), so
+#: the fold never makes an update slower than the memory could feed it.
+BUILD_MASTER_FOLD = 16
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
@@ -826,6 +833,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
     ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
     from boards.platforms import platform_for
+    from fpdeep_map.board import load_board
     from fpdeep_map.costs import LUT_BUDGET
 
     from .board_top import BoardTop, LinkedNode
@@ -835,13 +843,17 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     progress = progress or Progress(quiet=True)
     t0 = time.monotonic()
     check_node(plan, k, network, label, board)
+    spec = load_board(board)
+    memory_word_bits = (int(spec.offchip_gbps * 1000 / spec.clock_mhz)
+                        if spec.offchip_gbps > 0 else None)
     with progress.stage("generate NodeTop"):
         try:
             top = NodeTop(plan, k, network, lr=lr,
                           init_master=node_init_weights(plan, k, network, seed),
                           fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
                           fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
-                          master_prefetch=BUILD_MASTER_PREFETCH)
+                          master_prefetch=BUILD_MASTER_PREFETCH, master_fold=BUILD_MASTER_FOLD,
+                          memory_word_bits=memory_word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
     with progress.stage("convert the node to Verilog"):
@@ -908,6 +920,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                 "taken": [{"rows": d, "row_bits": b, "read_ports": r, "bram36_saved": u,
                            "luts": lu} for d, b, r, u, lu in dram.taken]},
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
+            "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": memory_word_bits,
+            "master_folds": dict(top.master_folds),
             "memory_map": memory_map,
             "notes": notes,
             "verilog_fixups": fixups,

@@ -171,14 +171,24 @@ MEMORY_LATENCY_CYCLES = 20
 MEMORY_BURST_WORDS = 16
 
 
-def offchip_update_cycles(sets, latency=MEMORY_LATENCY_CYCLES, burst=MEMORY_BURST_WORDS):
+def offchip_update_cycles(sets, latency=MEMORY_LATENCY_CYCLES, burst=MEMORY_BURST_WORDS,
+                          fold=1):
     """Cycles an update of ``sets`` weight sets whose master copy is off chip
     (``OffchipWeightUpdate``, the plan's ``master_store``) takes beyond the on-chip one's, from
     its last gradient set to its first working-weight set: the last burst's padding words
     written back, the burst acknowledged, pass 2's first burst read, ``2 * latency + burst + 3
     + padding`` (measured against the block: ``tests/hw/test_update.py``). Both passes run at
-    one set per cycle, as on chip, when the memory gives two words per cycle."""
-    return 2 * latency + burst + 3 + (-sets % burst)
+    one set per cycle, as on chip, when the memory gives two words per cycle.
+
+    ``fold`` (the build's folded FIFOs, ``OffchipWeightUpdate(fold=)``; the plan counts
+    ``fold = 1``): both passes give a set every ``fold`` cycles, and the tail grows by
+    ``(fold - 1) * (burst + 1 + max(0, 2 * padding - 1))``: the last burst leaves the write
+    FIFO at a word every ``fold`` cycles, the padding words pass through both FIFOs, pass 2's
+    first set comes out of the read FIFO ``fold + 1`` cycles after it went in (measured
+    against the block, the same test)."""
+    padding = -sets % burst
+    return (2 * latency + burst + 3 + padding
+            + (fold - 1) * (burst + 1 + max(0, 2 * padding - 1)))
 #: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
 #: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
 FC_OUTPUT_CYCLES = 6

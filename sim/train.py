@@ -6,6 +6,7 @@
         --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2] \\
         [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...] [--dram-latency 20]
         [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536] [--fifo-fold 64]]
+        [--master-burst 4] [--master-prefetch 2] [--master-fold 16]
 
 Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
 max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
@@ -221,7 +222,8 @@ def _offchip_arg(value):
 def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, fifo_images=1,
             fifo_rows=None, fifo_whole_bits=0, fifo_fold=1,
             link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
-            offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4):
+            offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4,
+            master_burst=None, master_prefetch=None, master_fold=1):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
@@ -229,7 +231,9 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     ``link_gbps``). ``offchip_act_ram`` (``"all"``, a list of layers or a comma-separated
     string): :func:`force_offchip_act_ram` on the mapped plan before building;
     ``offchip_stores`` (the same forms): :func:`force_offchip_stores`; ``mem_burst``,
-    ``mem_prefetch``: the off-chip stores' burst (words) and prefetch (bursts). Returns a dict
+    ``mem_prefetch``: the off-chip stores' burst (words) and prefetch (bursts);
+    ``master_burst``, ``master_prefetch``, ``master_fold``: the off-chip master copies' (as
+    :class:`~fpdeep_hw.node.top.NodeTop` takes them; the build: 4, 2, 16). Returns a dict
     with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden`` and
     ``idle_nodes`` (nodes at the end of the chain the plan leaves empty, not built).
     """
@@ -258,13 +262,17 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
             top = NodeTop(plan, 0, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, fifo_rows=fifo_rows,
                           fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
-                          mem_burst=mem_burst, mem_prefetch=mem_prefetch)
+                          mem_burst=mem_burst, mem_prefetch=mem_prefetch,
+                          master_burst=master_burst, master_prefetch=master_prefetch,
+                          master_fold=master_fold)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, fifo_rows=fifo_rows,
                           fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
                           link_latency=link_latency, flips=flips,
-                          mem_burst=mem_burst, mem_prefetch=mem_prefetch)
+                          mem_burst=mem_burst, mem_prefetch=mem_prefetch,
+                          master_burst=master_burst, master_prefetch=master_prefetch,
+                          master_fold=master_fold)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init,
@@ -955,7 +963,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
         stall=0.0, perturb=None, fifo_images=1, fifo_rows=None, fifo_whole_bits=0,
         fifo_fold=1, link_gbps=None, link_latency=54,
         split="channels", ocp_threshold=None, offchip_act_ram=None, offchip_stores=None,
-        dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4):
+        dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4,
+        master_burst=None, master_prefetch=None, master_fold=1):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
@@ -971,13 +980,25 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
             raise TrainError(f"{flag} must be a non-negative integer, not {v!r}")
     if isinstance(fifo_fold, bool) or not isinstance(fifo_fold, int) or fifo_fold < 1:
         raise TrainError(f"--fifo-fold must be a positive integer, not {fifo_fold!r}")
+    def _int(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+    if not _int(master_fold, 1):
+        raise TrainError(f"--master-fold must be a positive integer, not {master_fold!r}")
+    if master_prefetch is not None and not _int(master_prefetch, 1):
+        raise TrainError(f"--master-prefetch must be a positive integer, not "
+                         f"{master_prefetch!r}")
+    if master_burst is not None and not (_int(master_burst, 2) and master_burst <= mem_burst
+                                         and mem_burst % master_burst == 0):
+        raise TrainError(f"--master-burst must be a divisor of --offchip-burst ({mem_burst}) of "
+                         f"at least 2, not {master_burst!r}")
     prep = prepare(net, board, nodes=nodes, images=images, batch=batch, seed=seed, lr=lr,
                    stall=stall, fifo_images=fifo_images, fifo_rows=fifo_rows,
                    fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold, link_gbps=link_gbps,
                    link_latency=link_latency, split=split, ocp_threshold=ocp_threshold,
                    offchip_act_ram=offchip_act_ram, offchip_stores=offchip_stores,
-                   mem_burst=mem_burst,
-                   mem_prefetch=mem_prefetch)
+                   mem_burst=mem_burst, mem_prefetch=mem_prefetch,
+                   master_burst=master_burst, master_prefetch=master_prefetch,
+                   master_fold=master_fold)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -1009,6 +1030,9 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
                               for node in getattr(prep["top"], "nodes", [prep["top"]])
                               for key, store, member, _ in node.memories()
                               if store != "act"},
+           # the fold of every off-chip update's FIFOs: burst port -> rows per set
+           "master_folds": {mem: f for node in getattr(prep["top"], "nodes", [prep["top"]])
+                            for mem, f in node.master_folds.items()},
            "dram": dict(final["dram"], latency=dram_latency,
                         words_per_cycle=dram_words_per_cycle, stall=dram_stall,
                         burst=mem_burst, prefetch=mem_prefetch)}
@@ -1093,6 +1117,16 @@ def main(argv=None):
                          "(default 16)")
     ap.add_argument("--offchip-prefetch", type=int, default=4,
                     help="off-chip Act-RAM prefetch FIFO in bursts, at least 2 (default 4)")
+    ap.add_argument("--master-burst", type=int, default=None,
+                    help="off-chip master copies' burst in words, a divisor of --offchip-burst "
+                         "(the build: 4; default: --offchip-burst)")
+    ap.add_argument("--master-prefetch", type=int, default=None,
+                    help="off-chip master copies' read-ahead in bursts (the build: 2; default: "
+                         "--offchip-prefetch)")
+    ap.add_argument("--master-fold", type=int, default=1,
+                    help="keep each weight set in the off-chip updates' FIFOs as up to this "
+                         "many rows where that saves distributed RAM (the build: 16; default "
+                         "1, none)")
     ap.add_argument("--fifo-rows", type=int, default=None,
                     help="decoupling FIFOs of this many rows of their map instead of one image "
                          "(as python -m fpdeep_hw.build builds them; default: one image)")
@@ -1116,7 +1150,8 @@ def main(argv=None):
                   dram_latency=args.dram_latency,
                   dram_words_per_cycle=args.dram_words_per_cycle,
                   dram_stall=args.dram_stall, mem_burst=args.offchip_burst,
-                  mem_prefetch=args.offchip_prefetch)
+                  mem_prefetch=args.offchip_prefetch, master_burst=args.master_burst,
+                  master_prefetch=args.master_prefetch, master_fold=args.master_fold)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,9 @@ is.
 
 Golden model: a FIFO passes its words on unchanged and in order (the identity), which is what
 the test checks, word by word, under random stalls on both sides. Where it is used:
-``NodeTop(fifo_fold=)`` (the build's row FIFOs, :func:`row_fifo_fold`). Test:
+``NodeTop(fifo_fold=)`` (the build's row FIFOs, :func:`row_fifo_fold`) and
+``NodeTop(master_fold=)`` (the off-chip updates' FIFOs of whole weight sets, in distributed
+RAM: :func:`lutram_fifo_fold`). Test:
 ``tests/hw/test_folded_fifo.py``.
 """
 
@@ -39,9 +41,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from fpdeep_map.costs import bram18_tiles
+from fpdeep_map.costs import LUTRAM_MAX_DEPTH, bram18_tiles, lutram_luts
 
-__all__ = ["FoldedFIFO", "row_fifo_fold"]
+__all__ = ["FoldedFIFO", "row_fifo_fold", "lutram_fifo_fold"]
 
 #: Most rows per word :func:`row_fifo_fold` considers.
 MAX_FOLD = 64
@@ -69,6 +71,37 @@ def row_fifo_fold(width, depth, limit):
     if least == units[1]:
         return 1
     return min(f for f, u in units.items() if u <= FOLD_SLACK * least)
+
+
+def lutram_fifo_fold(width, depths, limit):
+    """The fold for FIFOs of ``depth`` words (one per entry of ``depths``) of ``width`` bits
+    kept in distributed RAM, whose words come at most one every ``limit`` cycles: the smallest
+    power of two up to ``limit`` (and :data:`MAX_FOLD` and ``width``) whose folded FIFOs stay
+    in distributed RAM (``fold * depth - 1`` rows at most
+    :data:`~fpdeep_map.costs.LUTRAM_MAX_DEPTH`) and need at most :data:`FOLD_SLACK` times the
+    fewest LUTs any of them needs (:func:`fpdeep_map.costs.lutram_luts`, the estimate
+    ``report.json`` uses); 1 where folding saves nothing or a FIFO is in block RAM unfolded.
+
+    Used for :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`'s two FIFOs of whole weight
+    sets (8 words of 10,368 to 15,552 bits on VGG-16 node 4: 7 rows of RAM32M, 10,368 LUTs for
+    15,552 bits; folded by 4, 31 rows of 3,888 bits: 2,592). The folded FIFO's gather register
+    (``(fold - 1) / fold`` of a word) takes the place of the unfolded one's output register, so
+    the flip-flops stay about the same."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"lutram_fifo_fold: limit must be a positive integer, not {limit!r}")
+    depths = tuple(depths)
+    if any(d - 1 > LUTRAM_MAX_DEPTH for d in depths):
+        return 1
+    luts = {}
+    f = 1
+    while f <= min(limit, MAX_FOLD, width) and all(f * d - 1 <= LUTRAM_MAX_DEPTH
+                                                    for d in depths):
+        luts[f] = sum(lutram_luts(-(-width // f), f * d - 1) for d in depths)
+        f *= 2
+    least = min(luts.values())
+    if least == luts[1]:
+        return 1
+    return min(f for f, n in luts.items() if n <= FOLD_SLACK * least)
 
 
 class FoldedFIFO(wiring.Component):

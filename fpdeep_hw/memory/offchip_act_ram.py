@@ -44,8 +44,10 @@ MEMORY_PORTS = {
     "b": "in, stream of 1 bit (payload unused): one transfer per write burst written; a read "
          "of the burst's addresses issued after it returns the new words",
     "ar": "out, stream of A bits: word address of a read burst's first word",
-    "r": "in, stream of W bits: the read bursts' words, in request order (ready is always 1: "
-         "room for every word requested is reserved)",
+    "r": "in, stream of W bits: the read bursts' words, in request order (room for every "
+         "word requested is reserved; ready is always 1 but for an OffchipWeightUpdate with "
+         "folded FIFOs, which takes a word every `fold` cycles: the controller holds the word "
+         "while ready is low, as an AXI read channel does)",
 }
 
 #: Module name of the memory controller black box on a board.

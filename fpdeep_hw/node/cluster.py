@@ -173,6 +173,8 @@ class Cluster(wiring.Component):
         puts on the wire (:class:`sim.link_model.LinkModel` ``flips``), for integrity tests.
     mem_burst, mem_prefetch : int
         Passed to every :class:`NodeTop` (its off-chip Act-RAMs).
+    master_burst, master_prefetch, master_fold : int, optional
+        Passed to every :class:`NodeTop` (its off-chip master copies).
 
     Members
     -------
@@ -204,7 +206,8 @@ class Cluster(wiring.Component):
     def __init__(self, plan, network, *, lr, init_master, batch=None, fifo_images=1,
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, link_latency=54,
                  words_per_cycle=None, max_payload=32, depth=1024,
-                 credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4):
+                 credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4,
+                 master_burst=None, master_prefetch=None, master_fold=1):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -224,7 +227,9 @@ class Cluster(wiring.Component):
         self.nodes = [NodeTop(plan, k, network, lr=lr, init_master=init_master, batch=batch,
                               fifo_images=fifo_images, fifo_rows=fifo_rows,
                               fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
-                              mem_burst=mem_burst, mem_prefetch=mem_prefetch)
+                              mem_burst=mem_burst, mem_prefetch=mem_prefetch,
+                              master_burst=master_burst, master_prefetch=master_prefetch,
+                              master_fold=master_fold)
                       for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:

@@ -76,7 +76,7 @@ from sim.golden.train import lags_from_plan, weight_shape
 from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
-from ..memory.folded_fifo import FoldedFIFO, row_fifo_fold
+from ..memory.folded_fifo import FoldedFIFO, lutram_fifo_fold, row_fifo_fold
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
@@ -85,7 +85,7 @@ from .lanes import LaneConcat, LaneFork
 from .lend import Lender, WSEBLayer, WSFPLayer, WSPGLayer
 from .sets import SetConcat, SetRoute, keepers_of
 from .pg_layer import PGLayer
-from .update import OffchipWeightUpdate, WeightUpdate
+from .update import OffchipWeightUpdate, WeightUpdate, master_fifo_depths
 from .version_gate import VersionGate
 
 #: A folded row FIFO may cost a layer at most ``1 / FOLD_COST`` of its cycles per image
@@ -258,6 +258,22 @@ class NodeTop(wiring.Component):
         ``burst`` (words, a power of two from 2 to 256; default 16) and ``prefetch`` (bursts, at
         least 2; default 4) of every off-chip Act-RAM
         (:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM`).
+    master_burst, master_prefetch : int, optional
+        ``burst`` (a divisor of ``mem_burst``, at least 2; default ``mem_burst``) and
+        ``prefetch`` (at least 1; default ``mem_prefetch``) of every off-chip master copy
+        (:class:`~fpdeep_hw.node.update.OffchipWeightUpdate`, whose word is a whole weight
+        set).
+    master_fold : int, optional
+        The most rows per set the off-chip updates' two FIFOs of whole weight sets may keep
+        each set as (default 1: none). Each update takes the fold
+        :func:`~fpdeep_hw.memory.folded_fifo.lutram_fifo_fold` gives for its set width and
+        FIFO depths (:attr:`master_folds`); ``python -m fpdeep_hw.build`` folds
+        (``BUILD_MASTER_FOLD``).
+    memory_word_bits : int, optional
+        With ``master_fold``: the bits the external memory gives per cycle at its peak. An
+        update's fold is then at most ``set bits // memory_word_bits`` (at least 1), so folding
+        never makes an update slower than the memory could feed it (default ``None``: no such
+        limit).
 
     Members
     -------
@@ -373,7 +389,8 @@ class NodeTop(wiring.Component):
 
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, mem_burst=16,
-                 mem_prefetch=4, master_burst=None, master_prefetch=None):
+                 mem_prefetch=4, master_burst=None, master_prefetch=None, master_fold=1,
+                 memory_word_bits=None):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -424,6 +441,17 @@ class NodeTop(wiring.Component):
             raise ValueError(f"NodeTop master_prefetch must be a positive integer, not "
                              f"{master_prefetch!r}")
         self.master_burst, self.master_prefetch = master_burst, master_prefetch
+        if isinstance(master_fold, bool) or not isinstance(master_fold, int) or master_fold < 1:
+            raise ValueError(f"NodeTop master_fold must be a positive integer, not "
+                             f"{master_fold!r}")
+        if memory_word_bits is not None and (isinstance(memory_word_bits, bool) or not
+                                             isinstance(memory_word_bits, int) or
+                                             memory_word_bits < 1):
+            raise ValueError(f"NodeTop memory_word_bits must be None or a positive integer, "
+                             f"not {memory_word_bits!r}")
+        self.master_fold, self.memory_word_bits = master_fold, memory_word_bits
+        #: ``{mem port: fold}`` of every off-chip update (``OffchipWeightUpdate.fold``).
+        self.master_folds = {}
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
@@ -501,8 +529,16 @@ class NodeTop(wiring.Component):
             self.memory_map[mem] = {"layer": key, "store": store, "base": base, "words": ext,
                                     "word_bits": bits, "word_bytes": wbytes,
                                     "bytes": [base * wbytes, mem_end]}
-            return mem, {"burst": burst, "base": base, "prefetch": prefetch,
-                         "addr_width": max(1, (base + ext - 1).bit_length())}
+            kw = {"burst": burst, "base": base, "prefetch": prefetch,
+                  "addr_width": max(1, (base + ext - 1).bit_length())}
+            if store == "master":
+                # the update's FIFOs of whole sets, folded where that saves distributed RAM
+                limit = master_fold
+                if memory_word_bits is not None:
+                    limit = min(limit, max(1, bits // memory_word_bits))
+                kw["fold"] = self.master_folds[mem] = lutram_fifo_fold(
+                    bits, master_fifo_depths(burst, prefetch), limit)
+            return mem, kw
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)
             geo = layer_geometry(seg, network)

@@ -183,7 +183,7 @@ class WeightUpdate(wiring.Component):
         v = (ctx.get(mem.data[a]) >> off) & ((1 << mw) - 1)
         return v - (1 << mw) if v >> (mw - 1) else v
 
-    def _wire_lanes(self, m, lanes, olds, *, hit, s1_valid, consume, adv, new, flags):
+    def _wire_lanes(self, m, lanes, olds, *, load, hit, s1_valid, consume, adv, new, flags):
         """Connect the per-element lanes: each one's gradient from ``grad``'s payload, its
         master word ``olds[k]``, the shared controls; their new masters joined into ``new``,
         their clamp flags into ``flags``, their working weights into ``wr``'s data."""
@@ -193,7 +193,7 @@ class WeightUpdate(wiring.Component):
         for k, lane in enumerate(lanes):
             m.d.comb += [
                 lane.grad.eq(g_bits[g0 + gw * k:g0 + gw * (k + 1)]), lane.old.eq(olds[k]),
-                lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
+                lane.load.eq(load), lane.hit.eq(hit), lane.s1_valid.eq(s1_valid), lane.consume.eq(consume),
                 lane.adv.eq(adv),
             ]
         wr_data = self.wr.payload.data
@@ -294,8 +294,8 @@ class WeightUpdate(wiring.Component):
         # element k of a set field straight from the payload signal: a nested view would slice the
         # whole field again in every statement (Amaranth's back end rebuilds the slices of each
         # statement, so the field's bits are built once per element: quadratic in the lanes)
-        self._wire_lanes(m, lanes, [r_data[k] for k in range(nb)], hit=hit, s1_valid=s1_valid,
-                         consume=consume, adv=adv, new=w_data, flags=flags)
+        self._wire_lanes(m, lanes, [r_data[k] for k in range(nb)], load=take, hit=hit,
+                         s1_valid=s1_valid, consume=consume, adv=adv, new=w_data, flags=flags)
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)
@@ -315,10 +315,11 @@ class WeightUpdate(wiring.Component):
 
 class _UpdateLane(wiring.Component):
     """One element of :class:`WeightUpdate`'s datapath (its master bank stays in the parent):
-    the gradient register, ``new = saturate(master - step)`` with the one-entry forwarding
-    register (``hit``), and the working weight ``requantize(old, master.frac, weight)`` of
-    pass 2 into the output register ``wr`` (loaded when ``adv``); ``flag`` is the element's
-    clamp of this cycle (pass 1 step or saturation, pass 2 working weight). ``old`` is the
+    the gradient register (loaded when ``load``: a gradient word taken), ``new =
+    saturate(master - step)`` with the one-entry forwarding register (``hit``), and the
+    working weight ``requantize(old, master.frac, weight)`` of pass 2 into the output register
+    ``wr`` (loaded when ``adv``); ``flag`` is the element's clamp of this cycle (pass 1 step or
+    saturation while ``s1_valid``, pass 2 working weight while ``consume``). ``old`` is the
     bank's read data."""
 
     def __init__(self, *, numerics, lr_q):
@@ -328,7 +329,7 @@ class _UpdateLane(wiring.Component):
                             for f in (n.gradient, n.master, n.weight)))
         super().__init__({
             "grad": In(signed(n.gradient.width)), "old": In(signed(n.master.width)),
-            "hit": In(1), "s1_valid": In(1), "consume": In(1), "adv": In(1),
+            "load": In(1), "hit": In(1), "s1_valid": In(1), "consume": In(1), "adv": In(1),
             "new": Out(signed(n.master.width)), "flag": Out(1),
             "wr": Out(signed(n.weight.width)),
         })
@@ -339,7 +340,9 @@ class _UpdateLane(wiring.Component):
         mw = n.master.width
         s1_grad = Signal(signed(n.gradient.width))
         fwd_data = Signal(signed(mw))
-        m.d.sync += [s1_grad.eq(self.grad), fwd_data.eq(self.new)]
+        m.d.sync += fwd_data.eq(self.new)
+        with m.If(self.load):
+            m.d.sync += s1_grad.eq(self.grad)
         old = Mux(self.hit, fwd_data, self.old)
         step, o1 = requantize(s1_grad * self._lr_q, n.gradient.frac + LR_FRAC, n.master)
         value, o2 = saturate(old - step, mw)
@@ -351,6 +354,12 @@ class _UpdateLane(wiring.Component):
         with m.If(self.adv):
             m.d.sync += self.wr.eq(w)
         return m
+
+
+def master_fifo_depths(burst, prefetch):
+    """Words of :class:`OffchipWeightUpdate`'s read-ahead FIFO (``prefetch x burst``, at least
+    4: a FIFO of fewer has no pointer bits) and write FIFO (two bursts)."""
+    return max(prefetch * burst, 4), 2 * burst
 
 
 class OffchipWeightUpdate(WeightUpdate):
@@ -379,12 +388,24 @@ class OffchipWeightUpdate(WeightUpdate):
       read becomes one ``wr`` set, in address order. ``done`` pulses on the last.
       The next pass 1's reads follow at once.
 
+    **Folded FIFOs** (``fold > 1``, a build-time saving of distributed RAM): both FIFOs are
+    :class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO` s keeping each set as ``fold`` narrower
+    rows, so each takes or gives a set every ``fold`` cycles at most. Then ``mem.r.ready``
+    follows the read-ahead FIFO (it is low while a word's rows go in: the controller holds the
+    word, as an AXI read channel does), a gradient word is taken at most every ``fold`` cycles
+    (the new master waits in pass 1's register until the write FIFO takes it), and pass 2 gives
+    a set every ``fold`` cycles. A memory word is a whole set (10,368 to 15,552 bits on VGG-16
+    node 4) and a board's memory gives about a thousand bits per cycle, so the memory, not the
+    fold, sets the pace there (``NodeTop(master_fold=, memory_word_bits=)``). ``fold = 1`` is
+    the circuit without folds, cycle for cycle.
+
     Timing: ``LATENCY = 2``: with pass 1 written and acknowledged and pass 2's first words read
     ahead, a ``start`` pulse in cycle ``t`` makes the first ``wr`` word valid in cycle ``t + 2``;
-    the sets then follow one per cycle as long as the memory delivers them. Pass 1 takes one
-    gradient word per cycle while the memory reads one word and writes one per cycle. After
-    the last gradient word the update waits for the memory: the last burst is written, then
-    acknowledged, then pass 2's first burst is read (about twice the memory's latency).
+    the sets then follow one per cycle (one per ``fold`` cycles) as long as the memory delivers
+    them. Pass 1 takes one gradient word per cycle (per ``fold`` cycles) while the memory reads
+    one word and writes one per cycle. After the last gradient word the update waits for the
+    memory: the last burst is written, then acknowledged, then pass 2's first burst is read
+    (about twice the memory's latency).
 
     Parameters
     ----------
@@ -398,6 +419,8 @@ class OffchipWeightUpdate(WeightUpdate):
         Width of the port's word addresses (holds ``base + ext_words - 1``).
     prefetch : int
         Bursts read ahead (``>= 1``; the read FIFO holds ``prefetch x burst`` words).
+    fold : int
+        Rows per set in the two FIFOs (``>= 1``, at most the word's bits; see above).
 
     Members
     -------
@@ -408,9 +431,10 @@ class OffchipWeightUpdate(WeightUpdate):
     LATENCY = 2
 
     def __init__(self, *, numerics, kernel, lanes, depth, lr_q, init=None, burst=16, base=0,
-                 addr_width=32, prefetch=2):
+                 addr_width=32, prefetch=2, fold=1):
         for arg, value, low in (("burst", burst, 2), ("base", base, 0),
-                                ("addr_width", addr_width, 1), ("prefetch", prefetch, 1)):
+                                ("addr_width", addr_width, 1), ("prefetch", prefetch, 1),
+                                ("fold", fold, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"OffchipWeightUpdate {arg} must be an integer >= {low}, "
                                  f"not {value!r}")
@@ -423,9 +447,12 @@ class OffchipWeightUpdate(WeightUpdate):
                 raise ValueError(f"OffchipWeightUpdate addr_width {addr_width} cannot address "
                                  f"word {top}")
         self._burst, self._base, self._prefetch = burst, base, prefetch
-        self._addr_width = addr_width
+        self._addr_width, self._fold = addr_width, fold
         super().__init__(numerics=numerics, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
                          init=init)
+        if fold > self.word_width:
+            raise ValueError(f"OffchipWeightUpdate fold {fold} is more than the word's "
+                             f"{self.word_width} bits")
 
     def _extra_members(self):
         from ..memory.offchip_act_ram import memory_port_signature
@@ -434,6 +461,9 @@ class OffchipWeightUpdate(WeightUpdate):
     burst = property(lambda self: self._burst)
     base = property(lambda self: self._base)
     prefetch = property(lambda self: self._prefetch)
+    fold = property(lambda self: self._fold)
+    fifo_depths = property(lambda self: master_fifo_depths(self._burst, self._prefetch),
+                           doc="Words of the read-ahead FIFO and of the write FIFO")
     addr_width = property(lambda self: self._addr_width)
     word_width = property(lambda self: self._lanes * self._kernel ** 2
                           * self._numerics.master.width)
@@ -473,6 +503,8 @@ class OffchipWeightUpdate(WeightUpdate):
 
     def elaborate(self, platform):
         from amaranth.lib.fifo import SyncFIFOBuffered
+
+        from ..memory.folded_fifo import FoldedFIFO
         m = Module()
         n = self._numerics
         depth, B, N = self._depth, self._burst, self.ext_bursts
@@ -483,9 +515,26 @@ class OffchipWeightUpdate(WeightUpdate):
         W = self.word_width
         mem = self.mem
 
-        # words read ahead (at least 4 entries: a FIFO of fewer has no pointer bits)
-        m.submodules.rf = rf = SyncFIFOBuffered(width=W, depth=max(F, 4))
-        m.submodules.wf = wf = SyncFIFOBuffered(width=W, depth=2 * B)    # new masters
+        # words read ahead (at least 4 entries: a FIFO of fewer has no pointer bits) and new
+        # masters to write; folded, each keeps a set as `fold` rows (fold 1: SyncFIFOBuffered)
+        rd_depth, wr_depth = self.fifo_depths
+        if self._fold > 1:
+            rf = FoldedFIFO(width=W, depth=rd_depth, fold=self._fold)
+            wf = FoldedFIFO(width=W, depth=wr_depth, fold=self._fold)
+        else:
+            rf = SyncFIFOBuffered(width=W, depth=rd_depth)
+            wf = SyncFIFOBuffered(width=W, depth=wr_depth)
+        m.submodules.rf, m.submodules.wf = rf, wf
+        rf_in, rf_out, wf_in, wf_out = rf.w_stream, rf.r_stream, wf.w_stream, wf.r_stream
+        # words in each FIFO (taken, not yet given: a SyncFIFOBuffered's level)
+        rf_words = Signal(range(rd_depth + 1))
+        wf_words = Signal(range(wr_depth + 1))
+        r_fire = Signal()
+        m.d.comb += r_fire.eq(mem.r.valid & mem.r.ready)
+        m.d.sync += [
+            rf_words.eq(rf_words + r_fire - (rf_out.valid & rf_out.ready)),
+            wf_words.eq(wf_words + (wf_in.valid & wf_in.ready) - (wf_out.valid & wf_out.ready)),
+        ]
         lanes = []
         for k in range(nb):
             lane = _UpdateLane(numerics=n, lr_q=self._lr_q)
@@ -504,9 +553,9 @@ class OffchipWeightUpdate(WeightUpdate):
         can_read = Signal()
         m.d.comb += [
             mem.ar.valid.eq(ar_valid), mem.ar.payload.eq(ar_addr),
-            can_read.eq(~ar_valid & (rf.level + in_flight + B <= F) & (~sweep2 | p1_written)),
-            mem.r.ready.eq(1),
-            rf.w_en.eq(mem.r.valid), rf.w_data.eq(mem.r.payload),
+            can_read.eq(~ar_valid & (rf_words + in_flight + B <= F) & (~sweep2 | p1_written)),
+            rf_in.valid.eq(mem.r.valid), rf_in.payload.eq(mem.r.payload),
+            mem.r.ready.eq(rf_in.ready),
         ]
         with m.If(can_read):
             m.d.sync += [ar_valid.eq(1), ar_addr.eq(self._base + rq * B)]
@@ -518,7 +567,7 @@ class OffchipWeightUpdate(WeightUpdate):
                 m.d.sync += rq.eq(rq + 1)
         with m.If(mem.ar.valid & mem.ar.ready):
             m.d.sync += ar_valid.eq(0)
-        m.d.sync += in_flight.eq(in_flight + Mux(can_read, B, 0) - mem.r.valid)
+        m.d.sync += in_flight.eq(in_flight + Mux(can_read, B, 0) - r_fire)
 
         # -- writer: an address once a burst's words are in the write FIFO (the next address
         # while the previous burst's words still go out), then the words in order ----------
@@ -531,10 +580,10 @@ class OffchipWeightUpdate(WeightUpdate):
         issue = Signal()
         m.d.comb += [
             mem.aw.valid.eq(aw_valid), mem.aw.payload.eq(aw_addr),
-            issue.eq(~aw_valid & (owed <= B) & (wf.level >= owed + B)),
-            mem.w.valid.eq((owed != 0) & wf.r_rdy), mem.w.payload.eq(wf.r_data),
+            issue.eq(~aw_valid & (owed <= B) & (wf_words >= owed + B)),
+            mem.w.valid.eq((owed != 0) & wf_out.valid), mem.w.payload.eq(wf_out.payload),
             w_send.eq(mem.w.valid & mem.w.ready),
-            wf.r_en.eq(w_send),
+            wf_out.ready.eq(w_send),
         ]
         with m.If(issue):
             m.d.sync += [aw_valid.eq(1), aw_addr.eq(self._base + wq * B),
@@ -555,27 +604,37 @@ class OffchipWeightUpdate(WeightUpdate):
         idx = Signal(range(max(E, 2)))         # words of the current sweep taken
         last_word = Signal()
         m.d.comb += last_word.eq(idx == E - 1)
-        head = rf.r_data
-        s1_valid = Signal()
+        head = rf_out.payload
+        s1_valid = Signal()                    # a new master waits for the write FIFO
+        s1_fire = Signal()                     # ... and goes in
         s1_old = Signal(W)
         room = Signal()
-        m.d.comb += room.eq(wf.level + s1_valid < 2 * B)
+        m.d.comb += [
+            room.eq(wf_words + s1_valid < 2 * B),
+            s1_fire.eq(s1_valid & wf_in.ready),
+        ]
 
         # pass 1: a gradient word and its master word
         take = Signal()
         m.d.comb += [
-            self.grad.ready.eq((state == _State.IDLE) & ~padding & rf.r_rdy & room),
+            self.grad.ready.eq((state == _State.IDLE) & ~padding & rf_out.valid & room
+                               & (~s1_valid | s1_fire)),
             take.eq(self.grad.valid & self.grad.ready),
         ]
-        m.d.sync += s1_valid.eq(take)
         with m.If(take):
-            m.d.sync += s1_old.eq(head)
-        pad_back = Signal()                    # a padding word of pass 1 written back
-        m.d.comb += pad_back.eq(padding & rf.r_rdy & room & ~s1_valid)
+            m.d.sync += [s1_valid.eq(1), s1_old.eq(head)]
+        with m.Elif(s1_fire):
+            m.d.sync += s1_valid.eq(0)
+        pad_offer = Signal()                   # a padding word of pass 1 offered back ...
+        pad_back = Signal()                    # ... and written
+        m.d.comb += [
+            pad_offer.eq(padding & rf_out.valid & room & ~s1_valid),
+            pad_back.eq(pad_offer & wf_in.ready),
+        ]
         new = Signal(W)
         m.d.comb += [
-            wf.w_en.eq(s1_valid | pad_back),
-            wf.w_data.eq(Mux(s1_valid, new, head)),
+            wf_in.valid.eq(s1_valid | pad_offer),
+            wf_in.payload.eq(Mux(s1_valid, new, head)),
         ]
 
         # pass 2: the working weights of each word
@@ -583,24 +642,29 @@ class OffchipWeightUpdate(WeightUpdate):
         consume = Signal()
         pad_drop = Signal()
         popped_all = Signal()
+        pop = Signal()
         m.d.comb += [
             adv.eq(~self.wr.valid | self.wr.ready),
-            consume.eq((state == _State.WRITE) & ~popped_all & rf.r_rdy & (idx < depth) & adv),
-            pad_drop.eq((state == _State.WRITE) & ~popped_all & rf.r_rdy & (idx >= depth)),
-            rf.r_en.eq(take | pad_back | consume | pad_drop),
+            consume.eq((state == _State.WRITE) & ~popped_all & rf_out.valid & (idx < depth)
+                       & adv),
+            pad_drop.eq((state == _State.WRITE) & ~popped_all & rf_out.valid & (idx >= depth)),
+            pop.eq(take | pad_back | consume | pad_drop),
+            rf_out.ready.eq(pop),
             self.done.eq(self.wr.valid & self.wr.ready & (self.wr.payload.addr == depth - 1)),
             self.busy.eq((state != _State.IDLE) | padding | s1_valid),
         ]
         with m.If(adv):
             m.d.sync += [self.wr.valid.eq(consume), self.wr.payload.addr.eq(idx)]
-        with m.If(rf.r_en):
+        with m.If(pop):
             m.d.sync += idx.eq(Mux(last_word, 0, idx + 1))
 
         # one signal: a slice per lane of a Mux expression would lower the whole Mux per lane
         old = Signal(W)
         m.d.comb += old.eq(Mux(state == _State.WRITE, head, s1_old))
-        self._wire_lanes(m, lanes, [old[k * mw:(k + 1) * mw] for k in range(nb)], hit=0,
-                         s1_valid=s1_valid, consume=consume, adv=adv, new=new, flags=flags)
+        # a lane's clamp flag counts once per set: when its new master goes into the FIFO
+        self._wire_lanes(m, lanes, [old[k * mw:(k + 1) * mw] for k in range(nb)], load=take,
+                         hit=0, s1_valid=s1_fire, consume=consume, adv=adv, new=new,
+                         flags=flags)
 
         with m.If(self.start):
             m.d.sync += pending.eq(1)

@@ -95,9 +95,16 @@ def test_files(built):
     from sim.golden.train import init_weights
     net = load_network("tiny")
     node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
-                   master_burst=report["master_burst"], master_prefetch=report["master_prefetch"])
+                   master_burst=report["master_burst"], master_prefetch=report["master_prefetch"],
+                   master_fold=report["master_fold"],
+                   memory_word_bits=report["memory_word_bits"])
     Fragment.get(node, None)            # (every block used: no unused-elaboratable warnings)
     assert (report["master_burst"], report["master_prefetch"]) == (4, 2)
+    # VC709's memory: 238.8 Gb/s at 200 MHz = 1,194 bits per cycle, more than a set of tiny's
+    # (at most 864 bits), so no update folds its FIFOs
+    assert (report["master_fold"], report["memory_word_bits"]) == (16, 1194)
+    assert report["master_folds"] == node.master_folds == {
+        f"mem_{layer}_master": 1 for layer in report["layers"]}
     masters = [(member, module) for _, store, member, module in node.memories()
                if store == "master"]
     assert [m for m, _ in masters] == [f"mem_{layer}_master" for layer in report["layers"]]
@@ -326,12 +333,15 @@ def _compare(build, n_images, tmp_path):
     from fpdeep_hw.node.top import NodeTop
     from sim.golden.train import init_weights
     plan = Plan.from_yaml(build["plan_file"].read_text())
+    report = json.loads((build["folder"] / "report.json").read_text())
     net = load_network("tiny")
     # the build's defaults: lr 0.125, seed 0, decoupling FIFOs of BUILD_FIFO_ROWS rows above
-    # BUILD_FIFO_WHOLE_BITS, the master copies' bursts
+    # BUILD_FIFO_WHOLE_BITS, the master copies' bursts and folds
     node = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
                    fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
-                   master_burst=BUILD_MASTER_BURST, master_prefetch=BUILD_MASTER_PREFETCH)
+                   master_burst=BUILD_MASTER_BURST, master_prefetch=BUILD_MASTER_PREFETCH,
+                   master_fold=report["master_fold"],
+                   memory_word_bits=report["memory_word_bits"])
     top = LinkedNode(node)
     pixels, labels = _stimulus(top, net, plan.numerics, n_images, seed=3)
     ports, rec = amaranth_trace(top, pixels, labels, p_gap=0.2, seed=5, tail=40)

@@ -17,8 +17,8 @@ import pytest
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.sim import Simulator
 
-from fpdeep_hw.memory.folded_fifo import FoldedFIFO, row_fifo_fold
-from fpdeep_map.costs import bram18_tiles
+from fpdeep_hw.memory.folded_fifo import FoldedFIFO, lutram_fifo_fold, row_fifo_fold
+from fpdeep_map.costs import bram18_tiles, lutram_luts
 from sim.lint import verilator_lint
 from sim.streams import stream_sink, stream_source
 
@@ -146,6 +146,25 @@ def test_row_fifo_fold():
     assert row_fifo_fold(72, 512, 40) == 1          # one full RAMB36 already
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         row_fifo_fold(64, 10, 0)
+
+
+def test_lutram_fifo_fold():
+    """The off-chip updates' FIFOs (8 words of whole weight sets, distributed RAM): 15,552
+    bits take 10,368 LUTs unfolded (7 rows), 2,592 folded by 4 (31 rows) or by 8 (63 rows,
+    64-row primitives): 4, the smaller; never more rows than distributed RAM holds."""
+    assert lutram_luts(15552, 7) == 10368
+    assert lutram_luts(3888, 31) == lutram_luts(1944, 63) == 2592
+    assert lutram_luts(972, 127) == 2592
+    assert lutram_fifo_fold(15552, (8, 8), 16) == 4
+    assert lutram_fifo_fold(15552, (8, 8), 13) == 4
+    assert lutram_fifo_fold(15552, (8, 8), 3) == 2
+    assert lutram_fifo_fold(15552, (8, 8), 1) == 1
+    assert lutram_fifo_fold(2, (8, 8), 16) == 2                  # at most the width
+    assert lutram_fifo_fold(15552, (64, 32), 16) == 1           # 127 rows would be block RAM
+    assert lutram_fifo_fold(15552, (128, 8), 16) == 1           # already block RAM
+    with pytest.raises(ValueError, match=r"^lutram_fifo_fold: limit must be a positive "
+                                         r"integer, not 0$"):
+        lutram_fifo_fold(8, (8,), 0)
 
 
 def test_verilator_lint(tmp_path):

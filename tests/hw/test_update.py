@@ -349,6 +349,22 @@ def test_offchip_bit_exact(depth, burst, prefetch, base, dram, waves):
           offchip=dict(burst=burst, prefetch=prefetch, base=base), dram=DRAMS[dram])
 
 
+@pytest.mark.parametrize("fold,dram", [(2, "stalls"), (3, "slow"), (4, "fast")])
+@pytest.mark.parametrize("depth,burst,prefetch,base", [(8, 4, 2, 0), (11, 4, 1, 8)])
+def test_offchip_folded_bit_exact(fold, dram, depth, burst, prefetch, base, waves):
+    """FIFOs folded (``fold`` rows per set; ``mem.r.ready`` low while a set's rows go in):
+    three mini-batches under random stalls on ``grad``, ``wr`` and the memory, the same sets,
+    master copy and overflow count as the golden model."""
+    check(3, 2, depth, 3, 53 + depth + fold, waves,
+          offchip=dict(burst=burst, prefetch=prefetch, base=base, fold=fold), dram=DRAMS[dram])
+
+
+def test_offchip_folded_saturation(waves):
+    """A clamp is counted once per set although the new master waits ``fold`` cycles."""
+    assert check(3, 3, 3, 4, 41, waves, big=True, lr=0.99, offchip=dict(burst=2, fold=3),
+                 dram=DRAMS["stalls"]) > 0
+
+
 def test_offchip_saturation(waves):
     assert check(3, 3, 3, 4, 41, waves, big=True, lr=0.99, offchip=dict(burst=2),
                  dram=DRAMS["stalls"]) > 0
@@ -396,6 +412,12 @@ def test_offchip_rejects_bad_arguments():
     assert (dut.ext_words, dut.word_width, len(dut.mem.w.payload)) == (4, 9 * 24, 9 * 24)
     with pytest.raises(AttributeError, match="external memory"):
         dut.banks
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate fold must be an integer >= 1, "
+                                         r"not 0$"):
+        OffchipWeightUpdate(**kw, fold=0)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate fold 217 is more than the "
+                                         r"word's 216 bits$"):
+        OffchipWeightUpdate(**kw, fold=217)
 
 
 def test_offchip_storage():
@@ -410,13 +432,20 @@ def test_offchip_storage():
     mems = sorted((w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut)))
     # (SyncFIFOBuffered keeps one word of its depth in its output register)
     assert mems == [(18 * 24, 2 * 8 - 1), (18 * 24, 3 * 8 - 1)], mems
+    # folded by 4: four rows of a quarter set per set
+    dut = OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=300, lr_q=100, burst=8,
+                              prefetch=3, fold=4)
+    mems = sorted((w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut)))
+    assert mems == [(18 * 6, 4 * 2 * 8 - 1), (18 * 6, 4 * 3 * 8 - 1)], mems
 
 
-@pytest.mark.parametrize("depth,burst,prefetch", [(16, 4, 2), (3, 4, 2), (1, 2, 1)])
-def test_offchip_lint(depth, burst, prefetch, tmp_path):
-    """Several bursts; one burst (counters of one value); the smallest FIFOs."""
+@pytest.mark.parametrize("depth,burst,prefetch,fold", [
+    (16, 4, 2, 1), (3, 4, 2, 1), (1, 2, 1, 1), (16, 4, 2, 4), (3, 4, 2, 5)])
+def test_offchip_lint(depth, burst, prefetch, fold, tmp_path):
+    """Several bursts; one burst (counters of one value); the smallest FIFOs; folded FIFOs
+    (a fold that does not divide the set's 432 bits)."""
     verilator_lint(OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=depth, lr_q=3277,
-                                       burst=burst, prefetch=prefetch, addr_width=8),
+                                       burst=burst, prefetch=prefetch, addr_width=8, fold=fold),
                    "offchip_weight_update", tmp_path)
 
 
@@ -481,3 +510,16 @@ def test_offchip_update_cycles(depth, latency, burst):
     assert on == {"gap": 5, "pass1": depth, "pass2": depth}
     assert (off["pass1"], off["pass2"]) == (depth, depth)
     assert off["gap"] - on["gap"] == offchip_update_cycles(depth, latency, burst)
+
+
+@pytest.mark.parametrize("depth,latency,burst", [(64, 20, 16), (70, 20, 16), (5, 7, 4),
+                                                 (1, 9, 2)])
+@pytest.mark.parametrize("fold", [2, 5])
+def test_offchip_folded_update_cycles(depth, latency, burst, fold):
+    """Folded FIFOs: both passes give a set every ``fold`` cycles exactly, and the tail is
+    ``costs.offchip_update_cycles(..., fold=fold)``, to the cycle."""
+    from fpdeep_map.costs import offchip_update_cycles
+    kw = dict(numerics=NUM, kernel=3, lanes=2, depth=depth, lr_q=100)
+    off = _tail(OffchipWeightUpdate(**kw, burst=burst, prefetch=4, fold=fold), latency)
+    assert off["pass1"] == off["pass2"] == fold * (depth - 1) + 1
+    assert off["gap"] - 5 == offchip_update_cycles(depth, latency, burst, fold=fold)

@@ -235,6 +235,10 @@ def test_bad_arguments(tmp_path, capsys):
                                    "not 3"),
         (["--offchip-prefetch", "1"], "--offchip-prefetch must be an integer of at least 2, "
                                       "not 1"),
+        (["--master-fold", "0"], "--master-fold must be a positive integer, not 0"),
+        (["--master-prefetch", "0"], "--master-prefetch must be a positive integer, not 0"),
+        (["--master-burst", "3"], "--master-burst must be a divisor of --offchip-burst (16) "
+                                  "of at least 2, not 3"),
     ]
     for k, (extra, msg) in enumerate(cases):
         out = tmp_path / f"out{k}"

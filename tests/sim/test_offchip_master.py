@@ -7,8 +7,8 @@ of its ``memory_map``, :class:`sim.dram_model.DRAMModel` loaded with the initial
 * Every segment's update of a plan is an ``OffchipWeightUpdate`` with its own ring; a plan
   saved before the entry (``master_store`` absent) keeps the on-chip ``WeightUpdate``.
 * A keeper's master copy of the weight sets it lends is off chip as well (``lend_<chain>@<k>``).
-* ``tiny`` trains bit-exact with every master copy off chip and memory stalls; each ring is
-  read twice and written once per update.
+* ``tiny`` trains bit-exact with every master copy off chip, the update FIFOs folded as the
+  build folds them, and memory stalls; each ring is read twice and written once per update.
 The block itself: ``tests/hw/test_update.py``; the mapper's timing of it:
 ``fpdeep_map.costs.offchip_update_cycles``.
 """
@@ -76,6 +76,40 @@ def test_master_ports_follow_the_plan():
     with pytest.raises(ValueError, match=r"^NodeTop master_prefetch must be a positive integer, "
                                          r"not 0$"):
         NodeTop(plan, 0, net, lr=0.125, init_master={}, master_prefetch=0)
+    with pytest.raises(ValueError, match=r"^NodeTop master_fold must be a positive integer, "
+                                         r"not 0$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master={}, master_fold=0)
+    with pytest.raises(ValueError, match=r"^NodeTop memory_word_bits must be None or a positive "
+                                         r"integer, not 0$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master={}, memory_word_bits=0)
+
+
+def test_master_folds():
+    """``master_fold`` folds each update's FIFOs as ``lutram_fifo_fold`` gives (8-word FIFOs:
+    4), never beyond ``set bits // memory_word_bits``; the default folds nothing."""
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    kw = dict(master_burst=4, master_prefetch=2)
+    top = _node(net, plan, **kw)
+    assert set(top.master_folds.values()) == {1}
+    top = _node(net, plan, **kw, master_fold=16)
+    assert {nl.mem_master: nl.update.fold for nl in top.layers} == top.master_folds == {
+        nl.mem_master: 4 for nl in top.layers}
+    top = _node(net, plan, **kw, master_fold=2)
+    assert set(top.master_folds.values()) == {2}
+    # a memory word of half the narrowest set: a fold of at most 2 (1 for sets narrower
+    # than the memory word)
+    widths = {nl.mem_master: nl.update.word_width for nl in top.layers}
+    half = min(widths.values()) // 2
+    top = _node(net, plan, **kw, master_fold=16, memory_word_bits=half)
+    assert top.master_folds == {
+        m: min(4, 1 << ((w // half).bit_length() - 1)) for m, w in widths.items()}
+    assert top.master_folds[min(widths, key=widths.get)] == 2
+    top = _node(net, plan, **kw, master_fold=16, memory_word_bits=max(widths.values()) + 1)
+    assert set(top.master_folds.values()) == {1}
+    # the default sim bursts (16 words, 4 read ahead): a 64-word FIFO stays unfolded
+    top = _node(net, plan, master_fold=16)
+    assert set(top.master_folds.values()) == {1}
 
 
 def test_keeper_master_off_chip():
@@ -102,17 +136,27 @@ def test_keeper_master_off_chip():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_training_bit_exact_with_offchip_masters():
-    """``tiny`` on one node, 2 images in mini-batches of 1 (two updates per layer), memory
-    models that stall at random: every working weight, the final master copies read back from
-    the memory models and every other value equal the golden model's; each ring was read
-    twice and written once per update (and read once more ahead of the next mini-batch)."""
-    res = train.run("tiny", "sim-node", images=2, batch=1, seed=1, dram_stall=0.2)
+    """``tiny`` on one node, 2 images in one mini-batch, memory models that stall at random,
+    the build's master settings (bursts of 4, 2 read ahead, folds up to 16): every working
+    weight, the final master copies read back from the memory models and every other value
+    equal the golden model's; each ring was read twice and written once by the update (and
+    read once more, in part, ahead of the next mini-batch). Each update keeps its sets as 4
+    rows in its two FIFOs (``lutram_fifo_fold``: 8 words each, 31 rows folded) and takes the
+    memory's words every 4 cycles (``mem.r.ready`` low between them, the memory model holding
+    the word). Every other training test has unfolded updates; the folded block's own tests
+    (several mini-batches, every stall): ``tests/hw/test_update.py``. (fc4's 640 sets at a set
+    every 4 cycles make this run 11,328 cycles; a memory latency of 4 keeps it near the
+    unfolded test's time.)"""
+    res = train.run("tiny", "sim-node", images=2, batch=2, seed=1, dram_stall=0.2,
+                    dram_latency=4, master_burst=4, master_prefetch=2, master_fold=16)
     assert res["mismatches"] == [] and res["bit_exact"] is True
     top = res["_prep"]["top"]
-    assert res["updates"] == {nl.key: 2 for nl in top.layers}
+    assert res["updates"] == {nl.key: 1 for nl in top.layers}
+    assert res["master_folds"] == {nl.mem_master: 4 for nl in top.layers}
     for nl in top.layers:
+        assert nl.update.fold == 4 and nl.update.fifo_depths == (8, 8)
         d = res["dram"][f"{nl.key}/master"]
         n = nl.update.ext_bursts
-        assert d["bursts_written"] == 2 * n, (nl.key, d)
-        assert 4 * n <= d["bursts_read"] <= 5 * n, (nl.key, d)
+        assert d["bursts_written"] == n, (nl.key, d)
+        assert 2 * n <= d["bursts_read"] <= 3 * n, (nl.key, d)
     assert res["offchip_stores"] == {f"{nl.key}/master": nl.mem_master for nl in top.layers}
