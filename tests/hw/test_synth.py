@@ -80,6 +80,8 @@ def test_script():
         "synth_xilinx -family xc7 -top x -flatten -noiopad -noclkbuf"
     with pytest.raises(ValueError, match=r"^LUT mapper must be 'gate2lut' or 'abc', not 'vpr'$"):
         synth_script("x.v", "x", lut_mapper="vpr")
+    assert synth_script("x.v", "x", flatten=False)[1] == \
+        "synth_xilinx -family xc7 -top x -noiopad -noclkbuf -run begin:map_luts"
 
 
 @pytest.mark.slow
