@@ -136,7 +136,7 @@ def test_keeper_master_off_chip():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_training_bit_exact_with_offchip_masters():
-    """``tiny`` on one node, 2 images in one mini-batch, memory models that stall at random,
+    """``tiny`` on one node, 1 image in a mini-batch of 1, memory models that stall at random,
     the build's master settings (bursts of 4, 2 read ahead, folds up to 16): every working
     weight, the final master copies read back from the memory models and every other value
     equal the golden model's; each ring was read twice and written once by the update (and
@@ -145,9 +145,9 @@ def test_training_bit_exact_with_offchip_masters():
     memory's words every 4 cycles (``mem.r.ready`` low between them, the memory model holding
     the word). Every other training test has unfolded updates; the folded block's own tests
     (several mini-batches, every stall): ``tests/hw/test_update.py``. (fc4's 640 sets at a set
-    every 4 cycles make this run 11,328 cycles; a memory latency of 4 keeps it near the
-    unfolded test's time.)"""
-    res = train.run("tiny", "sim-node", images=2, batch=2, seed=1, dram_stall=0.2,
+    every 4 cycles dominate this run; one image and a memory latency of 4 keep it shorter
+    than the unfolded test of two images was.)"""
+    res = train.run("tiny", "sim-node", images=1, batch=1, seed=1, dram_stall=0.2,
                     dram_latency=4, master_burst=4, master_prefetch=2, master_fold=16)
     assert res["mismatches"] == [] and res["bit_exact"] is True
     top = res["_prep"]["top"]
