@@ -378,6 +378,8 @@ class BoardTop(wiring.Component):
             # an elaboratable left unused
             self.linked._MustUse__silence = True
             self.linked.observed._MustUse__silence = True
+            for _, _, tx, rx in self.linked.ends.values():      # its framers too
+                tx._MustUse__silence = rx._MustUse__silence = True
         self.has_prev = "prev" in self.linked.sides
         self.has_next = "next" in self.linked.sides
         self.host = host

@@ -1221,3 +1221,30 @@ endmodule
     assert counts[False]["bram36"] == counts[True]["bram36"] == 2, counts[False]["cells"]
     log = (tmp_path / "False" / "yosys.log").read_text()
     assert "-flatten" not in log.split("Executing SYNTH_XILINX")[0] and "leaf" in log
+
+
+def test_board_top_node_module_leaves_nothing_unused():
+    """``BoardTop(node_module=...)`` keeps a ``LinkedNode`` only for its ports: neither it nor
+    its link framers are reported as unused elaboratables when the board top goes (a build of
+    several nodes in one worker printed the framers' warnings for every middle node)."""
+    import gc
+    import warnings
+
+    from amaranth.hdl import Fragment
+
+    from fpdeep_hw.board_top import BoardTop
+    from fpdeep_hw.node.top import NodeTop
+    from sim.golden.train import init_weights
+    plan, net = two_node_plan(), load_network("tiny")
+    init = init_weights(net, 0, plan.numerics)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k in (0, 1):
+            node = NodeTop(plan, k, net, lr=0.125, init_master=init)
+            top = BoardTop(node, node_module="fpdeep_node")
+            assert top.linked.ends and all(len(e) == 4 for e in top.linked.ends.values())
+            Fragment.get(node, None)     # (the node itself is converted on its own in a build)
+            del top, node
+            gc.collect()
+    assert not [w for w in caught if "UnusedElaboratable" in w.category.__name__], \
+        [str(w.message) for w in caught]
