@@ -81,7 +81,10 @@ BUILD_FIFO_FOLD = 64
 #: (``fpdeep_hw.memory.packing.distributed_ram``; 7-series SLICEMs, whose LUTs can be RAM,
 #: are about 40 % of the LUTs: VC709 174,200 of 433,200), and never more than the LUTs the
 #: plan leaves under its own LUT budget (``fpdeep_map.costs.LUT_BUDGET``). A node that fits
-#: its block RAM without the memories moved is converted again with none moved.
+#: its block RAM without the memories moved is converted again with none moved. A node whose
+#: distributed RAM (the moved memories and all the others) is over this share while its block
+#: RAM has room is converted again with the policy's budget cut by the excess, and kept so if
+#: it still fits its block RAM (``report.json`` ``distributed_ram.balanced``).
 BUILD_LUTRAM_SHARE = 0.4
 #: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
 #: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
@@ -879,6 +882,24 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             stats, dram = {}, DistributedRAM(0)
             node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
                                                                  field_wires=field_wires))
+        balanced = None
+        first = _memory_report(stats["memories"], plan) if dram.taken else None
+        if first is not None and first["lutram_luts"] > first["board_lutram_luts"] and \
+                first["bram36"] < plan.available["bram36"]:
+            # over the LUT RAM with block RAM to spare: convert again with the policy's budget
+            # cut by the excess, so that memories go back to block RAM; kept if it still fits
+            excess = first["lutram_luts"] - first["board_lutram_luts"]
+            cut = max(0, dram.luts - excess)
+            stats2 = {}
+            with distributed_ram(cut) as dram2:
+                again = fix_constant_always(convert_node(LinkedNode(top), stats=stats2,
+                                                         field_wires=field_wires))
+            second = _memory_report(stats2["memories"], plan)
+            balanced = {"lutram_excess": excess, "lut_budget": cut,
+                        "bram36": second["bram36"], "lutram_luts": second["lutram_luts"],
+                        "kept": second["fits_in_bram"]}
+            if second["fits_in_bram"]:
+                stats, dram, (node_v, fixups) = stats2, dram2, again
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
@@ -921,7 +942,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "fifo_fold": BUILD_FIFO_FOLD, "fold_limit": top.fold_limit,
             "distributed_ram": {
                 "lut_budget": lut_budget, "luts": dram.luts, "memories": len(dram.taken),
-                "not_needed_bram36": unneeded,
+                "not_needed_bram36": unneeded, "balanced": balanced,
                 "bram36_saved": sum(t[3] for t in dram.taken),
                 "taken": [{"rows": d, "row_bits": b, "read_ports": r, "bram36_saved": u,
                            "luts": lu} for d, b, r, u, lu in dram.taken]},

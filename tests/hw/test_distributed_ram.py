@@ -186,3 +186,38 @@ def test_build_moves_nothing_where_block_ram_suffices(tmp_path):
     assert d["memories"] == 0 and d["luts"] == 0 and d["taken"] == []
     verilog = next(tmp_path.rglob("fpdeep_node.v")).read_text()
     assert 'ram_style = "distributed"' not in verilog
+
+
+def test_build_gives_memories_back_where_lut_ram_is_short(tmp_path):
+    """``build_node``: a node over its LUT RAM with block RAM to spare is converted again with
+    the policy's budget cut by the excess, and kept so where it fits its block RAM. Here the
+    policy is made to take the small node's 640-row FC memories "saving" 1,000 BRAM36 each
+    (so the node would not fit without them and the rule above does not apply), and the LUT
+    RAM share is made tiny (so the node is over it): the second conversion moves nothing."""
+    from unittest import mock
+
+    from fpdeep_hw import build
+    from fpdeep_map.board import load_board
+    from fpdeep_map.mapper import map_network
+    from fpdeep_map.network import load_network
+    net = load_network("tiny")
+    plan = map_network(net, load_board("vc709"), 1, batch=2, max_row_lanes=1, dsp_budget=0.04)
+
+    def take_deep(self, bits, depth, reads, shared):
+        if depth != 640 or self.luts + 100 > self.lut_budget:
+            return None
+        self.taken.append((depth, bits, reads, 1000.0, 100))
+        self.luts += 100
+        return [64] * 10
+    with mock.patch.object(DistributedRAM, "pieces", take_deep), \
+            mock.patch.object(build, "BUILD_LUTRAM_SHARE", 0.001):
+        _, report = build.build_node(plan, 0, net, "vc709", tmp_path)
+    d, mem = report["distributed_ram"], report["rtl_memory"]
+    assert d["not_needed_bram36"] == 0
+    bal = d["balanced"]
+    assert bal["lutram_excess"] > 300 and bal["lut_budget"] == 0 and bal["kept"] is True
+    assert d["memories"] == 0 and d["luts"] == 0 and d["taken"] == []
+    assert (bal["bram36"], bal["lutram_luts"]) == (mem["bram36"], mem["lutram_luts"])
+    assert mem["fits_in_bram"] and not mem["fits_in_lutram"]
+    verilog = next(tmp_path.rglob("fpdeep_node.v")).read_text()
+    assert 'ram_style = "distributed"' not in verilog
