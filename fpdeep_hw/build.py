@@ -784,13 +784,18 @@ def synth_counts(verilog_file, family, workdir, yosys=None, flatten=True):
     if proc.returncode != 0 or "Printing statistics" not in log:
         raise RuntimeError(f"yosys failed (exit {proc.returncode}):\n{log[-2000:]}")
     s = parse_stat(log)
-    cells = s["cells"]
+    # the hierarchy's submodule instance counts (module names: lower case in this design) are
+    # not cells; primitives and Yosys's internal cells ($...) are
+    cells = {c: n for c, n in s["cells"].items() if c.startswith("$") or c[:1].isupper()}
     dsp = sum(n for c, n in cells.items() if c.startswith("DSP48"))
     r18 = sum(n for c, n in cells.items() if c.startswith("RAMB18"))
     r36 = sum(n for c, n in cells.items() if c.startswith("RAMB36"))
     uram = sum(n for c, n in cells.items() if c.startswith("URAM"))
     lut = sum(n for c, n in cells.items() if c[:3] == "LUT" and c[3:].isdigit())
-    ff = sum(n for c, n in cells.items() if c.startswith("FD"))
+    # flip-flops: FD* primitives, and the internal flip-flop cells a Yosys before 0.4x (Debian's
+    # 0.23) leaves unmapped in this flow ($_SDFFE_PP0P_, ...)
+    ff = sum(n for c, n in cells.items()
+             if c.startswith("FD") or (c.startswith("$_") and "DFF" in c))
     return {"dsp": dsp, "ramb18": r18, "ramb36": r36, "bram36": r36 + r18 / 2, "uram": uram,
             "lut": lut, "ff": ff, "lut_mapper": "gate2lut (pessimistic, see sim/synth.py)",
             "family": family, "yosys": " ".join(cmd), "flatten": flatten, "cells": cells}

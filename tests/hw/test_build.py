@@ -1219,6 +1219,10 @@ endmodule
         assert counts[flatten]["flatten"] is flatten
     assert counts[False]["dsp"] == counts[True]["dsp"] == 2
     assert counts[False]["bram36"] == counts[True]["bram36"] == 2, counts[False]["cells"]
+    # the hierarchy's instance counts are not cells (the registers went into the DSP48 and
+    # the block RAM: no flip-flops either way)
+    assert "leaf" not in counts[False]["cells"]
+    assert counts[False]["ff"] == counts[True]["ff"] == 0
     log = (tmp_path / "False" / "yosys.log").read_text()
     assert "-flatten" not in log.split("Executing SYNTH_XILINX")[0] and "leaf" in log
 
