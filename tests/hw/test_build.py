@@ -1163,14 +1163,11 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
         pytest.skip("verilator is not installed (the board tops elaborate)")
 
 
-@pytest.mark.skipif(shutil.which("yosys") is None, reason="no native Yosys on the PATH")
-def test_synth_counts_native_yosys(tmp_path):
-    """``--yosys PROGRAM`` runs a native Yosys for ``--synth`` (the WebAssembly one stops at
-    4 GB): the counts of a small node module, one DSP48 multiplier and one block RAM."""
-    from fpdeep_hw.build import NODE_MODULE, synth_counts
-    (tmp_path / f"{NODE_MODULE}.v").write_text(f"""
-module {NODE_MODULE}(input clk, input [15:0] a, input [15:0] b, input [9:0] addr,
-                     input we, output reg [31:0] p, output reg [35:0] q);
+def _mac_ram_module(name):
+    """Verilog of a module with one DSP48 multiplier and one 1,024 x 36 block RAM."""
+    return f"""
+module {name}(input clk, input [15:0] a, input [15:0] b, input [9:0] addr, input we,
+              output reg [31:0] p, output reg [35:0] q);
   reg [35:0] mem [0:1023];
   always @(posedge clk) begin
     p <= $signed(a) * $signed(b);
@@ -1178,7 +1175,15 @@ module {NODE_MODULE}(input clk, input [15:0] a, input [15:0] b, input [9:0] addr
     q <= mem[addr];
   end
 endmodule
-""")
+"""
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="no native Yosys on the PATH")
+def test_synth_counts_native_yosys(tmp_path):
+    """``--yosys PROGRAM`` runs a native Yosys for ``--synth`` (the WebAssembly one stops at
+    4 GB): the counts of a small node module, one DSP48 multiplier and one block RAM."""
+    from fpdeep_hw.build import NODE_MODULE, synth_counts
+    (tmp_path / f"{NODE_MODULE}.v").write_text(_mac_ram_module(NODE_MODULE))
     counts = synth_counts(tmp_path / f"{NODE_MODULE}.v", "xc7", tmp_path, "yosys")
     assert counts["yosys"] == shutil.which("yosys")
     assert counts["dsp"] == 1
@@ -1192,16 +1197,7 @@ def test_synth_counts_hierarchy(tmp_path):
     counts summed over the instances: a module with a DSP48 multiplier and a block RAM used
     twice gives the flat count (2 and 2)."""
     from fpdeep_hw.build import NODE_MODULE, synth_counts
-    text = f"""
-module leaf(input clk, input [15:0] a, input [15:0] b, input [9:0] addr, input we,
-            output reg [31:0] p, output reg [35:0] q);
-  reg [35:0] mem [0:1023];
-  always @(posedge clk) begin
-    p <= $signed(a) * $signed(b);
-    if (we) mem[addr] <= {{a, b, 4'b0}};
-    q <= mem[addr];
-  end
-endmodule
+    text = _mac_ram_module("leaf") + f"""
 module {NODE_MODULE}(input clk, input [15:0] a, input [15:0] b, input [15:0] c,
                      input [15:0] d, input [9:0] addr, input we, output [31:0] p0,
                      output [31:0] p1, output [35:0] q0, output [35:0] q1);
