@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import re
 
-from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, ResetSignal
 from amaranth.lib import wiring
 
 __all__ = ["shared", "sharing", "SharedModules"]
@@ -99,9 +99,9 @@ class _Stub(Elaboratable):
             kw["i_clk"] = ClockSignal("sync")
         if "rst" in ports:
             kw["i_rst"] = ResetSignal("sync")
-        m = Module()
-        m.submodules.u = Instance(name, **kw)
-        return m
+        # the instance itself, not a module around it: the parent holds the instance cell
+        # under the copy's name, and no wrapper module is written per copy
+        return Instance(name, **kw)
 
 
 def shared(block, key):
