@@ -10,6 +10,11 @@ the peak resident memory of the largest child so far, so the cases run in separa
   with an address-space limit of ``--mem-limit-gb`` (default 12) so that a runaway build fails
   instead of exhausting the machine; the per-stage seconds of its progress lines are kept
   (``stages``).
+- ``vgg16-node4-yosys``: node 4 with ``--synth --synth-memory-only --synth-hierarchy --yosys
+  yosys`` (a native Yosys on the node's RTLIL, the flow up to the DSP and memory mapping, the
+  hierarchy kept): Yosys' DSP and block RAM against the plan and against the build's own
+  estimate (``rtl_memory``), and its LUT RAM against the estimate's. Needs ``yosys`` on the
+  PATH; about a quarter of an hour or more.
 - ``tiny-small``: ``tiny`` on 1 VC709 mapped with a 4 % DSP budget (the sim-node engines,
   105 multipliers), built with ``--synth``: Yosys' DSP and BRAM counts against the plan.
 - ``tiny``, ``digits``: the largest nodes that build today, ``tiny`` / ``digits`` on 1 VC709
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = ("vgg16-node4", "tiny-small", "tiny", "digits", "tiny-2nodes", "vgg16-all",
+CASES = ("vgg16-node4", "vgg16-node4-yosys", "tiny-small", "tiny", "digits", "tiny-2nodes", "vgg16-all",
          "vgg16-0to13")
 
 
@@ -69,10 +75,16 @@ def _limit(gb):
 
 
 def run_case(case, mem_limit_gb=12.0):
+    if case == "vgg16-node4-yosys" and shutil.which("yosys") is None:
+        return {"case": case, "exit": None, "seconds": 0.0, "peak_mb": 0.0, "stdout": [],
+                "stages": [], "error": ["skipped: no native yosys on the PATH"]}
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
     out = tmp / "out"
     if case == "vgg16-node4":
         args = ["--board", "vc709", "--node", "4"]
+    elif case == "vgg16-node4-yosys":
+        args = ["--board", "vc709", "--node", "4", "--synth", "--synth-memory-only",
+                "--synth-hierarchy", "--yosys", "yosys"]
     elif case == "vgg16-all":
         args = ["--board", "vc709", "--all", "--jobs", "2"]
     elif case == "vgg16-0to13":
@@ -125,6 +137,11 @@ def run_case(case, mem_limit_gb=12.0):
             p = r["predicted"]
             res["dsp_vs_plan"] = round(y["dsp"] / p["dsp"], 3) if p["dsp"] else None
             res["bram36_vs_plan"] = round(y["bram36"] / p["bram36"], 3) if p["bram36"] else None
+            mem = r.get("rtl_memory") or {}
+            if mem.get("bram36"):
+                res["bram36_vs_estimate"] = round(y["bram36"] / mem["bram36"], 3)
+            if mem.get("lutram_luts") and y.get("lutram_luts") is not None:
+                res["lutram_luts_vs_estimate"] = round(y["lutram_luts"] / mem["lutram_luts"], 3)
         res["verilog_mb"] = round(sum(f.stat().st_size for f in reports[0].parent.glob("*.v"))
                                   / 1e6, 1)
     return res
@@ -150,7 +167,7 @@ def main(argv=None):
         if "yosys" in r:
             extra = (f"  Yosys DSP {r['yosys']['dsp']} / plan {r['predicted']['dsp']}, "
                      f"BRAM36 {r['yosys']['bram36']} / plan {r['predicted']['bram36']}")
-        print(f"{case:12s} exit {r['exit']}  {r['seconds']:8.1f} s  {r['peak_mb']:8.1f} MB{extra}")
+        print(f"{case:17s} exit {r['exit']}  {r['seconds']:8.1f} s  {r['peak_mb']:8.1f} MB{extra}")
         for line in r["error"] + (r["stages"] if case == "vgg16-node4" else []):
             print("   ", line)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
