@@ -105,6 +105,9 @@ BUILD_MASTER_FOLD = 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
 MAX_VALUE_BITS = (1 << 16) - 1      # = fpdeep_hw.wide.MAX_VALUE_BITS (not imported: no Amaranth here)
+#: Input bits one module can have: Amaranth's netlist numbers the top module's input bits with 16
+#: bits (``amaranth.hdl._nir.Net.from_cell(0, bit)``).
+MAX_INPUT_BITS = 1 << 16
 #: Yosys ``synth_xilinx -family`` per board.
 SYNTH_FAMILY = {"vc709": "xc7", "kcu105": "xcu", "alveo-u280": "xcup"}
 
@@ -346,9 +349,35 @@ def unsupported(plan, k, network):
     # parameter lending: any keepers, near or far, pass-through nodes, whole layers and slices
     from .node.sets import keepers_of
     try:
-        keepers_of(plan, network)
+        keepers = keepers_of(plan, network)
     except ValueError as e:
+        keepers = {}
         problems.append((f"{where}.bpram", len(np_.bpram), str(e), "lending"))
+    # the off-chip master copies: each update's burst port reads and writes a whole weight set
+    # per word, and a module's input bits are numbered with 16 bits in Amaranth's netlist, so
+    # the words of all of them together must stay within MAX_INPUT_BITS
+    from .node.fp_layer import layer_geometry
+
+    def set_bits(seg):
+        g = layer_geometry(seg, network)
+        return g.p * g.s * g.kernel ** 2 * plan.numerics.master.width
+
+    def offchip(seg):
+        return seg.master_store is not None and seg.master_store.offchip_words > 0
+    words = [(f"{where}.segments[{i}].master_store", s.layer, set_bits(s))
+             for i, s in enumerate(np_.segments) if s.weights_borrowed == 0 and offchip(s)]
+    words += [(f"{where}.bpram", f"{kp.layer} (kept for node {kp.borrower})",
+               set_bits(kp.segment)) for kp in keepers.values()
+              if k in kp.ranges and offchip(kp.segment)]
+    if sum(b for *_, b in words) > MAX_INPUT_BITS:
+        field, _, _ = max(words, key=lambda w: w[2])
+        total = sum(b for *_, b in words)
+        problems.append((field, total,
+                         f"node {k}'s off-chip master copies read a whole weight set per "
+                         f"memory word: " + ", ".join(f"{n} {b:,}" for _, n, b in words)
+                         + f" = {total:,} input bits, above the {MAX_INPUT_BITS:,} input bits "
+                         f"of one Amaranth module (burst ports narrower than a weight set are "
+                         f"not built)", "master words"))
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
     n = len(plan.node_plans)
@@ -805,6 +834,18 @@ def rtlil_to_verilog(text, jobs=None):
         return "".join(pool.map(verilog._convert_rtlil_text, chunks))
 
 
+def input_bits(component):
+    """``{port: input bits}`` of ``component``'s signature, by the first part of each path (the
+    inputs a module of it would have)."""
+    from amaranth.hdl import Value
+    from amaranth.lib import wiring
+    out = {}
+    for path, member, value in component.signature.flatten(component):
+        if member.flow == wiring.In:
+            out[str(path[0])] = out.get(str(path[0]), 0) + len(Value.cast(value))
+    return out
+
+
 def node_yaml(plan, k):
     """This node's part of the plan: global fields, its node entry and its links."""
     d = plan.to_dict()
@@ -941,6 +982,20 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                           memory_word_bits=memory_word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
+        linked = LinkedNode(top)
+        inputs = input_bits(linked)
+        # only its ports are looked at: neither it nor its framers are elaboratables left unused
+        linked._MustUse__silence = linked.observed._MustUse__silence = True
+        for _, _, tx, rx in linked.ends.values():
+            tx._MustUse__silence = rx._MustUse__silence = True
+        if sum(inputs.values()) > MAX_INPUT_BITS:
+            # what unsupported() does not foresee from the plan: the node module's inputs as built
+            top._MustUse__silence = True
+            big = sorted(inputs.items(), key=lambda t: -t[1])[:4]
+            raise FpdeepError(label, f"node_plans[{k}]", k,
+                              f"the node module would have {sum(inputs.values()):,} input bits "
+                              f"(" + ", ".join(f"{n} {b:,}" for n, b in big) + ", ...), above "
+                              f"the {MAX_INPUT_BITS:,} of one Amaranth module")
     with progress.stage("convert the node to Verilog"):
         stats = {}
         board_luts = plan.available["lut"]

@@ -483,6 +483,33 @@ def test_unsupported_x_and_lending():
     assert unsupported(small_plan(), 0, net) == []
 
 
+def test_master_words_over_module_inputs(monkeypatch, tmp_path):
+    """A node whose off-chip master copies' words (a whole weight set each) exceed the input
+    bits of one Amaranth module is refused from the plan (VGG-16 node 8: 66,960 bits), and a
+    node whose inputs exceed them once built is refused before anything is written; the limit
+    is lowered here so that the small node meets it."""
+    from fpdeep_hw import build
+    from fpdeep_map.errors import FpdeepError
+    net, plan = load_network("tiny"), small_plan(batch=1)
+    words = {s.layer: 0 for s in plan.node_plans[0].segments}
+    assert build.unsupported(plan, 0, net) == []
+    monkeypatch.setattr(build, "MAX_INPUT_BITS", 100)
+    (field, total, why, tag), = build.unsupported(plan, 0, net)
+    assert tag == "master words" and field.startswith("node_plans[0].segments[")
+    assert field.endswith("].master_store") and total > 100
+    for layer in words:
+        words[layer] = int(re.search(rf"{layer} ([\d,]+)", why).group(1).replace(",", ""))
+    assert sum(words.values()) == total and "= " + f"{total:,} input bits" in why
+    # the plan's words within the limit, the module's inputs (links, memory ports) over it
+    monkeypatch.setattr(build, "MAX_INPUT_BITS", total)
+    assert build.unsupported(plan, 0, net) == []
+    with pytest.raises(FpdeepError, match=r"node_plans\[0\]: 0: the node module would have "
+                                          r"[\d,]+ input bits \(.*\), above the "
+                                          + f"{total:,}"):
+        build.build_node(plan, 0, net, "vc709", tmp_path / "out", label="p")
+    assert not any((tmp_path / "out").rglob("*.v"))
+
+
 def test_unchecked_nir_values_same_text(monkeypatch):
     """The build's netlist without Amaranth's per-net checks and bit-by-bit values, emitted with
     the build's RTLIL emitter, gives the same RTLIL text as Amaranth's own."""
