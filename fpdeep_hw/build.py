@@ -989,8 +989,10 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
         for _, _, tx, rx in linked.ends.values():
             tx._MustUse__silence = rx._MustUse__silence = True
         if sum(inputs.values()) > MAX_INPUT_BITS:
-            # what unsupported() does not foresee from the plan: the node module's inputs as built
-            top._MustUse__silence = True
+            # what unsupported() does not foresee from the plan: the node module's inputs as built.
+            # Elaborated (no netlist) so that none of its blocks is an elaboratable left unused
+            from amaranth.hdl import Fragment
+            Fragment.get(linked, None)
             big = sorted(inputs.items(), key=lambda t: -t[1])[:4]
             raise FpdeepError(label, f"node_plans[{k}]", k,
                               f"the node module would have {sum(inputs.values()):,} input bits "
