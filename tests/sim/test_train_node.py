@@ -8,7 +8,8 @@ version, final master weight and overflow count to equal the golden model's; it 
 fine-grained pipeline (layer 2 starts before layer 1 has taken all of image 0), the saved
 result file and that the comparison does fail when one golden weight or one RTL word is changed.
 The same run shows the steady-state utilisation and validates the mapper's timing model (one
-simulation for the three, CI time). ``-m slow``: ``digits``, the CLI with waves and host stalls.
+simulation for the three, CI time). ``-m slow``: ``digits``, the CLI with host stalls (with
+waves only with ``-m long``).
 """
 
 import json
@@ -236,12 +237,15 @@ def test_model_validation_cycles(tiny_run):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_cli_json_waves_stalls(tmp_path, capsys):
-    """The CLI with waves and random host stalls (1 image, batch 1: one update; the updates
-    with stalls are ``test_offchip_master``'s memory stalls)."""
+@pytest.mark.parametrize("waves", [False, pytest.param(True, marks=pytest.mark.long)])
+def test_cli_json_waves_stalls(tmp_path, capsys, waves):
+    """The CLI with random host stalls (1 image, batch 1: one update; the updates with stalls
+    are ``test_offchip_master``'s memory stalls), and with ``-m long`` its waves too (the
+    default run has the cluster's waves, ``tests/sim/test_cluster.py::test_cli_json_waves``:
+    CI time)."""
     argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "1",
-            "--batch", "1", "--seed", "3", "--out", str(tmp_path), "--waves", "--json",
-            "--stall", "0.3"]
+            "--batch", "1", "--seed", "3", "--out", str(tmp_path), "--json",
+            "--stall", "0.3", *(["--waves"] if waves else [])]
     assert train.main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("bit_exact", "cycles", "cycles_per_image", "ideal_cycles_per_image",
@@ -249,10 +253,13 @@ def test_cli_json_waves_stalls(tmp_path, capsys):
                 "plan_cycles_per_image"):
         assert key in res
     assert res["bit_exact"] is True
-    assert (tmp_path / "waves.vcd").stat().st_size > 0
-    gtkw = (tmp_path / "waves.gtkw").read_text()
-    assert "conv2" in gtkw and "fp" in gtkw
     assert (tmp_path / "result.npz").exists()
+    if waves:
+        assert (tmp_path / "waves.vcd").stat().st_size > 0
+        gtkw = (tmp_path / "waves.gtkw").read_text()
+        assert "conv2" in gtkw and "fp" in gtkw
+    else:
+        assert not (tmp_path / "waves.vcd").exists()
 
 
 @pytest.mark.slow
