@@ -538,7 +538,7 @@ def _rtlil_emitter(field_wires=True):
 
     class Emitter(rtlil.ModuleEmitter):
         """Amaranth's RTLIL module emitter with a faster ``sigspec`` (the same text), without
-        the fields' alias wires unless ``field_wires`` (:func:`convert_node`), and with the
+        the fields' alias wires unless ``field_wires`` (:func:`node_rtlil`), and with the
         initial contents of a memory written as one string (Amaranth builds them net by net:
         ~2 us per bit, and a VGG-16 node holds tens of millions of initial weight bits). The
         text is identical, except that an all-zero initial content of a memory larger than
@@ -717,7 +717,7 @@ def rtlil_convert(elaboratable, name="top", *, settle=False, field_wires=True):
     memory initialisation of :func:`_rtlil_emitter` and the fast combinational-cycle check of
     :mod:`fpdeep_hw.combcheck` (same text, same verdict). With ``settle`` (inside
     :func:`_frozen_gc` only) the objects of each stage are frozen (:func:`_settle`); without
-    ``field_wires`` the text has no alias wires of signals' fields (:func:`convert_node`)."""
+    ``field_wires`` the text has no alias wires of signals' fields (:func:`node_rtlil`)."""
     from amaranth.back import rtlil
     from amaranth.hdl import _ast, _ir
     from amaranth.lib import wiring
@@ -750,12 +750,6 @@ def rtlil_convert(elaboratable, name="top", *, settle=False, field_wires=True):
                 mb.attribute("top", 1)
             emitter(mb, netlist, module, _ast.SignalDict(), empty_checker=empty).emit()
     return str(builder)
-
-
-def convert_node(node, name=NODE_MODULE, stats=None, *, field_wires=False, jobs=None):
-    """Verilog of ``node`` (module ``name``), identical sub-blocks converted once:
-    :func:`rtlil_to_verilog` of :func:`node_rtlil` (``jobs`` Yosys processes)."""
-    return rtlil_to_verilog(node_rtlil(node, name, stats, field_wires=field_wires), jobs=jobs)
 
 
 def node_rtlil(node, name=NODE_MODULE, stats=None, *, field_wires=False):
@@ -957,7 +951,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                synth_stop=None):
     """Build node ``k``; returns ``(folder, report)``. Writes only the final folder.
     ``field_wires``: keep Amaranth's alias wire per field of a signal with a layout in
-    ``fpdeep_node.v`` (:func:`convert_node`; ``--field-wires``)."""
+    ``fpdeep_node.v`` (:func:`node_rtlil`; ``--field-wires``)."""
     from boards.platforms import platform_for
     from fpdeep_map.board import load_board
     from fpdeep_map.costs import LUT_BUDGET
