@@ -18,6 +18,14 @@ fewer primitives (that FIFO: 15 RAMB36 at ``fold = 4``).
   ``r_stream`` while the inner FIFO offers its last chunk (so its payload is the register and
   that chunk, stable until taken); it is taken with that chunk.
 
+**Row sides** (``rows_in`` / ``rows_out``): either side can instead take or give the rows
+themselves, one ``ceil(width / fold)``-bit row per transfer, row 0 of a word first (its bits
+``[0, cw)``; the last row's bits above ``width`` are zeros on the way out and ignored on the way
+in). That is the side of a memory whose word is one row: the off-chip update's burst port
+(:class:`~fpdeep_hw.node.update.OffchipWeightUpdate`), which reads rows into a FIFO that gives
+whole sets and writes rows out of one that takes whole sets. A row side transfers a row per
+cycle; capacity stays ``depth`` words (``fold * depth`` rows).
+
 So a word is accepted every ``fold`` cycles at most and offered every ``fold`` cycles at most;
 ``fold = 1`` is exactly a ``SyncFIFOBuffered(width, depth)``. Capacity: ``depth`` whole words
 in the inner FIFO. Latency (both sides always ready, empty FIFO): a word offered in cycle ``t``
@@ -119,30 +127,43 @@ class FoldedFIFO(wiring.Component):
     Members
     -------
     w_stream : ``In(stream.Signature(width))``
+        (``chunk_width`` bits with ``rows_in``: one row per transfer)
     r_stream : ``Out(stream.Signature(width))``
+        (``chunk_width`` bits with ``rows_out``)
     """
 
-    def __init__(self, *, width, depth, fold):
+    def __init__(self, *, width, depth, fold, rows_in=False, rows_out=False):
         for name, value, low in (("width", width, 1), ("depth", depth, 1), ("fold", fold, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"FoldedFIFO: {name} must be an integer of at least {low}, "
                                  f"not {value!r}")
         if fold > width:
             raise ValueError(f"FoldedFIFO: fold {fold} is more than the width {width}")
+        for name, value in (("rows_in", rows_in), ("rows_out", rows_out)):
+            if not isinstance(value, bool):
+                raise TypeError(f"FoldedFIFO: {name} must be a bool, not {value!r}")
         self._width, self._depth, self._fold = width, depth, fold
         self._chunk = -(-width // fold)
-        super().__init__({"w_stream": In(stream.Signature(width)),
-                          "r_stream": Out(stream.Signature(width))})
+        self._rows_in, self._rows_out = rows_in, rows_out
+        super().__init__({
+            "w_stream": In(stream.Signature(self._chunk if rows_in else width)),
+            "r_stream": Out(stream.Signature(self._chunk if rows_out else width))})
 
     width = property(lambda self: self._width)
     depth = property(lambda self: self._depth)
     fold = property(lambda self: self._fold)
     chunk_width = property(lambda self: self._chunk, doc="``ceil(width / fold)`` bits per row")
+    rows_in = property(lambda self: self._rows_in)
+    rows_out = property(lambda self: self._rows_out)
 
     @property
     def latency(self):
         """Cycles from a word offered to an empty FIFO (both sides ready) to it offered on
-        ``r_stream``: ``fold + 1`` (2 for ``fold = 1``, as ``SyncFIFOBuffered``)."""
+        ``r_stream``: ``fold + 1`` (2 for ``fold = 1``, as ``SyncFIFOBuffered``). With a row side
+        the same holds from the first row offered to the word (``rows_in``) or from the word to
+        its last row (``rows_out``); with both, a row takes 2 cycles."""
+        if self._rows_in and self._rows_out:
+            return 2
         return self._fold + 1
 
     def elaborate(self, platform):
@@ -160,10 +181,25 @@ class FoldedFIFO(wiring.Component):
                 inner.r_stream.ready.eq(r.ready),
             ]
             return m
+        if self._rows_in:
+            # write side: the rows as they come
+            wiring.connect(m, wiring.flipped(self.w_stream), inner.w_stream)
+        else:
+            self._split(m, inner)
+        if self._rows_out:
+            # read side: the rows as they are
+            wiring.connect(m, inner.r_stream, wiring.flipped(r))
+        else:
+            self._gather(m, inner)
+        return m
+
+    def _split(self, m, inner):
+        """Write side: the held word's chunks into ``inner``, one per cycle."""
+        f, cw = self._fold, self._chunk
         padded = Signal(f * cw)
         m.d.comb += padded.eq(self.w_stream.payload)
         chunks = [padded[j * cw:(j + 1) * cw] for j in range(f)]
-        # write side: chunk `wi` of the held word
+        # chunk `wi` of the held word
         wi = Signal(range(f))
         wlast = wi == f - 1
         with m.Switch(wi):
@@ -178,7 +214,10 @@ class FoldedFIFO(wiring.Component):
         ]
         with m.If(inner.w_stream.valid & inner.w_stream.ready):
             m.d.sync += wi.eq(_wrap(wi, f))
-        # read side: gather chunks 0 .. f-2, offer the word with the last one
+
+    def _gather(self, m, inner):
+        """Read side: gather chunks 0 .. f-2, offer the word with the last one."""
+        w, r, f, cw = self._width, self.r_stream, self._fold, self._chunk
         ri = Signal(range(f))
         rlast = ri == f - 1
         gathered = Signal((f - 1) * cw)
@@ -192,7 +231,6 @@ class FoldedFIFO(wiring.Component):
         ]
         with m.If(inner.r_stream.valid & inner.r_stream.ready):
             m.d.sync += ri.eq(_wrap(ri, f))
-        return m
 
 
 def _wrap(counter, f):

@@ -6,6 +6,8 @@ narrower rows per word.
   under random stalls on both sides, for folds that divide the width and folds that do not;
 * one word per ``fold`` cycles on each side with both sides always ready, and the published
   latency to the cycle; ``fold = 1`` times exactly as ``SyncFIFOBuffered``;
+* row sides (``rows_in`` / ``rows_out``): rows in, words out and words in, rows out, each row
+  as the golden split gives it, under random stalls; a row per cycle, the latency;
 * capacity: exactly ``depth`` words with the reader stopped;
 * ``row_fifo_fold`` picks the fold with the fewest block RAM units (VGG-16 node 4's row FIFOs);
 * Verilator lint; Yosys (``slow``): fewer RAMB36 than the same FIFO unfolded.
@@ -23,13 +25,14 @@ from sim.lint import verilator_lint
 from sim.streams import stream_sink, stream_source
 
 
-def _run(dut, words, *, p_in, p_out, seed):
+def _run(dut, words, *, p_in, p_out, seed, count=None):
     got = []
+    count = len(words) if count is None else count
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(stream_source(dut.w_stream, words, rng=random.Random(seed),
                                     p_stall=p_in, max_cycles=100 * len(words) * dut.fold + 100))
-    sim.add_testbench(stream_sink(dut.r_stream, got, count=len(words),
+    sim.add_testbench(stream_sink(dut.r_stream, got, count=count,
                                   rng=random.Random(seed + 1), p_stall=p_out,
                                   max_cycles=100 * len(words) * dut.fold + 100))
     sim.run()
@@ -53,16 +56,78 @@ def test_words_in_order_with_random_stalls(width, depth, fold, p_in, p_out, seed
     assert _run(dut, words, p_in=p_in, p_out=p_out, seed=seed) == words
 
 
-def _timing(dut, n):
-    """Both sides always ready: the cycles of the ``n`` input and output transfers."""
+def rows_of(word, width, fold):
+    """Golden split of a word into its ``fold`` rows, row 0 (the low bits) first."""
+    cw = -(-width // fold)
+    return [(word >> (j * cw)) & ((1 << cw) - 1) for j in range(fold)]
+
+
+@pytest.mark.parametrize("width, depth, fold, rows_in, rows_out, seed", [
+    (64, 4, 4, True, False, 11),     # a memory's rows in, whole words out
+    (100, 3, 3, True, False, 12),    # the last row padded: its high bits ignored
+    (64, 4, 4, False, True, 13),     # whole words in, rows out
+    (100, 5, 3, False, True, 14),    # the last row's padding comes out as zeros
+    (45, 2, 5, True, True, 15),      # rows both sides: a FIFO of rows
+])
+def test_row_sides_with_random_stalls(width, depth, fold, rows_in, rows_out, seed):
+    rng = random.Random(seed)
+    words = [rng.randrange(1 << width) for _ in range(40)]
+    words[:2] = [(1 << width) - 1, 1 << (width - 1)]
+    rows = [r for w in words for r in rows_of(w, width, fold)]
+    cw = -(-width // fold)
+    if rows_in:
+        # a padded row's bits above the word are not part of it: set them, they must vanish
+        fill = ((1 << cw) - 1) ^ ((1 << (width - cw * (fold - 1))) - 1)
+        sent = [r | fill if j % fold == fold - 1 else r for j, r in enumerate(rows)]
+    dut = FoldedFIFO(width=width, depth=depth, fold=fold, rows_in=rows_in, rows_out=rows_out)
+    assert len(dut.w_stream.payload) == (cw if rows_in else width)
+    assert len(dut.r_stream.payload) == (cw if rows_out else width)
+    got = _run(dut, sent if rows_in else words, p_in=0.3, p_out=0.4, seed=seed,
+               count=len(rows) if rows_out else len(words))
+    if rows_in and not rows_out:
+        assert got == words
+    elif rows_out and not rows_in:
+        assert got == rows
+    else:
+        assert got == sent
+
+
+@pytest.mark.parametrize("rows_in, rows_out", [(True, False), (False, True), (True, True)])
+def test_row_sides_rate_and_latency(rows_in, rows_out):
+    """A row per cycle on a row side, a word per ``fold`` cycles on a word side, and
+    ``latency`` from the first row in to the word out (``rows_in``), from the word in to its
+    last row out (``rows_out``) or from a row in to it out (both)."""
+    fold, n = 4, 12
+    dut = FoldedFIFO(width=64, depth=6, fold=fold, rows_in=rows_in, rows_out=rows_out)
+    ins, outs = _timing(dut, n, n // fold if rows_in and not rows_out
+                        else n * fold if rows_out and not rows_in else n)
+    if rows_in:
+        assert ins == list(range(n))
+    else:
+        assert ins == [fold - 1 + fold * k for k in range(n)]
+    if rows_out and not rows_in:
+        # the word's rows leave one per cycle once the first is in (cycle 0 + 2)
+        assert outs[:fold] == [2 + j for j in range(fold)]
+        assert outs[fold - 1] == dut.latency
+    elif rows_in and not rows_out:
+        assert outs[0] == dut.latency
+        assert [b - a for a, b in zip(outs, outs[1:])] == [fold] * (n // fold - 1)
+    else:
+        assert outs == [dut.latency + j for j in range(n)]
+
+
+def _timing(dut, n, n_out=None):
+    """Both sides always ready: the cycles of the ``n`` input and ``n_out`` (default ``n``)
+    output transfers."""
     ins, outs = [], []
+    n_out = n if n_out is None else n_out
 
     async def bench(ctx):
         ctx.set(dut.r_stream.ready, 1)
         ctx.set(dut.w_stream.valid, 1)
         ctx.set(dut.w_stream.payload, 1)
         cycle = 0
-        while len(outs) < n:
+        while len(outs) < n_out:
             _, _, wv, wr, rv, rr = await ctx.tick().sample(
                 dut.w_stream.valid, dut.w_stream.ready, dut.r_stream.valid, dut.r_stream.ready)
             if wv and wr:
@@ -128,6 +193,8 @@ def test_capacity_is_depth(depth, fold):
 def test_rejects_bad_arguments(kw, msg):
     with pytest.raises(ValueError, match=msg):
         FoldedFIFO(**kw)
+    with pytest.raises(TypeError, match=r"^FoldedFIFO: rows_out must be a bool, not 1$"):
+        FoldedFIFO(width=8, depth=4, fold=2, rows_out=1)
 
 
 def test_row_fifo_fold():
@@ -167,8 +234,10 @@ def test_lutram_fifo_fold():
         lutram_fifo_fold(8, (8,), 0)
 
 
-def test_verilator_lint(tmp_path):
-    verilator_lint(FoldedFIFO(width=100, depth=12, fold=3), "folded_fifo", tmp_path)
+@pytest.mark.parametrize("rows_in, rows_out", [(False, False), (True, False), (False, True)])
+def test_verilator_lint(rows_in, rows_out, tmp_path):
+    verilator_lint(FoldedFIFO(width=100, depth=12, fold=3, rows_in=rows_in, rows_out=rows_out),
+                   "folded_fifo", tmp_path)
 
 
 @pytest.mark.slow
