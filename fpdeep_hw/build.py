@@ -86,20 +86,21 @@ BUILD_FIFO_FOLD = 64
 #: RAM has room is converted again with the policy's budget cut by the excess, and kept so if
 #: it still fits its block RAM (``report.json`` ``distributed_ram.balanced``).
 BUILD_LUTRAM_SHARE = 0.4
-#: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``): a word is
-#: a whole weight set of ``P*S*K*K`` masters (VGG-16 node 4: 15,552 bits), so the update's two
-#: FIFOs (``prefetch x burst`` words read ahead, two bursts to write) stay a few words: 16 words,
+#: Bursts of an off-chip master copy (``NodeTop(master_burst=, master_prefetch=)``, in weight
+#: sets of ``P*S*K*K`` masters; VGG-16 node 4: 15,552 bits), so the update's two FIFOs
+#: (``prefetch x burst`` sets read ahead, two bursts to write) stay a few sets: 16 sets,
 #: distributed RAM, instead of 96 with the Act-RAMs' 16-word bursts. The update then runs at
 #: about a third of a set per cycle against 20 cycles of memory latency (a few thousand cycles
 #: per mini-batch at VGG-16 scale, against periods of about a million).
 BUILD_MASTER_BURST = 4
 BUILD_MASTER_PREFETCH = 2
-#: Most rows per set of the off-chip updates' FIFOs of whole weight sets (``NodeTop(
-#: master_fold=)``, ``OffchipWeightUpdate(fold=)``): 8 words of 10,368 to 15,552 bits on
-#: VGG-16 node 4 are kept in distributed RAM, a quarter of the LUTs folded by 4. Each update's
-#: fold is also at most its set's bits over the board's peak memory bits per cycle
-#: (``memory_word_bits`` in ``report.json``: ``offchip_gbps`` over the clock; VC709 1,194), so
-#: the fold never makes an update slower than the memory could feed it.
+#: Most memory words (rows) per weight set of the off-chip master copies (``NodeTop(
+#: master_fold=)``, ``OffchipWeightUpdate(fold=)``): the update's FIFOs keep the rows (8 sets
+#: of 10,368 to 15,552 bits on VGG-16 node 4 in distributed RAM, a quarter of the LUTs folded
+#: by 4) and its burst port is a row wide, so a node's ports stay within ``MAX_INPUT_BITS``.
+#: Each update's fold is also at most its set's bits over the board's peak memory bits per
+#: cycle (``memory_word_bits`` in ``report.json``: ``offchip_gbps`` over the clock; VC709
+#: 1,194), so the fold never makes an update slower than the memory could feed it.
 BUILD_MASTER_FOLD = 16
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
@@ -301,6 +302,13 @@ def resolve_plan(args):
                                    f"max_row_lanes=1{opts})")
 
 
+def memory_word_bits(spec):
+    """The bits a board's external memory gives per cycle at its peak (``offchip_gbps`` over
+    the clock; VC709 1,194), or ``None`` for a board without one: the off-chip master copies
+    are folded to about that (``NodeTop(memory_word_bits=)``)."""
+    return int(spec.offchip_gbps * 1000 / spec.clock_mhz) if spec.offchip_gbps > 0 else None
+
+
 def unsupported(plan, k, network):
     """What the generator cannot build in node ``k``: ``[(field, value, problem, tag)]``."""
     problems = []
@@ -353,31 +361,38 @@ def unsupported(plan, k, network):
     except ValueError as e:
         keepers = {}
         problems.append((f"{where}.bpram", len(np_.bpram), str(e), "lending"))
-    # the off-chip master copies: each update's burst port reads and writes a whole weight set
-    # per word, and a module's input bits are numbered with 16 bits in Amaranth's netlist, so
-    # the words of all of them together must stay within MAX_INPUT_BITS
-    from .node.fp_layer import layer_geometry
+    # the off-chip master copies: each update's burst port reads and writes a memory word of
+    # a weight set (a row of its `fold`, as the build folds them), and a module's input bits
+    # are numbered with 16 bits in Amaranth's netlist, so the words of all of them together
+    # must stay within MAX_INPUT_BITS
+    from fpdeep_map.board import load_board
 
-    def set_bits(seg):
+    from .node.fp_layer import layer_geometry
+    from .node.update import master_set_fold
+    word_bits = memory_word_bits(load_board(plan.board))
+
+    def port_bits(seg):
         g = layer_geometry(seg, network)
-        return g.p * g.s * g.kernel ** 2 * plan.numerics.master.width
+        bits = g.p * g.s * g.kernel ** 2 * plan.numerics.master.width
+        fold = master_set_fold(bits, BUILD_MASTER_BURST, BUILD_MASTER_PREFETCH,
+                               BUILD_MASTER_FOLD, word_bits)
+        return -(-bits // fold)
 
     def offchip(seg):
         return seg.master_store is not None and seg.master_store.offchip_words > 0
-    words = [(f"{where}.segments[{i}].master_store", s.layer, set_bits(s))
+    words = [(f"{where}.segments[{i}].master_store", s.layer, port_bits(s))
              for i, s in enumerate(np_.segments) if s.weights_borrowed == 0 and offchip(s)]
     words += [(f"{where}.bpram", f"{kp.layer} (kept for node {kp.borrower})",
-               set_bits(kp.segment)) for kp in keepers.values()
+               port_bits(kp.segment)) for kp in keepers.values()
               if k in kp.ranges and offchip(kp.segment)]
     if sum(b for *_, b in words) > MAX_INPUT_BITS:
         field, _, _ = max(words, key=lambda w: w[2])
         total = sum(b for *_, b in words)
         problems.append((field, total,
-                         f"node {k}'s off-chip master copies read a whole weight set per "
-                         f"memory word: " + ", ".join(f"{n} {b:,}" for _, n, b in words)
-                         + f" = {total:,} input bits, above the {MAX_INPUT_BITS:,} input bits "
-                         f"of one Amaranth module (burst ports narrower than a weight set are "
-                         f"not built)", "master words"))
+                         f"node {k}'s off-chip master copies read memory words of "
+                         + ", ".join(f"{n} {b:,}" for _, n, b in words)
+                         + f" bits = {total:,} input bits, above the {MAX_INPUT_BITS:,} input "
+                         f"bits of one Amaranth module", "master words"))
     names = [l.name for l in network.compute_layers()]
     held = [s.layer for s in np_.segments]
     n = len(plan.node_plans)
@@ -964,8 +979,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
     t0 = time.monotonic()
     check_node(plan, k, network, label, board)
     spec = load_board(board)
-    memory_word_bits = (int(spec.offchip_gbps * 1000 / spec.clock_mhz)
-                        if spec.offchip_gbps > 0 else None)
+    word_bits = memory_word_bits(spec)
     with progress.stage("generate NodeTop"):
         try:
             top = NodeTop(plan, k, network, lr=lr,
@@ -973,7 +987,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                           fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
                           fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
                           master_prefetch=BUILD_MASTER_PREFETCH, master_fold=BUILD_MASTER_FOLD,
-                          memory_word_bits=memory_word_bits)
+                          memory_word_bits=word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
         linked = LinkedNode(top)
@@ -1075,7 +1089,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                 "taken": [{"rows": d, "row_bits": b, "read_ports": r, "bram36_saved": u,
                            "luts": lu} for d, b, r, u, lu in dram.taken]},
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
-            "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": memory_word_bits,
+            "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": word_bits,
             "master_folds": dict(top.master_folds),
             "memory_map": memory_map,
             "notes": notes,

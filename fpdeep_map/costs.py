@@ -180,15 +180,15 @@ def offchip_update_cycles(sets, latency=MEMORY_LATENCY_CYCLES, burst=MEMORY_BURS
     + padding`` (measured against the block: ``tests/hw/test_update.py``). Both passes run at
     one set per cycle, as on chip, when the memory gives two words per cycle.
 
-    ``fold`` (the build's folded FIFOs, ``OffchipWeightUpdate(fold=)``; the plan counts
-    ``fold = 1``): both passes give a set every ``fold`` cycles, and the tail grows by
-    ``(fold - 1) * (burst + 1 + max(0, 2 * padding - 1))``: the last burst leaves the write
-    FIFO at a word every ``fold`` cycles, the padding words pass through both FIFOs, pass 2's
-    first set comes out of the read FIFO ``fold + 1`` cycles after it went in (measured
-    against the block, the same test)."""
+    ``fold`` (``OffchipWeightUpdate(fold=)``, a set kept as ``fold`` memory words, a burst
+    of ``burst`` sets being ``burst * fold`` words; the plan counts ``fold = 1``): both passes
+    give a set every ``fold`` cycles, and the tail grows by ``(fold - 1) * (burst + 2 +
+    max(0, 2 * padding - 1))``: the last burst leaves the write FIFO at a set every ``fold``
+    cycles, the padding sets pass through both FIFOs, pass 2's first set is whole ``fold``
+    words after its first came (measured against the block, the same test)."""
     padding = -sets % burst
     return (2 * latency + burst + 3 + padding
-            + (fold - 1) * (burst + 1 + max(0, 2 * padding - 1)))
+            + (fold - 1) * (burst + 2 + max(0, 2 * padding - 1)))
 #: From the last input pixel of an FC layer to its output word beyond the ``R * H * W * G``
 #: replay cycles (CE pipeline, gather) plus the loss unit's hand-over.
 FC_OUTPUT_CYCLES = 6

@@ -1049,8 +1049,10 @@ class Lender(wiring.Component):
             "updates": Out(32),
             "bgb_acc_overflow": Out(32), "bgb_out_overflow": Out(32),
             "update_overflow": Out(32),
+            # the update's burst port: a memory word is a row of a set's `fold`
             **({"mem": Out(memory_port_signature(
-                PS * K * K * numerics.master.width, master_mem.get("addr_width", 32)))}
+                -(-PS * K * K * numerics.master.width // master_mem.get("fold", 1)),
+                master_mem.get("addr_width", 32)))}
                if master_mem is not None else {}),
         })
 

@@ -76,7 +76,7 @@ from sim.golden.train import lags_from_plan, weight_shape
 from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
-from ..memory.folded_fifo import FoldedFIFO, lutram_fifo_fold, row_fifo_fold
+from ..memory.folded_fifo import FoldedFIFO, row_fifo_fold
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
@@ -85,7 +85,7 @@ from .lanes import LaneConcat, LaneFork
 from .lend import Lender, WSEBLayer, WSFPLayer, WSPGLayer
 from .sets import SetConcat, SetRoute, keepers_of
 from .pg_layer import PGLayer
-from .update import OffchipWeightUpdate, WeightUpdate, master_fifo_depths
+from .update import OffchipWeightUpdate, WeightUpdate, master_set_fold
 from .version_gate import VersionGate
 
 #: A folded row FIFO may cost a layer at most ``1 / FOLD_COST`` of its cycles per image
@@ -259,16 +259,15 @@ class NodeTop(wiring.Component):
         least 2; default 4) of every off-chip Act-RAM
         (:class:`~fpdeep_hw.memory.offchip_act_ram.OffchipActRAM`).
     master_burst, master_prefetch : int, optional
-        ``burst`` (a divisor of ``mem_burst``, at least 2; default ``mem_burst``) and
-        ``prefetch`` (at least 1; default ``mem_prefetch``) of every off-chip master copy
-        (:class:`~fpdeep_hw.node.update.OffchipWeightUpdate`, whose word is a whole weight
-        set).
+        Weight sets per burst (a divisor of ``mem_burst``, at least 2; default ``mem_burst``)
+        and ``prefetch`` (at least 1; default ``mem_prefetch``) of every off-chip master copy
+        (:class:`~fpdeep_hw.node.update.OffchipWeightUpdate`: a burst of ``master_burst`` sets
+        is ``master_burst x fold`` memory words).
     master_fold : int, optional
-        The most rows per set the off-chip updates' two FIFOs of whole weight sets may keep
-        each set as (default 1: none). Each update takes the fold
-        :func:`~fpdeep_hw.memory.folded_fifo.lutram_fifo_fold` gives for its set width and
-        FIFO depths (:attr:`master_folds`); ``python -m fpdeep_hw.build`` folds
-        (``BUILD_MASTER_FOLD``).
+        The most memory words (rows) per weight set of the off-chip master copies (default 1:
+        a word per set). Each update takes the fold :func:`~fpdeep_hw.node.update.
+        master_set_fold` gives for its set width and FIFO depths (:attr:`master_folds`);
+        ``python -m fpdeep_hw.build`` folds (``BUILD_MASTER_FOLD``).
     memory_word_bits : int, optional
         With ``master_fold``: the bits the external memory gives per cycle at its peak. An
         update's fold is then at most ``set bits // memory_word_bits`` (at least 1), so folding
@@ -515,12 +514,21 @@ class NodeTop(wiring.Component):
 
         def ring(key, store, bits, depth, burst=mem_burst, prefetch=mem_prefetch):
             """The next ring of the node's external memory (:attr:`memory_map`) for an off-chip
-            store of ``depth`` words of ``bits``: its member and the store's keywords (rings
-            start at a multiple of ``mem_burst`` words, of which ``burst`` is a divisor)."""
+            store of ``depth`` words of ``bits`` (a master copy: ``depth`` sets of ``bits``,
+            each kept as its update's ``fold`` words, in bursts of ``burst`` sets): its member
+            and the store's keywords (rings start at a multiple of ``mem_burst`` words and of
+            their own burst)."""
             nonlocal mem_end
+            kw = {}
+            if store == "master":
+                mem = mem_port_name(key, store)
+                kw["fold"] = self.master_folds[mem] = master_set_fold(
+                    bits, burst, prefetch, master_fold, memory_word_bits)
+                bits, depth, burst = -(-bits // kw["fold"]), depth * kw["fold"], burst * kw["fold"]
             wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
             ext = math.ceil(depth / burst) * burst
-            base = math.ceil(mem_end / (wbytes * mem_burst)) * mem_burst
+            align = math.lcm(mem_burst, burst)
+            base = math.ceil(mem_end / (wbytes * align)) * align
             mem_end = (base + ext) * wbytes
             mem = mem_port_name(key, store)
             if mem in self.memory_map:
@@ -529,15 +537,8 @@ class NodeTop(wiring.Component):
             self.memory_map[mem] = {"layer": key, "store": store, "base": base, "words": ext,
                                     "word_bits": bits, "word_bytes": wbytes,
                                     "bytes": [base * wbytes, mem_end]}
-            kw = {"burst": burst, "base": base, "prefetch": prefetch,
-                  "addr_width": max(1, (base + ext - 1).bit_length())}
-            if store == "master":
-                # the update's FIFOs of whole sets, folded where that saves distributed RAM
-                limit = master_fold
-                if memory_word_bits is not None:
-                    limit = min(limit, max(1, bits // memory_word_bits))
-                kw["fold"] = self.master_folds[mem] = lutram_fifo_fold(
-                    bits, master_fifo_depths(burst, prefetch), limit)
+            kw.update({"burst": burst, "base": base, "prefetch": prefetch,
+                       "addr_width": max(1, (base + ext - 1).bit_length())})
             return mem, kw
         for k, seg in enumerate(segs):
             layer = network.layer(seg.layer)

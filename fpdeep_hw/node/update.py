@@ -25,7 +25,7 @@ from ..memory.packing import lanes_per_memory, pack_rows, packed_memory
 from ..numerics import requantize, saturate
 from ..wide import join
 
-__all__ = ["WeightUpdate", "OffchipWeightUpdate", "LR_FRAC"]
+__all__ = ["WeightUpdate", "OffchipWeightUpdate", "master_set_fold", "LR_FRAC"]
 
 #: Fractional bits of the learning-rate constant ``lr_q`` (unsigned, 16 bits).
 LR_FRAC = 16
@@ -362,6 +362,20 @@ def master_fifo_depths(burst, prefetch):
     return max(prefetch * burst, 4), 2 * burst
 
 
+def master_set_fold(bits, burst, prefetch, limit, memory_word_bits=None):
+    """The fold (memory words per set) of an off-chip master copy of sets of ``bits``, in bursts
+    of ``burst`` sets with ``prefetch`` bursts read ahead: what
+    :func:`~fpdeep_hw.memory.folded_fifo.lutram_fifo_fold` gives for its two FIFOs
+    (:func:`master_fifo_depths` sets), at most ``limit`` and, with ``memory_word_bits`` (the
+    bits the memory gives per cycle at its peak), at most ``bits // memory_word_bits`` (at
+    least 1), so that the fold never makes the update slower than the memory could feed it.
+    ``NodeTop`` folds its updates so; ``fpdeep_hw.build`` checks the ports' widths with it."""
+    from ..memory.folded_fifo import lutram_fifo_fold
+    if memory_word_bits is not None:
+        limit = min(limit, max(1, bits // memory_word_bits))
+    return lutram_fifo_fold(bits, master_fifo_depths(burst, prefetch), limit)
+
+
 class OffchipWeightUpdate(WeightUpdate):
     """:class:`WeightUpdate` with the master copy in external memory (the plan's place for it:
     ``fpdeep_map`` counts the master copies of convolution layers off chip, read, updated and
@@ -369,15 +383,20 @@ class OffchipWeightUpdate(WeightUpdate):
 
     Same ports, same arithmetic, same ``overflow`` count as :class:`WeightUpdate`, plus the burst
     port ``mem`` (:data:`~fpdeep_hw.memory.offchip_act_ram.MEMORY_PORTS`) to the memory
-    controller. One memory word is one master set, its ``lanes x kernel x kernel`` elements side
-    by side (element ``s*K*K + ky*K + kx`` at bits ``[k*mw, (k+1)*mw)``, two's complement), set
-    ``a`` at word ``base + a``; the region is ``ext_words`` = ``depth`` rounded up to whole
-    bursts (the padding words are read and written back unchanged). The memory must hold the
-    initial master copy before training starts (:meth:`init_words`: the host loads it on a
-    board; in simulation :meth:`sim.dram_model.DRAMModel.load`).
+    controller. A master set is ``lanes x kernel x kernel`` elements side by side (element
+    ``s*K*K + ky*K + kx`` at bits ``[k*mw, (k+1)*mw)``, two's complement: ``set_width`` bits),
+    kept in the memory as ``fold`` words (rows) of ``word_width = ceil(set_width / fold)``
+    bits, row ``r`` holding the set's bits ``[r*word_width, (r+1)*word_width)`` (the last row
+    padded with zeros): set ``a``, row ``r`` at word ``base + a*fold + r``. A burst is
+    ``burst`` words, a multiple of ``fold``, so whole sets; the region is ``ext_words`` words,
+    ``depth`` sets rounded up to whole bursts (the padding sets are read and written back
+    unchanged). The memory must hold the initial master copy before training starts
+    (:meth:`init_words`: the host loads it on a board; in simulation
+    :meth:`sim.dram_model.DRAMModel.load`).
 
     On chip there are only two small FIFOs: ``prefetch x burst`` words read ahead and two bursts
-    of new masters waiting to be written. The memory is swept in order, for ever:
+    of new masters waiting to be written (``fifo_depths``, in words). The memory is swept in
+    order, for ever:
 
     * **Pass 1** (gradients): the sweep's words are read ahead, before the gradients come. Each
       ``grad`` word is taken with the next master word (the gradients must come in address
@@ -388,16 +407,18 @@ class OffchipWeightUpdate(WeightUpdate):
       read becomes one ``wr`` set, in address order. ``done`` pulses on the last.
       The next pass 1's reads follow at once.
 
-    **Folded FIFOs** (``fold > 1``, a build-time saving of distributed RAM): both FIFOs are
-    :class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO` s keeping each set as ``fold`` narrower
-    rows, so each takes or gives a set every ``fold`` cycles at most. Then ``mem.r.ready``
-    follows the read-ahead FIFO (it is low while a word's rows go in: the controller holds the
-    word, as an AXI read channel does), a gradient word is taken at most every ``fold`` cycles
-    (the new master waits in pass 1's register until the write FIFO takes it), and pass 2 gives
-    a set every ``fold`` cycles. A memory word is a whole set (10,368 to 15,552 bits on VGG-16
-    node 4) and a board's memory gives about a thousand bits per cycle, so the memory, not the
-    fold, sets the pace there (``NodeTop(master_fold=, memory_word_bits=)``). ``fold = 1`` is
-    the circuit without folds, cycle for cycle.
+    **Folds** (``fold > 1``): both FIFOs are
+    :class:`~fpdeep_hw.memory.folded_fifo.FoldedFIFO` s keeping each set as its ``fold`` rows,
+    with a row side towards the memory: the read-ahead FIFO takes a row per cycle from
+    ``mem.r`` and gives whole sets, the write FIFO takes whole sets and gives a row per cycle to
+    ``mem.w``. So a gradient word is taken at most every ``fold`` cycles (the new master waits
+    in pass 1's register until the write FIFO takes it), and pass 2 gives a set every ``fold``
+    cycles: the pace of a memory that gives a row per cycle. A whole set is 10,368 to 25,920
+    bits on VGG-16's conv layers and a board's memory gives about a thousand bits per cycle
+    (``NodeTop(master_fold=, memory_word_bits=)`` folds the sets to about that), and a port as
+    narrow as a row keeps a node's memory ports within what one module's inputs can number
+    (``fpdeep_hw.build.MAX_INPUT_BITS``). ``fold = 1`` is a word per set, the circuit without
+    folds.
 
     Timing: ``LATENCY = 2``: with pass 1 written and acknowledged and pass 2's first words read
     ahead, a ``start`` pulse in cycle ``t`` makes the first ``wr`` word valid in cycle ``t + 2``;
@@ -412,7 +433,7 @@ class OffchipWeightUpdate(WeightUpdate):
     numerics, kernel, lanes, depth, lr_q, init
         As :class:`WeightUpdate`; ``init`` is what :meth:`init_words` packs.
     burst : int
-        Words per burst (``>= 2``).
+        Words per burst (``>= 2``, a multiple of ``fold``).
     base : int
         First word of the region in the memory (a multiple of ``burst``).
     addr_width : int
@@ -420,11 +441,11 @@ class OffchipWeightUpdate(WeightUpdate):
     prefetch : int
         Bursts read ahead (``>= 1``; the read FIFO holds ``prefetch x burst`` words).
     fold : int
-        Rows per set in the two FIFOs (``>= 1``, at most the word's bits; see above).
+        Memory words (rows) per set (``>= 1``, at most the set's bits; see above).
 
     Members
     -------
-    mem : ``Out(memory_port_signature(lanes * kernel * kernel * master.width, addr_width))``
+    mem : ``Out(memory_port_signature(word_width, addr_width))``
         The burst port.
     """
 
@@ -441,8 +462,11 @@ class OffchipWeightUpdate(WeightUpdate):
         if base % burst:
             raise ValueError(f"OffchipWeightUpdate base must be a multiple of the burst "
                              f"({burst}), not {base}")
+        if burst % fold:
+            raise ValueError(f"OffchipWeightUpdate burst {burst} is not a multiple of the fold "
+                             f"({fold}): a burst holds whole sets")
         if isinstance(depth, int) and depth >= 1:
-            top = base + -(-depth // burst) * burst - 1
+            top = base + -(-depth // (burst // fold)) * burst - 1
             if top.bit_length() > addr_width:
                 raise ValueError(f"OffchipWeightUpdate addr_width {addr_width} cannot address "
                                  f"word {top}")
@@ -450,25 +474,31 @@ class OffchipWeightUpdate(WeightUpdate):
         self._addr_width, self._fold = addr_width, fold
         super().__init__(numerics=numerics, kernel=kernel, lanes=lanes, depth=depth, lr_q=lr_q,
                          init=init)
-        if fold > self.word_width:
-            raise ValueError(f"OffchipWeightUpdate fold {fold} is more than the word's "
-                             f"{self.word_width} bits")
+        if fold > self.set_width:
+            raise ValueError(f"OffchipWeightUpdate fold {fold} is more than the set's "
+                             f"{self.set_width} bits")
 
     def _extra_members(self):
         from ..memory.offchip_act_ram import memory_port_signature
-        return {"mem": Out(memory_port_signature(self.word_width, self._addr_width))}
+        word = -(-self._lanes * self._kernel ** 2 * self._numerics.master.width // self._fold)
+        return {"mem": Out(memory_port_signature(word, self._addr_width))}
 
     burst = property(lambda self: self._burst)
     base = property(lambda self: self._base)
     prefetch = property(lambda self: self._prefetch)
     fold = property(lambda self: self._fold)
     fifo_depths = property(lambda self: master_fifo_depths(self._burst, self._prefetch),
-                           doc="Words of the read-ahead FIFO and of the write FIFO")
+                           doc="Words (rows) of the read-ahead FIFO and of the write FIFO")
     addr_width = property(lambda self: self._addr_width)
-    word_width = property(lambda self: self._lanes * self._kernel ** 2
-                          * self._numerics.master.width)
-    ext_bursts = property(lambda self: -(-self._depth // self._burst))
+    set_width = property(lambda self: self._lanes * self._kernel ** 2
+                         * self._numerics.master.width, doc="Bits of a master set")
+    word_width = property(lambda self: -(-self.set_width // self._fold),
+                          doc="Bits of a memory word: a row, ``ceil(set_width / fold)``")
+    burst_sets = property(lambda self: self._burst // self._fold, doc="Sets per burst")
+    ext_bursts = property(lambda self: -(-self._depth // self.burst_sets))
     ext_words = property(lambda self: self.ext_bursts * self._burst)
+    ext_sets = property(lambda self: self.ext_bursts * self.burst_sets,
+                        doc="Sets of the region, ``depth`` and the padding")
 
     @property
     def banks(self):
@@ -481,21 +511,23 @@ class OffchipWeightUpdate(WeightUpdate):
 
     def init_words(self):
         """``{word address: int}``: the initial master copy as the memory must hold it (the
-        region ``base .. base + ext_words - 1``; padding words 0)."""
-        mw = self._numerics.master.width
+        region ``base .. base + ext_words - 1``, a set's ``fold`` rows from its low bits;
+        padding words 0)."""
+        mw, f, ww = self._numerics.master.width, self._fold, self.word_width
         flat = self._init.reshape(self._depth, -1)
-        rows = pack_rows(flat, mw)
-        rows += [0] * (self.ext_words - self._depth)
-        return {self._base + a: int(v) for a, v in enumerate(rows)}
+        sets = pack_rows(flat, mw) + [0] * (self.ext_sets - self._depth)
+        mask = (1 << ww) - 1
+        return {self._base + a * f + r: (int(v) >> (r * ww)) & mask
+                for a, v in enumerate(sets) for r in range(f)}
 
     def master_sets(self, words):
         """The master copy ``(depth, lanes, kernel, kernel)`` decoded from the memory's words
         ``{address: int}`` (e.g. ``DRAMModel.storage``)."""
-        mw = self._numerics.master.width
+        mw, f, ww = self._numerics.master.width, self._fold, self.word_width
         nb = self._lanes * self._kernel * self._kernel
         out = np.zeros((self._depth, nb), dtype=np.int64)
         for a in range(self._depth):
-            v = int(words[self._base + a])
+            v = sum(int(words[self._base + a * f + r]) << (r * ww) for r in range(f))
             for k in range(nb):
                 e = (v >> (k * mw)) & ((1 << mw) - 1)
                 out[a, k] = e - (1 << mw) if e >> (mw - 1) else e
@@ -507,33 +539,37 @@ class OffchipWeightUpdate(WeightUpdate):
         from ..memory.folded_fifo import FoldedFIFO
         m = Module()
         n = self._numerics
-        depth, B, N = self._depth, self._burst, self.ext_bursts
-        E = N * B
+        # memory words (rows): B a burst, F read ahead; sets: E a sweep
+        depth, B, N, f = self._depth, self._burst, self.ext_bursts, self._fold
+        E = self.ext_sets
         F = self._prefetch * B
         nb = self._lanes * self._kernel * self._kernel
         mw = n.master.width
-        W = self.word_width
+        W = self.set_width
         mem = self.mem
 
         # words read ahead (at least 4 entries: a FIFO of fewer has no pointer bits) and new
-        # masters to write; folded, each keeps a set as `fold` rows (fold 1: SyncFIFOBuffered)
+        # masters to write; folded, each keeps a set as its `fold` rows, the memory's words
+        # (fold 1: SyncFIFOBuffered of whole sets)
         rd_depth, wr_depth = self.fifo_depths
-        if self._fold > 1:
-            rf = FoldedFIFO(width=W, depth=rd_depth, fold=self._fold)
-            wf = FoldedFIFO(width=W, depth=wr_depth, fold=self._fold)
+        if f > 1:
+            rf = FoldedFIFO(width=W, depth=rd_depth // f, fold=f, rows_in=True)
+            wf = FoldedFIFO(width=W, depth=wr_depth // f, fold=f, rows_out=True)
         else:
             rf = SyncFIFOBuffered(width=W, depth=rd_depth)
             wf = SyncFIFOBuffered(width=W, depth=wr_depth)
         m.submodules.rf, m.submodules.wf = rf, wf
         rf_in, rf_out, wf_in, wf_out = rf.w_stream, rf.r_stream, wf.w_stream, wf.r_stream
-        # words in each FIFO (taken, not yet given: a SyncFIFOBuffered's level)
+        # memory words in each FIFO (rows taken, less `fold` for each set given; a set's rows
+        # given, less those of the sets not yet taken whole: a SyncFIFOBuffered's level)
         rf_words = Signal(range(rd_depth + 1))
         wf_words = Signal(range(wr_depth + 1))
         r_fire = Signal()
         m.d.comb += r_fire.eq(mem.r.valid & mem.r.ready)
         m.d.sync += [
-            rf_words.eq(rf_words + r_fire - (rf_out.valid & rf_out.ready)),
-            wf_words.eq(wf_words + (wf_in.valid & wf_in.ready) - (wf_out.valid & wf_out.ready)),
+            rf_words.eq(rf_words + r_fire - Mux(rf_out.valid & rf_out.ready, f, 0)),
+            wf_words.eq(wf_words + Mux(wf_in.valid & wf_in.ready, f, 0)
+                        - (wf_out.valid & wf_out.ready)),
         ]
         lanes = []
         for k in range(nb):
@@ -610,7 +646,8 @@ class OffchipWeightUpdate(WeightUpdate):
         s1_old = Signal(W)
         room = Signal()
         m.d.comb += [
-            room.eq(wf_words + s1_valid < 2 * B),
+            # room for one more set beside the one waiting
+            room.eq(wf_words + Mux(s1_valid, f, 0) <= 2 * B - f),
             s1_fire.eq(s1_valid & wf_in.ready),
         ]
 

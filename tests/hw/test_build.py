@@ -437,8 +437,9 @@ def _assert_refused(proc, out, *fragments):
      ["--synth-hierarchy: True: only used with --synth"]),
     (["--board", "vc709", "--node", "0", "--synth-memory-only"],
      ["--synth-memory-only: True: only used with --synth"]),
-    # node 8's master copies' words exceed one module's inputs: the first problem of --all
-    (["--board", "vc709", "--all"], ["node_plans[8].bpram: 66960", "66,960 input bits"]),
+    # node 14's pixels of 4,096 channels: the first problem of --all
+    (["--board", "vc709", "--all"], ["node_plans[14].segments[1].out_channels: 4096",
+                                     "65,536 bits"]),
 ])
 def test_refused(tmp_path, args, fragments):
     out = tmp_path / "out"
@@ -455,12 +456,16 @@ def test_offchip_weights_refused():
     assert field.endswith(".lpram.offchip_words") and value == 102_760_448
     assert ("the 102,760,448 weights of 'fc6', which the plan keeps in off-chip memory, would be "
             "in block RAM (1,568.0 Mbit against the device's 51.7 Mbit)") in problem
-    # the others build but node 8 (its master copies' words: 66,960 input bits); nodes 8-13's
-    # 512-lane windows are held in runs of lanes
-    probs = [unsupported(plan, k, net) for k in range(14)]
-    assert [p for k, p in enumerate(probs) if k != 8] == [[]] * 13
-    assert [(f, v, tag) for f, v, _, tag in probs[8]] == [
-        ("node_plans[8].bpram", 66_960, "master words")]
+    # the others build; nodes 8-13's 512-lane windows are held in runs of lanes, and node 8's
+    # master copies' ports are a row of a set wide: 16,740 input bits (66,960 as whole sets)
+    assert [unsupported(plan, k, net) for k in range(14)] == [[]] * 14
+    import fpdeep_hw.build as build
+    try:
+        build.MAX_INPUT_BITS, limit = 0, build.MAX_INPUT_BITS
+        (_, total, why, _), = unsupported(plan, 8, net)
+    finally:
+        build.MAX_INPUT_BITS = limit
+    assert total == 16_740 and "conv3_3 4,644, conv4_1 1,836" in why
 
 
 def test_node_lists():
@@ -489,8 +494,8 @@ def test_unsupported_x_and_lending():
 
 
 def test_master_words_over_module_inputs(monkeypatch, tmp_path):
-    """A node whose off-chip master copies' words (a whole weight set each) exceed the input
-    bits of one Amaranth module is refused from the plan (VGG-16 node 8: 66,960 bits), and a
+    """A node whose off-chip master copies' words (a row of a weight set each, as the build
+    folds them) exceed the input bits of one Amaranth module is refused from the plan, and a
     node whose inputs exceed them once built is refused before anything is written; the limit
     is lowered here so that the small node meets it."""
     from fpdeep_hw import build
@@ -505,6 +510,18 @@ def test_master_words_over_module_inputs(monkeypatch, tmp_path):
     for layer in words:
         words[layer] = int(re.search(rf"{layer} ([\d,]+)", why).group(1).replace(",", ""))
     assert sum(words.values()) == total and "= " + f"{total:,} input bits" in why
+    # the words are the master ports' as the build folds them
+    from amaranth.hdl import Fragment
+
+    from fpdeep_hw.node.top import NodeTop
+    from sim.golden.train import init_weights
+    top = NodeTop(plan, 0, net, lr=0.125, init_master=init_weights(net, 0, plan.numerics),
+                  master_burst=build.BUILD_MASTER_BURST,
+                  master_prefetch=build.BUILD_MASTER_PREFETCH,
+                  master_fold=build.BUILD_MASTER_FOLD,
+                  memory_word_bits=build.memory_word_bits(load_board(plan.board)))
+    Fragment.get(top, None)
+    assert {nl.name: top.memory_map[nl.mem_master]["word_bits"] for nl in top.layers} == words
     # the plan's words within the limit, the module's inputs (links, memory ports) over it
     monkeypatch.setattr(build, "MAX_INPUT_BITS", total)
     assert build.unsupported(plan, 0, net) == []

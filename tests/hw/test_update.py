@@ -350,19 +350,43 @@ def test_offchip_bit_exact(depth, burst, prefetch, base, dram, waves):
 
 
 @pytest.mark.parametrize("fold,dram", [(2, "stalls"), (3, "slow"), (4, "fast")])
-@pytest.mark.parametrize("depth,burst,prefetch,base", [(8, 4, 2, 0), (11, 4, 1, 8)])
-def test_offchip_folded_bit_exact(fold, dram, depth, burst, prefetch, base, waves):
-    """FIFOs folded (``fold`` rows per set; ``mem.r.ready`` low while a set's rows go in):
-    three mini-batches under random stalls on ``grad``, ``wr`` and the memory, the same sets,
-    master copy and overflow count as the golden model."""
+@pytest.mark.parametrize("depth,sets,prefetch,base_sets", [(8, 4, 2, 0), (11, 4, 1, 8)])
+def test_offchip_folded_bit_exact(fold, dram, depth, sets, prefetch, base_sets, waves):
+    """Folded (``fold`` memory words, rows, per set; bursts of ``sets`` sets): three
+    mini-batches under random stalls on ``grad``, ``wr`` and the memory, the same sets,
+    master copy and overflow count as the golden model (the master copy read back from the
+    memory's rows)."""
     check(3, 2, depth, 3, 53 + depth + fold, waves,
-          offchip=dict(burst=burst, prefetch=prefetch, base=base, fold=fold), dram=DRAMS[dram])
+          offchip=dict(burst=sets * fold, prefetch=prefetch, base=base_sets * fold, fold=fold),
+          dram=DRAMS[dram])
 
 
 def test_offchip_folded_saturation(waves):
     """A clamp is counted once per set although the new master waits ``fold`` cycles."""
-    assert check(3, 3, 3, 4, 41, waves, big=True, lr=0.99, offchip=dict(burst=2, fold=3),
+    assert check(3, 3, 3, 4, 41, waves, big=True, lr=0.99, offchip=dict(burst=6, fold=3),
                  dram=DRAMS["stalls"]) > 0
+
+
+def test_offchip_rows_in_memory():
+    """A set is ``fold`` memory words, its low bits first, the last row padded with zeros;
+    ``master_sets`` reads the sets back from the rows."""
+    rng = random.Random(9)
+    init, _ = random_case(rng, 3, 2, 5, 1)
+    kw = dict(numerics=NUM, kernel=3, lanes=2, depth=5, lr_q=100, init=init, base=10)
+    whole = OffchipWeightUpdate(**kw, burst=2)
+    dut = OffchipWeightUpdate(**kw, burst=10, fold=5)
+    assert (dut.set_width, dut.word_width, len(dut.mem.r.payload)) == (432, 87, 87)
+    assert (dut.burst_sets, dut.ext_bursts, dut.ext_words, dut.ext_sets) == (2, 3, 30, 6)
+    sets, rows = whole.init_words(), dut.init_words()
+    assert sorted(rows) == list(range(10, 40))
+    for a in range(5):
+        v = sets[10 + a]
+        assert [rows[10 + 5 * a + r] for r in range(5)] == [(v >> (87 * r)) & ((1 << 87) - 1)
+                                                           for r in range(5)]
+        assert rows[10 + 5 * a + 4] >> (432 - 4 * 87) == 0
+    assert all(rows[a] == 0 for a in range(35, 40))          # the padding set
+    assert np.array_equal(dut.master_sets(rows), init)
+    assert np.array_equal(whole.master_sets(sets), init)
 
 
 def test_offchip_saturation(waves):
@@ -408,6 +432,9 @@ def test_offchip_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"^OffchipWeightUpdate addr_width 3 cannot address "
                                          r"word 11$"):
         OffchipWeightUpdate(**kw, burst=4, base=8, addr_width=3)
+    with pytest.raises(ValueError, match=r"^OffchipWeightUpdate burst 4 is not a multiple of "
+                                         r"the fold \(3\): a burst holds whole sets$"):
+        OffchipWeightUpdate(**kw, burst=4, fold=3)
     dut = OffchipWeightUpdate(**kw, burst=4)
     assert (dut.ext_words, dut.word_width, len(dut.mem.w.payload)) == (4, 9 * 24, 9 * 24)
     with pytest.raises(AttributeError, match="external memory"):
@@ -416,8 +443,8 @@ def test_offchip_rejects_bad_arguments():
                                          r"not 0$"):
         OffchipWeightUpdate(**kw, fold=0)
     with pytest.raises(ValueError, match=r"^OffchipWeightUpdate fold 217 is more than the "
-                                         r"word's 216 bits$"):
-        OffchipWeightUpdate(**kw, fold=217)
+                                         r"set's 216 bits$"):
+        OffchipWeightUpdate(**kw, burst=217 * 2, fold=217)
 
 
 def test_offchip_storage():
@@ -432,15 +459,15 @@ def test_offchip_storage():
     mems = sorted((w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut)))
     # (SyncFIFOBuffered keeps one word of its depth in its output register)
     assert mems == [(18 * 24, 2 * 8 - 1), (18 * 24, 3 * 8 - 1)], mems
-    # folded by 4: four rows of a quarter set per set
-    dut = OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=300, lr_q=100, burst=8,
+    # folded by 4: four rows of a quarter set per set, bursts of 8 sets (32 words)
+    dut = OffchipWeightUpdate(numerics=NUM, kernel=3, lanes=2, depth=300, lr_q=100, burst=32,
                               prefetch=3, fold=4)
     mems = sorted((w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut)))
     assert mems == [(18 * 6, 4 * 2 * 8 - 1), (18 * 6, 4 * 3 * 8 - 1)], mems
 
 
 @pytest.mark.parametrize("depth,burst,prefetch,fold", [
-    (16, 4, 2, 1), (3, 4, 2, 1), (1, 2, 1, 1), (16, 4, 2, 4), (3, 4, 2, 5)])
+    (16, 4, 2, 1), (3, 4, 2, 1), (1, 2, 1, 1), (16, 16, 2, 4), (3, 20, 2, 5)])
 def test_offchip_lint(depth, burst, prefetch, fold, tmp_path):
     """Several bursts; one burst (counters of one value); the smallest FIFOs; folded FIFOs
     (a fold that does not divide the set's 432 bits)."""
@@ -516,10 +543,11 @@ def test_offchip_update_cycles(depth, latency, burst):
                                                  (1, 9, 2)])
 @pytest.mark.parametrize("fold", [2, 5])
 def test_offchip_folded_update_cycles(depth, latency, burst, fold):
-    """Folded FIFOs: both passes give a set every ``fold`` cycles exactly, and the tail is
-    ``costs.offchip_update_cycles(..., fold=fold)``, to the cycle."""
+    """Folded (a set in ``fold`` memory words, bursts of ``burst`` sets): both passes give a
+    set every ``fold`` cycles exactly, and the tail is ``costs.offchip_update_cycles(...,
+    fold=fold)``, to the cycle."""
     from fpdeep_map.costs import offchip_update_cycles
     kw = dict(numerics=NUM, kernel=3, lanes=2, depth=depth, lr_q=100)
-    off = _tail(OffchipWeightUpdate(**kw, burst=burst, prefetch=4, fold=fold), latency)
+    off = _tail(OffchipWeightUpdate(**kw, burst=burst * fold, prefetch=4, fold=fold), latency)
     assert off["pass1"] == off["pass2"] == fold * (depth - 1) + 1
     assert off["gap"] - 5 == offchip_update_cycles(depth, latency, burst, fold=fold)

@@ -45,7 +45,7 @@ def test_master_ports_follow_the_plan():
         assert isinstance(upd, OffchipWeightUpdate)
         assert nl.mem_master == mem_port_name(nl.key, "master") == f"mem_{nl.key}_master"
         assert (upd.burst, upd.prefetch, upd.depth) == (4, 3, g.weight_sets)
-        assert upd.word_width == g.p * g.s * g.kernel ** 2 * 24
+        assert upd.word_width == upd.set_width == g.p * g.s * g.kernel ** 2 * 24
         assert top.signature.members[nl.mem_master] == upd.signature.members["mem"]
         ring = top.memory_map[nl.mem_master]
         assert (ring["layer"], ring["store"], ring["base"], ring["words"], ring["word_bits"]) == (
@@ -85,8 +85,10 @@ def test_master_ports_follow_the_plan():
 
 
 def test_master_folds():
-    """``master_fold`` folds each update's FIFOs as ``lutram_fifo_fold`` gives (8-word FIFOs:
-    4), never beyond ``set bits // memory_word_bits``; the default folds nothing."""
+    """``master_fold`` folds each update as ``lutram_fifo_fold`` gives (FIFOs of 8 sets: 4),
+    never beyond ``set bits // memory_word_bits``; the default folds nothing. A folded update's
+    port is a row wide, its bursts ``master_burst`` sets of ``fold`` words, and its ring in the
+    ``memory_map`` counts rows."""
     net = load_network("tiny")
     plan = map_network(net, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
     kw = dict(master_burst=4, master_prefetch=2)
@@ -95,11 +97,18 @@ def test_master_folds():
     top = _node(net, plan, **kw, master_fold=16)
     assert {nl.mem_master: nl.update.fold for nl in top.layers} == top.master_folds == {
         nl.mem_master: 4 for nl in top.layers}
+    for nl in top.layers:
+        upd, ring = nl.update, top.memory_map[nl.mem_master]
+        assert (upd.burst, upd.burst_sets, upd.word_width) == (16, 4, -(-upd.set_width // 4))
+        assert len(getattr(top, nl.mem_master).r.payload) == upd.word_width
+        assert (ring["base"], ring["words"], ring["word_bits"]) == (
+            upd.base, 4 * -(-upd.depth // 4) * 4, upd.word_width)
+        assert upd.base % 16 == 0
     top = _node(net, plan, **kw, master_fold=2)
     assert set(top.master_folds.values()) == {2}
     # a memory word of half the narrowest set: a fold of at most 2 (1 for sets narrower
     # than the memory word)
-    widths = {nl.mem_master: nl.update.word_width for nl in top.layers}
+    widths = {nl.mem_master: nl.update.set_width for nl in top.layers}
     half = min(widths.values()) // 2
     top = _node(net, plan, **kw, master_fold=16, memory_word_bits=half)
     assert top.master_folds == {
@@ -128,6 +137,11 @@ def test_keeper_master_off_chip():
     assert upd.depth == top.lenders[name].weight_sets
     assert top.memory_map[member]["store"] == "master"
     assert (key, "master", member, upd) in top.memories()
+    # folded: the keeper's port is a row wide (the node elaborates: its port meets the update's)
+    top = _node(net, plan, lp.lender, master_burst=4, master_prefetch=2, master_fold=16)
+    upd = top.lenders[name].update
+    assert upd.fold == top.master_folds[member] > 1
+    assert len(getattr(top, member).r.payload) == upd.word_width == -(-upd.set_width // upd.fold)
     # the borrower keeps no master copy of the borrowed segment (its keeper does)
     borrower = _node(net, plan, lp.borrower)
     assert all(nl.update is None for nl in borrower.layers if nl.name == lp.layer)
@@ -141,9 +155,8 @@ def test_training_bit_exact_with_offchip_masters():
     weight, the final master copies read back from the memory models and every other value
     equal the golden model's; each ring was read twice and written once by the update (and
     read once more, in part, ahead of the next mini-batch). Each update keeps its sets as 4
-    rows in its two FIFOs (``lutram_fifo_fold``: 8 words each, 31 rows folded) and takes the
-    memory's words every 4 cycles (``mem.r.ready`` low between them, the memory model holding
-    the word). Every other training test has unfolded updates; the folded block's own tests
+    rows (``lutram_fifo_fold``: FIFOs of 8 sets, 32 rows each), the memory's words, and takes
+    a set every 4 cycles. Every other training test has unfolded updates; the folded block's own tests
     (several mini-batches, every stall): ``tests/hw/test_update.py``. (fc4's 640 sets at a set
     every 4 cycles dominate this run; one image and a memory latency of 4 keep it shorter
     than the unfolded test of two images was.)"""
@@ -154,7 +167,7 @@ def test_training_bit_exact_with_offchip_masters():
     assert res["updates"] == {nl.key: 1 for nl in top.layers}
     assert res["master_folds"] == {nl.mem_master: 4 for nl in top.layers}
     for nl in top.layers:
-        assert nl.update.fold == 4 and nl.update.fifo_depths == (8, 8)
+        assert nl.update.fold == 4 and nl.update.fifo_depths == (32, 32)
         d = res["dram"][f"{nl.key}/master"]
         n = nl.update.ext_bursts
         assert d["bursts_written"] == n, (nl.key, d)
