@@ -11,7 +11,7 @@ Golden model: :mod:`sim.golden.grad_buffer`. Test: ``tests/hw/test_grad_buffer.p
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -86,6 +86,21 @@ class GradBuffer(wiring.Component):
     ``o`` in cycle ``t + LATENCY`` (``LATENCY = 4``); without stalls on ``o`` one word per cycle
     follows, and ``i.ready`` is low for cycles ``t + 1 .. t + depth + 2``.
 
+    **Folded** (``fold = f > 1``, a build-time saving for buffers that take and give far less
+    than a set per cycle: a BGB fed by the link, an LGB fed once per weight set and image): the
+    accumulators of a set are ``f`` rows of ``c = ceil(lanes * K * K / f)`` elements (element
+    ``j * c + l`` of a set in lane ``l`` of its row ``j``; the last row's lanes beyond the set
+    stay 0), set ``a``'s row ``j`` at memory row ``a * f + j``: ``f`` times the rows, ``1 / f``
+    of the width, the same bits, and ``c`` element datapaths instead of ``lanes * K * K``. A
+    word on ``i`` is held by its producer while its ``f`` rows are read, added and written back,
+    one per cycle, and taken with its last row (a word every ``f`` cycles at most; no
+    forwarding is needed, a row is written the cycle after it was read and read again ``f``
+    cycles later at the earliest). The drain reads (and clears) the rows in order; each row's
+    averages are gathered and a set is offered on ``o`` with its last row's, so a set every
+    ``f`` cycles. The arithmetic, the counts and the order of ``o`` are the unfolded buffer's;
+    the timing is: ``LATENCY + f - 1`` to the first average and ``i.ready`` low for
+    ``f * depth + 2`` cycles after the batch's last row.
+
     Parameters
     ----------
     in_fmt : FixedFormat
@@ -107,6 +122,8 @@ class GradBuffer(wiring.Component):
         (8 .. 32). The default 17 makes ``R`` an 18-bit signed operand, so with
         ``acc_width <= 25`` each element's multiply is one DSP48E1 (25 x 18); the relative error
         of the average is then at most ``2**-17`` (a quarter LSB at the end of a 16-bit range).
+    fold : int
+        Rows per set (``1 .. lanes * K * K``; default 1: a set per row, a set per cycle).
 
     Members
     -------
@@ -124,7 +141,7 @@ class GradBuffer(wiring.Component):
     LATENCY = 4
 
     def __init__(self, *, in_fmt, out_fmt, acc_width, kernel, lanes, depth, batch,
-                 recip_bits=17):
+                 recip_bits=17, fold=1):
         name = type(self).__name__
         for arg, fmt in (("input format", in_fmt), ("output format", out_fmt)):
             if not isinstance(fmt, FixedFormat):
@@ -142,6 +159,11 @@ class GradBuffer(wiring.Component):
                 or not 8 <= recip_bits <= 32):
             raise ValueError(f"{name} reciprocal width must be an integer in 8..32, "
                              f"not {recip_bits!r}")
+        if (not isinstance(fold, int) or isinstance(fold, bool)
+                or not 1 <= fold <= lanes * kernel * kernel):
+            raise ValueError(f"{name} fold must be an integer in 1..{lanes * kernel * kernel} "
+                             f"(the elements of a set), not {fold!r}")
+        self._fold = fold
         self._in_fmt = in_fmt
         self._out_fmt = out_fmt
         self._acc_width = acc_width
@@ -201,6 +223,16 @@ class GradBuffer(wiring.Component):
         return self._recip_bits
 
     @property
+    def fold(self):
+        """Rows per set (see above)."""
+        return self._fold
+
+    @property
+    def row_lanes(self):
+        """Elements per row, ``ceil(lanes * K * K / fold)``."""
+        return -(-self._lanes * self._kernel ** 2 // self._fold)
+
+    @property
     def reciprocal(self):
         """``(R, r)`` of :func:`average_reciprocal` for this buffer's batch."""
         return average_reciprocal(self._batch, self._recip_bits)
@@ -223,99 +255,124 @@ class GradBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        depth, mem_depth = self._depth, self._mem_depth
-        index = self._index()
-        n = len(index)
+        depth, mem_depth, f = self._depth, self._mem_depth, self._fold
+        n = self._lanes * self._kernel ** 2
+        c = self.row_lanes                    # elements per row (all of a set unfolded)
+        rows = f * mem_depth
 
         # Each element's datapath is one _GradLane (identical lanes: one shared module in the
         # build); the accumulators are memories of the lanes side by side (all lanes share the
         # addresses), rows of at most PACK_LANES lanes: a shallow bank of one element would
-        # take a whole block RAM, a row of lanes fills its width (docs/hw-node.md).
+        # take a whole block RAM, a row of lanes fills its width (docs/hw-node.md). Folded, a
+        # lane serves element l of every row of a set.
         recip, r = self.reciprocal
         frac_in = self._in_fmt.frac + r
         accw = self._acc_width
         lanes = []
-        for k in range(n):
+        for k in range(c):
             lane = _GradLane(in_width=self._in_fmt.width, acc_width=accw, recip=recip,
                              frac_in=frac_in, out_fmt=self._out_fmt)
             m.submodules[f"lane_{k}"] = shared(lane, lane.key)
             lanes.append(lane)
-        w_addr = Signal(range(mem_depth))
+        w_addr = Signal(range(rows))
         w_en = Signal()
         w_zero = Signal()
-        r_addr = Signal(range(mem_depth))
+        r_addr = Signal(range(rows))
         r_en = Signal()
-        per = lanes_per_memory(accw, n)
-        for c, lo in enumerate(range(0, n, per)):
+        per = lanes_per_memory(accw, c)
+        for b, lo in enumerate(range(0, c, per)):
             part = lanes[lo:lo + per]
-            _, rd = packed_memory(m, f"bank_{c}", width=accw, lanes=len(part), depth=mem_depth,
+            _, rd = packed_memory(m, f"bank_{b}", width=accw, lanes=len(part), depth=rows,
                                w_addr=w_addr, w_en=w_en,
                                w_data=join((lane.wd for lane in part), accw),
                                r_addr=r_addr, r_en=r_en)
             for j, lane in enumerate(part):
                 m.d.comb += lane.rd.eq(rd[j * accw:(j + 1) * accw])
 
-        acc_flags = Signal(n)                 # per element: clamped by the accumulation
-        out_flags = Signal(n)                 # per element: clamped by the averaging
+        acc_flags = Signal(c)                 # per element: clamped by the accumulation
+        out_flags = Signal(c)                 # per element: clamped by the averaging
         _count_flags(m, acc_flags, self.acc_overflow)
         _count_flags(m, out_flags, self.out_overflow)
 
         state = Signal(_State)
 
-        # -- accumulation: stage 0 reads, stage 1 adds and writes back ---------------------------
-        do_accept = Signal()
+        # -- accumulation: stage 0 reads row `wj` of the offered set, stage 1 adds and writes ---
+        wj = Signal(range(f)) if f > 1 else Const(0, 1)
+        w_last = (wj == f - 1) if f > 1 else Const(1, 1)
+        do_row = Signal()                     # a row of the offered set is read
+        do_accept = Signal()                  # ... its last: the set is taken
         m.d.comb += [
-            self.i.ready.eq(state == _State.ACCUMULATE),
+            do_row.eq(self.i.valid & (state == _State.ACCUMULATE)),
+            self.i.ready.eq((state == _State.ACCUMULATE) & w_last),
             do_accept.eq(self.i.valid & self.i.ready),
         ]
+        if f > 1:
+            with m.If(do_row):
+                m.d.sync += wj.eq(Mux(w_last, 0, wj + 1))
+        i_row = Signal(range(rows))
+        m.d.comb += i_row.eq(self.i.payload.addr * f + wj if f > 1 else self.i.payload.addr)
         s1_valid = Signal()
-        s1_addr = Signal(range(mem_depth))
+        s1_addr = Signal(range(rows))
         m.d.sync += [
-            s1_valid.eq(do_accept),
-            s1_addr.eq(self.i.payload.addr),
+            s1_valid.eq(do_row),
+            s1_addr.eq(i_row),
         ]
-        fwd_valid = Signal()                  # the write of the previous cycle, for forwarding
-        fwd_addr = Signal(range(mem_depth))
         hit = Signal()
-        m.d.comb += hit.eq(fwd_valid & (fwd_addr == s1_addr))
-        m.d.sync += [
-            fwd_valid.eq(s1_valid),
-            fwd_addr.eq(s1_addr),
-        ]
+        if f == 1:
+            # the write of the previous cycle, forwarded to a word of the same address
+            fwd_valid = Signal()
+            fwd_addr = Signal(range(rows))
+            m.d.comb += hit.eq(fwd_valid & (fwd_addr == s1_addr))
+            m.d.sync += [
+                fwd_valid.eq(s1_valid),
+                fwd_addr.eq(s1_addr),
+            ]
 
-        # -- drain: stage A is the read port's data register, stage B the output register -------
-        d_addr = Signal(range(mem_depth))     # next address to read
-        d_left = Signal()                     # addresses remain to be read
+        # -- drain: stage A is the read port's data register, stage B the lanes' output
+        # registers (a row's averages); folded, rows 0 .. f-2 of a set wait in `gathered` ------
+        d_row = Signal(range(rows))           # next row to read
+        d_left = Signal()                     # rows remain to be read
         a_valid = Signal()
+        a_row = Signal(range(f)) if f > 1 else Const(0, 1)
         a_addr = Signal(range(mem_depth))
         a_last = Signal()
+        b_valid = Signal()
+        b_row = Signal(range(f)) if f > 1 else Const(0, 1)
+        b_addr = Signal.like(self.o.payload.addr)
+        b_last = Signal()
         b_advance = Signal()
         a_advance = Signal()
         issue = Signal()
+        d_j = Signal(range(f)) if f > 1 else Const(0, 1)
+        d_set = Signal(range(mem_depth))
+        o_row = b_row == f - 1 if f > 1 else Const(1, 1)
         m.d.comb += [
-            b_advance.eq(~self.o.valid | self.o.ready),
+            self.o.valid.eq(b_valid & o_row),
+            self.o.payload.addr.eq(b_addr),
+            self.o.payload.last.eq(b_last),
+            b_advance.eq(~b_valid | ~o_row | self.o.ready),
             a_advance.eq(~a_valid | b_advance),
             issue.eq((state == _State.DRAIN) & a_advance & d_left),
         ]
 
         with m.If(state == _State.ACCUMULATE):
             m.d.comb += [
-                r_addr.eq(self.i.payload.addr),
+                r_addr.eq(i_row),
                 r_en.eq(1),
             ]
         with m.Else():
             m.d.comb += [
-                r_addr.eq(d_addr),
+                r_addr.eq(d_row),
                 r_en.eq(a_advance),
             ]
         with m.If(state == _State.DRAIN):
             m.d.comb += [                     # read-and-clear
-                w_addr.eq(d_addr),
+                w_addr.eq(d_row),
                 w_zero.eq(1),
                 w_en.eq(issue),
             ]
         with m.Else():
-            m.d.comb += [                     # accumulate (in FLUSH: the batch's last word)
+            m.d.comb += [                     # accumulate (in FLUSH: the batch's last row)
                 w_addr.eq(s1_addr),
                 w_en.eq(s1_valid),
             ]
@@ -327,51 +384,82 @@ class GradBuffer(wiring.Component):
             with m.Case(_State.FLUSH):
                 m.d.sync += [
                     state.eq(_State.DRAIN),
-                    d_addr.eq(0),
+                    d_row.eq(0),
                     d_left.eq(1),
                 ]
+                if f > 1:
+                    m.d.sync += [d_j.eq(0), d_set.eq(0)]
             with m.Default():                 # DRAIN
                 with m.If(issue):
                     m.d.sync += [
-                        d_addr.eq(d_addr + 1),
-                        d_left.eq(d_addr != depth - 1),
+                        d_row.eq(d_row + 1),
+                        d_left.eq(d_row != f * depth - 1),
                     ]
+                    if f > 1:
+                        with m.If(d_j == f - 1):
+                            m.d.sync += [d_j.eq(0), d_set.eq(d_set + 1)]
+                        with m.Else():
+                            m.d.sync += d_j.eq(d_j + 1)
                 with m.If(a_valid & a_last & b_advance):
                     m.d.sync += state.eq(_State.ACCUMULATE)
 
+        set_of_read = d_set if f > 1 else d_row
         with m.If(a_advance):
             m.d.sync += [
                 a_valid.eq(issue),
-                a_addr.eq(d_addr),
-                a_last.eq(d_addr == depth - 1),
+                a_addr.eq(set_of_read),
+                a_last.eq(d_row == f * depth - 1),
             ]
+            if f > 1:
+                m.d.sync += a_row.eq(d_j)
 
         # averaging between stage A and stage B (in the lanes)
         with m.If(b_advance):
             m.d.sync += [
-                self.o.valid.eq(a_valid),
-                self.o.payload.addr.eq(a_addr),
-                self.o.payload.last.eq(a_last),
+                b_valid.eq(a_valid),
+                b_addr.eq(a_addr),
+                b_last.eq(a_last),
             ]
+            if f > 1:
+                m.d.sync += b_row.eq(a_row)
         # element k of a set field straight from the payload signal: a nested view would slice the
         # whole field again in every statement (Amaranth's back end rebuilds the slices of each
         # statement, so the field's bits are built once per element: quadratic in the lanes)
         i_bits = self.i.payload.as_value()
         i0, iw = self._in_layout["data"].offset, self._in_fmt.width
-        for k, (s, ky, kx) in enumerate(index):
-            lane = lanes[k]
+        din = Signal(c * iw)                  # the elements of the row being read
+        if f == 1:
+            m.d.comb += din.eq(i_bits[i0:i0 + n * iw])
+        else:
+            padded = Signal(f * c * iw)
+            m.d.comb += padded.eq(i_bits[i0:i0 + n * iw])
+            with m.Switch(wj):
+                for j in range(f):
+                    with m.Case(j):
+                        m.d.comb += din.eq(padded[j * c * iw:(j + 1) * c * iw])
+        for k, lane in enumerate(lanes):
             m.d.comb += [
-                lane.din.eq(i_bits[i0 + iw * k:i0 + iw * (k + 1)]),
+                lane.din.eq(din[iw * k:iw * (k + 1)]),
                 lane.s1_valid.eq(s1_valid), lane.hit.eq(hit), lane.w_zero.eq(w_zero),
                 lane.a_valid.eq(a_valid), lane.b_advance.eq(b_advance),
             ]
         # the wide signals in one statement each (fpdeep_hw/wide.py)
         o_data = self.o.payload.data
+        ow = len(Value.cast(o_data)) // n
+        row_out = join((lane.out for lane in lanes), ow)
         m.d.comb += [
             acc_flags.eq(join((lane.acc_flag for lane in lanes), 1)),
             out_flags.eq(join((lane.out_flag for lane in lanes), 1)),
-            o_data.eq(join((lane.out for lane in lanes), len(Value.cast(o_data)) // n)),
         ]
+        if f == 1:
+            m.d.comb += o_data.eq(row_out)
+        else:
+            # rows 0 .. f-2 of the set in the output stage; the set leaves with its last row
+            gathered = Signal((f - 1) * c * ow)
+            for j in range(f - 1):
+                with m.If(b_valid & b_advance & (b_row == j)):
+                    m.d.sync += gathered[j * c * ow:(j + 1) * c * ow].eq(row_out)
+            m.d.comb += o_data.eq(Cat(gathered, row_out)[:n * ow])
         return m
 
 

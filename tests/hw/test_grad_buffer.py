@@ -21,9 +21,9 @@ G = FixedFormat(16, 12)
 
 
 def make(cls=LGB, *, kernel=3, lanes=1, depth=4, batch=4, in_fmt=G, out_fmt=G, acc_width=24,
-         recip_bits=17):
+         recip_bits=17, fold=1):
     kw = dict(in_fmt=in_fmt, out_fmt=out_fmt, acc_width=acc_width, kernel=kernel, lanes=lanes,
-              depth=depth, batch=batch, recip_bits=recip_bits)
+              depth=depth, batch=batch, recip_bits=recip_bits, fold=fold)
     dut = cls(**kw)
     model = GradBufferModel(depth=depth, lanes=lanes, kernel=kernel, in_fmt=in_fmt,
                             out_fmt=out_fmt, acc_width=acc_width, batch=batch,
@@ -98,6 +98,9 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"^LGB reciprocal width must be an integer in 8..32, "
                                          r"not 40$"):
         LGB(**{**ok, "recip_bits": 40})
+    with pytest.raises(ValueError, match=r"^BGB fold must be an integer in 1..9 \(the elements "
+                                         r"of a set\), not 10$"):
+        BGB(**{**ok, "fold": 10})
 
 
 def test_parameters():
@@ -143,6 +146,53 @@ def test_random_stalls(kernel, lanes, depth, batch, p_in, p_out, waves):
     assert len(out) == 3 * depth
     assert out == expected
     assert counts == {"acc": model.acc_overflow, "out": model.out_overflow}
+
+
+@pytest.mark.parametrize("kernel,lanes,depth,batch,fold,p_in,p_out", [
+    (3, 1, 5, 3, 3, 0.3, 0.3),   # a fold that divides the set's 9 elements
+    (3, 2, 4, 4, 4, 0.3, 0.3),   # one that does not: 18 elements in rows of 5, the last of 3
+    (1, 1, 1, 4, 1, 0.3, 0.3),   # (fold 1 here and below: the unfolded buffer)
+    (1, 3, 1, 2, 3, 0.5, 0.2),   # one address, a row per element
+    (5, 1, 3, 6, 2, 0.0, 0.0),   # no stalls
+    (3, 3, 6, 5, 27, 0.2, 0.5),  # a row per element: 27 rows per set
+])
+def test_folded_random_stalls(kernel, lanes, depth, batch, fold, p_in, p_out, waves):
+    """Folded (``fold`` rows per set): the same averages, in the same order, and the same
+    overflow counts as the golden model, under random stalls on both sides."""
+    rng = random.Random(kernel * 1000 + lanes * 100 + depth * 10 + fold)
+    dut, model = make(BGB, kernel=kernel, lanes=lanes, depth=depth, batch=batch, fold=fold)
+    assert dut.row_lanes == -(-lanes * kernel * kernel // fold)
+    words = random_batches(rng, batches=3, per_batch=2 * depth * batch, depth=depth,
+                           lanes=lanes, kernel=kernel, width=G.width)
+    out, counts = simulate(dut, words, p_in=p_in, p_out=p_out, seed=depth, waves=waves)
+    assert len(out) == 3 * depth
+    assert out == model.run(words)
+    assert counts == {"acc": model.acc_overflow, "out": model.out_overflow}
+
+
+@pytest.mark.parametrize("batch", [4, 3])
+def test_folded_saturation_counted(batch, waves):
+    """Both saturations of a folded buffer counted once per element (5 rows of 2 elements)."""
+    rng = random.Random(batch + 10)
+    dut, model = make(kernel=3, lanes=1, depth=3, batch=batch, acc_width=18, fold=5,
+                      out_fmt=FixedFormat(10, 12, "truncate"))
+    words = random_batches(rng, batches=2, per_batch=20, depth=3, lanes=1, kernel=3,
+                           width=G.width, big=True)
+    out, counts = simulate(dut, words, p_in=0.3, p_out=0.3, seed=batch, waves=waves)
+    assert out == model.run(words)
+    assert counts == {"acc": model.acc_overflow, "out": model.out_overflow}
+    assert model.acc_overflow > 0 and model.out_overflow > 0
+
+
+def test_folded_storage():
+    """Folded by 3: three times the rows at a third of the width, a third of the lanes."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    for fold, (width, depth) in ((1, (9 * 24, 8)), (3, (3 * 24, 24))):
+        dut, _ = make(kernel=3, lanes=1, depth=8, fold=fold)
+        mems = [(w, d) for _mod, _mem, w, d, *_ in rtl_memories(rtlil.convert(dut))]
+        assert mems == [(width, depth)], mems
 
 
 @pytest.mark.parametrize("batch", [4, 3])
@@ -217,13 +267,58 @@ def test_timing(waves):
     assert [c for c, r, _, _ in trace if not r] == list(range(t + 1, t + depth + 3))
 
 
+@pytest.mark.parametrize("fold", [2, 3])
+def test_folded_timing(fold, waves):
+    """Folded, no stalls: a contribution every ``fold`` cycles (taken with its last row); the
+    first average ``LATENCY + fold - 1`` cycles after the batch's last contribution is taken,
+    then one every ``fold`` cycles; ``i`` refused for ``fold * depth + 2`` cycles."""
+    depth, batch = 4, 2
+    dut, model = make(kernel=1, lanes=6, depth=depth, batch=batch, fold=fold)
+    rng = random.Random(5)
+    # six contributions, the batch's last the sixth; a seventh waits for the drain
+    words = [(a % depth, np.array([[[rng.randint(-999, 999)]] for _ in range(6)]), a == 5)
+             for a in range(7)]
+    expected = model.run(words[:6])
+    trace = []
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 1)
+        k = 0
+        for cycle in range(fold * (len(words) + depth) + 12):
+            if k < len(words):
+                a, g, d = words[k]
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, {"addr": a, "data": g.tolist(), "batch_done": int(d)})
+            else:
+                ctx.set(dut.i.valid, 0)
+            i_ready, o_valid = ctx.get(dut.i.ready), ctx.get(dut.o.valid)
+            trace.append((cycle, i_ready and k < len(words), o_valid,
+                          payload_to_python(ctx.get(dut.o.payload)), i_ready))
+            if k < len(words) and i_ready:
+                k += 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    run_simulation(sim, waves, traces=[dut])
+    taken = [c for c, r, *_ in trace if r]
+    assert taken[:6] == [fold - 1 + fold * k for k in range(6)]
+    t = taken[5]
+    assert [c for c, _, v, *_ in trace if v] == [t + GradBuffer.LATENCY + fold - 1 + fold * a
+                                                for a in range(depth)]
+    assert [p for _, _, v, p, _ in trace if v] == expected
+    # no row is read for fold * depth + 2 cycles: the seventh word's rows start after them
+    assert taken[6] == t + fold * depth + 2 + fold
+
+
 # -- Verilog ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kernel,lanes,depth,batch", [
-    (LGB, 1, 1, 1, 1), (LGB, 3, 2, 9, 6), (BGB, 3, 1, 16, 32),
+@pytest.mark.parametrize("cls,kernel,lanes,depth,batch,fold", [
+    (LGB, 1, 1, 1, 1, 1), (LGB, 3, 2, 9, 6, 1), (BGB, 3, 1, 16, 32, 1), (BGB, 3, 2, 5, 6, 4),
 ])
-def test_verilator_lint(cls, kernel, lanes, depth, batch, tmp_path):
-    dut, _ = make(cls, kernel=kernel, lanes=lanes, depth=depth, batch=batch)
+def test_verilator_lint(cls, kernel, lanes, depth, batch, fold, tmp_path):
+    dut, _ = make(cls, kernel=kernel, lanes=lanes, depth=depth, batch=batch, fold=fold)
     verilator_lint(dut, cls.__name__.lower(), tmp_path)
 
 
