@@ -102,6 +102,12 @@ BUILD_MASTER_PREFETCH = 2
 #: cycle (``memory_word_bits`` in ``report.json``: ``offchip_gbps`` over the clock; VC709
 #: 1,194), so the fold never makes an update slower than the memory could feed it.
 BUILD_MASTER_FOLD = 16
+#: Most rows per set of the gradient buffers (``NodeTop(grad_fold=)``, ``GradBuffer(fold=)``):
+#: an LGB takes a set per weight set and image, a BGB a set at the link's rate, far below a set
+#: per cycle, and a buffer of fewer than 512 sets wastes most rows of its primitives (VGG-16
+#: node 4's BGB of 164 sets: 384 BRAM36, 128 folded by 3). Each fold is what
+#: ``grad_buffer_fold`` gives within ``1 / FOLD_COST`` of the layer's cycles.
+BUILD_GRAD_FOLD = 16
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
@@ -987,6 +993,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                           fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
                           fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
                           master_prefetch=BUILD_MASTER_PREFETCH, master_fold=BUILD_MASTER_FOLD,
+                          grad_fold=BUILD_GRAD_FOLD,
                           memory_word_bits=word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
@@ -1090,6 +1097,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                            "luts": lu} for d, b, r, u, lu in dram.taken]},
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
             "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": word_bits,
+            "grad_fold": BUILD_GRAD_FOLD, "grad_folds": dict(top.grad_folds),
             "master_folds": dict(top.master_folds),
             "memory_map": memory_map,
             "notes": notes,

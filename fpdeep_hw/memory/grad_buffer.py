@@ -22,7 +22,42 @@ from ..numerics import requantize, saturating_add, tree_sum
 from ..wide import join
 from .packing import lanes_per_memory, packed_memory
 
-__all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal"]
+__all__ = ["GradBuffer", "LGB", "BGB", "average_reciprocal", "grad_buffer_fold"]
+
+#: Most rows per set :func:`grad_buffer_fold` considers.
+MAX_GRAD_FOLD = 64
+#: :func:`grad_buffer_fold` takes the smallest fold within this factor of the fewest units.
+GRAD_FOLD_SLACK = 1.05
+
+
+def grad_buffer_bram18(acc_width, elements, depth, fold):
+    """RAMB18 units of a :class:`GradBuffer`'s accumulators (``elements`` of ``acc_width``
+    bits per set, ``depth`` sets) folded by ``fold``: its banks of at most ``PACK_LANES``
+    lanes of ``f * max(depth, 2)`` rows, each :func:`fpdeep_map.costs.bram18_tiles` (what the
+    build's estimate counts)."""
+    from fpdeep_map.costs import bram18_tiles
+    c = -(-elements // fold)
+    per = lanes_per_memory(acc_width, c)
+    rows = fold * max(depth, 2)
+    return sum(bram18_tiles(min(per, c - lo) * acc_width, rows) for lo in range(0, c, per))
+
+
+def grad_buffer_fold(acc_width, elements, depth, limit):
+    """The fold of a gradient buffer of ``depth`` sets of ``elements`` accumulators of
+    ``acc_width`` bits that may take and give a set at most every ``limit`` cycles: the
+    smallest fold up to ``limit`` (and :data:`MAX_GRAD_FOLD` and ``elements``) whose
+    accumulators need at most :data:`GRAD_FOLD_SLACK` times the fewest block RAM units any of
+    them needs (:func:`grad_buffer_bram18`); 1 where folding saves nothing. A memory's
+    primitives are 512 rows deep at the widest, so a buffer of fewer sets wastes rows that a
+    fold fills: VGG-16 node 4's BGB of 164 conv5_2 sets, folded by 3, fills 492 of 512."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"grad_buffer_fold: limit must be a positive integer, not {limit!r}")
+    units = {f: grad_buffer_bram18(acc_width, elements, depth, f)
+             for f in range(1, min(limit, MAX_GRAD_FOLD, elements) + 1)}
+    least = min(units.values())
+    if least == units[1]:
+        return 1
+    return min(f for f, u in units.items() if u <= GRAD_FOLD_SLACK * least)
 
 
 def average_reciprocal(batch, recip_bits):

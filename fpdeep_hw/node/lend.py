@@ -973,6 +973,13 @@ class Lender(wiring.Component):
         (``NodeTop``: ranges in node order, the borrower's own share among them): the BPRAM, BGB
         and master copy hold ``hi - lo`` sets, the weight streams carry sets ``lo .. hi-1`` per
         image, and gradient addresses (of the whole segment) are taken relative to ``lo``.
+    master_mem : dict, optional
+        Keywords of an :class:`~fpdeep_hw.node.update.OffchipWeightUpdate` (the master copy
+        off chip, burst port ``mem``); default ``None``: on chip.
+    bgb_fold : int
+        The BGB's ``fold`` (:class:`~fpdeep_hw.memory.grad_buffer.GradBuffer`; default 1): it
+        takes the link's gradient sets far below a set per cycle; folded, its drain into the
+        update gives a set every ``bgb_fold`` cycles.
 
     A layer without EB (the network's first) has no ``eb_w``; its version rule has no EB
     condition.
@@ -994,12 +1001,15 @@ class Lender(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, lr_q, lag=None, master=None,
-                 fifo_depth=2, sets=None, master_mem=None):
+                 fifo_depth=2, sets=None, master_mem=None, bgb_fold=1):
         geom = _check_args("Lender", segment, network, numerics)
         if master_mem is not None and not isinstance(master_mem, dict):
             raise TypeError(f"Lender master_mem must be None or a dict of OffchipWeightUpdate "
                             f"keywords, not {master_mem!r}")
         self._master_mem = master_mem
+        if not isinstance(bgb_fold, int) or isinstance(bgb_fold, bool) or bgb_fold < 1:
+            raise ValueError(f"Lender bgb_fold must be a positive integer, not {bgb_fold!r}")
+        self._bgb_fold = bgb_fold
         total = geom.out_groups * geom.groups
         if sets is None:
             sets = (0, total)
@@ -1072,7 +1082,7 @@ class Lender(wiring.Component):
                     numerics=nm, kernel=K, lanes=PS, depth=RG, lr_q=self._lr_q,
                     init=self._msets, **(self._master_mem or {})),
                 BGB(in_fmt=nm.gradient, out_fmt=nm.gradient, acc_width=nm.grad_acc_width,
-                    kernel=K, lanes=PS, depth=RG, batch=self._batch))
+                    kernel=K, lanes=PS, depth=RG, batch=self._batch, fold=self._bgb_fold))
         return self._parts
 
     bpram = property(lambda self: self._storage()[0])

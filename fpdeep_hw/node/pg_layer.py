@@ -198,6 +198,12 @@ class PGLayer(wiring.Component):
         :mod:`fpdeep_hw.node.lend`): no LGB; ``grad`` carries every image's gradient sets in the
         gradient format (``last`` marks the mini-batch's last word) for the lender's BGB, and the
         ``lgb_*`` counters stay 0.
+    lgb_fold : int
+        The LGB's ``fold`` (:class:`~fpdeep_hw.memory.grad_buffer.GradBuffer`; default 1).
+        Folded, the LGB takes a word every ``fold`` cycles, so the drain of an image's ``N``
+        words takes ``fold * N`` cycles and holds back the next image's first position by
+        about ``(fold - 1) * N`` cycles (``NodeTop(grad_fold=)`` keeps that within
+        ``1 / FOLD_COST`` of the layer's cycles).
 
     Members
     -------
@@ -215,7 +221,7 @@ class PGLayer(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, fifo_depth=None, lgb=True,
-                 src_loc_at=0):
+                 lgb_fold=1, src_loc_at=0):
         if not isinstance(numerics, NumericsConfig):
             raise TypeError(f"PGLayer numerics must be a NumericsConfig, not {numerics!r}")
         geom = layer_geometry(segment, network)
@@ -224,6 +230,8 @@ class PGLayer(wiring.Component):
         if not isinstance(lgb, bool):
             raise TypeError(f"PGLayer lgb must be a bool, not {lgb!r}")
         self._use_lgb = lgb
+        _pos_int("LGB fold", lgb_fold)
+        self._lgb_fold = lgb_fold
         self._geom = geom
         self._numerics = numerics
         self._batch = batch
@@ -313,7 +321,7 @@ class PGLayer(wiring.Component):
         if self._use_lgb:
             self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
                                   acc_width=n.grad_acc_width, kernel=K, lanes=P * S, depth=N,
-                                  batch=self._batch)
+                                  batch=self._batch, fold=self._lgb_fold)
             m.submodules.lgb = lgb
             wiring.connect(m, lgb.o, wiring.flipped(self.grad))
             m.d.comb += [self.lgb_acc_overflow.eq(lgb.acc_overflow),

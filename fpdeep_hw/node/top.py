@@ -77,6 +77,7 @@ from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
 from ..memory.folded_fifo import FoldedFIFO, row_fifo_fold
+from ..memory.grad_buffer import grad_buffer_fold
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
@@ -268,6 +269,13 @@ class NodeTop(wiring.Component):
         a word per set). Each update takes the fold :func:`~fpdeep_hw.node.update.
         master_set_fold` gives for its set width and FIFO depths (:attr:`master_folds`);
         ``python -m fpdeep_hw.build`` folds (``BUILD_MASTER_FOLD``).
+    grad_fold : int, optional
+        The most rows per set of the gradient buffers (default 1: none): each conv layer's
+        LGB and each BGB of sets kept for a neighbour takes the fold
+        :func:`~fpdeep_hw.memory.grad_buffer.grad_buffer_fold` gives for its accumulators,
+        where its slower drain (a set every ``fold`` cycles) costs at most ``1 / FOLD_COST``
+        of the layer's cycles per image (an LGB) or per mini-batch (a BGB)
+        (:attr:`grad_folds`); ``python -m fpdeep_hw.build`` folds (``BUILD_GRAD_FOLD``).
     memory_word_bits : int, optional
         With ``master_fold``: the bits the external memory gives per cycle at its peak. An
         update's fold is then at most ``set bits // memory_word_bits`` (at least 1), so folding
@@ -389,7 +397,7 @@ class NodeTop(wiring.Component):
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, mem_burst=16,
                  mem_prefetch=4, master_burst=None, master_prefetch=None, master_fold=1,
-                 memory_word_bits=None):
+                 memory_word_bits=None, grad_fold=1):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -451,6 +459,21 @@ class NodeTop(wiring.Component):
         self.master_fold, self.memory_word_bits = master_fold, memory_word_bits
         #: ``{mem port: fold}`` of every off-chip update (``OffchipWeightUpdate.fold``).
         self.master_folds = {}
+        if isinstance(grad_fold, bool) or not isinstance(grad_fold, int) or grad_fold < 1:
+            raise ValueError(f"NodeTop grad_fold must be a positive integer, not {grad_fold!r}")
+        self.grad_fold = grad_fold
+        #: ``{"<layer>/lgb" or "lend_<chain>/bgb": fold}`` of every gradient buffer.
+        self.grad_folds = {}
+
+        def buffer_fold(geo, depth, images):
+            """The fold of a gradient buffer of ``depth`` sets of ``geo``'s conv layer whose
+            drain may cost ``(fold - 1) * depth`` cycles per ``images`` images: at most
+            ``1 / FOLD_COST`` of the layer's ``depth * Ho * Wo`` cycles per image (FC: 1)."""
+            if grad_fold == 1 or geo.kind != "conv":
+                return 1
+            limit = min(grad_fold, 1 + images * geo.conv_height * geo.conv_width // FOLD_COST)
+            return grad_buffer_fold(self._numerics.grad_acc_width,
+                                    geo.p * geo.s * geo.kernel ** 2, depth, limit)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"NodeTop batch must be a positive integer, not {batch!r}")
         np_ = plan.node_plans[node]
@@ -602,8 +625,11 @@ class NodeTop(wiring.Component):
                 raise ValueError(f"NodeTop: layer {seg.layer!r} has no EB engines")
             # a borrowed segment's PG is weight-stationary too: one gradient set per sweep,
             # no accumulator of every borrowed weight
-            pg = (WSPGLayer(seg, network, num, batch=batch) if borrowed
-                  else PGLayer(seg, network, num, batch=batch))
+            if borrowed:
+                pg = WSPGLayer(seg, network, num, batch=batch)
+            else:
+                self.grad_folds[f"{key}/lgb"] = fold = buffer_fold(geo, geo.weight_sets, 1)
+                pg = PGLayer(seg, network, num, batch=batch, lgb_fold=fold)
             upd = gate = mem_master = None
             lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:
@@ -644,8 +670,11 @@ class NodeTop(wiring.Component):
                 self.lender_mems[name], kw = ring(
                     f"lend_{name}@{node}", "master", g_.p * g_.s * g_.kernel ** 2 * num.master.width,
                     hi - lo, burst=master_burst, prefetch=master_prefetch)
+            # the BGB's drain feeds the update once per mini-batch
+            self.grad_folds[f"lend_{name}/bgb"] = fold = buffer_fold(
+                layer_geometry(kp.segment, network), hi - lo, batch)
             lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
-                            master=master, sets=kp.ranges[node], master_mem=kw)
+                            master=master, sets=kp.ranges[node], master_mem=kw, bgb_fold=fold)
             lender.borrower = kp.borrower
             self.lenders[name] = lender
         self._members(network, compute, loss_layer)

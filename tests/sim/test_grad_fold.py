@@ -1,0 +1,94 @@
+# amaranth: UnusedElaboratable=no
+"""Folded gradient buffers in a node (``NodeTop(grad_fold=)``; the block:
+``tests/hw/test_grad_buffer.py``).
+
+* ``grad_fold`` folds each conv layer's LGB and each BGB of sets kept for a neighbour as
+  :func:`fpdeep_hw.memory.grad_buffer.grad_buffer_fold` gives, within the rate the layer
+  allows (``1 + Ho * Wo // FOLD_COST`` per image for an LGB, ``batch`` times that for a BGB);
+  FC layers stay unfolded; the default folds nothing.
+* ``tiny`` trains bit-exact with every LGB folded (one node), and with the lender's BGB folded
+  (the ``lend`` plan: node 1 keeps conv2's weights for node 0). ``tiny``'s buffers are
+  distributed RAM, where folding saves no block RAM, so these runs force the fold.
+"""
+
+from unittest import mock
+
+import pytest
+from amaranth.hdl import Fragment
+
+import fpdeep_hw.node.top as top_mod
+from fpdeep_hw.memory.grad_buffer import grad_buffer_fold
+from fpdeep_hw.node.top import NodeTop
+from fpdeep_map.board import load_board
+from fpdeep_map.mapper import map_network
+from fpdeep_map.network import load_network
+from sim import train
+from sim.golden.train import init_weights
+
+
+def _forced(fold):
+    """``grad_buffer_fold`` replaced by one that takes ``fold`` where the rate allows it."""
+    return mock.patch.object(top_mod, "grad_buffer_fold",
+                             lambda accw, elements, depth, limit: min(fold, limit, elements))
+
+
+def test_grad_folds_follow_the_rates():
+    net = load_network("tiny")
+    plan = map_network(net, load_board("sim-node"), 1, batch=2, max_row_lanes=1)
+    init = init_weights(net, 0, plan.numerics)
+
+    def node(**kw):
+        top = NodeTop(plan, 0, net, lr=0.125, init_master=init, batch=2, **kw)
+        Fragment.get(top, None)
+        return top
+    convs = [nl for nl in node().layers if nl.geometry.kind == "conv"]
+    assert set(node().grad_folds.values()) == {1}
+    # tiny's maps are small: 1 + Ho * Wo // FOLD_COST is 1, nothing folds
+    assert set(node(grad_fold=16).grad_folds.values()) == {1}
+    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(3):
+        top = node(grad_fold=16)
+    for nl in top.layers:
+        want = 3 if nl.geometry.kind == "conv" else 1
+        assert top.grad_folds[f"{nl.key}/lgb"] == nl.pg.lgb.fold == want, nl.key
+    assert len(convs) >= 2
+    # the fold chooser: distributed RAM (64 rows or fewer) gains nothing from a fold
+    assert grad_buffer_fold(24, 9, 8, 16) == 1
+    with pytest.raises(ValueError, match=r"^NodeTop grad_fold must be a positive integer, "
+                                         r"not 0$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master=init, grad_fold=0)
+
+
+def test_grad_buffer_fold_vgg16_node4():
+    """VGG-16 node 4's buffers (24-bit accumulators): the BGB of 164 conv5_2 sets (1,152
+    elements) folded by 3 fills 492 of 512 rows, 384 -> 128 BRAM36; conv2_2's LGB (77 sets)
+    by 13 and conv3_1's (320 sets of 1,728) by 8."""
+    from fpdeep_hw.memory.grad_buffer import grad_buffer_bram18
+    assert grad_buffer_fold(24, 1152, 164, 16) == 3
+    assert (grad_buffer_bram18(24, 1152, 164, 1), grad_buffer_bram18(24, 1152, 164, 3)) == (
+        768, 256)
+    assert grad_buffer_fold(24, 1152, 164, 2) == 2          # the rate caps the fold
+    assert grad_buffer_fold(24, 1152, 77, 16) == 13
+    assert grad_buffer_fold(24, 1728, 320, 16) == 8
+    with pytest.raises(ValueError, match=r"^grad_buffer_fold: limit must be a positive "
+                                         r"integer, not 0$"):
+        grad_buffer_fold(24, 9, 8, 0)
+
+
+@pytest.mark.timeout(900)
+def test_training_bit_exact_with_folded_lgbs():
+    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(4):
+        res = train.run("tiny", "sim-node", images=2, batch=1, seed=0, grad_fold=4)
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    folds = res["grad_folds"]
+    assert {k: f for k, f in folds.items() if f > 1} and all(
+        f == (4 if k.split("/")[1] in ("conv1", "conv2", "conv3") else 1)
+        for k, f in folds.items()), folds
+
+
+@pytest.mark.timeout(900)
+def test_lending_bit_exact_with_folded_bgb():
+    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(3):
+        res = train.run("tiny", "tiny-test", nodes=2, images=2, batch=1, seed=0, grad_fold=3)
+    assert res["mismatches"] == [] and res["bit_exact"] is True
+    bgbs = {k: f for k, f in res["grad_folds"].items() if k.endswith("/bgb")}
+    assert bgbs and set(bgbs.values()) == {3}, res["grad_folds"]
