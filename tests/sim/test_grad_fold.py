@@ -59,9 +59,9 @@ def test_grad_folds_follow_the_rates():
 
 
 def test_grad_buffer_fold_vgg16_node4():
-    """VGG-16 node 4's buffers (24-bit accumulators): the BGB of 164 conv5_2 sets (1,152
-    elements) folded by 3 fills 492 of 512 rows, 384 -> 128 BRAM36; conv2_2's LGB (77 sets)
-    by 13 and conv3_1's (320 sets of 1,728) by 8."""
+    """24-bit accumulators: VGG-16 node 4's BGB of 164 conv5_2 sets (1,152 elements) folded
+    by 3 fills 492 of 512 rows, 384 -> 128 BRAM36; a buffer of 77 such sets by 13, one of 320
+    sets of 1,728 elements by 8."""
     from fpdeep_hw.memory.grad_buffer import grad_buffer_bram18
     assert grad_buffer_fold(24, 1152, 164, 16) == 3
     assert (grad_buffer_bram18(24, 1152, 164, 1), grad_buffer_bram18(24, 1152, 164, 3)) == (
