@@ -225,6 +225,35 @@ def test_other_formats(waves):
     assert counts == {"acc": model.acc_overflow, "out": model.out_overflow}
 
 
+def _trace(dut, words, cycles, waves):
+    """No stalls: ``words`` offered back to back, ``o`` always ready, for ``cycles`` cycles; per
+    cycle ``(cycle, taken, i.ready, o.valid, o.payload)``."""
+    trace = []
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 1)
+        k = 0
+        for cycle in range(cycles):
+            if k < len(words):
+                a, g, d = words[k]
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, {"addr": a, "data": g.tolist(), "batch_done": int(d)})
+            else:
+                ctx.set(dut.i.valid, 0)
+            i_ready, o_valid = ctx.get(dut.i.ready), ctx.get(dut.o.valid)
+            trace.append((cycle, bool(i_ready and k < len(words)), i_ready, o_valid,
+                          payload_to_python(ctx.get(dut.o.payload))))
+            if k < len(words) and i_ready:
+                k += 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    run_simulation(sim, waves, traces=[dut])
+    return trace
+
+
 def test_timing(waves):
     """No stalls: contributions accepted every cycle; the first average appears LATENCY cycles
     after the batch_done word, then one word per cycle; `i` is refused for depth + 2 cycles."""
@@ -235,36 +264,13 @@ def test_timing(waves):
              for a in range(7)]
     words[-1] = (words[-1][0], words[-1][1], True)
     expected = model.run(words)
-    trace = []
-
-    async def tb(ctx):
-        ctx.set(dut.o.ready, 1)
-        k = 0
-        for cycle in range(len(words) + depth + 8):
-            if k < len(words):
-                a, g, d = words[k]
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload, {"addr": a, "data": g.tolist(), "batch_done": int(d)})
-            else:
-                ctx.set(dut.i.valid, 0)
-            i_ready = ctx.get(dut.i.ready)
-            o_valid = ctx.get(dut.o.valid)
-            payload = payload_to_python(ctx.get(dut.o.payload))
-            trace.append((cycle, i_ready, o_valid, payload))
-            if k < len(words) and i_ready:
-                k += 1
-            await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    run_simulation(sim, waves, traces=[dut])
+    trace = _trace(dut, words, len(words) + depth + 8, waves)
     t = len(words) - 1                                  # cycle the batch_done word is taken
     assert all(trace[c][1] for c in range(len(words)))  # every contribution taken at once
-    assert [c for c, _, v, _ in trace if v] == [t + GradBuffer.LATENCY + a for a in range(depth)]
-    assert [p for _, _, v, p in trace if v] == expected
-    assert [c for c, r, _, _ in trace if not r] == list(range(t + 1, t + depth + 3))
+    assert [c for c, _, _, v, _ in trace if v] == [t + GradBuffer.LATENCY + a
+                                                  for a in range(depth)]
+    assert [p for *_, v, p in trace if v] == expected
+    assert [c for c, _, r, _, _ in trace if not r] == list(range(t + 1, t + depth + 3))
 
 
 @pytest.mark.parametrize("fold", [2, 3])
@@ -279,35 +285,13 @@ def test_folded_timing(fold, waves):
     words = [(a % depth, np.array([[[rng.randint(-999, 999)]] for _ in range(6)]), a == 5)
              for a in range(7)]
     expected = model.run(words[:6])
-    trace = []
-
-    async def tb(ctx):
-        ctx.set(dut.o.ready, 1)
-        k = 0
-        for cycle in range(fold * (len(words) + depth) + 12):
-            if k < len(words):
-                a, g, d = words[k]
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload, {"addr": a, "data": g.tolist(), "batch_done": int(d)})
-            else:
-                ctx.set(dut.i.valid, 0)
-            i_ready, o_valid = ctx.get(dut.i.ready), ctx.get(dut.o.valid)
-            trace.append((cycle, i_ready and k < len(words), o_valid,
-                          payload_to_python(ctx.get(dut.o.payload)), i_ready))
-            if k < len(words) and i_ready:
-                k += 1
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    run_simulation(sim, waves, traces=[dut])
+    trace = _trace(dut, words, fold * (len(words) + depth) + 12, waves)
     taken = [c for c, r, *_ in trace if r]
     assert taken[:6] == [fold - 1 + fold * k for k in range(6)]
     t = taken[5]
-    assert [c for c, _, v, *_ in trace if v] == [t + GradBuffer.LATENCY + fold - 1 + fold * a
-                                                for a in range(depth)]
-    assert [p for _, _, v, p, _ in trace if v] == expected
+    assert [c for c, _, _, v, _ in trace if v] == [t + GradBuffer.LATENCY + fold - 1 + fold * a
+                                                  for a in range(depth)]
+    assert [p for *_, v, p in trace if v] == expected
     # no row is read for fold * depth + 2 cycles: the seventh word's rows start after them
     assert taken[6] == t + fold * depth + 2 + fold
 
