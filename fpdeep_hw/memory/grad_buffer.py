@@ -371,20 +371,20 @@ class GradBuffer(wiring.Component):
         a_row = Signal(range(f)) if f > 1 else Const(0, 1)
         a_addr = Signal(range(mem_depth))
         a_last = Signal()
-        b_valid = Signal()
+        # stage B's address and last flag are the output's (the same for every row of a set);
+        # unfolded, its valid flag too
+        b_addr, b_last = self.o.payload.addr, self.o.payload.last
+        b_valid = self.o.valid if f == 1 else Signal()
         b_row = Signal(range(f)) if f > 1 else Const(0, 1)
-        b_addr = Signal.like(self.o.payload.addr)
-        b_last = Signal()
         b_advance = Signal()
         a_advance = Signal()
         issue = Signal()
         d_j = Signal(range(f)) if f > 1 else Const(0, 1)
         d_set = Signal(range(mem_depth))
         o_row = b_row == f - 1 if f > 1 else Const(1, 1)
+        if f > 1:
+            m.d.comb += self.o.valid.eq(b_valid & o_row)
         m.d.comb += [
-            self.o.valid.eq(b_valid & o_row),
-            self.o.payload.addr.eq(b_addr),
-            self.o.payload.last.eq(b_last),
             b_advance.eq(~b_valid | ~o_row | self.o.ready),
             a_advance.eq(~a_valid | b_advance),
             issue.eq((state == _State.DRAIN) & a_advance & d_left),

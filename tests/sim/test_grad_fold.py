@@ -92,3 +92,29 @@ def test_lending_bit_exact_with_folded_bgb():
     assert res["mismatches"] == [] and res["bit_exact"] is True
     bgbs = {k: f for k, f in res["grad_folds"].items() if k.endswith("/bgb")}
     assert bgbs and set(bgbs.values()) == {3}, res["grad_folds"]
+
+
+def test_folded_node_builds_and_lints(tmp_path):
+    """The small ``tiny`` node of ``tests/hw/test_build.py`` built with every conv LGB folded
+    by 2: its Verilog passes ``verilator --lint-only -Wall`` with the reviewed waivers (the
+    update's port takes the folded LGB's output as it takes an unfolded one's)."""
+    import shutil
+    import subprocess
+
+    from fpdeep_hw import build
+    from sim.lint import WAIVERS
+    exe = shutil.which("verilator")
+    if exe is None:
+        pytest.skip("verilator is not installed")
+    net = load_network("tiny")
+    plan = map_network(net, load_board("vc709"), 1, batch=1, max_row_lanes=1, dsp_budget=0.04)
+    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(2):
+        build.build_node(plan, 0, net, "vc709", tmp_path, label="p")
+    (src,) = tmp_path.rglob("fpdeep_node.v")
+    report = (src.parent / "report.json").read_text()
+    assert '"conv1/lgb": 2' in report and '"fc4/lgb": 1' in report
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", "fpdeep_node",
+                           str(WAIVERS), str(src)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and "%Warning" not in out and "%Error" not in out, out
