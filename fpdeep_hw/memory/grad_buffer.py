@@ -284,10 +284,6 @@ class GradBuffer(wiring.Component):
     def latency(self):
         return self.LATENCY
 
-    def _index(self):
-        return [(s, ky, kx) for s in range(self._lanes)
-                for ky in range(self._kernel) for kx in range(self._kernel)]
-
     def elaborate(self, platform):
         m = Module()
         depth, mem_depth, f = self._depth, self._mem_depth, self._fold
@@ -380,7 +376,7 @@ class GradBuffer(wiring.Component):
         a_advance = Signal()
         issue = Signal()
         d_j = Signal(range(f)) if f > 1 else Const(0, 1)
-        d_set = Signal(range(mem_depth))
+        d_set = Signal(range(mem_depth)) if f > 1 else None   # the set of row d_row
         o_row = b_row == f - 1 if f > 1 else Const(1, 1)
         if f > 1:
             m.d.comb += self.o.valid.eq(b_valid & o_row)

@@ -480,8 +480,7 @@ class OffchipWeightUpdate(WeightUpdate):
 
     def _extra_members(self):
         from ..memory.offchip_act_ram import memory_port_signature
-        word = -(-self._lanes * self._kernel ** 2 * self._numerics.master.width // self._fold)
-        return {"mem": Out(memory_port_signature(word, self._addr_width))}
+        return {"mem": Out(memory_port_signature(self.word_width, self._addr_width))}
 
     burst = property(lambda self: self._burst)
     base = property(lambda self: self._base)
