@@ -19,9 +19,38 @@ from __future__ import annotations
 
 import random
 
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Signal, Value
 from amaranth.lib import data
 
-__all__ = ["stream_source", "stream_sink", "payload_to_python", "Timeout"]
+__all__ = ["stream_source", "stream_sink", "payload_to_python", "Timeout", "TransferRecorder"]
+
+
+class TransferRecorder(Elaboratable):
+    """``top`` under a register of monitored transfers, for a testbench that records them.
+
+    ``xfers[j]`` is a one-bit expression (a stream's ``valid & ready``, a strobe) and
+    ``payloads[j]`` the value to record with it (a ``Const`` for none). After each clock edge
+    bit ``j`` of ``flags`` is ``xfers[j]`` as it was at that edge and ``payloads[j]`` holds
+    its payload then (``None`` for a constant). A monitor reads one signal per quiet cycle
+    instead of evaluating every expression in Python (about 4 % of the time of ``tiny``'s
+    two-node simulation). Simulate the recorder, not ``top``."""
+
+    def __init__(self, top, xfers, payloads):
+        self.top, self._xfers = top, xfers
+        self.flags = Signal(len(xfers))
+        self._payloads = payloads
+        self.payloads = [None if isinstance(p, Const) else Signal(Value.cast(p).shape())
+                         for p in payloads]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = self.top
+        m.d.sync += self.flags.eq(Cat(*self._xfers))
+        for x, p, r in zip(self._xfers, self._payloads, self.payloads):
+            if r is not None:
+                with m.If(x):
+                    m.d.sync += r.eq(p)
+        return m
 
 
 class Timeout(AssertionError):

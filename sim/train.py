@@ -416,7 +416,7 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
     from amaranth.sim import Simulator
 
     from sim.golden.layers import quantize_input
-    from sim.streams import stream_source
+    from sim.streams import TransferRecorder, stream_source
     top, network, num = prep["top"], prep["network"], prep["plan"].numerics
     x, y = prep["x"], prep["y"]
     n_img = len(y)
@@ -461,16 +461,28 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
                 return False
         return True
 
+    recorder = TransferRecorder(top, xfers, payloads)
+
     async def monitor(ctx):
         cycle = 0
-        async for _, _, *vals in ctx.tick().sample(*xfers, *payloads):
-            n = len(keys)
-            for j in range(n):
-                if vals[j]:
-                    rec[keys[j]].append((cycle, vals[n + j]))
-            cycle += 1
-            if finished():
-                break
+        flags, regs = recorder.flags, recorder.payloads
+        while True:
+            await ctx.tick()
+            # the transfers of the edge just taken, and their payloads (registered by the
+            # recorder at that edge: one read per cycle when nothing moves)
+            f = ctx.get(flags)
+            if f:
+                while f:
+                    low = f & -f
+                    j = low.bit_length() - 1
+                    f ^= low
+                    rec[keys[j]].append((cycle, ctx.get(regs[j]) if regs[j] is not None
+                                         else 0))
+                cycle += 1
+                if finished():
+                    break
+            else:
+                cycle += 1
             if cycle > budget:
                 final["timeout"] = cycle
                 break
@@ -526,7 +538,7 @@ def simulate(prep, *, stall=0.0, stall_seed=1, waves=None, max_cycles=None, dram
             masters[nl.key] = g.unpack_weights(sets)
         final["masters"] = masters
 
-    sim = Simulator(top)
+    sim = Simulator(recorder)
     sim.add_clock(1e-8)
     drams = dram_models(top, latency=dram_latency, words_per_cycle=dram_words_per_cycle,
                         p_stall=dram_stall, seed=stall_seed)
