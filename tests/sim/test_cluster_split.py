@@ -77,11 +77,19 @@ def _keepers_plan(plan):
     return plan
 
 
-def _run(name, images, batch):
+def _run(name, images, batch, **extra):
+    """Train plan ``name`` of :data:`CONFIGS` (or ``keepers``); ``extra``: more arguments of
+    ``sim.train.run``, and ``force_grad_fold=f``: every gradient buffer folded ``f`` ways
+    (``tests/sim/test_grad_fold.py``'s ``forced_grad_fold``)."""
+    import contextlib
     from unittest import mock
 
     import fpdeep_map.mapper as mapper
-    kw = dict(CONFIGS["far" if name == "keepers" else name])
+    from test_grad_fold import forced_grad_fold
+    kw = dict(CONFIGS["far" if name == "keepers" else name], **extra)
+    force = kw.pop("force_grad_fold", None)
+    if force is not None:
+        kw["grad_fold"] = force
     real = mapper.map_network
 
     def mapped(*a, **k):
@@ -91,7 +99,8 @@ def _run(name, images, batch):
         # the edited plan with its own figures (fpdeep_map.mapper.evaluate_plan; node 0 keeps
         # 28 weights above this made-up board's budget: reported, not refused)
         return mapper.evaluate_plan(_keepers_plan(plan), a[0], a[1], over_budget=[])
-    with mock.patch.object(mapper, "map_network", mapped):
+    with mock.patch.object(mapper, "map_network", mapped), (
+            forced_grad_fold(force) if force else contextlib.nullcontext()):
         res = train.run(kw.pop("net"), kw.pop("board"), images=images, batch=batch, seed=0,
                         **kw)
     print(name, {k: res.get(k) for k in ("bit_exact", "cycles", "cycles_per_image",
@@ -106,10 +115,11 @@ def _run(name, images, batch):
 def runs():
     cache = {}
 
-    def get(name, images=2, batch=2):
-        if (name, images, batch) not in cache:
-            cache[(name, images, batch)] = _run(name, images, batch)
-        return cache[(name, images, batch)]
+    def get(name, images=2, batch=2, **extra):
+        key = (name, images, batch, *sorted(extra.items()))
+        if key not in cache:
+            cache[key] = _run(name, images, batch, **extra)
+        return cache[key]
     return get
 
 
@@ -229,7 +239,10 @@ def test_ocp_three_nodes(runs):
 
 @pytest.mark.timeout(900)
 def test_icp_two_nodes(runs):
-    res = runs("icp2")
+    """With the build's decoupling FIFOs of ``BUILD_FIFO_ROWS`` rows (every FIFO kind of
+    ``tiny`` on one node is on one of the two: ``tests/sim/test_fifo_rows.py``)."""
+    from fpdeep_hw.build import BUILD_FIFO_ROWS
+    res = runs("icp2", fifo_rows=BUILD_FIFO_ROWS)
     _check(res, 2, 2)
     assert _layers(res) == [["conv1", "conv2@0"], ["conv2@1", "conv3", "fc4"]]
     assert _streams(res) == {
@@ -239,8 +252,12 @@ def test_icp_two_nodes(runs):
 
 @pytest.mark.timeout(900)
 def test_parameter_lending(runs):
-    res = runs("lend")
+    """With the keeper's BGB folded 3 ways (forced: ``tiny``'s buffers are distributed RAM,
+    where the build would not fold; ``tests/sim/test_grad_fold.py``)."""
+    res = runs("lend", force_grad_fold=3)
     _check(res, 2, 2)
+    bgbs = {k: f for k, f in res["grad_folds"].items() if k.endswith("/bgb")}
+    assert bgbs and set(bgbs.values()) == {3}, res["grad_folds"]
     top = res["_prep"]["top"]
     assert [nl.lender and nl.lender.ranges for nl in top.nodes[0].layers] == [None, {1: (0, 16)}]
     assert list(top.nodes[1].lenders) == ["conv2"]
@@ -288,18 +305,20 @@ def _is_subsequence(part, whole):
 @pytest.mark.timeout(900)
 def test_bit_flips_on_the_wire():
     """Bits flipped in three frames of the forward link of ``ocp2``: the receiver counts one
-    CRC error per corrupted frame that reached it, drops those frames, and every word it delivers to node 1 is a word node 0
-    sent, in order (the stream's later frames are dropped as out of sequence: no
-    retransmission, so the run cannot finish and is not bit-exact)."""
-    flips = [(40, 5), (400, 63), (900, 17)]
+    CRC error per corrupted frame, drops those frames, and every word it delivers to node 1 is
+    a word node 0 sent, in order (the stream's later frames are dropped as out of sequence: no
+    retransmission, so the run cannot finish and is not bit-exact). The link stops after about
+    500 words (measured: 504 by cycle 1,200, no more later), so the flips are within them and
+    the run stops at 1,200 cycles."""
+    flips = [(40, 5), (250, 63), (450, 17)]
     prep = train.prepare("tiny", "sim-node", nodes=2, images=2, batch=2, seed=0,
                          flips={(0, 1): flips})
-    rec, final = train.simulate(prep, max_cycles=6000)
+    rec, final = train.simulate(prep, max_cycles=1200)
     lk = prep["top"].link(0, 1)
     c = final["links"][lk.name]
     applied = [f for f in flips if f[0] < c["sent"]]
     print(c, applied)
-    assert len(applied) >= 2 and c["corrupted"] == len(applied)
+    assert len(applied) == 3 and c["corrupted"] == len(applied)
     assert c["crc_errors"] == len(applied)
     for j in range(len(lk.streams)):
         sent = [w for _, w in rec[("link", lk.name, j)]]

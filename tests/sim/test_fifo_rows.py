@@ -6,12 +6,14 @@ default): ``docs/hw-node.md``, "Node top".
 * every decoupling FIFO holds ``fifo_rows`` rows of its map, the FC's input FIFO one image, the
   mask and argmax stores are untouched;
 * bad values are refused;
-* ``tiny`` on one ``sim-node`` and split over two (``icp2``) trains bit-exact with 2-row FIFOs;
+* ``tiny`` split over two nodes (``icp2``, ``tests/sim/test_cluster_split.py``) and (``-m long``)
+  on one trains bit-exact with 2-row FIFOs;
 * ``-m long``: 12 images, B = 4: the same cycles as with one-image FIFOs (measured: 18,618
   cycles, 1,031 per image in a mini-batch, 1,303.25 over whole mini-batches, both ways);
 * folded row FIFOs (``fifo_fold``, the build's ``BUILD_FIFO_FOLD``): ``tiny``'s are all in
   distributed RAM and its layers too short for a fold, so none is folded; with every row FIFO
-  forced to fold, ``tiny`` trains bit-exact at the cost the fold limit bounds.
+  forced to fold, ``tiny`` trains bit-exact (``tests/sim/test_grad_fold.py``, with its LGBs
+  folded too) at the cost the fold limit bounds (``-m long``).
 """
 
 import contextlib
@@ -118,14 +120,12 @@ def test_build_uses_rows():
     assert 112 * 112 * 128 * 16 > BUILD_FIFO_WHOLE_BITS
 
 
-@pytest.mark.parametrize("nodes", [pytest.param(1, marks=pytest.mark.long), 2])
-def test_bit_exact_with_rows(nodes):
-    """The build's row FIFOs on two nodes (every FIFO kind of the one-node case is on one of
-    them); one node only with ``-m long`` (CI time)."""
-    kw = dict(board="sim-node", nodes=nodes)
-    if nodes == 2:
-        kw["ocp_threshold"] = 1                 # conv2 cut by input channels (icp2)
-    res = train.run("tiny", images=2, batch=2, seed=0, fifo_rows=BUILD_FIFO_ROWS, **kw)
+@pytest.mark.long
+def test_bit_exact_with_rows():
+    """The build's row FIFOs on one node, ``-m long`` only (CI time): the default run trains
+    them on two nodes (``icp2``, where every FIFO kind of the one-node case is on one of them:
+    ``tests/sim/test_cluster_split.py::test_icp_two_nodes``)."""
+    res = train.run("tiny", "sim-node", images=2, batch=2, seed=0, fifo_rows=BUILD_FIFO_ROWS)
     assert res["mismatches"] == [] and res["bit_exact"] is True
     assert all(v == 1 for v in res["updates"].values())
 
@@ -173,25 +173,24 @@ def test_forced_folds():
     assert not any(isinstance(f, FoldedFIFO) for f in unfolded.values())
 
 
-@pytest.mark.parametrize("images, fold, compare", [
-    (2, 6, False),
-    pytest.param(2, 6, True, marks=pytest.mark.long),
-    pytest.param(12, 2, True, marks=pytest.mark.long)])
-def test_bit_exact_with_folded_rows(images, fold, compare):
-    """Every row FIFO of ``tiny`` (9 of them) forced to fold: bit-exact; and (``-m long``,
-    against the same run unfolded: CI time) the cost the fold limit bounds, about ``fold - 1``
-    cycles per image for each pixel of a row a line buffer fills at an image's start
-    (2 images folded 6 ways: 6,225 cycles against 6,172; 12 images, B = 4: 1,039 / 1,315.25
-    cycles per image in the first mini-batch / over whole ones folded 2 ways against
-    1,031 / 1,317.25, 1,047 / 1,313.25 folded 3 ways)."""
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("images, fold", [(2, 6), (12, 2)])
+def test_bit_exact_with_folded_rows(images, fold):
+    """Every row FIFO of ``tiny`` (9 of them) forced to fold: bit-exact, and against the same
+    run unfolded, the cost the fold limit bounds, about ``fold - 1`` cycles per image for each
+    pixel of a row a line buffer fills at an image's start (2 images folded 6 ways: 6,225
+    cycles against 6,172; 12 images, B = 4: 1,039 / 1,315.25 cycles per image in the first
+    mini-batch / over whole ones folded 2 ways against 1,031 / 1,317.25, 1,047 / 1,313.25
+    folded 3 ways). ``-m long`` only (CI time): the default run trains ``tiny`` with its row
+    FIFOs folded 6 ways and its LGBs folded too in
+    ``tests/sim/test_grad_fold.py::test_build_folds_bit_exact``."""
     kw = dict(images=images, batch=2 if images == 2 else 4, seed=0, fifo_rows=BUILD_FIFO_ROWS)
     with _force_fold(fold):
         folded = train.run("tiny", "sim-node", fifo_fold=64, **kw)
         _, blocks = _blocks(fifo_rows=BUILD_FIFO_ROWS, fifo_fold=64)
     assert folded["mismatches"] == [] and folded["bit_exact"] is True
     assert sum(isinstance(f, FoldedFIFO) and f.fold == fold for f in blocks.values()) == 9
-    if not compare:
-        return
     plain = train.run("tiny", "sim-node", **kw)
     extra = folded["cycles"] - plain["cycles"]
     assert 0 <= extra < 0.01 * plain["cycles"], (extra, plain["cycles"])

@@ -6,11 +6,15 @@
   :func:`fpdeep_hw.memory.grad_buffer.grad_buffer_fold` gives, within the rate the layer
   allows (``1 + Ho * Wo // FOLD_COST`` per image for an LGB, ``batch`` times that for a BGB);
   FC layers stay unfolded; the default folds nothing.
-* ``tiny`` trains bit-exact with every LGB folded (one node), and with the lender's BGB folded
-  (the ``lend`` plan: node 1 keeps conv2's weights for node 0). ``tiny``'s buffers are
-  distributed RAM, where folding saves no block RAM, so these runs force the fold.
+* ``tiny`` trains bit-exact with every LGB folded and its row FIFOs folded too (one node,
+  :func:`test_build_folds_bit_exact`), and with the lender's BGB folded (the ``lend`` plan:
+  node 1 keeps conv2's weights for node 0,
+  ``tests/sim/test_cluster_split.py::test_parameter_lending``). ``tiny``'s buffers are
+  distributed RAM, where folding saves no block RAM, so these runs force the fold
+  (:func:`forced_grad_fold`).
 """
 
+import contextlib
 from unittest import mock
 
 import pytest
@@ -26,10 +30,14 @@ from sim import train
 from sim.golden.train import init_weights
 
 
-def _forced(fold):
-    """``grad_buffer_fold`` replaced by one that takes ``fold`` where the rate allows it."""
-    return mock.patch.object(top_mod, "grad_buffer_fold",
-                             lambda accw, elements, depth, limit: min(fold, limit, elements))
+@contextlib.contextmanager
+def forced_grad_fold(fold):
+    """Every gradient buffer folded ``fold`` ways (or as many as it has elements), whatever it
+    saves, and no rate limit: with ``NodeTop(grad_fold=fold)``."""
+    with mock.patch.object(top_mod, "FOLD_COST", 1), mock.patch.object(
+            top_mod, "grad_buffer_fold",
+            lambda accw, elements, depth, limit: min(fold, limit, elements)):
+        yield
 
 
 def test_grad_folds_follow_the_rates():
@@ -45,7 +53,7 @@ def test_grad_folds_follow_the_rates():
     assert set(node().grad_folds.values()) == {1}
     # tiny's maps are small: 1 + Ho * Wo // FOLD_COST is 1, nothing folds
     assert set(node(grad_fold=16).grad_folds.values()) == {1}
-    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(3):
+    with forced_grad_fold(3):
         top = node(grad_fold=16)
     for nl in top.layers:
         want = 3 if nl.geometry.kind == "conv" else 1
@@ -75,23 +83,24 @@ def test_grad_buffer_fold_vgg16_node4():
 
 
 @pytest.mark.timeout(900)
-def test_training_bit_exact_with_folded_lgbs():
-    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(4):
-        res = train.run("tiny", "sim-node", images=2, batch=1, seed=0, grad_fold=4)
+def test_build_folds_bit_exact():
+    """``tiny`` on one node with the build's folds at once, forced: every conv LGB folded 4
+    ways and every row FIFO (``BUILD_FIFO_ROWS`` rows) 6 ways (``tests/sim/test_fifo_rows.py``;
+    the folded rows' cost against the same run unfolded: there, ``-m long``)."""
+    from fpdeep_hw.build import BUILD_FIFO_ROWS
+    from fpdeep_hw.memory.folded_fifo import FoldedFIFO
+    from test_fifo_rows import _blocks, _force_fold
+    with forced_grad_fold(4), _force_fold(6):
+        res = train.run("tiny", "sim-node", images=2, batch=2, seed=0, grad_fold=4,
+                        fifo_rows=BUILD_FIFO_ROWS, fifo_fold=64)
+        _, blocks = _blocks(fifo_rows=BUILD_FIFO_ROWS, fifo_fold=64)
     assert res["mismatches"] == [] and res["bit_exact"] is True
+    assert all(v == 1 for v in res["updates"].values())
     folds = res["grad_folds"]
     assert {k: f for k, f in folds.items() if f > 1} and all(
         f == (4 if k.split("/")[1] in ("conv1", "conv2", "conv3") else 1)
         for k, f in folds.items()), folds
-
-
-@pytest.mark.timeout(900)
-def test_lending_bit_exact_with_folded_bgb():
-    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(3):
-        res = train.run("tiny", "tiny-test", nodes=2, images=2, batch=1, seed=0, grad_fold=3)
-    assert res["mismatches"] == [] and res["bit_exact"] is True
-    bgbs = {k: f for k, f in res["grad_folds"].items() if k.endswith("/bgb")}
-    assert bgbs and set(bgbs.values()) == {3}, res["grad_folds"]
+    assert sum(isinstance(f, FoldedFIFO) and f.fold == 6 for f in blocks.values()) == 9
 
 
 def test_folded_node_builds_and_lints(tmp_path):
@@ -108,7 +117,7 @@ def test_folded_node_builds_and_lints(tmp_path):
         pytest.skip("verilator is not installed")
     net = load_network("tiny")
     plan = map_network(net, load_board("vc709"), 1, batch=1, max_row_lanes=1, dsp_budget=0.04)
-    with mock.patch.object(top_mod, "FOLD_COST", 1), _forced(2):
+    with forced_grad_fold(2):
         build.build_node(plan, 0, net, "vc709", tmp_path, label="p")
     (src,) = tmp_path.rglob("fpdeep_node.v")
     report = (src.parent / "report.json").read_text()
