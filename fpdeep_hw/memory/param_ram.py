@@ -323,9 +323,25 @@ class BPRAM(_ParamRAM):
     The updated parameters come back through the weight update into ``wr`` (their gradients
     arrive in this node's BGB).
 
+    Folded (``fold = f > 1``): a set is ``f`` rows of ``ceil(lanes * K * K / f)`` elements
+    (the last row padded), row ``r`` of set ``a`` at memory row ``r * depth + a`` (the memories
+    are ``f`` times deeper and ``1 / f`` as wide: a BPRAM of few sets fills the rows of its
+    block RAM that it would leave empty). A read (``rd_addr`` or a lent word) reads the set's
+    rows in ``f`` consecutive cycles into a row register each (the last one is the memories'
+    read data): a set every ``f`` cycles, the first word of a request ``LATENCY + f`` cycles
+    after it is accepted. A write takes ``f`` cycles, a row each while ``wr.valid``;
+    ``wr.ready`` is high in the cycle of its last row. The ordering rule is the same (the rows
+    of a read and of a write are consecutive cycles, so every row of a word first valid in
+    cycle ``v`` sees the writes accepted before ``v - 1``). The lender reads the weights at the
+    link's pace, far below a set per cycle, and the update writes a set every few cycles: the
+    node folds a BPRAM where it saves block RAM (:class:`~fpdeep_hw.node.top.NodeTop`).
+
     Parameters
     ----------
-    As :class:`LPRAM`.
+    As :class:`LPRAM`, and
+
+    fold : int
+        ``f`` (default 1, the unfolded RAM above).
 
     Members
     -------
@@ -338,3 +354,141 @@ class BPRAM(_ParamRAM):
     """
 
     _lend = True
+
+    def __init__(self, *, fold=1, **kw):
+        if not isinstance(fold, int) or isinstance(fold, bool) or fold < 1:
+            raise ValueError(f"BPRAM fold must be a positive integer, not {fold!r}")
+        self._fold = fold
+        super().__init__(**kw)
+
+    @property
+    def fold(self):
+        """Rows per weight set (1: unfolded)."""
+        return self._fold
+
+    @property
+    def row_elements(self):
+        """Elements per memory row: ``ceil(lanes * K * K / fold)``."""
+        return -(-self.banks // self._fold)
+
+    @property
+    def first_latency(self):
+        """Cycles from an accepted request (or read address) to its first word without
+        stalls: ``LATENCY + fold - 1`` after the read of its first row, ``LATENCY + fold``
+        after a lend request (the unfolded RAM: 1 and 2)."""
+        return self.LATENCY + self._fold
+
+    def elaborate(self, platform):
+        if self._fold == 1:
+            return super().elaborate(platform)
+        return self._elaborate_folded()
+
+    def _elaborate_folded(self):
+        m = Module()
+        f, depth, D = self._fold, self._depth, self._mem_depth
+        fw, nb, c = self._fmt.width, self.banks, self.row_elements
+        rows = f * D
+
+        # -- writes: row r of the set on `wr` in the r-th cycle of its valid run
+        w_row = Signal(range(f))
+        w_off = Signal(range(rows))            # r * D
+        with m.If(self.wr.valid):
+            with m.If(w_row == f - 1):
+                m.d.sync += [w_row.eq(0), w_off.eq(0)]
+            with m.Else():
+                m.d.sync += [w_row.eq(w_row + 1), w_off.eq(w_off + D)]
+        m.d.comb += self.wr.ready.eq(w_row == f - 1)
+        w_addr = Signal(range(rows))
+        m.d.comb += w_addr.eq(self.wr.payload.addr + w_off)
+        wr_bits = self.wr.payload.as_value()
+        d0 = self._write_layout["data"].offset
+        w_data = Signal(c * fw)
+        with m.Switch(w_row):
+            for r in range(f):
+                lo, hi = min(nb, r * c), min(nb, (r + 1) * c)
+                # the last row as the default: a case for every value of w_row (lint)
+                with (m.Case(r) if r < f - 1 else m.Default()):
+                    m.d.comb += w_data.eq(wr_bits[d0 + fw * lo:d0 + fw * hi])
+
+        # -- reads: a set's rows in f consecutive cycles, started when the output is free
+        o_valid = Signal()
+        o_lend = Signal()
+        o_addr = Signal(range(D))
+        o_last = Signal()
+        taken = Signal()
+        start = Signal()                       # row 0 of a set is read this cycle
+        busy = Signal()                        # rows 1 .. f-1 of the set are being read
+        r_row = Signal(range(f))               # the row read this cycle while busy
+        r_off = Signal(range(rows))            # its r * D
+        s_addr = Signal(range(D))              # the set being read
+        s_addr_now = Signal(range(D))
+        active = Signal()                      # a lend request is being served
+        l_addr = Signal(range(D))
+        l_left = Signal(range(depth + 1))
+        m.d.comb += [
+            taken.eq(Mux(o_lend, self.lend.ready, self.rd_data.ready)),
+            start.eq(~busy & (~o_valid | taken) & (active | self.rd_addr.valid)),
+            self.lend_req.ready.eq(~active),
+            self.rd_addr.ready.eq(~busy & (~o_valid | taken) & ~active),
+            s_addr_now.eq(Mux(active, l_addr, self.rd_addr.payload)),
+            self.rd_data.valid.eq(o_valid & ~o_lend),
+            self.lend.valid.eq(o_valid & o_lend),
+            self.lend.payload.addr.eq(o_addr),
+            self.lend.payload.last.eq(o_last),
+        ]
+        with m.If(self.lend_req.valid & self.lend_req.ready):
+            m.d.sync += [
+                active.eq(self.lend_req.payload.count != 0),
+                l_addr.eq(self.lend_req.payload.first),
+                l_left.eq(self.lend_req.payload.count),
+            ]
+        with m.Elif(start & active):
+            m.d.sync += [
+                active.eq(l_left != 1),
+                l_addr.eq(0 if depth == 1 else Mux(l_addr == depth - 1, 0, l_addr + 1)),
+                l_left.eq(l_left - 1),
+            ]
+        with m.If(start):
+            m.d.sync += [busy.eq(1), r_row.eq(1), r_off.eq(D), s_addr.eq(s_addr_now),
+                         o_lend.eq(active), o_addr.eq(l_addr), o_last.eq(l_left == 1)]
+        with m.Elif(busy):
+            m.d.sync += [busy.eq(r_row != f - 1), r_row.eq(r_row + 1), r_off.eq(r_off + D)]
+        last = Signal()                        # the set's last row is read this cycle
+        m.d.comb += last.eq(busy & (r_row == f - 1))
+        with m.If(last):
+            m.d.sync += o_valid.eq(1)
+        with m.Elif(taken):
+            m.d.sync += o_valid.eq(0)
+        issue = start | busy
+        r_addr = Signal(range(rows))
+        m.d.comb += r_addr.eq(Mux(start, s_addr_now, s_addr + r_off))
+
+        init = np.zeros((rows, c), dtype=np.int64)
+        flat = np.zeros((D, f * c), dtype=np.int64)
+        flat[:depth, :nb] = self._init.reshape(depth, nb)
+        for r in range(f):
+            init[r * D:(r + 1) * D] = flat[:, r * c:(r + 1) * c]
+        per = lanes_per_memory(fw, c)
+        out = []
+        for j, lo in enumerate(range(0, c, per)):
+            width = min(per, c - lo)
+            _, rd = packed_memory(
+                m, f"bank_{j}", width=fw, lanes=width, depth=rows,
+                init=pack_rows(init[:, lo:lo + width], fw), w_addr=w_addr,
+                w_en=self.wr.valid, w_data=w_data[fw * lo:fw * (lo + width)], r_addr=r_addr,
+                r_en=issue)
+            out.append(rd)
+        row_data = Cat(*out)
+        # rows 0 .. f-2 into their registers the cycle after their read
+        p_valid = Signal()
+        p_row = Signal(range(f))
+        m.d.sync += [p_valid.eq(issue), p_row.eq(Mux(start, 0, r_row))]
+        held = [Signal(c * fw, name=f"row_{r}") for r in range(f - 1)]
+        for r in range(f - 1):
+            with m.If(p_valid & (p_row == r)):
+                m.d.sync += held[r].eq(row_data)
+        word = Signal(f * c * fw)
+        m.d.comb += word.eq(Cat(*held, row_data))
+        m.d.comb += [self.rd_data.payload.as_value().eq(word[:nb * fw]),
+                     self.lend.payload.data.as_value().eq(word[:nb * fw])]
+        return m

@@ -308,16 +308,129 @@ def test_bpram_whole_pass_timing(waves):
     assert [p["data"] for _, p in seen] == init.tolist()
 
 
+# -- folded BPRAM ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel,lanes,depth,fold", [
+    (1, 1, 1, 2),          # more rows than elements: the second row is padding
+    (3, 1, 6, 2),          # 9 elements in rows of 5 (the last padded)
+    (3, 3, 5, 3),          # 27 elements in rows of 9
+    (5, 3, 5, 4),          # 75 elements in rows of 19
+    (3, 2, 9, 18),         # a row per element
+])
+def test_folded_bpram_random_stalls(kernel, lanes, depth, fold, waves):
+    """Lend requests, reads and writes at once under random stalls on every stream: every
+    word as :class:`ParamRAMModel` gives it (the same ordering rule as unfolded), lent words
+    in request order with their addresses and ``last``."""
+    rng = random.Random(kernel * lanes + depth + fold)
+    init = random_sets(rng, depth, lanes, kernel)
+    lend_reqs = [(0, depth), (rng.randrange(depth), rng.randint(1, depth)), (0, 0),
+                 (depth - 1, min(2, depth)), (rng.randrange(depth), depth)]
+    reads = [rng.randrange(depth) for _ in range(30)]
+    writes = list(zip([rng.randrange(depth) for _ in range(15)],
+                      random_sets(rng, 15, lanes, kernel)))
+    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init, fold=fold)
+    assert dut.row_elements == -(-lanes * kernel * kernel // fold)
+    rd_out, lend_out, wlog = simulate(dut, reads=reads, writes=writes, lend_reqs=lend_reqs,
+                                      seed=depth + fold, waves=waves)
+    assert len(wlog) == len(writes)
+    model = ParamRAMModel(init, wlog)
+    for (first, got), addr in zip(rd_out, reads):
+        assert got == model.output(addr, first)
+    assert [(p["addr"], p["last"]) for _, p in lend_out] == lend_sequence(lend_reqs, depth)
+    for first, p in lend_out:
+        assert p["data"] == model.output(p["addr"], first)
+
+
+@pytest.mark.parametrize("fold", [1, 2, 3])
+def test_folded_bpram_timing(fold, waves):
+    """Without stalls: a whole pass's first word ``LATENCY + fold`` cycles after the request
+    (``first_latency``), then a word every ``fold`` cycles; a write held valid is taken every
+    ``fold`` cycles; reads on ``rd_addr`` after the pass at the same pace. ``fold = 1`` is
+    the unfolded RAM (words every cycle, writes always taken)."""
+    kernel, lanes, depth = 3, 1, 5
+    init = random_sets(random.Random(2), depth, lanes, kernel)
+    new = random_sets(random.Random(3), 3, lanes, kernel)
+    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init, fold=fold)
+    seen, taken, reads = [], [], []
+
+    async def tb(ctx):
+        ctx.set(dut.lend.ready, 1)
+        ctx.set(dut.rd_data.ready, 1)
+        ctx.set(dut.lend_req.valid, 1)
+        ctx.set(dut.lend_req.payload, {"first": 0, "count": depth})
+        assert ctx.get(dut.lend_req.ready)
+        await ctx.tick()
+        ctx.set(dut.lend_req.valid, 0)
+        for cycle in range(1, fold * depth + 4):
+            if ctx.get(dut.lend.valid):
+                seen.append((cycle, payload_to_python(ctx.get(dut.lend.payload))))
+            await ctx.tick()
+        # writes of sets 0..2 held valid: taken every `fold` cycles
+        for cycle in range(3 * fold):
+            a = len(taken)
+            ctx.set(dut.wr.valid, a < 3)
+            if a < 3:
+                ctx.set(dut.wr.payload, {"addr": a, "data": new[a].tolist()})
+                if ctx.get(dut.wr.ready):
+                    taken.append(cycle)
+            await ctx.tick()
+        ctx.set(dut.wr.valid, 0)
+        # reads of sets 2, 0, 4 with the address always valid
+        addrs = [2, 0, 4]
+        for cycle in range(3 * fold + 3):
+            if ctx.get(dut.rd_data.valid):
+                reads.append((cycle, payload_to_python(ctx.get(dut.rd_data.payload))))
+            ctx.set(dut.rd_addr.valid, bool(addrs))
+            if addrs:
+                ctx.set(dut.rd_addr.payload, addrs[0])
+                if ctx.get(dut.rd_addr.ready):
+                    addrs.pop(0)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    run_simulation(sim, waves, traces=[dut])
+    assert dut.first_latency == BPRAM.LATENCY + fold
+    assert [c for c, _ in seen] == [dut.first_latency + fold * i for i in range(depth)]
+    assert [p["addr"] for _, p in seen] == list(range(depth))
+    assert [p["last"] for _, p in seen] == [0] * (depth - 1) + [1]
+    assert [p["data"] for _, p in seen] == init.tolist()
+    assert taken == [fold - 1 + fold * i for i in range(3)]
+    assert [c for c, _ in reads] == [fold + fold * i for i in range(3)]
+    assert [p for _, p in reads] == [new[2].tolist(), new[0].tolist(), init[4].tolist()]
+
+
+def test_folded_bpram_storage():
+    """Folded by ``f``: memories ``f`` times as deep (the sets' rows) and ``1 / f`` as wide;
+    a bad fold is refused."""
+    from amaranth.back import rtlil
+
+    from fpdeep_hw.build import rtl_memories
+    init = random_sets(random.Random(4), 7, 2, 3)
+    shapes = {}
+    for fold in (1, 3, 4):
+        mems = rtl_memories(rtlil.convert(BPRAM(fmt=W, kernel=3, lanes=2, depth=7, init=init,
+                                                fold=fold)))
+        shapes[fold] = sorted((w, d) for _, _, w, d, *_ in mems)
+    assert shapes == {1: [(18 * 16, 7)], 3: [(6 * 16, 21)], 4: [(5 * 16, 28)]}
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match=r"^BPRAM fold must be a positive integer, not "):
+            BPRAM(fmt=W, kernel=1, lanes=1, depth=2, fold=bad)
+
+
 # -- Verilog ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kernel,lanes,depth,readers", [
+#: the last column: the LPRAM's readers, the BPRAM's fold
+@pytest.mark.parametrize("cls,kernel,lanes,depth,n", [
     (LPRAM, 1, 1, 1, 1), (LPRAM, 3, 3, 40, 1), (LPRAM, 3, 3, 40, 2), (BPRAM, 1, 1, 1, 1),
-    (BPRAM, 3, 2, 17, 1),
+    (BPRAM, 3, 2, 17, 1), (BPRAM, 3, 2, 17, 3), (BPRAM, 3, 2, 17, 4), (BPRAM, 1, 1, 1, 2),
 ])
-def test_verilator_lint(cls, kernel, lanes, depth, readers, tmp_path):
+def test_verilator_lint(cls, kernel, lanes, depth, n, tmp_path):
     init = random_sets(random.Random(depth), depth, lanes, kernel)
-    verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init,
-                       readers=readers), cls.__name__.lower(), tmp_path)
+    kw = dict(readers=n) if cls is LPRAM else dict(fold=n)
+    verilator_lint(cls(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init, **kw),
+                   cls.__name__.lower(), tmp_path)
 
 
 @pytest.mark.slow
