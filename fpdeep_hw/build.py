@@ -108,6 +108,11 @@ BUILD_MASTER_FOLD = 16
 #: node 4's BGB of 164 sets: 384 BRAM36, 128 folded by 3). Each fold is what
 #: ``grad_buffer_fold`` gives within ``1 / FOLD_COST`` of the layer's cycles.
 BUILD_GRAD_FOLD = 16
+#: Most rows per set of the BPRAMs (``NodeTop(bpram_fold=)``, ``BPRAM(fold=)``): a lender
+#: reads its sets at the link's pace and a borrowed layer holds a set for its whole map, so
+#: a BPRAM of fewer than 512 sets can fill its primitives' rows (VGG-16 node 4's 164 conv5_2
+#: sets for node 13).
+BUILD_BPRAM_FOLD = 16
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
@@ -993,7 +998,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                           fifo_rows=BUILD_FIFO_ROWS, fifo_whole_bits=BUILD_FIFO_WHOLE_BITS,
                           fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
                           master_prefetch=BUILD_MASTER_PREFETCH, master_fold=BUILD_MASTER_FOLD,
-                          grad_fold=BUILD_GRAD_FOLD,
+                          grad_fold=BUILD_GRAD_FOLD, bpram_fold=BUILD_BPRAM_FOLD,
                           memory_word_bits=word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
@@ -1098,6 +1103,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "master_burst": BUILD_MASTER_BURST, "master_prefetch": BUILD_MASTER_PREFETCH,
             "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": word_bits,
             "grad_fold": BUILD_GRAD_FOLD, "grad_folds": dict(top.grad_folds),
+            "bpram_fold": BUILD_BPRAM_FOLD, "bpram_folds": dict(top.bpram_folds),
             "master_folds": dict(top.master_folds),
             "memory_map": memory_map,
             "notes": notes,

@@ -175,8 +175,8 @@ class Cluster(wiring.Component):
         Passed to every :class:`NodeTop` (its off-chip Act-RAMs).
     master_burst, master_prefetch, master_fold : int, optional
         Passed to every :class:`NodeTop` (its off-chip master copies).
-    grad_fold : int, optional
-        Passed to every :class:`NodeTop` (its gradient buffers).
+    grad_fold, bpram_fold : int, optional
+        Passed to every :class:`NodeTop` (its gradient buffers, its BPRAMs).
 
     Members
     -------
@@ -209,7 +209,8 @@ class Cluster(wiring.Component):
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, link_latency=54,
                  words_per_cycle=None, max_payload=32, depth=1024,
                  credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4,
-                 master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1):
+                 master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1,
+                 bpram_fold=1):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -231,7 +232,8 @@ class Cluster(wiring.Component):
                               fifo_whole_bits=fifo_whole_bits, fifo_fold=fifo_fold,
                               mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                               master_burst=master_burst, master_prefetch=master_prefetch,
-                              master_fold=master_fold, grad_fold=grad_fold)
+                              master_fold=master_fold, grad_fold=grad_fold,
+                              bpram_fold=bpram_fold)
                       for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:

@@ -980,6 +980,10 @@ class Lender(wiring.Component):
         The BGB's ``fold`` (:class:`~fpdeep_hw.memory.grad_buffer.GradBuffer`; default 1): it
         takes the link's gradient sets far below a set per cycle; folded, its drain into the
         update gives a set every ``bgb_fold`` cycles.
+    bpram_fold : int
+        The BPRAM's ``fold`` (:class:`~fpdeep_hw.memory.param_ram.BPRAM`; default 1): folded,
+        it gives the weight streams a set every ``bpram_fold`` cycles and takes the update's
+        write-back at that pace.
 
     A layer without EB (the network's first) has no ``eb_w``; its version rule has no EB
     condition.
@@ -1001,7 +1005,7 @@ class Lender(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, lr_q, lag=None, master=None,
-                 fifo_depth=2, sets=None, master_mem=None, bgb_fold=1):
+                 fifo_depth=2, sets=None, master_mem=None, bgb_fold=1, bpram_fold=1):
         geom = _check_args("Lender", segment, network, numerics)
         if master_mem is not None and not isinstance(master_mem, dict):
             raise TypeError(f"Lender master_mem must be None or a dict of OffchipWeightUpdate "
@@ -1010,6 +1014,10 @@ class Lender(wiring.Component):
         if not isinstance(bgb_fold, int) or isinstance(bgb_fold, bool) or bgb_fold < 1:
             raise ValueError(f"Lender bgb_fold must be a positive integer, not {bgb_fold!r}")
         self._bgb_fold = bgb_fold
+        if not isinstance(bpram_fold, int) or isinstance(bpram_fold, bool) or bpram_fold < 1:
+            raise ValueError(f"Lender bpram_fold must be a positive integer, not "
+                             f"{bpram_fold!r}")
+        self._bpram_fold = bpram_fold
         total = geom.out_groups * geom.groups
         if sets is None:
             sets = (0, total)
@@ -1077,7 +1085,8 @@ class Lender(wiring.Component):
             g, nm = self._geom, self._numerics
             K, PS, RG = g.kernel, g.p * g.s, self.weight_sets
             self._parts = (
-                BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG, init=self._wsets),
+                BPRAM(fmt=nm.weight, kernel=K, lanes=PS, depth=RG, init=self._wsets,
+                      fold=self._bpram_fold),
                 (WeightUpdate if self._master_mem is None else OffchipWeightUpdate)(
                     numerics=nm, kernel=K, lanes=PS, depth=RG, lr_q=self._lr_q,
                     init=self._msets, **(self._master_mem or {})),

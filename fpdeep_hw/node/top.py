@@ -276,6 +276,12 @@ class NodeTop(wiring.Component):
         where its slower drain (a set every ``fold`` cycles) costs at most ``1 / FOLD_COST``
         of the layer's cycles per image (an LGB) or per mini-batch (a BGB)
         (:attr:`grad_folds`); ``python -m fpdeep_hw.build`` folds (``BUILD_GRAD_FOLD``).
+    bpram_fold : int, optional
+        The most rows per set of the BPRAMs (default 1: none): each BPRAM of sets kept for a
+        neighbour takes the fold :func:`~fpdeep_hw.memory.grad_buffer.grad_buffer_fold` gives
+        for its weights (the same block RAM count), at most ``Ho * Wo // 4`` of the borrowed
+        layer: its two weight streams then take at most half the read port's sets
+        (:attr:`bpram_folds`); ``python -m fpdeep_hw.build`` folds (``BUILD_BPRAM_FOLD``).
     memory_word_bits : int, optional
         With ``master_fold``: the bits the external memory gives per cycle at its peak. An
         update's fold is then at most ``set bits // memory_word_bits`` (at least 1), so folding
@@ -397,7 +403,7 @@ class NodeTop(wiring.Component):
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, mem_burst=16,
                  mem_prefetch=4, master_burst=None, master_prefetch=None, master_fold=1,
-                 memory_word_bits=None, grad_fold=1):
+                 memory_word_bits=None, grad_fold=1, bpram_fold=1):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -464,6 +470,12 @@ class NodeTop(wiring.Component):
         self.grad_fold = grad_fold
         #: ``{"<layer>/lgb" or "lend_<chain>/bgb": fold}`` of every gradient buffer.
         self.grad_folds = {}
+        if isinstance(bpram_fold, bool) or not isinstance(bpram_fold, int) or bpram_fold < 1:
+            raise ValueError(f"NodeTop bpram_fold must be a positive integer, not "
+                             f"{bpram_fold!r}")
+        self.bpram_fold = bpram_fold
+        #: ``{"lend_<chain>/bpram": fold}`` of every BPRAM.
+        self.bpram_folds = {}
 
         def buffer_fold(geo, depth, images):
             """The fold of a gradient buffer of ``depth`` sets of ``geo``'s conv layer whose
@@ -673,8 +685,16 @@ class NodeTop(wiring.Component):
             # the BGB's drain feeds the update once per mini-batch
             self.grad_folds[f"lend_{name}/bgb"] = fold = buffer_fold(
                 layer_geometry(kp.segment, network), hi - lo, batch)
+            # the BPRAM: its FP and EB streams share its read port, and the borrower takes a
+            # set per stream every Ho * Wo cycles at most (a weight-stationary layer holds a set
+            # for the whole map): a set every Ho * Wo // 4 cycles leaves it twice the room
+            g_ = layer_geometry(kp.segment, network)
+            self.bpram_folds[f"lend_{name}/bpram"] = bfold = 1 if bpram_fold == 1 else \
+                grad_buffer_fold(num.weight.width, g_.p * g_.s * g_.kernel ** 2, hi - lo,
+                                 min(bpram_fold, max(1, g_.conv_height * g_.conv_width // 4)))
             lender = Lender(kp.segment, network, num, batch=batch, lr_q=lr_q, lag=lags[layer],
-                            master=master, sets=kp.ranges[node], master_mem=kw, bgb_fold=fold)
+                            master=master, sets=kp.ranges[node], master_mem=kw, bgb_fold=fold,
+                            bpram_fold=bfold)
             lender.borrower = kp.borrower
             self.lenders[name] = lender
         self._members(network, compute, loss_layer)

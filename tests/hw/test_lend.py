@@ -171,13 +171,15 @@ class _Keepers(wiring.Component):
         return m
 
 
-def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend", ranges=None):
+def run_pair(n_images, batch, lag, seed, *, p_stall=0.3, waves="lend", ranges=None,
+             bpram_fold=1):
     rng = random.Random(seed)
     lr_q = gl.lr_to_q(0.5)
     exp = _expected(n_images, batch, lag, lr_q, rng)
     geom = exp["geom"]
     if ranges is None:
-        lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"])
+        lender = Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag, master=exp["master0"],
+                        bpram_fold=bpram_fold)
     else:
         lender = _Keepers([Lender(SEG, NET, NUM, batch=batch, lr_q=lr_q, lag=lag,
                                   master=exp["master0"], sets=r) for r in ranges])
@@ -260,6 +262,8 @@ def check_pair(n_images, batch, lag, seed, **kw):
     assert n_images * sets <= final["eb_sets"] < (n_images + 1) * sets
     assert final["eb_images"] == final["eb_sets"] // sets
     assert final["grad_sets"] == n_images * sets and final["grad_images"] == n_images
+    if not isinstance(lender, _Keepers):
+        assert lender.bpram.fold == kw.get("bpram_fold", 1)
     return exp, final
 
 
@@ -285,10 +289,13 @@ def test_lender_sets_argument():
     assert lp.weights_per_image == 5 * 18
 
 
-def test_lend_three_batches(waves):
+@pytest.mark.parametrize("bpram_fold", [1, 4])
+def test_lend_three_batches(bpram_fold, waves):
     """6 images, B = 2, D = 1: FP versions 0,0,0,1,1,2; EB versions 0,0,1,1,2,2 (updates 0 and 1
-    gated by FP of images 2 and 4; update 2 after ``flush`` at the end of the run)."""
-    exp, _ = check_pair(6, 2, 1, seed=1, waves=waves)
+    gated by FP of images 2 and 4; update 2 after ``flush`` at the end of the run); and with
+    the BPRAM folded 4 ways (a set every 4 cycles to both streams, the update's write-back
+    taken at that pace)."""
+    exp, final = check_pair(6, 2, 1, seed=1, waves=waves, bpram_fold=bpram_fold)
     assert exp["updates"] == 3
 
 

@@ -252,12 +252,14 @@ def test_icp_two_nodes(runs):
 
 @pytest.mark.timeout(900)
 def test_parameter_lending(runs):
-    """With the keeper's BGB folded 3 ways (forced: ``tiny``'s buffers are distributed RAM,
-    where the build would not fold; ``tests/sim/test_grad_fold.py``)."""
-    res = runs("lend", force_grad_fold=3)
+    """With the keeper's BGB and BPRAM folded 3 ways (forced: ``tiny``'s buffers are
+    distributed RAM, where the build would not fold; ``tests/sim/test_grad_fold.py``)."""
+    res = runs("lend", force_grad_fold=3, bpram_fold=3)
     _check(res, 2, 2)
     bgbs = {k: f for k, f in res["grad_folds"].items() if k.endswith("/bgb")}
     assert bgbs and set(bgbs.values()) == {3}, res["grad_folds"]
+    assert res["bpram_folds"] == {"node1/lend_conv2/bpram": 3}
+    assert res["_prep"]["top"].nodes[1].lenders["conv2"].bpram.fold == 3
     top = res["_prep"]["top"]
     assert [nl.lender and nl.lender.ranges for nl in top.nodes[0].layers] == [None, {1: (0, 16)}]
     assert list(top.nodes[1].lenders) == ["conv2"]

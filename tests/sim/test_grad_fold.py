@@ -33,7 +33,9 @@ from sim.golden.train import init_weights
 @contextlib.contextmanager
 def forced_grad_fold(fold):
     """Every gradient buffer folded ``fold`` ways (or as many as it has elements), whatever it
-    saves, and no rate limit: with ``NodeTop(grad_fold=fold)``."""
+    saves, and no rate limit: with ``NodeTop(grad_fold=fold)``; every BPRAM too with
+    ``NodeTop(bpram_fold=fold)`` (the same chooser; its limit, a quarter of the borrowed
+    layer's map, is not lifted)."""
     with mock.patch.object(top_mod, "FOLD_COST", 1), mock.patch.object(
             top_mod, "grad_buffer_fold",
             lambda accw, elements, depth, limit: min(fold, limit, elements)):
@@ -64,6 +66,9 @@ def test_grad_folds_follow_the_rates():
     with pytest.raises(ValueError, match=r"^NodeTop grad_fold must be a positive integer, "
                                          r"not 0$"):
         NodeTop(plan, 0, net, lr=0.125, init_master=init, grad_fold=0)
+    with pytest.raises(ValueError, match=r"^NodeTop bpram_fold must be a positive integer, "
+                                         r"not True$"):
+        NodeTop(plan, 0, net, lr=0.125, init_master=init, bpram_fold=True)
 
 
 def test_grad_buffer_fold_vgg16_node4():
