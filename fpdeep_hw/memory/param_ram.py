@@ -132,6 +132,29 @@ class _ParamRAM(wiring.Component):
     def latency(self):
         return self.LATENCY
 
+    def _lend_requests(self, m, step):
+        """The lend request being served (BPRAM): ``active``, the address of its next set and
+        the sets left. ``lend_req`` is taken while none is active; a set is issued (the address
+        steps, modulo ``depth``) in each cycle with ``step`` high while ``active``."""
+        depth = self._depth
+        active = Signal()
+        l_addr = Signal(range(self._mem_depth))
+        l_left = Signal(range(depth + 1))
+        m.d.comb += self.lend_req.ready.eq(~active)
+        with m.If(self.lend_req.valid & self.lend_req.ready):
+            m.d.sync += [
+                active.eq(self.lend_req.payload.count != 0),
+                l_addr.eq(self.lend_req.payload.first),
+                l_left.eq(self.lend_req.payload.count),
+            ]
+        with m.Elif(active & step):
+            m.d.sync += [
+                active.eq(l_left != 1),
+                l_addr.eq(0 if depth == 1 else Mux(l_addr == depth - 1, 0, l_addr + 1)),
+                l_left.eq(l_left - 1),
+            ]
+        return active, l_addr, l_left
+
     def elaborate(self, platform):
         m = Module()
         depth = self._depth
@@ -147,12 +170,9 @@ class _ParamRAM(wiring.Component):
             o_lend = Signal()     # the word in the output stage belongs to `lend`
             o_addr = Signal(range(mem_depth))
             o_last = Signal()
-            active = Signal()     # a lend request is being served
-            l_addr = Signal(range(mem_depth))
-            l_left = Signal(range(depth + 1))
+            active, l_addr, l_left = self._lend_requests(m, advance)
             m.d.comb += [
                 advance.eq(~o_valid | Mux(o_lend, self.lend.ready, self.rd_data.ready)),
-                self.lend_req.ready.eq(~active),
                 self.rd_addr.ready.eq(advance & ~active),
                 issue.eq(advance & (active | self.rd_addr.valid)),
                 rd_addr.eq(Mux(active, l_addr, self.rd_addr.payload)),
@@ -161,18 +181,6 @@ class _ParamRAM(wiring.Component):
                 self.lend.payload.addr.eq(o_addr),
                 self.lend.payload.last.eq(o_last),
             ]
-            with m.If(self.lend_req.valid & self.lend_req.ready):
-                m.d.sync += [
-                    active.eq(self.lend_req.payload.count != 0),
-                    l_addr.eq(self.lend_req.payload.first),
-                    l_left.eq(self.lend_req.payload.count),
-                ]
-            with m.Elif(active & advance):
-                m.d.sync += [
-                    active.eq(l_left != 1),
-                    l_addr.eq(0 if depth == 1 else Mux(l_addr == depth - 1, 0, l_addr + 1)),
-                    l_left.eq(l_left - 1),
-                ]
             with m.If(advance):
                 m.d.sync += [
                     o_lend.eq(active),
@@ -422,13 +430,10 @@ class BPRAM(_ParamRAM):
         r_off = Signal(range(rows))            # its r * D
         s_addr = Signal(range(D))              # the set being read
         s_addr_now = Signal(range(D))
-        active = Signal()                      # a lend request is being served
-        l_addr = Signal(range(D))
-        l_left = Signal(range(depth + 1))
+        active, l_addr, l_left = self._lend_requests(m, start)
         m.d.comb += [
             taken.eq(Mux(o_lend, self.lend.ready, self.rd_data.ready)),
             start.eq(~busy & (~o_valid | taken) & (active | self.rd_addr.valid)),
-            self.lend_req.ready.eq(~active),
             self.rd_addr.ready.eq(~busy & (~o_valid | taken) & ~active),
             s_addr_now.eq(Mux(active, l_addr, self.rd_addr.payload)),
             self.rd_data.valid.eq(o_valid & ~o_lend),
@@ -436,18 +441,6 @@ class BPRAM(_ParamRAM):
             self.lend.payload.addr.eq(o_addr),
             self.lend.payload.last.eq(o_last),
         ]
-        with m.If(self.lend_req.valid & self.lend_req.ready):
-            m.d.sync += [
-                active.eq(self.lend_req.payload.count != 0),
-                l_addr.eq(self.lend_req.payload.first),
-                l_left.eq(self.lend_req.payload.count),
-            ]
-        with m.Elif(start & active):
-            m.d.sync += [
-                active.eq(l_left != 1),
-                l_addr.eq(0 if depth == 1 else Mux(l_addr == depth - 1, 0, l_addr + 1)),
-                l_left.eq(l_left - 1),
-            ]
         with m.If(start):
             m.d.sync += [busy.eq(1), r_row.eq(1), r_off.eq(D), s_addr.eq(s_addr_now),
                          o_lend.eq(active), o_addr.eq(l_addr), o_last.eq(l_left == 1)]

@@ -254,80 +254,28 @@ def test_latency_and_full_rate(waves):
     assert [d for _, d in seen] == [init[a].tolist() for a in reads]
 
 
-# -- BPRAM lending -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kernel,lanes,depth", [(1, 1, 1), (3, 1, 6), (5, 3, 5), (3, 3, 9)])
-def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth, waves):
-    rng = random.Random(kernel + lanes + depth)
-    init = random_sets(rng, depth, lanes, kernel)
-    # whole passes, partial ranges wrapping past the end, an empty request
-    lend_reqs = [(0, depth), (rng.randrange(depth), rng.randint(1, depth)), (0, 0),
-                 (depth - 1, min(2, depth)), (rng.randrange(depth), depth)]
-    reads = [rng.randrange(depth) for _ in range(40)]
-    writes = list(zip([rng.randrange(depth) for _ in range(20)],
-                      random_sets(rng, 20, lanes, kernel)))
-    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
-    rd_out, lend_out, wlog = simulate(dut, reads=reads, writes=writes, lend_reqs=lend_reqs,
-                                      seed=depth + 1, waves=waves)
-    model = ParamRAMModel(init, wlog)
-    for (first, got), addr in zip(rd_out, reads):
-        assert got == model.output(addr, first)
-    seq = lend_sequence(lend_reqs, depth)
-    assert [(p["addr"], p["last"]) for _, p in lend_out] == seq
-    for first, p in lend_out:
-        assert p["data"] == model.output(p["addr"], first)
-
-
-def test_bpram_whole_pass_timing(waves):
-    """A whole-contents lend without stalls: first word LATENCY + 1 cycles after the request,
-    then one word per cycle, addresses 0..depth-1, `last` on the final one."""
-    kernel, lanes, depth = 3, 1, 8
-    init = random_sets(random.Random(2), depth, lanes, kernel)
-    dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init)
-    seen = []
-
-    async def tb(ctx):
-        ctx.set(dut.lend.ready, 1)
-        ctx.set(dut.lend_req.valid, 1)
-        ctx.set(dut.lend_req.payload, {"first": 0, "count": depth})
-        assert ctx.get(dut.lend_req.ready)
-        await ctx.tick()
-        ctx.set(dut.lend_req.valid, 0)
-        for cycle in range(1, depth + 4):
-            if ctx.get(dut.lend.valid):
-                seen.append((cycle, payload_to_python(ctx.get(dut.lend.payload))))
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    run_simulation(sim, waves, traces=[dut])
-    assert [c for c, _ in seen] == [BPRAM.LATENCY + 1 + i for i in range(depth)]
-    assert [p["addr"] for _, p in seen] == list(range(depth))
-    assert [p["last"] for _, p in seen] == [0] * (depth - 1) + [1]
-    assert [p["data"] for _, p in seen] == init.tolist()
-
-
-# -- folded BPRAM ----------------------------------------------------------------------------------
+# -- BPRAM lending, unfolded and folded ------------------------------------------------------------
 
 @pytest.mark.parametrize("kernel,lanes,depth,fold", [
-    (1, 1, 1, 2),          # more rows than elements: the second row is padding
+    (1, 1, 1, 1), (3, 1, 6, 1), (5, 3, 5, 1), (3, 3, 9, 1),
+    (1, 1, 1, 2),          # folded: more rows than elements, the second row is padding
     (3, 1, 6, 2),          # 9 elements in rows of 5 (the last padded)
     (3, 3, 5, 3),          # 27 elements in rows of 9
     (5, 3, 5, 4),          # 75 elements in rows of 19
     (3, 2, 9, 18),         # a row per element
 ])
-def test_folded_bpram_random_stalls(kernel, lanes, depth, fold, waves):
-    """Lend requests, reads and writes at once under random stalls on every stream: every
-    word as :class:`ParamRAMModel` gives it (the same ordering rule as unfolded), lent words
-    in request order with their addresses and ``last``."""
+def test_bpram_lend_reads_writes_random_stalls(kernel, lanes, depth, fold, waves):
+    """Lend requests (whole passes, partial ranges wrapping past the end, an empty request),
+    reads and writes at once under random stalls on every stream, unfolded and folded: every
+    word as :class:`ParamRAMModel` gives it (the same ordering rule folded), lent words in
+    request order with their addresses and ``last``."""
     rng = random.Random(kernel * lanes + depth + fold)
     init = random_sets(rng, depth, lanes, kernel)
     lend_reqs = [(0, depth), (rng.randrange(depth), rng.randint(1, depth)), (0, 0),
                  (depth - 1, min(2, depth)), (rng.randrange(depth), depth)]
-    reads = [rng.randrange(depth) for _ in range(30)]
-    writes = list(zip([rng.randrange(depth) for _ in range(15)],
-                      random_sets(rng, 15, lanes, kernel)))
+    reads = [rng.randrange(depth) for _ in range(40)]
+    writes = list(zip([rng.randrange(depth) for _ in range(20)],
+                      random_sets(rng, 20, lanes, kernel)))
     dut = BPRAM(fmt=W, kernel=kernel, lanes=lanes, depth=depth, init=init, fold=fold)
     assert dut.row_elements == -(-lanes * kernel * kernel // fold)
     rd_out, lend_out, wlog = simulate(dut, reads=reads, writes=writes, lend_reqs=lend_reqs,
@@ -342,7 +290,7 @@ def test_folded_bpram_random_stalls(kernel, lanes, depth, fold, waves):
 
 
 @pytest.mark.parametrize("fold", [1, 2, 3])
-def test_folded_bpram_timing(fold, waves):
+def test_bpram_timing(fold, waves):
     """Without stalls: a whole pass's first word ``LATENCY + fold`` cycles after the request
     (``first_latency``), then a word every ``fold`` cycles; a write held valid is taken every
     ``fold`` cycles; reads on ``rd_addr`` after the pass at the same pace. ``fold = 1`` is
