@@ -1034,10 +1034,14 @@ def stream_view(names, row):
     return tuple(row)
 
 
+@pytest.mark.long
 def test_multi_node_icarus_matches_amaranth(built2, tmp_path):
     """Both nodes of tiny on 2 VC709, joined by link models in the Amaranth simulation (1 image,
     batch 1: FP across the link, loss, BP with the errors back across it, both updates); each
-    node's Verilog replays its recorded inputs and gives the same outputs at every cycle."""
+    node's Verilog replays its recorded inputs and gives the same outputs at every cycle.
+    ``-m long`` (CI time, 60 s): the default run compares one node
+    (:func:`test_icarus_matches_amaranth`) and lints both nodes' Verilog with their link ends
+    (:func:`test_multi_node_lint`)."""
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog is not installed")
     plan = Plan.from_yaml(built2["plan_file"].read_text())

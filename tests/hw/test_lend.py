@@ -275,8 +275,8 @@ def test_lend_by_several_keepers(ranges):
     """The segment's 16 sets kept in contiguous ranges by several lenders (FP / EB streams
     joined in address order, gradients routed back by address): the same results, bit for bit,
     as one lender, every master set updated where it is kept."""
-    exp, final = check_pair(6, 2, 1, seed=2, ranges=ranges)
-    assert final["updates"] == exp["updates"] == 3
+    exp, final = check_pair(4, 2, 1, seed=2, ranges=ranges)
+    assert final["updates"] == exp["updates"] == 2
 
 
 def test_lender_sets_argument():
@@ -289,12 +289,13 @@ def test_lender_sets_argument():
     assert lp.weights_per_image == 5 * 18
 
 
-@pytest.mark.parametrize("bpram_fold", [1, 4])
+@pytest.mark.parametrize("bpram_fold", [pytest.param(1, marks=pytest.mark.long), 4])
 def test_lend_three_batches(bpram_fold, waves):
     """6 images, B = 2, D = 1: FP versions 0,0,0,1,1,2; EB versions 0,0,1,1,2,2 (updates 0 and 1
-    gated by FP of images 2 and 4; update 2 after ``flush`` at the end of the run); and with
-    the BPRAM folded 4 ways (a set every 4 cycles to both streams, the update's write-back
-    taken at that pace)."""
+    gated by FP of images 2 and 4; update 2 after ``flush`` at the end of the run), with the
+    BPRAM folded 4 ways (a set every 4 cycles to both streams, the update's write-back taken
+    at that pace). Unfolded: ``-m long`` (CI time; the default run has the unfolded lender
+    under stalls in :func:`test_window_in_runs` and :func:`test_lend_by_several_keepers`)."""
     exp, final = check_pair(6, 2, 1, seed=1, waves=waves, bpram_fold=bpram_fold)
     assert exp["updates"] == 3
 

@@ -260,10 +260,11 @@ def test_slow_link_backward_wire_words(slow_link):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_cli_json_waves(tmp_path, capsys):
+def test_cli_json(tmp_path, capsys):
+    """The CLI on two nodes with ``--json`` (its waves: :func:`test_cluster_waves`)."""
     argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "2", "--split", "layers",
             "--images", "1", "--batch", "1", "--link-latency", "20", "--out", str(tmp_path),
-            "--json", "--waves"]
+            "--json"]
     assert train.main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["bit_exact"] is True and res["nodes"] == 2 and res["split"] == "layers"
@@ -275,7 +276,22 @@ def test_cli_json_waves(tmp_path, capsys):
                     "overhead_words_per_image", "wire_words_per_image",
                     "predicted_wire_words_per_image"):
             assert key in lk
-    assert (tmp_path / "waves.vcd").stat().st_size > 0
+    assert not (tmp_path / "waves.vcd").exists()
+
+
+def test_cluster_waves(tmp_path):
+    """``--waves`` on a cluster (``sim.train.simulate(waves=)``, what ``run`` and the CLI call):
+    one VCD and a GTKWave save file grouped per node, the link ends each node holds, the
+    wires. The first 400 cycles (the first pixels cross the link; a whole run with waves took
+    95 s, CI time)."""
+    prep = train.prepare("tiny", "sim-node", nodes=2, split="layers", images=1, batch=1,
+                         seed=0, link_latency=20)
+    rec, final = train.simulate(prep, waves=tmp_path, max_cycles=400)
+    assert final["timeout"] == 401
+    lk = prep["top"].link(0, 1)
+    assert rec[("link", lk.name, 0)]            # words went over the wire in the window
+    vcd = (tmp_path / "waves.vcd").read_text()
+    assert "$enddefinitions" in vcd and "#3990" in vcd
     gtkw = (tmp_path / "waves.gtkw").read_text()
     for group in ("node0", "node1", "link0to1_tx", "link1to0_rx", "wires"):
         assert group in gtkw, group
