@@ -11,12 +11,11 @@ words per image; the comparison fails when a word that crossed the link is chang
 words per link, cycles per image within the first mini-batch and over whole mini-batches, each
 against the plan's ``cycles_per_image_steady`` / ``cycles_per_image_with_updates``, within 5 %),
 a link slow enough to be the bottleneck (throughput follows the link, still bit-exact, wire
-words of both directions within 5 % of the framing model), and the CLI with ``--json --waves``.
+words of both directions within 5 % of the framing model), the CLI with ``--json`` (the
+default two-node run goes through it) and the cluster's waves.
 The default run's wire words per link and image (payload, frame overhead, credit frames) are
 within 5 % of the plan's too (``fpdeep_map/framing.py``: short frames when the link keeps up).
 """
-
-import json
 
 import pytest
 
@@ -26,6 +25,8 @@ from fpdeep_map.mapper import map_network
 from fpdeep_map.network import load_network
 from sim import train
 from sim.golden.train import init_weights
+
+from cli_run import cli_run
 
 
 def _show(res):
@@ -60,8 +61,21 @@ def _check_wire(res, tol):
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    return train.run("tiny", "sim-node", nodes=2, split="layers", images=2, batch=1, seed=0)
+def two_nodes_cli(tmp_path_factory):
+    """The two-node run, through the CLI with ``--json`` (and a link latency of 60 cycles
+    instead of the default 54): ``(printed JSON, sim.train.run's result)``."""
+    out = tmp_path_factory.mktemp("two_nodes")
+    code, printed, res = cli_run([
+        "--net", "tiny", "--board", "sim-node", "--nodes", "2", "--split", "layers",
+        "--images", "2", "--batch", "1", "--seed", "0", "--link-latency", "60",
+        "--out", str(out), "--json"])
+    assert code == 0
+    return printed, res, out
+
+
+@pytest.fixture(scope="module")
+def two_nodes(two_nodes_cli):
+    return two_nodes_cli[1]
 
 
 @pytest.mark.timeout(600)
@@ -95,7 +109,7 @@ def test_two_nodes_bit_exact(two_nodes):
     # node 1 starts conv3 only after node 0's first conv2 output crossed the link: at least
     # the link model's latency later
     first_in, first_out = res["first_input_cycle"], res["first_output_cycle"]
-    assert first_in["conv3"] - first_out["conv2"] >= 54
+    assert first_in["conv3"] - first_out["conv2"] >= 60
 
 
 def test_comparison_sees_link_words(two_nodes):
@@ -258,17 +272,13 @@ def test_slow_link_backward_wire_words(slow_link):
         bwd["predicted_wire_words_per_image"], rel=0.05)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_cli_json(tmp_path, capsys):
-    """The CLI on two nodes with ``--json`` (its waves: :func:`test_cluster_waves`)."""
-    argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "2", "--split", "layers",
-            "--images", "1", "--batch", "1", "--link-latency", "20", "--out", str(tmp_path),
-            "--json"]
-    assert train.main(argv) == 0
-    res = json.loads(capsys.readouterr().out)
+def test_cli_json(two_nodes_cli):
+    """The CLI on two nodes with ``--json`` (the run of :func:`test_two_nodes_bit_exact`; its
+    waves: :func:`test_cluster_waves`)."""
+    res, full, out = two_nodes_cli
     assert res["bit_exact"] is True and res["nodes"] == 2 and res["split"] == "layers"
-    assert all(lk["latency"] == 20 for lk in res["links"])
+    assert all(lk["latency"] == 60 for lk in res["links"])
+    assert res["cycles"] == full["cycles"]
     for key in ("predicted_cycles_per_image", "cycles_per_image", "links"):
         assert key in res
     for lk in res["links"]:
@@ -276,7 +286,7 @@ def test_cli_json(tmp_path, capsys):
                     "overhead_words_per_image", "wire_words_per_image",
                     "predicted_wire_words_per_image"):
             assert key in lk
-    assert not (tmp_path / "waves.vcd").exists()
+    assert (out / "result.npz").exists() and not (out / "waves.vcd").exists()
 
 
 def test_cluster_waves(tmp_path):

@@ -8,8 +8,8 @@ version, final master weight and overflow count to equal the golden model's; it 
 fine-grained pipeline (layer 2 starts before layer 1 has taken all of image 0), the saved
 result file and that the comparison does fail when one golden weight or one RTL word is changed.
 The same run shows the steady-state utilisation and validates the mapper's timing model (one
-simulation for the three, CI time). ``-m slow``: ``digits``, the CLI with host stalls (with
-waves only with ``-m long``).
+simulation for the three, CI time). ``-m slow``: ``digits`` through the CLI with host stalls
+(``tiny``'s CLI run with stalls and waves only with ``-m long``).
 """
 
 import json
@@ -23,6 +23,8 @@ from fpdeep_map.mapper import map_network
 from fpdeep_map.network import load_network
 from sim import train
 from sim.golden.train import init_weights
+
+from cli_run import cli_run
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +187,20 @@ def test_node_top_rejects():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_digits_bit_exact(tmp_path):
-    """``digits`` on one node, 2 images in mini-batches of 1 (two updates per layer)."""
-    res = train.run("digits", "sim-node", images=2, batch=1, seed=1, out=tmp_path)
+def test_digits_bit_exact_cli_stalls(tmp_path):
+    """``digits`` on one node, 2 images in mini-batches of 1 (two updates per layer), through
+    the CLI with ``--json`` and random host stalls (the updates with stalls are
+    ``test_offchip_master``'s memory stalls)."""
+    code, printed, res = cli_run([
+        "--net", "digits", "--board", "sim-node", "--nodes", "1", "--images", "2", "--batch",
+        "1", "--seed", "1", "--out", str(tmp_path), "--json", "--stall", "0.3"])
+    assert code == 0
+    for key in ("bit_exact", "cycles", "cycles_per_image", "ideal_cycles_per_image",
+                "ce_utilization", "first_output_cycle", "last_input_cycle",
+                "plan_cycles_per_image"):
+        assert key in printed
+    assert printed["bit_exact"] is True and printed["cycles"] == res["cycles"]
+    assert (tmp_path / "result.npz").exists() and not (tmp_path / "waves.vcd").exists()
     assert res["mismatches"] == [] and res["bit_exact"] is True
     assert res["data"] in ("digits", "synthetic")
     assert res["updates"] == {"conv1": 2, "conv2": 2, "fc3": 2}
@@ -247,31 +260,22 @@ def _check_model_cycles(res):
         s["cycles_per_image_with_updates"], rel=0.05)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("waves", [False, pytest.param(True, marks=pytest.mark.long)])
-def test_cli_json_waves_stalls(tmp_path, capsys, waves):
-    """The CLI with random host stalls (1 image, batch 1: one update; the updates with stalls
-    are ``test_offchip_master``'s memory stalls), and with ``-m long`` its waves too (the
-    default run has the cluster's waves, ``tests/sim/test_cluster.py::test_cli_json_waves``:
-    CI time)."""
+def test_cli_json_waves_stalls(tmp_path, capsys):
+    """``tiny`` through the CLI with random host stalls and waves (``-m long``, CI time: the
+    default run has the CLI with stalls on ``digits``, :func:`test_digits_bit_exact_cli_stalls`,
+    and the cluster's waves, ``tests/sim/test_cluster.py::test_cluster_waves``)."""
     argv = ["--net", "tiny", "--board", "sim-node", "--nodes", "1", "--images", "1",
             "--batch", "1", "--seed", "3", "--out", str(tmp_path), "--json",
-            "--stall", "0.3", *(["--waves"] if waves else [])]
+            "--stall", "0.3", "--waves"]
     assert train.main(argv) == 0
     res = json.loads(capsys.readouterr().out)
-    for key in ("bit_exact", "cycles", "cycles_per_image", "ideal_cycles_per_image",
-                "ce_utilization", "first_output_cycle", "last_input_cycle",
-                "plan_cycles_per_image"):
-        assert key in res
     assert res["bit_exact"] is True
     assert (tmp_path / "result.npz").exists()
-    if waves:
-        assert (tmp_path / "waves.vcd").stat().st_size > 0
-        gtkw = (tmp_path / "waves.gtkw").read_text()
-        assert "conv2" in gtkw and "fp" in gtkw
-    else:
-        assert not (tmp_path / "waves.vcd").exists()
+    assert (tmp_path / "waves.vcd").stat().st_size > 0
+    gtkw = (tmp_path / "waves.gtkw").read_text()
+    assert "conv2" in gtkw and "fp" in gtkw
 
 
 @pytest.mark.slow
