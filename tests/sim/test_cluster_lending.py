@@ -3,9 +3,9 @@
 ``tests/sim/test_cluster_split.py``'s ``CONFIGS``: ``far``, ``keepers``, ``icplend``,
 ``ocplend``, ``twochains``), trained bit-exact against the golden model; a file of its own so
 that the parallel test run spreads these simulations over the workers. Checks as
-``test_cluster_split._check``. The training runs of ``ocplend`` and ``twochains`` (3 nodes,
-200-220 s each) are in ``-m long`` only (CI time); ``twochains``'s chains and ports are checked
-on the built cluster in the default run.
+``test_cluster_split._check``. The training runs of ``far`` (4 nodes), ``ocplend`` and
+``twochains`` (3 nodes, 200-220 s each) are in ``-m long`` only (CI time); ``far``'s and
+``twochains``'s chains and ports are checked on the built cluster in the default run.
 """
 
 import pytest
@@ -24,22 +24,37 @@ def runs():
     return get
 
 
-@pytest.mark.timeout(900)
-def test_far_lending(runs):
-    """conv1's weights on node 2 for node 0: node 1 passes the FP sets (4 per image; conv1 has
-    no EB) and the gradients on."""
-    res = runs("far")
-    _check(res, 2, 2)
-    top = res["_prep"]["top"]
+def _far_structure(top):
     assert top.nodes[0].layers[0].lender.ranges == {2: (0, 4)}
     assert list(top.nodes[2].lenders) == ["conv1"] and not top.nodes[1].lenders
     assert {"far_fp_conv1", "far_g_conv1", "lend_fp_conv1", "lend_g_conv1"} <= \
         set(top.nodes[1].link_ports)
+
+
+def test_far_lending_built():
+    """``far``'s lending (built, not simulated): conv1's weights on node 2 for node 0, node 1
+    passing the FP sets and the gradients on. Its training run is :func:`test_far_lending`."""
+    _far_structure(_built("far")["top"])
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_far_lending(runs):
+    """conv1's weights on node 2 for node 0: node 1 passes the FP sets (4 per image; conv1 has
+    no EB) and the gradients on. ``-m long`` only (CI time, 100-133 s on 4 nodes): the default
+    run builds it (:func:`test_far_lending_built`), trains a plan with a keeper next to its
+    borrower (``tests/sim/test_cluster_split.py::test_parameter_lending``) and passes a
+    stream through a node at block level (``tests/hw/test_framer.py::
+    test_pass_through_node``)."""
+    res = runs("far")
+    _check(res, 2, 2)
+    _far_structure(res["_prep"]["top"])
     for src, dst in ((2, 1), (1, 0)):
         lk = next(lk for lk in res["links"] if (lk["src"], lk["dst"]) == (src, dst))
         par = next(s for s in lk["streams"] if s["path"] == "parameters")
         # 4 sets of 27 weights (FP only) per image: 27 words
         assert par["items_per_image"] == [4] and par["predicted_words_per_image"] == 27
+
 
 @pytest.mark.timeout(900)
 def test_lent_icp_slice(runs):
