@@ -113,6 +113,12 @@ BUILD_GRAD_FOLD = 16
 #: a BPRAM of fewer than 512 sets can fill its primitives' rows (VGG-16 node 4's 164 conv5_2
 #: sets for node 13).
 BUILD_BPRAM_FOLD = 16
+#: The PG order of each layer of a node's own weights (``NodeTop(ws_pg=)``): weight-stationary
+#: (``WSPGLayer``: two frame stores of the image's activations and errors, one weight set per
+#: sweep) where that takes less block RAM than the position-outer accumulators (a 48-bit sum
+#: of every weight of the segment) and its sweeps fit the plan's cycles per image: VGG-16's
+#: conv4 and conv5 layers (node 12's conv4_3: 2,160 -> 722.5 BRAM36 by the estimate).
+BUILD_WS_PG = "smaller"
 #: Widest value the generator builds: Amaranth's netlist numbers the bits of a value with 16
 #: bits. Windows wider than that are held in runs of lanes (``fpdeep_hw.wide``); a pixel word
 #: of all channels is one value.
@@ -999,7 +1005,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                           fifo_fold=BUILD_FIFO_FOLD, master_burst=BUILD_MASTER_BURST,
                           master_prefetch=BUILD_MASTER_PREFETCH, master_fold=BUILD_MASTER_FOLD,
                           grad_fold=BUILD_GRAD_FOLD, bpram_fold=BUILD_BPRAM_FOLD,
-                          memory_word_bits=word_bits)
+                          ws_pg=BUILD_WS_PG, memory_word_bits=word_bits)
         except ValueError as e:
             raise FpdeepError(label, f"node_plans[{k}]", k, str(e)) from None
         linked = LinkedNode(top)
@@ -1104,6 +1110,7 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
             "master_fold": BUILD_MASTER_FOLD, "memory_word_bits": word_bits,
             "grad_fold": BUILD_GRAD_FOLD, "grad_folds": dict(top.grad_folds),
             "bpram_fold": BUILD_BPRAM_FOLD, "bpram_folds": dict(top.bpram_folds),
+            "ws_pg": BUILD_WS_PG, "pg_orders": dict(top.pg_orders),
             "master_folds": dict(top.master_folds),
             "memory_map": memory_map,
             "notes": notes,

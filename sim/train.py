@@ -7,7 +7,7 @@
         [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...] [--dram-latency 20]
         [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536] [--fifo-fold 64]]
         [--master-burst 4] [--master-prefetch 2] [--master-fold 16] [--grad-fold 16]
-        [--bpram-fold 16]
+        [--bpram-fold 16] [--ws-pg all|smaller]
 
 Steps: map the network (``fpdeep_map.mapper.map_network(net, board, nodes, batch=B,
 max_row_lanes=1)``), build :class:`fpdeep_hw.node.top.NodeTop` for node 0 with
@@ -225,7 +225,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
             link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
             offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4,
             master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1,
-            bpram_fold=1):
+            bpram_fold=1, ws_pg=False):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
@@ -237,7 +237,9 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     ``master_burst``, ``master_prefetch``, ``master_fold``: the off-chip master copies' (as
     :class:`~fpdeep_hw.node.top.NodeTop` takes them; the build: 4, 2, 16); ``grad_fold``: the
     gradient buffers' most rows per set (``NodeTop(grad_fold=)``); ``bpram_fold``: the
-    BPRAMs' (``NodeTop(bpram_fold=)``). Returns a dict
+    BPRAMs' (``NodeTop(bpram_fold=)``); ``ws_pg``: the PG order of the layers of a node's own
+    weights (``NodeTop(ws_pg=)``: ``True`` weight-stationary wherever built, ``"smaller"`` as
+    the build chooses). Returns a dict
     with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden`` and
     ``idle_nodes`` (nodes at the end of the chain the plan leaves empty, not built).
     """
@@ -269,7 +271,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
                           mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                           master_burst=master_burst, master_prefetch=master_prefetch,
                           master_fold=master_fold, grad_fold=grad_fold,
-                          bpram_fold=bpram_fold)
+                          bpram_fold=bpram_fold, ws_pg=ws_pg)
         else:
             top = Cluster(plan, network, lr=lr, init_master=init, batch=batch,
                           fifo_images=fifo_images, fifo_rows=fifo_rows,
@@ -278,7 +280,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
                           mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                           master_burst=master_burst, master_prefetch=master_prefetch,
                           master_fold=master_fold, grad_fold=grad_fold,
-                          bpram_fold=bpram_fold)
+                          bpram_fold=bpram_fold, ws_pg=ws_pg)
     except ValueError as e:
         raise TrainError(str(e)) from None
     gold = GoldenTrainer(network, plan.numerics, batch, lr, lags_from_plan(plan), init,
@@ -982,7 +984,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
         fifo_fold=1, link_gbps=None, link_latency=54,
         split="channels", ocp_threshold=None, offchip_act_ram=None, offchip_stores=None,
         dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4,
-        master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1, bpram_fold=1):
+        master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1, bpram_fold=1,
+        ws_pg=False):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
@@ -1006,6 +1009,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
         raise TrainError(f"--grad-fold must be a positive integer, not {grad_fold!r}")
     if not _int(bpram_fold, 1):
         raise TrainError(f"--bpram-fold must be a positive integer, not {bpram_fold!r}")
+    if not (ws_pg is False or ws_pg is True or ws_pg == "smaller"):
+        raise TrainError(f"--ws-pg must be 'all' or 'smaller', not {ws_pg!r}")
     if master_prefetch is not None and not _int(master_prefetch, 1):
         raise TrainError(f"--master-prefetch must be a positive integer, not "
                          f"{master_prefetch!r}")
@@ -1020,7 +1025,8 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
                    offchip_act_ram=offchip_act_ram, offchip_stores=offchip_stores,
                    mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                    master_burst=master_burst, master_prefetch=master_prefetch,
-                   master_fold=master_fold, grad_fold=grad_fold, bpram_fold=bpram_fold)
+                   master_fold=master_fold, grad_fold=grad_fold, bpram_fold=bpram_fold,
+                   ws_pg=ws_pg)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -1063,6 +1069,11 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
            "bpram_folds": {f"node{j}/{k}": f for j, node in
                            enumerate(getattr(prep["top"], "nodes", [prep["top"]]))
                            for k, f in node.bpram_folds.items()},
+           # the PG order of every layer of a node's own weights: "node<k>/<key>" -> "weight"
+           # (weight-stationary, WSPGLayer) or "position" (PGLayer)
+           "pg_orders": {f"node{j}/{k}": o for j, node in
+                         enumerate(getattr(prep["top"], "nodes", [prep["top"]]))
+                         for k, o in node.pg_orders.items()},
            "dram": dict(final["dram"], latency=dram_latency,
                         words_per_cycle=dram_words_per_cycle, stall=dram_stall,
                         burst=mem_burst, prefetch=mem_prefetch)}
@@ -1157,6 +1168,12 @@ def main(argv=None):
                     help="keep each BPRAM's weight sets as up to this many rows where its two "
                          "weight streams keep half its read port free (the build: 16; "
                          "default 1)")
+    ap.add_argument("--ws-pg", choices=["all", "smaller"], default=None,
+                    help="weight-stationary PG (one weight set per sweep of the image's stored "
+                         "activations and errors) for the layers of a node's own weights: all "
+                         "conv layers, or where it takes less block RAM than the position-outer "
+                         "accumulators within the plan's cycles per image (as the build "
+                         "chooses); default: none")
     ap.add_argument("--grad-fold", type=int, default=1,
                     help="keep each gradient buffer's sets as up to this many rows where its "
                          "drain costs at most 1/200 of the layer's cycles (the build: 16; "
@@ -1190,7 +1207,8 @@ def main(argv=None):
                   dram_stall=args.dram_stall, mem_burst=args.offchip_burst,
                   mem_prefetch=args.offchip_prefetch, master_burst=args.master_burst,
                   master_prefetch=args.master_prefetch, master_fold=args.master_fold,
-                  grad_fold=args.grad_fold, bpram_fold=args.bpram_fold)
+                  grad_fold=args.grad_fold, bpram_fold=args.bpram_fold,
+                  ws_pg={None: False, "all": True}.get(args.ws_pg, args.ws_pg))
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

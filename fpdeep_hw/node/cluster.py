@@ -177,6 +177,8 @@ class Cluster(wiring.Component):
         Passed to every :class:`NodeTop` (its off-chip master copies).
     grad_fold, bpram_fold : int, optional
         Passed to every :class:`NodeTop` (its gradient buffers, its BPRAMs).
+    ws_pg : bool or str, optional
+        Passed to every :class:`NodeTop` (the PG order of its own layers).
 
     Members
     -------
@@ -210,7 +212,7 @@ class Cluster(wiring.Component):
                  words_per_cycle=None, max_payload=32, depth=1024,
                  credit_interval=8192, flips=None, mem_burst=16, mem_prefetch=4,
                  master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1,
-                 bpram_fold=1):
+                 bpram_fold=1, ws_pg=False):
         if not isinstance(plan, Plan):
             raise TypeError(f"Cluster plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -233,7 +235,7 @@ class Cluster(wiring.Component):
                               mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                               master_burst=master_burst, master_prefetch=master_prefetch,
                               master_fold=master_fold, grad_fold=grad_fold,
-                              bpram_fold=bpram_fold)
+                              bpram_fold=bpram_fold, ws_pg=ws_pg)
                       for k in range(n)]
         self._plan, self._network = plan, network
         for node in self.nodes:

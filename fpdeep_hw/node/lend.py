@@ -44,7 +44,7 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.shared import shared
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
-from fpdeep_hw.memory.grad_buffer import BGB, _count_flags
+from fpdeep_hw.memory.grad_buffer import BGB, LGB, _count_flags
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.offchip_act_ram import memory_port_signature
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
@@ -693,7 +693,8 @@ class WSPGLayer(wiring.Component):
         Saturating counts of clamped elements.
     """
 
-    def __init__(self, segment, network, numerics, *, batch, src_loc_at=0):
+    def __init__(self, segment, network, numerics, *, batch, lgb=False, lgb_fold=1,
+                 src_loc_at=0):
         geom = _check_args("WSPGLayer", segment, network, numerics)
         if geom.kind != "conv":
             raise ValueError(f"WSPGLayer: only conv segments are built, not {geom.kind!r} "
@@ -708,12 +709,26 @@ class WSPGLayer(wiring.Component):
         self._batch = batch
         self._lbgeom = Geometry(geom.height, geom.width, geom.kernel, stride=geom.stride,
                                 pad=geom.pad)
-        super().__init__(pg_members(geom, numerics), src_loc_at=1 + src_loc_at)
+        if not isinstance(lgb, bool):
+            raise TypeError(f"WSPGLayer lgb must be a bool, not {lgb!r}")
+        _pos_int("WSPGLayer", "LGB fold", lgb_fold)
+        self._use_lgb, self._lgb_fold = lgb, lgb_fold
+        self._lgb = None                      # the LGB of the last elaboration
+        members = pg_members(geom, numerics)
+        if lgb:
+            members.update(lgb_acc_overflow=Out(32), lgb_out_overflow=Out(32))
+        super().__init__(members, src_loc_at=1 + src_loc_at)
 
     geometry = property(lambda self: self._geom)
     numerics = property(lambda self: self._numerics)
     batch = property(lambda self: self._batch)
     positions = property(lambda self: self._positions)
+
+    @property
+    def lgb(self):
+        """The :class:`~fpdeep_hw.memory.grad_buffer.LGB` of the last elaboration (``lgb=True``;
+        for monitoring in simulation), else ``None``."""
+        return self._lgb
 
     @property
     def weight_sets(self):
@@ -766,7 +781,25 @@ class WSPGLayer(wiring.Component):
         N = geo.weight_sets
         NPIX, NPOS = geo.pixels, self._positions
         aw, ew, accw = n.activation.width, n.error.width, n.acc_width
-        q = self.grad
+        if self._use_lgb:
+            # the image's sets accumulate in a local LGB (a layer of this node's own weights);
+            # ``grad`` carries its mini-batch averages, as PGLayer's
+            self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
+                                  acc_width=n.grad_acc_width, kernel=K, lanes=P * S, depth=N,
+                                  batch=self._batch, fold=self._lgb_fold)
+            m.submodules.lgb = lgb
+            wiring.connect(m, lgb.o, wiring.flipped(self.grad))
+            q = self.grad.signature.create(path=("pg_out",))
+            m.d.comb += [
+                lgb.i.valid.eq(q.valid), q.ready.eq(lgb.i.ready),
+                lgb.i.payload.addr.eq(q.payload.addr), lgb.i.payload.data.eq(q.payload.data),
+                lgb.i.payload.batch_done.eq(q.payload.last),
+                self.lgb_acc_overflow.eq(lgb.acc_overflow),
+                self.lgb_out_overflow.eq(lgb.out_overflow),
+            ]
+        else:
+            self._lgb = None
+            q = self.grad
 
         # ---- frame stores: two banks each, written in arrival order --------------------------
         def frame_store(name, port, lanes, width, words, **read_kw):

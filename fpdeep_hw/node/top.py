@@ -72,12 +72,13 @@ from fpdeep_map.network import Network
 from fpdeep_map.plan import Plan
 from sim.golden import layers as golden
 from sim.golden.train import lags_from_plan, weight_shape
+from sim.golden.line_buffer import Geometry
 
 from ..compute.loss import LossUnit
 from ..compute.sfu import arg_bits
 from ..memory.act_ram import ActRAM
 from ..memory.folded_fifo import FoldedFIFO, row_fifo_fold
-from ..memory.grad_buffer import grad_buffer_fold
+from ..memory.grad_buffer import grad_buffer_bram18, grad_buffer_fold
 from ..memory.offchip_act_ram import OffchipActRAM, OffchipFIFO, act_ram_for, store_for
 from ..memory.param_ram import LPRAM, weight_set_layout
 from .eb_layer import BPFront, EBLayer
@@ -282,6 +283,17 @@ class NodeTop(wiring.Component):
         for its weights (the same block RAM count), at most ``Ho * Wo // 4`` of the borrowed
         layer: its two weight streams then take at most half the read port's sets
         (:attr:`bpram_folds`); ``python -m fpdeep_hw.build`` folds (``BUILD_BPRAM_FOLD``).
+    ws_pg : bool or str, optional
+        The PG of each layer of the node's own weights (:func:`pg_order`, :attr:`pg_orders`):
+        ``False`` (default) position-outer (:class:`~fpdeep_hw.node.pg_layer.PGLayer`, an
+        exact accumulator of every weight of the segment); ``True`` weight-stationary
+        (:class:`~fpdeep_hw.node.lend.WSPGLayer` with its LGB, two frame stores of the image's
+        activations and errors) for every conv layer of at least 2 positions; ``"smaller"``
+        weight-stationary where that takes fewer block RAM units and its sweeps fit the plan's
+        cycles per image; ``python -m fpdeep_hw.build`` chooses so (``BUILD_WS_PG``). Both
+        give the same gradient words in the same order; a weight-stationary PG finishes an
+        image's gradients about one sweep of its sets later (its sweeps need the whole image),
+        so the layer's update at a mini-batch boundary comes later by that.
     memory_word_bits : int, optional
         With ``master_fold``: the bits the external memory gives per cycle at its peak. An
         update's fold is then at most ``set bits // memory_word_bits`` (at least 1), so folding
@@ -403,7 +415,7 @@ class NodeTop(wiring.Component):
     def __init__(self, plan, node, network, *, lr, init_master, batch=None, fifo_images=1,
                  fifo_rows=None, fifo_whole_bits=0, fifo_fold=1, mem_burst=16,
                  mem_prefetch=4, master_burst=None, master_prefetch=None, master_fold=1,
-                 memory_word_bits=None, grad_fold=1, bpram_fold=1):
+                 memory_word_bits=None, grad_fold=1, bpram_fold=1, ws_pg=False):
         if not isinstance(plan, Plan):
             raise TypeError(f"NodeTop plan must be a Plan, not {plan!r}")
         if not isinstance(network, Network):
@@ -476,6 +488,12 @@ class NodeTop(wiring.Component):
         self.bpram_fold = bpram_fold
         #: ``{"lend_<chain>/bpram": fold}`` of every BPRAM.
         self.bpram_folds = {}
+        if not (ws_pg is False or ws_pg is True or ws_pg == "smaller"):
+            raise ValueError(f"NodeTop ws_pg must be False, True or 'smaller', not {ws_pg!r}")
+        self.ws_pg = ws_pg
+        #: ``{layer key: "weight" or "position"}``: the PG of each layer of this node's own
+        #: weights (a borrowed layer's is weight-stationary always, and not listed).
+        self.pg_orders = {}
 
         def buffer_fold(geo, depth, images):
             """The fold of a gradient buffer of ``depth`` sets of ``geo``'s conv layer whose
@@ -641,7 +659,10 @@ class NodeTop(wiring.Component):
                 pg = WSPGLayer(seg, network, num, batch=batch)
             else:
                 self.grad_folds[f"{key}/lgb"] = fold = buffer_fold(geo, geo.weight_sets, 1)
-                pg = PGLayer(seg, network, num, batch=batch, lgb_fold=fold)
+                self.pg_orders[key] = order = pg_order(ws_pg, geo, num, plan)
+                pg = (WSPGLayer(seg, network, num, batch=batch, lgb=True, lgb_fold=fold)
+                      if order == "weight" else
+                      PGLayer(seg, network, num, batch=batch, lgb_fold=fold))
             upd = gate = mem_master = None
             lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:
@@ -1262,6 +1283,42 @@ class NodeTop(wiring.Component):
         if gates:
             m.d.comb += self.updates.eq(gates[0].updates)
         return m
+
+
+def pg_order(ws_pg, geo, numerics, plan):
+    """The PG order of a layer of the node's own weights (``NodeTop(ws_pg=)``):
+    ``"position"`` (:class:`~fpdeep_hw.node.pg_layer.PGLayer`: every weight set at every
+    position, an exact accumulator of every weight of the segment) or ``"weight"``
+    (:class:`~fpdeep_hw.node.lend.WSPGLayer` with its LGB: one weight set per sweep of two
+    frame stores of the image's activations and errors).
+
+    ``ws_pg``: ``False`` position everywhere; ``True`` weight-stationary wherever it is built
+    (conv, at least 2 positions); ``"smaller"`` (the build) weight-stationary where its frame
+    stores take fewer block RAM units than the accumulators (:func:`pg_bram18`) and its sweeps
+    (``R * G`` replays of the padded map) fit in the plan's cycles per image, so the layer
+    keeps the plan's pace."""
+    if ws_pg is False or geo.kind != "conv" or geo.conv_height * geo.conv_width < 2:
+        return "position"
+    if ws_pg is True:
+        return "weight"
+    lg = Geometry(geo.height, geo.width, geo.kernel, stride=geo.stride, pad=geo.pad)
+    sweeps = geo.weight_sets * lg.vheight * lg.vwidth
+    ws, pos = pg_bram18(geo, numerics, "weight"), pg_bram18(geo, numerics, "position")
+    return "weight" if ws < pos and sweeps <= plan.summary["cycles_per_image"] else "position"
+
+
+def pg_bram18(geo, numerics, order):
+    """RAMB18 units of a PG module's large memories by the build's estimate
+    (:func:`fpdeep_map.costs.bram18_tiles`): ``"position"`` the accumulator memory (``R * G``
+    rows of ``P*S*K*K`` lanes of ``acc_width``, in packed banks); ``"weight"`` the two frame
+    stores (``2 x H*W`` words of ``C`` activations, ``2 x Ho*Wo`` of ``OC`` errors)."""
+    from fpdeep_map.costs import bram18_tiles
+    if order == "position":
+        return grad_buffer_bram18(numerics.acc_width, geo.p * geo.s * geo.kernel ** 2,
+                                  geo.weight_sets, 1)
+    return (bram18_tiles(geo.in_channels * numerics.activation.width, 2 * geo.pixels)
+            + bram18_tiles(geo.out_channels * numerics.error.width,
+                           2 * geo.conv_height * geo.conv_width))
 
 
 def _stores_of(seg, geo, lag):

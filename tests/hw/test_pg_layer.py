@@ -10,6 +10,7 @@ the per-image golden gradients, (2) every averaged word leaving the LGB, (3) the
 """
 
 import dataclasses
+import functools
 import random
 
 import numpy as np
@@ -18,6 +19,7 @@ from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from fpdeep_hw import wide
+from fpdeep_hw.node.lend import WSPGLayer
 from fpdeep_hw.node.pg_layer import PGLayer
 from fpdeep_map.board import load_board
 from fpdeep_map.mapper import map_network
@@ -51,9 +53,11 @@ def segment(net, layer, batch=2, p=None, s=None):
     return seg, plan, network
 
 
-def build(net, layer, batch=2, **shape):
+def build(net, layer, batch=2, make=PGLayer, **shape):
+    """The PG module of ``layer`` (``make``: :class:`PGLayer`, or a drop-in taking the same
+    arguments, such as the weight-stationary ``WSPGLayer(..., lgb=True)``) and its plan."""
     seg, plan, network = segment(net, layer, batch, **shape)
-    return PGLayer(seg, network, plan.numerics, batch=plan.batch), plan
+    return make(seg, network, plan.numerics, batch=plan.batch), plan
 
 
 def make_data(dut, images, rng, amp=1 << 10):
@@ -138,8 +142,8 @@ def simulate(dut, a_words, e_words, n_grad, *, p_a=0.2, p_e=0.2, p_o=0.2, seed=0
     return rec
 
 
-def check(net, layer, images, seed, waves, **shape):
-    dut, plan = build(net, layer, **shape)
+def check(net, layer, images, seed, waves, make=PGLayer, **shape):
+    dut, plan = build(net, layer, make=make, **shape)
     rng = random.Random(seed)
     acts, errs, a_words, e_words = make_data(dut, images, rng)
     words, avgs, overflow, model = golden(dut, acts, errs, plan.numerics)
@@ -205,6 +209,27 @@ def test_edge_lanes(waves):
 def test_fc_segment(waves):
     """digits fc3 with P = 3, S = 2 engines (R = 4, G = 8, padding output lanes)."""
     check("digits", "fc3", 2, 4, waves, p=3, s=2)
+
+
+def _ws_lgb(fold):
+    return functools.partial(WSPGLayer, lgb=True, lgb_fold=fold)
+
+
+@pytest.mark.parametrize("net,layer,fold,shape", [
+    ("tiny", "conv1", 1, {}),
+    # padding lanes in the last input (2 of 3) and output (1 of 3) groups; the LGB folded
+    ("tiny", "conv2", 3, {"p": 3, "s": 3}),
+    ("digits", "conv1", 2, {})])
+def test_weight_stationary_with_lgb(net, layer, fold, shape, waves):
+    """The weight-stationary PG of a layer with its own weights
+    (``WSPGLayer(..., lgb=True)``, ``NodeTop(ws_pg=)``): the same LGB input words in the same
+    order as :class:`PGLayer`, the same averages and overflow counts, under the same random
+    stalls; its LGB folded too. Its ports are PGLayer's."""
+    dut, rec = check(net, layer, 4, 6, waves, make=_ws_lgb(fold), **shape)
+    assert dut.lgb.fold == fold
+    ref, _ = build(net, layer, **shape)
+    assert dut.drain_order == ref.drain_order
+    assert sorted(dut.signature.members) == sorted(ref.signature.members)
 
 
 @pytest.mark.slow
