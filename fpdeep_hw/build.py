@@ -402,11 +402,21 @@ def unsupported(plan, k, network):
     words += [(f"{where}.bpram", f"{kp.layer} (kept for node {kp.borrower})",
                port_bits(kp.segment)) for kp in keepers.values()
               if k in kp.ranges and offchip(kp.segment)]
+
+    def lgb_bits(seg):          # a row of accumulators, about the memory's bits per cycle
+        g = layer_geometry(seg, network)
+        elements, accw = g.p * g.s * g.kernel ** 2, plan.numerics.grad_acc_width
+        fold = min(elements, max(1, -(-elements * accw // word_bits)))
+        return -(-elements // fold) * accw
+    words += [(f"{where}.segments[{i}].lgb", f"{s.layer} gradients", lgb_bits(s))
+              for i, s in enumerate(np_.segments) if s.weights_borrowed == 0
+              and s.kind == "conv" and s.lgb.offchip_words > 0]
     if sum(b for *_, b in words) > MAX_INPUT_BITS:
         field, _, _ = max(words, key=lambda w: w[2])
         total = sum(b for *_, b in words)
         problems.append((field, total,
-                         f"node {k}'s off-chip master copies read memory words of "
+                         f"node {k}'s off-chip master copies and gradient accumulators read "
+                         f"memory words of "
                          + ", ".join(f"{n} {b:,}" for _, n, b in words)
                          + f" bits = {total:,} input bits, above the {MAX_INPUT_BITS:,} input "
                          f"bits of one Amaranth module", "master words"))
@@ -1085,11 +1095,13 @@ def build_node(plan, k, network, board, out_root, *, lr=0.125, seed=0, synth=Fal
                     f"{words[a]:0{digits}x}\n" for a in sorted(words)))
                 memory_map[member]["init"] = f"{member}.hex"
         np_ = plan.node_plans[k]
+        lgb_offchip = {nl.segment.layer for nl in top.layers if nl.mem_lgb is not None}
         notes = [f"{s.layer}: the plan keeps {getattr(s, mem).offchip_words} {what} words off "
                  f"chip; the hardware keeps them all on chip (BRAM above the prediction)"
                  for s in plan.node_plans[k].segments
                  for mem, what in (("lpram", "parameter"), ("lgb", "gradient"))
-                 if getattr(s, mem).offchip_words]
+                 if getattr(s, mem).offchip_words
+                 and not (mem == "lgb" and s.layer in lgb_offchip)]
         report = {
             "network": network.name, "board": board, "nodes": plan.nodes, "node": k,
             "layers": [s.layer for s in np_.segments],

@@ -4,7 +4,8 @@
 
     python -m sim.train --net tiny --board sim-node --nodes 1 --images 4 --batch 2 --seed 0 \\
         --out build/train-tiny --json [--waves] [--lr 0.125] [--stall 0.2] \\
-        [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...] [--dram-latency 20]
+        [--offchip-act-ram all|LAYER,...] [--offchip-stores all|LAYER,...]
+        [--offchip-lgb all|LAYER,...] [--dram-latency 20]
         [--dram-words-per-cycle 2] [--fifo-rows 2 [--fifo-whole-bits 65536] [--fifo-fold 64]]
         [--master-burst 4] [--master-prefetch 2] [--master-fold 16] [--grad-fold 16]
         [--bpram-fold 16] [--ws-pg all|smaller]
@@ -34,7 +35,10 @@ those layers to off chip before building, as the mapper writes a layer that does
 recomputed). The golden model does not change: the Act-RAM's capacity and the lags stay.
 ``--offchip-stores all|LAYER,...`` does the same for those layers' ReLU-mask and argmax stores
 (``mask_store``, ``arg_store``; :func:`force_offchip_stores`); the words read back from an
-off-chip store (into ``BPFront``) are compared too.
+off-chip store (into ``BPFront``) are compared too. ``--offchip-lgb all|LAYER,...`` keeps the
+gradient accumulators (LGB) of those convolution layers off chip
+(:func:`force_offchip_lgb`; an ``OffchipGradBuffer`` behind a burst port ``mem_<layer>_lgb``),
+whose averages are compared as every LGB's.
 
 Writes ``DIR/result.npz`` (inputs, quantized inputs, labels, every layer's weights before and
 after as floats, the golden model's weights after) and, with ``--waves``, ``DIR/waves.vcd`` and
@@ -44,7 +48,7 @@ Bad arguments: a one-line error on stderr, exit status 2, nothing written.
 
 Members
 -------
-run, main, TrainError, force_offchip_act_ram, force_offchip_stores
+run, main, TrainError, force_offchip_act_ram, force_offchip_stores, force_offchip_lgb
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "main", "TrainError", "force_offchip_act_ram", "force_offchip_stores"]
+__all__ = ["run", "main", "TrainError", "force_offchip_act_ram", "force_offchip_stores",
+           "force_offchip_lgb"]
 
 
 class TrainError(ValueError):
@@ -195,6 +200,24 @@ def force_offchip_stores(plan, layers):
     return changed
 
 
+def force_offchip_lgb(plan, layers):
+    """Test / debug: keep the gradient accumulators (LGB) of the convolution layers among
+    ``layers`` off chip in ``plan`` (changed in place), as the mapper writes an LGB it spills
+    (``lgb.offchip_words`` all of its words); segments with borrowed weights have none. The
+    nodes' BRAM and off-chip traffic figures are not recomputed. Returns the ``(node, layer)``
+    changed. Unknown layer: :class:`TrainError`."""
+    from fpdeep_map.plan import MemoryPlan
+    segs, want = _forced_segments(plan, layers, "--offchip-lgb")
+    changed = []
+    for node, s in segs:
+        if s.layer in want and s.kind == "conv" and not s.weights_borrowed and s.lgb.words:
+            a = s.lgb
+            s.lgb = MemoryPlan(words=a.words, width=a.width, banks=1, depth=a.words, bram18=0,
+                               offchip_words=a.words)
+            changed.append((node, s.layer))
+    return changed
+
+
 def _forced_segments(plan, layers, option):
     """``([(node, segment)], layers wanted)`` for ``layers`` (``"all"`` or names) of
     ``option``."""
@@ -225,7 +248,7 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
             link_gbps=None, link_latency=54, split="channels", ocp_threshold=None, flips=None,
             offchip_act_ram=None, offchip_stores=None, mem_burst=16, mem_prefetch=4,
             master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1,
-            bpram_fold=1, ws_pg=False):
+            bpram_fold=1, ws_pg=False, offchip_lgb=None):
     """Map, build the node (or the cluster), make the data and train the golden model.
 
     ``nodes > 1`` builds a :class:`fpdeep_hw.node.cluster.Cluster` of the plan's nodes, joined
@@ -239,7 +262,8 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     gradient buffers' most rows per set (``NodeTop(grad_fold=)``); ``bpram_fold``: the
     BPRAMs' (``NodeTop(bpram_fold=)``); ``ws_pg``: the PG order of the layers of a node's own
     weights (``NodeTop(ws_pg=)``: ``True`` weight-stationary wherever built, ``"smaller"`` as
-    the build chooses). Returns a dict
+    the build chooses); ``offchip_lgb`` (the forms of ``offchip_act_ram``):
+    :func:`force_offchip_lgb`. Returns a dict
     with ``network``, ``plan``, ``top``, ``x``, ``y``, ``data``, ``init``, ``golden`` and
     ``idle_nodes`` (nodes at the end of the chain the plan leaves empty, not built).
     """
@@ -260,6 +284,9 @@ def prepare(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, stall=0.0, 
     offchip = _offchip_arg(offchip_stores)
     if offchip is not None:
         force_offchip_stores(plan, offchip)
+    offchip = _offchip_arg(offchip_lgb)
+    if offchip is not None:
+        force_offchip_lgb(plan, offchip)
     x, y, source = _data(network, images, seed)
     init = init_weights(network, seed, plan.numerics)
     try:
@@ -985,7 +1012,7 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
         split="channels", ocp_threshold=None, offchip_act_ram=None, offchip_stores=None,
         dram_latency=20, dram_words_per_cycle=2, dram_stall=0.0, mem_burst=16, mem_prefetch=4,
         master_burst=None, master_prefetch=None, master_fold=1, grad_fold=1, bpram_fold=1,
-        ws_pg=False):
+        ws_pg=False, offchip_lgb=None):
     """The whole flow; returns the result dict (the ``--json`` figures).
 
     ``perturb``: a callable ``(golden_trainer) -> None`` applied to the golden model after it ran
@@ -1026,7 +1053,7 @@ def run(net, board, *, nodes=1, images, batch, seed=0, lr=0.125, out=None, waves
                    mem_burst=mem_burst, mem_prefetch=mem_prefetch,
                    master_burst=master_burst, master_prefetch=master_prefetch,
                    master_fold=master_fold, grad_fold=grad_fold, bpram_fold=bpram_fold,
-                   ws_pg=ws_pg)
+                   ws_pg=ws_pg, offchip_lgb=offchip_lgb)
     if perturb is not None:
         perturb(prep["golden"])
     out_dir = Path(out) if out is not None else None
@@ -1143,6 +1170,10 @@ def main(argv=None):
                     help="test/debug: keep these layers' ReLU-mask and argmax stores off chip "
                          "(rewrites the mapped plan as the mapper does for a store that does "
                          "not fit; default: the mapper's placement)")
+    ap.add_argument("--offchip-lgb", default=None, metavar="all|LAYER[,LAYER...]",
+                    help="test/debug: keep these convolution layers' gradient accumulators "
+                         "(LGB) off chip (rewrites the mapped plan as the mapper does for an "
+                         "LGB it spills; default: the mapper's placement)")
     ap.add_argument("--dram-latency", type=int, default=20,
                     help="external memory model of each off-chip Act-RAM: cycles from a "
                          "request to its service (default 20)")
@@ -1200,7 +1231,8 @@ def main(argv=None):
                   seed=args.seed, lr=args.lr, out=args.out, waves=args.waves, stall=args.stall,
                   link_gbps=args.link_gbps, link_latency=args.link_latency, split=args.split,
                   ocp_threshold=args.ocp_threshold, offchip_act_ram=args.offchip_act_ram,
-                  offchip_stores=args.offchip_stores, fifo_rows=args.fifo_rows,
+                  offchip_stores=args.offchip_stores, offchip_lgb=args.offchip_lgb,
+                  fifo_rows=args.fifo_rows,
                   fifo_whole_bits=args.fifo_whole_bits, fifo_fold=args.fifo_fold,
                   dram_latency=args.dram_latency,
                   dram_words_per_cycle=args.dram_words_per_cycle,

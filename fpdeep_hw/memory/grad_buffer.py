@@ -223,7 +223,12 @@ class GradBuffer(wiring.Component):
             "o": Out(stream.Signature(self._out_layout)),
             "acc_overflow": Out(32),
             "out_overflow": Out(32),
+            **self._extra_members(),
         })
+
+    def _extra_members(self):
+        """Members a subclass adds (``OffchipGradBuffer``: its burst port)."""
+        return {}
 
     @property
     def in_fmt(self):

@@ -44,12 +44,12 @@ from amaranth.lib.wiring import In, Out
 from fpdeep_hw.compute.partial_adder import PartialAdder
 from fpdeep_hw.compute.shared import shared
 from fpdeep_hw.compute.sfu import MaxPool, arg_bits
-from fpdeep_hw.memory.grad_buffer import BGB, LGB, _count_flags
+from fpdeep_hw.memory.grad_buffer import BGB, _count_flags
 from fpdeep_hw.memory.line_buffer import LineBuffer, LineBufferRuns
 from fpdeep_hw.memory.offchip_act_ram import memory_port_signature
 from fpdeep_hw.memory.param_ram import BPRAM, weight_set_layout
 from fpdeep_hw.node.fp_layer import _check_args, _gather, _Loops, _post_ops, _vec
-from fpdeep_hw.node.pg_layer import check_pg_engines, pg_members
+from fpdeep_hw.node.pg_layer import check_pg_engines, make_lgb, pg_members
 from fpdeep_hw.node.update import OffchipWeightUpdate, WeightUpdate
 from fpdeep_hw.wide import join
 from fpdeep_hw.numerics import requantize, saturate, saturating_add, tree_sum
@@ -677,6 +677,15 @@ class WSPGLayer(wiring.Component):
     numerics : NumericsConfig
     batch : int
         Mini-batch size ``B``: ``grad.last`` marks the last set of every ``B``-th image.
+    lgb : bool
+        ``False`` (default; a borrowed segment): no LGB, ``grad`` as below. ``True`` (a layer
+        of the node's own weights, ``NodeTop(ws_pg=)``): the sets go into a local LGB and
+        ``grad`` carries its mini-batch averages, ``pg_done`` strobes with an image's last set
+        into it, and the ``lgb_acc_overflow`` / ``lgb_out_overflow`` members are added: the
+        ports of :class:`~fpdeep_hw.node.pg_layer.PGLayer`.
+    lgb_fold, lgb_mem
+        With ``lgb=True``: as :class:`~fpdeep_hw.node.pg_layer.PGLayer`'s (the LGB folded;
+        its accumulators off chip).
 
     Members
     -------
@@ -694,7 +703,7 @@ class WSPGLayer(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, lgb=False, lgb_fold=1,
-                 src_loc_at=0):
+                 lgb_mem=None, src_loc_at=0):
         geom = _check_args("WSPGLayer", segment, network, numerics)
         if geom.kind != "conv":
             raise ValueError(f"WSPGLayer: only conv segments are built, not {geom.kind!r} "
@@ -713,7 +722,13 @@ class WSPGLayer(wiring.Component):
             raise TypeError(f"WSPGLayer lgb must be a bool, not {lgb!r}")
         _pos_int("WSPGLayer", "LGB fold", lgb_fold)
         self._use_lgb, self._lgb_fold = lgb, lgb_fold
-        self._lgb = None                      # the LGB of the last elaboration
+        if lgb_mem is not None and not lgb:
+            raise ValueError("WSPGLayer: lgb_mem needs lgb=True")
+        # the LGB of the last elaboration; an off-chip one from the start (NodeTop wires its
+        # burst port)
+        self._lgb_mem = lgb_mem
+        self._lgb = None if lgb_mem is None else make_lgb(geom, numerics, batch, lgb_fold,
+                                                         lgb_mem)
         members = pg_members(geom, numerics)
         if lgb:
             members.update(lgb_acc_overflow=Out(32), lgb_out_overflow=Out(32))
@@ -784,10 +799,9 @@ class WSPGLayer(wiring.Component):
         if self._use_lgb:
             # the image's sets accumulate in a local LGB (a layer of this node's own weights);
             # ``grad`` carries its mini-batch averages, as PGLayer's
-            self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
-                                  acc_width=n.grad_acc_width, kernel=K, lanes=P * S, depth=N,
-                                  batch=self._batch, fold=self._lgb_fold)
-            m.submodules.lgb = lgb
+            if self._lgb_mem is None:
+                self._lgb = make_lgb(geo, n, self._batch, self._lgb_fold)
+            m.submodules.lgb = lgb = self._lgb
             wiring.connect(m, lgb.o, wiring.flipped(self.grad))
             q = self.grad.signature.create(path=("pg_out",))
             m.d.comb += [

@@ -26,6 +26,7 @@ from fpdeep_map.numerics import NumericsConfig
 from sim.golden.line_buffer import Geometry
 
 from ..memory.grad_buffer import LGB, _count_flags
+from ..memory.offchip_grad_buffer import OffchipGradBuffer
 from ..memory.packing import lanes_per_memory, packed_memory
 from ..compute.shared import shared
 from ..memory.line_buffer import LineBuffer, LineBufferRuns
@@ -97,6 +98,22 @@ def check_pg_engines(owner, segment, geom):
     if (pg.p, pg.s) != (geom.p, geom.s):
         raise ValueError(f"{owner}: segment {segment.layer!r} PG engines {pg.p}x{pg.s} differ "
                          f"from FP engines {geom.p}x{geom.s} (the weight address map is shared)")
+
+
+def make_lgb(geom, numerics, batch, fold, mem=None):
+    """The LGB of a PG module: an :class:`LGB` (``mem`` ``None``), or an
+    :class:`~fpdeep_hw.memory.offchip_grad_buffer.OffchipGradBuffer` with the burst port
+    keywords ``mem`` (``burst``, ``base``, ``prefetch``, ``addr_width``, ``fold``: the ring
+    ``NodeTop`` gives it; a convolution layer's, whose PG drains in address order)."""
+    kw = dict(in_fmt=numerics.gradient, out_fmt=numerics.gradient,
+              acc_width=numerics.grad_acc_width, kernel=geom.kernel, lanes=geom.p * geom.s,
+              depth=geom.weight_sets, batch=batch)
+    if mem is None:
+        return LGB(**kw, fold=fold)
+    if geom.kind != "conv":
+        raise ValueError(f"an off-chip LGB takes its sets in address order: a convolution "
+                         f"layer's, not {geom.kind!r}")
+    return OffchipGradBuffer(**kw, **mem)
 
 
 def pg_members(geom, numerics):
@@ -204,6 +221,13 @@ class PGLayer(wiring.Component):
         words takes ``fold * N`` cycles and holds back the next image's first position by
         about ``(fold - 1) * N`` cycles (``NodeTop(grad_fold=)`` keeps that within
         ``1 / FOLD_COST`` of the layer's cycles).
+    lgb_mem : dict, optional
+        The LGB's accumulators in external memory (a conv layer whose plan keeps them off
+        chip, ``lgb.offchip_words``): the keywords ``burst``, ``base``, ``prefetch``,
+        ``addr_width``, ``fold`` of an :class:`~fpdeep_hw.memory.offchip_grad_buffer.
+        OffchipGradBuffer`, built at once (:attr:`lgb`) so that ``NodeTop`` can wire its burst
+        port ``lgb.mem`` (``fold`` equal to ``lgb_fold``). The words the LGB takes are the
+        same; their pace is the memory's (a set every ``fold`` cycles at most).
 
     Members
     -------
@@ -221,7 +245,7 @@ class PGLayer(wiring.Component):
     """
 
     def __init__(self, segment, network, numerics, *, batch, fifo_depth=None, lgb=True,
-                 lgb_fold=1, src_loc_at=0):
+                 lgb_fold=1, lgb_mem=None, src_loc_at=0):
         if not isinstance(numerics, NumericsConfig):
             raise TypeError(f"PGLayer numerics must be a NumericsConfig, not {numerics!r}")
         geom = layer_geometry(segment, network)
@@ -232,6 +256,8 @@ class PGLayer(wiring.Component):
         self._use_lgb = lgb
         _pos_int("LGB fold", lgb_fold)
         self._lgb_fold = lgb_fold
+        if lgb_mem is not None and not lgb:
+            raise ValueError("PGLayer: lgb_mem needs lgb=True")
         self._geom = geom
         self._numerics = numerics
         self._batch = batch
@@ -247,7 +273,11 @@ class PGLayer(wiring.Component):
             self._positions = geom.pixels
             fifo_depth = 0
         self._fifo_depth = fifo_depth
-        self._lgb = None                      # the LGB of the last elaboration
+        # the LGB of the last elaboration; an off-chip one from the start (NodeTop wires its
+        # burst port)
+        self._lgb_mem = lgb_mem
+        self._lgb = None if lgb_mem is None else make_lgb(geom, numerics, batch, lgb_fold,
+                                                         lgb_mem)
         super().__init__({
             **pg_members(geom, numerics),
             "lgb_acc_overflow": Out(32), "lgb_out_overflow": Out(32),
@@ -319,10 +349,9 @@ class PGLayer(wiring.Component):
         win_layout = data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(aw), K), K), C)
 
         if self._use_lgb:
-            self._lgb = lgb = LGB(in_fmt=n.gradient, out_fmt=n.gradient,
-                                  acc_width=n.grad_acc_width, kernel=K, lanes=P * S, depth=N,
-                                  batch=self._batch, fold=self._lgb_fold)
-            m.submodules.lgb = lgb
+            if self._lgb_mem is None:
+                self._lgb = make_lgb(geo, n, self._batch, self._lgb_fold)
+            m.submodules.lgb = lgb = self._lgb
             wiring.connect(m, lgb.o, wiring.flipped(self.grad))
             m.d.comb += [self.lgb_acc_overflow.eq(lgb.acc_overflow),
                          self.lgb_out_overflow.eq(lgb.out_overflow)]

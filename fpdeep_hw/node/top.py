@@ -99,8 +99,9 @@ __all__ = ["NodeTop", "NodeLayer", "slice_weights", "mem_port_name", "STORES"]
 
 #: The stores of a segment that the plan may keep off chip: the Act-RAM
 #: (``SegmentPlan.act_ram``), the ReLU masks (``mask_store``), the pool argmaxes
-#: (``arg_store``) and the master copy of the weights (``master_store``).
-STORES = ("act", "mask", "arg", "master")
+#: (``arg_store``), the master copy of the weights (``master_store``) and the gradient
+#: accumulators (``lgb``).
+STORES = ("act", "mask", "arg", "master", "lgb")
 
 
 def mem_port_name(key, store="act"):
@@ -108,8 +109,9 @@ def mem_port_name(key, store="act"):
     :attr:`NodeLayer.key`) off-chip ``store``: the Act-RAM (``"act"``) ``mem_<layer>`` for a
     whole layer, ``mem_<layer>_at<node>`` for a slice (``@`` is not an identifier character;
     the same form as the segment's submodules); the ReLU-mask (``"mask"``), argmax
-    (``"arg"``) and master-copy (``"master"``) stores the same with ``_mask`` / ``_arg`` /
-    ``_master`` appended (a lender's master copy: ``key`` ``lend_<chain>@<node>``)."""
+    (``"arg"``), master-copy (``"master"``) and gradient (``"lgb"``) stores the same with
+    ``_mask`` / ``_arg`` / ``_master`` / ``_lgb`` appended (a lender's master copy: ``key``
+    ``lend_<chain>@<node>``)."""
     if store not in STORES:
         raise ValueError(f"mem_port_name store must be one of {STORES}, not {store!r}")
     return "mem_" + key.replace("@", "_at") + ("" if store == "act" else f"_{store}")
@@ -164,10 +166,11 @@ class NodeLayer:
     mem : str or None
         The :class:`NodeTop` member of the off-chip Act-RAM's burst port
         (:func:`mem_port_name`), ``None`` for an on-chip Act-RAM.
-    mem_mask, mem_arg, mem_master : str or None
-        The same for the mask and argmax stores and the master copy (``None``: on chip, or no
-        such store; ``mem_master``: ``update`` is then an
-        :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`).
+    mem_mask, mem_arg, mem_master, mem_lgb : str or None
+        The same for the mask and argmax stores, the master copy and the gradient
+        accumulators (``None``: on chip, or no such store; ``mem_master``: ``update`` is then
+        an :class:`~fpdeep_hw.node.update.OffchipWeightUpdate`; ``mem_lgb``: ``pg.lgb`` is an
+        :class:`~fpdeep_hw.memory.offchip_grad_buffer.OffchipGradBuffer`).
     lpram : LPRAM or None
         The layer's working weights, read by ``fp`` (``rd_addr`` / ``rd_data``) and ``eb``
         (``rd2_addr`` / ``rd2_data``) and written by ``update`` (``LPRAM(readers=2)``; the two
@@ -197,6 +200,7 @@ class NodeLayer:
     mem_arg: str | None = None
     lpram: LPRAM | None = None
     mem_master: str | None = None
+    mem_lgb: str | None = None
 
     def memories(self):
         """``[(store, member, module)]``: the segment's off-chip stores (``store`` in
@@ -206,7 +210,8 @@ class NodeLayer:
         for store, member, module in (("act", self.mem, self.act_ram),
                                       ("mask", self.mem_mask, self.mask_fifo),
                                       ("arg", self.mem_arg, self.arg_fifo),
-                                      ("master", self.mem_master, self.update)):
+                                      ("master", self.mem_master, self.update),
+                                      ("lgb", self.mem_lgb, self.pg.lgb)):
             if member is not None:
                 out.append((store, member, module))
         return out
@@ -578,6 +583,14 @@ class NodeTop(wiring.Component):
                 kw["fold"] = self.master_folds[mem] = master_set_fold(
                     bits, burst, prefetch, master_fold, memory_word_bits)
                 bits, depth, burst = -(-bits // kw["fold"]), depth * kw["fold"], burst * kw["fold"]
+            elif store == "lgb":
+                # ``bits``: (elements, accumulator width) of a set; a row of accumulators per
+                # memory word, about the memory's bits per cycle
+                elements, accw = bits
+                fold = 1 if memory_word_bits is None else min(
+                    elements, max(1, -(-elements * accw // memory_word_bits)))
+                kw["fold"] = self.grad_folds[f"{key}/lgb"] = fold
+                bits, depth, burst = -(-elements // fold) * accw, depth * fold, burst * fold
             wbytes = 1 << (math.ceil(bits / 8) - 1).bit_length()
             ext = math.ceil(depth / burst) * burst
             align = math.lcm(mem_burst, burst)
@@ -658,11 +671,24 @@ class NodeTop(wiring.Component):
             if borrowed:
                 pg = WSPGLayer(seg, network, num, batch=batch)
             else:
-                self.grad_folds[f"{key}/lgb"] = fold = buffer_fold(geo, geo.weight_sets, 1)
                 self.pg_orders[key] = order = pg_order(ws_pg, geo, num, plan)
-                pg = (WSPGLayer(seg, network, num, batch=batch, lgb=True, lgb_fold=fold)
+                lgb_kw = {}
+                if seg.lgb.offchip_words > 0 and geo.kind == "conv":
+                    # the gradient accumulators in a ring of the external memory (an FC
+                    # layer's PG drains in another order: its LGB stays on chip)
+                    mem_lgb, lgb_kw = ring(key, "lgb",
+                                           (geo.p * geo.s * geo.kernel ** 2, num.grad_acc_width),
+                                           geo.weight_sets, burst=master_burst,
+                                           prefetch=master_prefetch)
+                    lgb_kw = {"lgb_mem": lgb_kw}
+                else:
+                    mem_lgb = None
+                    self.grad_folds[f"{key}/lgb"] = buffer_fold(geo, geo.weight_sets, 1)
+                fold = self.grad_folds[f"{key}/lgb"]
+                pg = (WSPGLayer(seg, network, num, batch=batch, lgb=True, lgb_fold=fold,
+                                **lgb_kw)
                       if order == "weight" else
-                      PGLayer(seg, network, num, batch=batch, lgb_fold=fold))
+                      PGLayer(seg, network, num, batch=batch, lgb_fold=fold, **lgb_kw))
             upd = gate = mem_master = None
             lender = self.keepers[self.chain_names[(seg.layer, node)]] if borrowed else None
             if not borrowed:
@@ -682,7 +708,7 @@ class NodeTop(wiring.Component):
                 act_ram=act, mask_fifo=mask_fifo, arg_fifo=arg_fifo, bp=bp, eb=eb, pg=pg,
                 update=upd, gate=gate, act_images=depth / HW, lender=lender, mem=mem,
                 mem_mask=mems["mask"], mem_arg=mems["arg"], lpram=lpram,
-                mem_master=mem_master))
+                mem_master=mem_master, mem_lgb=None if borrowed else mem_lgb))
         # the weight sets this node keeps (for a borrower, or its own share of a borrowed
         # segment): BPRAM, BGB, update, version rule
         self.lenders = {}

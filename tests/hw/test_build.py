@@ -1223,13 +1223,14 @@ def test_split_layer_nodes_build_and_lint(tmp_path):
 
 def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
     """tiny on 2 VC709 with conv2's and conv3's Act-RAMs and conv2's mask and argmax stores
-    forced off chip (the plan rewritten by ``sim.train.force_offchip_act_ram`` and
-    ``force_offchip_stores``, saved and built with ``--plan``): each node has a ``mem_<layer>``
-    burst port per Act-RAM (node 0 also ``mem_conv2_mask``, ``mem_conv2_arg``), the board top a
-    ``fpdeep_mem_ctrl`` black box for each; the board tops elaborate with their nodes and the
-    nodes' Verilog lints."""
+    forced off chip, and conv3's gradient accumulators (the plan rewritten by
+    ``sim.train.force_offchip_act_ram``, ``force_offchip_stores`` and ``force_offchip_lgb``,
+    saved and built with ``--plan``): each node has a ``mem_<layer>`` burst port per Act-RAM
+    (node 0 also ``mem_conv2_mask``, ``mem_conv2_arg``; node 1 ``mem_conv3_lgb``), the board
+    top a ``fpdeep_mem_ctrl`` black box for each; the board tops elaborate with their nodes and
+    the nodes' Verilog lints."""
     from fpdeep_hw.build import unsupported
-    from sim.train import force_offchip_act_ram, force_offchip_stores
+    from sim.train import force_offchip_act_ram, force_offchip_lgb, force_offchip_stores
     # the default VGG-16 node 4 keeps every Act-RAM off chip: no longer a refusal
     vgg = load_network("vgg16")
     default = map_network(vgg, load_board("vc709"), 15, batch=128, max_row_lanes=1)
@@ -1239,6 +1240,7 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
     assert all(s.act_ram.offchip_words == 0 for n in plan.node_plans for s in n.segments)
     assert force_offchip_act_ram(plan, ["conv2", "conv3"]) == [(0, "conv2"), (1, "conv3")]
     assert force_offchip_stores(plan, ["conv2"]) == [(0, "conv2", "mask"), (0, "conv2", "arg")]
+    assert force_offchip_lgb(plan, ["conv3", "fc4"]) == [(1, "conv3")]
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(plan.to_yaml())
     out = tmp_path / "out"
@@ -1251,10 +1253,15 @@ def test_offchip_act_ram_nodes_build_and_lint(tmp_path):
         head = node_v[node_v.index("module fpdeep_node("):]
         head = head[:head.index(");")]
         ports = set(re.findall(r"\b(mem_\w+?)__(?:aw|w|b|ar|r)__\w+", head))
-        want = {f"mem_{layer}"} | ({"mem_conv2_mask", "mem_conv2_arg"} if k == 0 else set())
+        want = {f"mem_{layer}"} | ({"mem_conv2_mask", "mem_conv2_arg"} if k == 0 else
+                                   {"mem_conv3_lgb"})
         # (and every layer's master copy)
         want |= {f"mem_{s.layer}_master" for s in plan.node_plans[k].segments}
         assert ports == want, ports
+        notes = json.loads((folder / "report.json").read_text())["notes"]
+        # fc4's LGB (off chip in the plan) stays on chip and is noted; conv3's is not
+        assert [n.split(":")[0] for n in notes if "gradient words" in n] == (
+            ["fc4"] if k == 1 else []), notes
         top_v = (folder / "top.v").read_text()
         assert top_v.count("fpdeep_mem_ctrl ") == len(want)
         assert all(f"ctrl_{p}" in top_v for p in want)

@@ -167,9 +167,10 @@ def test_store_members_exactly_for_offchip_stores():
     rings = sorted(mm["bytes"] for mm in top.memory_map.values())
     assert [m["store"] for m in _rings(top).values()] == ["act", "mask", "arg"]
     assert all(a[1] <= b[0] for a, b in zip(rings, rings[1:]))
+    assert mem_port_name("conv2@1", "lgb") == "mem_conv2_at1_lgb"
     with pytest.raises(ValueError, match=r"^mem_port_name store must be one of \('act', "
-                                         r"'mask', 'arg', 'master'\), not 'lgb'$"):
-        mem_port_name("conv2", "lgb")
+                                         r"'mask', 'arg', 'master', 'lgb'\), not 'bgb'$"):
+        mem_port_name("conv2", "bgb")
 
 
 def test_store_entries_checked():
@@ -260,15 +261,16 @@ def test_bad_arguments(tmp_path, capsys):
 STORES = {"conv1": ["mask"], "conv2": ["mask", "arg"], "conv3": ["mask"]}
 
 
-def _check_rings(res, keys):
+def _check_rings(res, keys, lgbs=()):
     assert set(res["offchip_act_ram"]) == set(keys)
     # the segments' mask and argmax stores, keys <segment>/<store>
     stores = [f"{key}/{st}" for key in keys for st in STORES.get(key.split("@")[0], [])]
     masters = [f"{key}/master" for key in keys]
-    assert set(res["offchip_stores"]) == set(stores) | set(masters)
+    lgbs = [f"{key}/lgb" for key in lgbs]
+    assert set(res["offchip_stores"]) == set(stores) | set(masters) | set(lgbs)
     assert set(res["dram"]) - {"latency", "words_per_cycle", "stall", "burst",
-                               "prefetch"} == set(keys) | set(stores) | set(masters)
-    for key in keys + stores:
+                               "prefetch"} == set(keys) | set(stores) | set(masters) | set(lgbs)
+    for key in keys + stores + lgbs:
         d = res["dram"][key]
         # every layer's words went through its external ring and came back
         assert d["bursts_written"] > 0 and d["words_written"] == d["words_read"] > 0, (key, d)
@@ -279,7 +281,7 @@ def _check_rings(res, keys):
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("offchip")
     res = train.run("tiny", "sim-node", images=2, batch=2, seed=0, out=out,
-                    offchip_act_ram="all", offchip_stores="all", **SMALL)
+                    offchip_act_ram="all", offchip_stores="all", offchip_lgb="all", **SMALL)
     print({k: res[k] for k in ("bit_exact", "cycles", "cycles_per_image",
                                "plan_cycles_per_image", "wall_seconds")}, res["dram"])
     return res, out
@@ -287,15 +289,26 @@ def single(tmp_path_factory):
 
 @pytest.mark.timeout(600)
 def test_single_node_all_offchip_bit_exact(single):
+    """Every store the plan may keep off chip, off chip: the Act-RAMs, ReLU-mask and argmax
+    stores, master copies and the conv layers' gradient accumulators (``--offchip-lgb``,
+    ``OffchipGradBuffer``: fc4's LGB stays on chip, its PG drains in another order)."""
+    from fpdeep_hw.memory.offchip_grad_buffer import OffchipGradBuffer
     res, out = single
     assert res["mismatches"] == [] and res["bit_exact"] is True
     assert res["updates"] == {"conv1": 1, "conv2": 1, "conv3": 1, "fc4": 1}
     top = res["_prep"]["top"]
     assert all(isinstance(nl.act_ram, OffchipActRAM) for nl in top.layers)
+    assert [isinstance(nl.pg.lgb, OffchipGradBuffer) for nl in top.layers] == [
+        True, True, True, False]
     assert _mem_members(top) == {"mem_conv1", "mem_conv2", "mem_conv3", "mem_fc4",
                                  "mem_conv1_mask", "mem_conv2_mask", "mem_conv2_arg",
-                                 "mem_conv3_mask"}
-    _check_rings(res, ["conv1", "conv2", "conv3", "fc4"])
+                                 "mem_conv3_mask", "mem_conv1_lgb", "mem_conv2_lgb",
+                                 "mem_conv3_lgb"}
+    _check_rings(res, ["conv1", "conv2", "conv3", "fc4"], lgbs=["conv1", "conv2", "conv3"])
+    # an LGB's ring: written by both images, read by the second and by the drain
+    for nl in top.layers[:3]:
+        d = res["dram"][f"{nl.key}/lgb"]
+        assert d["words_written"] == d["words_read"] == 2 * nl.pg.lgb.ext_words
     assert res["dram"]["latency"] == 20
     # the prefetch hides the 20-cycle memory: the period stays at the plan's (1024)
     assert res["cycles_per_image"] <= 1.02 * res["plan_cycles_per_image"]
