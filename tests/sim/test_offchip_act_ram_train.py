@@ -219,6 +219,10 @@ def test_bad_arguments(tmp_path, capsys):
                                                r"plan \(layers: conv1, conv2, conv3, fc4, or "
                                                r"all\)$"):
         train.force_offchip_stores(plan, ["conv9"])
+    with pytest.raises(train.TrainError, match=r"^--offchip-lgb: no layer 'conv9' in the "
+                                               r"plan \(layers: conv1, conv2, conv3, fc4, or "
+                                               r"all\)$"):
+        train.force_offchip_lgb(plan, ["conv9"])
     init = init_weights(net, 0, plan.numerics)
     with pytest.raises(ValueError, match=r"^NodeTop mem_burst must be a power of two from 2 to "
                                          r"256, not 12$"):
@@ -229,6 +233,7 @@ def test_bad_arguments(tmp_path, capsys):
     cases = [
         (["--offchip-act-ram", "conv9"], "--offchip-act-ram: no layer 'conv9' in the plan"),
         (["--offchip-stores", "conv9"], "--offchip-stores: no layer 'conv9' in the plan"),
+        (["--offchip-lgb", "conv9"], "--offchip-lgb: no layer 'conv9' in the plan"),
         (["--dram-latency", "0"], "--dram-latency must be a positive integer, not 0"),
         (["--dram-words-per-cycle", "3"], "--dram-words-per-cycle must be in (0, 2], not 3.0"),
         (["--dram-stall", "1"], "--dram-stall must be in [0, 1), not 1.0"),
@@ -249,11 +254,19 @@ def test_bad_arguments(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and msg in err, err
         assert not out.exists()
+    with pytest.raises(SystemExit) as e:          # argparse's own check: its one line
+        train.main(["--net", "tiny", "--board", "sim-node", "--images", "2", "--batch", "2",
+                    "--out", str(tmp_path / "ws"), "--ws-pg", "some"])
+    assert e.value.code == 2 and not (tmp_path / "ws").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: argument --ws-pg: invalid choice: "
+                                                    "'some'"), err
     with pytest.raises(SystemExit) as e:
         train.main(["--help"])
     assert e.value.code == 0
     help_text = capsys.readouterr().out
-    for opt in ("--offchip-act-ram", "--offchip-stores", "--dram-latency",
+    for opt in ("--offchip-act-ram", "--offchip-stores", "--offchip-lgb", "--ws-pg",
+                "--dram-latency",
                 "--dram-words-per-cycle", "--dram-stall", "--offchip-burst", "--offchip-prefetch"):
         assert opt in help_text
 
